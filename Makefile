@@ -1,0 +1,35 @@
+# pxOS — developer entry points. `scripts/setup.sh` installs what is missing (Debian
+# packages, QEMU 10 from bookworm-backports, the venv); every target below runs in .venv.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.pxos-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint bench proto clean guest
+
+$(STAMP): pyproject.toml
+	./scripts/setup.sh
+
+setup: $(STAMP)
+
+## The main job: the daemon sharing the GPU between VMs, live.
+demo: $(STAMP)
+	$(PY) -m hypervisor.demo_main
+
+## Every test: lint, then the whole suite (gpu tests skip with their reason where there is no GPU).
+test: $(STAMP) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Everything but the tests that boot QEMU or take long.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not qemu and not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,104 @@
+"""The host's error hierarchy: everything pxOS raises on the host derives from PxosError.
+
+Two channels (docs/protocol.md): what a guest gets wrong becomes a response code in its
+reply and never raises across the virtqueue; what goes wrong on the host raises one of
+these. Each class carries the PXOS wire status it maps to (``status``), so the device
+and the gRPC service translate errors in one place.
+"""
+
+from __future__ import annotations
+
+
+class PxosError(Exception):
+    """Root of every pxOS host error."""
+
+    #: Name of the PXOS wire status (``PXOS_S_*`` in guest_driver/include/uapi/pxos_gpu.h).
+    status = "PXOS_S_INTERNAL"
+
+
+class ConfigError(PxosError, ValueError):
+    status = "PXOS_S_INVALID"
+
+
+class InvalidArgument(PxosError, ValueError):
+    """A request is malformed: bad dtype, shape, offset, length, name."""
+
+    status = "PXOS_S_INVALID"
+
+
+class NotFound(PxosError, KeyError):
+    """A handle, kernel or VM that does not exist (or belongs to someone else: the two are
+    indistinguishable on purpose)."""
+
+    status = "PXOS_S_NOT_FOUND"
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence
+        return str(self.args[0]) if self.args else "not found"
+
+
+class AlreadyExists(PxosError):
+    status = "PXOS_S_EXISTS"
+
+
+class QuotaExceeded(PxosError):
+    """An allocation (or a launch's temporaries) would take a VM over its memory quota."""
+
+    status = "PXOS_S_QUOTA"
+
+    def __init__(self, vm_id: int, quota: int, usage: int, request: int, what: str = "allocation"):
+        self.vm_id, self.quota, self.usage, self.request = vm_id, quota, usage, request
+        super().__init__(
+            f"VM {vm_id}: {what} of {request} bytes exceeds its memory quota "
+            f"({usage} of {quota} bytes in use, {max(quota - usage, 0)} free)"
+        )
+
+
+class OutOfDeviceMemory(PxosError):
+    """The device pool (and, with overcommit, the host backing budget) cannot hold it."""
+
+    status = "PXOS_S_NO_DEVICE_MEMORY"
+
+
+class PrimitiveError(PxosError):
+    """A primitive program failed to compile or to bind; ``diagnostics`` lists every problem."""
+
+    status = "PXOS_S_COMPILE"
+
+    def __init__(self, message: str, diagnostics=()):
+        self.diagnostics = tuple(diagnostics)
+        super().__init__(message)
+
+
+class LaunchFailed(PxosError):
+    """The executor failed while running a launch (an error of the backend, not the guest)."""
+
+    status = "PXOS_S_EXEC"
+
+
+class Cancelled(PxosError):
+    """The launch was cancelled: its VM was reset or unregistered, or the daemon stopped."""
+
+    status = "PXOS_S_CANCELLED"
+
+
+class Busy(PxosError):
+    """A per-VM limit on requests in flight was reached; retry after one completes."""
+
+    status = "PXOS_S_BUSY"
+
+
+class ProtocolError(PxosError):
+    """The vhost-user peer broke the protocol; ends that connection, nothing else."""
+
+
+class GuestMemoryError(PxosError):
+    """A guest address or length lies outside the guest memory the VMM shared with us."""
+
+    status = "PXOS_S_INVALID"
+
+
+class BindError(PrimitiveError):
+    """A launch's bindings do not fit its kernel: a missing param, a dtype or shape that
+    does not match, a buffer too small."""
+
+    status = "PXOS_S_BIND"

@@ -1,0 +1,138 @@
+"""The primitive language's abstract syntax tree: frozen dataclasses, no behaviour.
+
+The parser (``parser.py``) builds these from source text and checks nothing; validation
+(``validate.py``) and the cost model (``cost.py``) are separate passes over them; the
+hypervisor's executors walk ``Kernel.body`` to run a launch. Every node carries the
+1-based line and column where it starts, so every later pass can report a position.
+
+This module is the contract between the language and its consumers: change it only
+together with them. ``docs/language.md`` gives each node's meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class DType(str, Enum):
+    """Element types. ``float`` is an alias of ``float32`` and ``int`` of ``int32`` in the
+    source; the AST holds only the canonical names (which are also NumPy's)."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    INT32 = "int32"
+    INT64 = "int64"
+
+    @property
+    def itemsize(self) -> int:
+        return {"float16": 2, "float32": 4, "float64": 8, "int32": 4, "int64": 8}[self.value]
+
+    @property
+    def is_float(self) -> bool:
+        return self.value.startswith("float")
+
+
+class WorkloadHint(str, Enum):
+    """The ``GPU_CLASS`` header: a hint to the scheduler, never a command."""
+
+    REALTIME = "REALTIME"
+    INTERACTIVE = "INTERACTIVE"
+    THROUGHPUT = "THROUGHPUT"
+    BATCH = "BATCH"
+
+
+@dataclass(frozen=True, slots=True)
+class Pos:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+# A dimension as written: a concrete size (``64``) or a symbol (``N``) that stands for the
+# same size wherever it appears in one kernel.
+Dim = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class ParamType:
+    """``float`` (scalar: ``shape == ()``), ``float[]`` (any shape, bound at launch:
+    ``shape is None``) or ``float[64, N]`` (``shape == (64, "N")``)."""
+
+    dtype: DType
+    shape: tuple[Dim, ...] | None
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.shape == ()
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: ParamType
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """A reference to a param or a local."""
+
+    name: str
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    """A number literal; ``is_int`` is True for literals written without ``.``/exponent."""
+
+    value: float | int
+    is_int: bool
+    pos: Pos
+
+
+Operand = Name | Number
+
+
+@dataclass(frozen=True, slots=True)
+class OpStmt:
+    """``OP arg... [axis=k] → dest``.
+
+    ``op`` is the upper-case op name exactly as written (validation rejects unknown ones);
+    ``axis`` is None when no ``axis=`` was written.
+    """
+
+    op: str
+    args: tuple[Operand, ...]
+    axis: int | None
+    dest: Name
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """``REPEAT n:`` ... ``END_REPEAT``: ``body`` runs ``count`` times, in order."""
+
+    count: int
+    body: tuple[Stmt, ...]
+    pos: Pos
+
+
+Stmt = OpStmt | Repeat
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    name: str
+    params: tuple[Param, ...]
+    class_hint: WorkloadHint | None
+    priority: int | None
+    body: tuple[Stmt, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """One source: one or more kernels, in source order."""
+
+    kernels: tuple[Kernel, ...]

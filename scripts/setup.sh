@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Installs what pxOS needs on a Debian 12 host and is missing; safe to run again.
+#   - Debian packages: python3 (venv, headers), gcc, make, cpio, and QEMU 10 from
+#     bookworm-backports (Debian 12's own QEMU 7.2 refuses vhost-user-gpu without KVM).
+#   - A virtual environment in .venv with the project installed (editable, with dev tools);
+#     this also builds the cffi virtqueue core.
+# Guest kernel pieces are fetched later, on demand, by `pxos-vm prepare` (apt-get download).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif have_cmd sudo; then sudo "$@"; else
+        echo "setup: need root for: $*" >&2; return 1; fi
+}
+
+pick_python() {
+    for p in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+        [ -n "$p" ] || continue
+        if have_cmd "$p" && "$p" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$p"; return 0
+        fi
+    done
+    return 1
+}
+
+if ! pick_python >/dev/null; then need_pkgs+=(python3 python3-venv python3-dev); fi
+have_cmd gcc || need_pkgs+=(gcc libc6-dev)
+have_cmd make || need_pkgs+=(make)
+have_cmd cpio || need_pkgs+=(cpio)
+have_cmd xz || need_pkgs+=(xz-utils)
+have_cmd apt-get && { have_pkg ca-certificates || need_pkgs+=(ca-certificates); }
+
+qemu_ok() {
+    have_cmd qemu-system-x86_64 || return 1
+    local v; v=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
+    [ -n "$v" ] && [ "$v" -ge 8 ]
+}
+
+add_backports() {
+    local src=/etc/apt/sources.list.d/pxos-bookworm-backports.sources
+    [ -f "$src" ] && return 0
+    grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/ && return 0
+    local uri
+    uri=$(sed -n 's/^URIs:[[:space:]]*\(http[^ ]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
+    [ -n "$uri" ] || uri=$(sed -n 's/^deb[[:space:]]\+\(http[^ ]*debian\/*\)[[:space:]]\+bookworm[[:space:]].*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
+    [ -n "$uri" ] || uri=http://deb.debian.org/debian
+    as_root tee "$src" >/dev/null <<SRC
+Types: deb
+URIs: $uri
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+}
+
+if [ ${#need_pkgs[@]} -gt 0 ] || ! qemu_ok; then
+    if ! have_cmd apt-get; then
+        echo "setup: missing ${need_pkgs[*]} qemu>=8 and no apt-get; install them by hand" >&2; exit 1
+    fi
+    qemu_ok || add_backports
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    if [ ${#need_pkgs[@]} -gt 0 ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+    fi
+    if ! qemu_ok; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            -t bookworm-backports qemu-system-x86
+    fi
+fi
+
+PY=$(pick_python)
+stamp=.venv/.pxos-installed
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
+   || [ virtio_backend/core/pxq_core.c -nt "$stamp" ] 2>/dev/null; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
+echo "setup: ok ($(.venv/bin/python --version), $(qemu-system-x86_64 --version | head -n1))"

@@ -1,0 +1,42 @@
+"""Suite-wide pytest set-up: markers that need hardware skip with their reason."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+
+import pytest
+
+
+@functools.cache
+def gpu_unavailable_reason() -> str | None:
+    """Why the `gpu` tests cannot run here, or None when CuPy sees a GPU."""
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # ImportError, or a CUDA library that fails to load
+        return f"CuPy not importable: {type(exc).__name__}: {exc}"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"no CUDA device: {type(exc).__name__}: {exc}"
+    return None if n > 0 else "no CUDA device"
+
+
+@functools.cache
+def qemu_unavailable_reason() -> str | None:
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 not installed (scripts/setup.sh installs it)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "gpu" in item.keywords and (why := gpu_unavailable_reason()):
+            item.add_marker(pytest.mark.skip(reason=f"gpu: {why}"))
+        if "qemu" in item.keywords and (why := qemu_unavailable_reason()):
+            # CI sets PXOS_REQUIRE_QEMU=1: there a missing QEMU is a failure, never a skip.
+            if os.environ.get("PXOS_REQUIRE_QEMU") == "1":
+                raise pytest.UsageError(f"PXOS_REQUIRE_QEMU=1 but {why}")
+            else:
+                item.add_marker(pytest.mark.skip(reason=f"qemu: {why}"))
