@@ -336,4 +336,198 @@ _Static_assert(sizeof(struct pxos_param_desc) == 144, "pxos_param_desc");
 
 /* ---- /dev/pxosN ioctls (guest user space <-> pxos_gpu.ko) follow below. ---- */
 
+/*
+ * Each open file of /dev/pxosN is one session (its id travels in hdr.ctx_id). Every
+ * ioctl struct is fixed-width with explicit padding, and ends in struct pxos_ioc_result:
+ * when the device answered, `status` is its enum pxos_status and `message` its text, and
+ * the struct is copied back even when the ioctl fails. The ioctl's return value is 0 on
+ * PXOS_S_OK, else -1 with errno (see pxos_status_errno() in the module):
+ * EINVAL INVALID/BIND, ENOENT NOT_FOUND, EDQUOT QUOTA, ENOMEM NO_DEVICE_MEMORY,
+ * EBADMSG COMPILE, EIO EXEC/INTERNAL, ECANCELED CANCELLED, EBUSY BUSY, E2BIG TOO_LARGE,
+ * EOPNOTSUPP UNSUPPORTED, EEXIST EXISTS; ETIMEDOUT/EINTR for a launch that did not finish
+ * in time or was interrupted (it may still run on the host), ENODEV once the device is gone.
+ * The struct sizes are part of the ioctl numbers; a changed struct gets a new number and
+ * bumps PXOS_IOCTL_VERSION.
+ */
+#define PXOS_IOCTL_VERSION 1
+#define PXOS_IOC_MAGIC 0xE6
+
+#define PXOS_LAUNCH_TIMEOUT_DEFAULT_MS 60000   /* timeout_ms = 0 */
+#define PXOS_LAUNCH_TIMEOUT_MAX_MS 3600000     /* longer waits are refused: poll instead */
+#define PXOS_MAX_SUBMITTED 64                  /* un-reaped submits per session */
+
+struct pxos_ioc_result {
+	__u32 status;                /* enum pxos_status; 0 when the device was not asked */
+	__u32 padding;
+	char message[PXOS_MAX_MESSAGE];
+};
+
+/* PXOS_IOC_INFO: a fresh GET_INFO, plus what the driver knows. */
+struct pxos_ioc_info {
+	__u32 ioctl_version;         /* PXOS_IOCTL_VERSION of the module */
+	__u32 session_id;            /* this file's hdr.ctx_id */
+	__u16 abi_major;             /* the device's */
+	__u16 abi_minor;
+	__u32 vm_id;
+	__u64 memory_quota;
+	__u64 memory_used;
+	__u32 compute_share_pct;
+	__u32 compute_cap_pct;
+	__u32 max_rank;
+	__u32 max_bindings;
+	__u32 max_source_bytes;
+	__u32 max_name;
+	__u64 max_transfer_bytes;
+	__u64 max_buffer_bytes;
+	__u32 max_inflight;
+	__u32 max_kernels;
+	char backend[16];
+	char device_name[64];
+	struct pxos_ioc_result res;
+};
+
+struct pxos_ioc_alloc {
+	__u32 dtype;                 /* in: enum pxos_dtype */
+	__u32 rank;                  /* in: <= PXOS_MAX_RANK */
+	__u64 dims[PXOS_MAX_RANK];   /* in: dims[rank..] must be 0 */
+	__u64 handle;                /* out */
+	__u64 nbytes;                /* out */
+	struct pxos_ioc_result res;
+};
+
+struct pxos_ioc_free {
+	__u64 handle;                /* in */
+	struct pxos_ioc_result res;
+};
+
+/* PXOS_IOC_WRITE / PXOS_IOC_READ: any length; the driver splits it into requests of at
+ * most PXOS_MAX_TRANSFER_BYTES. `done` says how many bytes moved before an error. */
+struct pxos_ioc_transfer {
+	__u64 handle;                /* in */
+	__u64 offset;                /* in: bytes into the buffer */
+	__u64 length;                /* in: <= PXOS_MAX_BUFFER_BYTES */
+	__u64 user_ptr;              /* in: the caller's bytes */
+	__u64 done;                  /* out */
+	struct pxos_ioc_result res;
+};
+
+struct pxos_ioc_compile {
+	__u64 source_ptr;            /* in: UTF-8 text */
+	__u32 source_len;            /* in: <= PXOS_MAX_SOURCE_BYTES */
+	__u32 nkernels;              /* out, on success */
+	__u32 ndiags;                /* out, on PXOS_S_COMPILE */
+	__u32 padding;
+	struct pxos_kernel_desc kernels[PXOS_MAX_KERNELS];
+	struct pxos_diag diags[PXOS_MAX_DIAGS];
+	struct pxos_ioc_result res;
+};
+
+struct pxos_ioc_kernel_info {
+	__u64 kernel_id;             /* in */
+	__u32 nparams;               /* out from here on */
+	__u32 class_hint;
+	__u32 priority;
+	__u32 nstatements;
+	char name[PXOS_MAX_NAME];
+	struct pxos_param_desc params[PXOS_MAX_PARAMS];
+	struct pxos_ioc_result res;
+};
+
+struct pxos_ioc_kernel_free {
+	__u64 kernel_id;             /* in */
+	struct pxos_ioc_result res;
+};
+
+/* PXOS_IOC_LAUNCH waits for the result; PXOS_IOC_SUBMIT returns at once with a token,
+ * poll() reports POLLIN when a submitted launch completed, PXOS_IOC_REAP collects it. */
+struct pxos_ioc_launch {
+	__u64 kernel_id;             /* in */
+	__u64 bindings_ptr;          /* in: nbindings struct pxos_binding */
+	__u32 nbindings;             /* in: <= PXOS_MAX_BINDINGS */
+	__u32 priority;              /* in: 0..100 or PXOS_PRIORITY_DEFAULT */
+	__u32 class_hint;            /* in: enum pxos_class */
+	__u32 timeout_ms;            /* in, LAUNCH only: 0 = default; <= MAX */
+	__u64 token;                 /* out, SUBMIT: names this launch to REAP */
+	__u64 launch_id;             /* out, LAUNCH: from the device */
+	__u64 device_ns;
+	__u64 queue_ns;
+	__u64 total_ns;
+	__u32 class_assigned;
+	__u32 padding;
+	struct pxos_ioc_result res;
+};
+
+#define PXOS_REAP_WAIT 0x1           /* block (interruptibly) until one completes */
+
+struct pxos_ioc_reap {
+	__u64 token;                 /* in: 0 = any completed submit; out: the one reaped */
+	__u32 flags;                 /* in: PXOS_REAP_* */
+	__u32 pending;               /* out: submits of this session not yet reaped */
+	__u64 launch_id;             /* out, as struct pxos_ioc_launch */
+	__u64 device_ns;
+	__u64 queue_ns;
+	__u64 total_ns;
+	__u32 class_assigned;
+	__u32 padding;
+	struct pxos_ioc_result res;  /* the launch's own outcome */
+};
+
+struct pxos_ioc_stats {
+	__u64 memory_quota;          /* out: the device's STATS for this VM */
+	__u64 memory_used;
+	__u64 memory_device_bytes;
+	__u64 memory_host_bytes;
+	__u64 launches_total;
+	__u64 launches_failed;
+	__u64 device_ns_total;
+	__u32 queue_depth;
+	__u32 inflight;
+	__u32 compute_share_pct;
+	__u32 compute_cap_pct;
+	__u32 achieved_share_ppm;
+	__u32 nbuffers;
+	__u32 nkernels;
+	__u32 sessions_open;         /* out: the driver's own figures for this device */
+	__u64 requests_total;
+	__u64 requests_failed;       /* transport-level: interrupted, timed out, device gone */
+	__u64 bytes_written;
+	__u64 bytes_read;
+	struct pxos_ioc_result res;
+};
+
+struct pxos_ioc_idle_hint {
+	__u32 idle;                  /* in: 1 going idle, 0 busy again */
+	__u32 padding;
+	struct pxos_ioc_result res;
+};
+
+#define PXOS_IOC_INFO        _IOWR(PXOS_IOC_MAGIC, 0x00, struct pxos_ioc_info)
+#define PXOS_IOC_ALLOC       _IOWR(PXOS_IOC_MAGIC, 0x01, struct pxos_ioc_alloc)
+#define PXOS_IOC_FREE        _IOWR(PXOS_IOC_MAGIC, 0x02, struct pxos_ioc_free)
+#define PXOS_IOC_WRITE       _IOWR(PXOS_IOC_MAGIC, 0x03, struct pxos_ioc_transfer)
+#define PXOS_IOC_READ        _IOWR(PXOS_IOC_MAGIC, 0x04, struct pxos_ioc_transfer)
+#define PXOS_IOC_COMPILE     _IOWR(PXOS_IOC_MAGIC, 0x05, struct pxos_ioc_compile)
+#define PXOS_IOC_KERNEL_INFO _IOWR(PXOS_IOC_MAGIC, 0x06, struct pxos_ioc_kernel_info)
+#define PXOS_IOC_KERNEL_FREE _IOWR(PXOS_IOC_MAGIC, 0x07, struct pxos_ioc_kernel_free)
+#define PXOS_IOC_LAUNCH      _IOWR(PXOS_IOC_MAGIC, 0x08, struct pxos_ioc_launch)
+#define PXOS_IOC_SUBMIT      _IOWR(PXOS_IOC_MAGIC, 0x09, struct pxos_ioc_launch)
+#define PXOS_IOC_REAP        _IOWR(PXOS_IOC_MAGIC, 0x0a, struct pxos_ioc_reap)
+#define PXOS_IOC_STATS       _IOWR(PXOS_IOC_MAGIC, 0x0b, struct pxos_ioc_stats)
+#define PXOS_IOC_IDLE_HINT   _IOWR(PXOS_IOC_MAGIC, 0x0c, struct pxos_ioc_idle_hint)
+
+#if defined(__KERNEL__) || defined(__STDC_VERSION__)
+_Static_assert(sizeof(struct pxos_ioc_result) == 136, "pxos_ioc_result");
+_Static_assert(sizeof(struct pxos_ioc_info) == 160 + 136, "pxos_ioc_info");
+_Static_assert(sizeof(struct pxos_ioc_alloc) == 88 + 136, "pxos_ioc_alloc");
+_Static_assert(sizeof(struct pxos_ioc_free) == 8 + 136, "pxos_ioc_free");
+_Static_assert(sizeof(struct pxos_ioc_transfer) == 40 + 136, "pxos_ioc_transfer");
+_Static_assert(sizeof(struct pxos_ioc_compile) == 24 + 16 * 80 + 16 * 160 + 136, "pxos_ioc_compile");
+_Static_assert(sizeof(struct pxos_ioc_kernel_info) == 88 + 32 * 144 + 136, "pxos_ioc_kernel_info");
+_Static_assert(sizeof(struct pxos_ioc_kernel_free) == 8 + 136, "pxos_ioc_kernel_free");
+_Static_assert(sizeof(struct pxos_ioc_launch) == 80 + 136, "pxos_ioc_launch");
+_Static_assert(sizeof(struct pxos_ioc_reap) == 56 + 136, "pxos_ioc_reap");
+_Static_assert(sizeof(struct pxos_ioc_stats) == 120 + 136, "pxos_ioc_stats");
+_Static_assert(sizeof(struct pxos_ioc_idle_hint) == 8 + 136, "pxos_ioc_idle_hint");
+#endif
+
 #endif /* _UAPI_PXOS_GPU_H */
