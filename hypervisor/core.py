@@ -1,0 +1,551 @@
+"""The Hypervisor: VMs, their buffers, kernels and launches, in one object.
+
+Everything that reaches pxOS (a guest's virtqueue through virtio_backend, an operator's
+gRPC call, the demo) goes through this API. Its state changes under one lock; the
+executor runs launches on the dispatcher thread (dispatch.py) outside that lock, and
+transfers copy bytes outside it too, with the buffer pinned.
+
+Errors are those of hypervisor/errors.py; each names the step that failed and carries
+the PXOS wire status it maps to.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import primitive_lang
+from primitive_lang import BoundKernel, Direction, TensorSpec
+from primitive_lang.ast import DType
+from scheduler import Classifier, FairScheduler, LaunchCost, Ticket, WorkloadClass
+
+from . import errors as E
+from .dispatch import Dispatcher, Job
+from .executor import Executor, make_executor
+from .memory import Buffer, MemoryManager
+from .types import (BufferInfo, Completion, DeviceInfo, Event, KernelInfo, LaunchResult, Scalar,
+                    SessionCloseResult, VMInfo, VMStats)
+
+log = logging.getLogger("pxos.hypervisor")
+
+# Bounds on what one VM can make the host hold. Guests control these counts, so each is
+# capped: kernels compiled and kept, launches queued or running, and the name's length.
+MAX_KERNELS_PER_VM = 4096
+MAX_INFLIGHT_PER_VM = 256
+MAX_VM_NAME = 63
+MAX_VM_ID = 2**32 - 1
+# Latency samples kept per VM for p50/p99 (a ring: the most recent launches).
+LATENCY_SAMPLES = 2048
+
+
+@dataclass
+class _Kernel:
+    info: KernelInfo
+    session: int
+
+
+@dataclass
+class _VM:
+    vm_id: int
+    name: str
+    share: float
+    cap: float | None
+    default_class: WorkloadClass | None
+    socket: str | None = None
+    kernels: dict[int, _Kernel] = field(default_factory=dict)
+    inflight: int = 0
+    launches_total: int = 0
+    launches_failed: int = 0
+    by_class: dict[str, int] = field(default_factory=dict)
+    device_seconds: float = 0.0
+    latencies_ns: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    switches_in: int = 0
+    idle: bool = False
+    generation: int = 0  # bumped by reset: launches of an older generation are stale
+
+
+def _class_of(name: str | WorkloadClass | None) -> WorkloadClass | None:
+    if name is None or isinstance(name, WorkloadClass):
+        return name
+    try:
+        return WorkloadClass[str(name).upper()]
+    except KeyError:
+        raise E.InvalidArgument(
+            f"unknown workload class {name!r}; choose REALTIME, INTERACTIVE, THROUGHPUT or BATCH"
+        ) from None
+
+
+def _default_pool(executor: Executor) -> int:
+    info = executor.info()
+    if executor.name == "numpy":
+        return max(info.device_memory_free // 2, 64 << 20)
+    reserve = max(1 << 30, info.device_memory_total // 20)
+    return max(info.device_memory_free - reserve, 64 << 20)
+
+
+class Hypervisor:
+    """Shares one device between VMs. ``start()`` runs the dispatcher; ``stop()`` ends it."""
+
+    def __init__(self, *, backend: str | Executor = "auto", device_pool_bytes: int | None = None,
+                 host_budget_bytes: int = 0, window_seconds: float = 1.0, lookahead_depth: int = 8,
+                 clock: Callable[[], float] = time.monotonic):
+        self.executor = backend if isinstance(backend, Executor) else make_executor(backend)
+        pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(self.executor)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self.memory = MemoryManager(self.executor, pool, host_budget_bytes)
+        self.scheduler = FairScheduler(window_seconds=window_seconds, clock=clock)
+        self.classifier = Classifier()
+        self.clock = clock
+        self.lookahead_depth = lookahead_depth
+        self._vms: dict[int, _VM] = {}
+        self._kernel_ids = itertools.count(1)
+        self._launch_ids = itertools.count(1)
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._info = self.executor.info()
+        self.dispatcher = Dispatcher(self)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Hypervisor:
+        self.dispatcher.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel what is queued, let the running launch finish, stop the dispatcher."""
+        with self._lock:
+            for vm_id in list(self._vms):
+                self._cancel_queued(vm_id, lambda t: True, "the daemon is stopping")
+        self.dispatcher.stop(timeout)
+        self.executor.close()
+
+    def __enter__(self) -> Hypervisor:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ events
+    def subscribe(self, fn: Callable[[Event], None]) -> Callable[[], None]:
+        """Call fn(event) for every event (from whichever thread caused it; keep it quick).
+        Returns a function that unsubscribes."""
+        with self._lock:
+            self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._subscribers:
+                    self._subscribers.remove(fn)
+
+        return unsubscribe
+
+    def _emit(self, kind: str, vm_id: int | None, **detail) -> None:
+        ev = Event(kind, vm_id, time.time(), detail)
+        for fn in list(self._subscribers):
+            try:
+                fn(ev)
+            except Exception:  # a broken subscriber must not break the hypervisor
+                log.exception("event subscriber failed on %s", kind)
+
+    # ------------------------------------------------------------------ VMs
+    def register_vm(self, vm_id: int, memory_quota_mb: float, compute_quota_percent: float, *,
+                    name: str | None = None, cap_percent: float | None = None,
+                    default_class: str | WorkloadClass | None = None, socket: str | None = None,
+                    memory_quota_bytes: int | None = None) -> VMInfo:
+        if not isinstance(vm_id, int) or not 0 < vm_id <= MAX_VM_ID:
+            raise E.InvalidArgument(f"VM id must be an integer in 1..{MAX_VM_ID}, got {vm_id!r}")
+        quota = memory_quota_bytes if memory_quota_bytes is not None else int(memory_quota_mb * 1_000_000)
+        if quota <= 0:
+            raise E.InvalidArgument(f"memory quota must be positive, got {quota} bytes")
+        name = name if name is not None else f"vm{vm_id}"
+        if not name or len(name) > MAX_VM_NAME or not name.isprintable():
+            raise E.InvalidArgument(f"VM name must be 1..{MAX_VM_NAME} printable characters")
+        wclass = _class_of(default_class)
+        _check_share(compute_quota_percent, cap_percent)
+        with self._lock:
+            if vm_id in self._vms:
+                raise E.AlreadyExists(f"VM {vm_id} is already registered")
+            try:
+                self.scheduler.add_vm(vm_id, compute_quota_percent, cap_percent)
+            except ValueError as exc:
+                raise E.InvalidArgument(str(exc)) from exc
+            try:
+                self.memory.add_vm(vm_id, quota)
+            except E.PxosError:
+                self.scheduler.remove_vm(vm_id)
+                raise
+            self._vms[vm_id] = _VM(vm_id, name, compute_quota_percent, cap_percent, wclass, socket)
+            info = self._vm_info(vm_id)
+        self._emit("vm_registered", vm_id, name=name, memory_quota=quota, share=compute_quota_percent,
+                   cap=cap_percent)
+        return info
+
+    def unregister_vm(self, vm_id: int) -> None:
+        with self._lock:
+            self._vm(vm_id)
+            self._reset_locked(vm_id, "the VM was unregistered")
+            for t in self.scheduler.remove_vm(vm_id):  # nothing should be left; be exact anyway
+                self._fail_ticket(t, E.Cancelled("the VM was unregistered"))
+            self.memory.remove_vm(vm_id)
+            self.classifier.forget(vm_id)
+            del self._vms[vm_id]
+        self._emit("vm_unregistered", vm_id)
+
+    def set_quota(self, vm_id: int, *, memory_bytes: int | None = None, share_pct: float | None = None,
+                  cap_pct: float | None | bool = False) -> VMInfo:
+        """Change a VM's quota, share or cap at run time. ``cap_pct=None`` removes the cap;
+        leaving it out (False) keeps the current one."""
+        with self._lock:
+            vm = self._vm(vm_id)
+            share = vm.share if share_pct is None else share_pct
+            cap = vm.cap if cap_pct is False else cap_pct
+            _check_share(share, cap)
+            if memory_bytes is not None and memory_bytes <= 0:
+                raise E.InvalidArgument(f"memory quota must be positive, got {memory_bytes} bytes")
+            if share_pct is not None or cap_pct is not False:
+                try:
+                    self.scheduler.set_share(vm_id, share, cap)
+                except ValueError as exc:
+                    raise E.InvalidArgument(str(exc)) from exc
+                vm.share, vm.cap = share, cap
+            if memory_bytes is not None:
+                self.memory.set_quota(vm_id, memory_bytes)
+            info = self._vm_info(vm_id)
+        self._emit("quota_changed", vm_id, memory_quota=info.memory_quota, share=info.share_pct,
+                   cap=info.cap_pct)
+        return info
+
+    def vm_info(self, vm_id: int) -> VMInfo:
+        with self._lock:
+            return self._vm_info(vm_id)
+
+    def list_vms(self) -> list[VMInfo]:
+        with self._lock:
+            return [self._vm_info(v) for v in sorted(self._vms)]
+
+    def _vm_info(self, vm_id: int) -> VMInfo:
+        vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
+        return VMInfo(vm_id, vm.name, mem.quota, mem.used, vm.share, vm.cap,
+                      vm.default_class.name if vm.default_class is not None else None, vm.socket)
+
+    def _vm(self, vm_id: int) -> _VM:
+        try:
+            return self._vms[vm_id]
+        except KeyError:
+            raise E.NotFound(f"no VM {vm_id}") from None
+
+    def device_info(self) -> DeviceInfo:
+        with self._lock:
+            m = self.memory
+            return DeviceInfo(self.executor.name, self._info.device_name, m.pool_bytes, m.pool_used,
+                              m.host_budget, m.host_used)
+
+    # ------------------------------------------------------------------ buffers
+    def alloc(self, vm_id: int, dtype: DType | str, shape: Sequence[int], *, session: int = 0) -> BufferInfo:
+        spec = _spec(dtype, shape)
+        with self._lock:
+            self._vm(vm_id)
+            buf = self.memory.alloc(vm_id, session, spec)
+            return _buffer_info(buf)
+
+    def free(self, vm_id: int, handle: int, *, session: int = 0) -> None:
+        with self._lock:
+            self._vm(vm_id)
+            self.memory.free(vm_id, session, handle)
+
+    def buffer_info(self, vm_id: int, handle: int, *, session: int = 0) -> BufferInfo:
+        with self._lock:
+            self._vm(vm_id)
+            return _buffer_info(self.memory.lookup(vm_id, session, handle))
+
+    def write(self, vm_id: int, handle: int, offset: int, data, *, session: int = 0) -> int:
+        """Copy bytes into a buffer at a byte offset. ``data`` is bytes-like or a sequence of
+        bytes-like chunks (a guest's scatter-gather list), written back to back."""
+        chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        buf = self._begin_transfer(vm_id, session, handle, writing=True)
+        try:
+            return self.memory.write(buf, offset, chunks)
+        finally:
+            with self._lock:
+                self.memory.end_transfer(buf)
+
+    def read_into(self, vm_id: int, handle: int, offset: int, dsts: Sequence[memoryview], *,
+                  session: int = 0) -> int:
+        buf = self._begin_transfer(vm_id, session, handle, writing=False)
+        try:
+            return self.memory.read_into(buf, offset, dsts)
+        finally:
+            with self._lock:
+                self.memory.end_transfer(buf)
+
+    def read(self, vm_id: int, handle: int, offset: int = 0, length: int | None = None, *,
+             session: int = 0) -> bytes:
+        with self._lock:
+            self._vm(vm_id)
+            nbytes = self.memory.lookup(vm_id, session, handle).nbytes
+        length = nbytes - offset if length is None else length
+        if length < 0 or offset < 0 or offset + length > nbytes:
+            raise E.InvalidArgument(f"range [{offset}, {offset + length}) lies outside the buffer's {nbytes} bytes")
+        out = bytearray(length)
+        self.read_into(vm_id, handle, offset, [memoryview(out)], session=session)
+        return bytes(out)
+
+    def _begin_transfer(self, vm_id: int, session: int, handle: int, writing: bool) -> Buffer:
+        with self._lock:
+            self._vm(vm_id)
+            buf = self.memory.lookup(vm_id, session, handle)
+            self.memory.begin_transfer(buf, writing)
+            return buf
+
+    # ------------------------------------------------------------------ kernels
+    def compile(self, vm_id: int, source: str | bytes, *, session: int = 0) -> list[KernelInfo]:
+        try:
+            program = primitive_lang.compile_source(source)
+        except primitive_lang.PrimitiveError as exc:
+            raise E.PrimitiveError(str(exc), exc.diagnostics) from exc
+        with self._lock:
+            vm = self._vm(vm_id)
+            if len(vm.kernels) + len(program.kernels) > MAX_KERNELS_PER_VM:
+                raise E.InvalidArgument(
+                    f"VM {vm_id} would hold more than {MAX_KERNELS_PER_VM} compiled kernels; free some")
+            out = []
+            for ck in program.kernels:
+                info = KernelInfo(next(self._kernel_ids), ck.name, ck)
+                vm.kernels[info.kernel_id] = _Kernel(info, session)
+                out.append(info)
+            return out
+
+    def kernel_info(self, vm_id: int, kernel_id: int, *, session: int = 0) -> KernelInfo:
+        with self._lock:
+            return self._kernel(vm_id, kernel_id, session).info
+
+    def free_kernel(self, vm_id: int, kernel_id: int, *, session: int = 0) -> None:
+        with self._lock:
+            self._kernel(vm_id, kernel_id, session)
+            del self._vms[vm_id].kernels[kernel_id]
+
+    def _kernel(self, vm_id: int, kernel_id: int, session: int) -> _Kernel:
+        k = self._vm(vm_id).kernels.get(kernel_id)
+        if k is None or k.session != session:
+            raise E.NotFound(f"no kernel with id {kernel_id}")
+        return k
+
+    # ------------------------------------------------------------------ launches
+    def launch(self, vm_id: int, kernel_id: int, bindings: Mapping[str, int | Scalar], *,
+               priority: int | None = None, class_hint: str | WorkloadClass | None = None,
+               session: int = 0) -> Completion:
+        """Queue a kernel with its params bound to this VM's buffers (by handle) or to
+        scalars. Problems with the request raise here; the run's outcome arrives on the
+        returned Completion."""
+        if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 100):
+            raise E.InvalidArgument(f"priority must be an integer 0..100, got {priority!r}")
+        hint = _class_of(class_hint)
+        with self._lock:
+            vm = self._vm(vm_id)
+            kernel = self._kernel(vm_id, kernel_id, session).info.checked
+            bound, buffers, scalars = self._bind(vm_id, session, kernel, bindings)
+            if vm.inflight >= MAX_INFLIGHT_PER_VM:
+                raise E.Busy(f"VM {vm_id} has {vm.inflight} launches in flight, the limit; wait for one")
+            temp = bound.cost.peak_temp_bytes
+            self.memory.check_temps(vm_id, temp)
+            c = bound.cost
+            cost = LaunchCost(c.flops, c.bytes_read, c.bytes_written, temp)
+            hint = hint if hint is not None else _class_of(kernel.class_hint.value if kernel.class_hint else None)
+            prio = priority if priority is not None else kernel.priority
+            wclass, est = self.classifier.classify(vm_id, hint=hint, priority=prio, cost=cost,
+                                                   default=vm.default_class)
+            launch_id = next(self._launch_ids)
+            completion = Completion(launch_id, vm_id, session)
+            job = Job(launch_id, vm_id, session, vm.generation, bound, buffers, scalars, temp,
+                      completion, wclass, self.clock())
+            for buf, writes in buffers.values():
+                self.memory.pin(buf, writes)
+            self.scheduler.submit(Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est,
+                                         job.enqueued_at, job))
+            vm.inflight += 1
+            self._cond.notify_all()
+        return completion
+
+    def _bind(self, vm_id: int, session: int, kernel, bindings: Mapping[str, int | Scalar]):
+        if len(bindings) > primitive_lang.limits.MAX_PARAMS:
+            raise E.InvalidArgument(f"{len(bindings)} bindings; a kernel has at most {primitive_lang.limits.MAX_PARAMS} params")
+        declared = {p.name: p for p in kernel.params}
+        specs: dict[str, TensorSpec] = {}
+        buffers: dict[str, tuple[Buffer, bool]] = {}
+        scalars: dict[str, Scalar] = {}
+        by_handle: dict[int, list[str]] = {}
+        for name, value in bindings.items():
+            if isinstance(value, Scalar):
+                param = declared.get(name)
+                dtype = value.dtype or (param.type.dtype if param is not None else DType.FLOAT64)
+                _check_scalar(name, value.value, dtype)
+                specs[name] = TensorSpec(dtype, ())
+                scalars[name] = Scalar(value.value, dtype)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                buf = self.memory.lookup(vm_id, session, value)
+                specs[name] = buf.spec
+                writes = kernel.directions.get(name, Direction.IN) != Direction.IN
+                buffers[name] = (buf, writes)
+                by_handle.setdefault(value, []).append(name)
+            else:
+                raise E.InvalidArgument(f"binding {name!r} must be a buffer handle or a Scalar")
+        try:
+            bound: BoundKernel = kernel.bind(specs)
+        except primitive_lang.PrimitiveError as exc:
+            raise E.BindError(str(exc), exc.diagnostics) from exc
+        for handle, names in by_handle.items():
+            if len(names) > 1 and any(buffers[n][1] for n in names):
+                raise E.BindError(
+                    f"buffer {handle} is bound to {', '.join(sorted(names))}, and one of them is written; "
+                    "an output must have a buffer of its own")
+        return bound, buffers, scalars
+
+    def _cancel_queued(self, vm_id: int, predicate: Callable[[Ticket], bool], why: str) -> int:
+        tickets = self.scheduler.cancel(vm_id, predicate)
+        for t in tickets:
+            self._fail_ticket(t, E.Cancelled(why))
+        return len(tickets)
+
+    def _fail_ticket(self, t: Ticket, error: E.PxosError) -> None:
+        self._fail_job(t.payload, error)
+
+    def _fail_job(self, job: Job, error: E.PxosError) -> None:
+        """Complete a job that never ran: cancelled, or refused at start (lock held)."""
+        for buf, writes in job.buffers.values():
+            self.memory.unpin(buf, writes)
+        vm = self._vms.get(job.vm_id)
+        if vm is not None:
+            vm.inflight -= 1
+            vm.launches_total += 1
+            vm.launches_failed += 1
+            vm.by_class[job.wclass.name] = vm.by_class.get(job.wclass.name, 0) + 1
+        now = self.clock()
+        res = LaunchResult(job.launch_id, job.vm_id, error.status, error, 0, int((now - job.enqueued_at) * 1e9),
+                           int((now - job.enqueued_at) * 1e9), job.wclass.name, job.bound.kernel.name)
+        self.dispatcher.complete_later(job.completion, res)
+
+    # ------------------------------------------------------------------ sessions, reset, hints
+    def close_session(self, vm_id: int, session: int) -> SessionCloseResult:
+        """A guest process went away: cancel its queued launches, free its buffers and kernels."""
+        with self._lock:
+            vm = self._vm(vm_id)
+            cancelled = self._cancel_queued(vm_id, lambda t: t.payload.session == session,
+                                            "the guest session was closed")
+            nbuf, nbytes = self.memory.release_session(vm_id, session)
+            mine = [k for k, v in vm.kernels.items() if v.session == session]
+            for k in mine:
+                del vm.kernels[k]
+        self.dispatcher.flush_completions()
+        return SessionCloseResult(nbuf, nbytes, len(mine), cancelled)
+
+    def reset_vm(self, vm_id: int, why: str = "the device was reset") -> SessionCloseResult:
+        """The VM's device was reset (driver unloaded, reboot, QEMU gone): release all of
+        its buffers, kernels and queued launches. A launch already running finishes; its
+        buffers go as soon as it lets go of them."""
+        with self._lock:
+            self._vm(vm_id)
+            res = self._reset_locked(vm_id, why)
+        self.dispatcher.flush_completions()
+        self._emit("vm_reset", vm_id, reason=why, buffers_freed=res.buffers_freed,
+                   launches_cancelled=res.launches_cancelled)
+        return res
+
+    def _reset_locked(self, vm_id: int, why: str) -> SessionCloseResult:
+        vm = self._vms[vm_id]
+        vm.generation += 1
+        cancelled = self._cancel_queued(vm_id, lambda t: True, why)
+        nbuf, nbytes = self.memory.release_vm(vm_id)
+        nk = len(vm.kernels)
+        vm.kernels.clear()
+        vm.idle = False
+        return SessionCloseResult(nbuf, nbytes, nk, cancelled)
+
+    def idle_hint(self, vm_id: int, idle: bool) -> None:
+        with self._lock:
+            self._vm(vm_id).idle = bool(idle)
+            self.memory.idle_hint(vm_id, bool(idle))
+        self._emit("idle_hint", vm_id, idle=bool(idle))
+
+    # ------------------------------------------------------------------ observation
+    def stats(self, vm_id: int) -> VMStats:
+        with self._lock:
+            return self._stats_locked(vm_id, self.scheduler.stats())
+
+    def all_stats(self) -> list[VMStats]:
+        with self._lock:
+            s = self.scheduler.stats()
+            return [self._stats_locked(v, s) for v in sorted(self._vms)]
+
+    def _stats_locked(self, vm_id: int, sched_stats) -> VMStats:
+        vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
+        per = sched_stats.vms.get(vm_id)
+        lat = sorted(vm.latencies_ns)
+        return VMStats(
+            vm_id=vm_id, name=vm.name, memory_quota=mem.quota, memory_used=mem.used,
+            memory_device_bytes=mem.device_bytes, memory_host_bytes=mem.host_bytes,
+            share_pct=vm.share, cap_pct=vm.cap,
+            achieved_share=per.achieved_share if per is not None else 0.0,
+            device_seconds_total=vm.device_seconds, launches_total=vm.launches_total,
+            launches_failed=vm.launches_failed, launches_by_class=dict(vm.by_class),
+            queue_depth=self.scheduler.queue_depth(vm_id), inflight=vm.inflight,
+            buffers=sum(1 for b in mem.buffers.values() if not b.freed), kernels=len(vm.kernels),
+            latency_p50_ms=_pct(lat, 50) / 1e6, latency_p99_ms=_pct(lat, 99) / 1e6,
+            vm_switches_in=vm.switches_in, idle=vm.idle,
+            extra=self.memory.vm_extra(vm_id),
+        )
+
+    def lookahead(self, n: int | None = None) -> list[Ticket]:
+        with self._lock:
+            return self.scheduler.lookahead(self.lookahead_depth if n is None else n)
+
+
+def _pct(sorted_values: list[int], p: float) -> float:
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, max(0, round((len(sorted_values) - 1) * p / 100)))
+    return float(sorted_values[k])
+
+
+def _check_share(share: float, cap: float | None) -> None:
+    if not isinstance(share, int | float) or not 0 <= share <= 100:
+        raise E.InvalidArgument(f"compute share must be a percentage 0..100, got {share!r}")
+    if cap is not None and (not isinstance(cap, int | float) or not 0 < cap <= 100):
+        raise E.InvalidArgument(f"compute cap must be a percentage in (0, 100], got {cap!r}")
+
+
+def _check_scalar(name: str, value, dtype: DType) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise E.BindError(f"scalar {name!r} must be a number")
+    if not dtype.is_float:
+        if isinstance(value, float) and not value.is_integer():
+            raise E.BindError(f"scalar {name!r} is {dtype.value} but got {value!r}")
+        bits = 8 * dtype.itemsize
+        if not -(2 ** (bits - 1)) <= int(value) < 2 ** (bits - 1):
+            raise E.BindError(f"scalar {name!r} = {value} does not fit {dtype.value}")
+
+
+def _spec(dtype: DType | str, shape: Sequence[int]) -> TensorSpec:
+    try:
+        dt = dtype if isinstance(dtype, DType) else DType(dtype)
+    except ValueError:
+        raise E.InvalidArgument(
+            f"unknown dtype {dtype!r}; choose one of {', '.join(d.value for d in DType)}") from None
+    shape = tuple(shape)
+    if len(shape) > primitive_lang.limits.MAX_RANK:
+        raise E.InvalidArgument(f"rank {len(shape)} exceeds the limit of {primitive_lang.limits.MAX_RANK}")
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
+        raise E.InvalidArgument(f"shape {shape!r} must be non-negative integers")
+    n = 1
+    for d in shape:
+        n *= d
+    if n > primitive_lang.limits.MAX_ELEMENTS:
+        raise E.InvalidArgument(f"{n} elements exceed the limit of {primitive_lang.limits.MAX_ELEMENTS} per tensor")
+    return TensorSpec(dt, shape)
+
+
+def _buffer_info(buf: Buffer) -> BufferInfo:
+    return BufferInfo(buf.handle, buf.nbytes, buf.spec.dtype, buf.spec.shape, buf.residency.value)

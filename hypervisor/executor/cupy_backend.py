@@ -1,0 +1,144 @@
+"""The CuPy executor: launches run on an NVIDIA GPU.
+
+Kernels run on one non-blocking compute stream; their device time is measured with CUDA
+events recorded on that stream around the launch (what the GPU spent, not what Python
+spent issuing it). Transfers use their own stream and pinned staging memory, so the
+compute stream is never serialised behind a guest's upload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from primitive_lang import BoundKernel, TensorSpec
+
+from .base import Executor, ExecutorInfo, byte_view, check_range
+from .interpret import Interpreter
+
+# Pinned staging buffer for host<->device copies of guest data; larger transfers go in
+# pieces of this size (bounded host memory, and the copy engine stays busy).
+STAGING_BYTES = 8 << 20
+
+
+def cupy_unavailable_reason() -> str | None:
+    """None when CuPy imports and sees a GPU, else why not."""
+    try:
+        import cupy
+    except Exception as exc:
+        return f"CuPy does not import ({type(exc).__name__}: {exc})"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no CUDA device"
+    except Exception as exc:
+        return f"CUDA is not usable ({type(exc).__name__}: {exc})"
+    return None
+
+
+class CupyExecutor(Executor):
+    name = "cupy"
+
+    def __init__(self, device_id: int = 0) -> None:
+        import cupy
+
+        self.cp = cupy
+        self.device = cupy.cuda.Device(device_id)
+        self.device.use()
+        props = cupy.cuda.runtime.getDeviceProperties(device_id)
+        name = props["name"]
+        self._device_name = name.decode() if isinstance(name, bytes) else str(name)
+        self.compute = cupy.cuda.Stream(non_blocking=True)
+        self.copy = cupy.cuda.Stream(non_blocking=True)
+        self._staging = cupy.cuda.alloc_pinned_memory(STAGING_BYTES)
+        self._staging_np = np.frombuffer(self._staging, dtype=np.uint8, count=STAGING_BYTES)
+
+    def info(self) -> ExecutorInfo:
+        free, total = self.cp.cuda.runtime.memGetInfo()
+        return ExecutorInfo(self.name, self._device_name, int(total), int(free))
+
+    def empty(self, spec: TensorSpec):
+        with self.compute:
+            return self.cp.empty(spec.shape, dtype=spec.dtype.value)
+
+    def zeros(self, spec: TensorSpec):
+        with self.compute:
+            a = self.cp.zeros(spec.shape, dtype=spec.dtype.value)
+        self.compute.synchronize()
+        return a
+
+    def write(self, array, offset: int, chunks: Sequence[memoryview | bytes]) -> int:
+        flat = byte_view(self.cp, array)
+        total = sum(len(c) for c in chunks)
+        check_range(flat.size, offset, total)
+        pos = offset
+        stage = self._staging_np
+        fill = 0
+        for c in chunks:
+            src = np.frombuffer(c, dtype=np.uint8)
+            i = 0
+            while i < src.size:
+                n = min(src.size - i, STAGING_BYTES - fill)
+                stage[fill : fill + n] = src[i : i + n]
+                fill += n
+                i += n
+                if fill == STAGING_BYTES:
+                    self._flush(flat, pos, fill)
+                    pos += fill
+                    fill = 0
+        if fill:
+            self._flush(flat, pos, fill)
+        return total
+
+    def _flush(self, flat, pos: int, n: int) -> None:
+        self.cp.cuda.runtime.memcpyAsync(
+            flat.data.ptr + pos, self._staging.ptr, n,
+            self.cp.cuda.runtime.memcpyHostToDevice, self.copy.ptr,
+        )
+        self.copy.synchronize()  # the staging buffer is reused by the next piece
+
+    def read_into(self, array, offset: int, dsts: Sequence[memoryview]) -> int:
+        flat = byte_view(self.cp, array)
+        total = sum(len(d) for d in dsts)
+        check_range(flat.size, offset, total)
+        pos = offset
+        for d in dsts:
+            dst = np.frombuffer(d, dtype=np.uint8)
+            i = 0
+            while i < dst.size:
+                n = min(dst.size - i, STAGING_BYTES)
+                self.cp.cuda.runtime.memcpyAsync(
+                    self._staging.ptr, flat.data.ptr + pos, n,
+                    self.cp.cuda.runtime.memcpyDeviceToHost, self.copy.ptr,
+                )
+                self.copy.synchronize()
+                dst[i : i + n] = self._staging_np[:n]
+                i += n
+                pos += n
+        return total
+
+    def to_host(self, array) -> np.ndarray:
+        return self.cp.asnumpy(array, stream=self.copy, blocking=True)
+
+    def scalar(self, value: float | int, spec: TensorSpec):
+        return self.cp.asarray(value, dtype=spec.dtype.value)
+
+    def run(self, bound: BoundKernel, args: Mapping[str, Any]) -> float:
+        cp = self.cp
+        env = dict(args)
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        with self.compute:
+            start.record(self.compute)
+            Interpreter(cp, bound, env).run()
+            end.record(self.compute)
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end) / 1000.0
+
+    def release(self, array) -> None:
+        del array  # CuPy's pool reuses the block once the last reference goes
+
+    def close(self) -> None:
+        self.compute.synchronize()
+        self.copy.synchronize()
+        self.cp.get_default_memory_pool().free_all_blocks()

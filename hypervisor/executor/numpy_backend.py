@@ -1,0 +1,94 @@
+"""The NumPy executor: the reference backend, always available.
+
+Device time is the dispatcher thread's own CPU time over the launch (time.thread_time),
+so a VM is charged for the work it caused and not for time the thread waited. The daemon
+pins BLAS to one thread (OPENBLAS_NUM_THREADS etc.) so that this is the launch's whole cost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from primitive_lang import BoundKernel, TensorSpec
+
+from .base import Executor, ExecutorInfo, byte_view, check_range
+from .interpret import Interpreter
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return "cpu: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _meminfo(key: str) -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class NumpyExecutor(Executor):
+    name = "numpy"
+
+    def __init__(self) -> None:
+        self._device_name = _cpu_name()
+
+    def info(self) -> ExecutorInfo:
+        total = _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return ExecutorInfo(self.name, self._device_name, total, _meminfo("MemAvailable") or total)
+
+    def empty(self, spec: TensorSpec) -> np.ndarray:
+        return np.empty(spec.shape, dtype=spec.dtype.value)
+
+    def zeros(self, spec: TensorSpec) -> np.ndarray:
+        return np.zeros(spec.shape, dtype=spec.dtype.value)
+
+    def write(self, array: np.ndarray, offset: int, chunks: Sequence[memoryview | bytes]) -> int:
+        flat = byte_view(np, array)
+        total = sum(len(c) for c in chunks)
+        check_range(flat.size, offset, total)
+        pos = offset
+        for c in chunks:
+            n = len(c)
+            flat[pos : pos + n] = np.frombuffer(c, dtype=np.uint8)
+            pos += n
+        return total
+
+    def read_into(self, array: np.ndarray, offset: int, dsts: Sequence[memoryview]) -> int:
+        flat = byte_view(np, array)
+        total = sum(len(d) for d in dsts)
+        check_range(flat.size, offset, total)
+        pos = offset
+        for d in dsts:
+            n = len(d)
+            np.frombuffer(d, dtype=np.uint8)[:] = flat[pos : pos + n]
+            pos += n
+        return total
+
+    def to_host(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, copy=True)
+
+    def scalar(self, value: float | int, spec: TensorSpec) -> np.ndarray:
+        return np.asarray(value, dtype=spec.dtype.value)
+
+    def run(self, bound: BoundKernel, args: Mapping[str, Any]) -> float:
+        env = dict(args)
+        t0 = time.thread_time()
+        with np.errstate(all="ignore"):  # inf/nan follow IEEE, as on the GPU; no warnings
+            Interpreter(np, bound, env).run()
+        return time.thread_time() - t0

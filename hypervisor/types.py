@@ -1,0 +1,154 @@
+"""Plain values the hypervisor API takes and returns (no behaviour beyond Completion)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from primitive_lang import CheckedKernel
+from primitive_lang.ast import DType
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A scalar param's value in a launch's bindings (buffers are bound by handle)."""
+
+    value: float | int
+    dtype: DType | None = None  # None: the param's declared dtype
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    vm_id: int
+    name: str
+    memory_quota: int  # bytes
+    memory_used: int  # bytes: live buffers + temporaries of the running launch
+    share_pct: float
+    cap_pct: float | None
+    default_class: str | None
+    socket: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    backend: str
+    device_name: str
+    pool_bytes: int
+    pool_used: int
+    host_budget: int
+    host_used: int
+
+
+@dataclass(frozen=True)
+class BufferInfo:
+    handle: int
+    nbytes: int
+    dtype: DType
+    shape: tuple[int, ...]
+    residency: str
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    kernel_id: int
+    name: str
+    checked: CheckedKernel
+
+
+@dataclass(frozen=True)
+class SessionCloseResult:
+    buffers_freed: int
+    bytes_freed: int
+    kernels_freed: int
+    launches_cancelled: int
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    launch_id: int
+    vm_id: int
+    status: str  # PXOS_S_* name
+    error: BaseException | None
+    device_ns: int
+    queue_ns: int
+    total_ns: int
+    wclass: str  # the class the scheduler ran it as
+    kernel: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "PXOS_S_OK"
+
+
+class Completion:
+    """The outcome of one launch, filled in by the dispatcher thread."""
+
+    __slots__ = ("_callbacks", "_done", "_lock", "launch_id", "result", "session", "vm_id")
+
+    def __init__(self, launch_id: int, vm_id: int, session: int):
+        self.launch_id, self.vm_id, self.session = launch_id, vm_id, session
+        self.result: LaunchResult | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[Completion], None]] = []
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> LaunchResult:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"launch {self.launch_id} not complete after {timeout} s")
+        assert self.result is not None
+        return self.result
+
+    def add_done_callback(self, fn: Callable[[Completion], None]) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _finish(self, result: LaunchResult) -> list[Callable[[Completion], None]]:
+        with self._lock:
+            self.result = result
+            self._done.set()
+            cbs, self._callbacks = self._callbacks, []
+        return cbs
+
+
+@dataclass(frozen=True)
+class VMStats:
+    vm_id: int
+    name: str
+    memory_quota: int
+    memory_used: int
+    memory_device_bytes: int
+    memory_host_bytes: int
+    share_pct: float
+    cap_pct: float | None
+    achieved_share: float  # fraction of busy device time over the scheduler's window
+    device_seconds_total: float
+    launches_total: int
+    launches_failed: int
+    launches_by_class: dict[str, int]
+    queue_depth: int
+    inflight: int
+    buffers: int
+    kernels: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    vm_switches_in: int
+    idle: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened, for the gRPC event stream and the logs."""
+
+    kind: str  # "vm_registered", "vm_unregistered", "quota_changed", "launch_completed", "vm_reset", ...
+    vm_id: int | None
+    time: float  # wall clock, seconds since the epoch
+    detail: dict[str, Any]
