@@ -1,0 +1,10 @@
+"""The virtio-gpu-pxos device: a headless virtio-gpu (device ID 16) whose control queue
+also carries the PXOS vendor commands (0x7000..0x70ff), served over vhost-user.
+
+Files: ``virtio_gpu`` (the standard names), ``commands`` (typed commands/responses),
+``decode`` / ``encode`` (the wire codec), ``display`` (the standard control commands of a
+headless device), ``control`` (the PXOS command handlers, one per command, calling the
+Hypervisor), ``device`` (the ``VirtioDevice`` the vhost-user library drives), ``metrics``
+(what the device counts), ``transport`` (the daemon's ``vhost-user`` plugin).
+docs/protocol.md specifies the protocol.
+"""
