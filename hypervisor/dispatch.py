@@ -136,7 +136,9 @@ class Dispatcher:
         job.started = hv.clock()
         if self._last_vm is not None and self._last_vm != job.vm_id and job.enqueued_at <= self._last_end:
             self.switches += 1
-            self.switch_gaps.append(job.started - self._last_end)
+            gap = job.started - self._last_end
+            self.switch_gaps.append(gap)
+            job.extra["switch"] = (self._last_vm, gap)
             vm = hv._vms.get(job.vm_id)
             if vm is not None:
                 vm.switches_in += 1
@@ -147,6 +149,9 @@ class Dispatcher:
         hv = self.hv
         error: E.PxosError | None = None
         device_s = 0.0
+        if "switch" in job.extra:
+            prev, gap = job.extra["switch"]
+            hv._emit("vm_switch", job.vm_id, from_vm=prev, gap_seconds=gap)
         try:
             for hook in self.before_run:
                 hook(job)

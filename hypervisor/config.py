@@ -1,0 +1,151 @@
+"""pxos-hvd configuration: a TOML file validated by pydantic.
+
+Sizes are written as integers (bytes) or strings with a unit (``"8G"``, ``"512MiB"``,
+``"8000M"``); ``K/M/G/T`` are decimal, ``Ki/Mi/Gi/Ti`` binary. Every error names the field
+and the file, and raises ConfigError (the daemon refuses to start; a reload keeps the old
+config).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """``8G`` -> 8_000_000_000, ``512Mi`` -> 536_870_912, ``4096`` -> 4096."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string like '8G'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return value
+    if isinstance(value, float) and value >= 0:
+        return int(value)
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"cannot read {value!r} as a size (examples: 4096, '512Mi', '8G')")
+    number, unit = float(m.group(1)), (m.group(2) or "").lower()
+    return int(number * _UNITS[unit])
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+WorkloadClassName = Literal["REALTIME", "INTERACTIVE", "THROUGHPUT", "BATCH"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VMConfig(_Model):
+    id: int = Field(gt=0, lt=2**32)
+    name: str | None = Field(default=None, min_length=1, max_length=63)
+    memory: Size = Field(description="memory quota (the VM's virtual GPU memory)")
+    share: float = Field(ge=0, le=100, description="compute share, percent of busy device time")
+    cap: float | None = Field(default=None, gt=0, le=100, description="hard cap, percent of wall time")
+    default_class: WorkloadClassName | None = None
+    socket: str | None = Field(default=None, description="vhost-user socket path QEMU connects to")
+
+
+class DaemonSection(_Model):
+    grpc_socket: str = "/run/pxos/pxos-hvd.sock"
+    grpc_tcp: str | None = Field(default=None, description="host:port; off unless set")
+    metrics_address: str | None = "127.0.0.1:9464"
+    backend: Literal["auto", "numpy", "cupy"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    socket_dir: str = "/run/pxos"
+
+
+class MemorySection(_Model):
+    device_pool: Size | Literal["auto"] = "auto"
+    device_reserve: Size = parse_size("1Gi")
+    host_budget: Size = 0
+
+
+class SchedulerSection(_Model):
+    window_seconds: float = Field(default=1.0, gt=0, le=3600)
+    lookahead: int = Field(default=8, ge=1, le=256)
+
+
+class DaemonConfig(_Model):
+    daemon: DaemonSection = DaemonSection()
+    memory: MemorySection = MemorySection()
+    scheduler: SchedulerSection = SchedulerSection()
+    vm: list[VMConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _vms_consistent(self) -> DaemonConfig:
+        ids = [v.id for v in self.vm]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"VM ids must be unique, got {ids}")
+        sockets = [v.socket for v in self.vm if v.socket]
+        if len(sockets) != len(set(sockets)):
+            raise ValueError("two VMs name the same socket")
+        total = sum(v.share for v in self.vm)
+        if total > 100:
+            raise ValueError(f"VM shares sum to {total:g}%, more than 100%")
+        return self
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "<config>") -> DaemonConfig:
+    try:
+        return DaemonConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+DEFAULT_CONFIG_TOML = """\
+# pxos-hvd configuration (TOML). Sizes: bytes, or strings like "8G" (decimal) / "8Gi" (binary).
+
+[daemon]
+grpc_socket = "/run/pxos/pxos-hvd.sock"   # pxosctl talks here (mode 0600)
+# grpc_tcp = "127.0.0.1:50051"            # off unless set
+metrics_address = "127.0.0.1:9464"        # Prometheus /metrics
+backend = "auto"                          # auto | numpy | cupy
+log_level = "info"
+socket_dir = "/run/pxos"                  # where `pxosctl vm add` puts sockets by default
+
+[memory]
+device_pool = "auto"      # bytes of device memory pxOS may use; auto = free memory - reserve
+device_reserve = "1Gi"
+host_budget = 0           # host RAM backing for overcommit (0 = no overcommit)
+
+[scheduler]
+window_seconds = 1.0      # window over which caps and achieved shares are measured
+lookahead = 8             # launches the scheduler plans ahead (memory prefetch reads it)
+
+# One [[vm]] table per VM. `socket` is the vhost-user socket its QEMU connects to
+# (-chardev socket,path=...,id=c -device vhost-user-gpu-pci,chardev=c).
+# [[vm]]
+# id = 1
+# name = "train"
+# memory = "8000M"
+# share = 50
+# cap = 80
+# default_class = "BATCH"
+# socket = "/run/pxos/vm1.sock"
+"""

@@ -1,0 +1,235 @@
+"""pxos-hvd: the daemon. Owns the Hypervisor, the device transports (one vhost-user socket
+per VM), the gRPC control API and the Prometheus exporter, and their orderly shutdown.
+
+The vhost-user transport is found through the ``pxos.device_backends`` entry point group,
+so this package never imports virtio_backend (arrows point one way:
+virtio_backend -> hypervisor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from . import errors as E
+from .config import DEFAULT_CONFIG_TOML, DaemonConfig, VMConfig, load_config
+from .core import Hypervisor
+from .types import VMInfo
+
+log = logging.getLogger("pxos.daemon")
+
+TRANSPORT_GROUP = "pxos.device_backends"
+
+
+def load_transport(name: str = "vhost-user"):
+    """The transport class registered under ``name`` (virtio_backend's VhostUserTransport)."""
+    for ep in entry_points(group=TRANSPORT_GROUP):
+        if ep.name == name:
+            try:
+                return ep.load()
+            except Exception as exc:
+                raise E.ConfigError(f"device transport {name!r} failed to load ({ep.value}): {exc}") from exc
+    raise E.ConfigError(f"no device transport {name!r} is installed (entry point group {TRANSPORT_GROUP})")
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, *, hypervisor: Hypervisor | None = None,
+                 transport_name: str | None = "vhost-user"):
+        self.config = config
+        mem = config.memory
+        if hypervisor is None:
+            pool = None if mem.device_pool == "auto" else mem.device_pool
+            hypervisor = Hypervisor(backend=config.daemon.backend, device_pool_bytes=pool,
+                                    host_budget_bytes=mem.host_budget,
+                                    window_seconds=config.scheduler.window_seconds,
+                                    lookahead_depth=config.scheduler.lookahead)
+        self.hv = hypervisor
+        self._transport_name = transport_name
+        self.transport = None
+        self.grpc = None
+        self.metrics = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    # ---- lifecycle ----
+    def start(self, *, grpc: bool = True, metrics: bool = True) -> Daemon:
+        self.hv.start()
+        if self._transport_name and (any(v.socket for v in self.config.vm) or grpc):
+            try:
+                self.transport = load_transport(self._transport_name)(self.hv)
+            except E.ConfigError:
+                if any(v.socket for v in self.config.vm):
+                    raise
+                log.warning("no vhost-user transport: VMs can be driven over gRPC only", exc_info=True)
+        for vm in self.config.vm:
+            self.add_vm(vm)
+        if metrics and self.config.daemon.metrics_address:
+            from .metrics import MetricsExporter
+
+            self.metrics = MetricsExporter(self.hv)
+            host, port = self.metrics.serve(self.config.daemon.metrics_address)
+            log.info("metrics on http://%s:%d/metrics", host, port)
+        if grpc:
+            from .rpc.server import GrpcServer
+
+            self.grpc = GrpcServer(self)
+            self.grpc.start(unix_path=self.config.daemon.grpc_socket, tcp_address=self.config.daemon.grpc_tcp)
+            log.info("gRPC on unix:%s%s", self.config.daemon.grpc_socket,
+                     f" and {self.config.daemon.grpc_tcp}" if self.config.daemon.grpc_tcp else "")
+        log.info("pxos-hvd up: backend %s (%s), device pool %d bytes, %d VMs",
+                 self.hv.executor.name, self.hv.device_info().device_name, self.hv.memory.pool_bytes,
+                 len(self.config.vm))
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Graceful: stop taking requests, disconnect guests, cancel queued work, let the
+        running launch finish."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.grpc is not None:
+            self.grpc.stop(grace)
+        if self.transport is not None:
+            self.transport.close()
+        self.hv.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+        log.info("pxos-hvd stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    # ---- VMs (the gRPC service calls these) ----
+    def add_vm(self, vm: VMConfig) -> VMInfo:
+        with self._lock:
+            info = self.hv.register_vm(vm.id, 0, vm.share, name=vm.name, cap_percent=vm.cap,
+                                       default_class=vm.default_class, socket=vm.socket,
+                                       memory_quota_bytes=vm.memory)
+            if vm.socket:
+                if self.transport is None:
+                    self.hv.unregister_vm(vm.id)
+                    raise E.ConfigError("VM sockets need the vhost-user transport, which is not available")
+                try:
+                    Path(vm.socket).parent.mkdir(parents=True, exist_ok=True)
+                    self.transport.attach(vm.id, vm.socket)
+                except Exception as exc:
+                    self.hv.unregister_vm(vm.id)
+                    raise E.ConfigError(f"VM {vm.id}: cannot listen on {vm.socket}: {exc}") from exc
+            log.info("VM %d (%s) registered: memory %d bytes, share %g%%%s%s", vm.id, info.name,
+                     info.memory_quota, vm.share, f", cap {vm.cap:g}%" if vm.cap else "",
+                     f", socket {vm.socket}" if vm.socket else "")
+            return info
+
+    def remove_vm(self, vm_id: int) -> None:
+        with self._lock:
+            info = self.hv.vm_info(vm_id)
+            if info.socket and self.transport is not None:
+                self.transport.detach(vm_id)
+            self.hv.unregister_vm(vm_id)
+            log.info("VM %d removed", vm_id)
+
+    def set_quota(self, vm_id: int, **kw) -> VMInfo:
+        return self.hv.set_quota(vm_id, **kw)
+
+    def transport_status(self) -> dict[int, dict]:
+        return self.transport.status() if self.transport is not None else {}
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else DaemonConfig()
+        overrides = {}
+        if args.backend:
+            overrides["backend"] = args.backend
+        if args.grpc_socket:
+            overrides["grpc_socket"] = args.grpc_socket
+        if args.metrics_address is not None:
+            overrides["metrics_address"] = args.metrics_address or None
+        if overrides:
+            config = config.model_copy(update={"daemon": config.daemon.model_copy(update=overrides)})
+        setup_logging(args.log_level or config.daemon.log_level, args.log_format)
+        daemon = Daemon(config)
+        daemon.start()
+    except E.PxosError as exc:
+        print(f"pxos-hvd: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pxos-hvd: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum, _frame):
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        threading.Thread(target=daemon.stop, name="pxos-shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.ready_fd is not None:  # tell a supervisor (or a test) we are serving
+        os.write(args.ready_fd, b"ready\n")
+        os.close(args.ready_fd)
+    daemon.wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
+    p = argparse.ArgumentParser(prog="pxos-hvd", description="pxOS GPU hypervisor daemon "
+                                "(`pxos-hvd demo --help` for the demo)")
+    p.add_argument("--config", metavar="FILE", help="TOML config (see --print-default-config)")
+    p.add_argument("--print-default-config", action="store_true", help="print a commented default config")
+    p.add_argument("--check-config", action="store_true", help="validate --config and exit")
+    p.add_argument("--backend", choices=["auto", "numpy", "cupy"])
+    p.add_argument("--grpc-socket", metavar="PATH")
+    p.add_argument("--metrics-address", metavar="HOST:PORT", help="'' turns the exporter off")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.print_default_config:
+        sys.stdout.write(DEFAULT_CONFIG_TOML)
+        return 0
+    if args.check_config:
+        if not args.config:
+            p.error("--check-config needs --config")
+        try:
+            cfg = load_config(args.config)
+        except E.ConfigError as exc:
+            print(f"pxos-hvd: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok ({len(cfg.vm)} VMs)")
+        return 0
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
