@@ -102,6 +102,8 @@ def total_len(views: Sequence[memoryview]) -> int:
 
 def gather(views: Sequence[memoryview], offset: int, length: int) -> bytes:
     """Copy ``length`` bytes starting ``offset`` bytes into the concatenated segments."""
+    if offset + length > total_len(views):
+        raise _invalid(f"request holds fewer than {offset + length} bytes")
     out = bytearray()
     for v in views:
         n = len(v)
@@ -113,8 +115,6 @@ def gather(views: Sequence[memoryview], offset: int, length: int) -> bytes:
         offset = 0
         if len(out) == length:
             break
-    if len(out) != length:
-        raise _invalid(f"request holds fewer than {length} bytes")
     return bytes(out)
 
 
