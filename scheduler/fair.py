@@ -1,0 +1,261 @@
+"""``FairScheduler``: per-VM FIFO queues, weighted fair sharing of measured device time,
+hard caps over a sliding window, and class ordering within the shares.
+
+Pure and single-threaded: no threads, no I/O, no clock of its own beyond the one passed
+in. The hypervisor's dispatcher thread calls ``submit`` / ``pick`` / ``charge``; every
+method validates its input and raises a ``SchedulerError`` without changing anything.
+The rule itself lives in core.py; the semantics are written in docs/scheduling.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+from scheduler.core import IDLE_TIER, NORMAL_TIER, THROTTLED, WAITING, Engine, VMState
+from scheduler.errors import (
+    DuplicateVM,
+    InvalidCharge,
+    InvalidShare,
+    InvalidTicket,
+    QueueFull,
+    SchedulerError,
+    UnknownVM,
+)
+from scheduler.stats import SchedulerStats, VMSchedStats
+from scheduler.workload import Ticket
+
+#: A more urgent head goes first while its key is at most this far (virtual seconds, i.e.
+#: device seconds divided by the share as a fraction) ahead of the smallest key. It bounds
+#: how far a class can move a VM ahead of its fair share: 20 ms at a 100 % share, 2 ms of
+#: device time at a 10 % share.
+CLASS_LAG = 0.020
+
+#: A VM that becomes runnable keeps at most this much credit (virtual seconds) over the
+#: tier's virtual clock: it cannot bank the time it spent idle or throttled.
+WAKEUP_LAG = 0.005
+
+#: Queued launches per VM. A guest decides how many launches it queues; this bounds the
+#: memory one VM can hold in the scheduler and the wait of its last queued launch.
+MAX_QUEUE_DEPTH = 4096
+
+#: Look-ahead depth. The prefetcher asks for a handful; this bounds one call's work.
+MAX_LOOKAHEAD = 1024
+
+_SHARE_EPS = 1e-9  # float slack when summing percentages
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class FairScheduler:
+    """Decides which queued launch runs next. See docs/scheduling.md for the guarantees."""
+
+    def __init__(self, *, window_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 class_lag: float = CLASS_LAG, wakeup_lag: float = WAKEUP_LAG,
+                 max_queue_depth: int = MAX_QUEUE_DEPTH) -> None:
+        if not _finite(window_seconds) or window_seconds <= 0:
+            raise SchedulerError(f"window_seconds must be a positive number, got {window_seconds!r}")
+        for name, lag in (("class_lag", class_lag), ("wakeup_lag", wakeup_lag)):
+            if not _finite(lag) or lag < 0:
+                raise SchedulerError(f"{name} must be a non-negative number, got {lag!r}")
+        if not isinstance(max_queue_depth, int) or max_queue_depth < 1:
+            raise SchedulerError(f"max_queue_depth must be a positive int, got {max_queue_depth!r}")
+        self._clock = clock
+        self._window = float(window_seconds)
+        self._max_depth = max_queue_depth
+        self._vms: dict[int, VMState] = {}
+        self._engine = Engine(self._vms, window=self._window, class_lag=float(class_lag),
+                              wakeup_lag=float(wakeup_lag))
+        self._picks = 0
+        self._switches = 0
+        self._switch_seconds = 0.0
+        self._last_switch: float | None = None
+        self._last_charged: tuple[int, float] | None = None  # (vm, ended) of the last charge
+
+    # -- registry ----------------------------------------------------------------------
+
+    def add_vm(self, vm_id: int, share_pct: float, cap_pct: float | None = None) -> None:
+        if not isinstance(vm_id, int) or isinstance(vm_id, bool):
+            raise InvalidShare(f"vm_id must be an int, got {vm_id!r}")
+        if vm_id in self._vms:
+            raise DuplicateVM(f"VM {vm_id} is already registered with the scheduler")
+        self._check_share(vm_id, share_pct, cap_pct)
+        vm = VMState(vm_id)
+        self._apply_share(vm, share_pct, cap_pct)
+        vm.vruntime = self._engine.tiers[vm.tier].vclock
+        self._vms[vm_id] = vm
+
+    def remove_vm(self, vm_id: int) -> list[Ticket]:
+        """Forget ``vm_id``; return its queued tickets (for the caller to cancel). A charge
+        for its launches still in flight is ignored when it arrives."""
+        vm = self._vm(vm_id)
+        del self._vms[vm_id]  # its heap entries become stale: their VM is gone
+        return list(vm.queue)
+
+    def set_share(self, vm_id: int, share_pct: float, cap_pct: float | None) -> None:
+        """Change a VM's share and cap at run time; its lead or lag over the tier's virtual
+        clock is rescaled so the change neither rewards nor punishes its past."""
+        vm = self._vm(vm_id)
+        self._check_share(vm_id, share_pct, cap_pct)
+        old_tier, old_weight = vm.tier, vm.weight
+        self._apply_share(vm, share_pct, cap_pct)
+        vclock = self._engine.tiers[vm.tier].vclock
+        if vm.tier == old_tier:
+            vm.vruntime = vclock + (vm.vruntime - vclock) * old_weight / vm.weight
+        else:
+            vm.vruntime = vclock
+        self._engine.place(vm, self._clock())
+
+    def _check_share(self, vm_id: int, share: float, cap: float | None) -> None:
+        if not _finite(share) or not 0.0 <= share <= 100.0:
+            raise InvalidShare(f"VM {vm_id}: share must be a percentage in 0..100, got {share!r}")
+        if cap is not None:
+            if not _finite(cap) or not 0.0 < cap <= 100.0:
+                raise InvalidShare(f"VM {vm_id}: cap must be a percentage in (0, 100], got {cap!r}")
+            if cap < share:
+                raise InvalidShare(f"VM {vm_id}: cap {cap}% is below its share {share}%: "
+                                   "the share could never be reached")
+        others = sum(v.share_pct for k, v in self._vms.items() if k != vm_id)
+        if others + share > 100.0 + _SHARE_EPS:
+            raise InvalidShare(f"VM {vm_id}: share {share}% would take the shares to "
+                               f"{others + share:g}% (at most 100%; {100.0 - others:g}% is free)")
+
+    def _apply_share(self, vm: VMState, share: float, cap: float | None) -> None:
+        vm.share_pct, vm.cap_pct = float(share), None if cap is None else float(cap)
+        vm.tier = NORMAL_TIER if share > 0 else IDLE_TIER
+        vm.weight = share / 100.0 if share > 0 else 1.0
+        if cap is None or cap >= 100.0:
+            vm.cap_limit, vm.cap_frac = None, 1.0
+        else:
+            vm.cap_frac = cap / 100.0
+            vm.cap_limit = vm.cap_frac * self._window
+        if vm.cap_limit is None:
+            vm.blocked_until = -math.inf
+
+    def _vm(self, vm_id: int) -> VMState:
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            raise UnknownVM(f"VM {vm_id!r} is not registered with the scheduler")
+        return vm
+
+    # -- the queue ---------------------------------------------------------------------
+
+    def submit(self, ticket: Ticket) -> None:
+        """Queue a launch behind the VM's earlier ones (launches of a VM run in order)."""
+        if not isinstance(ticket, Ticket):
+            raise InvalidTicket(f"submit takes a Ticket, got {type(ticket).__name__}")
+        vm = self._vm(ticket.vm_id)
+        if vm.last_launch_id is not None and ticket.launch_id <= vm.last_launch_id:
+            raise InvalidTicket(f"VM {vm.vm_id}: launch id {ticket.launch_id} does not follow "
+                                f"{vm.last_launch_id} (ids increase within a VM)")
+        if len(vm.queue) >= self._max_depth:
+            raise QueueFull(f"VM {vm.vm_id} already has {len(vm.queue)} queued launches "
+                            f"(at most {self._max_depth})")
+        vm.queue.append(ticket)
+        vm.last_launch_id = ticket.launch_id
+        if len(vm.queue) == 1:
+            self._engine.place(vm, self._clock())
+
+    def pick(self) -> Ticket | None:
+        """Remove and return the ticket to run now, or None when nothing is eligible. Every
+        picked ticket must later be charged once (with 0 s if it never ran)."""
+        ticket = self._engine.pick(self._clock())
+        if ticket is not None:
+            self._picks += 1
+        return ticket
+
+    def next_eligible_in(self) -> float | None:
+        """Seconds until a VM held back by its cap may run again; None when no VM is waiting
+        on time (a VM waiting for its own in-flight launch is freed by ``charge``)."""
+        at = self._engine.next_release()
+        return None if at is None else max(0.0, at - self._clock())
+
+    def charge(self, vm_id: int, device_seconds: float, *, started: float, ended: float) -> None:
+        """Account the measured device time of a VM's oldest picked, uncharged launch."""
+        if not _finite(device_seconds) or device_seconds < 0:
+            raise InvalidCharge(f"device_seconds must be finite and >= 0, got {device_seconds!r}")
+        if not _finite(started) or not _finite(ended) or ended < started:
+            raise InvalidCharge(f"a launch must end after it starts (started={started!r}, ended={ended!r})")
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            return  # removed while its launch was in flight
+        self._engine.charge(vm, float(device_seconds), float(ended), self._clock())
+        if self._last_charged is not None and self._last_charged[0] != vm_id:
+            gap = max(0.0, started - self._last_charged[1])
+            self._switches += 1
+            self._switch_seconds += gap
+            self._last_switch = gap
+        self._last_charged = (vm_id, ended)
+
+    def cancel(self, vm_id: int, predicate: Callable[[Ticket], bool]) -> list[Ticket]:
+        """Drop the VM's queued tickets for which ``predicate`` is true; return them in
+        queue order. In-flight launches are not affected."""
+        vm = self._vm(vm_id)
+        keep: list[Ticket] = []
+        dropped: list[Ticket] = []
+        for t in vm.queue:
+            (dropped if predicate(t) else keep).append(t)
+        if dropped:
+            head = vm.queue[0]
+            vm.queue = deque(keep)
+            if not keep or keep[0] is not head:
+                self._engine.place(vm, self._clock())
+        return dropped
+
+    def lookahead(self, n: int) -> list[Ticket]:
+        """The next ``n`` tickets ``pick`` would return if nothing else arrived and each ran
+        for its ``est_seconds`` back to back from now (idling through cap waits). It reads
+        the scheduler and changes nothing."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise SchedulerError(f"lookahead takes a count >= 0, got {n!r}")
+        n = min(n, MAX_LOOKAHEAD)
+        if n == 0:
+            return []
+        sim = self._engine.fork(n)
+        now = self._clock()
+        out: list[Ticket] = []
+        while len(out) < n:
+            ticket = sim.pick(now)
+            if ticket is None:
+                at = sim.next_release()
+                if at is None:
+                    break
+                now = max(now, at)
+                continue
+            out.append(ticket)
+            now += ticket.est_seconds
+            sim.charge(sim.mut(ticket.vm_id), ticket.est_seconds, now, now, newest=True)
+        return out
+
+    # -- reading -----------------------------------------------------------------------
+
+    def queue_depth(self, vm_id: int) -> int:
+        return len(self._vm(vm_id).queue)
+
+    def vm_ids(self) -> list[int]:
+        return list(self._vms)
+
+    def stats(self) -> SchedulerStats:
+        now = self._clock()
+        busy = sum(vm.usage.prune(now, self._window) for vm in self._vms.values())
+        rows = tuple(
+            VMSchedStats(
+                vm_id=vm.vm_id, share_pct=vm.share_pct, cap_pct=vm.cap_pct,
+                achieved_pct=100.0 * vm.usage.total / busy if busy > 0 else 0.0,
+                window_device_seconds=vm.usage.total, device_seconds_total=vm.device_seconds,
+                launches_total=vm.picks, queue_depth=len(vm.queue), inflight=len(vm.inflight),
+                vruntime=vm.vruntime, throttled=vm.where in (THROTTLED, WAITING),
+            )
+            for vm in self._vms.values()
+        )
+        return SchedulerStats(
+            window_seconds=self._window, busy_seconds_window=busy, picks_total=self._picks,
+            vm_switches_total=self._switches, vm_switch_seconds_total=self._switch_seconds,
+            last_vm_switch_seconds=self._last_switch, vms=rows,
+        )
+
+
