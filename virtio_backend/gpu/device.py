@@ -1,0 +1,259 @@
+"""The virtio-gpu-pxos device: what the vhost-user library drives for one VM's connection.
+
+Implements ``virtio_backend.vhost_user.device.VirtioDevice`` for virtio device ID 16 with
+two queues (virtio spec 5.7.2): the control queue carries the standard virtio-gpu
+commands (answered by ``display.HeadlessDisplay``) and the PXOS vendor commands
+(0x7000..0x70ff: ``decode`` → ``control.PxosControl`` → ``encode``); the cursor queue is
+drained (cursor commands take no response). All of it runs on the connection's loop
+thread; a LAUNCH's chain is held until its completion arrives from the hypervisor's
+dispatcher thread through ``connection.call_soon_threadsafe``.
+
+Every chain is completed through one path, ``_complete``, and nothing a guest sends raises
+out of ``queue_kicked``: a malformed request becomes an error response, a host bug becomes
+``PXOS_S_INTERNAL`` (logged with its traceback), and both are counted in ``stats``.
+
+``reset()`` (rings stopped, device reset, QEMU gone) releases the VM's device state in the
+hypervisor (``hv.reset_vm``: buffers, kernels, queued launches; usage back to zero) and
+starts a new generation: a completion of the old one that arrives later is dropped,
+never written to guest memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from hypervisor import Hypervisor
+from hypervisor.core import MAX_INFLIGHT_PER_VM
+from hypervisor.errors import NotFound, ProtocolError
+from hypervisor.types import Completion
+from virtio_backend import wire
+from virtio_backend.gpu import commands as c
+from virtio_backend.gpu.control import Deferred, PxosControl, launch_response
+from virtio_backend.gpu.decode import (
+    BadRequest,
+    decode_command,
+    decode_header,
+    gather,
+    response_size,
+    total_len,
+)
+from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
+from virtio_backend.gpu.encode import encode
+from virtio_backend.gpu.metrics import DeviceStats, LogLimiter
+from virtio_backend.gpu.virtio_gpu import VirtioGpuCtrlType, VirtioGpuQueue
+from virtio_backend.wire import PxosCmdType, PxosStatus
+
+log = logging.getLogger("pxos.virtio.gpu")
+
+VHOST_USER_GPU_SET_SOCKET = 33  # VhostUserRequest.GPU_SET_SOCKET
+CONFIG_SPACE_MAX = 256  # vhost-user GET_CONFIG reads at most this much (VHOST_USER_MAX_CONFIG_SIZE)
+DEFAULT_MAX_INFLIGHT = 64  # until the control queue starts: QEMU's control queue size
+
+
+class GpuDevice:
+    """One VM's virtio-gpu-pxos device, for one vhost-user connection."""
+
+    num_queues = 2
+
+    def __init__(self, hv: Hypervisor, vm_id: int, connection, stats: DeviceStats | None = None):
+        self.hv = hv
+        self.vm_id = vm_id
+        self._connection = connection  # call_soon_threadsafe(fn, *args) onto the loop thread
+        self.stats = stats if stats is not None else DeviceStats()
+        self.display = HeadlessDisplay()
+        self.control = PxosControl(hv, vm_id, DEFAULT_MAX_INFLIGHT)
+        self._generation = 0
+        self._display_fd: int | None = None
+        self._log = LogLimiter()
+
+    # ---- VirtioDevice: features and config ----------------------------------------------
+    def device_features(self) -> int:
+        return 0  # headless: no VIRGL, no EDID, no blob resources (see display.py)
+
+    def protocol_features(self) -> int:
+        return 0  # CONFIG (mandatory for vhost-user-gpu) is among the library's own
+
+    def get_config(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > CONFIG_SPACE_MAX:
+            raise ValueError(f"config read [{offset}, {offset + size}) outside {CONFIG_SPACE_MAX} bytes")
+        space = self.display.config_bytes().ljust(CONFIG_SPACE_MAX, b"\0")
+        return space[offset : offset + size]
+
+    def set_config(self, offset: int, data: bytes) -> None:
+        self.display.write_config(offset, data)
+
+    # ---- VirtioDevice: queues -----------------------------------------------------------
+    def queue_started(self, index: int, queue) -> None:
+        if index == VirtioGpuQueue.CONTROLQ:
+            self.control.max_inflight = min(queue.size, MAX_INFLIGHT_PER_VM)
+
+    def queue_kicked(self, index: int, queue) -> None:
+        if index == VirtioGpuQueue.CONTROLQ:
+            served = 0
+            while (req := queue.pop()) is not None:
+                self._serve(queue, req)
+                served += 1
+            if served:
+                queue.notify()
+        elif index == VirtioGpuQueue.CURSORQ:
+            self._drain_cursor(queue)
+
+    def queue_stopped(self, index: int) -> None:
+        pass  # the library invalidated the queue's requests; reset() follows for the device
+
+    def reset(self) -> None:
+        self._generation += 1  # completions of the old generation are dropped on arrival
+        self.stats.resets_total += 1
+        self.stats.launches_inflight = 0
+        self.display = HeadlessDisplay()
+        self._close_display_fd()
+        try:
+            res = self.hv.reset_vm(self.vm_id, "the guest's virtio-gpu device was reset")
+        except NotFound:  # the VM was removed first (detach): nothing left to release
+            return
+        log.info("vm %d: device reset: %d buffers (%d bytes), %d kernels freed, %d launches cancelled",
+                 self.vm_id, res.buffers_freed, res.bytes_freed, res.kernels_freed, res.launches_cancelled)
+
+    def handle_device_message(self, request: int, payload: bytes, fds: list[int]) -> bytes | None:
+        if request != VHOST_USER_GPU_SET_SOCKET:
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError(f"vhost-user request {request} is not one a virtio-gpu backend serves")
+        # QEMU's end of the display socketpair. A headless device never talks on it, but
+        # keeps it open so QEMU sees a live peer; a new one replaces the old.
+        self._close_display_fd()
+        if fds:
+            self._display_fd = fds[0]
+            for fd in fds[1:]:
+                os.close(fd)
+        return None
+
+    def close(self) -> None:
+        self._close_display_fd()
+
+    def _close_display_fd(self) -> None:
+        if self._display_fd is not None:
+            os.close(self._display_fd)
+            self._display_fd = None
+
+    # ---- serving one chain --------------------------------------------------------------
+    def _serve(self, queue, req) -> None:
+        self.stats.requests_total += 1
+        try:
+            readable = req.readable_views()
+            writable = req.writable_views()
+            hdr = decode_header(readable)
+            if hdr is None:
+                self.stats.no_header_total += 1
+                self._note("chain of %d readable bytes holds no control header", req.readable_len)
+                queue.push(req, 0)
+            elif wire.PXOS_CMD_FIRST <= hdr.type <= wire.PXOS_CMD_LAST:
+                self._serve_pxos(queue, req, hdr, readable, writable)
+            else:
+                self._serve_standard(queue, req, hdr, readable)
+        except Exception:  # a host bug: answer it, count it, keep serving
+            self.stats.internal_errors_total += 1
+            log.exception("vm %d: internal error serving head %d", self.vm_id, req.head)
+            if req.live:
+                queue.push(req, 0)
+
+    def _serve_pxos(self, queue, req, hdr: c.Header, readable, writable) -> None:
+        name = _cmd_name(hdr)
+        self.stats.count(self.stats.pxos_by_command, name)
+        try:
+            cmd = decode_command(hdr, readable, writable)
+        except BadRequest as exc:
+            fits = total_len(writable) >= response_size(hdr)
+            self._complete(queue, req, hdr, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
+            return
+        try:
+            result = self.control.handle(cmd)
+        except Exception as exc:  # a host bug under the handler
+            self.stats.internal_errors_total += 1
+            log.exception("vm %d: %s failed inside the host", self.vm_id, name)
+            result = c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
+        finally:
+            _release_views(cmd)
+        if isinstance(result, Deferred):
+            self._hold(queue, req, hdr, result.completion)
+        else:
+            self._complete(queue, req, hdr, result)
+
+    def _serve_standard(self, queue, req, hdr: c.Header, readable) -> None:
+        self.stats.count(self.stats.standard_by_command, _cmd_name(hdr))
+        head = gather(readable, 0, min(req.readable_len, MAX_STANDARD_REQUEST))
+        out = self.display.handle(hdr, head)
+        resp_type = int.from_bytes(out[:4], "little")
+        if resp_type >= VirtioGpuCtrlType.VIRTIO_GPU_RESP_ERR_UNSPEC:
+            self.stats.count(self.stats.errors_by_status, VirtioGpuCtrlType(resp_type).name)
+        written = req.write(0, memoryview(out)[: req.writable_len])
+        queue.push(req, written)
+
+    def _complete(self, queue, req, hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> None:
+        """The one path that encodes a PXOS response and completes its chain."""
+        status = getattr(resp, "status", PxosStatus.PXOS_S_OK)
+        if status != PxosStatus.PXOS_S_OK:
+            self.stats.count(self.stats.errors_by_status, PxosStatus(status).name)
+            self._note("%s -> %s: %s", _cmd_name(hdr), PxosStatus(status).name, getattr(resp, "message", ""))
+        data = encode(hdr, resp, header_only=header_only)
+        written = req.write(0, memoryview(data)[: req.writable_len])
+        if isinstance(resp, c.ReadResp):
+            written += resp.nbytes  # the data the handler placed after the header
+        queue.push(req, written)
+
+    # ---- LAUNCH: held until the work completes --------------------------------------------
+    def _hold(self, queue, req, hdr: c.Header, completion: Completion) -> None:
+        generation = self._generation
+        self.stats.launches_inflight += 1
+
+        def on_done(done: Completion) -> None:  # the dispatcher thread (or here, if done)
+            self._connection.call_soon_threadsafe(self._launch_done, generation, queue, req, hdr, done)
+
+        completion.add_done_callback(on_done)
+
+    def _launch_done(self, generation: int, queue, req, hdr: c.Header, done: Completion) -> None:
+        if generation != self._generation or not req.live:
+            self.stats.late_completions_dropped += 1
+            return
+        self.stats.launches_inflight -= 1
+        try:
+            self._complete(queue, req, hdr, launch_response(done.result))
+        except Exception:
+            self.stats.internal_errors_total += 1
+            log.exception("vm %d: completing launch %d failed", self.vm_id, done.launch_id)
+            if req.live:
+                queue.push(req, 0)
+        queue.notify()
+
+    # ---- cursor queue -------------------------------------------------------------------
+    def _drain_cursor(self, queue) -> None:
+        # UPDATE_CURSOR / MOVE_CURSOR have no response (virtio spec 5.7.6.10): a headless
+        # device has no cursor, so each chain is returned with nothing written.
+        drained = 0
+        while (req := queue.pop()) is not None:
+            queue.push(req, 0)
+            drained += 1
+        if drained:
+            self.stats.cursor_total += drained
+            queue.notify()
+
+    def _note(self, fmt: str, *args) -> None:
+        if self._log.allow():
+            log.info("vm %d: " + fmt, self.vm_id, *args)
+
+
+def _cmd_name(hdr: c.Header) -> str:
+    for names in (PxosCmdType, VirtioGpuCtrlType):
+        try:
+            return names(hdr.type).name
+        except ValueError:
+            pass
+    return f"0x{hdr.type:04x}"
+
+
+def _release_views(cmd: c.Command) -> None:
+    # Slices of guest memory must not outlive the request (the mapping could not go).
+    views = cmd.data if isinstance(cmd, c.WriteCmd) else cmd.dst if isinstance(cmd, c.ReadCmd) else ()
+    for v in views:
+        v.release()
