@@ -1,0 +1,189 @@
+"""The listener: one unix socket per VM, one front-end at a time, its own loop thread.
+
+Why a thread per socket rather than one selector for all VMs: the per-request work is
+Python either way (one GIL), so a shared loop buys no throughput, while a thread per VM
+keeps one VM's slow handler (a device answering GET_CONFIG while QEMU's vCPU waits, or a
+front-end stalling mid-frame for ``FRAME_TIMEOUT_S``) from delaying every other VM, and
+makes "this VM's loop" a simple, testable unit. Idle loops cost nothing (epoll waits).
+
+The socket is created 0600 (``fchmod`` before ``bind``, so it is never reachable by
+others, then ``chmod`` again). A stale socket file left by a dead daemon is replaced;
+a live one or a non-socket file at the path is a ``ConfigError``. While a front-end is
+connected, another connecting one is accepted and closed at once (it fails fast instead of
+hanging in the backlog). After a disconnect the device is reset and the next front-end is
+served on the same socket. ``close()`` ends the connection, stops the thread and removes
+the socket file.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable
+
+from hypervisor.errors import ConfigError
+from virtio_backend.vhost_user import memory
+from virtio_backend.vhost_user.connection import VhostUserConnection
+from virtio_backend.vhost_user.loop import EventLoop
+
+log = logging.getLogger(__name__)
+
+#: How often the loop retries unmapping regions a device kept exported past a reset.
+REAP_PERIOD_S = 1.0
+
+
+class VhostUserServer:
+    """Serves ``device_factory(connection) -> VirtioDevice`` on ``socket_path``."""
+
+    def __init__(self, socket_path: str | os.PathLike, device_factory: Callable, *, name: str | None = None):
+        self.socket_path = os.fspath(socket_path)
+        self.name = name or f"vhost-user:{self.socket_path}"
+        self._factory = device_factory
+        self.loop = EventLoop(self.name)
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self.connection: VhostUserConnection | None = None
+        self.connections_total = 0
+        self.rejected_total = 0
+        self.last_close_reason = ""
+        self._served_before = 0
+        self._errors_before = 0
+
+    # -- life ---------------------------------------------------------------------------
+    def start(self) -> VhostUserServer:
+        self._listener = self._bind()
+        self.loop.add_reader(self._listener.fileno(), self._on_accept)
+        self.loop.every(REAP_PERIOD_S, memory.reap)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.loop.run()
+        finally:
+            if self.connection is not None:
+                self.connection.close("server closed")
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End any connection (device reset), stop the loop thread, remove the socket."""
+        if self._thread is None:
+            return
+        self.loop.stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # pragma: no cover - a device callback hung
+            log.error("%s: loop thread did not stop within %.1f s", self.name, timeout)
+            return
+        self._thread = None
+        self.loop.close()
+        try:
+            if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> VhostUserServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the device's and the caller's API -----------------------------------------------
+    def call_soon_threadsafe(self, fn: Callable, *args) -> bool:
+        return self.loop.call_soon_threadsafe(fn, *args)
+
+    def status(self, timeout: float = 2.0) -> dict:
+        """Connected, negotiated features, queue sizes and counters (thread-safe)."""
+        if self._thread is None or threading.get_ident() == self.loop.thread_id:
+            return self._status()
+        box: list[dict] = []
+        done = threading.Event()
+
+        def take() -> None:
+            box.append(self._status())
+            done.set()
+
+        if not self.call_soon_threadsafe(take) or not done.wait(timeout):
+            return {"socket": self.socket_path, "connected": False, "error": "loop not responding"}
+        return box[0]
+
+    def _status(self) -> dict:
+        conn = self.connection if self.connection is not None and not self.connection.closed else None
+        out = {"socket": self.socket_path, "connected": conn is not None,
+               "connections_total": self.connections_total, "rejected_total": self.rejected_total,
+               "last_close_reason": self.last_close_reason, "lingering_regions": memory.lingering()}
+        served, errors = self._served_before, self._errors_before
+        if conn is not None:
+            st = conn.status()
+            out.update({k: st[k] for k in ("features", "protocol_features", "queues")})
+            served += st["completed"]
+            errors += st["malformed"] + st["device_errors"]
+        out["requests_served"], out["errors"] = served, errors
+        return out
+
+    # -- sockets ----------------------------------------------------------------------------
+    def _bind(self) -> socket.socket:
+        path = self.socket_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ConfigError(f"{path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    raise ConfigError(f"{path}: cannot tell whether it is in use: {exc}") from exc
+                os.unlink(path)  # stale: nobody listens
+            else:
+                raise ConfigError(f"{path} is in use by another listener")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.fchmod(sock.fileno(), 0o600)  # the inode bind creates takes this mode
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(4)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {path}: {exc}") from exc
+        return sock
+
+    def _on_accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if self.connection is not None and not self.connection.closed:
+            self.rejected_total += 1
+            log.warning("%s: a second front-end connected while one is served; closing it", self.name)
+            sock.close()
+            return
+        sock.setblocking(True)
+        self.connections_total += 1
+        try:
+            self.connection = VhostUserConnection(sock, self.loop, self._factory,
+                                                  name=f"{self.name}#{self.connections_total}",
+                                                  on_closed=self._on_closed)
+        except Exception:
+            log.exception("%s: device factory failed; closing the connection", self.name)
+            sock.close()
+
+    def _on_closed(self, conn: VhostUserConnection) -> None:
+        totals = conn.totals()
+        self._served_before += totals["completed"]
+        self._errors_before += totals["malformed"] + conn.stats.device_errors
+        if conn.close_reason.startswith("protocol error"):
+            self._errors_before += 1
+        self.last_close_reason = conn.close_reason
