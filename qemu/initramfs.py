@@ -1,0 +1,124 @@
+"""The guest's initramfs: a newc cpio writer (no root needed for /dev/console) and the
+busybox /init that loads the virtio modules and pxos_gpu.ko, runs one command and powers
+off. Linux accepts several concatenated compressed archives, so a run adds its command and
+files as a small second archive after the cached base one (Documentation/driver-api/
+early-userspace/buffer-format.rst)."""
+
+from __future__ import annotations
+
+import gzip
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Modules in load order (qemu-facts.md): pxos_gpu before virtio_pci, so the PCI probe
+#: finds our driver registered; the DRM virtio-gpu driver is never loaded.
+MODULE_ORDER = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
+                "pxos_gpu", "virtio_pci")
+
+#: Console markers the host side parses (qemu/console.py).
+MARK_INIT = "PXOS-INIT"
+MARK_DEVICE = "PXOS-DEVICE"
+MARK_NO_DEVICE = "PXOS-NO-DEVICE"
+MARK_READY = "PXOS-READY"
+MARK_EXIT = "PXOS-EXIT"
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "{MARK_INIT} $(uname -r)"
+for m in {' '.join(MODULE_ORDER)}; do
+    insmod /lib/modules/$m.ko || echo "PXOS-INSMOD-FAILED $m"
+done
+i=0
+while [ ! -e /dev/pxos0 ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+if [ -e /dev/pxos0 ]; then
+    echo "{MARK_DEVICE} /dev/pxos0"
+else
+    echo "{MARK_NO_DEVICE}"
+    dmesg | grep -i -E "pxos|virtio" | tail -n 5
+fi
+cd /root
+if [ -f /etc/pxos/cmd ]; then
+    echo "{MARK_READY}"
+    sh /etc/pxos/cmd
+    echo "{MARK_EXIT} $?"
+    poweroff -f
+fi
+echo "{MARK_READY}"
+exec setsid cttyhack sh
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str           # inside the archive, no leading "/"
+    mode: int           # full st_mode, file type included
+    data: bytes = b""   # file contents or symlink target
+    rdev: tuple[int, int] = (0, 0)
+
+
+def _pad4(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+def cpio_newc(entries: list[Entry]) -> bytes:
+    """The entries as an uncompressed newc archive, trailer included."""
+    out = bytearray()
+    for ino, e in enumerate([*entries, Entry("TRAILER!!!", 0)], start=1):
+        name = e.path.encode() + b"\0"
+        nlink = 2 if stat.S_ISDIR(e.mode) else 1
+        fields = (ino, e.mode, 0, 0, nlink, 0, len(e.data), 0, 0, e.rdev[0], e.rdev[1], len(name), 0)
+        header = b"070701" + b"".join(b"%08x" % f for f in fields)
+        out += header + name + _pad4(len(header) + len(name))
+        out += e.data + _pad4(len(e.data))
+    return bytes(out)
+
+
+def directories(*paths: str) -> list[Entry]:
+    return [Entry(p, stat.S_IFDIR | 0o755) for p in paths]
+
+
+def file_entry(path: str, data: bytes, executable: bool = False) -> Entry:
+    return Entry(path, stat.S_IFREG | (0o755 if executable else 0o644), data)
+
+
+def base_entries(busybox: Path, tool: Path, modules: dict[str, Path]) -> list[Entry]:
+    """Everything a guest needs: busybox, the init script, the modules and `pxos`."""
+    entries = directories("bin", "dev", "proc", "sys", "root", "tmp", "etc", "etc/pxos",
+                          "lib", "lib/modules")
+    entries.append(Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
+    entries.append(file_entry("bin/busybox", busybox.read_bytes(), executable=True))
+    entries.append(file_entry("bin/pxos", tool.read_bytes(), executable=True))
+    entries.append(file_entry("init", INIT_SCRIPT.encode(), executable=True))
+    for name in MODULE_ORDER:
+        entries.append(file_entry(f"lib/modules/{name}.ko", modules[name].read_bytes()))
+    return entries
+
+
+def write_archive(path: Path, entries: list[Entry]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(cpio_newc(entries), compresslevel=6, mtime=0))
+    tmp.replace(path)
+
+
+def run_overlay(command: str | None, files: dict[str, bytes] | None = None) -> bytes:
+    """The small second archive of one run: /etc/pxos/cmd and any extra files."""
+    entries: list[Entry] = []
+    if command is not None:
+        entries.append(file_entry("etc/pxos/cmd", command.encode() + b"\n"))
+    for guest_path, data in sorted((files or {}).items()):
+        path = guest_path.lstrip("/")
+        parts = path.split("/")[:-1]
+        entries += directories(*("/".join(parts[: i + 1]) for i in range(len(parts))))
+        entries.append(file_entry(path, data))
+    return gzip.compress(cpio_newc(entries), compresslevel=1, mtime=0)
+
+
+def write_run_initrd(base: Path, out: Path, command: str | None,
+                     files: dict[str, bytes] | None = None) -> Path:
+    out.write_bytes(base.read_bytes() + run_overlay(command, files))
+    return out
