@@ -1,0 +1,108 @@
+"""The daemon's ``vhost-user`` device transport: one virtio-gpu-pxos socket per VM.
+
+``pxos-hvd`` finds this class through the entry point group ``pxos.device_backends``
+(name ``vhost-user``, value ``virtio_backend.gpu.transport:VhostUserTransport``), so the
+hypervisor never imports virtio_backend. It is built with the Hypervisor::
+
+    transport = VhostUserTransport(hv)
+    transport.attach(vm_id, "/run/pxos/vm1.sock")   # listen; serve one QEMU at a time
+    transport.status()                               # {vm_id: {...}}
+    transport.detach(vm_id)                          # connection ended, device reset
+    transport.close()                                # every VM detached
+
+Each attached VM gets a ``VhostUserServer`` (its own loop thread) whose connections each
+build a ``GpuDevice`` for that VM. The VM's ``DeviceStats`` outlive connections, so the
+counters of a VM survive a QEMU reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from hypervisor import Hypervisor
+from hypervisor.errors import AlreadyExists, NotFound
+from virtio_backend.gpu.device import GpuDevice
+from virtio_backend.gpu.metrics import DeviceStats
+from virtio_backend.vhost_user import VhostUserServer
+
+log = logging.getLogger("pxos.virtio.gpu")
+
+STATUS_TIMEOUT_S = 2.0  # how long status() waits for a VM's loop thread to answer
+
+
+@dataclass
+class _Attached:
+    vm_id: int
+    server: VhostUserServer
+    stats: DeviceStats
+
+
+class VhostUserTransport:
+    """Serves a virtio-gpu-pxos device for each attached VM (see the module docstring)."""
+
+    def __init__(self, hv: Hypervisor):
+        self.hv = hv
+        self._lock = threading.Lock()
+        self._vms: dict[int, _Attached] = {}
+
+    def attach(self, vm_id: int, socket_path: str) -> None:
+        """Listen on ``socket_path`` for VM ``vm_id`` (which must be registered)."""
+        self.hv.vm_info(vm_id)  # NotFound for an unknown VM, before any socket exists
+        with self._lock:
+            if vm_id in self._vms:
+                raise AlreadyExists(f"VM {vm_id} is already attached to {self._vms[vm_id].server.socket_path}")
+            stats = DeviceStats()
+            hv = self.hv
+
+            def factory(connection) -> GpuDevice:
+                return GpuDevice(hv, vm_id, connection, stats)
+
+            server = VhostUserServer(socket_path, factory, name=f"vm{vm_id}:{socket_path}")
+            server.start()  # ConfigError if the path is taken
+            self._vms[vm_id] = _Attached(vm_id, server, stats)
+        log.info("vm %d: virtio-gpu-pxos listening on %s", vm_id, socket_path)
+
+    def detach(self, vm_id: int) -> None:
+        """Stop serving ``vm_id``: its connection ends (device reset), the socket goes."""
+        with self._lock:
+            att = self._vms.pop(vm_id, None)
+        if att is None:
+            raise NotFound(f"VM {vm_id} is not attached")
+        att.server.close()
+        log.info("vm %d: virtio-gpu-pxos detached", vm_id)
+
+    def status(self) -> dict[int, dict]:
+        """Per VM: socket, connected, negotiated features, queue sizes and counters, requests
+        served, errors, and the device's own counters (``device``)."""
+        with self._lock:
+            attached = list(self._vms.values())
+        out = {}
+        for att in attached:
+            st = att.server.status(STATUS_TIMEOUT_S)
+            st["device"] = self._device_stats(att)
+            out[att.vm_id] = st
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            vm_ids = list(self._vms)
+        for vm_id in vm_ids:
+            try:
+                self.detach(vm_id)
+            except NotFound:
+                pass  # detached meanwhile
+
+    def _device_stats(self, att: _Attached) -> dict:
+        # The counters change on the VM's loop thread: copy them there.
+        box: list[dict] = []
+        done = threading.Event()
+
+        def take() -> None:
+            box.append(att.stats.as_dict())
+            done.set()
+
+        if att.server.call_soon_threadsafe(take) and done.wait(STATUS_TIMEOUT_S):
+            return box[0]
+        return {"error": "loop not responding"}
