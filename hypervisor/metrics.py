@@ -1,0 +1,256 @@
+"""Prometheus metrics of pxos-hvd: the only module that imports prometheus_client.
+
+Two sources, no double bookkeeping (docs/metrics.md lists every metric):
+
+- a custom collector reads what the hypervisor already counts (``hv.all_stats()``,
+  ``hv.device_info()``, the dispatcher's totals, ``VMStats.extra``) at scrape time, so
+  gauges and counters are exactly the hypervisor's numbers at that moment;
+- histograms, and launch counts by class and status (which the hypervisor does not break
+  down), are fed from the hypervisor's events (``launch_completed``, ``vm_switch``).
+
+Every series exists from the start, even while no VM is registered or nothing has run.
+Names follow ``pxos_<subsystem>_<name>_<unit>``, counters end in ``_total``, the label
+``vm`` is the VM id as a string.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from .errors import ConfigError
+from .types import Event
+
+log = logging.getLogger("pxos.metrics")
+
+# Launch latency (enqueue to completion): from tens of microseconds (tiny kernels on an
+# idle device) to tens of seconds (a BATCH launch queued behind others).
+LATENCY_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+                   250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 30.0)
+# VM switch gaps: microseconds when the next launch is ready, milliseconds when memory
+# has to move first (overcommit).
+SWITCH_BUCKETS = (1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3,
+                  5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3)
+
+# VMStats.extra keys (filled by the memory manager once overcommit lands) with their own
+# metric: key -> (name, "counter" | "gauge", help). Any other key is exported as
+# pxos_vm_extra{vm,key} so nothing the hypervisor reports is lost.
+EXTRA_METRICS: dict[str, tuple[str, str, str]] = {
+    "h2d_bytes": ("pxos_vm_h2d_bytes_total", "counter", "Bytes copied host to device for the VM's buffers"),
+    "d2h_bytes": ("pxos_vm_d2h_bytes_total", "counter", "Bytes copied device to host (write-back of dirty buffers)"),
+    "prefetch_hits": ("pxos_vm_prefetch_hits_total", "counter",
+                      "Launches whose buffers were all on the device when they started"),
+    "prefetch_misses": ("pxos_vm_prefetch_misses_total", "counter",
+                        "Launches that had to wait for a buffer to come to the device"),
+    "stall_seconds": ("pxos_vm_stall_seconds_total", "counter",
+                      "Seconds the device waited for this VM's buffers to arrive"),
+    "evictions": ("pxos_vm_evictions_total", "counter", "Buffers evicted from the device to host RAM"),
+    "lookahead_depth": ("pxos_vm_lookahead_depth", "gauge", "Current adaptive prefetch look-ahead depth"),
+    "prefetch_inflight_bytes": ("pxos_vm_prefetch_inflight_bytes", "gauge",
+                                "Bytes of host-to-device copies in flight"),
+}
+
+
+def _status_label(status: str) -> str:
+    """``PXOS_S_OK`` -> ``ok``, ``PXOS_S_NO_DEVICE_MEMORY`` -> ``no_device_memory``."""
+    return status.removeprefix("PXOS_S_").lower() or "unknown"
+
+
+class _HypervisorCollector(Collector):
+    """Reads the hypervisor's own counters at scrape time."""
+
+    def __init__(self, hv, transport_status: Callable[[], dict[int, dict]] | None):
+        self.hv = hv
+        self.transport_status = transport_status
+        self.errors = 0
+
+    def collect(self):
+        def gauge(name, doc, labels=("vm",)):
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        def counter(name, doc, labels=("vm",)):  # name without _total; the family adds it
+            return CounterMetricFamily(name, doc, labels=list(labels))
+
+        fam = {
+            "device_seconds": counter("pxos_vm_device_seconds", "Device time charged to the VM, seconds"),
+            "launches_failed": counter("pxos_vm_launches_failed", "Launches of the VM that did not succeed"),
+            "switches_in": counter("pxos_vm_switches_in", "VM switches to this VM (the device came from another)"),
+            "mem": gauge("pxos_vm_memory_bytes", "Bytes the VM uses: live buffers plus running temporaries"),
+            "quota": gauge("pxos_vm_memory_quota_bytes", "The VM's memory quota (its virtual GPU memory)"),
+            "mem_dev": gauge("pxos_vm_memory_device_bytes", "Bytes of the VM resident on the device"),
+            "mem_host": gauge("pxos_vm_memory_host_bytes", "Bytes of the VM living in host RAM only"),
+            "share": gauge("pxos_vm_compute_share_ratio", "The VM's compute share (target), 0..1"),
+            "cap": gauge("pxos_vm_compute_cap_ratio", "The VM's hard cap, 0..1 (absent: no cap)"),
+            "achieved": gauge("pxos_vm_achieved_share_ratio",
+                              "The VM's part of busy device time over the scheduler window, 0..1"),
+            "queue": gauge("pxos_vm_queue_depth", "Launches queued for the VM, not yet started"),
+            "inflight": gauge("pxos_vm_inflight_launches", "Launches of the VM queued or running"),
+            "buffers": gauge("pxos_vm_buffers", "Live buffers of the VM"),
+            "kernels": gauge("pxos_vm_kernels", "Compiled kernels the VM holds"),
+            "idle": gauge("pxos_vm_idle", "1 while the VM has said it is idle"),
+            "extra": gauge("pxos_vm_extra", "Other figures the hypervisor reports per VM", ("vm", "key")),
+        }
+        extra_fams = {
+            key: (counter(name.removesuffix("_total"), doc) if kind == "counter" else gauge(name, doc))
+            for key, (name, kind, doc) in EXTRA_METRICS.items()
+        }
+        transport = {
+            "connected": gauge("pxos_transport_connected", "1 while the VM's QEMU is connected"),
+            "requests": counter("pxos_transport_requests", "Requests the VM's device has handled"),
+            "errors": counter("pxos_transport_errors", "Requests of the VM's device that failed"),
+        }
+        device = {
+            "pool": GaugeMetricFamily("pxos_device_pool_bytes", "Device memory pxOS may use"),
+            "pool_used": GaugeMetricFamily("pxos_device_pool_used_bytes", "Device memory in use (all VMs)"),
+            "host_budget": GaugeMetricFamily("pxos_device_host_budget_bytes", "Host RAM budget for overcommit"),
+            "host_used": GaugeMetricFamily("pxos_device_host_used_bytes", "Host RAM holding evicted buffers"),
+            "info": GaugeMetricFamily("pxos_device_info", "The executor backend and device (always 1)",
+                                      labels=["backend", "device"]),
+        }
+        sched = {
+            "busy": CounterMetricFamily("pxos_scheduler_busy_seconds", "Device time of all launches, seconds"),
+            "launches": CounterMetricFamily("pxos_scheduler_launches", "Launches run by the dispatcher"),
+            "switches": CounterMetricFamily("pxos_scheduler_vm_switches", "Times the device went from one VM to another"),
+            "lookahead": GaugeMetricFamily("pxos_scheduler_lookahead_depth",
+                                           "Launches the scheduler plans ahead (memory prefetch reads them)"),
+        }
+        errors = CounterMetricFamily("pxos_exporter_errors", "Scrapes that could not read the hypervisor")
+        try:
+            self._fill(fam, extra_fams, transport, device, sched)
+        except Exception:  # a failing read must not take the whole /metrics down
+            self.errors += 1
+            log.exception("reading the hypervisor for /metrics failed")
+        errors.add_metric([], self.errors)
+        yield from fam.values()
+        yield from extra_fams.values()
+        yield from transport.values()
+        yield from device.values()
+        yield from sched.values()
+        yield errors
+
+    def _fill(self, fam, extra_fams, transport, device, sched) -> None:
+        hv = self.hv
+        for s in hv.all_stats():
+            vm = [str(s.vm_id)]
+            fam["device_seconds"].add_metric(vm, s.device_seconds_total)
+            fam["launches_failed"].add_metric(vm, s.launches_failed)
+            fam["switches_in"].add_metric(vm, s.vm_switches_in)
+            fam["mem"].add_metric(vm, s.memory_used)
+            fam["quota"].add_metric(vm, s.memory_quota)
+            fam["mem_dev"].add_metric(vm, s.memory_device_bytes)
+            fam["mem_host"].add_metric(vm, s.memory_host_bytes)
+            fam["share"].add_metric(vm, s.share_pct / 100.0)
+            if s.cap_pct is not None:
+                fam["cap"].add_metric(vm, s.cap_pct / 100.0)
+            fam["achieved"].add_metric(vm, s.achieved_share)
+            fam["queue"].add_metric(vm, s.queue_depth)
+            fam["inflight"].add_metric(vm, s.inflight)
+            fam["buffers"].add_metric(vm, s.buffers)
+            fam["kernels"].add_metric(vm, s.kernels)
+            fam["idle"].add_metric(vm, 1.0 if s.idle else 0.0)
+            for key, value in s.extra.items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    continue
+                if key in extra_fams:
+                    extra_fams[key].add_metric(vm, value)
+                else:
+                    fam["extra"].add_metric(vm + [str(key)], value)
+        if self.transport_status is not None:
+            for vm_id, st in sorted((self.transport_status() or {}).items()):
+                vm = [str(vm_id)]
+                transport["connected"].add_metric(vm, 1.0 if st.get("connected") else 0.0)
+                transport["requests"].add_metric(vm, st.get("requests", 0) or 0)
+                transport["errors"].add_metric(vm, st.get("errors", 0) or 0)
+        d = hv.device_info()
+        device["pool"].add_metric([], d.pool_bytes)
+        device["pool_used"].add_metric([], d.pool_used)
+        device["host_budget"].add_metric([], d.host_budget)
+        device["host_used"].add_metric([], d.host_used)
+        device["info"].add_metric([d.backend, d.device_name], 1.0)
+        disp = hv.dispatcher
+        sched["busy"].add_metric([], disp.busy_seconds)
+        sched["launches"].add_metric([], disp.launches)
+        sched["switches"].add_metric([], disp.switches)
+        sched["lookahead"].add_metric([], hv.lookahead_depth)
+
+
+class MetricsExporter:
+    """``MetricsExporter(hv)``: registers pxOS metrics in ``registry`` (a fresh one when
+    None) and follows the hypervisor's events; ``serve("127.0.0.1:9464")`` exposes them
+    over HTTP (port 0 picks a free port), ``stop()`` ends both."""
+
+    def __init__(self, hv, registry: CollectorRegistry | None = None, *,
+                 transport_status: Callable[[], dict[int, dict]] | None = None):
+        self.hv = hv
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.collector = _HypervisorCollector(hv, transport_status)
+        self.registry.register(self.collector)
+        self.launches = Counter("pxos_vm_launches", "Completed launches of the VM, by class and status",
+                                ["vm", "class", "status"], registry=self.registry)
+        self.latency = Histogram("pxos_launch_latency_seconds",
+                                 "Launch latency, enqueue to completion, of successful launches",
+                                 ["vm"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.vm_switch = Histogram("pxos_vm_switch_seconds",
+                                   "Device idle gap when it goes from one VM's launch to another's",
+                                   buckets=SWITCH_BUCKETS, registry=self.registry)
+        self._lock = threading.Lock()  # guards the label bookkeeping below
+        self._launch_labels: set[tuple[str, str, str]] = set()
+        self._httpd = None
+        self._thread: threading.Thread | None = None
+        self._unsubscribe = hv.subscribe(self._on_event)
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.kind == "launch_completed" and ev.vm_id is not None:
+            vm = str(ev.vm_id)
+            status = str(ev.detail.get("status", ""))
+            labels = (vm, str(ev.detail.get("wclass", "")), _status_label(status))
+            with self._lock:
+                self._launch_labels.add(labels)
+                self.launches.labels(*labels).inc()
+                if status == "PXOS_S_OK":
+                    self.latency.labels(vm).observe(ev.detail.get("total_ns", 0) / 1e9)
+        elif ev.kind == "vm_switch":
+            self.vm_switch.observe(float(ev.detail.get("gap_seconds", 0.0)))
+        elif ev.kind == "vm_unregistered" and ev.vm_id is not None:
+            self._forget_vm(str(ev.vm_id))
+
+    def _forget_vm(self, vm: str) -> None:
+        """Drop a removed VM's series so the label set does not grow with VM churn."""
+        with self._lock:
+            for labels in [lab for lab in self._launch_labels if lab[0] == vm]:
+                self._launch_labels.discard(labels)
+                self.launches.remove(*labels)
+            try:
+                self.latency.remove(vm)
+            except KeyError:
+                pass
+
+    def serve(self, address: str = "127.0.0.1:9464") -> tuple[str, int]:
+        """Serve /metrics on ``host:port`` (``[::1]:9464`` for IPv6); returns the bound
+        host and port."""
+        host, port = _split_address(address)
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = self._httpd.server_address
+        return host, int(bound[1])
+
+    def stop(self) -> None:
+        self._unsubscribe()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            if self._thread is not None:
+                self._thread.join(5.0)
+            self._httpd = self._thread = None
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535 or not host:
+        raise ConfigError(f"metrics address must be HOST:PORT (e.g. 127.0.0.1:9464), got {address!r}")
+    return host.strip("[]"), int(port)
