@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 
-class DType(str, Enum):
+class DType(str, Enum):  # noqa: UP042 (str() and format() of members are part of the contract)
     """Element types. ``float`` is an alias of ``float32`` and ``int`` of ``int32`` in the
     source; the AST holds only the canonical names (which are also NumPy's)."""
 
@@ -34,7 +34,7 @@ class DType(str, Enum):
         return self.value.startswith("float")
 
 
-class WorkloadHint(str, Enum):
+class WorkloadHint(str, Enum):  # noqa: UP042 (as DType)
     """The ``GPU_CLASS`` header: a hint to the scheduler, never a command."""
 
     REALTIME = "REALTIME"

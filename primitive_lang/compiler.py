@@ -1,0 +1,101 @@
+"""``compile_source``: bytes or text → ``CompiledProgram``, through a cache keyed by sha256.
+
+The pipeline: size and encoding checks, parse (parser.py, blocks.py), validation
+(validate.py). Every problem of the source is collected and raised together as one
+``PrimitiveError``. Results, rejections included, are kept in an LRU of
+``limits.COMPILE_CACHE_SIZE`` entries: the same source sent again costs a hash and a lookup,
+and the objects handed out are immutable, so sharing them is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+from . import limits
+from .compiled import CompiledProgram
+from .errors import Code, Diagnostic, PrimitiveError, sort_diagnostics
+from .parser import parse
+from .validate import validate
+
+_cache: OrderedDict[str, CompiledProgram | tuple[Diagnostic, ...]] = OrderedDict()
+_cache_lock = threading.Lock()
+_stats = {"hits": 0, "misses": 0}
+
+
+def compile_source(source: str | bytes) -> CompiledProgram:
+    """Parse and validate a whole source; raises PrimitiveError listing every problem."""
+    if isinstance(source, str):
+        if len(source) > limits.MAX_SOURCE_BYTES:  # each character is at least one byte
+            raise PrimitiveError([_too_big(len(source.encode("utf-8", "surrogatepass")))])
+        try:
+            data = source.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PrimitiveError([_position_diag(source, exc.start, "the source holds a lone surrogate "
+                                                 f"U+{ord(source[exc.start]):04X}, which UTF-8 cannot encode")]) from None
+    elif isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+    else:
+        raise TypeError(f"source must be str or bytes, not {type(source).__name__}")
+    if len(data) > limits.MAX_SOURCE_BYTES:
+        raise PrimitiveError([_too_big(len(data))])
+    key = hashlib.sha256(data).hexdigest()
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            _stats["hits"] += 1
+    if hit is None:
+        hit = _compile(data, key)
+        with _cache_lock:
+            _stats["misses"] += 1
+            _cache[key] = hit
+            while len(_cache) > limits.COMPILE_CACHE_SIZE:
+                _cache.popitem(last=False)
+    if isinstance(hit, CompiledProgram):
+        return hit
+    raise PrimitiveError(hit)
+
+
+def cache_info() -> dict[str, int]:
+    with _cache_lock:
+        return {**_stats, "size": len(_cache), "max_size": limits.COMPILE_CACHE_SIZE}
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+        _stats.update(hits=0, misses=0)
+
+
+def _too_big(n: int) -> Diagnostic:
+    return Diagnostic(Code.LIMIT, 1, 1, f"the source is {n} bytes (at most {limits.MAX_SOURCE_BYTES})")
+
+
+def _position_diag(text: str, at: int, message: str) -> Diagnostic:
+    line = text.count("\n", 0, at) + 1
+    return Diagnostic(Code.ENCODING, line, at - (text.rfind("\n", 0, at) + 1) + 1, message)
+
+
+def _compile(data: bytes, key: str) -> CompiledProgram | tuple[Diagnostic, ...]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        good = data[:exc.start].decode("utf-8")
+        return (_position_diag(good + "?", len(good), f"the source is not UTF-8: byte 0x{data[exc.start]:02x} "
+                               "cannot start or continue a character here"),)
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte order mark is not part of the program
+    parsed = parse(text)
+    diags = list(parsed.diagnostics)
+    kernels = validate(parsed.kernels, diags)
+    if diags:
+        diags = list(sort_diagnostics(diags))
+        if len(diags) > limits.MAX_DIAGNOSTICS:
+            rest = len(diags) - limits.MAX_DIAGNOSTICS
+            last = diags[limits.MAX_DIAGNOSTICS - 1]
+            diags = diags[:limits.MAX_DIAGNOSTICS]
+            diags.append(Diagnostic(Code.LIMIT, last.line, last.column, f"{rest} more problems not listed"))
+        return tuple(diags)
+    return CompiledProgram(key, tuple(kernels))
