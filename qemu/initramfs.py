@@ -34,7 +34,7 @@ for m in {' '.join(MODULE_ORDER)}; do
     insmod /lib/modules/$m.ko || echo "PXOS-INSMOD-FAILED $m"
 done
 i=0
-while [ ! -e /dev/pxos0 ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+while [ ! -e /dev/pxos0 ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i + 1)); done
 if [ -e /dev/pxos0 ]; then
     echo "{MARK_DEVICE} /dev/pxos0"
 else
@@ -45,7 +45,9 @@ cd /root
 if [ -f /etc/pxos/cmd ]; then
     echo "{MARK_READY}"
     sh /etc/pxos/cmd
-    echo "{MARK_EXIT} $?"
+    rc=$?
+    echo
+    echo "{MARK_EXIT} $rc"
     poweroff -f
 fi
 echo "{MARK_READY}"

@@ -90,6 +90,19 @@ static int pxos_probe_info(struct pxos_dev *dev)
 	return err;
 }
 
+/*
+ * Negotiate only what we use. The driver never resets a single ring, so it does not ack
+ * VIRTIO_F_RING_RESET, which QEMU offers on its own for vhost-user devices whether or not
+ * the backend does (a backend may rightly refuse a bit it never offered).
+ */
+static int pxos_validate(struct virtio_device *vdev)
+{
+#ifdef VIRTIO_F_RING_RESET
+	__virtio_clear_bit(vdev, VIRTIO_F_RING_RESET);
+#endif
+	return 0;
+}
+
 static int pxos_probe(struct virtio_device *vdev)
 {
 	vq_callback_t *callbacks[PXOS_NVQS] = { pxos_ctrlq_done, NULL };
@@ -179,6 +192,7 @@ static struct virtio_driver pxos_driver = {
 	.driver.name = KBUILD_MODNAME,
 	.driver.owner = THIS_MODULE,
 	.id_table = pxos_id_table,
+	.validate = pxos_validate,
 	.probe = pxos_probe,
 	.remove = pxos_remove,
 };

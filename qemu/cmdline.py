@@ -1,0 +1,113 @@
+"""QEMU command lines for pxOS guests: memfd-backed shared guest RAM (the backend maps it),
+a vhost-user-gpu-pci device on the VM's socket, the kernel and initramfs, the serial
+console, and KVM where it is usable (TCG otherwise)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LaunchError
+
+QEMU = "qemu-system-x86_64"
+#: Guest RAM: at least what the kernel and initramfs need, at most what a test host can
+#: lend every guest at once.
+MIN_MEM_MIB, MAX_MEM_MIB = 64, 65536
+
+_KVM_GET_API_VERSION = 0xAE00
+_KVM_CREATE_VM = 0xAE01
+_KVM_API_VERSION = 12
+
+#: Kernel arguments: the serial console, exit (not reboot) on panic, and the DRM
+#: virtio-gpu driver kept off device 16 in case a guest image has it.
+BASE_APPEND = ("console=ttyS0", "panic=-1", "modprobe.blacklist=virtio_gpu", "quiet",
+               "loglevel=4", "rdinit=/init")
+
+
+def parse_mem(text: str) -> int:
+    """'256M', '1G', '512' (MiB) → MiB, within bounds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([MmGg]?)(?:i?[Bb])?\s*", text)
+    if not m:
+        raise LaunchError(f"--mem {text!r}: want a size like 256M or 1G")
+    mib = int(m.group(1)) * (1024 if m.group(2).lower() == "g" else 1)
+    if not MIN_MEM_MIB <= mib <= MAX_MEM_MIB:
+        raise LaunchError(f"--mem {text!r}: must be between {MIN_MEM_MIB}M and {MAX_MEM_MIB}M")
+    return mib
+
+
+def kvm_usable() -> str | None:
+    """None when KVM can run guests here, else why not. /dev/kvm may exist without
+    hardware virtualisation behind it (qemu-facts.md), so look at the CPU too and ask
+    the kernel for a VM."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "vmx" not in flags and "svm" not in flags:
+        return "the CPU shows no vmx/svm"
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return f"/dev/kvm: {e.strerror}"
+    try:
+        if fcntl.ioctl(fd, _KVM_GET_API_VERSION) != _KVM_API_VERSION:
+            return "unexpected KVM API version"
+        vm = fcntl.ioctl(fd, _KVM_CREATE_VM, 0)
+        os.close(vm)
+    except OSError as e:
+        return f"KVM_CREATE_VM: {e.strerror}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def choose_accel(requested: str) -> str:
+    if requested not in ("auto", "kvm", "tcg"):
+        raise LaunchError(f"--accel {requested!r}: want kvm, tcg or auto")
+    if requested == "auto":
+        return "kvm" if kvm_usable() is None else "tcg"
+    if requested == "kvm" and (why := kvm_usable()):
+        raise LaunchError(f"--accel kvm: KVM is not usable here ({why}); use --accel tcg")
+    return requested
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    kernel: Path
+    initrd: Path
+    socket: Path | None          # vhost-user socket of pxos-hvd; None: no pxOS device
+    mem_mib: int = 256
+    accel: str = "tcg"
+    cpus: int = 1
+    name: str = "pxos-guest"
+    append: tuple[str, ...] = ()
+    interactive: bool = False    # the console on the terminal (with the QEMU monitor mux)
+
+
+def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
+    binary = qemu or shutil.which(QEMU) or QEMU
+    mem = f"{spec.mem_mib}M"
+    argv = [
+        binary, "-name", spec.name, "-nodefaults", "-no-user-config", "-no-reboot",
+        "-machine", "pc,memory-backend=mem", "-accel", spec.accel,
+        "-cpu", "host" if spec.accel == "kvm" else "max",
+        "-smp", str(spec.cpus), "-m", mem,
+        # The backend maps guest RAM: it must be a shared memfd (share=off fails silently).
+        "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+        "-display", "none", "-vga", "none",
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
+        "-append", " ".join((*BASE_APPEND, *spec.append)),
+    ]
+    if spec.socket is not None:
+        argv += ["-chardev", f"socket,id=pxos,path={spec.socket}",
+                 "-device", "vhost-user-gpu-pci,chardev=pxos,edid=off"]
+    if spec.interactive:
+        argv += ["-serial", "mon:stdio"]
+    else:
+        argv += ["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con", "-monitor", "none"]
+    return argv
