@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.registry import Collector
 
 from .errors import ConfigError
@@ -203,6 +203,7 @@ class MetricsExporter:
         self._launch_labels: set[tuple[str, str, str]] = set()
         self._httpd = None
         self._thread: threading.Thread | None = None
+        self.address: tuple[str, int] | None = None  # (host, port) once serving
         self._unsubscribe = hv.subscribe(self._on_event)
 
     def _on_event(self, ev: Event) -> None:
@@ -231,13 +232,17 @@ class MetricsExporter:
             except KeyError:
                 pass
 
+    def render(self) -> bytes:
+        """The text exposition format, exactly what GET /metrics returns."""
+        return generate_latest(self.registry)
+
     def serve(self, address: str = "127.0.0.1:9464") -> tuple[str, int]:
         """Serve /metrics on ``host:port`` (``[::1]:9464`` for IPv6); returns the bound
         host and port."""
         host, port = _split_address(address)
         self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        bound = self._httpd.server_address
-        return host, int(bound[1])
+        self.address = (host, int(self._httpd.server_address[1]))
+        return self.address
 
     def stop(self) -> None:
         self._unsubscribe()
@@ -246,7 +251,7 @@ class MetricsExporter:
             self._httpd.server_close()
             if self._thread is not None:
                 self._thread.join(5.0)
-            self._httpd = self._thread = None
+            self._httpd = self._thread = self.address = None
 
 
 def _split_address(address: str) -> tuple[str, int]:
