@@ -126,7 +126,7 @@ class PxosControl:
             for p in k.params
         )
         hint = _wire_class(k.class_hint.value if k.class_hint is not None else None)
-        return c.KernelInfoResp(info.kernel_id, info.name, hint, k.priority, _count_statements(k), params)
+        return c.KernelInfoResp(info.kernel_id, info.name, hint, k.priority, k.statement_count, params)
 
     def _handle_kernel_free(self, cmd: c.KernelFreeCmd) -> c.Response:
         self.hv.free_kernel(self.vm_id, cmd.kernel_id, session=cmd.hdr.session)
@@ -165,25 +165,13 @@ class PxosControl:
 
 
 def _direction(kernel, name: str) -> PxosDirection:
-    d = kernel.directions.get(name)
-    value = getattr(d, "name", str(d)).upper() if d is not None else "IN"
-    return PxosDirection[f"PXOS_DIR_{value}"]
+    return PxosDirection[f"PXOS_DIR_{kernel.directions[name].name}"]
 
 
 def _dims(shape) -> tuple[int, ...] | None:
     if shape is None:
         return None
     return tuple(d if isinstance(d, int) else wire.PXOS_DIM_SYMBOLIC for d in shape)
-
-
-def _count_statements(kernel) -> int:
-    """Op statements as written (a REPEAT counts its body once)."""
-    def count(stmts) -> int:
-        return sum(count(s.body) if hasattr(s, "body") else 1 for s in stmts)
-    body = getattr(kernel, "body", None)
-    if body is None:
-        body = kernel.kernel.body
-    return count(body)
 
 
 _TABLE = {
