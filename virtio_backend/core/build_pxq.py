@@ -35,10 +35,14 @@ def make_builder(root: str = "") -> cffi.FFI:
 ffibuilder = make_builder()
 
 if __name__ == "__main__":
+    import os
     import shutil
 
     root = HERE.parent.parent
-    # Build under build/ (ignored), then put only the extension next to this file.
+    # Build under build/ (ignored), then put only the extension next to this file. A
+    # rename, not a copy over the old file: processes that loaded it keep their inode.
     so = make_builder(str(root)).compile(tmpdir=str(root / "build" / "pxq_core"), verbose=False)
-    shutil.copy2(so, HERE / pathlib.Path(so).name)
-    print(HERE / pathlib.Path(so).name)
+    target = HERE / pathlib.Path(so).name
+    shutil.copy2(so, f"{target}.tmp")
+    os.replace(f"{target}.tmp", target)
+    print(target)

@@ -136,6 +136,7 @@ int pxq_vring_init(struct pxq_vring *vr, uint32_t num, uint64_t desc, uint64_t a
     vr->used = used;
     vr->last_avail = base;
     vr->used_idx = base;
+    vr->signalled_used = base; /* not valid yet: the first interrupt is never suppressed */
     vr->event_idx = event_idx ? 1 : 0;
     vr->indirect = indirect ? 1 : 0;
     return 0;
@@ -386,8 +387,8 @@ int pxq_need_notify(struct pxq_vring *vr)
     /* Full fence: our used->idx store must be visible before we read the driver's
      * suppression fields, or both sides could decide the other one will act. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (had_old && old == now)
-        return 0; /* nothing new since the last interrupt */
+    if (old == now)
+        return 0; /* nothing pushed since the last interrupt (or since start) */
     vr->signalled_used = now;
     vr->signalled_used_valid = 1;
     if (!vr->event_idx)

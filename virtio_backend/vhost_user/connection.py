@@ -38,15 +38,15 @@ from virtio_backend.vhost_user import channel
 from virtio_backend.vhost_user.memory import GuestMemory
 from virtio_backend.vhost_user.protocol import (
     DEVICE_REQUESTS,
+    U64,
     ConfigAccess,
     DeviceMessage,
     MemTable,
     Message,
     NoPayload,
-    U64,
-    VhostUserProtocolFeature as PF,
-    VhostUserRequest as R,
-    VirtioFeature as VF,
+    VhostUserProtocolFeature,
+    VhostUserRequest,
+    VirtioFeature,
     VringAddr,
     VringFile,
     VringState,
@@ -58,6 +58,7 @@ from virtio_backend.vhost_user.protocol import (
 from virtio_backend.vhost_user.virtqueue import Virtqueue
 
 log = logging.getLogger(__name__)
+PF, R, VF = VhostUserProtocolFeature, VhostUserRequest, VirtioFeature
 
 LIBRARY_FEATURES = (VF.VIRTIO_F_VERSION_1 | VF.VIRTIO_RING_F_INDIRECT_DESC | VF.VIRTIO_RING_F_EVENT_IDX
                     | VF.VHOST_USER_F_PROTOCOL_FEATURES)
