@@ -217,8 +217,9 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"launch {completion.launch_id} not complete after "
                                   f"{request.timeout_seconds:g} s; it runs to completion anyway")
+            wait = _POLL_SECONDS if deadline is None else min(_POLL_SECONDS, max(deadline - time.monotonic(), 0))
             try:
-                completion.wait(_POLL_SECONDS)
+                completion.wait(wait)
             except TimeoutError:
                 pass
         return convert.launch_result(completion.wait(0))
