@@ -1,0 +1,7 @@
+"""python -m qemu: the pxos-vm command."""
+
+import sys
+
+from .launcher import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""`pxos-vm`: prepare guest artefacts and run a pxOS guest under QEMU.
+
+    pxos-vm prepare [--cache DIR] [--json]
+    pxos-vm run --socket PATH [--accel auto|kvm|tcg] [--cmd "pxos selftest"] [--mem 256M]
+                [--file GUEST_PATH=HOST_PATH ...] [--timeout S] [--log FILE] [--bzimage]
+    pxos-vm cmdline --socket PATH [...]      # print the QEMU command line, start nothing
+
+With --cmd the guest runs the command, powers off, and pxos-vm exits with the command's
+status (124 if it did not finish in --timeout). Without it the guest's shell is on the
+terminal (Ctrl-A X quits QEMU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from . import artefacts as art
+from . import initramfs
+from .cmdline import VmSpec, choose_accel, parse_mem, qemu_argv
+from .errors import LauncherError
+from .guest import Guest
+
+EXIT_TIMEOUT = 124
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pxos-vm", description="pxOS guests under QEMU")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prepare", help="fetch the kernel, build the module, tool and initramfs")
+    prep.add_argument("--cache", type=Path, help="cache directory (default $PXOS_CACHE or ~/.cache/pxos/guest)")
+    prep.add_argument("--json", action="store_true", help="print the artefact paths as JSON")
+
+    for name, text in (("run", "boot a guest"), ("cmdline", "print the QEMU command line")):
+        r = sub.add_parser(name, help=text)
+        r.add_argument("--socket", type=Path, help="pxos-hvd's vhost-user socket for this VM")
+        r.add_argument("--accel", default="auto", help="kvm, tcg or auto (KVM when usable; default)")
+        r.add_argument("--cmd", help='command to run in the guest, e.g. "pxos selftest"')
+        r.add_argument("--mem", default="256M", help="guest RAM (default 256M)")
+        r.add_argument("--cache", type=Path)
+        r.add_argument("--file", action="append", default=[], metavar="GUEST_PATH=HOST_PATH",
+                       help="copy a host file into the guest (e.g. a .pxp program)")
+        r.add_argument("--name", default="pxos-guest")
+        r.add_argument("--bzimage", action="store_true", help="boot the compressed bzImage, not vmlinux")
+        if name == "run":
+            r.add_argument("--timeout", type=float, default=600.0, help="seconds for --cmd (default 600)")
+            r.add_argument("--log", type=Path, help="append the raw console here")
+            r.add_argument("--quiet", action="store_true", help="do not echo the console")
+    return p
+
+
+def _files(specs: list[str]) -> dict[str, bytes]:
+    out = {}
+    for spec in specs:
+        guest, sep, host = spec.partition("=")
+        if not sep or not guest.startswith("/"):
+            raise LauncherError(f"--file {spec!r}: want /guest/path=host/path")
+        try:
+            out[guest] = Path(host).read_bytes()
+        except OSError as e:
+            raise LauncherError(f"--file {spec!r}: {e.strerror}") from e
+    return out
+
+
+def _artefacts(args) -> art.GuestArtefacts:
+    a = art.prepare(args.cache, log=lambda s: print(f"pxos-vm: {s}", file=sys.stderr))
+    if getattr(args, "bzimage", False):
+        from dataclasses import replace
+
+        a = replace(a, vmlinux=a.bzimage)
+    return a
+
+
+def _check_socket(path: Path | None) -> None:
+    if path is not None and not path.is_socket():
+        raise LauncherError(f"--socket {path}: no socket there (is pxos-hvd running with this VM?)")
+
+
+def cmd_prepare(args) -> int:
+    a = _artefacts(args)
+    if args.json:
+        print(json.dumps(a.to_json(), indent=1))
+    else:
+        print(f"kernel {a.release}: {a.vmlinux}\ninitramfs: {a.initramfs}\nmodule: {a.module}\ntool: {a.tool}")
+    return 0
+
+
+def cmd_cmdline(args) -> int:
+    a = _artefacts(args)
+    spec = VmSpec(kernel=a.vmlinux, initrd=a.initramfs, socket=args.socket, mem_mib=parse_mem(args.mem),
+                  accel=choose_accel(args.accel), name=args.name, interactive=args.cmd is None)
+    print(shlex.join(qemu_argv(spec)))
+    return 0
+
+
+def cmd_run(args) -> int:
+    _check_socket(args.socket)
+    a = _artefacts(args)
+    accel = choose_accel(args.accel)
+    mem = parse_mem(args.mem)
+    files = _files(args.file)
+    if args.cmd is None:
+        with tempfile.TemporaryDirectory(prefix="pxos-vm-") as tmp:
+            initrd = initramfs.write_run_initrd(a.initramfs, Path(tmp) / "initrd.gz", None, files)
+            spec = VmSpec(kernel=a.vmlinux, initrd=initrd, socket=args.socket, mem_mib=mem, accel=accel,
+                          name=args.name, interactive=True)
+            argv = qemu_argv(spec)
+            # QEMU reads the initrd at start-up; keep the directory until it exits.
+            import subprocess
+
+            return subprocess.call(argv)
+    with Guest(a, args.socket, args.cmd, mem_mib=mem, accel=accel, files=files, name=args.name,
+               log_path=args.log, echo=not args.quiet) as guest:
+        result = guest.wait(args.timeout)
+    if result.exit_status is None:
+        print(f"pxos-vm: the guest command did not finish in {args.timeout:.0f} s "
+              f"(QEMU exit {result.qemu_returncode})", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print(f"pxos-vm: guest command exited {result.exit_status}; boot {result.boot_s or 0:.2f} s, "
+          f"command {result.run_s or 0:.2f} s ({accel})", file=sys.stderr)
+    return result.exit_status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"prepare": cmd_prepare, "run": cmd_run, "cmdline": cmd_cmdline}[args.command](args)
+    except LauncherError as e:
+        print(f"pxos-vm: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
