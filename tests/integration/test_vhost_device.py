@@ -235,7 +235,8 @@ def test_standard_virtio_gpu_commands_and_the_cursor_queue(vm1, transport):
     assert ask(V.VIRTIO_GPU_CMD_GET_DISPLAY_INFO, size=408) == (V.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, 408)
     assert ask(V.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D, struct.pack("<IIII", 1, 1, 64, 64))[0] == V.VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY
     assert ask(V.VIRTIO_GPU_CMD_SET_SCANOUT, bytes(16) + struct.pack("<II", 0, 1))[0] == V.VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID
-    assert ask(V.VIRTIO_GPU_CMD_GET_EDID, bytes(8))[0] == V.VIRTIO_GPU_RESP_ERR_UNSPEC
+    assert ask(V.VIRTIO_GPU_CMD_GET_EDID, bytes(8), size=1056) == (V.VIRTIO_GPU_RESP_OK_EDID, 1056)
+    assert ask(V.VIRTIO_GPU_CMD_CTX_CREATE, bytes(72))[0] == V.VIRTIO_GPU_RESP_ERR_UNSPEC
     for _ in range(3):
         vm1.fe.submit(1, out=[CTRL_HDR.pack(V.VIRTIO_GPU_CMD_MOVE_CURSOR, 0, 0, 0, 0) + bytes(32)])
     vm1.fe.kick(1, force=True)

@@ -41,7 +41,7 @@ from virtio_backend.gpu.decode import (
 from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
 from virtio_backend.gpu.encode import encode
 from virtio_backend.gpu.metrics import DeviceStats, LogLimiter
-from virtio_backend.gpu.virtio_gpu import VirtioGpuCtrlType, VirtioGpuQueue
+from virtio_backend.gpu.virtio_gpu import VirtioGpuCtrlType, VirtioGpuFeature, VirtioGpuQueue
 from virtio_backend.wire import PxosCmdType, PxosStatus
 
 log = logging.getLogger("pxos.virtio.gpu")
@@ -69,7 +69,9 @@ class GpuDevice:
 
     # ---- VirtioDevice: features and config ----------------------------------------------
     def device_features(self) -> int:
-        return 0  # headless: no VIRGL, no EDID, no blob resources (see display.py)
+        # Headless: no VIRGL, no blob resources; EDID offered (and answered "no monitor",
+        # see display.py) because QEMU's vhost-user-gpu asks for it by default.
+        return 1 << VirtioGpuFeature.VIRTIO_GPU_F_EDID
 
     def protocol_features(self) -> int:
         return 0  # CONFIG (mandatory for vhost-user-gpu) is among the library's own
@@ -77,6 +79,7 @@ class GpuDevice:
     def get_config(self, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0 or offset + size > CONFIG_SPACE_MAX:
             raise ValueError(f"config read [{offset}, {offset + size}) outside {CONFIG_SPACE_MAX} bytes")
+        self.stats.config_reads += 1
         space = self.display.config_bytes().ljust(CONFIG_SPACE_MAX, b"\0")
         return space[offset : offset + size]
 

@@ -1,8 +1,10 @@
 """The standard virtio-gpu control commands, answered as a headless device.
 
-pxOS's virtio-gpu has no display: one scanout that is never enabled, no 2D resources, no
-3D (``VIRTIO_GPU_F_VIRGL`` is not offered), no EDID (``VIRTIO_GPU_F_EDID`` is not offered:
-a display that does not exist has no identification data), no capability sets. A guest's
+pxOS's virtio-gpu has no display: one scanout that is never enabled and has no monitor
+behind it, no 2D resources, no 3D (``VIRTIO_GPU_F_VIRGL`` is not offered), no capability
+sets. ``VIRTIO_GPU_F_EDID`` is offered (QEMU's vhost-user-gpu asks for it by default and
+warns when a back-end lacks it), and GET_EDID answers truthfully that no monitor is there:
+an EDID of size 0. A guest's
 stock virtio-gpu DRM driver must still probe and run against it, so every command gets the
 answer the virtio spec (5.7.6) gives for that situation:
 
@@ -16,7 +18,9 @@ RESOURCE_CREATE_2D / _BLOB            ERR_OUT_OF_MEMORY: a headless device keeps
 UNREF, FLUSH, TRANSFER_TO_HOST_2D,
 ATTACH/DETACH_BACKING, ASSIGN_UUID    ERR_INVALID_RESOURCE_ID (none exists)
 GET_CAPSET_INFO / GET_CAPSET          ERR_INVALID_PARAMETER (num_capsets is 0)
-GET_EDID, 3D, cursor, unknown types   ERR_UNSPEC (not offered / not a control command)
+GET_EDID, scanout 0                   OK_EDID with size 0 (no monitor, no EDID)
+GET_EDID, another scanout             ERR_INVALID_PARAMETER (as QEMU answers)
+3D, cursor, unknown types             ERR_UNSPEC (not offered / not a control command)
 a request shorter than its struct     ERR_UNSPEC (as QEMU answers a short command)
 ====================================  =============================================
 
@@ -34,6 +38,7 @@ from virtio_backend.gpu.virtio_gpu import (
     HDR_AND_U32,
     RESOURCE_ID_OFFSET,
     RESP_DISPLAY_INFO_SIZE,
+    RESP_EDID_SIZE,
     SET_SCANOUT,
     VirtioGpuCtrlType,
 )
@@ -72,6 +77,14 @@ class HeadlessDisplay:
     def _handle_get_display_info(self, hdr, request):
         # Every pmode zero: rect 0x0, enabled 0 - a scanout with nothing connected.
         return V.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, bytes(RESP_DISPLAY_INFO_SIZE - CTRL_HDR.size)
+
+    def _handle_get_edid(self, hdr, request):
+        if len(request) < HDR_AND_U32.size:
+            return V.VIRTIO_GPU_RESP_ERR_UNSPEC, b""
+        (scanout,) = HDR_AND_U32.unpack_from(request)
+        if scanout >= NUM_SCANOUTS:
+            return V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER, b""
+        return V.VIRTIO_GPU_RESP_OK_EDID, bytes(RESP_EDID_SIZE - CTRL_HDR.size)  # size 0, no blocks
 
     def _handle_set_scanout(self, hdr, request):
         if len(request) < SET_SCANOUT.size:
@@ -120,6 +133,8 @@ def response_size(resp_type_of_request: int) -> int:
     """Bytes the answer to this command takes (so the device can check the writable part)."""
     if resp_type_of_request == V.VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
         return RESP_DISPLAY_INFO_SIZE
+    if resp_type_of_request == V.VIRTIO_GPU_CMD_GET_EDID:
+        return RESP_EDID_SIZE
     return CTRL_HDR.size
 
 
@@ -129,6 +144,7 @@ MAX_STANDARD_REQUEST = 64
 
 _TABLE = {
     V.VIRTIO_GPU_CMD_GET_DISPLAY_INFO: HeadlessDisplay._handle_get_display_info,
+    V.VIRTIO_GPU_CMD_GET_EDID: HeadlessDisplay._handle_get_edid,
     V.VIRTIO_GPU_CMD_SET_SCANOUT: HeadlessDisplay._handle_set_scanout,
     V.VIRTIO_GPU_CMD_SET_SCANOUT_BLOB: HeadlessDisplay._handle_set_scanout,
     V.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D: HeadlessDisplay._handle_resource_create,

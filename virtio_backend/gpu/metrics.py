@@ -20,6 +20,7 @@ class DeviceStats:
     errors_by_status: dict[str, int] = field(default_factory=dict)  # PXOS_S_* / VIRTIO_GPU_RESP_ERR_*
     no_header_total: int = 0  # chains too short for a ctrl header: completed with 0 bytes
     cursor_total: int = 0  # cursor-queue chains drained
+    config_reads: int = 0  # GET_CONFIG answered (QEMU asks while the guest's vCPU waits)
     internal_errors_total: int = 0  # host bugs caught at the queue boundary
     launches_inflight: int = 0  # LAUNCH chains held until their work completes
     late_completions_dropped: int = 0  # completions that arrived after a reset

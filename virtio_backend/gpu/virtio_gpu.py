@@ -118,6 +118,9 @@ RESOURCE_ID_OFFSET = {
 SET_SCANOUT = struct.Struct("<24x16xII")
 # struct virtio_gpu_set_scanout_blob: hdr, rect r, scanout_id, resource_id, ...
 SET_SCANOUT_BLOB_IDS = SET_SCANOUT
+# struct virtio_gpu_resp_edid: hdr, size, padding, edid[1024]
+EDID_MAX = 1024
+RESP_EDID_SIZE = CTRL_HDR.size + 8 + EDID_MAX  # 1056
 # struct virtio_gpu_get_capset_info: hdr, capset_index, padding
 # struct virtio_gpu_get_edid: hdr, scanout, padding
 HDR_AND_U32 = struct.Struct("<24xI")

@@ -27,6 +27,13 @@ def test_display_info_has_one_disabled_scanout():
     assert out[24:] == bytes(384)  # every pmode: rect 0, enabled 0
 
 
+def test_edid_of_the_one_scanout_says_no_monitor():
+    rtype, _, _, _, out = ask(V.VIRTIO_GPU_CMD_GET_EDID, struct.pack("<II", 0, 0))
+    assert rtype == V.VIRTIO_GPU_RESP_OK_EDID
+    assert len(out) == 1056 == response_size(V.VIRTIO_GPU_CMD_GET_EDID)
+    assert struct.unpack_from("<I", out, 24)[0] == 0  # size: no EDID blocks
+
+
 def test_fenced_errors_still_signal_the_fence():
     rtype, flags, fence, ctx, _ = ask(V.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D, struct.pack("<IIII", 1, 1, 64, 64),
                                       flags=1, fence=42, ctx=3)
@@ -48,7 +55,8 @@ def test_fenced_errors_still_signal_the_fence():
     (V.VIRTIO_GPU_CMD_SET_SCANOUT_BLOB, bytes(16) + struct.pack("<II", 0, 3) + bytes(56), V.VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID),
     (V.VIRTIO_GPU_CMD_GET_CAPSET_INFO, struct.pack("<II", 0, 0), V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER),
     (V.VIRTIO_GPU_CMD_GET_CAPSET, struct.pack("<II", 1, 0), V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER),
-    (V.VIRTIO_GPU_CMD_GET_EDID, struct.pack("<II", 0, 0), V.VIRTIO_GPU_RESP_ERR_UNSPEC),
+    (V.VIRTIO_GPU_CMD_GET_EDID, struct.pack("<II", 1, 0), V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER),
+    (V.VIRTIO_GPU_CMD_GET_EDID, b"", V.VIRTIO_GPU_RESP_ERR_UNSPEC),
     (V.VIRTIO_GPU_CMD_CTX_CREATE, bytes(72), V.VIRTIO_GPU_RESP_ERR_UNSPEC),
     (V.VIRTIO_GPU_CMD_SUBMIT_3D, bytes(8), V.VIRTIO_GPU_RESP_ERR_UNSPEC),
     (V.VIRTIO_GPU_CMD_UPDATE_CURSOR, bytes(32), V.VIRTIO_GPU_RESP_ERR_UNSPEC),
