@@ -16,7 +16,7 @@ from . import initramfs
 _ESCAPES = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
-    r"|\x1b[()*+][@-~]"
+    r"|\x1b[()*+][0-~]"
     r"|\x1b[@-Z\\-_`-~]"
     r"|[\x00-\x08\x0b-\x1f\x7f]"
 )
