@@ -95,6 +95,7 @@ class _Draft:
     broken: bool = False
     poisoned: set[str] = field(default_factory=set)
     depth_reported: bool = False
+    priority_seen: bool = False
 
     def finish(self) -> ParsedKernel:
         while len(self.frames) > 1:
@@ -224,8 +225,9 @@ def _line(cur: _Draft, item, diags: list[Diagnostic]) -> None:
             _err(diags, Code.DUPLICATE_HEADER, item.pos, "GPU_CLASS written twice in one kernel")
         cur.class_hint = item.hint
     elif isinstance(item, PriorityLine):
-        if cur.priority is not None:
+        if cur.priority_seen:
             _err(diags, Code.DUPLICATE_HEADER, item.pos, "GPU_PRIORITY written twice in one kernel")
+        cur.priority_seen = True
         if not limits.MIN_PRIORITY <= item.value <= limits.MAX_PRIORITY:
             _err(diags, Code.VALUE, item.pos, f"GPU_PRIORITY must be {limits.MIN_PRIORITY} to "
                  f"{limits.MAX_PRIORITY}, got {item.value}")

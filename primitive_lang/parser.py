@@ -16,7 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
+from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.utils import TextSlice
 
 from . import limits
@@ -34,20 +34,17 @@ from .blocks import (
     assemble,
 )
 from .errors import Code, Diagnostic
+from .lexer import FastLexer, NumberTooLong
 from .ops import KEYWORDS, OPS
 
 _DTYPES = {"float": DType.FLOAT32, "int": DType.INT32, **{d.value: d for d in DType}}
 _SCALAR: tuple = ()  # a param written without brackets
 
 
-class _NumberTooLong(Exception):
-    def __init__(self, token: Token):
-        self.token = token
-
-
 def _check_number_length(token: Token) -> Token:
+    """The MAX_NUMBER_LEN check of FastLexer, for Lark's own lexer (the reference)."""
     if len(token) > limits.MAX_NUMBER_LEN:
-        raise _NumberTooLong(token)
+        raise NumberTooLong(token)
     return token
 
 
@@ -60,72 +57,82 @@ class _Axis:
     value: int
 
 
-@v_args(inline=True)
 class _LineBuilder(Transformer):
-    """Builds one item per line into ``items`` (set for each parse, under ``_LOCK``)."""
+    """Builds one item per line into ``items`` (set for each parse, under ``_LOCK``).
+
+    Methods take the children list as Lark passes it (no ``v_args`` wrapper: this runs for
+    every line of every source)."""
 
     items: list
 
-    def start(self, *_lines):
+    def start(self, _lines):
         return None
 
-    def kernel_open(self, kw, name):
-        self.items.append(KernelOpen(str(name), _pos(kw)))
+    def kernel_open(self, c):
+        self.items.append(KernelOpen(str(c[1]), _pos(c[0])))
 
-    def kernel_end(self, kw):
-        self.items.append(KernelEnd(_pos(kw)))
+    def kernel_end(self, c):
+        self.items.append(KernelEnd(_pos(c[0])))
 
-    def param(self, kw, name, dtype, shape=_SCALAR):
-        self.items.append(Param(str(name), ParamType(_DTYPES[dtype], shape), _pos(kw)))
+    def param(self, c):
+        shape = c[3] if len(c) > 3 else _SCALAR
+        self.items.append(Param(str(c[1]), ParamType(_DTYPES[str(c[2])], shape), _pos(c[0])))
 
-    def shape(self, *dims):
+    def shape(self, dims):
         if not dims:
             return None  # `float[]`: any shape, bound at launch
         return tuple(int(d) if d.type == "INT" else str(d) for d in dims)
 
-    def class_hint(self, kw, hint):
-        self.items.append(ClassLine(WorkloadHint(str(hint)), _pos(kw)))
+    def class_hint(self, c):
+        self.items.append(ClassLine(WorkloadHint(str(c[1])), _pos(c[0])))
 
-    def priority(self, kw, value):
-        self.items.append(PriorityLine(int(value), _pos(kw)))
+    def priority(self, c):
+        self.items.append(PriorityLine(int(c[1]), _pos(c[0])))
 
-    def code_open(self, kw):
-        self.items.append(CodeOpen(_pos(kw)))
+    def code_open(self, c):
+        self.items.append(CodeOpen(_pos(c[0])))
 
-    def repeat_open(self, kw, count):
-        self.items.append(RepeatOpen(int(count), _pos(kw)))
+    def repeat_open(self, c):
+        self.items.append(RepeatOpen(int(c[1]), _pos(c[0])))
 
-    def repeat_close(self, kw):
-        self.items.append(RepeatClose(_pos(kw)))
+    def repeat_close(self, c):
+        self.items.append(RepeatClose(_pos(c[0])))
 
-    def axis(self, _kw, value):
-        return _Axis(int(value))
+    def axis(self, c):
+        return _Axis(int(c[1]))
 
-    def op_stmt(self, op, *rest):
-        # rest: operand tokens, maybe an _Axis, the ARROW token, the destination NAME
-        dest = rest[-1]
+    def op_stmt(self, c):
+        # c: the op NAME, operand tokens, maybe an _Axis, the ARROW token, the destination NAME
+        dest = c[-1]
         axis = None
         args = []
-        for child in rest[:-2]:
+        for child in c[1:-2]:
             if isinstance(child, _Axis):
                 axis = child.value
             elif child.type == "NAME":
                 args.append(Name(str(child), _pos(child)))
             else:
-                is_int = not any(c in child for c in ".eE")
+                is_int = not any(ch in child for ch in ".eE")
                 args.append(Number(int(child) if is_int else float(child), is_int, _pos(child)))
-        self.items.append(OpStmt(str(op), tuple(args), axis, Name(str(dest), _pos(dest)), _pos(op)))
+        self.items.append(OpStmt(str(c[0]), tuple(args), axis, Name(str(dest), _pos(dest)), _pos(c[0])))
 
 
 _BUILDER = _LineBuilder()
-# propagate_positions is left off on purpose: with the transformer inlined no tree nodes are
-# built, positions come from the tokens, and the option only wraps every reduction (it cost
-# 40% of the parse time of the seed example when measured).
-_LARK = Lark.open(
-    "grammar.lark", rel_to=__file__, parser="lalr", lexer="contextual", transformer=_BUILDER,
-    lexer_callbacks={"NUMBER": _check_number_length, "INT": _check_number_length,
-                     "SIGNED_INT": _check_number_length},
-)
+
+
+def make_lark(lexer=FastLexer) -> Lark:
+    """The parser over grammar.lark. ``lexer="contextual"`` gives Lark's own lexer, which the
+    tests use as the reference for FastLexer.
+
+    propagate_positions is left off on purpose: with the transformer inlined no tree nodes are
+    built, positions come from the tokens, and the option only wraps every reduction (it cost
+    40% of the parse time of the seed example when measured)."""
+    return Lark.open("grammar.lark", rel_to=__file__, parser="lalr", lexer=lexer, transformer=_BUILDER,
+                     lexer_callbacks={"NUMBER": _check_number_length, "INT": _check_number_length,
+                                      "SIGNED_INT": _check_number_length})
+
+
+_LARK = make_lark()
 # The builder keeps per-parse state; parsing is pure Python and holds the GIL anyway.
 _LOCK = threading.Lock()
 
@@ -136,20 +143,21 @@ class ParseResult:
     diagnostics: tuple[Diagnostic, ...]
 
 
-def parse(text: str) -> ParseResult:
+def parse(text: str, lark: Lark | None = None) -> ParseResult:
     """Parse a whole source. Never raises for any input text; problems become diagnostics."""
     if not text.endswith("\n"):
         text += "\n"  # every line, the last included, ends with _NL in the grammar
     diags: list[Diagnostic] = []
+    lark = lark or _LARK
     with _LOCK:
         _BUILDER.items = items = []
         try:
             start = 0
             while True:
                 try:
-                    _LARK.parse(TextSlice(text, start, None) if start else text)
+                    lark.parse(TextSlice(text, start, None) if start else text)
                     break
-                except (UnexpectedInput, _NumberTooLong) as exc:
+                except (UnexpectedInput, NumberTooLong) as exc:
                     diag, at = _syntax_diagnostic(exc, text)
                     while items and items[-1].pos.line == diag.line:
                         items.pop()  # a partial item of the bad line
@@ -219,7 +227,7 @@ def _describe_token(token: Token) -> str:
 
 def _syntax_diagnostic(exc: Exception, text: str) -> tuple[Diagnostic, int]:
     """The diagnostic for one syntax error, and the offset in ``text`` where it lies."""
-    if isinstance(exc, _NumberTooLong):
+    if isinstance(exc, NumberTooLong):
         tok = exc.token
         return Diagnostic(Code.LIMIT, tok.line, tok.column,
                           f"number literal longer than {limits.MAX_NUMBER_LEN} characters"), tok.start_pos
