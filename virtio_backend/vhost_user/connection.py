@@ -60,9 +60,11 @@ from virtio_backend.vhost_user.virtqueue import Virtqueue
 log = logging.getLogger(__name__)
 PF, R, VF = VhostUserProtocolFeature, VhostUserRequest, VirtioFeature
 
-LIBRARY_FEATURES = (VF.VIRTIO_F_VERSION_1 | VF.VIRTIO_RING_F_INDIRECT_DESC | VF.VIRTIO_RING_F_EVENT_IDX
-                    | VF.VHOST_USER_F_PROTOCOL_FEATURES)
-LIBRARY_PROTOCOL_FEATURES = PF.CONFIG | PF.REPLY_ACK | PF.RESET_DEVICE | PF.MQ
+# Plain ints, not IntFlags: ``~`` of an IntFlag only complements its named bits, which
+# would let unknown bits through the "acked but never offered" checks.
+LIBRARY_FEATURES = int(VF.VIRTIO_F_VERSION_1 | VF.VIRTIO_RING_F_INDIRECT_DESC | VF.VIRTIO_RING_F_EVENT_IDX
+                       | VF.VHOST_USER_F_PROTOCOL_FEATURES)
+LIBRARY_PROTOCOL_FEATURES = int(PF.CONFIG | PF.REPLY_ACK | PF.RESET_DEVICE | PF.MQ)
 #: Protocol features a device may add: only those whose messages the library serves.
 SERVABLE_PROTOCOL_FEATURES = LIBRARY_PROTOCOL_FEATURES
 _TOTALS = ("popped", "completed", "malformed", "dropped_late")
@@ -117,7 +119,7 @@ class VhostUserConnection:
         self._memory: GuestMemory | None = None
         sock.settimeout(channel.FRAME_TIMEOUT_S)
         self.device = device_factory(self)
-        offered = self.device.protocol_features()
+        offered = int(self.device.protocol_features())
         if offered & ~SERVABLE_PROTOCOL_FEATURES:
             raise ValueError(f"device asks for protocol features {offered & ~SERVABLE_PROTOCOL_FEATURES:#x} "
                              "the library cannot serve")
@@ -154,10 +156,10 @@ class VhostUserConnection:
         return self._vrings[index].vq
 
     def offered_features(self) -> int:
-        return LIBRARY_FEATURES | self.device.device_features()
+        return LIBRARY_FEATURES | int(self.device.device_features())
 
     def offered_protocol_features(self) -> int:
-        return LIBRARY_PROTOCOL_FEATURES | self.device.protocol_features()
+        return LIBRARY_PROTOCOL_FEATURES | int(self.device.protocol_features())
 
     def totals(self) -> dict[str, int]:
         """Requests popped/completed, malformed chains, late completions dropped: over the

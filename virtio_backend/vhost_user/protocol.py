@@ -73,6 +73,8 @@ class VhostUserHeaderFlag(IntFlag):
 
 
 VHOST_USER_VERSION_MASK = 0x3
+#: Flags a request may carry (a plain int: ``~`` of an IntFlag keeps only named bits).
+_REQUEST_FLAGS = VHOST_USER_VERSION_MASK | int(VhostUserHeaderFlag.NEED_REPLY)
 VHOST_USER_VERSION = 0x1
 #: Flags of every reply we send: version 1 | reply (0x5).
 VHOST_USER_REPLY_FLAGS = VhostUserHeaderFlag.VERSION_1 | VhostUserHeaderFlag.REPLY
@@ -324,7 +326,7 @@ def check_header(request: int, flags: int, size: int) -> VhostUserRequest:
     """Validate a header before its payload is read; the request as its enum member."""
     if flags & VHOST_USER_VERSION_MASK != VHOST_USER_VERSION:
         raise ProtocolError(f"bad version in header flags {flags:#x} (request {request})")
-    if flags & ~(VHOST_USER_VERSION_MASK | VhostUserHeaderFlag.NEED_REPLY):
+    if flags & ~_REQUEST_FLAGS:
         raise ProtocolError(f"unexpected header flags {flags:#x} (request {request})")
     if size > VHOST_USER_MAX_PAYLOAD:
         raise ProtocolError(f"payload of {size} bytes exceeds {VHOST_USER_MAX_PAYLOAD} (request {request})")
