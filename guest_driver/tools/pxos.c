@@ -25,7 +25,7 @@ static int usage(void)
 		"       pxos compile FILE\n"
 		"       pxos run FILE [--kernel NAME] [--repeat N] [--timeout MS]\n"
 		"                --bind NAME=DTYPE[DIMS][:v1,v2,...|:random|:fill=X] ...\n"
-		"       pxos alloc DTYPE[DIMS]\n"
+		"       pxos alloc DTYPE[DIMS] [--hold SECONDS]\n"
 		"       pxos stats [--json]\n"
 		"       pxos selftest\n"
 		"       pxos workload [N]\n"
@@ -289,7 +289,8 @@ out:
 	return rc;
 }
 
-static int cmd_alloc(int fd, const char *spec)
+/* Allocate; with hold > 0 keep the buffer (and the session) for that many seconds. */
+static int cmd_alloc(int fd, const char *spec, long hold)
 {
 	struct pxos_ioc_result res;
 	struct px_type t;
@@ -307,6 +308,8 @@ static int cmd_alloc(int fd, const char *spec)
 		return 1;
 	}
 	printf("allocated %s: handle %llu\n", spec, (unsigned long long)h);
+	if (hold > 0)
+		sleep((unsigned int)hold);
 	px_free(fd, h, NULL);
 	return 0;
 }
@@ -445,7 +448,9 @@ int main(int argc, char **argv)
 	else if (strcmp(cmd, "run") == 0 && argc >= 3)
 		rc = cmd_run(fd, argc - 2, argv + 2);
 	else if (strcmp(cmd, "alloc") == 0 && argc == 3)
-		rc = cmd_alloc(fd, argv[2]);
+		rc = cmd_alloc(fd, argv[2], 0);
+	else if (strcmp(cmd, "alloc") == 0 && argc == 5 && strcmp(argv[3], "--hold") == 0)
+		rc = cmd_alloc(fd, argv[2], strtol(argv[4], NULL, 10));
 	else if (strcmp(cmd, "stats") == 0)
 		rc = cmd_stats(fd, json);
 	else if (strcmp(cmd, "selftest") == 0)
