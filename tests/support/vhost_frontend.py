@@ -52,6 +52,18 @@ class FrontendError(Exception):
     pass
 
 
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.005):
+    """Poll ``predicate`` until it returns something truthy; TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
 @dataclass
 class Used:
     head: int
@@ -216,8 +228,10 @@ class VhostUserFrontend:
             body += struct.pack("<QQQQ", gpa, size, self.ram_va + off, off)
         return body
 
-    def start(self) -> None:
-        """DRIVER_OK: GPU socket, features, memory table, rings, enable, fresh call fds."""
+    def start(self, before_enable=None) -> None:
+        """DRIVER_OK: GPU socket, features, memory table, rings, enable, fresh call fds.
+        ``before_enable(self)`` runs after the kick fds are set and before the enables
+        (e.g. to publish and kick early, as a fast guest can)."""
         if self.gpu_socket:
             if self._display is not None:
                 self._display.close()
@@ -239,6 +253,8 @@ class VhostUserFrontend:
             self.request(SET_VRING_ADDR, struct.pack("<IIQQQQ", i, 0, self.ram_va + desc, self.ram_va + used,
                                                      self.ram_va + avail, 0))
             self.vring_fd(SET_VRING_KICK, i, self.kick_fds[i])
+        if before_enable is not None:
+            before_enable(self)
         for i in range(len(self.queue_sizes)):
             self.vring_state(SET_VRING_ENABLE, i, 1)
         for i in range(len(self.queue_sizes)):
