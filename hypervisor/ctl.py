@@ -139,7 +139,7 @@ def cmd_vm(c: Client, args) -> int:
         if args.json:
             print_json({"vms": [message_json(v) for v in resp.vms]})
         else:
-            print(table(_VM_HEADERS, _vm_rows(resp.vms)))
+            print(table(_VM_HEADERS, _vm_rows(resp.vms), left=2))
     elif args.vm_command == "show":
         resp = c.call("GetVM", pb.VMRef(vm_id=args.vm))
         if args.json:
@@ -167,7 +167,7 @@ def _print_info(info, args, headline: str) -> None:
         print_json(message_json(info))
     else:
         print(headline)
-        print(table(_VM_HEADERS, _vm_rows([info])))
+        print(table(_VM_HEADERS, _vm_rows([info]), left=2))
 
 
 def _print_vm(resp) -> None:
@@ -231,7 +231,7 @@ def cmd_stats(c: Client, args) -> int:
              f"{v.device_seconds_total:.3f}", f"{v.latency_p50_ms:.3f}", f"{v.latency_p99_ms:.3f}",
              str(v.vm_switches_in)] for v in resp.vms]
     print(table(["ID", "NAME", "SHARE", "ACHIEVED", "USED", "QUOTA", "QUEUE", "LAUNCHES", "FAILED",
-                 "DEVICE_S", "P50_MS", "P99_MS", "SWITCHES"], rows))
+                 "DEVICE_S", "P50_MS", "P99_MS", "SWITCHES"], rows, left=2))
     return EXIT_OK
 
 

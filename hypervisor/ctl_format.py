@@ -26,16 +26,16 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned first column, right-aligned numbers; two spaces between columns."""
+def table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """The first ``left`` columns (ids, names) left-aligned, the rest (figures)
+    right-aligned; two spaces between columns."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
 
     def line(cells):
-        out = [cells[0].ljust(widths[0])] if cells else []
-        out += [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join(out).rstrip()
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     return "\n".join([line(headers)] + [line(r) for r in rows])
 

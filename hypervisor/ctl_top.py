@@ -77,7 +77,7 @@ def render(frame: dict, ansi: bool) -> str:
             "-" if v["hit_rate"] is None else pct(100 * v["hit_rate"]),
             "-" if v["stall_seconds"] is None else f"{v['stall_seconds']:.3f}",
         ])
-    body = table(HEADERS, rows) if rows else "(no VMs registered)"
+    body = table(HEADERS, rows, left=2) if rows else "(no VMs registered)"
     if ansi:
         head, _, rest = body.partition("\n")
         body = f"{_BOLD}{head}{_RESET}\n{rest}" if rest else f"{_BOLD}{head}{_RESET}"
