@@ -394,3 +394,20 @@ def test_stats_report_shares_depths_and_switches(sched, clock, tickets, device):
     assert s.vm_switch_seconds_total == pytest.approx(s.vm_switches_total * 10e-6)
     clock.advance(2.0)  # the window empties when nothing runs
     assert sched.stats().busy_seconds_window == 0 and sched.stats().vm(1).achieved_pct == 0
+
+
+def test_a_launch_over_its_estimate_overruns_the_cap_by_at_most_the_overrun(sched, clock, tickets, device):
+    sched.add_vm(1, 10, 30)
+    charges = []
+    start = clock.now
+    while clock.now - start < 3.0:
+        while sched.queue_depth(1) < 2:
+            sched.submit(tickets(1, est=0.01))
+        t = sched.pick()
+        if t is None:
+            clock.advance(sched.next_eligible_in())
+            continue
+        device.run(t, 0.02)  # every launch takes twice its estimate
+        charges.append((0.02, clock.now))
+    assert not window_usage_ok(charges, 0.30, 1.0)  # the estimate was wrong: the cap is overrun
+    assert window_usage_ok(charges, 0.30 + 0.01, 1.0)  # by at most one launch's overrun
