@@ -12,6 +12,7 @@ per line. Exit 0 when every file is valid, 1 when any problem was found, 2 on us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -55,8 +56,9 @@ def main(argv: Sequence[str] | None = None, stdin=None, stdout: TextIO | None = 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     parser = _arg_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed the usage
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage (or the help)
         return 0 if exc.code == 0 else 2
     binds: dict[str, TensorSpec] = {}
     for name, spec in args.bind:
