@@ -352,6 +352,8 @@ static int cmp_u64(const void *a, const void *b)
 /* Round trips of an empty launch and a small matmul: guest clock vs the device's figures. */
 static int cmd_bench(int fd, int iters, int json)
 {
+	if (iters < 1 || iters > 100000)
+		return usage();
 	static const uint64_t dims[2][3] = { { 1, 1, 1 }, { 32, 32, 32 } };
 	static const char *const names[2] = { "empty_launch", "matmul_32" };
 	struct pxos_ioc_compile c;
@@ -361,6 +363,30 @@ static int cmd_bench(int fd, int iters, int json)
 	if (err) {
 		px_report("compile bench program", err, &c.res);
 		return 1;
+	}
+	/* The transport alone: GET_INFO goes to the device and back, no scheduling, no work. */
+	{
+		uint64_t *g = calloc((size_t)iters, 8);
+		struct pxos_ioc_info info;
+
+		for (int i = -3; g && !err && i < iters; i++) {
+			uint64_t t0 = px_now_ns();
+
+			err = px_info(fd, &info);
+			if (i >= 0)
+				g[i] = px_now_ns() - t0;
+		}
+		if (!g || err) {
+			px_report("get_info", g ? err : -ENOMEM, g ? &info.res : NULL);
+			free(g);
+			return 1;
+		}
+		qsort(g, (size_t)iters, 8, cmp_u64);
+		printf(json ? "{\"bench\": \"get_info\", \"n\": %d, \"guest_roundtrip_us_median\": %.1f, "
+			      "\"guest_roundtrip_us_p90\": %.1f}\n"
+			    : "get_info: n=%d guest round trip median %.1f us (p90 %.1f)\n",
+		       iters, g[iters / 2] / 1e3, g[iters * 9 / 10] / 1e3);
+		free(g);
 	}
 	for (int k = 0; k < 2; k++) {
 		uint64_t *g = calloc((size_t)iters, 8), *d = calloc((size_t)iters, 8);
