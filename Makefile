@@ -14,7 +14,7 @@ setup: $(STAMP)
 
 ## The main job: the daemon sharing the GPU between VMs, live.
 demo: $(STAMP)
-	$(PY) -m hypervisor.demo_main
+	$(PY) -m hypervisor.daemon demo --duration 10
 
 ## Every test: lint, then the whole suite (gpu tests skip with their reason where there is no GPU).
 test: $(STAMP) lint

@@ -482,13 +482,13 @@ class Hypervisor:
 
     def _stats_locked(self, vm_id: int, sched_stats) -> VMStats:
         vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
-        per = sched_stats.vms.get(vm_id)
+        per = next((v for v in sched_stats.vms if v.vm_id == vm_id), None)
         lat = sorted(vm.latencies_ns)
         return VMStats(
             vm_id=vm_id, name=vm.name, memory_quota=mem.quota, memory_used=mem.used,
             memory_device_bytes=mem.device_bytes, memory_host_bytes=mem.host_bytes,
             share_pct=vm.share, cap_pct=vm.cap,
-            achieved_share=per.achieved_share if per is not None else 0.0,
+            achieved_share=per.achieved_pct / 100.0 if per is not None else 0.0,
             device_seconds_total=vm.device_seconds, launches_total=vm.launches_total,
             launches_failed=vm.launches_failed, launches_by_class=dict(vm.by_class),
             queue_depth=self.scheduler.queue_depth(vm_id), inflight=vm.inflight,

@@ -1,0 +1,63 @@
+"""Config files: sizes, validation errors that name the field, the default config."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from hypervisor.config import DEFAULT_CONFIG_TOML, load_config, parse_config, parse_size
+from hypervisor.errors import ConfigError
+
+
+@pytest.mark.parametrize("text,value", [
+    (4096, 4096), ("4096", 4096), ("8G", 8 * 10**9), ("8000M", 8 * 10**9), ("512Mi", 512 << 20),
+    ("1.5Gi", 3 << 29), ("2 GiB", 2 << 30), ("10k", 10_000),
+])
+def test_sizes(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "8X", "-1", "G", "1e9", True, -5])
+def test_bad_sizes(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_default_config_is_valid_and_documented():
+    cfg = parse_config(tomllib.loads(DEFAULT_CONFIG_TOML))
+    assert cfg.daemon.grpc_socket.endswith(".sock") and cfg.daemon.grpc_tcp is None
+    assert cfg.daemon.metrics_address == "127.0.0.1:9464" and cfg.vm == []
+
+
+def test_vms_are_parsed(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[[vm]]\nid = 1\nmemory = "8000M"\nshare = 50\ncap = 80\nsocket = "/tmp/x.sock"\n'
+                 '[[vm]]\nid = 2\nmemory = 1024\nshare = 30\ndefault_class = "INTERACTIVE"\n')
+    cfg = load_config(p)
+    assert [(v.id, v.memory, v.share, v.cap) for v in cfg.vm] == [(1, 8_000_000_000, 50, 80), (2, 1024, 30, None)]
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 60\n[[vm]]\nid = 2\nmemory = "8G"\nshare = 50\n', "sum to 110"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\n[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\n', "unique"),
+    ('[[vm]]\nid = 1\nmemory = "lots"\nshare = 10\n', "vm.0.memory"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\ncap = 0\n', "vm.0.cap"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\ndefault_class = "FAST"\n', "default_class"),
+    ('[daemon]\nbackend = "tpu"\n', "daemon.backend"),
+    ('[daemon]\nunknown_key = 1\n', "unknown_key"),
+    ('[scheduler]\nwindow_seconds = 0\n', "window_seconds"),
+    ('this is not toml', "not valid TOML"),
+])
+def test_invalid_configs_name_the_problem(tmp_path, body, needle):
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert needle in str(ei.value) and str(p) in str(ei.value)
+    assert isinstance(ei.value, ValueError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
