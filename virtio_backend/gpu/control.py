@@ -73,6 +73,8 @@ class PxosControl:
         self.hv = hv
         self.vm_id = vm_id
         self.max_inflight = max_inflight  # reported by GET_INFO: the control queue's size
+        dev = hv.device_info()  # backend and device name are fixed for the daemon's life
+        self._backend, self._device_name = dev.backend, dev.device_name
 
     def handle(self, cmd: c.Command) -> c.Response | Deferred:
         """Run one command; a guest's mistake comes back as an ``ErrorResp``."""
@@ -89,11 +91,10 @@ class PxosControl:
                 f"{wire.PXOS_ABI_MAJOR}.{wire.PXOS_ABI_MINOR}",
             )
         vm = self.hv.vm_info(self.vm_id)
-        dev = self.hv.device_info()
         return c.InfoResp(
             vm_id=vm.vm_id, memory_quota=vm.memory_quota, memory_used=vm.memory_used,
             compute_share_pct=round(vm.share_pct), compute_cap_pct=round(vm.cap_pct or 0),
-            max_inflight=self.max_inflight, backend=dev.backend, device_name=dev.device_name,
+            max_inflight=self.max_inflight, backend=self._backend, device_name=self._device_name,
         )
 
     def _handle_alloc(self, cmd: c.AllocCmd) -> c.Response:

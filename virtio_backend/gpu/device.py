@@ -36,7 +36,6 @@ from virtio_backend.gpu.decode import (
     decode_header,
     gather,
     response_size,
-    total_len,
 )
 from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
 from virtio_backend.gpu.encode import encode
@@ -167,7 +166,7 @@ class GpuDevice:
         try:
             cmd = decode_command(hdr, readable, writable)
         except BadRequest as exc:
-            fits = total_len(writable) >= response_size(hdr)
+            fits = req.writable_len >= response_size(hdr)
             self._complete(queue, req, hdr, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
             return
         try:
@@ -246,13 +245,11 @@ class GpuDevice:
             log.info("vm %d: " + fmt, self.vm_id, *args)
 
 
+_NAMES = {int(t): t.name for names in (VirtioGpuCtrlType, PxosCmdType) for t in names}
+
+
 def _cmd_name(hdr: c.Header) -> str:
-    for names in (PxosCmdType, VirtioGpuCtrlType):
-        try:
-            return names(hdr.type).name
-        except ValueError:
-            pass
-    return f"0x{hdr.type:04x}"
+    return _NAMES.get(hdr.type) or f"0x{hdr.type:04x}"
 
 
 def _release_views(cmd: c.Command) -> None:
