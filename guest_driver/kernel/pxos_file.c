@@ -4,6 +4,8 @@
  * ctx_id of every request it makes). open, release (SESSION_CLOSE, then wait for the
  * session's requests), poll (completed submits) and the ioctl dispatch table.
  */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
 #include <linux/fs.h>
 #include <linux/module.h>
 #include <linux/poll.h>
@@ -83,14 +85,13 @@ static void pxos_session_close(struct pxos_session *sess)
 	req = pxos_req_alloc(sess->dev, sess, PXOS_CMD_SESSION_CLOSE,
 			     sizeof(struct pxos_cmd_session_close), sizeof(*resp));
 	if (!req) {
-		dev_warn(&sess->dev->vdev->dev, "session %u: no memory for SESSION_CLOSE\n", sess->id);
+		pr_warn("%s: session %u: no memory for SESSION_CLOSE\n", sess->dev->name, sess->id);
 		return;
 	}
 	err = pxos_req_call(&req, PXOS_WAIT_UNINTERRUPTIBLE, PXOS_CLOSE_TIMEOUT_MS,
 			    sizeof(*resp), NULL);
 	if (err && err != -ENODEV)
-		dev_warn(&sess->dev->vdev->dev, "session %u: SESSION_CLOSE failed (%d)\n",
-			 sess->id, err);
+		pr_warn("%s: session %u: SESSION_CLOSE failed (%d)\n", sess->dev->name, sess->id, err);
 	if (req)
 		pxos_req_free(req);
 }
@@ -122,8 +123,8 @@ static int pxos_release(struct inode *inode, struct file *file)
 		/* The host cancelled what was queued; wait until the device gave it all back. */
 		if (!wait_event_timeout(sess->wq, READ_ONCE(sess->inflight) == 0 || READ_ONCE(dev->dead),
 					msecs_to_jiffies(PXOS_CLOSE_TIMEOUT_MS)))
-			dev_warn(&dev->vdev->dev, "session %u: %u requests still with the device\n",
-				 sess->id, READ_ONCE(sess->inflight));
+			pr_warn("%s: session %u: %u requests still with the device\n", dev->name,
+				sess->id, READ_ONCE(sess->inflight));
 	}
 	pxos_session_put(sess);
 	return 0;

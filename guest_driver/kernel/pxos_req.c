@@ -9,6 +9,8 @@
  * a request frees it; a waiter that gives up marks it abandoned and the completion path
  * frees it instead, so the device never writes into freed memory.
  */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
 #include <linux/gfp.h>
 #include <linux/mm.h>
 #include <linux/sched/signal.h>
@@ -380,9 +382,9 @@ int pxos_req_result(struct pxos_req *req, u32 min_resp, struct pxos_ioc_result *
 	if (req->err)
 		return req->err;
 	if (req->used_len < sizeof(*r) || le32_to_cpu(r->hdr.type) != PXOS_RESP) {
-		dev_warn_ratelimited(&req->dev->vdev->dev,
-				     "malformed response (%u bytes, type 0x%x)\n", req->used_len,
-				     req->used_len >= 4 ? le32_to_cpu(r->hdr.type) : 0);
+		/* by name: vdev may be gone once the device was removed */
+		pr_warn_ratelimited("%s: malformed response (%u bytes, type 0x%x)\n", req->dev->name,
+				    req->used_len, req->used_len >= 4 ? le32_to_cpu(r->hdr.type) : 0);
 		return -EPROTO;
 	}
 	status = le32_to_cpu(r->status);

@@ -336,6 +336,8 @@ _Static_assert(sizeof(struct pxos_param_desc) == 144, "pxos_param_desc");
 
 /* ---- /dev/pxosN ioctls (guest user space <-> pxos_gpu.ko) follow below. ---- */
 
+#include <linux/ioctl.h>
+
 /*
  * Each open file of /dev/pxosN is one session (its id travels in hdr.ctx_id). Every
  * ioctl struct is fixed-width with explicit padding, and ends in struct pxos_ioc_result:
