@@ -68,13 +68,16 @@ class VMState:
     def clone(self, depth: int) -> VMState:
         """A copy a look-ahead may change: the first ``depth`` queued tickets (all it can
         take), its own in-flight list, and its own usage window where a cap reads it."""
-        other = VMState.__new__(VMState)
-        for name in VMState.__slots__:
-            setattr(other, name, getattr(self, name))
-        other.queue = deque(itertools.islice(self.queue, depth))
-        other.inflight = deque(self.inflight)
-        other.usage = self.usage.copy() if self.cap_limit is not None else UsageWindow()
-        return other
+        o = VMState.__new__(VMState)
+        o.vm_id, o.share_pct, o.cap_pct, o.cap_limit = self.vm_id, self.share_pct, self.cap_pct, self.cap_limit
+        o.cap_frac, o.weight, o.tier, o.vruntime = self.cap_frac, self.weight, self.tier, self.vruntime
+        o.gen, o.where, o.entry, o.reserved = self.gen, self.where, self.entry, self.reserved
+        o.blocked_until, o.device_seconds, o.picks = self.blocked_until, self.device_seconds, self.picks
+        o.last_launch_id = self.last_launch_id
+        o.queue = deque(itertools.islice(self.queue, depth))
+        o.inflight = deque(self.inflight)
+        o.usage = self.usage.copy() if self.cap_limit is not None else UsageWindow()
+        return o
 
 
 class _Tier:
@@ -209,7 +212,8 @@ class Engine:
                     key, gen, vm_id = heap[0]
                     vm = get(vm_id)
                     if vm is not None and vm.gen == gen:
-                        best = min(best, key)
+                        if key < best:
+                            best = key
                         break
                     heappop(heap)
             if best == math.inf:

@@ -34,7 +34,7 @@ class ManualClock:
 @dataclass(frozen=True)
 class Workload:
     """One simulated VM: launches of ``launch_seconds`` (cycled through), kept ``depth``
-    deep in its queue while ``saturated``; otherwise one launch every ``period`` seconds."""
+    deep in its queue while ``saturated``; otherwise ``burst`` launches every ``period`` s."""
 
     vm_id: int
     share_pct: float
@@ -44,6 +44,7 @@ class Workload:
     saturated: bool = True
     period: float = 0.0
     depth: int = 2
+    burst: int = 1
 
 
 @dataclass
@@ -52,7 +53,7 @@ class SimResult:
     busy: float  # device seconds used by anyone
     device_seconds: dict[int, float]
     launches: dict[int, int]
-    latencies: dict[int, list[float]] = field(default_factory=dict)  # enqueue -> end
+    latencies: dict[int, list[float]] = field(default_factory=dict)  # arrival -> end
 
     def share_pct(self, vm_id: int) -> float:
         """The VM's part of the device's busy time, in percent."""
@@ -78,17 +79,18 @@ def simulate(workloads: list[Workload], *, duration: float, window_seconds: floa
     for w in workloads:
         sched.add_vm(w.vm_id, w.share_pct, w.cap_pct)
 
-    def submit(w: Workload) -> None:
-        sched.submit(Ticket(w.vm_id, next(ids), w.wclass, 50, _NO_COST, next(cycles[w.vm_id]), clock.now))
+    def submit(w: Workload, arrived: float) -> None:
+        sched.submit(Ticket(w.vm_id, next(ids), w.wclass, 50, _NO_COST, next(cycles[w.vm_id]), arrived))
 
     def refill() -> None:
         for w in workloads:
             if w.saturated:
                 for _ in range(w.depth - sched.queue_depth(w.vm_id)):
-                    submit(w)
-            else:
+                    submit(w, clock.now)
+            else:  # arrivals during a launch are queued when it ends, stamped when they arrived
                 while next_arrival[w.vm_id] <= clock.now:
-                    submit(w)
+                    for _ in range(w.burst):
+                        submit(w, next_arrival[w.vm_id])
                     next_arrival[w.vm_id] += w.period
 
     while clock.now < duration:

@@ -411,3 +411,22 @@ def test_a_launch_over_its_estimate_overruns_the_cap_by_at_most_the_overrun(sche
         charges.append((0.019, clock.now))
     assert not window_usage_ok(charges, 0.30, 1.0)  # the estimate was wrong: the cap is overrun
     assert window_usage_ok(charges, 0.30 + 0.009, 1.0)  # by at most one launch's overrun
+
+
+def test_the_documented_bound_on_virtual_time_holds(sched, tickets, device):
+    # docs/scheduling.md: for backlogged VMs, |v_i - v_j| <= CLASS_LAG + (D_i/w_i + D_j/w_j)/2.
+    vms = {1: (50, 0.1, WC.BATCH), 2: (30, 1e-4, WC.INTERACTIVE), 3: (20, 5e-3, WC.REALTIME)}
+    for vm, (share, _, _) in vms.items():
+        sched.add_vm(vm, share)
+    worst = 0.0
+    for _ in range(1500):
+        for vm, (_, est, wclass) in vms.items():
+            while sched.queue_depth(vm) < 2:
+                sched.submit(tickets(vm, est=est, wclass=wclass))
+        device.step()
+        v = {s.vm_id: s.vruntime for s in sched.stats().vms}
+        for i in vms:
+            for j in vms:
+                bound = CLASS_LAG + (vms[i][1] / (vms[i][0] / 100) + vms[j][1] / (vms[j][0] / 100)) / 2
+                worst = max(worst, abs(v[i] - v[j]) / bound)
+    assert 0.3 < worst <= 1.0 + 1e-9  # the bound holds, and is not vacuous
