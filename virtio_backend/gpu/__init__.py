@@ -5,6 +5,7 @@ Files: ``virtio_gpu`` (the standard names), ``commands`` (typed commands/respons
 ``decode`` / ``encode`` (the wire codec), ``display`` (the standard control commands of a
 headless device), ``control`` (the PXOS command handlers, one per command, calling the
 Hypervisor), ``device`` (the ``VirtioDevice`` the vhost-user library drives), ``metrics``
-(what the device counts), ``transport`` (the daemon's ``vhost-user`` plugin).
+(what the device counts), ``transport`` (the daemon's ``vhost-user`` plugin), ``guest``
+(the guest's side of the wire in Python, for tests, benchmarks and docs).
 docs/protocol.md specifies the protocol.
 """

@@ -215,10 +215,13 @@ class GpuDevice:
         completion.add_done_callback(on_done)
 
     def _launch_done(self, generation: int, queue, req, hdr: c.Header, done: Completion) -> None:
-        if generation != self._generation or not req.live:
+        if generation != self._generation:  # reset since: launches_inflight was zeroed then
             self.stats.late_completions_dropped += 1
             return
         self.stats.launches_inflight -= 1
+        if not req.live:  # its queue was stopped (the library invalidated the chain)
+            self.stats.late_completions_dropped += 1
+            return
         try:
             self._complete(queue, req, hdr, launch_response(done.result))
         except Exception:
