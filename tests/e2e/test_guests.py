@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,17 @@ MiB = 1 << 20
 QUOTA = 64 * MiB
 BOOT_AND_RUN_S = 240.0
 SELFTEST_OK = re.compile(r"^selftest: (\d+)/\1 passed$", re.M)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "primitives"
+
+
+def launches_ok(metrics: str, vm_id: int) -> float:
+    """Sum of pxos_vm_launches_total{vm=vm_id, status="ok"} over classes."""
+    total = 0.0
+    for m in re.finditer(r"^pxos_vm_launches_total\{([^}]*)\} (\S+)$", metrics, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("vm") == str(vm_id) and labels.get("status") == "ok":
+            total += float(m.group(2))
+    return total
 
 
 def guest(artefacts, hvd, vm_id, command, tmp_path, **kw) -> Guest:
@@ -39,9 +51,15 @@ def test_two_guests_selftest_workload_and_quota(guest_artefacts, hvd_factory, tm
     # Guest 1 also asks for 400 MB, over its 64 MiB quota; then proves it still works.
     cmd1 = ("pxos selftest && pxos workload 5 && "
             "{ pxos alloc float[100000000]; echo \"OVER-QUOTA-RC $?\"; } && pxos selftest")
-    cmd2 = "pxos selftest && pxos workload 5 && pxos info"
+    # Guest 2 also runs the repository's example programs through `pxos compile` / `pxos run`.
+    cmd2 = ("pxos selftest && pxos workload 5 && pxos compile /root/attention.pxp && "
+            "pxos run /root/seed.pxp --bind weights=float[2,3]:1,2,3,4,5,6 "
+            "--bind inputs=float[3,2]:7,8,9,10,11,12 --bind outputs=float[2,2] && "
+            "pxos run /root/matmul.pxp --kernel batched_matmul --bind a=float16[1,2,2]:1,2,3,4 "
+            "--bind b=float16[1,2,2]:0.5,0,0,2 --bind c=float16[1,2,2] && pxos info")
+    files = {f"/root/{n}": (EXAMPLES / n).read_bytes() for n in ("attention.pxp", "seed.pxp", "matmul.pxp")}
     with guest(guest_artefacts, hvd, 1, cmd1, tmp_path) as g1, \
-         guest(guest_artefacts, hvd, 2, cmd2, tmp_path) as g2:
+         guest(guest_artefacts, hvd, 2, cmd2, tmp_path, files=files) as g2:
         # Both on the device at once: while they run, pxosctl sees both VMs.
         g1.wait_for(r"^check\s+1/", BOOT_AND_RUN_S)
         g2.wait_for(r"^check\s+1/", BOOT_AND_RUN_S)
@@ -58,15 +76,19 @@ def test_two_guests_selftest_workload_and_quota(guest_artefacts, hvd_factory, tm
     assert "OVER-QUOTA-RC 1" in r1.console
     assert re.search(r"pxos: alloc: Disk quota exceeded \[PXOS_S_QUOTA: .*quota", r1.console), r1.console
     assert "PXOS_S_QUOTA" not in r2.console
+    # The example programs, computed on the host and printed in the guest.
+    assert re.search(r"^/root/attention.pxp: ok: kernel \w+", r2.console, re.M), r2.console
+    assert re.search(r"^outputs float32\[2,2\] = 58 64 139 154$", r2.console, re.M), r2.console
+    assert re.search(r"^c float16\[1,2,2\] = 0.5 4 1.5 8$", r2.console, re.M), r2.console
 
     # Both guests powered off: their sessions closed, every byte back.
     for vm_id in (1, 2):
         assert hvd.wait_usage(vm_id, lambda used: used == 0)["memory_used"] == 0
     metrics = hvd.metrics()
     for vm_id in (1, 2):
-        launches = [float(m.group(1)) for m in re.finditer(
-            rf'^pxos_vm_launches_total\{{[^}}]*vm="{vm_id}"[^}}]*status="ok"[^}}]*\}} (\S+)$', metrics, re.M)]
-        assert sum(launches) >= 20, f"vm {vm_id}: launches in /metrics: {launches}"
+        ok = launches_ok(metrics, vm_id)
+        assert ok >= 20, f"vm {vm_id}: {ok} successful launches in /metrics"
+    assert hvd.stop() == 0
 
 
 def test_killed_guest_leaves_nothing_and_its_socket_takes_a_new_qemu(guest_artefacts, hvd_factory, tmp_path):
@@ -95,3 +117,4 @@ def test_killed_guest_leaves_nothing_and_its_socket_takes_a_new_qemu(guest_artef
         r = again.wait(BOOT_AND_RUN_S)
     assert_ok(r, "guest 1 after the kill")
     assert hvd.proc.poll() is None, "pxos-hvd died"
+    assert hvd.stop() == 0
