@@ -125,7 +125,10 @@ class FairScheduler:
                                f"{others + share:g}% (at most 100%; {100.0 - others:g}% is free)")
 
     def _apply_share(self, vm: VMState, share: float, cap: float | None) -> None:
-        vm.share_pct, vm.cap_pct = float(share), None if cap is None else float(cap)
+        cap = None if cap is None else float(cap)
+        if cap != vm.cap_pct:
+            vm.blocked_until = -math.inf  # the old cap's hold after an oversized launch ends
+        vm.share_pct, vm.cap_pct = float(share), cap
         vm.tier = NORMAL_TIER if share > 0 else IDLE_TIER
         vm.weight = share / 100.0 if share > 0 else 1.0
         if cap is None or cap >= 100.0:
@@ -133,8 +136,6 @@ class FairScheduler:
         else:
             vm.cap_frac = cap / 100.0
             vm.cap_limit = vm.cap_frac * self._window
-        if vm.cap_limit is None:
-            vm.blocked_until = -math.inf
 
     def _vm(self, vm_id: int) -> VMState:
         vm = self._vms.get(vm_id)
