@@ -32,9 +32,9 @@ def qemu_unavailable_reason() -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "gpu" in item.keywords and (why := gpu_unavailable_reason()):
+        if item.get_closest_marker("gpu") is not None and (why := gpu_unavailable_reason()):
             item.add_marker(pytest.mark.skip(reason=f"gpu: {why}"))
-        if "qemu" in item.keywords and (why := qemu_unavailable_reason()):
+        if item.get_closest_marker("qemu") is not None and (why := qemu_unavailable_reason()):
             # CI sets PXOS_REQUIRE_QEMU=1: there a missing QEMU is a failure, never a skip.
             if os.environ.get("PXOS_REQUIRE_QEMU") == "1":
                 raise pytest.UsageError(f"PXOS_REQUIRE_QEMU=1 but {why}")
