@@ -129,6 +129,9 @@ def assemble(items: list, end: Pos, diags: list[Diagnostic]) -> list[ParsedKerne
         return _Draft(name, pos, broken=broken)
 
     for item in items:
+        if type(item) is OpStmt and cur is not None and cur.in_code:  # the common case, first
+            cur.frames[-1].stmts.append(item)
+            continue
         if cur is None:
             if isinstance(item, KernelOpen):
                 cur, stray_reported = open_kernel(item.name, item.pos, False), False

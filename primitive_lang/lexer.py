@@ -46,28 +46,49 @@ class NumberTooLong(Exception):
 
 
 class _Tok(Token):
-    """A Token built without Token.__new__'s keyword handling (a third of the lexing time)."""
+    """A Token built without Token.__new__'s keyword handling (a third of the lexing time).
+    Only newline tokens get end_* positions: Lark reads them from the last token alone (to
+    place $END), and a source always ends with a newline."""
 
     __slots__ = ()
 
     def __new__(cls, type_: str, value: str, start_pos: int, line: int, column: int):
         tok = str.__new__(cls, value)
         tok.type, tok.value, tok.start_pos, tok.line, tok.column = type_, value, start_pos, line, column
-        tok.end_line = tok.end_column = tok.end_pos = None
         return tok
+
+
+def _word_kinds(accepts) -> dict[str, str]:
+    """What each special word is in a parser state that accepts ``accepts``."""
+    kinds = {w: w for w in _KEYWORDS if w in accepts}
+    if "DTYPE" in accepts:
+        kinds.update(dict.fromkeys(_DTYPE_WORDS, "DTYPE"))
+    if "CLASS_NAME" in accepts:
+        kinds.update(dict.fromkeys(_CLASS_WORDS, "CLASS_NAME"))
+    if "AXIS" in accepts:
+        kinds["axis"] = "AXIS"  # only when `=` follows: checked in lex()
+    return kinds
 
 
 class FastLexer(Lexer):
     __future_interface__ = 2  # lex(lexer_state, parser_state), TextSlice input allowed
 
     def __init__(self, lexer_conf) -> None:
-        pass
+        self._tables: tuple | None = None
+
+    def _words_for(self, states) -> dict[int, dict[str, str]]:
+        """Per parser state, the kind of each special word (built once per parse table)."""
+        if self._tables is None or self._tables[0] is not states:
+            self._tables = (states, {state: _word_kinds(accepts) for state, accepts in states.items()})
+        return self._tables[1]
 
     def lex(self, lexer_state: LexerState, parser_state) -> Iterator[Token]:
         text, end = lexer_state.text.text, lexer_state.text.end
         ctr = lexer_state.line_ctr
         pos, line, line_start = ctr.char_pos, ctr.line, ctr.line_start_pos
-        states = parser_state.parse_conf.parse_table.states
+        accepts_of = parser_state.parse_conf.parse_table.states
+        words = self._words_for(accepts_of)
+        stack = parser_state.state_stack  # the parser grows and shrinks this very list
         match = _TOKEN.match
         while pos < end:
             m = match(text, pos)
@@ -76,30 +97,23 @@ class FastLexer(Lexer):
                 ctr.char_pos, ctr.line, ctr.line_start_pos = bad, line, line_start
                 ctr.column = bad - line_start + 1
                 raise UnexpectedCharacters(text, bad, line, bad - line_start + 1,
-                                           allowed=set(states[parser_state.position]), state=parser_state)
+                                           allowed=set(accepts_of[stack[-1]]), state=parser_state)
             group = m.lastindex
-            start = m.start(group)
+            start, pos = m.span(group)
             value = m.group(group)
-            pos = m.end()
             if group == 1:
-                yield _Tok("_NL", value, start, line, start - line_start + 1)
+                tok = _Tok("_NL", value, start, line, start - line_start + 1)
                 line += 1
                 line_start = pos
+                tok.end_line, tok.end_column, tok.end_pos = line, 1, pos
+                yield tok
                 continue
             if group == 2:
-                accepts = states[parser_state.position]
-                if value in accepts and value in _KEYWORDS:
-                    kind = value
-                elif value in _DTYPE_WORDS and "DTYPE" in accepts:
-                    kind = "DTYPE"
-                elif value in _CLASS_WORDS and "CLASS_NAME" in accepts:
-                    kind = "CLASS_NAME"
-                elif value == "axis" and "AXIS" in accepts and _EQUALS_NEXT.match(text, pos):
-                    kind = "AXIS"
-                else:
+                kind = words[stack[-1]].get(value, "NAME")
+                if kind == "AXIS" and not _EQUALS_NEXT.match(text, pos):
                     kind = "NAME"
             elif group == 4:
-                kind = _number_kind(value, states[parser_state.position])
+                kind = _number_kind(value, accepts_of[stack[-1]])
                 if len(value) > limits.MAX_NUMBER_LEN:
                     raise NumberTooLong(_Tok(kind, value, start, line, start - line_start + 1))
             else:

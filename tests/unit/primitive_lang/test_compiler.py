@@ -84,3 +84,22 @@ def test_errors_pickle_with_their_diagnostics():
         compile_source("nonsense")
     copy = pickle.loads(pickle.dumps(info.value))
     assert copy.diagnostics == info.value.diagnostics and str(copy) == str(info.value)
+
+
+def test_concurrent_compiles_give_the_same_results_as_sequential_ones():
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [SEED + f"# {i}\n" + ("GPU_END\n" if i % 3 == 0 else "") for i in range(60)]
+
+    def result(src):
+        try:
+            return compile_source(src).kernels[0].ast
+        except PrimitiveError as exc:
+            return exc.diagnostics
+
+    clear_cache()
+    expected = [result(s) for s in sources]
+    clear_cache()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(result, sources))
+    assert got == expected
