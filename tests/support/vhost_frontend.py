@@ -74,12 +74,14 @@ class Used:
 class VhostUserFrontend:
     def __init__(self, socket_path: str, *, ram_size: int = 32 << 20, queue_sizes=(64, 16),
                  event_idx: bool = True, indirect: bool = True, gpu_socket: bool = True,
-                 protocol_features: int | None = None, need_reply_all: bool = False):
+                 protocol_features: int | None = None, need_reply_all: bool = False,
+                 extra_features: int = 0):
         self.socket_path = socket_path
         self.queue_sizes = tuple(queue_sizes)
         self.event_idx, self.indirect, self.gpu_socket = event_idx, indirect, gpu_socket
         self.want_protocol = protocol_features
         self.need_reply_all = need_reply_all
+        self.extra_features = extra_features  # acked whatever the back-end offered (as QEMU does)
         self.sock: socket.socket | None = None
         self.ram_size = ram_size
         self.ram_fd = os.memfd_create("pxos-test-guest-ram", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -242,7 +244,7 @@ class VhostUserFrontend:
             self.vring_fd(SET_VRING_CALL, i, self.call_fds[i])
         self.features = F_VERSION_1 | F_PROTOCOL_FEATURES
         self.features |= (F_EVENT_IDX if self.event_idx else 0) | (F_INDIRECT_DESC if self.indirect else 0)
-        self.features &= self.offered
+        self.features = (self.features & self.offered) | self.extra_features
         self.set_u64(SET_FEATURES, self.features)
         self.request(SET_MEM_TABLE, self.mem_table_payload(), [self.ram_fd] * len(self.regions))
         for i, num in enumerate(self.queue_sizes):

@@ -65,6 +65,12 @@ PF, R, VF = VhostUserProtocolFeature, VhostUserRequest, VirtioFeature
 LIBRARY_FEATURES = int(VF.VIRTIO_F_VERSION_1 | VF.VIRTIO_RING_F_INDIRECT_DESC | VF.VIRTIO_RING_F_EVENT_IDX
                        | VF.VHOST_USER_F_PROTOCOL_FEATURES)
 LIBRARY_PROTOCOL_FEATURES = int(PF.CONFIG | PF.REPLY_ACK | PF.RESET_DEVICE | PF.MQ)
+#: Transport bits QEMU acks although we never offer them (QEMU 10 sends RING_RESET in
+#: SET_FEATURES whatever the back-end said, see qemu-facts.md). They need nothing from a
+#: split-ring back-end: a ring reset arrives as that ring's stop and restart. Any other
+#: bit never offered (packed rings, in-order, IOMMU, dirty logging...) would change what
+#: the rings mean, so it ends the connection.
+TOLERATED_UNOFFERED_FEATURES = int(VF.VIRTIO_F_RING_RESET | VF.VIRTIO_F_NOTIFY_ON_EMPTY | VF.VIRTIO_F_ANY_LAYOUT)
 #: Protocol features a device may add: only those whose messages the library serves.
 SERVABLE_PROTOCOL_FEATURES = LIBRARY_PROTOCOL_FEATURES
 _TOTALS = ("popped", "completed", "malformed", "dropped_late")
@@ -230,7 +236,7 @@ class VhostUserConnection:
         return encode_u64(self.offered_features())
 
     def _handle_set_features(self, body: U64) -> None:
-        extra = body.value & ~self.offered_features()
+        extra = body.value & ~self.offered_features() & ~TOLERATED_UNOFFERED_FEATURES
         if extra:
             raise ProtocolError(f"SET_FEATURES acks bits never offered: {extra:#x}")
         self.features = body.value
@@ -250,10 +256,10 @@ class VhostUserConnection:
         return None  # one front-end per connection: ownership is the connection itself
 
     def _handle_reset_owner(self, _: NoPayload) -> None:
-        self._reset_all()
+        self._reset_all(keep_notifiers=True)
 
     def _handle_reset_device(self, _: NoPayload) -> None:
-        self._reset_all()
+        self._reset_all(keep_notifiers=True)
 
     def _handle_get_queue_num(self, _: NoPayload) -> bytes:
         return encode_u64(len(self._vrings))
@@ -442,12 +448,19 @@ class VhostUserConnection:
         if mem is not None:
             mem.retire()
 
-    def _reset_all(self) -> None:
+    def _reset_all(self, *, keep_notifiers: bool = False) -> None:
+        """Back to the state of a fresh connection. RESET_DEVICE keeps the call and error
+        eventfds (QEMU sets the error fd once, at start-up, and never again); a
+        disconnect closes everything."""
         self._suspend()
+        fresh = []
         for i, v in enumerate(self._vrings):
-            for attr in ("kick_fd", "call_fd", "err_fd"):
-                self._set_fd(v, attr, None, i)
-        self._vrings = [_Vring() for _ in self._vrings]
+            self._set_fd(v, "kick_fd", None, i)
+            if not keep_notifiers:
+                self._set_fd(v, "call_fd", None, i)
+                self._set_fd(v, "err_fd", None, i)
+            fresh.append(_Vring(call_fd=v.call_fd, err_fd=v.err_fd))
+        self._vrings = fresh
         self.features = 0
 
     def _device_call(self, name: str, *args) -> None:

@@ -108,11 +108,16 @@ class VhostUserProtocolFeature(IntFlag):
 class VirtioFeature(IntFlag):
     """Transport feature bits the library itself deals with (virtio spec 6, vhost.h)."""
 
+    VIRTIO_F_NOTIFY_ON_EMPTY = 1 << 24
     VHOST_F_LOG_ALL = 1 << 26
+    VIRTIO_F_ANY_LAYOUT = 1 << 27
     VIRTIO_RING_F_INDIRECT_DESC = 1 << 28
     VIRTIO_RING_F_EVENT_IDX = 1 << 29
     VHOST_USER_F_PROTOCOL_FEATURES = 1 << 30
     VIRTIO_F_VERSION_1 = 1 << 32
+    VIRTIO_F_ACCESS_PLATFORM = 1 << 33
+    VIRTIO_F_RING_PACKED = 1 << 34
+    VIRTIO_F_IN_ORDER = 1 << 35
     VIRTIO_F_RING_RESET = 1 << 40
 
 

@@ -223,3 +223,27 @@ def test_without_protocol_features_rings_run_at_kick(server):
 
         fe.start(before_enable=early)
         assert fe.wait_used(0)[0].data == HEADER.pack(0, 0, 4)
+
+
+def test_ring_reset_acked_without_offer_is_tolerated_packed_is_not(server):
+    srv, _ = server
+    # QEMU 10 acks VIRTIO_F_RING_RESET whatever the back-end offered
+    with VhostUserFrontend(srv.socket_path, extra_features=1 << 40) as fe:
+        fe.boot()
+        assert srv.status()["features"] & (1 << 40)
+        noop(fe, tag=6)
+        fe.kick(0)
+        assert fe.wait_used(0)[0].data == HEADER.pack(0, 0, 6)
+        fe.set_u64(2, fe.features | 1 << 34)  # VIRTIO_F_RING_PACKED: a ring format we lack
+    wait_until(lambda: "never offered" in srv.status()["last_close_reason"])
+
+
+def test_reset_device_keeps_the_error_eventfd(server):
+    srv, _ = server
+    with VhostUserFrontend(srv.socket_path) as fe:
+        fe.boot()
+        fe.request(RESET_DEVICE)
+        fe.start()
+        fe.ring(0).set_avail_idx(500)
+        fe.kick(0, force=True)
+        wait_until(lambda: fe.errors_signalled(0))
