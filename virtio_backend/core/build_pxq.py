@@ -16,17 +16,15 @@ HEADER = HERE / "pxq_core.h"
 CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
-def make_builder(root: str = "") -> cffi.FFI:
-    """The builder; paths are relative to the repository root (setuptools wants them so)
-    unless ``root`` names it."""
-    prefix = f"{root}/" if root else ""
+def make_builder() -> cffi.FFI:
+    """The builder; paths are relative to the repository root (setuptools wants them so)."""
     ffi = cffi.FFI()
     ffi.cdef(HEADER.read_text())
     ffi.set_source(
         "virtio_backend.core._pxq_core",
         '#include <stdint.h>\n#include "pxq_core.h"\n',
-        sources=[f"{prefix}virtio_backend/core/pxq_core.c"],
-        include_dirs=[f"{prefix}virtio_backend/core"],
+        sources=["virtio_backend/core/pxq_core.c"],
+        include_dirs=["virtio_backend/core"],
         extra_compile_args=CFLAGS,
     )
     return ffi
@@ -35,14 +33,13 @@ def make_builder(root: str = "") -> cffi.FFI:
 ffibuilder = make_builder()
 
 if __name__ == "__main__":
-    import os
-    import shutil
+    # Rebuild in place exactly as ``pip install -e .`` does (same module name and suffix,
+    # so a stale copy can never shadow a fresh one).
+    import subprocess
+    import sys
 
-    root = HERE.parent.parent
-    # Build under build/ (ignored), then put only the extension next to this file. A
-    # rename, not a copy over the old file: processes that loaded it keep their inode.
-    so = make_builder(str(root)).compile(tmpdir=str(root / "build" / "pxq_core"), verbose=False)
-    target = HERE / pathlib.Path(so).name
-    shutil.copy2(so, f"{target}.tmp")
-    os.replace(f"{target}.tmp", target)
-    print(target)
+    # Unlink first: the build writes the file in place, and a process that has the old
+    # one loaded must keep its own (now unlinked) inode rather than see it truncated.
+    for old in HERE.glob("_pxq_core*.so"):
+        old.unlink()
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=HERE.parent.parent, check=True)
