@@ -9,9 +9,19 @@ import os as _os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     _os.environ.setdefault(_var, "1")
 
-from .core import Hypervisor
-from .types import (BufferInfo, Completion, DeviceInfo, Event, KernelInfo, LaunchResult, Scalar,
-                    SessionCloseResult, VMInfo, VMStats)
+from .core import Hypervisor  # noqa: E402 - after the BLAS settings above
+from .types import (  # noqa: E402
+    BufferInfo,
+    Completion,
+    DeviceInfo,
+    Event,
+    KernelInfo,
+    LaunchResult,
+    Scalar,
+    SessionCloseResult,
+    VMInfo,
+    VMStats,
+)
 
 __all__ = ["BufferInfo", "Completion", "DeviceInfo", "Event", "Hypervisor", "KernelInfo", "LaunchResult",
            "Scalar", "SessionCloseResult", "VMInfo", "VMStats"]

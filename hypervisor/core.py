@@ -28,8 +28,19 @@ from . import errors as E
 from .dispatch import Dispatcher, Job
 from .executor import Executor, make_executor
 from .memory import Buffer, MemoryManager
-from .types import (BufferInfo, Completion, DeviceInfo, Event, KernelInfo, LaunchResult, Scalar,
-                    SessionCloseResult, VMInfo, VMStats)
+from .prefetch import PrefetchState
+from .types import (
+    BufferInfo,
+    Completion,
+    DeviceInfo,
+    Event,
+    KernelInfo,
+    LaunchResult,
+    Scalar,
+    SessionCloseResult,
+    VMInfo,
+    VMStats,
+)
 
 log = logging.getLogger("pxos.hypervisor")
 
@@ -102,7 +113,7 @@ class Hypervisor:
         self.scheduler = FairScheduler(window_seconds=window_seconds, clock=clock)
         self.classifier = Classifier()
         self.clock = clock
-        self.lookahead_depth = lookahead_depth
+        self.prefetch = PrefetchState.initial(lookahead_depth, pool)
         self._vms: dict[int, _VM] = {}
         self._kernel_ids = itertools.count(1)
         self._launch_ids = itertools.count(1)
@@ -266,18 +277,22 @@ class Hypervisor:
         """Copy bytes into a buffer at a byte offset. ``data`` is bytes-like or a sequence of
         bytes-like chunks (a guest's scatter-gather list), written back to back."""
         chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
-        buf = self._begin_transfer(vm_id, session, handle, writing=True)
+        buf, target, on_device, waits = self._begin_transfer(vm_id, session, handle, writing=True)
         try:
-            return self.memory.write(buf, offset, chunks)
+            for fence in waits:
+                fence.wait()
+            return self.memory.copy_in(target, on_device, offset, chunks)
         finally:
             with self._lock:
                 self.memory.end_transfer(buf)
 
     def read_into(self, vm_id: int, handle: int, offset: int, dsts: Sequence[memoryview], *,
                   session: int = 0) -> int:
-        buf = self._begin_transfer(vm_id, session, handle, writing=False)
+        buf, source, on_device, waits = self._begin_transfer(vm_id, session, handle, writing=False)
         try:
-            return self.memory.read_into(buf, offset, dsts)
+            for fence in waits:
+                fence.wait()
+            return self.memory.copy_out(source, on_device, offset, dsts)
         finally:
             with self._lock:
                 self.memory.end_transfer(buf)
@@ -294,12 +309,12 @@ class Hypervisor:
         self.read_into(vm_id, handle, offset, [memoryview(out)], session=session)
         return bytes(out)
 
-    def _begin_transfer(self, vm_id: int, session: int, handle: int, writing: bool) -> Buffer:
+    def _begin_transfer(self, vm_id: int, session: int, handle: int, writing: bool):
         with self._lock:
             self._vm(vm_id)
             buf = self.memory.lookup(vm_id, session, handle)
-            self.memory.begin_transfer(buf, writing)
-            return buf
+            target, on_device, waits = self.memory.begin_transfer(buf, writing)
+            return buf, target, on_device, waits
 
     # ------------------------------------------------------------------ kernels
     def compile(self, vm_id: int, source: str | bytes, *, session: int = 0) -> list[KernelInfo]:
@@ -351,7 +366,8 @@ class Hypervisor:
             if vm.inflight >= MAX_INFLIGHT_PER_VM:
                 raise E.Busy(f"VM {vm_id} has {vm.inflight} launches in flight, the limit; wait for one")
             temp = bound.cost.peak_temp_bytes
-            self.memory.check_temps(vm_id, temp)
+            unique = {b.handle: b.nbytes for b, _ in buffers.values()}
+            self.memory.admit_launch(vm_id, temp, sum(unique.values()))
             c = bound.cost
             cost = LaunchCost(c.flops, c.bytes_read, c.bytes_written, temp)
             hint = hint if hint is not None else _class_of(kernel.class_hint.value if kernel.class_hint else None)
@@ -415,6 +431,7 @@ class Hypervisor:
 
     def _fail_job(self, job: Job, error: E.PxosError) -> None:
         """Complete a job that never ran: cancelled, or refused at start (lock held)."""
+        self.memory.retire_launch(job.temp_bytes)
         for buf, writes in job.buffers.values():
             self.memory.unpin(buf, writes)
         vm = self._vms.get(job.vm_id)
@@ -495,12 +512,18 @@ class Hypervisor:
             buffers=sum(1 for b in mem.buffers.values() if not b.freed), kernels=len(vm.kernels),
             latency_p50_ms=_pct(lat, 50) / 1e6, latency_p99_ms=_pct(lat, 99) / 1e6,
             vm_switches_in=vm.switches_in, idle=vm.idle,
-            extra=self.memory.vm_extra(vm_id),
+            extra={**self.memory.vm_extra(vm_id), "lookahead_depth": self.prefetch.depth,
+                   "prefetch_inflight_bytes": self.memory.inflight_bytes},
         )
+
+    @property
+    def lookahead_depth(self) -> int:
+        """How many launches ahead the scheduler's plan is read (adapted by prefetch)."""
+        return self.prefetch.depth
 
     def lookahead(self, n: int | None = None) -> list[Ticket]:
         with self._lock:
-            return self.scheduler.lookahead(self.lookahead_depth if n is None else n)
+            return self.scheduler.lookahead(self.prefetch.depth if n is None else n)
 
 
 def _pct(sorted_values: list[int], p: float) -> float:
@@ -548,4 +571,4 @@ def _spec(dtype: DType | str, shape: Sequence[int]) -> TensorSpec:
 
 
 def _buffer_info(buf: Buffer) -> BufferInfo:
-    return BufferInfo(buf.handle, buf.nbytes, buf.spec.dtype, buf.spec.shape, buf.residency.value)
+    return BufferInfo(buf.handle, buf.nbytes, buf.spec.dtype, buf.spec.shape, buf.residency)

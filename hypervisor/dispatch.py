@@ -1,18 +1,24 @@
 """The dispatcher: one thread that asks the scheduler what runs next and runs it.
 
 Launches run one at a time on the executor (so device time is measured cleanly and a
-VM's launches keep their order); the lock is released while a launch runs. After each
-launch the measured device time is charged to its VM, the classifier learns from it, and
-the completion's callbacks run on this thread, outside the lock.
+VM's launches keep their order); the lock is released while a launch runs. Before a
+launch starts, its buffers are made resident (or their copies queued) and room is made
+for its temporaries; then the prefetcher queues copies for the launches the scheduler
+intends to run next, which proceed on the copy stream while this launch computes.
+After each launch the measured device time is charged to its VM, the classifier and the
+prefetcher learn from it, and the completion's callbacks run on this thread, outside
+the lock.
 
 A VM switch is the device going from one VM's launch to another's while the second was
-already waiting: its time is the gap between the end of one and the start of the next.
+already waiting: its time is the gap between the end of one and the start of the next,
+including any time the device stalled waiting for the second one's memory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +28,8 @@ from primitive_lang import BoundKernel
 from scheduler import LaunchCost, WorkloadClass
 
 from . import errors as E
+from .executor import RunTiming
+from .residency import LaunchResidency, NotReady
 from .types import Completion, LaunchResult, Scalar
 
 if TYPE_CHECKING:
@@ -32,6 +40,10 @@ log = logging.getLogger("pxos.dispatch")
 
 # VM switch gaps kept for p50/p99 (the most recent).
 SWITCH_SAMPLES = 4096
+# While a buffer the next launch needs is mid-transfer (a guest WRITE/READ), retry after this.
+NOT_READY_RETRY_S = 0.0005
+# Bytes of idle VMs' dirty buffers written back per launch, at most.
+WRITEBACK_PER_LAUNCH = 64 << 20
 
 
 @dataclass
@@ -48,7 +60,12 @@ class Job:
     wclass: WorkloadClass
     enqueued_at: float
     started: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    residency: LaunchResidency | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    switch_from: int | None = None
+
+    def unique_buffers(self) -> list[Buffer]:
+        return list({b.handle: b for b, _ in self.buffers.values()}.values())
 
 
 class Dispatcher:
@@ -60,12 +77,12 @@ class Dispatcher:
         self.switch_gaps: deque[float] = deque(maxlen=SWITCH_SAMPLES)
         self.switches = 0
         self.busy_seconds = 0.0
+        self.stall_seconds = 0.0
         self.launches = 0
         self._last_vm: int | None = None
         self._last_end = 0.0
         self.running: Job | None = None
-        self.before_run: list[Callable[[Job], None]] = []  # memory residency hooks
-        self.on_complete: list[Callable[[Job, LaunchResult, float | None], None]] = []
+        self.before_run: list[Callable[[Job], None]] = []  # test hooks, outside the lock
 
     def start(self) -> None:
         if self._thread is not None:
@@ -119,67 +136,95 @@ class Dispatcher:
                     hv._cond.wait(timeout=wait if wait is not None else None)
                 if job is None:
                     return
-                ready = self._prepare(job)
+            ready = self._prepare(job)
             self.flush_completions()
             if ready:
                 self._run(job)
             self.flush_completions()
 
     def _prepare(self, job: Job) -> bool:
-        """Lock held: reserve the temporaries, note a VM switch. False if the job failed."""
+        """Make the job's memory ready and note a VM switch. False if the job failed."""
         hv = self.hv
-        try:
-            hv.memory.reserve_temps(job.vm_id, job.temp_bytes)
-        except E.PxosError as exc:
-            hv._fail_job(job, exc)
-            return False
-        job.started = hv.clock()
-        if self._last_vm is not None and self._last_vm != job.vm_id and job.enqueued_at <= self._last_end:
-            self.switches += 1
-            gap = job.started - self._last_end
-            self.switch_gaps.append(gap)
-            job.extra["switch"] = (self._last_vm, gap)
-            vm = hv._vms.get(job.vm_id)
-            if vm is not None:
-                vm.switches_in += 1
-        self.running = job
-        return True
+        while True:
+            with hv._cond:
+                try:
+                    hv.memory.check_temps(job.vm_id, job.temp_bytes)
+                    ahead = [t.payload for t in hv.scheduler.lookahead(hv.prefetch.depth)]
+                    ahead_sets = [{b.handle for b, _ in a.buffers.values()} for a in ahead]
+                    job.residency = hv.memory.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets)
+                    hv.memory.reserve_temps(job.vm_id, job.temp_bytes)
+                except NotReady:
+                    pass
+                except E.PxosError as exc:
+                    hv._fail_job(job, exc)
+                    return False
+                else:
+                    job.args = {n: b.device for n, (b, _) in job.buffers.items()}
+                    own = {b.handle for b in job.unique_buffers()}
+                    protected = own.union(*ahead_sets) if ahead_sets else own
+                    hv.memory.prefetch([a.unique_buffers() for a in ahead], hv.prefetch.budget, protected)
+                    hv.memory.writeback_idle(WRITEBACK_PER_LAUNCH)
+                    job.started = hv.clock()
+                    if (self._last_vm is not None and self._last_vm != job.vm_id
+                            and job.enqueued_at <= self._last_end):
+                        job.switch_from = self._last_vm
+                    self.running = job
+                    return True
+            time.sleep(NOT_READY_RETRY_S)
 
     def _run(self, job: Job) -> None:
         hv = self.hv
         error: E.PxosError | None = None
-        device_s = 0.0
-        if "switch" in job.extra:
-            prev, gap = job.extra["switch"]
-            hv._emit("vm_switch", job.vm_id, from_vm=prev, gap_seconds=gap)
+        timing = RunTiming(0.0, 0.0)
         try:
             for hook in self.before_run:
                 hook(job)
-            args: dict[str, Any] = {n: b.device for n, (b, _) in job.buffers.items()}
+            args = dict(job.args)
             for n, s in job.scalars.items():
                 args[n] = hv.executor.scalar(s.value, job.bound.shapes[n])
-            device_s = hv.executor.run(job.bound, args)
+            timing = hv.executor.run(job.bound, args, job.residency.fences if job.residency else ())
         except E.PxosError as exc:
             error = exc
         except Exception as exc:  # the backend failed; the VM gets EXEC, the daemon carries on
             log.exception("launch %d of VM %d failed in the executor", job.launch_id, job.vm_id)
             error = E.LaunchFailed(f"the executor failed: {type(exc).__name__}: {exc}")
         ended = hv.clock()
+        device_s, stall_s = timing.device_s, timing.stall_s
         with hv._cond:
             self.running = None
-            hv.memory.release_temps(job.vm_id, job.temp_bytes)
+            mem = hv.memory
+            mem.finish_launch(job.buffers.values())
+            mem.release_temps(job.vm_id, job.temp_bytes)
+            mem.retire_launch(job.temp_bytes)
             for buf, writes in job.buffers.values():
-                hv.memory.unpin(buf, writes)
+                mem.unpin(buf, writes)
             hv.scheduler.charge(job.vm_id, device_s, started=job.started, ended=ended)
+            if job.switch_from is not None:
+                self.switches += 1
+                gap = (job.started - self._last_end) + stall_s
+                self.switch_gaps.append(gap)
+                if job.vm_id in hv._vms:
+                    hv._vms[job.vm_id].switches_in += 1
             self._last_vm, self._last_end = job.vm_id, ended
             self.busy_seconds += device_s
+            self.stall_seconds += stall_s
             self.launches += 1
+            res = job.residency
+            if res is not None:
+                hv.prefetch.observe(res.hit_bytes, res.miss_bytes, stall_s, device_s, mem.wasted_prefetches)
             total_ns = int((ended - job.enqueued_at) * 1e9)
             result = LaunchResult(
                 job.launch_id, job.vm_id, "PXOS_S_OK" if error is None else error.status, error,
                 int(device_s * 1e9), int((job.started - job.enqueued_at) * 1e9), total_ns,
                 job.wclass.name, job.bound.kernel.name)
             vm = hv._vms.get(job.vm_id)
+            acct = mem._vms.get(job.vm_id)
+            if acct is not None and res is not None:
+                acct.stall_seconds += stall_s
+                if res.miss_bytes:
+                    acct.prefetch_misses += 1
+                else:
+                    acct.prefetch_hits += 1
             if vm is not None:
                 vm.inflight -= 1
                 vm.device_seconds += device_s
@@ -192,6 +237,6 @@ class Dispatcher:
                                                                 job.temp_bytes), device_s)
                 else:
                     vm.launches_failed += 1
-            for hook in self.on_complete:
-                hook(job, result, None)
+        if job.switch_from is not None:
+            hv._emit("vm_switch", job.vm_id, from_vm=job.switch_from, gap_seconds=self.switch_gaps[-1])
         self._deliver(job.completion, result)

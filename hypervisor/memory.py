@@ -1,10 +1,10 @@
-"""Buffers and memory accounting: which buffers exist, whose they are, where they live.
+"""Buffers and memory accounting: which buffers exist, whose they are, and what they cost.
 
-Accounting is exact: a VM's usage is the bytes of its live buffers plus the temporaries
-of its running launch, and the device pool's usage is the bytes resident on the device.
-Every number here changes only under the hypervisor's lock, together with the change it
-counts. Each buffer records where it lives (device, host, or both) so that RAM-backed
-overcommit (docs/memory.md) works behind this same interface.
+Accounting is exact (docs/memory.md): a VM's usage is the bytes of its live buffers plus
+the temporaries of its running launch; the device pool's usage is the bytes of every
+device copy plus the running launch's temporaries; the host budget's usage is the bytes
+of every host copy. Every number changes only under the hypervisor's lock, together with
+the change it counts. Where a buffer lives and how it moves is residency.py's part.
 
 Handles are unique across the host and never reused, so a VM naming another VM's handle
 finds nothing, exactly as if the handle did not exist.
@@ -13,14 +13,17 @@ finds nothing, exactly as if the handle did not exist.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
+
+import numpy as np
 
 from primitive_lang import TensorSpec
 
-from .errors import Busy, InvalidArgument, NotFound, OutOfDeviceMemory, QuotaExceeded
-from .executor import Executor
+from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, OutOfDeviceMemory, QuotaExceeded
+from .executor import Executor, Fence
+from .residency import Placement
 
 # Largest single buffer (bytes): the wire ABI's PXOS_MAX_BUFFER_BYTES. A guest controls the
 # size of ALLOC; anything larger is refused before any allocation is attempted.
@@ -30,12 +33,6 @@ MAX_BUFFER_BYTES = 2 << 30
 MAX_BUFFERS_PER_VM = 65536
 
 
-class Residency(str, Enum):
-    DEVICE = "device"
-    HOST = "host"
-    BOTH = "both"
-
-
 @dataclass(eq=False)
 class Buffer:
     handle: int
@@ -43,30 +40,50 @@ class Buffer:
     session: int
     spec: TensorSpec
     nbytes: int
-    residency: Residency = Residency.DEVICE
-    device: Any = None  # device array while resident
-    host: Any = None  # host copy (overcommit), else None
-    dirty: bool = False  # the device copy is newer than the host copy
-    freed: bool = False  # handle released; storage kept until no launch or transfer uses it
+    device: Any = None  # device copy, or None
+    host: Any = None  # host copy (flat uint8 array), or None
+    dirty: bool = False  # both copies exist and the device one is newer
+    arriving: Fence | None = None  # host->device copy in flight into `device`
+    leaving: Fence | None = None  # device->host copy in flight into `host`
+    prefetched: bool = False  # brought in by prefetch and not used by a launch since
+    freed: bool = False  # handle released; storage kept until nothing uses it
     readers: int = 0  # queued or running launches that read it
     writers: int = 0  # queued or running launches that write it
-    transfers: int = 0  # WRITE/READ in progress
+    active: int = 0  # the running launch uses it (never evicted then)
+    transfers: int = 0  # guest WRITE/READ in progress
     last_use: int = 0
 
     @property
+    def residency(self) -> str:
+        if self.device is not None:
+            return "both" if self.host is not None else "device"
+        return "host"
+
+    @property
     def busy(self) -> bool:
-        return bool(self.readers or self.writers or self.transfers)
+        return bool(self.readers or self.writers or self.transfers or self.active)
+
+    @property
+    def movable(self) -> bool:
+        """May leave the device now: nothing runs on it, copies into it are done."""
+        return not (self.active or self.transfers) and (self.arriving is None or self.arriving.done())
 
 
 @dataclass
 class VMMemory:
     quota: int
     buffers: dict[int, Buffer] = field(default_factory=dict)
-    live_bytes: int = 0  # bytes of live (not freed) buffers and freed ones still held
-    temp_bytes: int = 0  # temporaries of the running launch
-    device_bytes: int = 0  # of live_bytes + temp_bytes, resident on the device
-    host_bytes: int = 0  # of live_bytes, living in host RAM only
+    live_bytes: int = 0  # bytes of its buffers (freed ones still held included)
+    temp_bytes: int = 0  # temporaries of its running launch
+    device_bytes: int = 0  # device copies of its buffers + its temporaries
+    host_bytes: int = 0  # its buffers whose only copy is in host RAM
     idle: bool = False  # the VM said it is going idle
+    h2d_bytes: int = 0
+    d2h_bytes: int = 0
+    evictions: int = 0
+    prefetch_hits: int = 0
+    prefetch_misses: int = 0
+    stall_seconds: float = 0.0
 
     @property
     def used(self) -> int:
@@ -79,34 +96,46 @@ class MemoryStats:
     pool_used: int
     host_budget: int
     host_used: int
+    committed: int
     per_vm: dict[int, dict[str, int]]
 
 
-class MemoryManager:
-    """Not thread-safe: the hypervisor calls it with its lock held."""
+class MemoryManager(Placement):
+    """Not thread-safe: the hypervisor calls it with its lock held, except the data copies
+    of write()/read_into(), which run on a buffer pinned by begin_transfer()."""
 
     def __init__(self, executor: Executor, pool_bytes: int, host_budget: int = 0):
         if pool_bytes <= 0:
             raise InvalidArgument(f"device pool must be positive, got {pool_bytes} bytes")
+        if host_budget < 0:
+            raise InvalidArgument(f"host budget must not be negative, got {host_budget} bytes")
+        super().__init__()
         self.executor = executor
         self.pool_bytes = pool_bytes
         self.pool_used = 0
         self.host_budget = host_budget
         self.host_used = 0
+        self.committed = 0  # bytes of all live buffers, every VM
         self._vms: dict[int, VMMemory] = {}
         # Unregistered VMs whose last buffers or temporaries are still held by a running
         # launch: their bytes stay counted until the launch lets go of them.
         self._retired: dict[int, VMMemory] = {}
+        self._queued_temps: Counter[int] = Counter()  # temporaries of queued/running launches
         self._handles = itertools.count(1)
         self._clock = itertools.count(1)
+
+    @property
+    def capacity(self) -> int:
+        return self.pool_bytes + self.host_budget
+
+    def max_queued_temps(self) -> int:
+        return max(self._queued_temps, default=0)
 
     # ---- VMs ----
     def add_vm(self, vm_id: int, quota: int) -> None:
         if vm_id in self._vms or vm_id in self._retired:
             # A retired id is reused only once its running launch has let go of its memory,
             # so that bytes are never counted against the wrong VM.
-            from .errors import AlreadyExists
-
             raise AlreadyExists(f"VM {vm_id} still holds memory (a running launch is finishing); retry")
         self._vms[vm_id] = VMMemory(quota=quota)
 
@@ -124,50 +153,67 @@ class MemoryManager:
         if vm is not None and (vm.buffers or vm.temp_bytes):
             self._retired[vm_id] = vm
 
-    def _account(self, vm_id: int) -> VMMemory | None:
-        return self._vms.get(vm_id) or self._retired.get(vm_id)
-
-    def _reap(self, vm_id: int) -> None:
-        vm = self._retired.get(vm_id)
-        if vm is not None and not vm.buffers and not vm.temp_bytes:
-            del self._retired[vm_id]
-
     def _vm(self, vm_id: int) -> VMMemory:
         try:
             return self._vms[vm_id]
         except KeyError:
             raise NotFound(f"no VM {vm_id}") from None
 
+    def _account(self, vm_id: int) -> VMMemory | None:
+        return self._vms.get(vm_id) or self._retired.get(vm_id)
+
+    def _reap_vm(self, vm_id: int) -> None:
+        vm = self._retired.get(vm_id)
+        if vm is not None and not vm.buffers and not vm.temp_bytes:
+            del self._retired[vm_id]
+
+    def all_buffers(self):
+        for vm in itertools.chain(self._vms.values(), self._retired.values()):
+            yield from vm.buffers.values()
+
+    def is_idle(self, vm_id: int) -> bool:
+        vm = self._vms.get(vm_id)
+        return vm is not None and vm.idle
+
     # ---- buffers ----
     def alloc(self, vm_id: int, session: int, spec: TensorSpec) -> Buffer:
         vm = self._vm(vm_id)
-        nbytes = spec.nbytes
-        if nbytes > MAX_BUFFER_BYTES:
-            raise InvalidArgument(f"buffer of {nbytes} bytes exceeds the {MAX_BUFFER_BYTES}-byte limit per buffer")
+        n = spec.nbytes
+        if n > MAX_BUFFER_BYTES:
+            raise InvalidArgument(f"buffer of {n} bytes exceeds the {MAX_BUFFER_BYTES}-byte limit per buffer")
         if len(vm.buffers) >= MAX_BUFFERS_PER_VM:
             raise InvalidArgument(f"VM {vm_id} already has {MAX_BUFFERS_PER_VM} buffers, the limit")
-        if vm.used + nbytes > vm.quota:
-            raise QuotaExceeded(vm_id, vm.quota, vm.used, nbytes)
-        self._reserve_device(nbytes, f"VM {vm_id}: allocation of {nbytes} bytes")
-        try:
-            storage = self.executor.zeros(spec)
-        except Exception as exc:  # the backend's own out-of-memory, never a false one of ours
-            self.pool_used -= nbytes
-            raise OutOfDeviceMemory(f"the device could not allocate {nbytes} bytes: {exc}") from exc
-        buf = Buffer(next(self._handles), vm_id, session, spec, nbytes, device=storage,
-                     last_use=next(self._clock))
-        vm.buffers[buf.handle] = buf
-        vm.live_bytes += nbytes
-        vm.device_bytes += nbytes
-        return buf
-
-    def _reserve_device(self, nbytes: int, what: str) -> None:
-        if self.pool_used + nbytes > self.pool_bytes:
+        if vm.used + n > vm.quota:
+            raise QuotaExceeded(vm_id, vm.quota, vm.used, n)
+        temps = self.max_queued_temps()
+        if self.committed + n + temps > self.capacity:
+            where = "the device pool" if not self.host_budget else "the device pool and host budget together"
             raise OutOfDeviceMemory(
-                f"{what}: the device pool is full ({self.pool_used} of {self.pool_bytes} bytes in use, "
-                f"{self.pool_bytes - self.pool_used} free)"
-            )
-        self.pool_used += nbytes
+                f"VM {vm_id}: allocation of {n} bytes does not fit: {where} is full "
+                f"({self.committed} of {self.capacity} bytes hold buffers"
+                + (f", {temps} are reserved for queued launch temporaries" if temps else "") + ")")
+        on_device = self.place_new(n)
+        try:
+            if on_device:
+                storage = self.executor.zeros(spec)
+            else:
+                storage = self.executor.host_empty(n)
+                storage.fill(0)
+        except Exception as exc:  # the backend's own out-of-memory, never a false one of ours
+            raise OutOfDeviceMemory(f"the {'device' if on_device else 'host'} could not allocate {n} bytes: {exc}") from exc
+        buf = Buffer(next(self._handles), vm_id, session, spec, n, last_use=next(self._clock))
+        if on_device:
+            buf.device = storage
+            self.pool_used += n
+            vm.device_bytes += n
+        else:
+            buf.host = storage
+            self.host_used += n
+            vm.host_bytes += n
+        vm.buffers[buf.handle] = buf
+        vm.live_bytes += n
+        self.committed += n
+        return buf
 
     def lookup(self, vm_id: int, session: int, handle: int) -> Buffer:
         buf = self._vm(vm_id).buffers.get(handle)
@@ -178,27 +224,13 @@ class MemoryManager:
     def free(self, vm_id: int, session: int, handle: int) -> None:
         buf = self.lookup(vm_id, session, handle)
         buf.freed = True
-        if not buf.busy:
-            self._drop(buf)
+        self.maybe_drop(buf)
 
     def touch(self, buf: Buffer) -> None:
         buf.last_use = next(self._clock)
 
-    def begin_transfer(self, buf: Buffer, writing: bool) -> None:
-        """A WRITE must not race a launch that reads or writes the buffer, and a READ must
-        not race one that writes it: the caller gets Busy and retries after completion."""
-        if writing and (buf.readers or buf.writers):
-            raise Busy(f"buffer {buf.handle} is in use by a queued or running launch; write after it completes")
-        if not writing and buf.writers:
-            raise Busy(f"buffer {buf.handle} is written by a queued or running launch; read after it completes")
-        buf.transfers += 1
-        self.touch(buf)
-
-    def end_transfer(self, buf: Buffer) -> None:
-        buf.transfers -= 1
-        self.maybe_drop(buf)
-
     def pin(self, buf: Buffer, writes: bool) -> None:
+        """A queued launch will use the buffer: no guest transfer may race it (Busy)."""
         if writes:
             buf.writers += 1
         else:
@@ -207,7 +239,6 @@ class MemoryManager:
     def unpin(self, buf: Buffer, writes: bool) -> None:
         if writes:
             buf.writers -= 1
-            buf.dirty = True
         else:
             buf.readers -= 1
         self.touch(buf)
@@ -222,18 +253,14 @@ class MemoryManager:
         if vm is None or vm.buffers.get(buf.handle) is not buf:
             return
         del vm.buffers[buf.handle]
-        vm.live_bytes -= buf.nbytes
-        if buf.device is not None:
-            vm.device_bytes -= buf.nbytes
-            self.pool_used -= buf.nbytes
-            self.executor.release(buf.device)
-            buf.device = None
-        if buf.host is not None:
-            if buf.residency == Residency.HOST:
-                vm.host_bytes -= buf.nbytes
-            self.host_used -= buf.nbytes
-            buf.host = None
-        self._reap(buf.vm_id)
+        n = buf.nbytes
+        vm.live_bytes -= n
+        self.committed -= n
+        if buf.device is None:
+            vm.host_bytes -= n
+        self.release_device(buf)
+        self.release_host(buf)
+        self._reap_vm(buf.vm_id)
 
     def release_session(self, vm_id: int, session: int) -> tuple[int, int]:
         """Free every buffer of one session; returns (buffers, bytes) released or deferred."""
@@ -254,32 +281,82 @@ class MemoryManager:
             self.maybe_drop(b)
         return len(live), sum(b.nbytes for b in live)
 
-    # ---- data (called without the lock; the buffer is pinned by begin_transfer) ----
-    def write(self, buf: Buffer, offset: int, chunks) -> int:
-        n = self.executor.write(buf.device, offset, chunks)
-        buf.dirty = True
-        return n
+    # ---- guest data (begin/end under the lock; the copy itself without it) ----
+    def begin_transfer(self, buf: Buffer, writing: bool) -> tuple[Any, bool, list[Fence]]:
+        """Pin the buffer for a WRITE/READ. Returns (the array to copy to/from, whether it is
+        the device copy, the copies to wait for first). A WRITE must not race a launch that
+        reads or writes the buffer, and a READ must not race one that writes it: the caller
+        gets Busy and retries after that launch completes."""
+        if writing and (buf.readers or buf.writers):
+            raise Busy(f"buffer {buf.handle} is in use by a queued or running launch; write after it completes")
+        if not writing and buf.writers:
+            raise Busy(f"buffer {buf.handle} is written by a queued or running launch; read after it completes")
+        buf.transfers += 1
+        self.touch(buf)
+        waits = [f for f in (buf.arriving, buf.leaving) if f is not None]
+        if buf.device is not None:
+            if writing:
+                buf.dirty = buf.host is not None
+            return buf.device, True, waits
+        return buf.host, False, waits
 
-    def read_into(self, buf: Buffer, offset: int, dsts) -> int:
-        return self.executor.read_into(buf.device, offset, dsts)
+    def end_transfer(self, buf: Buffer) -> None:
+        buf.transfers -= 1
+        self.maybe_drop(buf)
+
+    def copy_in(self, target: Any, on_device: bool, offset: int, chunks) -> int:
+        if on_device:
+            return self.executor.write(target, offset, chunks)
+        return _host_write(target, offset, chunks)
+
+    def copy_out(self, source: Any, on_device: bool, offset: int, dsts) -> int:
+        if on_device:
+            return self.executor.read_into(source, offset, dsts)
+        return _host_read(source, offset, dsts)
 
     def idle_hint(self, vm_id: int, idle: bool) -> None:
-        """Recorded per VM; with overcommit the idle VM's buffers are written back first."""
+        """An idle VM's dirty buffers are written back first and leave the device first."""
         self._vm(vm_id).idle = idle
 
     def vm_extra(self, vm_id: int) -> dict[str, float]:
-        return {}
+        vm = self._vm(vm_id)
+        return {"h2d_bytes": vm.h2d_bytes, "d2h_bytes": vm.d2h_bytes, "evictions": vm.evictions,
+                "prefetch_hits": vm.prefetch_hits, "prefetch_misses": vm.prefetch_misses,
+                "stall_seconds": vm.stall_seconds}
 
-    # ---- temporaries of the running launch ----
+    # ---- launches: capacity for temporaries, quota for the running one ----
+    def admit_launch(self, vm_id: int, temps: int, buffers_bytes: int) -> None:
+        """A launch is queued: its buffers and temporaries must fit the pool on their own,
+        and its temporaries beside everything committed (docs/memory.md, promise 2)."""
+        vm = self._vm(vm_id)
+        if vm.used + temps > vm.quota:
+            raise QuotaExceeded(vm_id, vm.quota, vm.used, temps, what="launch temporaries")
+        if buffers_bytes + temps > self.pool_bytes:
+            raise OutOfDeviceMemory(
+                f"this launch needs {buffers_bytes + temps} bytes on the device at once ({buffers_bytes} of "
+                f"buffers, {temps} of temporaries) but the device pool holds {self.pool_bytes}")
+        if self.committed + max(temps, self.max_queued_temps()) > self.capacity:
+            raise OutOfDeviceMemory(
+                f"this launch's {temps} bytes of temporaries do not fit beside the {self.committed} bytes "
+                f"of buffers committed in {self.capacity} bytes of device pool and host budget")
+        self._queued_temps[temps] += 1
+
+    def retire_launch(self, temps: int) -> None:
+        self._queued_temps[temps] -= 1
+        if not self._queued_temps[temps]:
+            del self._queued_temps[temps]
+
     def check_temps(self, vm_id: int, nbytes: int) -> None:
         vm = self._vm(vm_id)
         if vm.used + nbytes > vm.quota:
             raise QuotaExceeded(vm_id, vm.quota, vm.used, nbytes, what="launch temporaries")
 
     def reserve_temps(self, vm_id: int, nbytes: int) -> None:
+        """The launch starts: its temporaries count against its VM and the pool (room was
+        made by prepare_launch)."""
         self.check_temps(vm_id, nbytes)
-        self._reserve_device(nbytes, f"VM {vm_id}: launch temporaries of {nbytes} bytes")
         vm = self._vm(vm_id)
+        self.pool_used += nbytes
         vm.temp_bytes += nbytes
         vm.device_bytes += nbytes
 
@@ -289,7 +366,7 @@ class MemoryManager:
         if vm is not None:
             vm.temp_bytes -= nbytes
             vm.device_bytes -= nbytes
-            self._reap(vm_id)
+            self._reap_vm(vm_id)
 
     # ---- observation ----
     def stats(self) -> MemoryStats:
@@ -298,4 +375,28 @@ class MemoryManager:
                     "temp": m.temp_bytes, "buffers": sum(1 for b in m.buffers.values() if not b.freed)}
             for vm_id, m in self._vms.items()
         }
-        return MemoryStats(self.pool_bytes, self.pool_used, self.host_budget, self.host_used, per_vm)
+        return MemoryStats(self.pool_bytes, self.pool_used, self.host_budget, self.host_used, self.committed, per_vm)
+
+
+def _host_write(host: np.ndarray, offset: int, chunks) -> int:
+    total = sum(len(c) for c in chunks)
+    if offset < 0 or offset + total > host.size:
+        raise InvalidArgument(f"range [{offset}, {offset + total}) lies outside the buffer's {host.size} bytes")
+    pos = offset
+    for c in chunks:
+        n = len(c)
+        host[pos : pos + n] = np.frombuffer(c, dtype=np.uint8)
+        pos += n
+    return total
+
+
+def _host_read(host: np.ndarray, offset: int, dsts) -> int:
+    total = sum(len(d) for d in dsts)
+    if offset < 0 or offset + total > host.size:
+        raise InvalidArgument(f"range [{offset}, {offset + total}) lies outside the buffer's {host.size} bytes")
+    pos = offset
+    for d in dsts:
+        n = len(d)
+        np.frombuffer(d, dtype=np.uint8)[:] = host[pos : pos + n]
+        pos += n
+    return total

@@ -17,6 +17,31 @@ from primitive_lang import BoundKernel, TensorSpec
 
 
 @dataclass(frozen=True)
+class RunTiming:
+    device_s: float  # the kernel's own device time
+    stall_s: float  # time the device waited for the launch's buffers to arrive first
+
+
+class Fence(ABC):
+    """Completion of one asynchronous copy on the copy stream (or copy thread)."""
+
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @abstractmethod
+    def wait(self) -> float:
+        """Block until the copy is complete; returns the seconds waited."""
+
+
+class DoneFence(Fence):
+    def done(self) -> bool:
+        return True
+
+    def wait(self) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True)
 class ExecutorInfo:
     backend: str  # "numpy" or "cupy"
     device_name: str  # e.g. "NVIDIA H100 80GB HBM3", or the CPU model
@@ -60,9 +85,31 @@ class Executor(ABC):
         """A 0-d array holding a scalar param's value."""
 
     @abstractmethod
-    def run(self, bound: BoundKernel, args: Mapping[str, Any]) -> float:
-        """Run one bound kernel to completion; ``args`` maps every param to its array
-        (outputs are written in place). Returns the measured device seconds."""
+    def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
+        """Run one bound kernel to completion, after the copies in ``wait_for`` (its own
+        buffers arriving) are complete; ``args`` maps every param to its array (outputs are
+        written in place). Returns the measured device time and the stall before it."""
+
+    # ---- residency copies (overcommit, docs/memory.md) ----
+    # All of them go, in order, through one copy stream (CuPy) or copy thread (NumPy):
+    # a copy queued after another sees its result, so a buffer evicted (device->host) and
+    # fetched again (host->device) needs no wait in between.
+    @abstractmethod
+    def host_empty(self, nbytes: int) -> Any:
+        """Host backing storage: a flat uint8 NumPy array (page-locked where that makes
+        host<->device copies asynchronous)."""
+
+    @abstractmethod
+    def h2d_async(self, host: Any, device: Any) -> Fence:
+        """Queue a copy of a host backing array into a device array of the same size."""
+
+    @abstractmethod
+    def d2h_async(self, device: Any, host: Any) -> Fence:
+        """Queue a copy of a device array into its host backing array."""
+
+    @abstractmethod
+    def device_empty(self, spec: TensorSpec) -> Any:
+        """Device storage for a buffer that is about to receive a queued h2d copy."""
 
     def release(self, array: Any) -> None:  # noqa: B027 - optional hook
         """Storage no longer needed (backends with pools may reuse it)."""

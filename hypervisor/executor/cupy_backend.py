@@ -15,7 +15,7 @@ import numpy as np
 
 from primitive_lang import BoundKernel, TensorSpec
 
-from .base import Executor, ExecutorInfo, byte_view, check_range
+from .base import Executor, ExecutorInfo, Fence, RunTiming, byte_view, check_range
 from .interpret import Interpreter
 
 # Pinned staging buffer for host<->device copies of guest data; larger transfers go in
@@ -35,6 +35,25 @@ def cupy_unavailable_reason() -> str | None:
     except Exception as exc:
         return f"CUDA is not usable ({type(exc).__name__}: {exc})"
     return None
+
+
+class _EventFence(Fence):
+    __slots__ = ("event",)
+
+    def __init__(self, event):
+        self.event = event
+
+    def done(self) -> bool:
+        return self.event.done
+
+    def wait(self) -> float:
+        if self.event.done:
+            return 0.0
+        import time
+
+        t0 = time.perf_counter()
+        self.event.synchronize()
+        return time.perf_counter() - t0
 
 
 class CupyExecutor(Executor):
@@ -58,15 +77,50 @@ class CupyExecutor(Executor):
         free, total = self.cp.cuda.runtime.memGetInfo()
         return ExecutorInfo(self.name, self._device_name, int(total), int(free))
 
+    # Buffers are allocated on the copy stream. CuPy's pool hands a freed block back only
+    # to allocations on the stream it came from, so a buffer evicted with a queued
+    # device->host copy can be released at once: the next allocation that may reuse its
+    # block is itself ordered after that copy on the same stream. Temporaries are
+    # allocated on the compute stream and never reuse buffer blocks.
     def empty(self, spec: TensorSpec):
-        with self.compute:
+        with self.copy:
             return self.cp.empty(spec.shape, dtype=spec.dtype.value)
 
+    def device_empty(self, spec: TensorSpec):
+        return self.empty(spec)
+
     def zeros(self, spec: TensorSpec):
-        with self.compute:
+        with self.copy:
             a = self.cp.zeros(spec.shape, dtype=spec.dtype.value)
-        self.compute.synchronize()
+        self.copy.synchronize()
         return a
+
+    def host_empty(self, nbytes: int) -> np.ndarray:
+        mem = self.cp.cuda.alloc_pinned_memory(max(nbytes, 1))
+        return np.frombuffer(mem, dtype=np.uint8, count=nbytes)
+
+    def h2d_async(self, host: np.ndarray, device) -> Fence:
+        flat = byte_view(self.cp, device)
+        if flat.size:
+            self.cp.cuda.runtime.memcpyAsync(flat.data.ptr, host.ctypes.data, flat.size,
+                                             self.cp.cuda.runtime.memcpyHostToDevice, self.copy.ptr)
+        ev = self.cp.cuda.Event(disable_timing=True)
+        ev.record(self.copy)
+        return _EventFence(ev)
+
+    def d2h_async(self, device, host: np.ndarray) -> Fence:
+        flat = byte_view(self.cp, device)
+        # Launches are complete when the dispatcher moves on (it waits for their end event),
+        # so the device copy is final; order the copy after any compute anyway.
+        done = self.cp.cuda.Event(disable_timing=True)
+        done.record(self.compute)
+        self.copy.wait_event(done)
+        if flat.size:
+            self.cp.cuda.runtime.memcpyAsync(host.ctypes.data, flat.data.ptr, flat.size,
+                                             self.cp.cuda.runtime.memcpyDeviceToHost, self.copy.ptr)
+        ev = self.cp.cuda.Event(disable_timing=True)
+        ev.record(self.copy)
+        return _EventFence(ev)
 
     def write(self, array, offset: int, chunks: Sequence[memoryview | bytes]) -> int:
         flat = byte_view(self.cp, array)
@@ -124,16 +178,20 @@ class CupyExecutor(Executor):
     def scalar(self, value: float | int, spec: TensorSpec):
         return self.cp.asarray(value, dtype=spec.dtype.value)
 
-    def run(self, bound: BoundKernel, args: Mapping[str, Any]) -> float:
+    def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
         cp = self.cp
         env = dict(args)
-        start, end = cp.cuda.Event(), cp.cuda.Event()
+        waiting, start, end = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
         with self.compute:
+            waiting.record(self.compute)
+            for f in wait_for:  # the GPU waits for this launch's own buffers, the CPU does not
+                self.compute.wait_event(f.event)
             start.record(self.compute)
             Interpreter(cp, bound, env).run()
             end.record(self.compute)
         end.synchronize()
-        return cp.cuda.get_elapsed_time(start, end) / 1000.0
+        stall = cp.cuda.get_elapsed_time(waiting, start) / 1000.0 if wait_for else 0.0
+        return RunTiming(cp.cuda.get_elapsed_time(start, end) / 1000.0, stall)
 
     def release(self, array) -> None:
         del array  # CuPy's pool reuses the block once the last reference goes

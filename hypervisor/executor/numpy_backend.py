@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from primitive_lang import BoundKernel, TensorSpec
 
-from .base import Executor, ExecutorInfo, byte_view, check_range
+from .base import Executor, ExecutorInfo, Fence, RunTiming, byte_view, check_range
 from .interpret import Interpreter
 
 
@@ -42,11 +43,38 @@ def _meminfo(key: str) -> int:
     return 0
 
 
+class _FutureFence(Fence):
+    __slots__ = ("_future",)
+
+    def __init__(self, future: Future):
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self) -> float:
+        if self._future.done():
+            self._future.result()
+            return 0.0
+        t0 = time.perf_counter()
+        self._future.result()
+        return time.perf_counter() - t0
+
+
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    np.copyto(dst, src)  # releases the GIL for large arrays: overlaps the compute thread
+
+
 class NumpyExecutor(Executor):
+    """Device arrays are their own NumPy arrays, apart from the host backing arrays;
+    residency copies between the two are real copies, made in order by one copy thread
+    so that they overlap the dispatcher's compute, as a GPU's copy engine would."""
+
     name = "numpy"
 
     def __init__(self) -> None:
         self._device_name = _cpu_name()
+        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-copy")
 
     def info(self) -> ExecutorInfo:
         total = _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -86,9 +114,25 @@ class NumpyExecutor(Executor):
     def scalar(self, value: float | int, spec: TensorSpec) -> np.ndarray:
         return np.asarray(value, dtype=spec.dtype.value)
 
-    def run(self, bound: BoundKernel, args: Mapping[str, Any]) -> float:
+    def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
+        stall = sum(f.wait() for f in wait_for)
         env = dict(args)
         t0 = time.thread_time()
         with np.errstate(all="ignore"):  # inf/nan follow IEEE, as on the GPU; no warnings
             Interpreter(np, bound, env).run()
-        return time.thread_time() - t0
+        return RunTiming(time.thread_time() - t0, stall)
+
+    def host_empty(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def device_empty(self, spec: TensorSpec) -> np.ndarray:
+        return np.empty(spec.shape, dtype=spec.dtype.value)
+
+    def h2d_async(self, host: np.ndarray, device: np.ndarray) -> Fence:
+        return _FutureFence(self._copier.submit(_copy, byte_view(np, device), host))
+
+    def d2h_async(self, device: np.ndarray, host: np.ndarray) -> Fence:
+        return _FutureFence(self._copier.submit(_copy, host, byte_view(np, device)))
+
+    def close(self) -> None:
+        self._copier.shutdown(wait=True)

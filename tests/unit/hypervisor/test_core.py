@@ -6,11 +6,10 @@ import threading
 
 import numpy as np
 import pytest
+from hv_kernels import AXPY, MATMUL
 
 from hypervisor import Hypervisor, Scalar
 from hypervisor import errors as E
-
-from hv_kernels import AXPY, MATMUL
 
 
 def put(hv, vm, arr, session=0):

@@ -70,7 +70,7 @@ DTYPES = {"float32": (1e-5, 1e-6), "float64": (1e-12, 1e-12), "float16": (5e-3, 
 
 def kernel_source(stmt: str, in_shapes, out_shape, dtype: str) -> str:
     names = "ab"[: len(in_shapes)]
-    lines = [f"GPU_KERNEL op"]
+    lines = ["GPU_KERNEL op"]
     for n, s in zip(names, in_shapes, strict=True):
         lines.append(f"GPU_PARAM {n} {dtype}[{', '.join(map(str, s))}]")
     lines.append(f"GPU_PARAM c {dtype}[{', '.join(map(str, out_shape))}]")
@@ -97,7 +97,7 @@ def run_case(backend, case: str, dtype: str):
         ex.write(arr, 0, [x.tobytes()])
         arrays[n] = arr
     arrays["c"] = ex.zeros(specs["c"])
-    seconds = ex.run(bound, arrays)
+    seconds = ex.run(bound, arrays).device_s
     out = ex.to_host(arrays["c"])
     expect = ref(*[x.astype(np.float64) for x in inputs]) if dtype == "float16" else ref(*inputs)
     return out, np.asarray(expect), seconds
