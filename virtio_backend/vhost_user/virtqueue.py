@@ -19,6 +19,14 @@ written. Derived buffers (``numpy.frombuffer`` of a view, slices of a view) must
 outlive the request.
 
 Every method must be called on the connection's loop thread (``RuntimeError`` otherwise).
+
+Public API::
+
+    Virtqueue: index, size, pop() -> Request | None, push(request, written), notify(),
+               pending(), live, broken, in_flight, stats (QueueStats)
+    Request:   head, readable_len, writable_len, live, read(offset, length) -> bytes,
+               read_into(offset, dst) -> int, write(offset, data) -> int,
+               readable_views(), writable_views()
 """
 
 from __future__ import annotations

@@ -247,3 +247,27 @@ def test_reset_device_keeps_the_error_eventfd(server):
         fe.ring(0).set_avail_idx(500)
         fe.kick(0, force=True)
         wait_until(lambda: fe.errors_signalled(0))
+
+
+def test_new_memory_table_while_requests_are_held(server):
+    srv, devices = server
+    from tests.support.vhost_frontend import SET_MEM_TABLE
+
+    with VhostUserFrontend(srv.socket_path) as fe:
+        fe.boot()
+        steady = memfd_mappings("pxos-test-guest-ram")
+        for i in range(3):
+            fe.submit(0, out=[HEADER.pack(HOLD, 0, i)], in_=[16])
+        fe.kick(0)
+        wait_until(lambda: len(devices[0].held) == 3)
+        # QEMU re-sends the table when the guest's memory layout changes, rings running.
+        fe.request(SET_MEM_TABLE, fe.mem_table_payload(), [fe.ram_fd] * len(fe.regions))
+        fe.get_config()  # a round trip: the table was handled
+        assert memfd_mappings("pxos-test-guest-ram") == steady + 2  # old table kept for the held ones
+        devices[0].complete_held_threadsafe()
+        used = fe.wait_used(0, 3)
+        assert sorted(struct.unpack("<IIQ", u.data)[2] for u in used) == [0, 1, 2]
+        wait_until(lambda: memfd_mappings("pxos-test-guest-ram") == steady)  # old table unmapped
+        noop(fe, tag=8)  # and the rings run on the new one
+        fe.kick(0)
+        assert fe.wait_used(0)[0].data == HEADER.pack(0, 0, 8)
