@@ -68,10 +68,8 @@ class PrimitiveError(Exception):
         self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
         if not self.diagnostics:
             raise ValueError("PrimitiveError needs at least one diagnostic")
-        first = self.diagnostics[0]
         more = len(self.diagnostics) - 1
-        text = f"{first.line}:{first.column}: {first.message}"
-        super().__init__(text + (f" (and {more} more)" if more else ""))
+        super().__init__(self.diagnostics[0].message + (f" (and {more} more)" if more else ""))
 
     def __reduce__(self):  # picklable across processes despite the custom __init__
         return (type(self), (self.diagnostics,))

@@ -100,6 +100,8 @@ def _bdim(x: Dim, y: Dim) -> Dim:
 
 def broadcast(a: Shape, b: Shape) -> Shape:
     """NumPy broadcasting of two shapes; raises ValueError when certainly incompatible."""
+    if a == b:
+        return a
     if a is None or b is None:
         return None
     n = max(len(a), len(b))
@@ -110,7 +112,7 @@ def broadcast(a: Shape, b: Shape) -> Shape:
 
 def maybe_same(a: Shape, b: Shape) -> bool:
     """False only when two shapes certainly differ."""
-    if a is None or b is None:
+    if a == b or a is None or b is None:
         return True
     if len(a) != len(b):
         return False

@@ -229,4 +229,4 @@ def test_limits_never_exceed_the_wire_abi():
 def test_error_str_is_the_first_message_and_a_count():
     with pytest.raises(PrimitiveError) as info:
         compile_source(_case("  ADD x nope -> t\n  RELU 3 -> u\n  COPY x -> y"))
-    assert str(info.value) == "5:9: nope is not a param and is never written (and 1 more)"
+    assert str(info.value) == "nope is not a param and is never written (and 1 more)"
