@@ -75,8 +75,8 @@ class _KernelCheck:
             self.report(Code.LIMIT, self.steps[limits.MAX_STATEMENTS].stmt.pos,
                         f"kernel {k.name} has {len(self.steps)} statements (at most {limits.MAX_STATEMENTS})")
         if executed > limits.MAX_EXECUTED_STATEMENTS:
-            self.report(Code.LIMIT, k.pos, f"kernel {k.name} executes {executed} statements with its REPEATs "
-                        f"expanded (at most {limits.MAX_EXECUTED_STATEMENTS})")
+            self.report(Code.LIMIT, k.pos, f"kernel {k.name} executes more than {limits.MAX_EXECUTED_STATEMENTS} "
+                        "statements with its REPEATs expanded")
         self.written = {s.stmt.dest.name for s in self.steps}
         for step in self.steps:
             self._statement(step)
