@@ -196,9 +196,14 @@ class Virtqueue:
                     log.warning("queue %d: malformed chain at head %d (%s) completed empty",
                                 self.index, c.head, reason)
                 continue
-            own = ffi.new("struct pxq_seg[]", c.nsegs)
-            ffi.memmove(own, segs + c.first_seg, c.nsegs * _SEG_SIZE)
-            req = Request(self, c.head, own, c.nsegs, c.nreadable, c.readable_len, c.writable_len, memory)
+            nsegs, nread = c.nsegs, c.nreadable
+            own = ffi.new("struct pxq_seg[]", nsegs)
+            ffi.memmove(own, segs + c.first_seg, nsegs * _SEG_SIZE)
+            r0 = own[0] if nread else None
+            w0 = own[nread] if nread < nsegs else None
+            req = Request(self, c.head, own, nsegs, nread, c.readable_len, c.writable_len, memory,
+                          (r0.host, r0.len) if r0 is not None else (0, 0),
+                          (w0.host, w0.len) if w0 is not None else (0, 0))
             self._inflight[c.head] = req
             ready.append(req)
         self.stats.popped += len(ready)
@@ -251,11 +256,14 @@ class Request:
     errors; the totals are ``readable_len`` / ``writable_len``."""
 
     __slots__ = ("queue", "head", "readable_len", "writable_len", "_segs", "_nsegs", "_nread",
-                 "_memory", "_views", "_live", "_done")
+                 "_memory", "_views", "_live", "_done", "_r0", "_w0")
 
     def __init__(self, queue: Virtqueue, head: int, segs, nsegs: int, nread: int, readable_len: int,
-                 writable_len: int, memory: GuestMemory):
+                 writable_len: int, memory: GuestMemory, first_readable=(0, 0), first_writable=(0, 0)):
         self.queue, self.head = queue, head
+        # (host, len) of the first segment of each part: small headers and responses are
+        # copied straight from/to it without a gather/scatter call.
+        self._r0, self._w0 = first_readable, first_writable
         self.readable_len, self.writable_len = readable_len, writable_len
         self._segs, self._nsegs, self._nread = segs, nsegs, nread
         self._memory = memory
@@ -276,6 +284,9 @@ class Request:
         n = avail if length is None else min(max(length, 0), avail)
         if n == 0:
             return b""
+        host, seg_len = self._r0
+        if offset + n <= seg_len:
+            return ffi.unpack(ffi.cast("char *", host + offset), n)
         buf = ffi.new("uint8_t[]", n)
         got = lib.pxq_gather(self._segs, self._nread, offset, buf, n)
         return ffi.unpack(ffi.cast("char *", buf), got)
@@ -294,6 +305,13 @@ class Request:
         """Scatter the bytes-like ``data`` into the writable part from ``offset``; returns
         the bytes written."""
         self._check(offset)
+        host, seg_len = self._w0
+        kind = type(data)
+        if kind is bytes or kind is bytearray or (kind is memoryview and data.contiguous):
+            n = data.nbytes if kind is memoryview else len(data)
+            if offset + n <= seg_len:
+                ffi.memmove(ffi.cast("char *", host + offset), data, n)
+                return n
         src = ffi.from_buffer(data)
         try:
             return int(lib.pxq_scatter(self._segs + self._nread, self._nsegs - self._nread, offset, src, len(src)))

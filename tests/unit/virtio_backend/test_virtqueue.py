@@ -213,3 +213,17 @@ def test_pop_rearms_kicks_with_avail_event(rig):
     rig.chain(out=[b"b"], in_=[1])
     assert rig.ring.kick_needed()
     rig.vq.push(req, 0)
+
+
+@pytest.mark.parametrize("data", [b"abcdef", bytearray(b"abcdef"), memoryview(b"xxabcdef")[2:],
+                                  memoryview(bytearray(b"abcdef")).cast("H")])
+def test_write_accepts_bytes_like_in_one_segment_or_across(rig, data):
+    rig.chain(out=[b"h"], in_=[8, 8])
+    req = rig.vq.pop()
+    assert req.write(1, data) == 6  # inside the first writable segment
+    assert req.write(5, data) == 6  # across both
+    chain = rig.ring.chains[req.head]
+    w = [g for g, n, wr in chain.buffers if wr]
+    assert bytes(rig.mem[w[0]:w[0] + 8]) + bytes(rig.mem[w[1]:w[1] + 8]) == b"\0abcdabcdef\0\0\0\0\0"
+    assert req.read(0, 1) == b"h"
+    rig.vq.push(req, 11)
