@@ -165,7 +165,7 @@ class _HypervisorCollector(Collector):
             for vm_id, st in sorted((self.transport_status() or {}).items()):
                 vm = [str(vm_id)]
                 transport["connected"].add_metric(vm, 1.0 if st.get("connected") else 0.0)
-                transport["requests"].add_metric(vm, st.get("requests", 0) or 0)
+                transport["requests"].add_metric(vm, st.get("requests_served", st.get("requests", 0)) or 0)
                 transport["errors"].add_metric(vm, st.get("errors", 0) or 0)
         d = hv.device_info()
         device["pool"].add_metric([], d.pool_bytes)

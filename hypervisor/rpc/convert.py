@@ -22,12 +22,17 @@ def vm_info(info: T.VMInfo) -> pb.VMInfo:
     return msg
 
 
+def requests_of(status: dict) -> int:
+    """Requests served, from a transport status (VhostUserTransport says ``requests_served``)."""
+    return int(status.get("requests_served", status.get("requests", 0)) or 0)
+
+
 def transport(status: dict | None) -> pb.TransportStatus:
     if not status:
         return pb.TransportStatus(present=False)
     return pb.TransportStatus(present=True, connected=bool(status.get("connected", False)),
                               features=int(status.get("features", 0) or 0),
-                              requests=int(status.get("requests", 0) or 0),
+                              requests=int(requests_of(status)),
                               errors=int(status.get("errors", 0) or 0))
 
 

@@ -208,6 +208,17 @@ def test_a_failing_read_does_not_break_the_scrape(hv, exporter, monkeypatch):
     assert value(s, "pxos_vm_switch_seconds_count") == 0
 
 
+def test_transport_status_per_vm(hv):
+    # what VhostUserTransport.status() reports for an attached VM (the far end of QEMU's socket)
+    status = {3: {"socket": "/run/pxos/vm3.sock", "connected": True, "requests_served": 41, "errors": 2}}
+    m = MetricsExporter(hv, transport_status=lambda: status)
+    s, _ = parse(m.render())
+    assert value(s, "pxos_transport_connected", vm="3") == 1
+    assert value(s, "pxos_transport_requests_total", vm="3") == 41
+    assert value(s, "pxos_transport_errors_total", vm="3") == 2
+    m.stop()
+
+
 def test_serves_over_http_on_a_free_port_and_stops(hv):
     m = MetricsExporter(hv)
     host, port = m.serve("127.0.0.1:0")
