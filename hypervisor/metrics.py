@@ -16,12 +16,15 @@ Names follow ``pxos_<subsystem>_<name>_<unit>``, counters end in ``_total``, the
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import generate_latest, make_wsgi_app
 from prometheus_client.registry import Collector
 
 from .errors import ConfigError
@@ -45,9 +48,9 @@ EXTRA_METRICS: dict[str, tuple[str, str, str]] = {
     "h2d_bytes": ("pxos_vm_h2d_bytes_total", "counter", "Bytes copied host to device for the VM's buffers"),
     "d2h_bytes": ("pxos_vm_d2h_bytes_total", "counter", "Bytes copied device to host (write-back of dirty buffers)"),
     "prefetch_hits": ("pxos_vm_prefetch_hits_total", "counter",
-                      "Launches whose buffers were all on the device when they started"),
+                      "Launches that found every buffer resident or already on its way (prefetched)"),
     "prefetch_misses": ("pxos_vm_prefetch_misses_total", "counter",
-                        "Launches that had to wait for a buffer to come to the device"),
+                        "Launches that had to fetch a buffer on demand"),
     "stall_seconds": ("pxos_vm_stall_seconds_total", "counter",
                       "Seconds the device waited for this VM's buffers to arrive"),
     "evictions": ("pxos_vm_evictions_total", "counter", "Buffers evicted from the device to host RAM"),
@@ -118,7 +121,7 @@ class _HypervisorCollector(Collector):
             "launches": CounterMetricFamily("pxos_scheduler_launches", "Launches run by the dispatcher"),
             "switches": CounterMetricFamily("pxos_scheduler_vm_switches", "Times the device went from one VM to another"),
             "lookahead": GaugeMetricFamily("pxos_scheduler_lookahead_depth",
-                                           "Launches the scheduler plans ahead (memory prefetch reads them)"),
+                                           "Launches the scheduler plans ahead (prefetch reads them; adapted)"),
         }
         errors = CounterMetricFamily("pxos_exporter_errors", "Scrapes that could not read the hypervisor")
         try:
@@ -237,10 +240,18 @@ class MetricsExporter:
         return generate_latest(self.registry)
 
     def serve(self, address: str = "127.0.0.1:9464") -> tuple[str, int]:
-        """Serve /metrics on ``host:port`` (``[::1]:9464`` for IPv6); returns the bound
-        host and port."""
+        """Serve /metrics on ``host:port`` (``[::1]:9464`` for IPv6) from a thread of its
+        own; returns the bound host and port."""
         host, port = _split_address(address)
-        self._httpd, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        server_cls = type("_MetricsServer", (_MetricsServer,),
+                          {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+        try:
+            self._httpd = make_server(host, port, make_wsgi_app(self.registry), server_cls,
+                                      handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ConfigError(f"metrics: cannot listen on {address}: {exc.strerror or exc}") from exc
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="pxos-metrics", daemon=True)
+        self._thread.start()
         self.address = (host, int(self._httpd.server_address[1]))
         return self.address
 
@@ -252,6 +263,15 @@ class MetricsExporter:
             if self._thread is not None:
                 self._thread.join(5.0)
             self._httpd = self._thread = self.address = None
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stuck scraper never holds up shutdown
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # one line per scrape is noise in the daemon's log
+        pass
 
 
 def _split_address(address: str) -> tuple[str, int]:

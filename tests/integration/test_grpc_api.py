@@ -376,5 +376,5 @@ def test_stats_and_idle_hint(client, daemon):
     assert s.vms[1].idle and not s.vms[0].idle
     assert s.device.backend == "numpy" and s.device.pool_bytes == 256 << 20
     assert s.scheduler.launches == 1 and s.scheduler.busy_seconds > 0
-    assert s.scheduler.lookahead_depth == daemon.config.scheduler.lookahead
+    assert s.scheduler.lookahead_depth == daemon.hv.lookahead_depth  # adaptive (prefetch)
     assert abs(s.time - time.time()) < 60

@@ -192,7 +192,14 @@ def test_stats_top_and_metrics_after_launches(ctl, daemon, tmp_path):
     frame = ok_json(ctl, "top", "--once")
     assert [v["id"] for v in frame["vms"]] == [1, 2]
     v1 = frame["vms"][0]
-    assert v1["share_target"] == 50 and v1["latency_ms"]["p99"] > 0 and v1["hit_rate"] is None
+    assert v1["share_target"] == 50 and v1["latency_ms"]["p99"] > 0
+    extra = stats["vms"][0]["extra"]  # overcommit's figures: top shows them, or "-" without them
+    if "prefetch_hits" in extra:
+        hits, misses = extra["prefetch_hits"], extra.get("prefetch_misses", 0)
+        assert v1["hit_rate"] == (hits / (hits + misses) if hits + misses else None)
+        assert v1["stall_seconds"] == extra["stall_seconds"]
+    else:
+        assert v1["hit_rate"] is None and v1["stall_seconds"] is None
     assert frame["device"]["pool_bytes"] == 128 << 20
     code, out, _ = ctl("top", "--once")
     assert code == EXIT_OK and "\x1b" not in out and "ACHIEVED" in out

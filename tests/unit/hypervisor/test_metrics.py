@@ -233,6 +233,15 @@ def test_serves_over_http_on_a_free_port_and_stops(hv):
         urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2)
 
 
+def test_a_taken_port_is_a_config_error(hv):
+    a, b = MetricsExporter(hv), MetricsExporter(hv)
+    _, port = a.serve("127.0.0.1:0")
+    with pytest.raises(ConfigError, match="cannot listen"):
+        b.serve(f"127.0.0.1:{port}")
+    a.stop()
+    b.stop()
+
+
 def test_two_exporters_with_their_own_registries(hv):
     a, b = MetricsExporter(hv), MetricsExporter(hv)
     assert a.registry is not b.registry
