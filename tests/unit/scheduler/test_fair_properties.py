@@ -28,8 +28,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.sched = FairScheduler(window_seconds=WINDOW, clock=self.clock)
         self.queues: dict[int, deque[Ticket]] = {}
         self.caps: dict[int, float | None] = {}
-        self.cap_since: dict[int, int] = {}  # launch ids picked after the last cap change
-        self.inflight: deque[tuple[Ticket, bool]] = deque()  # (ticket, picked under current cap)
+        self.cap_epoch: dict[int, int] = {}  # counts each VM's cap changes
+        self.inflight: deque[tuple[Ticket, int]] = deque()  # (ticket, cap epoch when picked)
         self.charges: dict[int, list[tuple[float, float]]] = {}  # vm -> (ended, seconds)
         self.next_id = 1
         self.seen: set[int] = set()
@@ -48,7 +48,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.queues[vm] = deque()
             self.charges.setdefault(vm, [])
         if self.caps.get(vm) != cap or add:
-            self.cap_since[vm] = self.next_id
+            self.cap_epoch[vm] = self.cap_epoch.get(vm, 0) + 1
         self.caps[vm] = cap
 
     @rule(vm=st.sampled_from(VMS), share=shares, cap=caps)
@@ -91,12 +91,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert q and q[0] is t, "per-VM FIFO"
         q.popleft()
         self._finish([t])
-        self.inflight.append((t, t.launch_id >= self.cap_since[t.vm_id]))
+        self.inflight.append((t, self.cap_epoch[t.vm_id]))
 
     @precondition(lambda self: self.inflight)
     @rule(fraction=st.floats(0.0, 1.0))
     def complete(self, fraction):
-        t, checked = self.inflight.popleft()  # the device runs launches in pick order
+        t, epoch = self.inflight.popleft()  # the device runs launches in pick order
         seconds = t.est_seconds * fraction  # never longer than estimated: the exact-cap case
         started = self.clock.now
         self.clock.advance(seconds)
@@ -106,7 +106,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         log = self.charges[t.vm_id]
         log.append((self.clock.now, seconds))
         cap = self.caps[t.vm_id]
-        if checked and cap is not None:
+        if cap is not None and epoch == self.cap_epoch[t.vm_id]:  # picked under this cap
             used = sum(s for e, s in log if self.clock.now - WINDOW < e <= self.clock.now + 1e-12)
             assert used <= cap / 100 * WINDOW + 1e-9, "cap exceeded"
 
