@@ -38,14 +38,17 @@ def decision_loop(registered: int, busy: int):
     return sched, decide
 
 
-def per_call(fn, n: int, repeat: int) -> float:
-    """Best of ``repeat`` runs of ``n`` calls: seconds per call."""
-    best = float("inf")
+def per_call(fns: dict[str, object], n: int, repeat: int) -> dict[str, float]:
+    """Seconds per call of each function: the best of ``repeat`` runs of ``n`` calls, the
+    functions taking turns in every round so that a busy moment of the machine does not
+    land on one of them only."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n)
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[key] = min(best[key], (time.perf_counter() - t0) / n)
     return best
 
 
@@ -64,18 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     n, repeat = (500, 3) if args.quick else (5000, 7)
     report = Report("scheduler")
 
-    for registered in (1, 10, 100, 1000):
-        _, decide = decision_loop(registered, registered)
-        key = f"decision_{registered}vm_busy"
-        report.add(key, per_call(decide, n, repeat) * 1e6, "us",
-                   baseline=None if registered == 1 else "decision_1vm_busy")
-    _, decide = decision_loop(1000, 4)
-    report.add("decision_1000vm_4busy", per_call(decide, n, repeat) * 1e6, "us",
-               baseline="decision_1vm_busy", goal="idle VMs do not slow a decision")
-    for busy in (10, 1000):
-        sched, _ = decision_loop(busy, busy)
-        report.add(f"lookahead8_{busy}vm_busy", per_call(lambda s=sched: s.lookahead(8), n // 5, repeat) * 1e6,
-                   "us", baseline="decision_1vm_busy")
+    decisions = {f"decision_{r}vm_busy": decision_loop(r, r)[1] for r in (1, 10, 100, 1000)}
+    decisions["decision_1000vm_4busy"] = decision_loop(1000, 4)[1]
+    for key, seconds in per_call(decisions, n, repeat).items():
+        report.add(key, seconds * 1e6, "us", baseline=None if key == "decision_1vm_busy" else "decision_1vm_busy",
+                   goal="idle VMs do not slow a decision" if key.endswith("4busy") else None)
+    lookaheads = {f"lookahead8_{b}vm_busy": (lambda s=decision_loop(b, b)[0]: s.lookahead(8)) for b in (10, 1000)}
+    for key, seconds in per_call(lookaheads, n // 5, repeat).items():
+        report.add(key, seconds * 1e6, "us", baseline="decision_1vm_busy")
 
     duration = 2.0 if args.quick else 10.0
 
