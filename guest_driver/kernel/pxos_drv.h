@@ -130,9 +130,6 @@ struct pxos_session {
 struct pxos_req *pxos_req_alloc(struct pxos_dev *dev, struct pxos_session *sess, u32 type,
 				u32 cmd_len, u32 resp_len);
 void pxos_req_free(struct pxos_req *req);
-int pxos_data_alloc(struct pxos_data *data, size_t want);
-int pxos_data_from_user(struct pxos_data *data, const void __user *src);
-int pxos_data_to_user(const struct pxos_data *data, void __user *dst, size_t len);
 int pxos_req_send(struct pxos_req *req, enum pxos_wait_mode mode);
 int pxos_req_wait(struct pxos_req *req, enum pxos_wait_mode mode, unsigned long timeout_ms);
 int pxos_req_call(struct pxos_req **reqp, enum pxos_wait_mode mode, unsigned long timeout_ms,
@@ -141,6 +138,12 @@ int pxos_req_result(struct pxos_req *req, u32 min_resp, struct pxos_ioc_result *
 void pxos_ctrlq_done(struct virtqueue *vq);
 void pxos_dev_drain(struct pxos_dev *dev);
 int pxos_status_errno(u32 status);
+
+/* pxos_data.c */
+void pxos_data_free(struct pxos_data *data);
+int pxos_data_alloc(struct pxos_data *data, size_t want);
+int pxos_data_from_user(struct pxos_data *data, const void __user *src);
+int pxos_data_to_user(const struct pxos_data *data, void __user *dst, size_t len);
 
 /* pxos_main.c */
 void pxos_dev_put(struct pxos_dev *dev);

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pxos_req.c - requests on the control queue: bounce data, descriptor chains, the
+ * pxos_req.c - requests on the control queue: descriptor chains, the
  * completion interrupt, waiting (with signals and timeouts) and taking every buffer back
  * from a device that is being reset.
  *
@@ -11,11 +11,8 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
-#include <linux/gfp.h>
-#include <linux/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
-#include <linux/uaccess.h>
 
 #include "pxos_drv.h"
 
@@ -61,16 +58,6 @@ err_req:
 	return NULL;
 }
 
-static void pxos_data_free(struct pxos_data *data)
-{
-	unsigned int i;
-
-	for (i = 0; i < data->nsegs; i++)
-		__free_pages(data->page[i], data->order[i]);
-	data->nsegs = 0;
-	data->len = 0;
-}
-
 /* Safe from the completion interrupt: nothing here sleeps. */
 void pxos_req_free(struct pxos_req *req)
 {
@@ -84,65 +71,6 @@ void pxos_req_free(struct pxos_req *req)
 	else
 		pxos_dev_put(dev);
 	kfree(req);
-}
-
-/* Chunks covering up to `want` bytes; may cover less when memory is short. */
-int pxos_data_alloc(struct pxos_data *data, size_t want)
-{
-	unsigned int order = PXOS_SEG_MAX_ORDER;
-	size_t have = 0;
-
-	want = min(want, PXOS_REQ_DATA_MAX);
-	while (have < want && data->nsegs < PXOS_MAX_SEGS) {
-		struct page *page;
-
-		while (order > 0 && (PAGE_SIZE << (order - 1)) >= want - have)
-			order--;
-		page = alloc_pages(GFP_KERNEL | __GFP_NOWARN | (order ? __GFP_NORETRY : 0), order);
-		if (!page) {
-			if (order == 0)
-				break;
-			order--;
-			continue;
-		}
-		data->page[data->nsegs] = page;
-		data->order[data->nsegs] = order;
-		data->nsegs++;
-		have += PAGE_SIZE << order;
-	}
-	data->len = min(have, want);
-	return data->len ? 0 : -ENOMEM;
-}
-
-int pxos_data_from_user(struct pxos_data *data, const void __user *src)
-{
-	size_t off = 0;
-	unsigned int i;
-
-	for (i = 0; i < data->nsegs && off < data->len; i++) {
-		size_t n = min(PAGE_SIZE << data->order[i], data->len - off);
-
-		if (copy_from_user(page_address(data->page[i]), src + off, n))
-			return -EFAULT;
-		off += n;
-	}
-	return 0;
-}
-
-int pxos_data_to_user(const struct pxos_data *data, void __user *dst, size_t len)
-{
-	size_t off = 0;
-	unsigned int i;
-
-	len = min(len, data->len);
-	for (i = 0; i < data->nsegs && off < len; i++) {
-		size_t n = min(PAGE_SIZE << data->order[i], len - off);
-
-		if (copy_to_user(dst + off, page_address(data->page[i]), n))
-			return -EFAULT;
-		off += n;
-	}
-	return 0;
 }
 
 /* Called with dev->lock held; requests to free go on `to_free`. */

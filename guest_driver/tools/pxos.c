@@ -15,6 +15,7 @@
 
 int px_selftest(int fd);
 int px_workload(int fd, int iters);
+int px_bench(int fd, int iters, int json);
 
 #define PX_PRINT_MAX 64           /* values printed per output before "..." */
 
@@ -342,111 +343,6 @@ static int cmd_stats(int fd, int json)
 	return 0;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Round trips of an empty launch and a small matmul: guest clock vs the device's figures. */
-static int cmd_bench(int fd, int iters, int json)
-{
-	if (iters < 1 || iters > 100000)
-		return usage();
-	static const uint64_t dims[2][3] = { { 1, 1, 1 }, { 32, 32, 32 } };
-	static const char *const names[2] = { "empty_launch", "matmul_32" };
-	struct pxos_ioc_compile c;
-	int err;
-
-	err = px_compile(fd, px_bench_source, strlen(px_bench_source), &c);
-	if (err) {
-		px_report("compile bench program", err, &c.res);
-		return 1;
-	}
-	/* The transport alone: GET_INFO goes to the device and back, no scheduling, no work. */
-	{
-		uint64_t *g = calloc((size_t)iters, 8);
-		struct pxos_ioc_info info;
-
-		for (int i = -3; g && !err && i < iters; i++) {
-			uint64_t t0 = px_now_ns();
-
-			err = px_info(fd, &info);
-			if (i >= 0)
-				g[i] = px_now_ns() - t0;
-		}
-		if (!g || err) {
-			px_report("get_info", g ? err : -ENOMEM, g ? &info.res : NULL);
-			free(g);
-			return 1;
-		}
-		qsort(g, (size_t)iters, 8, cmp_u64);
-		printf(json ? "{\"bench\": \"get_info\", \"n\": %d, \"guest_roundtrip_us_median\": %.1f, "
-			      "\"guest_roundtrip_us_p90\": %.1f}\n"
-			    : "get_info: n=%d guest round trip median %.1f us (p90 %.1f)\n",
-		       iters, g[iters / 2] / 1e3, g[iters * 9 / 10] / 1e3);
-		free(g);
-	}
-	for (int k = 0; k < 2; k++) {
-		uint64_t *g = calloc((size_t)iters, 8), *d = calloc((size_t)iters, 8);
-		uint64_t *t = calloc((size_t)iters, 8), *q = calloc((size_t)iters, 8);
-		struct px_type ta = { PXOS_DTYPE_FLOAT32, 2, { dims[k][0], dims[k][1] } };
-		struct px_type tb = { PXOS_DTYPE_FLOAT32, 2, { dims[k][1], dims[k][2] } };
-		struct px_type tc = { PXOS_DTYPE_FLOAT32, 2, { dims[k][0], dims[k][2] } };
-		struct px_type t1 = { PXOS_DTYPE_FLOAT32, 1, { 1 } };
-		struct pxos_binding b[3];
-		struct pxos_ioc_launch l;
-		uint64_t h[3] = { 0 };
-		int nb = k ? 3 : 2;
-
-		if (k == 0) {
-			err = px_tensor(fd, &t1, NULL, &h[0], NULL) || px_tensor(fd, &t1, NULL, &h[1], NULL);
-			px_bind_buffer(&b[0], "x", h[0]);
-			px_bind_buffer(&b[1], "y", h[1]);
-		} else {
-			err = px_tensor(fd, &ta, NULL, &h[0], NULL) || px_tensor(fd, &tb, NULL, &h[1], NULL) ||
-			      px_tensor(fd, &tc, NULL, &h[2], NULL);
-			px_bind_buffer(&b[0], "a", h[0]);
-			px_bind_buffer(&b[1], "b", h[1]);
-			px_bind_buffer(&b[2], "c", h[2]);
-		}
-		for (int i = -3; !err && i < iters; i++) { /* three warm-up launches */
-			uint64_t t0 = px_now_ns();
-
-			err = px_launch(fd, px_kernel_id(&c, k ? "mm" : "nop"), b, (uint32_t)nb, 0, &l);
-			if (i >= 0) {
-				g[i] = px_now_ns() - t0;
-				d[i] = l.device_ns;
-				q[i] = l.queue_ns;
-				t[i] = l.total_ns;
-			}
-		}
-		if (err) {
-			px_report(names[k], err, &l.res);
-		} else {
-			qsort(g, (size_t)iters, 8, cmp_u64);
-			qsort(d, (size_t)iters, 8, cmp_u64);
-			qsort(q, (size_t)iters, 8, cmp_u64);
-			qsort(t, (size_t)iters, 8, cmp_u64);
-			printf(json ? "{\"bench\": \"%s\", \"n\": %d, \"guest_roundtrip_us_median\": %.1f, "
-				      "\"guest_roundtrip_us_p90\": %.1f, \"host_total_us_median\": %.1f, "
-				      "\"host_queue_us_median\": %.1f, \"host_device_us_median\": %.1f}\n"
-				    : "%s: n=%d guest round trip median %.1f us (p90 %.1f), host total %.1f us, "
-				      "queue %.1f us, device %.1f us\n",
-			       names[k], iters, g[iters / 2] / 1e3, g[iters * 9 / 10] / 1e3, t[iters / 2] / 1e3,
-			       q[iters / 2] / 1e3, d[iters / 2] / 1e3);
-		}
-		for (int i = 0; i < 3; i++)
-			if (h[i])
-				px_free(fd, h[i], NULL);
-		free(g), free(d), free(t), free(q);
-		if (err)
-			return 1;
-	}
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
 	int json = 0, fd, rc;
@@ -484,7 +380,7 @@ int main(int argc, char **argv)
 	else if (strcmp(cmd, "workload") == 0)
 		rc = px_workload(fd, argc > 2 ? atoi(argv[2]) : 10);
 	else if (strcmp(cmd, "bench") == 0)
-		rc = cmd_bench(fd, argc > 2 && argv[2][0] != '-' ? atoi(argv[2]) : 50, json);
+		rc = px_bench(fd, argc > 2 && argv[2][0] != '-' ? atoi(argv[2]) : 50, json);
 	else
 		rc = usage();
 	close(fd);
