@@ -97,3 +97,17 @@ def test_non_pxos_device_is_left_alone(guest_artefacts, tmp_path):
     assert "PXOS-NO-DEVICE" in r.console
     assert "pxos: /dev/pxos0: No such file or directory" in r.console
     assert "INFO-RC 1" in r.console
+
+
+def test_many_processes_overfill_the_ring(guest_artefacts, hvd_factory, tmp_path):
+    """Four processes, each with 48 launches in flight: more than the 64-entry control
+    queue holds, so submitters wait for ring space; every result is still checked."""
+    hvd = hvd_factory({1: 64 * MiB})
+    cmd = ("for i in 1 2 3 4; do pxos selftest > /tmp/s$i.log 2>&1 & done; wait; "
+           "cat /tmp/s*.log; pxos stats")
+    with Guest(guest_artefacts, hvd.sockets[1], cmd, name="ring", log_path=tmp_path / "ring.log") as g:
+        r = g.wait(300)
+    assert r.exit_status == 0, r.console[-4000:]
+    assert len(re.findall(r"^selftest: 14/14 passed$", r.console, re.M)) == 4, r.console[-6000:]
+    assert len(re.findall(r"async_poll_reap\s+ok: 48 launches in flight", r.console)) == 4
+    assert re.search(r"requests \d+ \(0 failed\)", r.console), r.console[-1000:]

@@ -52,7 +52,10 @@ def test_two_guests_selftest_workload_and_quota(guest_artefacts, hvd_factory, tm
     cmd1 = ("pxos selftest && pxos workload 5 && "
             "{ pxos alloc float[100000000]; echo \"OVER-QUOTA-RC $?\"; } && pxos selftest")
     # Guest 2 also runs the repository's example programs through `pxos compile` / `pxos run`.
-    cmd2 = ("pxos selftest && pxos workload 5 && pxos compile /root/attention.pxp && "
+    # Several processes of guest 2 share its device at once (one session each).
+    cmd2 = ("{ pxos workload 20 > /tmp/a.log & pxos workload 20 > /tmp/b.log & pxos selftest; st=$?; wait; "
+            "tail -q -n 1 /tmp/a.log /tmp/b.log; [ $st = 0 ]; } && "
+            "pxos workload 5 && pxos compile /root/attention.pxp && "
             "pxos run /root/seed.pxp --bind weights=float[2,3]:1,2,3,4,5,6 "
             "--bind inputs=float[3,2]:7,8,9,10,11,12 --bind outputs=float[2,2] && "
             "pxos run /root/matmul.pxp --kernel batched_matmul --bind a=float16[1,2,2]:1,2,3,4 "
@@ -72,6 +75,7 @@ def test_two_guests_selftest_workload_and_quota(guest_artefacts, hvd_factory, tm
     assert len(SELFTEST_OK.findall(r1.console)) == 2     # before and after the refused alloc
     for r in (r1, r2):
         assert "workload: 5/5 passed" in r.console
+    assert r2.console.count("workload: 20/20 passed") == 2, r2.console
     # The over-quota allocation: a clear error in the guest, nothing allocated.
     assert "OVER-QUOTA-RC 1" in r1.console
     assert re.search(r"pxos: alloc: Disk quota exceeded \[PXOS_S_QUOTA: .*quota", r1.console), r1.console
