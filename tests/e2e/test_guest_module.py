@@ -111,3 +111,35 @@ def test_many_processes_overfill_the_ring(guest_artefacts, hvd_factory, tmp_path
     assert len(re.findall(r"^selftest: 14/14 passed$", r.console, re.M)) == 4, r.console[-6000:]
     assert len(re.findall(r"async_poll_reap\s+ok: 48 launches in flight", r.console)) == 4
     assert re.search(r"requests \d+ \(0 failed\)", r.console), r.console[-1000:]
+
+
+SLOW = b"""GPU_KERNEL slow
+GPU_PARAM a float[384, 384]
+GPU_PARAM c float[384, 384]
+GPU_THREAD_CODE:
+    COPY a -> x
+    REPEAT 60:
+        PARALLEL_MATMUL x a -> y
+        TANH y -> x
+    END_REPEAT
+    COPY x -> c
+GPU_END
+"""
+
+
+def test_launch_timeout_leaves_the_launch_to_finish_safely(guest_artefacts, hvd_factory, tmp_path):
+    """A launch that outlives its ioctl's timeout: the caller gets ETIMEDOUT at once, the
+    request stays with the device until it answers, and closing the session frees it all."""
+    hvd = hvd_factory({1: 64 * MiB})
+    cmd = ("pxos run /root/slow.pxp --timeout 1 --bind a=float[384,384]:random --bind c=float[384,384]; "
+           "echo \"TIMEOUT-RC $?\"; pxos info --json; pxos selftest | tail -n 1")
+    with Guest(guest_artefacts, hvd.sockets[1], cmd, name="timeout", files={"/root/slow.pxp": SLOW},
+               log_path=tmp_path / "timeout.log") as g:
+        r = g.wait(300)
+    assert r.exit_status == 0, r.console[-4000:]
+    assert re.search(r"pxos: slow: Connection timed out \(timed out; the launch may still run\)", r.console), \
+        r.console[-3000:]
+    assert "TIMEOUT-RC 1" in r.console
+    assert re.search(r'"memory_used": 0,', r.console), r.console[-3000:]
+    assert re.search(r"^selftest: 14/14 passed$", r.console, re.M)
+    assert not re.search(r"BUG|Oops|WARNING", r.console)
