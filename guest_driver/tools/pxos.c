@@ -28,6 +28,7 @@ static int usage(void)
 		"                --bind NAME=DTYPE[DIMS][:v1,v2,...|:random|:fill=X] ...\n"
 		"       pxos alloc DTYPE[DIMS] [--hold SECONDS]\n"
 		"       pxos stats [--json]\n"
+		"       pxos idle on|off\n"
 		"       pxos selftest\n"
 		"       pxos workload [N]\n"
 		"       pxos bench [N] [--json]\n"
@@ -343,6 +344,19 @@ static int cmd_stats(int fd, int json)
 	return 0;
 }
 
+static int cmd_idle(int fd, int idle)
+{
+	struct pxos_ioc_result res;
+	int err = px_idle_hint(fd, idle, &res);
+
+	if (err) {
+		px_report("idle", err, &res);
+		return 1;
+	}
+	printf("idle hint: %s\n", idle ? "idle" : "busy");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int json = 0, fd, rc;
@@ -375,6 +389,9 @@ int main(int argc, char **argv)
 		rc = cmd_alloc(fd, argv[2], strtol(argv[4], NULL, 10));
 	else if (strcmp(cmd, "stats") == 0)
 		rc = cmd_stats(fd, json);
+	else if (strcmp(cmd, "idle") == 0 && argc == 3 &&
+		 (strcmp(argv[2], "on") == 0 || strcmp(argv[2], "off") == 0))
+		rc = cmd_idle(fd, strcmp(argv[2], "on") == 0);
 	else if (strcmp(cmd, "selftest") == 0)
 		rc = px_selftest(fd);
 	else if (strcmp(cmd, "workload") == 0)

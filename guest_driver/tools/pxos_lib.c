@@ -365,6 +365,16 @@ int px_stats(int fd, struct pxos_ioc_stats *out)
 	return px_ioctl(fd, PXOS_IOC_STATS, out);
 }
 
+int px_idle_hint(int fd, int idle, struct pxos_ioc_result *res)
+{
+	struct pxos_ioc_idle_hint h = { .idle = idle ? 1 : 0 };
+	int err = px_ioctl(fd, PXOS_IOC_IDLE_HINT, &h);
+
+	if (res)
+		*res = h.res;
+	return err;
+}
+
 char *px_read_file(const char *path, size_t *len)
 {
 	FILE *f = fopen(path, "rb");

@@ -55,6 +55,7 @@ int px_submit(int fd, uint64_t kernel, const struct pxos_binding *b, uint32_t n,
 	      struct pxos_ioc_result *res);
 int px_reap(int fd, uint64_t token, int wait, struct pxos_ioc_reap *out);
 int px_stats(int fd, struct pxos_ioc_stats *out);
+int px_idle_hint(int fd, int idle, struct pxos_ioc_result *res);
 char *px_read_file(const char *path, size_t *len);
 uint64_t px_now_ns(void);
 

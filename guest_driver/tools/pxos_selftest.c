@@ -327,6 +327,20 @@ static int check_stats(struct px_ctx *c)
 	       s.requests_total > 0;
 }
 
+/* The VM says it goes idle (the host may write its buffers back), then busy again. */
+static int check_idle_hint(struct px_ctx *c)
+{
+	struct pxos_ioc_result res;
+	int err = px_idle_hint(c->fd, 1, &res);
+
+	if (!err)
+		err = px_idle_hint(c->fd, 0, &res);
+	if (err)
+		return px_fail(c, "idle hint", err, &res);
+	snprintf(c->detail, PX_DETAIL, "idle, then busy again");
+	return 1;
+}
+
 static const struct {
 	const char *name;
 	int (*fn)(struct px_ctx *c);
@@ -344,6 +358,7 @@ static const struct {
 	{ "repeat_loop", check_repeat },
 	{ "async_poll_reap", check_async },
 	{ "bad_handle", check_bad_handle },
+	{ "idle_hint", check_idle_hint },
 	{ "stats", check_stats },
 };
 

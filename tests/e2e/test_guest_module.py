@@ -108,7 +108,7 @@ def test_many_processes_overfill_the_ring(guest_artefacts, hvd_factory, tmp_path
     with Guest(guest_artefacts, hvd.sockets[1], cmd, name="ring", log_path=tmp_path / "ring.log") as g:
         r = g.wait(300)
     assert r.exit_status == 0, r.console[-4000:]
-    assert len(re.findall(r"^selftest: 14/14 passed$", r.console, re.M)) == 4, r.console[-6000:]
+    assert len(re.findall(r"^selftest: (\d+)/\1 passed$", r.console, re.M)) == 4, r.console[-6000:]
     assert len(re.findall(r"async_poll_reap\s+ok: 48 launches in flight", r.console)) == 4
     assert re.search(r"requests \d+ \(0 failed\)", r.console), r.console[-1000:]
 
@@ -141,5 +141,5 @@ def test_launch_timeout_leaves_the_launch_to_finish_safely(guest_artefacts, hvd_
         r.console[-3000:]
     assert "TIMEOUT-RC 1" in r.console
     assert re.search(r'"memory_used": 0,', r.console), r.console[-3000:]
-    assert re.search(r"^selftest: 14/14 passed$", r.console, re.M)
+    assert re.search(r"^selftest: (\d+)/\1 passed$", r.console, re.M)
     assert not re.search(r"BUG|Oops|WARNING", r.console)

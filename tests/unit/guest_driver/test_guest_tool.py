@@ -3,6 +3,7 @@ busybox initramfs), and reports a missing or foreign device clearly."""
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 
@@ -25,7 +26,7 @@ def test_tool_is_static(pxos_tool):
 def test_usage_lists_every_command(pxos_tool):
     proc = run(pxos_tool)
     assert proc.returncode == 2
-    for cmd in ("info", "compile", "run", "stats", "selftest", "workload", "bench", "--bind"):
+    for cmd in ("info", "compile", "run", "stats", "idle", "selftest", "workload", "bench", "--bind"):
         assert cmd in proc.stderr
 
 
@@ -39,7 +40,7 @@ def test_foreign_device_is_reported(pxos_tool):
     proc = run(pxos_tool, "selftest", env={"PXOS_DEVICE": "/dev/null"})
     assert proc.returncode == 1
     assert "Inappropriate ioctl" in proc.stderr
-    assert "selftest: 0/14 passed" in proc.stdout
+    assert re.search(r"^selftest: 0/\d+ passed", proc.stdout, re.M)
 
 
 def test_bad_bind_is_a_usage_error(pxos_tool, tmp_path):
