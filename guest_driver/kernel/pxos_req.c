@@ -11,6 +11,7 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/jiffies.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 
@@ -182,9 +183,14 @@ static unsigned int pxos_req_sgs(struct pxos_req *req, struct scatterlist **sgs,
 	return n;
 }
 
-/* Put the request on the ring, waiting for space while the ring is full. */
+/*
+ * Put the request on the ring, waiting for space while the ring is full; a ring that has
+ * not drained in PXOS_CALL_TIMEOUT_MS means a dead backend (-ETIMEDOUT), so even the
+ * uninterruptible path of release() cannot hang forever.
+ */
 int pxos_req_send(struct pxos_req *req, enum pxos_wait_mode mode)
 {
+	unsigned long deadline = jiffies + msecs_to_jiffies(PXOS_CALL_TIMEOUT_MS);
 	struct pxos_dev *dev = req->dev;
 	struct scatterlist *sgs[4];
 	unsigned int n, nout;
@@ -218,6 +224,8 @@ int pxos_req_send(struct pxos_req *req, enum pxos_wait_mode mode)
 		spin_unlock_irqrestore(&dev->lock, flags);
 		if (err != -ENOSPC)
 			return err;
+		if (time_after(jiffies, deadline))
+			return -ETIMEDOUT;
 
 		/* The ring is full: wait for a completion (re-checked once a second). */
 		if (mode == PXOS_WAIT_UNINTERRUPTIBLE) {
