@@ -210,7 +210,12 @@ def _prepare(root: Path, log: Callable[[str], None], run: Runner) -> GuestArtefa
         (debs / "ok").write_text(key)
         state.mark("download", key)
 
-    if not state.done("unpack", key, headers / "Makefile", bzimage, busybox, modsrc / "virtio.ko"):
+    modroot = sysroot / "lib" / "modules" / rel / "kernel"
+    hostfs_mods = {"netfs": modroot / "fs/netfs/netfs.ko", "fscache": modroot / "fs/fscache/fscache.ko",
+                   "9pnet": modroot / "net/9p/9pnet.ko", "9pnet_virtio": modroot / "net/9p/9pnet_virtio.ko",
+                   "9p": modroot / "fs/9p/9p.ko"}
+    if not state.done("unpack", key, headers / "Makefile", bzimage, busybox, modsrc / "virtio.ko",
+                      *hostfs_mods.values()):
         log(f"unpack: headers, kernel and busybox into {sysroot}")
         shutil.rmtree(sysroot, ignore_errors=True)
         sysroot.mkdir(parents=True)
@@ -218,7 +223,10 @@ def _prepare(root: Path, log: Callable[[str], None], run: Runner) -> GuestArtefa
             _run("unpack", ["dpkg", "-x", str(_deb(debs, p)), str(sysroot)], run)
         # Only boot/ and the virtio modules of the ~490 MB image package.
         _run("unpack", ["sh", "-c", 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards '
-                        '"./boot/vmlinuz-*" "./lib/modules/*/kernel/drivers/virtio/*"', "sh",
+                        '"./boot/vmlinuz-*" "./lib/modules/*/kernel/drivers/virtio/*" '
+                        '"./lib/modules/*/kernel/fs/9p/*" "./lib/modules/*/kernel/net/9p/9pnet.ko" '
+                        '"./lib/modules/*/kernel/net/9p/9pnet_virtio.ko" "./lib/modules/*/kernel/fs/netfs/*" '
+                        '"./lib/modules/*/kernel/fs/fscache/*"', "sh",
                         str(_deb(debs, pk.image)), str(sysroot)], run)
         # The arch headers include the -common tree by an absolute /usr/src path.
         mk = headers / "Makefile"
@@ -255,6 +263,7 @@ def _prepare(root: Path, log: Callable[[str], None], run: Runner) -> GuestArtefa
         log(f"initramfs: busybox, modules and pxos into {initrd.name}")
         mods = {m: modsrc / f"{m}.ko" for m in VIRTIO_MODULES}
         mods["pxos_gpu"] = module
+        mods.update(hostfs_mods)
         initramfs.write_archive(initrd, initramfs.base_entries(busybox, tool, mods))
         state.mark("initramfs", ikey)
 

@@ -87,6 +87,7 @@ class VmSpec:
     name: str = "pxos-guest"
     append: tuple[str, ...] = ()
     interactive: bool = False    # the console on the terminal (with the QEMU monitor mux)
+    host_share: Path | None = None  # a host directory the guest mounts read-only at /host
 
 
 def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
@@ -106,6 +107,9 @@ def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
     if spec.socket is not None:
         argv += ["-chardev", f"socket,id=pxos,path={spec.socket}",
                  "-device", "vhost-user-gpu-pci,chardev=pxos,edid=off"]
+    if spec.host_share is not None:
+        argv += ["-fsdev", f"local,id=hostfs,path={spec.host_share},security_model=none,readonly=on",
+                 "-device", "virtio-9p-pci,fsdev=hostfs,mount_tag=hostfs"]
     if spec.interactive:
         argv += ["-serial", "mon:stdio"]
     else:

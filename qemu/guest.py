@@ -35,12 +35,12 @@ class Guest:
     def __init__(self, artefacts: GuestArtefacts, socket: Path | None, command: str | None, *,
                  mem_mib: int = 256, accel: str = "tcg", files: dict[str, bytes] | None = None,
                  name: str = "pxos-guest", log_path: Path | None = None, echo: bool = False,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, host_share: Path | None = None):
         self._tmp = tempfile.TemporaryDirectory(prefix="pxos-vm-", dir=workdir)
         initrd = initramfs.write_run_initrd(artefacts.initramfs, Path(self._tmp.name) / "initrd.gz",
-                                            command, files)
+                                            command, files, hostfs=host_share is not None)
         self.spec = VmSpec(kernel=artefacts.vmlinux, initrd=initrd, socket=socket, mem_mib=mem_mib,
-                           accel=accel, name=name)
+                           accel=accel, name=name, host_share=host_share)
         self.argv = qemu_argv(self.spec)
         self.console = Console()
         self.log_path = log_path

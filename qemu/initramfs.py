@@ -16,12 +16,16 @@ from pathlib import Path
 MODULE_ORDER = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
                 "pxos_gpu", "virtio_pci")
 
+#: virtio-9p and what it needs, loaded only when the run shares a host directory.
+HOSTFS_MODULES = ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
+
 #: Console markers the host side parses (qemu/console.py).
 MARK_INIT = "PXOS-INIT"
 MARK_DEVICE = "PXOS-DEVICE"
 MARK_NO_DEVICE = "PXOS-NO-DEVICE"
 MARK_READY = "PXOS-READY"
 MARK_EXIT = "PXOS-EXIT"
+MARK_HOSTFS = "PXOS-HOSTFS"
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -40,6 +44,19 @@ if [ -e /dev/pxos0 ]; then
 else
     echo "{MARK_NO_DEVICE}"
     dmesg | grep -i -E "pxos|virtio" | tail -n 5
+fi
+if [ -f /etc/pxos/hostfs ]; then
+    # A host directory shared read-only over virtio-9p, mounted at /host with this
+    # guest's /dev, /proc and /sys inside, so that `chroot /host` runs host programs here.
+    for m in {' '.join(HOSTFS_MODULES)}; do
+        insmod /lib/modules/$m.ko || echo "PXOS-INSMOD-FAILED $m"
+    done
+    mkdir -p /host
+    if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostfs /host; then
+        for d in dev proc sys; do mount --bind /$d /host/$d 2>/dev/null; done
+        mount -t tmpfs tmpfs /host/tmp 2>/dev/null
+        echo "{MARK_HOSTFS} /host"
+    fi
 fi
 cd /root
 if [ -f /etc/pxos/cmd ]; then
@@ -89,14 +106,15 @@ def file_entry(path: str, data: bytes, executable: bool = False) -> Entry:
 
 
 def base_entries(busybox: Path, tool: Path, modules: dict[str, Path]) -> list[Entry]:
-    """Everything a guest needs: busybox, the init script, the modules and `pxos`."""
+    """Everything a guest needs: busybox, the init script, the modules (MODULE_ORDER, and
+    HOSTFS_MODULES where given) and `pxos`."""
     entries = directories("bin", "dev", "proc", "sys", "root", "tmp", "etc", "etc/pxos",
                           "lib", "lib/modules")
     entries.append(Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
     entries.append(file_entry("bin/busybox", busybox.read_bytes(), executable=True))
     entries.append(file_entry("bin/pxos", tool.read_bytes(), executable=True))
     entries.append(file_entry("init", INIT_SCRIPT.encode(), executable=True))
-    for name in MODULE_ORDER:
+    for name in (*MODULE_ORDER, *(m for m in HOSTFS_MODULES if m in modules)):
         entries.append(file_entry(f"lib/modules/{name}.ko", modules[name].read_bytes()))
     return entries
 
@@ -107,11 +125,14 @@ def write_archive(path: Path, entries: list[Entry]) -> None:
     tmp.replace(path)
 
 
-def run_overlay(command: str | None, files: dict[str, bytes] | None = None) -> bytes:
-    """The small second archive of one run: /etc/pxos/cmd and any extra files."""
+def run_overlay(command: str | None, files: dict[str, bytes] | None = None, hostfs: bool = False) -> bytes:
+    """The small second archive of one run: /etc/pxos/cmd, the host-share switch and any
+    extra files."""
     entries: list[Entry] = []
     if command is not None:
         entries.append(file_entry("etc/pxos/cmd", command.encode() + b"\n"))
+    if hostfs:
+        entries.append(file_entry("etc/pxos/hostfs", b"hostfs\n"))
     for guest_path, data in sorted((files or {}).items()):
         path = guest_path.lstrip("/")
         parts = path.split("/")[:-1]
@@ -121,6 +142,6 @@ def run_overlay(command: str | None, files: dict[str, bytes] | None = None) -> b
 
 
 def write_run_initrd(base: Path, out: Path, command: str | None,
-                     files: dict[str, bytes] | None = None) -> Path:
-    out.write_bytes(base.read_bytes() + run_overlay(command, files))
+                     files: dict[str, bytes] | None = None, hostfs: bool = False) -> Path:
+    out.write_bytes(base.read_bytes() + run_overlay(command, files, hostfs))
     return out

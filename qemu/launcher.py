@@ -2,7 +2,8 @@
 
     pxos-vm prepare [--cache DIR] [--json]
     pxos-vm run --socket PATH [--accel auto|kvm|tcg] [--cmd "pxos selftest"] [--mem 256M]
-                [--file GUEST_PATH=HOST_PATH ...] [--timeout S] [--log FILE] [--bzimage]
+                [--file GUEST_PATH=HOST_PATH ...] [--host-share DIR] [--timeout S] [--log FILE]
+                [--bzimage]
     pxos-vm cmdline --socket PATH [...]      # print the QEMU command line, start nothing
 
 With --cmd the guest runs the command, powers off, and pxos-vm exits with the command's
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--file", action="append", default=[], metavar="GUEST_PATH=HOST_PATH",
                        help="copy a host file into the guest (e.g. a .pxp program)")
         r.add_argument("--name", default="pxos-guest")
+        r.add_argument("--host-share", type=Path, metavar="DIR",
+                       help="share a host directory read-only; the guest mounts it at /host")
         r.add_argument("--bzimage", action="store_true", help="boot the compressed bzImage, not vmlinux")
         if name == "run":
             r.add_argument("--timeout", type=float, default=600.0, help="seconds for --cmd (default 600)")
@@ -93,7 +96,8 @@ def cmd_prepare(args) -> int:
 def cmd_cmdline(args) -> int:
     a = _artefacts(args)
     spec = VmSpec(kernel=a.vmlinux, initrd=a.initramfs, socket=args.socket, mem_mib=parse_mem(args.mem),
-                  accel=choose_accel(args.accel), name=args.name, interactive=args.cmd is None)
+                  accel=choose_accel(args.accel), name=args.name, interactive=args.cmd is None,
+                  host_share=args.host_share)
     print(shlex.join(qemu_argv(spec)))
     return 0
 
@@ -106,16 +110,17 @@ def cmd_run(args) -> int:
     files = _files(args.file)
     if args.cmd is None:
         with tempfile.TemporaryDirectory(prefix="pxos-vm-") as tmp:
-            initrd = initramfs.write_run_initrd(a.initramfs, Path(tmp) / "initrd.gz", None, files)
+            initrd = initramfs.write_run_initrd(a.initramfs, Path(tmp) / "initrd.gz", None, files,
+                                                hostfs=args.host_share is not None)
             spec = VmSpec(kernel=a.vmlinux, initrd=initrd, socket=args.socket, mem_mib=mem, accel=accel,
-                          name=args.name, interactive=True)
+                          name=args.name, interactive=True, host_share=args.host_share)
             argv = qemu_argv(spec)
             # QEMU reads the initrd at start-up; keep the directory until it exits.
             import subprocess
 
             return subprocess.call(argv)
     with Guest(a, args.socket, args.cmd, mem_mib=mem, accel=accel, files=files, name=args.name,
-               log_path=args.log, echo=not args.quiet) as guest:
+               log_path=args.log, echo=not args.quiet, host_share=args.host_share) as guest:
         result = guest.wait(args.timeout)
     if result.exit_status is None:
         print(f"pxos-vm: the guest command did not finish in {args.timeout:.0f} s "

@@ -223,8 +223,15 @@ class Buffer:
 class Kernel:
     def __init__(self, dev: Device, kernel_id: int, name: str):
         self.dev, self.id, self.name = dev, kernel_id, name
+        self._params: list[Param] | None = None
 
     def params(self) -> list[Param]:
+        """The kernel's params (KERNEL_INFO, asked once)."""
+        if self._params is None:
+            self._params = self._kernel_info()
+        return self._params
+
+    def _kernel_info(self) -> list[Param]:
         io = self.dev._call("KERNEL_INFO", IocKernelInfo(kernel_id=self.id), f"kernel info {self.name}")
         out = []
         for p in io.params[: io.nparams]:
@@ -308,7 +315,10 @@ class Device:
         return {k.name.decode(): Kernel(self, k.kernel_id, k.name.decode()) for k in io.kernels[: io.nkernels]}
 
     @staticmethod
-    def _bindings(bindings: dict[str, Buffer | float | int]) -> C.Array:
+    def _bindings(bindings: dict[str, Buffer | float | int],
+                  scalar_dtypes: dict[str, np.dtype] | None = None) -> C.Array:
+        """Wire bindings. A scalar's dtype is its param's (scalar_dtypes), else its NumPy
+        type's, else float64 / int64; the value travels as binary64 or int64 bits."""
         if len(bindings) > MAX_BINDINGS:
             raise ValueError(f"launch: {len(bindings)} bindings, at most {MAX_BINDINGS}")
         arr = (Binding * max(len(bindings), 1))()
@@ -316,17 +326,27 @@ class Device:
             b.name = name.encode()
             if isinstance(value, Buffer):
                 b.kind, b.dtype, b.value = BIND_BUFFER, 0, value.handle
-            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                b.kind, b.dtype = BIND_SCALAR_I64, 5
+                continue
+            dt = (scalar_dtypes or {}).get(name)
+            if dt is None:
+                dt = value.dtype if isinstance(value, np.generic) else np.dtype(
+                    np.int64 if isinstance(value, int) and not isinstance(value, bool) else np.float64)
+            if dt not in DTYPE_CODES:
+                raise ValueError(f"launch: scalar {name} of dtype {dt} is not supported")
+            b.dtype = DTYPE_CODES[dt]
+            if dt.kind == "i":
+                b.kind = BIND_SCALAR_I64
                 b.value = struct.unpack("<Q", struct.pack("<q", int(value)))[0]
             else:
-                b.kind, b.dtype = BIND_SCALAR_F64, 3
+                b.kind = BIND_SCALAR_F64
                 b.value = struct.unpack("<Q", struct.pack("<d", float(value)))[0]
         return arr
 
     def _launch_io(self, kernel: Kernel, bindings: dict, priority: int | None, class_hint: str,
                    timeout_ms: int) -> tuple[IocLaunch, C.Array]:
-        arr = self._bindings(bindings)
+        scalars = {n for n, v in bindings.items() if not isinstance(v, Buffer)}
+        dtypes = {p.name: p.dtype for p in kernel.params() if p.name in scalars} if scalars else {}
+        arr = self._bindings(bindings, dtypes)
         io = IocLaunch(kernel_id=kernel.id, bindings_ptr=C.addressof(arr), nbindings=len(bindings),
                        priority=PRIORITY_DEFAULT if priority is None else priority,
                        class_hint=CLASSES[class_hint], timeout_ms=timeout_ms)
@@ -345,12 +365,14 @@ class Device:
         return io.token
 
     def reap(self, token: int = 0, *, wait: bool = True) -> LaunchResult | None:
-        """A finished submit (token 0: any); None when none finished and wait is False."""
+        """A finished submit (token 0: any); None when nothing is pending, or when none
+        finished and wait is False. A launch that failed raises, as launch() does."""
         io = IocReap(token=token, flags=REAP_WAIT if wait else 0)
         try:
             fcntl.ioctl(self.fd, IOCTLS["REAP"], io)
         except OSError as e:
-            if e.errno == errno.EAGAIN:
+            # EAGAIN: none finished yet; ENOENT for token 0: none submitted at all.
+            if e.errno == errno.EAGAIN or (e.errno == errno.ENOENT and token == 0):
                 return None
             raise PxosDeviceError("reap", e.errno, io.res) from None
         return LaunchResult(io.launch_id, io.device_ns, io.queue_ns, io.total_ns, io.class_assigned, io.token)

@@ -13,12 +13,17 @@ import pytest
 def test_scalar_and_buffer_bindings_encode_as_the_wire_says(pxos_guest):
     dev = pxos_guest.Device.__new__(pxos_guest.Device)
     buf = pxos_guest.Buffer(dev, 0x1234, np.dtype(np.float32), (2, 2))
-    arr = pxos_guest.Device._bindings({"x": buf, "lr": 0.5, "n": -3})
+    arr = pxos_guest.Device._bindings({"x": buf, "lr": 0.5, "n": -3, "k": np.int32(7), "t": 2},
+                                      {"lr": np.dtype(np.float32), "t": np.dtype(np.float64)})
     assert (arr[0].name, arr[0].kind, arr[0].dtype, arr[0].value) == (b"x", 1, 0, 0x1234)
-    assert arr[1].kind == pxos_guest.BIND_SCALAR_F64
+    # A scalar takes its param's dtype; the value travels as binary64 / int64 bits.
+    assert (arr[1].kind, arr[1].dtype) == (pxos_guest.BIND_SCALAR_F64, 2)
     assert struct.unpack("<d", struct.pack("<Q", arr[1].value))[0] == 0.5
-    assert arr[2].kind == pxos_guest.BIND_SCALAR_I64
+    assert (arr[2].kind, arr[2].dtype) == (pxos_guest.BIND_SCALAR_I64, 5)
     assert struct.unpack("<q", struct.pack("<Q", arr[2].value))[0] == -3
+    assert (arr[3].kind, arr[3].dtype) == (pxos_guest.BIND_SCALAR_I64, 4)   # from np.int32
+    assert (arr[4].kind, arr[4].dtype) == (pxos_guest.BIND_SCALAR_F64, 3)   # int for a float64 param
+    assert struct.unpack("<d", struct.pack("<Q", arr[4].value))[0] == 2.0
 
 
 def test_too_many_bindings_are_refused_before_any_ioctl(pxos_guest):
