@@ -76,3 +76,10 @@ def test_accel_choice_follows_kvm_usability():
             choose_accel("kvm")
     with pytest.raises(LaunchError):
         choose_accel("hvf")
+
+
+def test_host_share_is_read_only_9p():
+    argv = qemu_argv(spec(host_share=Path("/srv/share")), qemu="qemu")
+    assert opt(argv, "-fsdev") == ["local,id=hostfs,path=/srv/share,security_model=none,readonly=on"]
+    assert "virtio-9p-pci,fsdev=hostfs,mount_tag=hostfs" in opt(argv, "-device")
+    assert opt(qemu_argv(spec(), qemu="qemu"), "-fsdev") == []

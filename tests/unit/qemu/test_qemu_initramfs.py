@@ -71,3 +71,11 @@ def test_base_archive_has_init_busybox_tool_modules(tmp_path):
     assert files["init"].startswith(b"#!/bin/busybox sh")
     assert files["bin/pxos"] == b"pxos" and files["lib/modules/pxos_gpu.ko"] == b"pxos_gpu"
     assert "dev/console" in files
+
+
+def test_host_share_switch_and_read_only_mount():
+    data = gzip.decompress(initramfs.run_overlay("true", hostfs=True))
+    assert "etc/pxos/hostfs" in {name for name, *_ in read_newc(data)}
+    assert "etc/pxos/hostfs" not in {name for name, *_ in read_newc(gzip.decompress(initramfs.run_overlay("true")))}
+    mount = next(line for line in initramfs.INIT_SCRIPT.splitlines() if "mount -t 9p" in line)
+    assert "ro," in mount and "/host" in mount
