@@ -313,8 +313,10 @@ long pxos_ioc_kernel_info(struct pxos_session *sess, void *arg)
 		r = req->resp;
 		io->nparams = min_t(u32, le32_to_cpu(r->nparams), PXOS_MAX_PARAMS);
 		if (req->used_len < offsetof(struct pxos_resp_kernel_info, params) +
-				    io->nparams * sizeof(r->params[0]))
-			io->nparams = 0, err = -EPROTO;
+				    io->nparams * sizeof(r->params[0])) {
+			io->nparams = 0;
+			err = -EPROTO;
+		}
 		io->class_hint = le32_to_cpu(r->class_hint);
 		io->priority = le32_to_cpu(r->priority);
 		io->nstatements = le32_to_cpu(r->nstatements);
