@@ -77,7 +77,8 @@ class HvdProcess:
         self.stop()
 
 
-def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy") -> str:
+def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy",
+                shares: dict[int, float] | None = None) -> str:
     text = textwrap.dedent(f"""\
         [daemon]
         grpc_socket = "{workdir / 'hvd.sock'}"
@@ -95,16 +96,18 @@ def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy") -> s
             id = {vm_id}
             name = "guest{vm_id}"
             memory = {quota}
-            share = {100 // max(len(vms), 1)}
+            share = {(shares or {}).get(vm_id, 100 // max(len(vms), 1))}
             socket = "{workdir / f'vm{vm_id}.sock'}"
             """)
     return text
 
 
-def start_hvd(workdir: Path, vms: dict[int, int], backend: str = "numpy") -> HvdProcess:
-    """pxos-hvd with one VM per {vm_id: memory quota in bytes}, up and listening."""
+def start_hvd(workdir: Path, vms: dict[int, int], backend: str = "numpy",
+              shares: dict[int, float] | None = None) -> HvdProcess:
+    """pxos-hvd with one VM per {vm_id: memory quota in bytes} (equal compute shares unless
+    given), up and listening."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "hvd.toml").write_text(config_toml(workdir, vms, backend))
+    (workdir / "hvd.toml").write_text(config_toml(workdir, vms, backend, shares))
     log = workdir / "hvd.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypervisor.daemon", "--config", str(workdir / "hvd.toml")],

@@ -5,6 +5,7 @@
                 [--file GUEST_PATH=HOST_PATH ...] [--host-share DIR] [--timeout S] [--log FILE]
                 [--bzimage]
     pxos-vm cmdline --socket PATH [...]      # print the QEMU command line, start nothing
+    pxos-vm demo [--duration S] [--json]     # pxos-hvd and three guests sharing the device
 
 With --cmd the guest runs the command, powers off, and pxos-vm exits with the command's
 status (124 if it did not finish in --timeout). Without it the guest's shell is on the
@@ -54,7 +55,18 @@ def _parser() -> argparse.ArgumentParser:
             r.add_argument("--timeout", type=float, default=600.0, help="seconds for --cmd (default 600)")
             r.add_argument("--log", type=Path, help="append the raw console here")
             r.add_argument("--quiet", action="store_true", help="do not echo the console")
+    demo = sub.add_parser("demo", help="pxos-hvd and three guests sharing the device, live")
+    demo.add_argument("--duration", type=int, default=20, help="seconds of load per guest (default 20)")
+    demo.add_argument("--size", type=int, default=128, help="matmul size (default 128)")
+    demo.add_argument("--accel", default="auto")
+    demo.add_argument("--json", action="store_true", help="one JSON summary instead of live lines")
     return p
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration=args.duration, size=args.size, accel=args.accel, as_json=args.json)
 
 
 def _files(specs: list[str]) -> dict[str, bytes]:
@@ -134,7 +146,8 @@ def cmd_run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"prepare": cmd_prepare, "run": cmd_run, "cmdline": cmd_cmdline}[args.command](args)
+        commands = {"prepare": cmd_prepare, "run": cmd_run, "cmdline": cmd_cmdline, "demo": cmd_demo}
+        return commands[args.command](args)
     except LauncherError as e:
         print(f"pxos-vm: {e}", file=sys.stderr)
         return 1

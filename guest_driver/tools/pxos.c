@@ -16,6 +16,7 @@
 int px_selftest(int fd);
 int px_workload(int fd, int iters);
 int px_bench(int fd, int iters, int json);
+int px_load(int fd, int seconds, int depth, int size);
 
 #define PX_PRINT_MAX 64           /* values printed per output before "..." */
 
@@ -32,6 +33,7 @@ static int usage(void)
 		"       pxos selftest\n"
 		"       pxos workload [N]\n"
 		"       pxos bench [N] [--json]\n"
+		"       pxos load SECONDS [--depth D] [--size N]\n"
 		"device: $PXOS_DEVICE or /dev/pxos0\n");
 	return 2;
 }
@@ -344,6 +346,21 @@ static int cmd_stats(int fd, int json)
 	return 0;
 }
 
+static int cmd_load(int fd, int argc, char **argv)
+{
+	int depth = 4, size = 128;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--depth") == 0 && i + 1 < argc)
+			depth = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc)
+			size = atoi(argv[++i]);
+		else
+			return usage();
+	}
+	return px_load(fd, atoi(argv[0]), depth, size);
+}
+
 static int cmd_idle(int fd, int idle)
 {
 	struct pxos_ioc_result res;
@@ -396,6 +413,8 @@ int main(int argc, char **argv)
 		rc = px_selftest(fd);
 	else if (strcmp(cmd, "workload") == 0)
 		rc = px_workload(fd, argc > 2 ? atoi(argv[2]) : 10);
+	else if (strcmp(cmd, "load") == 0 && argc >= 3)
+		rc = cmd_load(fd, argc - 2, argv + 2);
 	else if (strcmp(cmd, "bench") == 0)
 		rc = px_bench(fd, argc > 2 && argv[2][0] != '-' ? atoi(argv[2]) : 50, json);
 	else

@@ -118,3 +118,93 @@ int px_bench(int fd, int iters, int json)
 	}
 	return 0;
 }
+
+/*
+ * `pxos load SECONDS [--depth D] [--size N]`: keep D launches of an NxN matmul in flight
+ * for SECONDS (submit, poll, reap, resubmit), so the VM always has work queued: what the
+ * scheduler's shares are measured against. One summary line; nonzero exit on any failure.
+ */
+#define PX_LOAD_MAX_DEPTH 32
+
+int px_load(int fd, int seconds, int depth, int size)
+{
+	struct px_type ta = { PXOS_DTYPE_FLOAT32, 2, { (uint64_t)size, (uint64_t)size } };
+	struct pxos_binding b[PX_LOAD_MAX_DEPTH][3];
+	uint64_t ha = 0, hc[PX_LOAD_MAX_DEPTH] = { 0 }, tok[PX_LOAD_MAX_DEPTH] = { 0 };
+	uint64_t launches = 0, failed = 0, device_ns = 0, t_end;
+	struct pxos_ioc_compile c;
+	struct pxos_ioc_result res;
+	struct pxos_ioc_reap r;
+	double *fill;
+	int err, inflight = 0, rc = 1;
+
+	if (seconds < 1 || depth < 1 || depth > PX_LOAD_MAX_DEPTH || size < 1 || size > 4096) {
+		fprintf(stderr, "pxos: load: 1 <= depth <= %d, 1 <= size <= 4096\n", PX_LOAD_MAX_DEPTH);
+		return 2;
+	}
+	err = px_compile(fd, px_bench_source, strlen(px_bench_source), &c);
+	if (err) {
+		px_report("compile load program", err, &c.res);
+		return 1;
+	}
+	fill = calloc((size_t)size * (size_t)size, sizeof(double));
+	for (int i = 0; fill && i < size * size; i++)
+		fill[i] = (double)(i % 7) / 7.0;
+	err = fill ? px_tensor(fd, &ta, fill, &ha, &res) : -ENOMEM;
+	free(fill);
+	for (int i = 0; !err && i < depth; i++) {
+		err = px_tensor(fd, &ta, NULL, &hc[i], &res);
+		px_bind_buffer(&b[i][0], "a", ha);
+		px_bind_buffer(&b[i][1], "b", ha);
+		px_bind_buffer(&b[i][2], "c", hc[i]);
+	}
+	if (err) {
+		px_report("load: buffers", err, &res);
+		goto out;
+	}
+	t_end = px_now_ns() + (uint64_t)seconds * 1000000000ull;
+	for (int i = 0; i < depth; i++) {
+		err = px_submit(fd, px_kernel_id(&c, "mm"), b[i], 3, &tok[i], &res);
+		if (err) {
+			px_report("load: submit", err, &res);
+			goto out;
+		}
+		inflight++;
+	}
+	while (inflight > 0) {
+		err = px_reap(fd, 0, 1, &r);
+		if (err && err != -EIO && err != -EINVAL && err != -ECANCELED) {
+			px_report("load: reap", err, &r.res);
+			goto out;
+		}
+		inflight--;
+		launches++;
+		failed += err != 0;
+		device_ns += r.device_ns;
+		if (px_now_ns() < t_end) {
+			int i = 0;
+
+			while (i < depth && tok[i] != r.token)
+				i++;
+			if (i == depth)
+				goto out;
+			err = px_submit(fd, px_kernel_id(&c, "mm"), b[i], 3, &tok[i], &res);
+			if (err) {
+				px_report("load: submit", err, &res);
+				goto out;
+			}
+			inflight++;
+		}
+	}
+	printf("load: %llu launches of matmul %dx%d in %d s (depth %d), %llu failed, device %.2f ms mean\n",
+	       (unsigned long long)launches, size, size, seconds, depth, (unsigned long long)failed,
+	       launches ? device_ns / 1e6 / (double)launches : 0.0);
+	rc = failed ? 1 : 0;
+out:
+	if (ha)
+		px_free(fd, ha, NULL);
+	for (int i = 0; i < depth; i++)
+		if (hc[i])
+			px_free(fd, hc[i], NULL);
+	return rc;
+}

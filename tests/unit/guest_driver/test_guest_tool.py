@@ -26,7 +26,7 @@ def test_tool_is_static(pxos_tool):
 def test_usage_lists_every_command(pxos_tool):
     proc = run(pxos_tool)
     assert proc.returncode == 2
-    for cmd in ("info", "compile", "run", "stats", "idle", "selftest", "workload", "bench", "--bind"):
+    for cmd in ("info", "compile", "run", "stats", "idle", "selftest", "workload", "bench", "load", "--bind"):
         assert cmd in proc.stderr
 
 
