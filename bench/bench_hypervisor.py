@@ -313,7 +313,7 @@ RUNNERS = {"dispatch": dispatch, "fairness": fairness, "isolation": isolation, "
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser(__doc__.splitlines()[0])
+    p = parser("Hypervisor benchmark: dispatch overhead, fairness, isolation and VM switch time")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="executor backend (default auto)")
     p.add_argument("--only", default=",".join(SECTIONS), metavar="LIST",
                    help=f"comma-separated sections to run: {','.join(SECTIONS)} (default all)")
