@@ -253,40 +253,48 @@ def isolation(report: Report, backend: str, kernels: Kernels, plan: Plan) -> Non
         kid, binds = install(hv, 2, small.source)
         rec = Recorder(hv, [1, 2])
 
-        def interactive(seconds: float) -> list[float]:
-            out, end = [], time.perf_counter() + seconds
+        def interactive(seconds: float) -> tuple[list[float], list[float]]:
+            """(client latencies, hypervisor queue waits) of launches one at a time."""
+            lat, queued, end = [], [], time.perf_counter() + seconds
             while time.perf_counter() < end:
                 t0 = time.perf_counter()
-                _check(hv.launch(2, kid, binds).wait())
-                out.append(time.perf_counter() - t0)
+                res = hv.launch(2, kid, binds).wait()
+                lat.append(time.perf_counter() - t0)
+                _check(res)
+                queued.append(res.queue_ns * 1e-9)
                 time.sleep(rnd.uniform(2 * MS, 8 * MS))  # think time: arrivals fall anywhere in a batch launch
-            return out
+            return lat, queued
 
         interactive(min(0.3, plan.warmup_s))
-        alone = interactive(plan.iso_s)
+        alone, _ = interactive(plan.iso_s)
         vm1 = GuestThread(hv, 1, batch)
         vm1.prime()
         vm1.start()
         try:
             time.sleep(plan.warmup_s)
             t0 = hv.clock()
-            beside = interactive(plan.iso_s)
+            beside, queued = interactive(plan.iso_s)
         finally:
             vm1.finish()
         batch_runs = [r.ended - r.started for r in rec.records if r.vm_id == 1 and r.started >= t0]
-    a50, a99 = percentile(alone, 50) * 1e3, percentile(alone, 99) * 1e3
-    b99_batch = percentile(batch_runs, 99) * 1e3
-    report.add("isolation_interactive_p50_alone_ms", a50, "ms")
+    a99 = percentile(alone, 99) / MS
+    b99_batch = percentile(batch_runs, 99) / MS
+    report.add("isolation_interactive_p50_alone_ms", percentile(alone, 50) / MS, "ms")
     report.add("isolation_interactive_p99_alone_ms", a99, "ms")
-    report.add("isolation_interactive_p50_beside_batch_ms", percentile(beside, 50) * 1e3, "ms",
+    report.add("isolation_interactive_p50_beside_batch_ms", percentile(beside, 50) / MS, "ms",
                baseline="isolation_interactive_p50_alone_ms")
-    p99 = percentile(beside, 99) * 1e3
-    report.add("isolation_interactive_p99_beside_batch_ms", p99, "ms", baseline="isolation_interactive_p99_alone_ms",
-               goal="<= p99 alone + one batch launch (p99)", ok=p99 <= a99 + b99_batch)
+    report.add("isolation_interactive_p99_beside_batch_ms", percentile(beside, 99) / MS, "ms",
+               baseline="isolation_interactive_p99_alone_ms")
     report.add("isolation_batch_launch_p99_ms", b99_batch, "ms")
+    # The scheduler's promise (docs/scheduling.md): an urgent launch within its share waits
+    # for the launch running now, not for the BATCH VM's backlog.
+    q99 = percentile(queued, 99) / MS
+    report.add("isolation_interactive_queue_p99_beside_batch_ms", q99, "ms", baseline="isolation_batch_launch_p99_ms",
+               goal="<= one batch launch (p99)", ok=q99 <= b99_batch)
     report.notes.append(f"isolation: INTERACTIVE VM {small.describe()}, one at a time with 2-8 ms think time "
                         f"({len(alone)} alone, {len(beside)} beside); BATCH VM {batch.describe()}, saturating; "
-                        "latency = launch() to wait() returning, in the client")
+                        "latency = launch() to wait() returning, in the client; queue = the hypervisor's "
+                        "enqueue-to-start wait")
 
 
 # ---------------------------------------------------------------------------- switch

@@ -15,7 +15,7 @@ DISPATCH = [f"dispatch_{k}_{m}" for k in ("large", "tiny") for m in ("direct", "
 FAIRNESS = {"fair3_50_30_20": 3, "fair2_70_30_mixed": 2, "fair4_40_30_20_10_mixed": 4}
 ISOLATION = ["isolation_interactive_p50_alone_ms", "isolation_interactive_p99_alone_ms",
              "isolation_interactive_p50_beside_batch_ms", "isolation_interactive_p99_beside_batch_ms",
-             "isolation_batch_launch_p99_ms"]
+             "isolation_batch_launch_p99_ms", "isolation_interactive_queue_p99_beside_batch_ms"]
 COLD = ["cold_start_longest_kernel_ms", "cold_start_first_launch_wait_max_ms"]
 SWITCH = ["switch_same_vm_gap_p50_us", "switch_same_vm_gap_p99_us", "switch_gap_p50_us", "switch_gap_p99_us",
           "switch_count", "switch_same_vm_gap_under_load_p50_us"]
