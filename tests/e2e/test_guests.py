@@ -99,21 +99,22 @@ def test_killed_guest_leaves_nothing_and_its_socket_takes_a_new_qemu(guest_artef
     hvd = hvd_factory({1: QUOTA, 2: QUOTA})
     held = 4 * MiB
     cmd1 = f"pxos alloc float[{held // 4}] --hold 600 & sleep 1; pxos workload 1000"
-    cmd2 = "pxos workload 100 && pxos selftest"
+    cmd2 = "pxos workload 200 && pxos selftest"
     with guest(guest_artefacts, hvd, 1, cmd1, tmp_path) as g1:
         g1.wait_for(r"^workload: iteration 3/", BOOT_AND_RUN_S)
-        # Guest 2 starts once guest 1 is busy, so that both are surely mid-run at the kill.
+        assert hvd.vms()[1]["memory_used"] >= held
+        # Guest 2 starts once guest 1 is busy, so that both are surely mid-run at the kill;
+        # nothing slow (pxosctl) between seeing guest 2 busy and the kill.
         with guest(guest_artefacts, hvd, 2, cmd2, tmp_path) as g2:
             g2.wait_for(r"^workload: iteration 10/", BOOT_AND_RUN_S)
-            assert hvd.vms()[1]["memory_used"] >= held
             g1.kill()                              # SIGKILL to QEMU, mid-run
-            assert g2.console.find(r"^workload: 100/100") is None, "guest 2 finished before the kill"
+            assert g2.console.find(r"^workload: 200/200") is None, "guest 2 finished before the kill"
             r2 = g2.wait(BOOT_AND_RUN_S)
         r1 = g1.result()
 
     assert r1.exit_status is None                   # it never got to finish
     assert_ok(r2, "guest 2")
-    assert "workload: 100/100 passed" in r2.console
+    assert "workload: 200/200 passed" in r2.console
     # The killed VM's buffers and queue are gone on the host.
     vm1 = hvd.wait_usage(1, lambda used: used == 0)
     assert vm1["memory_used"] == 0, vm1
