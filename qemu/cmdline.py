@@ -106,7 +106,7 @@ def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
     ]
     if spec.socket is not None:
         argv += ["-chardev", f"socket,id=pxos,path={spec.socket}",
-                 "-device", "vhost-user-gpu-pci,chardev=pxos,edid=off"]
+                 "-device", "vhost-user-gpu-pci,chardev=pxos"]
     if spec.host_share is not None:
         argv += ["-fsdev", f"local,id=hostfs,path={spec.host_share},security_model=none,readonly=on",
                  "-device", "virtio-9p-pci,fsdev=hostfs,mount_tag=hostfs"]
