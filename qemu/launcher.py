@@ -135,8 +135,12 @@ def cmd_run(args) -> int:
                log_path=args.log, echo=not args.quiet, host_share=args.host_share) as guest:
         result = guest.wait(args.timeout)
     if result.exit_status is None:
-        print(f"pxos-vm: the guest command did not finish in {args.timeout:.0f} s "
-              f"(QEMU exit {result.qemu_returncode})", file=sys.stderr)
+        if result.total_s < args.timeout:
+            tail = "\n".join(result.console.splitlines()[-10:])
+            print(f"pxos-vm: QEMU exited {result.qemu_returncode} before the guest command finished:\n{tail}",
+                  file=sys.stderr)
+            return 1
+        print(f"pxos-vm: the guest command did not finish in {args.timeout:.0f} s", file=sys.stderr)
         return EXIT_TIMEOUT
     print(f"pxos-vm: guest command exited {result.exit_status}; boot {result.boot_s or 0:.2f} s, "
           f"command {result.run_s or 0:.2f} s ({accel})", file=sys.stderr)

@@ -25,3 +25,26 @@ def test_usage_error_for_unknown_command():
     with pytest.raises(SystemExit) as e:
         launcher.main(["boot"])
     assert e.value.code == 2
+
+
+@pytest.mark.qemu
+def test_qemu_that_cannot_connect_is_reported(tmp_path, capsys):
+    """A socket nobody listens on: QEMU exits at once and pxos-vm says why (needs QEMU and
+    the guest artefacts; skipped where they are missing)."""
+    import socket
+
+    from qemu import artefacts
+    from qemu.errors import GuestImageError
+
+    try:
+        artefacts.prepare()
+    except GuestImageError as e:
+        pytest.skip(f"guest artefacts unavailable: {e}")
+    path = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()                                   # the file stays; connecting is refused
+    assert launcher.main(["run", "--socket", str(path), "--cmd", "true", "--quiet", "--accel", "tcg"]) == 1
+    err = capsys.readouterr().err
+    assert "QEMU exited 1 before the guest command finished" in err
+    assert "Connection refused" in err
