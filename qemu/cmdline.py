@@ -14,9 +14,9 @@ from pathlib import Path
 from .errors import LaunchError
 
 QEMU = "qemu-system-x86_64"
-#: Guest RAM: at least what the kernel and initramfs need, at most what a test host can
-#: lend every guest at once.
-MIN_MEM_MIB, MAX_MEM_MIB = 64, 65536
+#: Guest RAM: at least what Debian's kernel needs to unpack the initramfs and run (64 MiB
+#: hangs at boot; 128 MiB leaves ~50 MiB free), at most what a host can lend one guest.
+MIN_MEM_MIB, MAX_MEM_MIB = 128, 65536
 
 _KVM_GET_API_VERSION = 0xAE00
 _KVM_CREATE_VM = 0xAE01

@@ -3,6 +3,7 @@ Console (and a log file), waits on /init's markers, and a clean stop (or a kill)
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -18,6 +19,15 @@ from .cmdline import VmSpec, qemu_argv
 from .console import Console
 from .errors import LaunchError
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child: SIGKILL when the process that started it dies, however it dies
+    (a killed test run must not leave guests behind)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
 
 @dataclass(frozen=True)
 class GuestResult:
@@ -30,7 +40,9 @@ class GuestResult:
 
 
 class Guest:
-    """A QEMU process running one pxOS guest; use as a context manager."""
+    """A QEMU process running one pxOS guest; use as a context manager. QEMU is killed when
+    the thread that started it ends (PR_SET_PDEATHSIG): start guests from a thread that
+    outlives them."""
 
     def __init__(self, artefacts: GuestArtefacts, socket: Path | None, command: str | None, *,
                  mem_mib: int = 256, accel: str = "tcg", files: dict[str, bytes] | None = None,
@@ -52,7 +64,8 @@ class Guest:
     def start(self) -> Guest:
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         except OSError as e:
             raise LaunchError(f"start QEMU ({self.argv[0]}): {e}") from e
         self.t_start = time.monotonic()

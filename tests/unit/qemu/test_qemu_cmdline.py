@@ -61,7 +61,7 @@ def test_parse_mem(text, mib):
     assert parse_mem(text) == mib
 
 
-@pytest.mark.parametrize("text", ["", "abc", "16M", "1T", "-5M", "1000G"])
+@pytest.mark.parametrize("text", ["", "abc", "16M", "64M", "1T", "-5M", "1000G"])
 def test_parse_mem_refuses(text):
     with pytest.raises(LaunchError):
         parse_mem(text)
