@@ -22,11 +22,11 @@ from .errors import LaunchError
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the QEMU child: SIGKILL when the process that started it dies, however it dies
-    (a killed test run must not leave guests behind)."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """preexec_fn for children: `sig` when the thread that started them dies, however it
+    dies (a killed test run must not leave guests or daemons behind)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Guest:
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         except OSError as e:
             raise LaunchError(f"start QEMU ({self.argv[0]}): {e}") from e
         self.t_start = time.monotonic()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LaunchError
+from .guest import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
@@ -112,7 +113,7 @@ def start_hvd(workdir: Path, vms: dict[int, int], backend: str = "numpy",
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypervisor.daemon", "--config", str(workdir / "hvd.toml")],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
     hvd = HvdProcess(proc, workdir, {v: workdir / f"vm{v}.sock" for v in vms}, workdir / "hvd.sock", log,
                      names={v: f"guest{v}" for v in vms})
     deadline = time.monotonic() + START_TIMEOUT_S
