@@ -16,12 +16,20 @@ written against). A mismatch is a host build defect and stops the import.
 
 The fields are little-endian on the wire; cffi reads native order, so the host must be
 little-endian (x86_64 and aarch64 as pxOS runs them are).
+
+``layout()`` turns a struct (or a run of its fields) into a precompiled little-endian
+``struct.Struct`` derived from cffi's own offsets: the per-request path packs and unpacks
+with one C call instead of a ``ffi.new``/``ffi.from_buffer`` object and an attribute
+access per field, and still cannot drift from the header.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
@@ -169,3 +177,88 @@ def sizeof(struct_name: str) -> int:
 def cdef_text() -> str:
     """The exact C text handed to cffi (typedefs + the header's block), for docs and tests."""
     return _KERNEL_TYPEDEFS + _BLOCK
+
+
+# ---- precompiled layouts ----------------------------------------------------------------
+
+# cffi primitive type -> struct format code (little-endian, standard sizes).
+_FORMAT_CODES = {"uint8_t": "B", "uint16_t": "H", "uint32_t": "I", "uint64_t": "Q", "char": "c"}
+
+
+@dataclass(frozen=True)
+class StructLayout:
+    """Fields of a wire struct as one ``struct.Struct``, from byte ``offset`` of the C struct.
+
+    ``fields`` are the top-level field names covered, in order. Values come flattened in
+    memory order: a nested struct gives its own fields' values, a ``char``/``__u8`` array
+    one ``bytes`` value (NUL-padded when packed), any other array one value per element.
+    Gaps the compiler leaves between fields are pad bytes (``x``), never values.
+    """
+
+    struct_name: str
+    fields: tuple[str, ...]
+    offset: int
+    struct: struct.Struct
+
+    @property
+    def size(self) -> int:
+        return self.struct.size
+
+
+def _format(ctype) -> str:
+    """The struct format of one field type (a nested struct is laid out from its own start)."""
+    if ctype.kind == "primitive":
+        return _FORMAT_CODES[ctype.cname]
+    if ctype.kind == "array":
+        item = ctype.item
+        if item.kind == "primitive" and item.cname in ("char", "uint8_t"):
+            return f"{ctype.length}s"
+        if item.kind == "primitive":
+            return f"{ctype.length}{_FORMAT_CODES[item.cname]}"
+        raise WireAbiMismatch(f"{ctype.cname}: arrays of structs have no flat layout (use ffi)")
+    if ctype.kind == "struct":
+        return _run_format(ctype, [name for name, _ in ctype.fields], end=ffi.sizeof(ctype))[0]
+    raise WireAbiMismatch(f"{ctype.cname}: no struct format for a {ctype.kind}")
+
+
+def _run_format(ctype, names: Sequence[str], end: int | None = None) -> tuple[str, int]:
+    """Format and start offset of the consecutive fields ``names`` of struct ``ctype``;
+    pad bytes up to ``end`` when given (the struct's own trailing padding)."""
+    fields = dict(ctype.fields)
+    order = [name for name, _ in ctype.fields]
+    missing = [n for n in names if n not in fields]
+    if missing or not names:
+        raise WireAbiMismatch(f"{ctype.cname} has no field(s) {missing or 'given'}")
+    first = order.index(names[0])
+    if order[first:first + len(names)] != list(names):
+        raise WireAbiMismatch(f"{ctype.cname}: {list(names)} are not consecutive fields in this order")
+    start = pos = fields[names[0]].offset
+    fmt = ""
+    for name in names:
+        f = fields[name]
+        if f.bitsize != -1:
+            raise WireAbiMismatch(f"{ctype.cname}.{name}: bit-fields have no wire layout")
+        if f.offset > pos:
+            fmt += f"{f.offset - pos}x"
+        fmt += _format(f.type)
+        pos = f.offset + ffi.sizeof(f.type)
+    if end is not None and end > pos:
+        fmt += f"{end - pos}x"
+    return fmt, start
+
+
+def layout(struct_name: str, fields: Sequence[str] | None = None) -> StructLayout:
+    """``struct <struct_name>`` (every field and its trailing padding), or just the
+    consecutive top-level ``fields`` named (in order), as a ``StructLayout``. Raises
+    ``WireAbiMismatch`` when the header has no such fields in that order, so code that
+    unpacks by position fails at import, not on the wire, if the header changes."""
+    ctype = ffi.typeof(f"struct {struct_name}")
+    whole = fields is None
+    names = [name for name, _ in ctype.fields] if whole else list(fields)
+    fmt, start = _run_format(ctype, names, end=ffi.sizeof(ctype) if whole else None)
+    packed = struct.Struct("<" + fmt)
+    last = dict(ctype.fields)[names[-1]]
+    want = (ffi.sizeof(ctype) if whole else last.offset + ffi.sizeof(last.type)) - start
+    if packed.size != want:  # pragma: no cover - would mean cffi and struct disagree
+        raise WireAbiMismatch(f"struct {struct_name}: flat layout is {packed.size} bytes, cffi says {want}")
+    return StructLayout(struct_name, tuple(names), start, packed)

@@ -107,12 +107,12 @@ class PxosControl:
 
     def _handle_write(self, cmd: c.WriteCmd) -> c.Response:
         # The chain's readable segments go straight to the hypervisor: guest memory is
-        # copied once, into the buffer.
-        self.hv.write(self.vm_id, cmd.handle, cmd.offset, list(cmd.data), session=cmd.hdr.session)
+        # copied once, into the buffer (no join, no intermediate bytes).
+        self.hv.write(self.vm_id, cmd.handle, cmd.offset, cmd.data, session=cmd.hdr.session)
         return c.NoDataResp()
 
     def _handle_read(self, cmd: c.ReadCmd) -> c.Response:
-        n = self.hv.read_into(self.vm_id, cmd.handle, cmd.offset, list(cmd.dst), session=cmd.hdr.session)
+        n = self.hv.read_into(self.vm_id, cmd.handle, cmd.offset, cmd.dst, session=cmd.hdr.session)
         return c.ReadResp(n)
 
     def _handle_compile(self, cmd: c.CompileCmd) -> c.Response:

@@ -1,13 +1,18 @@
 """PXOS request bytes → typed commands, typed responses → response bytes.
 
-The one place that knows the byte layout of a PXOS request and response (the structs of
-``guest_driver/include/uapi/pxos_gpu.h``, through ``virtio_backend.wire``). Decoding works
-on the chain's readable and writable segments (lists of memoryviews, split anywhere) and
-checks everything before anyone acts on it: exact request length, zero reserved fields,
-enum ranges, NUL-terminated names, every ``PXOS_MAX_*`` limit, and that the writable part
-can hold the command's response. The fixed structs are copied out of guest memory once
-(a guest cannot change a field between our check and our use); bulk data (WRITE source,
-READ destination) stays as views of guest memory.
+The one place that knows the byte layout of a PXOS request (the structs of
+``guest_driver/include/uapi/pxos_gpu.h``, unpacked with ``wire.layout`` structs built from
+the header). Decoding checks everything before anyone acts on it: exact request length,
+zero reserved fields, enum ranges, NUL-terminated names, every ``PXOS_MAX_*`` limit, and
+that the writable part can hold the command's response.
+
+A request is read from a *chain*: anything with ``readable_len``, ``writable_len``,
+``read(offset, length)``, ``readable_views()`` and ``writable_views()`` (the device passes
+its virtqueue ``Request``; tests and tools pass ``Segments``, memoryview lists split
+anywhere). The fixed part is copied out of guest memory once, as ``head`` (the first
+``HEAD_BYTES``, one copy: a guest cannot change a field between our check and our use);
+COMPILE source and LAUNCH bindings are copied once more; bulk data (WRITE source, READ
+destination) stays as views of guest memory.
 
 A request the guest got wrong raises ``BadRequest`` (status + message) out of
 ``decode_command``; the device turns it into an error response. docs/protocol.md specifies
@@ -18,13 +23,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Protocol
 
 from hypervisor.errors import PxosError
 from primitive_lang.ast import DType
 from virtio_backend import wire
 from virtio_backend.gpu import commands as c
 from virtio_backend.gpu.virtio_gpu import CTRL_HDR, VirtioGpuFlag
-from virtio_backend.wire import PxosBindingKind, PxosClass, PxosCmdType, PxosDtype, PxosStatus, ffi
+from virtio_backend.wire import PxosBindingKind, PxosClass, PxosCmdType, PxosDtype, PxosStatus
 
 T = PxosCmdType
 HDR_SIZE = wire.sizeof("pxos_ctrl_hdr")
@@ -67,7 +73,22 @@ RESPONSE_STRUCT: dict[int, str] = {
 }
 _REQ_SIZE = {k: wire.sizeof(v) for k, v in REQUEST_STRUCT.items()}
 _RESP_SIZE = {k: wire.sizeof(v) for k, v in RESPONSE_STRUCT.items()}
-_REQ_CTYPE = {k: ffi.typeof(f"struct {v} *") for k, v in REQUEST_STRUCT.items()}
+#: Bytes copied out of a chain before decoding: the largest fixed request struct (ALLOC).
+HEAD_BYTES = max(_REQ_SIZE.values())
+assert CTRL_HDR.size == HDR_SIZE
+
+# The fields after the header of each request struct, unpacked by position (wire.layout
+# refuses at import a header whose fields are not these, in this order).
+_GET_INFO = wire.layout("pxos_cmd_get_info", ("abi_major", "abi_minor", "padding"))
+_ALLOC = wire.layout("pxos_cmd_alloc", ("dtype", "rank", "dims"))
+_FREE = wire.layout("pxos_cmd_free", ("handle",))
+_TRANSFER = wire.layout("pxos_cmd_transfer", ("handle", "offset", "length"))
+_COMPILE = wire.layout("pxos_cmd_compile", ("source_len", "padding"))
+_KERNEL = wire.layout("pxos_cmd_kernel", ("kernel_id",))
+_LAUNCH = wire.layout("pxos_cmd_launch", ("kernel_id", "nbindings", "priority", "class_hint", "flags"))
+_IDLE_HINT = wire.layout("pxos_cmd_idle_hint", ("idle", "padding"))
+_BINDING = wire.layout("pxos_binding")
+assert _BINDING.fields == ("name", "kind", "dtype", "value") and _BINDING.size == BINDING_SIZE
 
 DTYPE_TO_AST: dict[PxosDtype, DType] = {
     PxosDtype.PXOS_DTYPE_FLOAT16: DType.FLOAT16,
@@ -95,7 +116,39 @@ def _invalid(message: str) -> BadRequest:
     return BadRequest(PxosStatus.PXOS_S_INVALID, message)
 
 
-# ---- segments ---------------------------------------------------------------------------
+# ---- chains ---------------------------------------------------------------------------
+
+
+class Chain(Protocol):
+    """What the decoder reads a request from (``virtqueue.Request`` has all of it)."""
+
+    readable_len: int
+    writable_len: int
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes: ...
+    def readable_views(self) -> list[memoryview]: ...
+    def writable_views(self) -> list[memoryview]: ...
+
+
+class Segments:
+    """A chain given as lists of memoryviews (device-readable, device-writable), split
+    anywhere: the decoder's input in tests and tools, with ``Request``'s semantics (reads
+    past the end are short)."""
+
+    def __init__(self, readable: Sequence[memoryview], writable: Sequence[memoryview] = ()):
+        self._readable, self._writable = list(readable), list(writable)
+        self.readable_len, self.writable_len = total_len(self._readable), total_len(self._writable)
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        avail = max(self.readable_len - offset, 0)
+        n = avail if length is None else min(max(length, 0), avail)
+        return gather(self._readable, offset, n)
+
+    def readable_views(self) -> list[memoryview]:
+        return list(self._readable)
+
+    def writable_views(self) -> list[memoryview]:
+        return list(self._writable)
 
 
 def total_len(views: Sequence[memoryview]) -> int:
@@ -140,21 +193,22 @@ def slice_views(views: Sequence[memoryview], offset: int, length: int) -> tuple[
 # ---- decoding ---------------------------------------------------------------------------
 
 
-def decode_header(readable: Sequence[memoryview]) -> c.Header | None:
+def read_head(chain: Chain) -> bytes:
+    """The chain's first ``HEAD_BYTES`` readable bytes (fewer if it is shorter), copied once."""
+    return chain.read(0, HEAD_BYTES)
+
+
+def decode_header(head: bytes) -> c.Header | None:
     """The ``pxos_ctrl_hdr`` (= ``virtio_gpu_ctrl_hdr``) at the start, None if too short."""
-    first = readable[0] if readable else b""
-    raw = bytes(first[:HDR_SIZE]) if len(first) >= HDR_SIZE else None
-    if raw is None:
-        if total_len(readable) < HDR_SIZE:
-            return None
-        raw = gather(readable, 0, HDR_SIZE)
-    return c.Header(*CTRL_HDR.unpack(raw))
+    if len(head) < HDR_SIZE:
+        return None
+    return c.Header(*CTRL_HDR.unpack_from(head))
 
 
 def response_size(hdr: c.Header, cmd: c.Command | None = None) -> int:
     """Bytes of the fixed response struct of this command (plus READ's data)."""
     size = _RESP_SIZE.get(hdr.type, RESP_HDR_SIZE)
-    if isinstance(cmd, c.ReadCmd):
+    if type(cmd) is c.ReadCmd:
         size += cmd.length
     return size
 
@@ -185,13 +239,12 @@ def _zero(value: int, what: str) -> None:
         raise _invalid(f"{what} must be 0, got {value}")
 
 
-def decode_command(
-    hdr: c.Header, readable: Sequence[memoryview], writable: Sequence[memoryview]
-) -> c.Command:
-    """Decode and validate one PXOS request whose header is ``hdr``; raises BadRequest."""
+def decode_command(hdr: c.Header, head: bytes, chain: Chain) -> c.Command:
+    """Decode and validate one PXOS request whose header is ``hdr``; raises BadRequest.
+    ``head`` is ``read_head(chain)``: the fixed struct is read from it and nowhere else."""
     if hdr.type not in REQUEST_STRUCT:
         raise BadRequest(PxosStatus.PXOS_S_UNSUPPORTED, f"unknown PXOS command 0x{hdr.type:04x}")
-    rlen = total_len(readable)
+    rlen = chain.readable_len
     if rlen > wire.PXOS_MAX_REQUEST_BYTES:
         raise BadRequest(
             PxosStatus.PXOS_S_TOO_LARGE,
@@ -200,11 +253,11 @@ def decode_command(
     size = _REQ_SIZE[hdr.type]
     if rlen < size:
         raise _invalid(f"{T(hdr.type).name}: {rlen} request bytes, struct needs {size}")
-    raw = gather(readable, 0, size)
-    p = ffi.from_buffer(_REQ_CTYPE[hdr.type], raw)
-    cmd = _DECODERS[hdr.type](hdr, p, readable, writable, rlen)
+    if len(head) < size:  # read_head reads HEAD_BYTES >= every struct: a caller's bug
+        raise ValueError(f"head of {len(head)} bytes is shorter than the {size}-byte struct")
+    cmd = _DECODERS[hdr.type](hdr, head, chain, rlen)
     need = response_size(hdr, cmd)
-    have = total_len(writable)
+    have = chain.writable_len
     if have < need:
         raise _invalid(f"{T(hdr.type).name}: {have} writable bytes, the response needs {need}")
     return cmd
@@ -215,22 +268,25 @@ def _exact(hdr: c.Header, rlen: int, want: int) -> None:
         raise _invalid(f"{T(hdr.type).name}: request is {rlen} bytes, expected exactly {want}")
 
 
-def _dec_get_info(hdr, p, readable, writable, rlen):
-    _exact(hdr, rlen, _REQ_SIZE[hdr.type])
-    _zero(p.padding, "GET_INFO.padding")
-    return c.GetInfoCmd(hdr, p.abi_major, p.abi_minor)
+# Each decoder gets (hdr, head, chain, rlen): ``head`` holds the whole fixed struct.
 
 
-def _dec_alloc(hdr, p, readable, writable, rlen):
+def _dec_get_info(hdr, head, chain, rlen):
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
-    dtype = _enum(PxosDtype, p.dtype, "ALLOC.dtype")
-    rank = p.rank
+    abi_major, abi_minor, padding = _GET_INFO.struct.unpack_from(head, _GET_INFO.offset)
+    _zero(padding, "GET_INFO.padding")
+    return c.GetInfoCmd(hdr, abi_major, abi_minor)
+
+
+def _dec_alloc(hdr, head, chain, rlen):
+    _exact(hdr, rlen, _REQ_SIZE[hdr.type])
+    dtype_raw, rank, *dims = _ALLOC.struct.unpack_from(head, _ALLOC.offset)
+    dtype = _enum(PxosDtype, dtype_raw, "ALLOC.dtype")
     if rank > wire.PXOS_MAX_RANK:
         raise _invalid(f"ALLOC.rank {rank} exceeds PXOS_MAX_RANK ({wire.PXOS_MAX_RANK})")
-    dims = tuple(p.dims[i] for i in range(wire.PXOS_MAX_RANK))
     for i in range(rank, wire.PXOS_MAX_RANK):
         _zero(dims[i], f"ALLOC.dims[{i}] (past rank {rank})")
-    shape = dims[:rank]
+    shape = tuple(dims[:rank])
     nbytes = DTYPE_TO_AST[dtype].itemsize
     for d in shape:  # u64 dims: the product is exact in Python, no overflow to check
         nbytes *= d
@@ -242,38 +298,41 @@ def _dec_alloc(hdr, p, readable, writable, rlen):
     return c.AllocCmd(hdr, dtype, shape)
 
 
-def _dec_free(hdr, p, readable, writable, rlen):
+def _dec_free(hdr, head, chain, rlen):
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
-    return c.FreeCmd(hdr, p.handle)
+    (handle,) = _FREE.struct.unpack_from(head, _FREE.offset)
+    return c.FreeCmd(hdr, handle)
 
 
-def _transfer_length(hdr, length: int) -> None:
+def _transfer(hdr, head) -> tuple[int, int, int]:
+    handle, offset, length = _TRANSFER.struct.unpack_from(head, _TRANSFER.offset)
     if length > wire.PXOS_MAX_TRANSFER_BYTES:
         raise BadRequest(
             PxosStatus.PXOS_S_TOO_LARGE,
             f"{T(hdr.type).name}.length {length} exceeds PXOS_MAX_TRANSFER_BYTES ({wire.PXOS_MAX_TRANSFER_BYTES})",
         )
+    return handle, offset, length
 
 
-def _dec_write(hdr, p, readable, writable, rlen):
-    _transfer_length(hdr, p.length)
+def _dec_write(hdr, head, chain, rlen):
+    handle, offset, length = _transfer(hdr, head)
     size = _REQ_SIZE[hdr.type]
-    _exact(hdr, rlen, size + p.length)
-    return c.WriteCmd(hdr, p.handle, p.offset, p.length, slice_views(readable, size, p.length))
+    _exact(hdr, rlen, size + length)
+    return c.WriteCmd(hdr, handle, offset, length, slice_views(chain.readable_views(), size, length))
 
 
-def _dec_read(hdr, p, readable, writable, rlen):
-    _transfer_length(hdr, p.length)
+def _dec_read(hdr, head, chain, rlen):
+    handle, offset, length = _transfer(hdr, head)
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
-    wlen = total_len(writable)
-    if wlen < RESP_HDR_SIZE + p.length:
-        raise _invalid(f"READ: {wlen} writable bytes, needs {RESP_HDR_SIZE} + {p.length}")
-    return c.ReadCmd(hdr, p.handle, p.offset, p.length, slice_views(writable, RESP_HDR_SIZE, p.length))
+    wlen = chain.writable_len
+    if wlen < RESP_HDR_SIZE + length:
+        raise _invalid(f"READ: {wlen} writable bytes, needs {RESP_HDR_SIZE} + {length}")
+    return c.ReadCmd(hdr, handle, offset, length, slice_views(chain.writable_views(), RESP_HDR_SIZE, length))
 
 
-def _dec_compile(hdr, p, readable, writable, rlen):
-    _zero(p.padding, "COMPILE.padding")
-    n = p.source_len
+def _dec_compile(hdr, head, chain, rlen):
+    n, padding = _COMPILE.struct.unpack_from(head, _COMPILE.offset)
+    _zero(padding, "COMPILE.padding")
     if n > wire.PXOS_MAX_SOURCE_BYTES:
         raise BadRequest(
             PxosStatus.PXOS_S_TOO_LARGE,
@@ -281,7 +340,7 @@ def _dec_compile(hdr, p, readable, writable, rlen):
         )
     size = _REQ_SIZE[hdr.type]
     _exact(hdr, rlen, size + n)
-    raw = gather(readable, size, n)
+    raw = chain.read(size, n)
     if b"\0" in raw:
         raise _invalid(f"COMPILE: source holds a NUL byte at offset {raw.index(0)}")
     try:
@@ -291,14 +350,16 @@ def _dec_compile(hdr, p, readable, writable, rlen):
     return c.CompileCmd(hdr, source)
 
 
-def _dec_kernel_info(hdr, p, readable, writable, rlen):
+def _dec_kernel_info(hdr, head, chain, rlen):
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
-    return c.KernelInfoCmd(hdr, p.kernel_id)
+    (kernel_id,) = _KERNEL.struct.unpack_from(head, _KERNEL.offset)
+    return c.KernelInfoCmd(hdr, kernel_id)
 
 
-def _dec_kernel_free(hdr, p, readable, writable, rlen):
+def _dec_kernel_free(hdr, head, chain, rlen):
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
-    return c.KernelFreeCmd(hdr, p.kernel_id)
+    (kernel_id,) = _KERNEL.struct.unpack_from(head, _KERNEL.offset)
+    return c.KernelFreeCmd(hdr, kernel_id)
 
 
 _F64 = struct.Struct("<d")
@@ -307,30 +368,29 @@ _U64 = struct.Struct("<Q")
 _I32_RANGE = range(-(2**31), 2**31)
 
 
-def _binding(i: int, raw: bytes) -> c.Binding:
-    b = ffi.from_buffer("struct pxos_binding *", raw)
-    name = _name(bytes(ffi.buffer(b.name)), f"binding {i} name")
-    kind = _enum(PxosBindingKind, b.kind, f"binding {name!r} kind")
+def _binding(i: int, raw_name: bytes, kind_raw: int, dtype_raw: int, value: int) -> c.Binding:
+    name = _name(raw_name, f"binding {i} name")
+    kind = _enum(PxosBindingKind, kind_raw, f"binding {name!r} kind")
     if kind == PxosBindingKind.PXOS_BIND_BUFFER:
-        _zero(b.dtype, f"binding {name!r} dtype (buffer bindings carry none)")
-        return c.Binding(name, kind, None, b.value)
-    dtype = _enum(PxosDtype, b.dtype, f"binding {name!r} dtype")
-    bits = _U64.pack(b.value)
+        _zero(dtype_raw, f"binding {name!r} dtype (buffer bindings carry none)")
+        return c.Binding(name, kind, None, value)
+    dtype = _enum(PxosDtype, dtype_raw, f"binding {name!r} dtype")
+    bits = _U64.pack(value)
     if kind == PxosBindingKind.PXOS_BIND_SCALAR_F64:
         if dtype not in _FLOAT_DTYPES:
             raise _invalid(f"binding {name!r}: SCALAR_F64 needs a float dtype, got {dtype.name}")
         return c.Binding(name, kind, dtype, _F64.unpack(bits)[0])
     if dtype not in _INT_DTYPES:
         raise _invalid(f"binding {name!r}: SCALAR_I64 needs an int dtype, got {dtype.name}")
-    value = _I64.unpack(bits)[0]
-    if dtype == PxosDtype.PXOS_DTYPE_INT32 and value not in _I32_RANGE:
-        raise _invalid(f"binding {name!r}: {value} does not fit int32")
-    return c.Binding(name, kind, dtype, value)
+    signed = _I64.unpack(bits)[0]
+    if dtype == PxosDtype.PXOS_DTYPE_INT32 and signed not in _I32_RANGE:
+        raise _invalid(f"binding {name!r}: {signed} does not fit int32")
+    return c.Binding(name, kind, dtype, signed)
 
 
-def _dec_launch(hdr, p, readable, writable, rlen):
-    _zero(p.flags, "LAUNCH.flags")
-    n = p.nbindings
+def _dec_launch(hdr, head, chain, rlen):
+    kernel_id, n, priority_raw, class_raw, flags = _LAUNCH.struct.unpack_from(head, _LAUNCH.offset)
+    _zero(flags, "LAUNCH.flags")
     if n > wire.PXOS_MAX_BINDINGS:
         raise BadRequest(
             PxosStatus.PXOS_S_TOO_LARGE,
@@ -338,36 +398,37 @@ def _dec_launch(hdr, p, readable, writable, rlen):
         )
     size = _REQ_SIZE[hdr.type]
     _exact(hdr, rlen, size + n * BINDING_SIZE)
-    if p.priority == wire.PXOS_PRIORITY_DEFAULT:
+    if priority_raw == wire.PXOS_PRIORITY_DEFAULT:
         priority = None
-    elif p.priority <= PRIORITY_MAX:
-        priority = p.priority
+    elif priority_raw <= PRIORITY_MAX:
+        priority = priority_raw
     else:
-        raise _invalid(f"LAUNCH.priority {p.priority} is neither 0..{PRIORITY_MAX} nor PXOS_PRIORITY_DEFAULT")
-    class_hint = _enum(PxosClass, p.class_hint, "LAUNCH.class_hint")
-    raw = gather(readable, size, n * BINDING_SIZE)
-    bindings = tuple(_binding(i, raw[i * BINDING_SIZE : (i + 1) * BINDING_SIZE]) for i in range(n))
+        raise _invalid(f"LAUNCH.priority {priority_raw} is neither 0..{PRIORITY_MAX} nor PXOS_PRIORITY_DEFAULT")
+    class_hint = _enum(PxosClass, class_raw, "LAUNCH.class_hint")
+    raw = chain.read(size, n * BINDING_SIZE)
+    bindings = tuple(_binding(i, *fields) for i, fields in enumerate(_BINDING.struct.iter_unpack(raw)))
     names = [b.name for b in bindings]
     if len(set(names)) != len(names):
         dup = next(x for x in names if names.count(x) > 1)
         raise _invalid(f"LAUNCH: param {dup!r} bound more than once")
-    return c.LaunchCmd(hdr, p.kernel_id, bindings, priority, class_hint)
+    return c.LaunchCmd(hdr, kernel_id, bindings, priority, class_hint)
 
 
-def _dec_stats(hdr, p, readable, writable, rlen):
+def _dec_stats(hdr, head, chain, rlen):
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
     return c.StatsCmd(hdr)
 
 
-def _dec_idle_hint(hdr, p, readable, writable, rlen):
+def _dec_idle_hint(hdr, head, chain, rlen):
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
-    _zero(p.padding, "IDLE_HINT.padding")
-    if p.idle not in (0, 1):
-        raise _invalid(f"IDLE_HINT.idle must be 0 or 1, got {p.idle}")
-    return c.IdleHintCmd(hdr, bool(p.idle))
+    idle, padding = _IDLE_HINT.struct.unpack_from(head, _IDLE_HINT.offset)
+    _zero(padding, "IDLE_HINT.padding")
+    if idle not in (0, 1):
+        raise _invalid(f"IDLE_HINT.idle must be 0 or 1, got {idle}")
+    return c.IdleHintCmd(hdr, bool(idle))
 
 
-def _dec_session_close(hdr, p, readable, writable, rlen):
+def _dec_session_close(hdr, head, chain, rlen):
     _exact(hdr, rlen, _REQ_SIZE[hdr.type])
     return c.SessionCloseCmd(hdr)
 

@@ -31,10 +31,11 @@ from virtio_backend import wire
 from virtio_backend.gpu import commands as c
 from virtio_backend.gpu.control import Deferred, PxosControl, launch_response
 from virtio_backend.gpu.decode import (
+    HDR_SIZE,
     BadRequest,
     decode_command,
     decode_header,
-    gather,
+    read_head,
     response_size,
 )
 from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
@@ -140,31 +141,35 @@ class GpuDevice:
             self._display_fd = None
 
     # ---- serving one chain --------------------------------------------------------------
+    # The per-request path: the fixed part is copied out of the chain once (read_head),
+    # views of guest memory are made only for the commands that move bulk data (WRITE,
+    # READ), and the response is packed in one call and written with one copy.
     def _serve(self, queue, req) -> None:
         self.stats.requests_total += 1
         try:
-            readable = req.readable_views()
-            writable = req.writable_views()
-            hdr = decode_header(readable)
-            if hdr is None:
+            if req.readable_len < HDR_SIZE:
                 self.stats.no_header_total += 1
                 self._note("chain of %d readable bytes holds no control header", req.readable_len)
                 queue.push(req, 0)
-            elif wire.PXOS_CMD_FIRST <= hdr.type <= wire.PXOS_CMD_LAST:
-                self._serve_pxos(queue, req, hdr, readable, writable)
+                return
+            head = read_head(req)
+            hdr = decode_header(head)
+            if wire.PXOS_CMD_FIRST <= hdr.type <= wire.PXOS_CMD_LAST:
+                self._serve_pxos(queue, req, hdr, head)
             else:
-                self._serve_standard(queue, req, hdr, readable)
+                self._serve_standard(queue, req, hdr)
         except Exception:  # a host bug: answer it, count it, keep serving
             self.stats.internal_errors_total += 1
             log.exception("vm %d: internal error serving head %d", self.vm_id, req.head)
             if req.live:
                 queue.push(req, 0)
 
-    def _serve_pxos(self, queue, req, hdr: c.Header, readable, writable) -> None:
+    def _serve_pxos(self, queue, req, hdr: c.Header, head: bytes) -> None:
+        counts = self.stats.pxos_by_command
         name = _cmd_name(hdr)
-        self.stats.count(self.stats.pxos_by_command, name)
+        counts[name] = counts.get(name, 0) + 1
         try:
-            cmd = decode_command(hdr, readable, writable)
+            cmd = decode_command(hdr, head, req)
         except BadRequest as exc:
             fits = req.writable_len >= response_size(hdr)
             self._complete(queue, req, hdr, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
@@ -177,15 +182,14 @@ class GpuDevice:
             result = c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
         finally:
             _release_views(cmd)
-        if isinstance(result, Deferred):
+        if type(result) is Deferred:
             self._hold(queue, req, hdr, result.completion)
         else:
             self._complete(queue, req, hdr, result)
 
-    def _serve_standard(self, queue, req, hdr: c.Header, readable) -> None:
+    def _serve_standard(self, queue, req, hdr: c.Header) -> None:
         self.stats.count(self.stats.standard_by_command, _cmd_name(hdr))
-        head = gather(readable, 0, min(req.readable_len, MAX_STANDARD_REQUEST))
-        out = self.display.handle(hdr, head)
+        out = self.display.handle(hdr, req.read(0, MAX_STANDARD_REQUEST))
         resp_type = int.from_bytes(out[:4], "little")
         if resp_type >= VirtioGpuCtrlType.VIRTIO_GPU_RESP_ERR_UNSPEC:
             self.stats.count(self.stats.errors_by_status, VirtioGpuCtrlType(resp_type).name)
@@ -194,13 +198,17 @@ class GpuDevice:
 
     def _complete(self, queue, req, hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> None:
         """The one path that encodes a PXOS response and completes its chain."""
-        status = getattr(resp, "status", PxosStatus.PXOS_S_OK)
-        if status != PxosStatus.PXOS_S_OK:
-            self.stats.count(self.stats.errors_by_status, PxosStatus(status).name)
-            self._note("%s -> %s: %s", _cmd_name(hdr), PxosStatus(status).name, getattr(resp, "message", ""))
+        kind = type(resp)
+        if kind is c.ErrorResp or kind is c.LaunchResp:  # the only ones that carry a status
+            status = resp.status
+            if status != PxosStatus.PXOS_S_OK:
+                self.stats.count(self.stats.errors_by_status, PxosStatus(status).name)
+                self._note("%s -> %s: %s", _cmd_name(hdr), PxosStatus(status).name, resp.message)
         data = encode(hdr, resp, header_only=header_only)
-        written = req.write(0, memoryview(data)[: req.writable_len])
-        if isinstance(resp, c.ReadResp):
+        if len(data) > req.writable_len:  # only an error in a chain too small for its header
+            data = memoryview(data)[: req.writable_len]
+        written = req.write(0, data)
+        if kind is c.ReadResp:
             written += resp.nbytes  # the data the handler placed after the header
         queue.push(req, written)
 
@@ -257,6 +265,12 @@ def _cmd_name(hdr: c.Header) -> str:
 
 def _release_views(cmd: c.Command) -> None:
     # Slices of guest memory must not outlive the request (the mapping could not go).
-    views = cmd.data if isinstance(cmd, c.WriteCmd) else cmd.dst if isinstance(cmd, c.ReadCmd) else ()
+    kind = type(cmd)
+    if kind is c.WriteCmd:
+        views = cmd.data
+    elif kind is c.ReadCmd:
+        views = cmd.dst
+    else:
+        return
     for v in views:
         v.release()

@@ -9,25 +9,44 @@ and failed keeps its id and timings. ``header_only`` asks for the bare 160-byte 
 (for an unknown command, or a writable part too small for the command's struct).
 docs/protocol.md shows each layout.
 
-This is on every request's path, so the header is packed in one ``struct`` call and
-GET_INFO's constant fields come from a template built once.
+This is on every request's path, so every response but COMPILE's and KERNEL_INFO's (arrays
+of structs, rare) is packed by one ``struct.Struct`` call from a ``wire.layout`` of its
+struct: no cffi object per response, no intermediate buffer. The two big ones are filled
+through cffi after the header is packed.
 """
 
 from __future__ import annotations
 
-import struct
+from functools import lru_cache
 
 from virtio_backend import wire
 from virtio_backend.gpu import commands as c
 from virtio_backend.gpu.decode import ECHOED_FLAGS, RESPONSE_STRUCT
 from virtio_backend.wire import PxosStatus, ffi
 
-# struct pxos_resp_hdr up to its message: ctrl_hdr (type, flags, fence_id, ctx_id,
-# ring_idx, padding[3]), status, payload_len.
-_RESP_HDR_HEAD = struct.Struct("<IIQIB3xII")
-_MESSAGE_OFFSET = ffi.offsetof("struct pxos_resp_hdr", "message")
-assert _RESP_HDR_HEAD.size == _MESSAGE_OFFSET
 _SIZES = {name: wire.sizeof(name) for name in {*RESPONSE_STRUCT.values(), "pxos_resp_hdr"}}
+
+# Whole response structs, flattened: the 9 values of pxos_resp_hdr (ctrl_hdr's type,
+# flags, fence_id, ctx_id, ring_idx, padding; status, payload_len, message) come first.
+_HDR = wire.layout("pxos_resp_hdr")
+_HDR_VALUES = 9
+_INFO = wire.layout("pxos_resp_info")
+_ALLOC = wire.layout("pxos_resp_alloc")
+_LAUNCH = wire.layout("pxos_resp_launch")
+_STATS = wire.layout("pxos_resp_stats")
+_SESSION_CLOSE = wire.layout("pxos_resp_session_close")
+# The order the encoders below pack in; a header that reorders a struct fails here, at import.
+assert _HDR.fields == ("hdr", "status", "payload_len", "message") and len(_HDR.struct.unpack(bytes(160))) == _HDR_VALUES
+assert _INFO.fields == ("r", "magic", "abi_major", "abi_minor", "vm_id", "flags", "memory_quota", "memory_used",
+                        "compute_share_pct", "compute_cap_pct", "max_rank", "max_bindings", "max_source_bytes",
+                        "max_name", "max_transfer_bytes", "max_buffer_bytes", "max_inflight", "max_kernels",
+                        "backend", "device_name")
+assert _ALLOC.fields == ("r", "handle", "nbytes")
+assert _LAUNCH.fields == ("r", "launch_id", "device_ns", "queue_ns", "total_ns", "class_assigned", "padding")
+assert _STATS.fields == ("r", *c.StatsResp.__slots__, "padding")
+assert _SESSION_CLOSE.fields == ("r", "bytes_freed", "buffers_freed", "kernels_freed", "launches_cancelled", "padding")
+_BACKEND_SIZE = ffi.sizeof(ffi.typeof("struct pxos_resp_info").fields[-2][1].type)
+_DEVICE_NAME_SIZE = ffi.sizeof(ffi.typeof("struct pxos_resp_info").fields[-1][1].type)
 
 
 def _text(s: str, size: int) -> bytes:
@@ -38,69 +57,67 @@ def _text(s: str, size: int) -> bytes:
     return raw[: size - 1].decode("utf-8", errors="ignore").encode("utf-8")
 
 
-def _fill_header(buf: bytearray, hdr: c.Header, status: int, message: str, payload_len: int = 0) -> None:
-    _RESP_HDR_HEAD.pack_into(buf, 0, wire.PXOS_RESP, hdr.flags & ECHOED_FLAGS, hdr.fence_id, hdr.ctx_id,
-                             hdr.ring_idx, status, payload_len)
-    if message:
-        raw = _text(message, wire.PXOS_MAX_MESSAGE)
-        buf[_MESSAGE_OFFSET : _MESSAGE_OFFSET + len(raw)] = raw
+@lru_cache(maxsize=64)
+def _identity_text(s: str, size: int) -> bytes:
+    # GET_INFO's backend and device name are the same few strings for the daemon's life.
+    return _text(s, size)
 
 
-def _template(struct_name: str, **fields) -> bytes:
-    """A response struct with its constant fields filled in once."""
-    p = ffi.new(f"struct {struct_name} *")
-    for name, value in fields.items():
-        setattr(p, name, value)
-    return ffi.buffer(p)[:]
+def _head(hdr: c.Header, status: int, message: str = "", payload_len: int = 0) -> tuple:
+    """The values of pxos_resp_hdr answering ``hdr`` (in ``_HDR``'s order)."""
+    return (wire.PXOS_RESP, hdr.flags & ECHOED_FLAGS, hdr.fence_id, hdr.ctx_id, hdr.ring_idx, b"",
+            status, payload_len, _text(message, wire.PXOS_MAX_MESSAGE) if message else b"")
 
 
-_INFO_TEMPLATE = _template(
-    "pxos_resp_info", magic=wire.PXOS_MAGIC, abi_major=wire.PXOS_ABI_MAJOR, abi_minor=wire.PXOS_ABI_MINOR,
-    max_rank=wire.PXOS_MAX_RANK, max_bindings=wire.PXOS_MAX_BINDINGS, max_source_bytes=wire.PXOS_MAX_SOURCE_BYTES,
-    max_name=wire.PXOS_MAX_NAME, max_transfer_bytes=wire.PXOS_MAX_TRANSFER_BYTES,
-    max_buffer_bytes=wire.PXOS_MAX_BUFFER_BYTES, max_kernels=wire.PXOS_MAX_KERNELS,
-)
-
-
-def encode(hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> bytearray:
+def encode(hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> bytes | bytearray:
     """The response bytes for ``resp`` to the request whose header is ``hdr``."""
-    struct_name = "pxos_resp_hdr" if header_only else RESPONSE_STRUCT.get(hdr.type, "pxos_resp_hdr")
     kind = type(resp)
     if kind is c.ErrorResp:
-        buf = bytearray(_SIZES[struct_name])
-        _fill_header(buf, hdr, resp.status, resp.message)
-        if resp.diagnostics and struct_name == "pxos_resp_compile":
-            _fill_diagnostics(ffi.from_buffer("struct pxos_resp_compile *", buf), resp.diagnostics)
-        return buf
+        return _encode_error(hdr, resp, header_only)
+    if header_only:
+        return _HDR.struct.pack(*_head(hdr, getattr(resp, "status", PxosStatus.PXOS_S_OK), getattr(resp, "message", "")))
     if kind is c.InfoResp:
-        buf = bytearray(_INFO_TEMPLATE)
-    else:
-        buf = bytearray(_SIZES[struct_name])
-    if kind is c.LaunchResp:
-        _fill_header(buf, hdr, resp.status, resp.message)
-    else:
-        _fill_header(buf, hdr, PxosStatus.PXOS_S_OK, "", resp.nbytes if kind is c.ReadResp else 0)
-    fill = _FILLERS.get(kind)
-    if fill is not None:
-        fill(ffi.from_buffer(f"struct {struct_name} *", buf), resp)
+        return _INFO.struct.pack(
+            *_head(hdr, PxosStatus.PXOS_S_OK), wire.PXOS_MAGIC, wire.PXOS_ABI_MAJOR, wire.PXOS_ABI_MINOR,
+            resp.vm_id, resp.flags, resp.memory_quota, resp.memory_used, resp.compute_share_pct,
+            resp.compute_cap_pct, wire.PXOS_MAX_RANK, wire.PXOS_MAX_BINDINGS, wire.PXOS_MAX_SOURCE_BYTES,
+            wire.PXOS_MAX_NAME, wire.PXOS_MAX_TRANSFER_BYTES, wire.PXOS_MAX_BUFFER_BYTES, resp.max_inflight,
+            wire.PXOS_MAX_KERNELS, _identity_text(resp.backend, _BACKEND_SIZE),
+            _identity_text(resp.device_name, _DEVICE_NAME_SIZE))
+    if kind is c.NoDataResp:
+        return _HDR.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK))
+    if kind is c.ReadResp:  # the data itself was placed after the header by the handler
+        return _HDR.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK, "", resp.nbytes))
+    if kind is c.AllocResp:
+        return _ALLOC.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK), resp.handle, resp.nbytes)
+    if kind is c.LaunchResp:  # a failed launch still reports its id and timings
+        return _LAUNCH.struct.pack(*_head(hdr, resp.status, resp.message), resp.launch_id, resp.device_ns,
+                                   resp.queue_ns, resp.total_ns, resp.class_assigned, 0)
+    if kind is c.StatsResp:
+        return _STATS.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK),
+                                  *(getattr(resp, name) for name in c.StatsResp.__slots__), 0)
+    if kind is c.SessionCloseResp:
+        return _SESSION_CLOSE.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK), resp.bytes_freed, resp.buffers_freed,
+                                          resp.kernels_freed, resp.launches_cancelled, 0)
+    struct_name = RESPONSE_STRUCT.get(hdr.type, "pxos_resp_hdr")
+    fill = _CFFI_FILLERS.get(kind)
+    if fill is None or _CFFI_STRUCT[kind] != struct_name:
+        raise TypeError(f"no encoding of {kind.__name__} as struct {struct_name}")
+    buf = bytearray(_SIZES[struct_name])
+    _HDR.struct.pack_into(buf, 0, *_head(hdr, PxosStatus.PXOS_S_OK))
+    fill(ffi.from_buffer(f"struct {struct_name} *", buf), resp)
     return buf
 
 
-def _fill_info(p, resp: c.InfoResp) -> None:  # magic, ABI and limits: from _INFO_TEMPLATE
-    p.vm_id = resp.vm_id
-    p.flags = resp.flags
-    p.memory_quota = resp.memory_quota
-    p.memory_used = resp.memory_used
-    p.compute_share_pct = resp.compute_share_pct
-    p.compute_cap_pct = resp.compute_cap_pct
-    p.max_inflight = resp.max_inflight
-    p.backend = _text(resp.backend, ffi.sizeof(p.backend))
-    p.device_name = _text(resp.device_name, ffi.sizeof(p.device_name))
-
-
-def _fill_alloc(p, resp: c.AllocResp) -> None:
-    p.handle = resp.handle
-    p.nbytes = resp.nbytes
+def _encode_error(hdr: c.Header, resp: c.ErrorResp, header_only: bool) -> bytearray:
+    # The command's whole struct, zero after the header, so a guest reading its fields
+    # reads zeros; COMPILE's carries the diagnostics.
+    struct_name = "pxos_resp_hdr" if header_only else RESPONSE_STRUCT.get(hdr.type, "pxos_resp_hdr")
+    buf = bytearray(_SIZES[struct_name])
+    _HDR.struct.pack_into(buf, 0, *_head(hdr, resp.status, resp.message))
+    if resp.diagnostics and struct_name == "pxos_resp_compile":
+        _fill_diagnostics(ffi.from_buffer("struct pxos_resp_compile *", buf), resp.diagnostics)
+    return buf
 
 
 def _fill_compile(p, resp: c.CompileResp) -> None:
@@ -146,33 +163,6 @@ def _fill_kernel_info(p, resp: c.KernelInfoResp) -> None:
             slot.dims[i] = d
 
 
-def _fill_launch(p, resp: c.LaunchResp) -> None:  # a failed launch still reports its timings
-    p.launch_id = resp.launch_id
-    p.device_ns = resp.device_ns
-    p.queue_ns = resp.queue_ns
-    p.total_ns = resp.total_ns
-    p.class_assigned = resp.class_assigned
-
-
-def _fill_stats(p, resp: c.StatsResp) -> None:
-    for name in c.StatsResp.__slots__:
-        setattr(p, name, getattr(resp, name))
-
-
-def _fill_session_close(p, resp: c.SessionCloseResp) -> None:
-    p.bytes_freed = resp.bytes_freed
-    p.buffers_freed = resp.buffers_freed
-    p.kernels_freed = resp.kernels_freed
-    p.launches_cancelled = resp.launches_cancelled
-
-
-# NoDataResp and ReadResp add nothing to the header (READ's payload_len is in it).
-_FILLERS = {
-    c.InfoResp: _fill_info,
-    c.AllocResp: _fill_alloc,
-    c.CompileResp: _fill_compile,
-    c.KernelInfoResp: _fill_kernel_info,
-    c.LaunchResp: _fill_launch,
-    c.StatsResp: _fill_stats,
-    c.SessionCloseResp: _fill_session_close,
-}
+# The two responses with arrays of structs, filled through cffi.
+_CFFI_FILLERS = {c.CompileResp: _fill_compile, c.KernelInfoResp: _fill_kernel_info}
+_CFFI_STRUCT = {c.CompileResp: "pxos_resp_compile", c.KernelInfoResp: "pxos_resp_kernel_info"}

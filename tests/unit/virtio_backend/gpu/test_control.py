@@ -12,7 +12,7 @@ from primitive_lang import Diagnostic
 from virtio_backend.gpu import commands as c
 from virtio_backend.gpu import guest as g
 from virtio_backend.gpu.control import Deferred, PxosControl, error_response, launch_response
-from virtio_backend.gpu.decode import decode_command, decode_header
+from virtio_backend.gpu.decode import Segments, decode_command, decode_header, read_head
 from virtio_backend.wire import PxosClass, PxosStatus
 
 S = PxosStatus
@@ -27,8 +27,9 @@ def control():
 
 
 def cmd(req: bytes, writable: int = 1 << 16):
-    hdr = decode_header([memoryview(req)])
-    return decode_command(hdr, [memoryview(req)], [memoryview(bytearray(writable))])
+    chain = Segments([memoryview(req)], [memoryview(bytearray(writable))])
+    head = read_head(chain)
+    return decode_command(decode_header(head), head, chain)
 
 
 def test_every_error_class_maps_to_its_status():

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from virtio_backend import wire
 from virtio_backend.gpu import commands as c
 from virtio_backend.gpu import guest as g
-from virtio_backend.gpu.decode import BadRequest, decode_command, decode_header, gather, slice_views
+from virtio_backend.gpu.decode import (
+    BadRequest,
+    Segments,
+    decode_command,
+    decode_header,
+    gather,
+    read_head,
+    slice_views,
+)
 from virtio_backend.wire import PxosBindingKind, PxosClass, PxosCmdType, PxosDtype, PxosStatus
 
 T = PxosCmdType
@@ -31,13 +39,18 @@ def split(data: bytes, cuts=()) -> list[memoryview]:
     return out
 
 
+def header(data: bytes) -> c.Header:
+    return decode_header(read_head(Segments(split(data))))
+
+
 def decode(data: bytes, writable: int | None = None, cuts=()) -> c.Command:
     readable = split(data, cuts)
-    hdr = decode_header(readable)
+    head = read_head(Segments(readable))
+    hdr = decode_header(head)
     assert hdr is not None
     if writable is None:
         writable = g.response_size(hdr.type, 1 << 16)
-    return decode_command(hdr, readable, [memoryview(bytearray(writable))])
+    return decode_command(hdr, head, Segments(readable, [memoryview(bytearray(writable))]))
 
 
 def refused(data: bytes, status: PxosStatus, match: str, **kw) -> None:
@@ -58,7 +71,7 @@ def test_get_info_and_header_fields():
 
 
 def test_alloc_shapes():
-    assert decode(g.alloc(F32, [3, 4])) == c.AllocCmd(decode_header(split(g.alloc(F32, [3, 4]))), F32, (3, 4))
+    assert decode(g.alloc(F32, [3, 4])) == c.AllocCmd(header(g.alloc(F32, [3, 4])), F32, (3, 4))
     assert decode(g.alloc(I32, [])).shape == ()
     assert decode(g.alloc(I32, [0, 5])).shape == (0, 5)
     assert decode(g.alloc(F32, [1] * wire.PXOS_MAX_RANK)).shape == (1,) * 8
@@ -83,7 +96,7 @@ def test_read_points_at_the_writable_part_after_the_response_header():
 
 def test_compile_kernel_free_stats_idle_session_close():
     assert decode(g.compile("KERNEL k\n")).source == "KERNEL k\n"
-    assert decode(g.kernel_info(3)) == c.KernelInfoCmd(decode_header(split(g.kernel_info(3))), 3)
+    assert decode(g.kernel_info(3)) == c.KernelInfoCmd(header(g.kernel_info(3)), 3)
     assert isinstance(decode(g.kernel_free(3)), c.KernelFreeCmd)
     assert isinstance(decode(g.stats()), c.StatsCmd)
     assert decode(g.idle_hint(True)).idle is True
@@ -109,8 +122,9 @@ def test_launch_bindings():
 
 
 def test_short_header_has_no_header():
-    assert decode_header(split(b"\0" * 23)) is None
-    assert decode_header([]) is None
+    assert decode_header(read_head(Segments(split(b"\0" * 23, cuts=(5, 11))))) is None
+    assert decode_header(read_head(Segments([]))) is None
+    assert decode_header(b"") is None
 
 
 def test_unknown_command_in_the_pxos_range():

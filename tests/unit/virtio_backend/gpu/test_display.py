@@ -15,7 +15,7 @@ V = VirtioGpuCtrlType
 
 def ask(cmd: int, body: bytes = b"", flags: int = 0, fence: int = 0, ctx: int = 0):
     req = CTRL_HDR.pack(cmd, flags, fence, ctx, 0) + body
-    out = HeadlessDisplay().handle(decode_header([memoryview(req)]), req)
+    out = HeadlessDisplay().handle(decode_header(req), req)
     rtype, rflags, rfence, rctx, _ = CTRL_HDR.unpack_from(out)
     return V(rtype), rflags, rfence, rctx, out
 

@@ -19,7 +19,7 @@ S = PxosStatus
 
 
 def hdr_of(req: bytes) -> c.Header:
-    return decode_header([memoryview(req)])
+    return decode_header(req)
 
 
 def roundtrip(req: bytes, resp) -> dict:
