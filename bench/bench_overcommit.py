@@ -28,6 +28,7 @@ import hypervisor  # noqa: F401
 
 # isort: split
 import statistics
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ class Plan:
         if backend == "cupy":
             if quick:
                 return cls(True, 2048, 256 * MIB, 1, 2, 2, 256 * MIB, 256, 128)
-            return cls(False, 4096, 2 * GIB, 4, 3, 4, 1 * GIB, 256, 128)
+            return cls(False, 4096, 2 * GIB, 3, 2, 3, 1 * GIB, 256, 128)
         if quick:
             return cls(True, 256, 2 * MIB, 1, 2, 2, 16 * MIB, 8, 8)
         return cls(False, 2048, 128 * MIB, 5, 3, 4, 256 * MIB, 8, 8)
@@ -102,6 +103,15 @@ class Plan:
     def b_max(self) -> int:
         """Two activations and a temporary take at most a quarter of the pool."""
         return max(self.step, self.pool // (4 * 3 * 4 * self.n) // self.step * self.step)
+
+
+_VERBOSE = False
+
+
+def _say(msg: str) -> None:
+    """Progress on stderr with --verbose (a long GPU run shows where it is)."""
+    if _VERBOSE:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _hv(backend: str, pool: int, host: int, plan: Plan) -> Hypervisor:
@@ -130,6 +140,7 @@ def streaming(report: Report, backend: str, bench_ex: Executor, plan: Plan, case
             if mode in ("sync_offload", "demand_paging"):
                 disable_prefetch(hv)
             stacks[mode] = LayerStack(hv, 1, n, L, batches, weight=w)
+            _say(f"streaming: {mode} set up (pool {pools[mode] / MIB:.0f} MiB)")
             for b in batches:  # warm-up: every weight gets its host copy, caches fill
                 drive([(stacks[mode], b)], 1)
             if mode != "resident":
@@ -140,7 +151,8 @@ def streaming(report: Report, backend: str, bench_ex: Executor, plan: Plan, case
             d.offload_pass(hosts[:2])
         t: dict[tuple[str, str], list[float]] = defaultdict(list)
         tot: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        for _ in range(plan.rounds):
+        for r in range(plan.rounds):
+            _say(f"streaming: round {r + 1} of {plan.rounds}")
             for case, cal in cases.items():
                 t[case, "copy"].append(serial_copy_seconds(bench_ex, hosts))
                 t[case, "sync_direct"].append(
@@ -189,6 +201,10 @@ def _stream_figures(report: Report, plan: Plan, case: str, cal: Calibration, med
     report.add(f"{s}_direct_compute_over_copy", cal.ratio, "x")
     report.add(f"{s}_copy_pass_ms", med[case, "copy"] * 1e3, "ms")
     report.add(f"{s}_resident_pass_ms", med[case, "resident"] * 1e3, "ms")
+    for mode in MODES:  # what the device did not spend computing or stalled: the host's part
+        acc = tot[case, mode]
+        gap = (med[case, mode] - (acc["device_s"] + acc["stall_s"]) / acc["passes"]) / plan.layers
+        report.add(f"{s}_{mode}_host_gap_us_per_launch", gap * 1e6, "us")
     ratio = med[case, "resident"] / med[case, "copy"]
     report.add(f"{s}_compute_over_copy", ratio, "x")
     for mode in ("sync_direct", "sync_offload", "demand_paging", "prefetch"):
@@ -200,10 +216,14 @@ def _stream_figures(report: Report, plan: Plan, case: str, cal: Calibration, med
                        ok=hidden >= HIDDEN_GOAL if judge else None)
         else:
             report.add(f"{s}_{mode}_hidden_pct", hidden, "%")
+    report.add(f"{s}_weight_bytes_per_pass", pass_bytes, "B")
+    for mode in MODES:
+        acc = tot[case, mode]
+        report.add(f"{s}_{mode}_h2d_bytes_per_pass", acc["h2d_bytes"] / acc["passes"], "B",
+                   baseline=f"{s}_weight_bytes_per_pass")
     for mode in ("sync_offload", "demand_paging", "prefetch"):
         acc = tot[case, mode]
         per = acc["h2d_bytes"] / acc["passes"]
-        report.add(f"{s}_{mode}_h2d_bytes_per_pass", per, "B")
         pct = 100 * per / med[case, mode] / peak
         if mode == "prefetch" and ratio < 1:
             report.add(f"{s}_{mode}_h2d_of_peak_pct", pct, "%", goal=f">= {H2D_GOAL:g} % (copy-bound)",
@@ -216,6 +236,8 @@ def _stream_figures(report: Report, plan: Plan, case: str, cal: Calibration, med
         launches = acc["hits"] + acc["misses"]
         report.add(f"{s}_{mode}_hit_pct", 100 * acc["hits"] / launches if launches else 0.0, "%")
     report.add(f"{s}_copy_of_peak_pct", 100 * pass_bytes / med[case, "copy"] / peak, "%")
+    for mode in ("sync_direct", "sync_offload"):
+        report.add(f"{s}_prefetch_speedup_over_{mode}", med[case, mode] / med[case, "prefetch"], "x")
     sync = min(med[case, "sync_offload"], med[case, "sync_direct"])
     speedup = sync / med[case, "prefetch"]
     if ratio >= 1:
@@ -246,7 +268,9 @@ def switch(report: Report, backend: str, plan: Plan, cal: Calibration) -> None:
                 disable_prefetch(hv)
             jobs[mode] = [(LayerStack(hv, v, n, k, [b], share=33, weight=w), b) for v in (1, 2, 3)]
             drive(jobs[mode], 1)
-        for _ in range(plan.rounds):
+            _say(f"switch: {mode} set up")
+        for r in range(plan.rounds):
+            _say(f"switch: round {r + 1} of {plan.rounds}")
             for mode in SWITCH_MODES:
                 hv = hvs[mode]
                 c0 = [s.counters() for s, _ in jobs[mode]]
@@ -259,6 +283,9 @@ def switch(report: Report, backend: str, plan: Plan, cal: Calibration) -> None:
                     c1 = s.counters()
                     hits[mode][0] += c1["hits"] - before["hits"]
                     hits[mode][1] += c1["misses"] - before["misses"]
+        pf = hvs["prefetch"].prefetch
+        report.notes.append(f"switch: prefetch ended at look-ahead depth {pf.depth}, {pf.budget / MIB:.0f} MiB in "
+                            f"flight (widened {pf.widened}, narrowed {pf.narrowed} times)")
     finally:
         for hv in hvs.values():
             hv.stop()
@@ -285,7 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="executor backend (default auto)")
     p.add_argument("--only", default=",".join(SECTIONS), metavar="LIST",
                    help=f"comma-separated sections to run: {','.join(SECTIONS)} (default all)")
+    p.add_argument("--verbose", action="store_true", help="progress on stderr")
     args = p.parse_args(argv)
+    global _VERBOSE
+    _VERBOSE = args.verbose
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if not only or any(s not in SECTIONS for s in only):
         p.error(f"--only takes a comma-separated list of {', '.join(SECTIONS)}; got {args.only!r}")
@@ -301,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         big = calibrate(ex, plan.n, COMPUTE_OVER_COPY, b_min=plan.b_min, b_max=plan.b_max, step=plan.step)
         small_b = max(plan.step, big.batch // COPY_BOUND_DIVISOR // plan.step * plan.step)
         cases = {"compute_bound": big, "copy_bound": measured(ex, plan.n, small_b, big.copy_s)}
+        _say(f"peak {peak / 1e9:.1f} GB/s; batches {big.batch} ({big.ratio:.2f}x copy), {small_b}")
         report.add("h2d_pinned_peak_gbps", peak / 1e9, "GB/s")
         report.notes.append(f"backend {ex.name} ({ex.info().device_name}); pinned peak = fastest h2d_async of a "
                             f"{plan.peak_bytes / MIB:.0f} MiB buffer from executor.host_empty, timed on the copy stream")

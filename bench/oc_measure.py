@@ -22,6 +22,10 @@ from primitive_lang import TensorSpec
 
 from .oc_workload import F32, ITEM, input_rows, layer_bytes, layer_source, weight_matrix
 
+# Distinct weights the direct layer cycles through when timing its compute, so that a
+# weight is not still in a cache from the run before (as in a real pass, which never
+# reuses a weight back to back).
+WEIGHT_ROTATION = 3
 # Copies the serial-copy baseline keeps queued at once (their device arrays stay alive
 # until then): enough to keep the copy engine busy, few enough to bound device memory.
 SERIAL_COPY_WINDOW = 4
@@ -111,8 +115,8 @@ def serial_copy_seconds(executor: Executor, hosts: Sequence[np.ndarray]) -> floa
 
 
 class DirectLayer:
-    """One layer kernel bound straight on an executor, no hypervisor: its activations, and
-    optionally a weight of its own (for timing the compute alone)."""
+    """One layer kernel bound straight on an executor, no hypervisor: its activations and
+    weights of its own (for timing the compute alone), or weights passed in per run."""
 
     def __init__(self, executor: Executor, n: int, batch: int):
         self.executor, self.n, self.batch = executor, n, batch
@@ -121,14 +125,17 @@ class DirectLayer:
         self.bound = ck.bind({"x": act, "w": w, "y": act})
         self.acts = [executor.zeros(act), executor.zeros(act)]
         executor.write(self.acts[0], 0, [memoryview(input_rows(batch, n)).cast("B")])
-        self.weight = executor.zeros(w)
-        executor.write(self.weight, 0, [memoryview(weight_matrix(n)).cast("B")])
+        self.weights = []
+        for i in range(WEIGHT_ROTATION):
+            self.weights.append(executor.zeros(w))
+            executor.write(self.weights[-1], 0, [memoryview(weight_matrix(n, seed=i)).cast("B")])
         self._i = 0
 
     def run(self, weight: Any = None, wait_for: Sequence[Fence] = ()) -> None:
-        x, y = self.acts[self._i % 2], self.acts[(self._i + 1) % 2]
+        i = self._i
         self._i += 1
-        self.executor.run(self.bound, {"x": x, "w": self.weight if weight is None else weight, "y": y}, wait_for)
+        w = self.weights[i % WEIGHT_ROTATION] if weight is None else weight
+        self.executor.run(self.bound, {"x": self.acts[i % 2], "w": w, "y": self.acts[(i + 1) % 2]}, wait_for)
 
     def seconds(self, repeat: int) -> float:
         """Median wall seconds of one run (the executor's run returns when it is done)."""

@@ -120,11 +120,13 @@ class LayerStack:
             return [b.host for b in bufs]
 
     def counters(self) -> dict[str, float]:
-        """Cumulative host->device bytes, prefetch hits/misses and stall of this VM."""
-        with self.hv._lock:
-            acct = self.hv.memory.vm(self.vm_id)
-            return {"h2d_bytes": acct.h2d_bytes, "hits": acct.prefetch_hits, "misses": acct.prefetch_misses,
-                    "stall_s": acct.stall_seconds}
+        """Cumulative figures of this VM from the hypervisor's stats: host->device bytes,
+        launches that found their buffers on the device or on their way (hits) or not
+        (misses), seconds the device stalled for its buffers, and device seconds."""
+        st = self.hv.stats(self.vm_id)
+        return {"h2d_bytes": st.extra["h2d_bytes"], "hits": st.extra["prefetch_hits"],
+                "misses": st.extra["prefetch_misses"], "stall_s": st.extra["stall_seconds"],
+                "device_s": st.device_seconds_total}
 
 
 def drive(jobs: Sequence[tuple[LayerStack, int]], passes: int) -> list[list[float]]:
