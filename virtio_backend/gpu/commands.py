@@ -14,13 +14,18 @@ only while the request is being handled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from virtio_backend.wire import PxosBindingKind, PxosClass, PxosDirection, PxosDtype, PxosStatus
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """``struct pxos_ctrl_hdr`` as received; echoed (type aside) in the response."""
+class Header(NamedTuple):
+    """``struct pxos_ctrl_hdr`` as received; echoed (type aside) in the response.
+
+    An immutable record like the commands, but a ``NamedTuple``: it is built for every
+    chain on the queue (standard commands too) straight from the unpacked struct, and a
+    frozen dataclass costs about 0.4 us more to build, a tenth of the device's per-request
+    budget."""
 
     type: int
     flags: int

@@ -24,6 +24,9 @@ from virtio_backend.wire import PxosBindingKind, PxosClass, PxosDirection, PxosS
 
 log = logging.getLogger("pxos.virtio.gpu")
 
+_ABI_MAJOR = wire.PXOS_ABI_MAJOR
+_NO_DATA = c.NoDataResp()  # immutable and field-less: one instance serves every success without data
+
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
@@ -84,18 +87,17 @@ class PxosControl:
             return error_response(exc)
 
     def _handle_get_info(self, cmd: c.GetInfoCmd) -> c.Response:
-        if cmd.abi_major != wire.PXOS_ABI_MAJOR:
+        if cmd.abi_major != _ABI_MAJOR:
             return c.ErrorResp(
                 PxosStatus.PXOS_S_UNSUPPORTED,
                 f"guest speaks PXOS ABI {cmd.abi_major}.{cmd.abi_minor}; this device speaks "
                 f"{wire.PXOS_ABI_MAJOR}.{wire.PXOS_ABI_MINOR}",
             )
+        # Quota, usage and shares change at run time (pxosctl, allocations): read every
+        # time. Backend and device name are fixed for the daemon's life (cached above).
         vm = self.hv.vm_info(self.vm_id)
-        return c.InfoResp(
-            vm_id=vm.vm_id, memory_quota=vm.memory_quota, memory_used=vm.memory_used,
-            compute_share_pct=round(vm.share_pct), compute_cap_pct=round(vm.cap_pct or 0),
-            max_inflight=self.max_inflight, backend=self._backend, device_name=self._device_name,
-        )
+        return c.InfoResp(vm.vm_id, vm.memory_quota, vm.memory_used, round(vm.share_pct), round(vm.cap_pct or 0),
+                          self.max_inflight, self._backend, self._device_name)
 
     def _handle_alloc(self, cmd: c.AllocCmd) -> c.Response:
         buf = self.hv.alloc(self.vm_id, DTYPE_TO_AST[cmd.dtype], cmd.shape, session=cmd.hdr.session)
@@ -103,13 +105,13 @@ class PxosControl:
 
     def _handle_free(self, cmd: c.FreeCmd) -> c.Response:
         self.hv.free(self.vm_id, cmd.handle, session=cmd.hdr.session)
-        return c.NoDataResp()
+        return _NO_DATA
 
     def _handle_write(self, cmd: c.WriteCmd) -> c.Response:
         # The chain's readable segments go straight to the hypervisor: guest memory is
         # copied once, into the buffer (no join, no intermediate bytes).
         self.hv.write(self.vm_id, cmd.handle, cmd.offset, cmd.data, session=cmd.hdr.session)
-        return c.NoDataResp()
+        return _NO_DATA
 
     def _handle_read(self, cmd: c.ReadCmd) -> c.Response:
         n = self.hv.read_into(self.vm_id, cmd.handle, cmd.offset, cmd.dst, session=cmd.hdr.session)
@@ -131,7 +133,7 @@ class PxosControl:
 
     def _handle_kernel_free(self, cmd: c.KernelFreeCmd) -> c.Response:
         self.hv.free_kernel(self.vm_id, cmd.kernel_id, session=cmd.hdr.session)
-        return c.NoDataResp()
+        return _NO_DATA
 
     def _handle_launch(self, cmd: c.LaunchCmd) -> c.Response | Deferred:
         bindings: dict[str, int | Scalar] = {}
@@ -158,7 +160,7 @@ class PxosControl:
 
     def _handle_idle_hint(self, cmd: c.IdleHintCmd) -> c.Response:
         self.hv.idle_hint(self.vm_id, cmd.idle)
-        return c.NoDataResp()
+        return _NO_DATA
 
     def _handle_session_close(self, cmd: c.SessionCloseCmd) -> c.Response:
         r = self.hv.close_session(self.vm_id, cmd.hdr.session)

@@ -32,10 +32,10 @@ from virtio_backend.gpu import commands as c
 from virtio_backend.gpu.control import Deferred, PxosControl, launch_response
 from virtio_backend.gpu.decode import (
     HDR_SIZE,
+    HEAD_BYTES,
     BadRequest,
     decode_command,
     decode_header,
-    read_head,
     response_size,
 )
 from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
@@ -49,6 +49,7 @@ log = logging.getLogger("pxos.virtio.gpu")
 VHOST_USER_GPU_SET_SOCKET = 33  # VhostUserRequest.GPU_SET_SOCKET
 CONFIG_SPACE_MAX = 256  # vhost-user GET_CONFIG reads at most this much (VHOST_USER_MAX_CONFIG_SIZE)
 DEFAULT_MAX_INFLIGHT = 64  # until the control queue starts: QEMU's control queue size
+_PXOS_FIRST, _PXOS_LAST = wire.PXOS_CMD_FIRST, wire.PXOS_CMD_LAST
 
 
 class GpuDevice:
@@ -152,9 +153,9 @@ class GpuDevice:
                 self._note("chain of %d readable bytes holds no control header", req.readable_len)
                 queue.push(req, 0)
                 return
-            head = read_head(req)
+            head = req.read(0, HEAD_BYTES)  # the fixed part, copied out of guest memory once
             hdr = decode_header(head)
-            if wire.PXOS_CMD_FIRST <= hdr.type <= wire.PXOS_CMD_LAST:
+            if _PXOS_FIRST <= hdr.type <= _PXOS_LAST:
                 self._serve_pxos(queue, req, hdr, head)
             else:
                 self._serve_standard(queue, req, hdr)

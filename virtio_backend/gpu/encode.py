@@ -63,10 +63,20 @@ def _identity_text(s: str, size: int) -> bytes:
     return _text(s, size)
 
 
+_RESP = wire.PXOS_RESP
+_OK = int(PxosStatus.PXOS_S_OK)
+_MAX_MESSAGE = wire.PXOS_MAX_MESSAGE
+# GET_INFO's constant fields, in _INFO's order: (magic, abi_major, abi_minor) after the
+# header, then the limits between compute_cap_pct and max_inflight, then max_kernels.
+_INFO_ABI = (wire.PXOS_MAGIC, wire.PXOS_ABI_MAJOR, wire.PXOS_ABI_MINOR)
+_INFO_LIMITS = (wire.PXOS_MAX_RANK, wire.PXOS_MAX_BINDINGS, wire.PXOS_MAX_SOURCE_BYTES, wire.PXOS_MAX_NAME,
+                wire.PXOS_MAX_TRANSFER_BYTES, wire.PXOS_MAX_BUFFER_BYTES)
+
+
 def _head(hdr: c.Header, status: int, message: str = "", payload_len: int = 0) -> tuple:
     """The values of pxos_resp_hdr answering ``hdr`` (in ``_HDR``'s order)."""
-    return (wire.PXOS_RESP, hdr.flags & ECHOED_FLAGS, hdr.fence_id, hdr.ctx_id, hdr.ring_idx, b"",
-            status, payload_len, _text(message, wire.PXOS_MAX_MESSAGE) if message else b"")
+    return (_RESP, hdr.flags & ECHOED_FLAGS, hdr.fence_id, hdr.ctx_id, hdr.ring_idx, b"",
+            status, payload_len, _text(message, _MAX_MESSAGE) if message else b"")
 
 
 def encode(hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> bytes | bytearray:
@@ -75,36 +85,32 @@ def encode(hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> byt
     if kind is c.ErrorResp:
         return _encode_error(hdr, resp, header_only)
     if header_only:
-        return _HDR.struct.pack(*_head(hdr, getattr(resp, "status", PxosStatus.PXOS_S_OK), getattr(resp, "message", "")))
+        return _HDR.struct.pack(*_head(hdr, getattr(resp, "status", _OK), getattr(resp, "message", "")))
     if kind is c.InfoResp:
         return _INFO.struct.pack(
-            *_head(hdr, PxosStatus.PXOS_S_OK), wire.PXOS_MAGIC, wire.PXOS_ABI_MAJOR, wire.PXOS_ABI_MINOR,
-            resp.vm_id, resp.flags, resp.memory_quota, resp.memory_used, resp.compute_share_pct,
-            resp.compute_cap_pct, wire.PXOS_MAX_RANK, wire.PXOS_MAX_BINDINGS, wire.PXOS_MAX_SOURCE_BYTES,
-            wire.PXOS_MAX_NAME, wire.PXOS_MAX_TRANSFER_BYTES, wire.PXOS_MAX_BUFFER_BYTES, resp.max_inflight,
-            wire.PXOS_MAX_KERNELS, _identity_text(resp.backend, _BACKEND_SIZE),
-            _identity_text(resp.device_name, _DEVICE_NAME_SIZE))
+            *_head(hdr, _OK), *_INFO_ABI, resp.vm_id, resp.flags, resp.memory_quota, resp.memory_used,
+            resp.compute_share_pct, resp.compute_cap_pct, *_INFO_LIMITS, resp.max_inflight, wire.PXOS_MAX_KERNELS,
+            _identity_text(resp.backend, _BACKEND_SIZE), _identity_text(resp.device_name, _DEVICE_NAME_SIZE))
     if kind is c.NoDataResp:
-        return _HDR.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK))
+        return _HDR.struct.pack(*_head(hdr, _OK))
     if kind is c.ReadResp:  # the data itself was placed after the header by the handler
-        return _HDR.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK, "", resp.nbytes))
+        return _HDR.struct.pack(*_head(hdr, _OK, "", resp.nbytes))
     if kind is c.AllocResp:
-        return _ALLOC.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK), resp.handle, resp.nbytes)
+        return _ALLOC.struct.pack(*_head(hdr, _OK), resp.handle, resp.nbytes)
     if kind is c.LaunchResp:  # a failed launch still reports its id and timings
         return _LAUNCH.struct.pack(*_head(hdr, resp.status, resp.message), resp.launch_id, resp.device_ns,
                                    resp.queue_ns, resp.total_ns, resp.class_assigned, 0)
     if kind is c.StatsResp:
-        return _STATS.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK),
-                                  *(getattr(resp, name) for name in c.StatsResp.__slots__), 0)
+        return _STATS.struct.pack(*_head(hdr, _OK), *(getattr(resp, name) for name in c.StatsResp.__slots__), 0)
     if kind is c.SessionCloseResp:
-        return _SESSION_CLOSE.struct.pack(*_head(hdr, PxosStatus.PXOS_S_OK), resp.bytes_freed, resp.buffers_freed,
+        return _SESSION_CLOSE.struct.pack(*_head(hdr, _OK), resp.bytes_freed, resp.buffers_freed,
                                           resp.kernels_freed, resp.launches_cancelled, 0)
     struct_name = RESPONSE_STRUCT.get(hdr.type, "pxos_resp_hdr")
     fill = _CFFI_FILLERS.get(kind)
     if fill is None or _CFFI_STRUCT[kind] != struct_name:
         raise TypeError(f"no encoding of {kind.__name__} as struct {struct_name}")
     buf = bytearray(_SIZES[struct_name])
-    _HDR.struct.pack_into(buf, 0, *_head(hdr, PxosStatus.PXOS_S_OK))
+    _HDR.struct.pack_into(buf, 0, *_head(hdr, _OK))
     fill(ffi.from_buffer(f"struct {struct_name} *", buf), resp)
     return buf
 
