@@ -142,7 +142,7 @@ class GpuDevice:
             self._display_fd = None
 
     # ---- serving one chain --------------------------------------------------------------
-    # The per-request path: the fixed part is copied out of the chain once (read_head),
+    # The per-request path: the fixed part is copied out of the chain once (HEAD_BYTES),
     # views of guest memory are made only for the commands that move bulk data (WRITE,
     # READ), and the response is packed in one call and written with one copy.
     def _serve(self, queue, req) -> None:
