@@ -93,7 +93,7 @@ class Plan:
             return cls(False, 4096, 2 * GIB, 3, 2, 3, 1 * GIB, 256, 128)
         if quick:
             return cls(True, 256, 2 * MIB, 1, 2, 2, 16 * MIB, 8, 8)
-        return cls(False, 2048, 128 * MIB, 5, 3, 4, 256 * MIB, 8, 8)
+        return cls(False, 1024, 128 * MIB, 5, 3, 4, 256 * MIB, 8, 8)  # 96 layers, as on the GPU
 
     @property
     def layers(self) -> int:
