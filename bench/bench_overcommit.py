@@ -67,6 +67,9 @@ COMPUTE_OVER_COPY = 1.25
 # Copy-bound case: this many times fewer rows than the compute-bound batch.
 COPY_BOUND_DIVISOR = 8
 HIDDEN_GOAL, H2D_GOAL, SPEEDUP_GOAL = 90.0, 85.0, 1.5
+# Host budget beyond the bytes a benchmark VM allocates, in layers: the capacity check
+# keeps room free to move buffers (docs/memory.md) and a launch's temporaries beside them.
+HOST_SLACK_LAYERS = 4
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ def streaming(report: Report, backend: str, bench_ex: Executor, plan: Plan, case
         for mode in MODES:
             for case, cal in cases.items() if mode == "sync_offload" else [(None, None)]:
                 pool = sync_pool[case] if case else pools[mode]
-                hv = _hv(backend, pool, 0 if mode == "resident" else weights + acts, plan)
+                host = weights + acts + temp + HOST_SLACK_LAYERS * lb
+                hv = _hv(backend, pool, 0 if mode == "resident" else host, plan)
                 hvs.append(hv)
                 if mode in ("sync_offload", "demand_paging"):
                     disable_prefetch(hv)
@@ -282,7 +286,8 @@ def switch(report: Report, backend: str, plan: Plan, cal: Calibration) -> None:
         w = weight_matrix(n)
         jobs = {}
         for mode in SWITCH_MODES:
-            hv = hvs[mode] = _hv(backend, pools[mode], 0 if mode == "resident" else 3 * ws, plan)
+            host = 3 * ws + act_bytes(b, n) + HOST_SLACK_LAYERS * lb
+            hv = hvs[mode] = _hv(backend, pools[mode], 0 if mode == "resident" else host, plan)
             if mode == "no_prefetch":
                 disable_prefetch(hv)
             jobs[mode] = [(LayerStack(hv, v, n, k, [b], share=33, weight=w), b) for v in (1, 2, 3)]
