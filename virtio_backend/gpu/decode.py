@@ -174,7 +174,8 @@ def gather(views: Sequence[memoryview], offset: int, length: int) -> bytes:
 
 
 def slice_views(views: Sequence[memoryview], offset: int, length: int) -> tuple[memoryview, ...]:
-    """The pieces of the concatenated segments covering [offset, offset + length), no copy."""
+    """The pieces of the concatenated segments covering [offset, offset + length), no copy.
+    A segment wholly inside the range is passed on as it is (no new view per segment)."""
     out = []
     for v in views:
         if length == 0:
@@ -184,7 +185,7 @@ def slice_views(views: Sequence[memoryview], offset: int, length: int) -> tuple[
             offset -= n
             continue
         take = min(n - offset, length)
-        out.append(v[offset : offset + take])
+        out.append(v if offset == 0 and take == n else v[offset : offset + take])
         length -= take
         offset = 0
     return tuple(out)
