@@ -6,10 +6,8 @@ the header). Decoding checks everything before anyone acts on it: exact request 
 zero reserved fields, enum ranges, NUL-terminated names, every ``PXOS_MAX_*`` limit, and
 that the writable part can hold the command's response.
 
-A request is read from a *chain*: anything with ``readable_len``, ``writable_len``,
-``read(offset, length)``, ``readable_views()`` and ``writable_views()`` (the device passes
-its virtqueue ``Request``; tests and tools pass ``Segments``, memoryview lists split
-anywhere). The fixed part is copied out of guest memory once, as ``head`` (the first
+A request is read from a ``chain.Chain`` (the device passes its virtqueue ``Request``;
+tests and tools pass ``chain.Segments``, memoryview lists split anywhere). The fixed part is copied out of guest memory once, as ``head`` (the first
 ``HEAD_BYTES``, one copy: a guest cannot change a field between our check and our use);
 COMPILE source and LAUNCH bindings are copied once more; bulk data (WRITE source, READ
 destination) stays as views of guest memory.
@@ -22,13 +20,12 @@ every rule enforced here.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from typing import Protocol
 
 from hypervisor.errors import PxosError
 from primitive_lang.ast import DType
 from virtio_backend import wire
 from virtio_backend.gpu import commands as c
+from virtio_backend.gpu.chain import Chain, slice_views
 from virtio_backend.gpu.virtio_gpu import CTRL_HDR, VirtioGpuFlag
 from virtio_backend.wire import PxosBindingKind, PxosClass, PxosCmdType, PxosDtype, PxosStatus
 
@@ -114,81 +111,6 @@ class BadRequest(PxosError):
 
 def _invalid(message: str) -> BadRequest:
     return BadRequest(PxosStatus.PXOS_S_INVALID, message)
-
-
-# ---- chains ---------------------------------------------------------------------------
-
-
-class Chain(Protocol):
-    """What the decoder reads a request from (``virtqueue.Request`` has all of it)."""
-
-    readable_len: int
-    writable_len: int
-
-    def read(self, offset: int = 0, length: int | None = None) -> bytes: ...
-    def readable_views(self) -> list[memoryview]: ...
-    def writable_views(self) -> list[memoryview]: ...
-
-
-class Segments:
-    """A chain given as lists of memoryviews (device-readable, device-writable), split
-    anywhere: the decoder's input in tests and tools, with ``Request``'s semantics (reads
-    past the end are short)."""
-
-    def __init__(self, readable: Sequence[memoryview], writable: Sequence[memoryview] = ()):
-        self._readable, self._writable = list(readable), list(writable)
-        self.readable_len, self.writable_len = total_len(self._readable), total_len(self._writable)
-
-    def read(self, offset: int = 0, length: int | None = None) -> bytes:
-        avail = max(self.readable_len - offset, 0)
-        n = avail if length is None else min(max(length, 0), avail)
-        return gather(self._readable, offset, n)
-
-    def readable_views(self) -> list[memoryview]:
-        return list(self._readable)
-
-    def writable_views(self) -> list[memoryview]:
-        return list(self._writable)
-
-
-def total_len(views: Sequence[memoryview]) -> int:
-    return sum(len(v) for v in views)
-
-
-def gather(views: Sequence[memoryview], offset: int, length: int) -> bytes:
-    """Copy ``length`` bytes starting ``offset`` bytes into the concatenated segments."""
-    if offset + length > total_len(views):
-        raise _invalid(f"request holds fewer than {offset + length} bytes")
-    out = bytearray()
-    for v in views:
-        n = len(v)
-        if offset >= n:
-            offset -= n
-            continue
-        take = min(n - offset, length - len(out))
-        out += v[offset : offset + take]
-        offset = 0
-        if len(out) == length:
-            break
-    return bytes(out)
-
-
-def slice_views(views: Sequence[memoryview], offset: int, length: int) -> tuple[memoryview, ...]:
-    """The pieces of the concatenated segments covering [offset, offset + length), no copy.
-    A segment wholly inside the range is passed on as it is (no new view per segment)."""
-    out = []
-    for v in views:
-        if length == 0:
-            break
-        n = len(v)
-        if offset >= n:
-            offset -= n
-            continue
-        take = min(n - offset, length)
-        out.append(v if offset == 0 and take == n else v[offset : offset + take])
-        length -= take
-        offset = 0
-    return tuple(out)
 
 
 # ---- decoding ---------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from hypervisor.types import LaunchResult
 from primitive_lang import Diagnostic
 from virtio_backend.gpu import commands as c
 from virtio_backend.gpu import guest as g
+from virtio_backend.gpu.chain import Segments
 from virtio_backend.gpu.control import Deferred, PxosControl, error_response, launch_response
-from virtio_backend.gpu.decode import Segments, decode_command, decode_header, read_head
+from virtio_backend.gpu.decode import decode_command, decode_header, read_head
 from virtio_backend.wire import PxosClass, PxosStatus
 
 S = PxosStatus
