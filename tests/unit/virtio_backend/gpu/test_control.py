@@ -71,3 +71,19 @@ def test_sessions_are_separate(control):
     h = control.handle(cmd(g.alloc(2, [4], session=1))).handle
     assert control.handle(cmd(g.free(h, session=2))).status == S.PXOS_S_NOT_FOUND
     assert control.handle(cmd(g.free(h, session=1))) == c.NoDataResp()
+
+
+def test_commands_and_responses_are_frozen_dataclasses():
+    import dataclasses
+
+    info = c.InfoResp(1, 2, 3, 4, 5, 6, "numpy", "cpu")
+    assert info.flags == 0 and dataclasses.fields(info)[0].name == "vm_id"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.vm_id = 2
+    assert dataclasses.replace(info, vm_id=7) == c.InfoResp(7, 2, 3, 4, 5, 6, "numpy", "cpu", flags=0)
+    assert c.KernelInfoResp(1, "k", PxosClass.PXOS_CLASS_NONE, None, 3).params == ()
+    hdr = c.Header(0x7000, 1, 2, 3, 0)
+    assert hdr.session == 3 and hdr == c.Header(type=0x7000, flags=1, fence_id=2, ctx_id=3, ring_idx=0)
+    assert hdr != (0x7000, 1, 2, 3, 0) and hash(hdr) == hash(c.Header(0x7000, 1, 2, 3, 0))
+    with pytest.raises(TypeError):
+        c.GetInfoCmd(hdr, 1)  # every field without a default is required

@@ -70,3 +70,42 @@ def test_defines_are_module_constants():
     assert wire.PXOS_MAX_REQUEST_BYTES == wire.PXOS_MAX_TRANSFER_BYTES + 4096
     assert wire.PXOS_DIM_SYMBOLIC == 2**64 - 1
     assert "struct pxos_binding" in wire.cdef_text()
+
+
+# ---- precompiled layouts -----------------------------------------------------------------
+
+
+def test_layout_of_a_whole_struct_agrees_with_cffi_field_by_field():
+    lay = wire.layout("pxos_resp_info")
+    assert lay.offset == 0 and lay.size == ffi.sizeof("struct pxos_resp_info")
+    p = ffi.new("struct pxos_resp_info *")
+    p.r.hdr.type, p.r.hdr.fence_id, p.r.hdr.ring_idx, p.r.status = 0x7100, 2**64 - 1, 7, 3
+    p.r.message = b"hi"
+    p.magic, p.vm_id, p.memory_used, p.max_inflight = wire.PXOS_MAGIC, 9, 2**40, 64
+    p.device_name = b"cpu"
+    values = lay.struct.unpack(ffi.buffer(p)[:])
+    assert values[:5] == (0x7100, 0, 2**64 - 1, 0, 7) and values[6] == 3
+    assert values[8] == b"hi".ljust(wire.PXOS_MAX_MESSAGE, b"\0")
+    assert values[9] == wire.PXOS_MAGIC and values[-1].rstrip(b"\0") == b"cpu"
+    assert lay.struct.pack(*values) == ffi.buffer(p)[:]  # and back, byte for byte
+
+
+def test_layout_of_some_fields_starts_at_the_first_one():
+    lay = wire.layout("pxos_cmd_alloc", ("dtype", "rank", "dims"))
+    assert lay.offset == ffi.offsetof("struct pxos_cmd_alloc", "dtype") == 24
+    p = ffi.new("struct pxos_cmd_alloc *")
+    p.dtype, p.rank, p.dims[7] = 2, 8, 5
+    assert lay.struct.unpack_from(ffi.buffer(p)[:], lay.offset) == (2, 8, 0, 0, 0, 0, 0, 0, 0, 5)
+    binding = wire.layout("pxos_binding")
+    assert binding.struct.format == "<64sIIQ" and binding.fields == ("name", "kind", "dtype", "value")
+
+
+def test_layout_refuses_fields_the_header_does_not_have_in_that_order():
+    with pytest.raises(wire.WireAbiMismatch, match="no field"):
+        wire.layout("pxos_cmd_transfer", ("handle", "size"))
+    with pytest.raises(wire.WireAbiMismatch, match="not consecutive"):
+        wire.layout("pxos_cmd_transfer", ("handle", "length"))
+    with pytest.raises(wire.WireAbiMismatch, match="not consecutive"):
+        wire.layout("pxos_cmd_transfer", ("offset", "handle"))
+    with pytest.raises(wire.WireAbiMismatch, match="arrays of structs"):
+        wire.layout("pxos_resp_compile")
