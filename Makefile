@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast lint bench proto clean guest
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py virtio_backend/core/pxq_core.c virtio_backend/core/pxq_core.h
 	./scripts/setup.sh
 
 setup: $(STAMP)
@@ -27,8 +27,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+## Every benchmark (the GPU figures need a GPU: `--backend cupy` where there is one).
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+## Regenerate the gRPC code from hypervisor/rpc/pxos.proto.
+proto: $(STAMP)
+	$(PY) -m hypervisor.rpc.regen
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

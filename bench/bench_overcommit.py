@@ -12,8 +12,8 @@ side, each in its own real Hypervisor, rounds interleaved:
   hypervisor. The speed-up is judged against the faster of the two;
 - ``demand_paging``: pool = weights / 3, LRU eviction and demand fetch, prefetch off;
 - ``prefetch``: pool = weights / 3, pxOS as configured by default.
-Prefetch off means this benchmark replaces MemoryManager.prefetch with a no-op on that
-Hypervisor instance: there is no setting for it (oc_workload.disable_prefetch).
+Prefetch off is the hypervisor's own switch ([memory] prefetch = false,
+oc_workload.disable_prefetch).
 
 Two batch sizes are calibrated on the backend first: one where a layer's compute is
 COMPUTE_OVER_COPY times its copy ("compute_bound", where the >= 90 % hidden and 1.5x
@@ -118,6 +118,9 @@ def _say(msg: str) -> None:
 
 
 def _hv(backend: str, pool: int, host: int, plan: Plan) -> Hypervisor:
+    # Host RAM for the weights that do not fit, plus the swap reserve (twice the largest
+    # buffer) and room for two launches' temporaries (docs/memory.md, promise 2).
+    host += 2 * layer_bytes(plan.n) + plan.pool // 4
     return Hypervisor(backend=backend, device_pool_bytes=pool, host_budget_bytes=host,
                       lookahead_depth=plan.lookahead).start()
 

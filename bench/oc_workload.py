@@ -170,8 +170,6 @@ def per_pass(ends: list[float], warmup: int) -> float:
 
 
 def disable_prefetch(hv: Hypervisor) -> None:
-    """The modes without prefetch. The hypervisor has no switch for it (its look-ahead depth
-    is at least 1, hypervisor/prefetch.py MIN_DEPTH), so this instance's
-    MemoryManager.prefetch becomes a no-op: eviction (LRU), demand fetch and the
-    look-ahead's protection of upcoming buffers are unchanged."""
-    hv.memory.prefetch = lambda upcoming, budget, protected: 0
+    """The modes without prefetch: the hypervisor's own switch ([memory] prefetch = false).
+    Eviction (LRU), demand fetch and the look-ahead's protection are unchanged."""
+    hv.prefetch.enabled = False

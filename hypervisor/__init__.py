@@ -1,4 +1,9 @@
-"""pxos-hvd: the host side of pxOS. ``Hypervisor`` is the API everything else drives."""
+"""pxos-hvd: the host side of pxOS. ``Hypervisor`` is the API everything else drives.
+
+The names below are imported on first use, so that ``import hypervisor.errors`` (what
+virtio_backend needs to raise the right errors) does not pull in NumPy, the language
+and the scheduler.
+"""
 
 import os as _os
 
@@ -9,19 +14,21 @@ import os as _os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     _os.environ.setdefault(_var, "1")
 
-from .core import Hypervisor  # noqa: E402 - after the BLAS settings above
-from .types import (  # noqa: E402
-    BufferInfo,
-    Completion,
-    DeviceInfo,
-    Event,
-    KernelInfo,
-    LaunchResult,
-    Scalar,
-    SessionCloseResult,
-    VMInfo,
-    VMStats,
-)
+_LAZY = {
+    "Hypervisor": ".core",
+    **{name: ".types" for name in ("BufferInfo", "Completion", "DeviceInfo", "Event", "KernelInfo",
+                                   "LaunchResult", "Scalar", "SessionCloseResult", "VMInfo", "VMStats")},
+}
 
-__all__ = ["BufferInfo", "Completion", "DeviceInfo", "Event", "Hypervisor", "KernelInfo", "LaunchResult",
-           "Scalar", "SessionCloseResult", "VMInfo", "VMStats"]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hypervisor' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

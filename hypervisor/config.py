@@ -70,6 +70,7 @@ class MemorySection(_Model):
     device_pool: Size | Literal["auto"] = "auto"
     device_reserve: Size = parse_size("1Gi")
     host_budget: Size = 0
+    prefetch: bool = True
 
 
 class SchedulerSection(_Model):
@@ -133,6 +134,7 @@ socket_dir = "/run/pxos"                  # where `pxosctl vm add` puts sockets 
 device_pool = "auto"      # bytes of device memory pxOS may use; auto = free memory - reserve
 device_reserve = "1Gi"
 host_budget = 0           # host RAM backing for overcommit (0 = no overcommit)
+prefetch = true           # bring in what queued launches need ahead of time (docs/memory.md)
 
 [scheduler]
 window_seconds = 1.0      # window over which caps and achieved shares are measured

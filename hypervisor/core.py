@@ -25,6 +25,7 @@ from primitive_lang.ast import DType
 from scheduler import Classifier, FairScheduler, LaunchCost, Ticket, WorkloadClass
 
 from . import errors as E
+from .calibrate import peaks
 from .dispatch import Dispatcher, Job
 from .executor import Executor, make_executor
 from .memory import Buffer, MemoryManager
@@ -54,10 +55,26 @@ MAX_VM_ID = 2**32 - 1
 LATENCY_SAMPLES = 2048
 
 
+# Bound kernels kept per compiled kernel, by the dtypes and shapes of their bindings: a
+# guest launching the same kernel on same-shaped buffers binds it once.
+BIND_CACHE_SIZE = 8
+
+
 @dataclass
 class _Kernel:
     info: KernelInfo
     session: int
+    bound: dict[tuple, BoundKernel] = field(default_factory=dict)
+
+    def bind(self, specs: dict[str, TensorSpec]) -> BoundKernel:
+        key = tuple(sorted((n, s.dtype, s.shape) for n, s in specs.items()))
+        hit = self.bound.get(key)
+        if hit is None:
+            hit = self.info.checked.bind(specs)  # raises on a mismatch: nothing cached then
+            if len(self.bound) >= BIND_CACHE_SIZE:
+                self.bound.pop(next(iter(self.bound)))
+            self.bound[key] = hit
+        return hit
 
 
 @dataclass
@@ -104,16 +121,18 @@ class Hypervisor:
 
     def __init__(self, *, backend: str | Executor = "auto", device_pool_bytes: int | None = None,
                  host_budget_bytes: int = 0, window_seconds: float = 1.0, lookahead_depth: int = 8,
-                 clock: Callable[[], float] = time.monotonic):
+                 prefetch: bool = True, clock: Callable[[], float] = time.monotonic):
         self.executor = backend if isinstance(backend, Executor) else make_executor(backend)
         pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(self.executor)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self.memory = MemoryManager(self.executor, pool, host_budget_bytes)
         self.scheduler = FairScheduler(window_seconds=window_seconds, clock=clock)
-        self.classifier = Classifier()
+        dev = peaks(self.executor)
+        self.classifier = Classifier(peak_flops=dev.flops_per_s, peak_bytes_per_s=dev.bytes_per_s,
+                                     launch_overhead_s=dev.launch_overhead_s)
         self.clock = clock
-        self.prefetch = PrefetchState.initial(lookahead_depth, pool)
+        self.prefetch = PrefetchState.initial(lookahead_depth, pool, enabled=prefetch)
         self._vms: dict[int, _VM] = {}
         self._kernel_ids = itertools.count(1)
         self._launch_ids = itertools.count(1)
@@ -155,6 +174,8 @@ class Hypervisor:
         return unsubscribe
 
     def _emit(self, kind: str, vm_id: int | None, **detail) -> None:
+        if not self._subscribers:
+            return
         ev = Event(kind, vm_id, time.time(), detail)
         for fn in list(self._subscribers):
             try:
@@ -361,8 +382,9 @@ class Hypervisor:
         hint = _class_of(class_hint)
         with self._lock:
             vm = self._vm(vm_id)
-            kernel = self._kernel(vm_id, kernel_id, session).info.checked
-            bound, buffers, scalars = self._bind(vm_id, session, kernel, bindings)
+            record = self._kernel(vm_id, kernel_id, session)
+            kernel = record.info.checked
+            bound, buffers, scalars = self._bind(vm_id, session, record, bindings)
             if vm.inflight >= MAX_INFLIGHT_PER_VM:
                 raise E.Busy(f"VM {vm_id} has {vm.inflight} launches in flight, the limit; wait for one")
             temp = bound.cost.peak_temp_bytes
@@ -386,7 +408,8 @@ class Hypervisor:
             self._cond.notify_all()
         return completion
 
-    def _bind(self, vm_id: int, session: int, kernel, bindings: Mapping[str, int | Scalar]):
+    def _bind(self, vm_id: int, session: int, record: _Kernel, bindings: Mapping[str, int | Scalar]):
+        kernel = record.info.checked
         if len(bindings) > primitive_lang.limits.MAX_PARAMS:
             raise E.InvalidArgument(f"{len(bindings)} bindings; a kernel has at most {primitive_lang.limits.MAX_PARAMS} params")
         declared = {p.name: p for p in kernel.params}
@@ -410,7 +433,7 @@ class Hypervisor:
             else:
                 raise E.InvalidArgument(f"binding {name!r} must be a buffer handle or a Scalar")
         try:
-            bound: BoundKernel = kernel.bind(specs)
+            bound: BoundKernel = record.bind(specs)
         except primitive_lang.PrimitiveError as exc:
             raise E.BindError(str(exc), exc.diagnostics) from exc
         for handle, names in by_handle.items():
@@ -479,6 +502,7 @@ class Hypervisor:
         nk = len(vm.kernels)
         vm.kernels.clear()
         vm.idle = False
+        self.memory.idle_hint(vm_id, False)
         return SessionCloseResult(nbuf, nbytes, nk, cancelled)
 
     def idle_hint(self, vm_id: int, idle: bool) -> None:

@@ -47,7 +47,7 @@ class Daemon:
         if hypervisor is None:
             pool = None if mem.device_pool == "auto" else mem.device_pool
             hypervisor = Hypervisor(backend=config.daemon.backend, device_pool_bytes=pool,
-                                    host_budget_bytes=mem.host_budget,
+                                    host_budget_bytes=mem.host_budget, prefetch=mem.prefetch,
                                     window_seconds=config.scheduler.window_seconds,
                                     lookahead_depth=config.scheduler.lookahead)
         self.hv = hypervisor
@@ -73,7 +73,7 @@ class Daemon:
         if metrics and self.config.daemon.metrics_address:
             from .metrics import MetricsExporter
 
-            self.metrics = MetricsExporter(self.hv)
+            self.metrics = MetricsExporter(self.hv, transport_status=self.transport_status)
             host, port = self.metrics.serve(self.config.daemon.metrics_address)
             log.info("metrics on http://%s:%d/metrics", host, port)
         if grpc:

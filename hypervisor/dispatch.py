@@ -28,7 +28,7 @@ from primitive_lang import BoundKernel
 from scheduler import LaunchCost, WorkloadClass
 
 from . import errors as E
-from .executor import RunTiming
+from .executor import Pending, RunTiming
 from .residency import LaunchResidency, NotReady
 from .types import Completion, LaunchResult, Scalar
 
@@ -42,6 +42,8 @@ log = logging.getLogger("pxos.dispatch")
 SWITCH_SAMPLES = 4096
 # While a buffer the next launch needs is mid-transfer (a guest WRITE/READ), retry after this.
 NOT_READY_RETRY_S = 0.0005
+# Say so in the log when a launch has waited this long for memory (a stuck transfer?).
+NOT_READY_WARN_S = 2.0
 # Bytes of idle VMs' dirty buffers written back per launch, at most.
 WRITEBACK_PER_LAUNCH = 64 << 20
 
@@ -63,6 +65,9 @@ class Job:
     residency: LaunchResidency | None = None
     args: dict[str, Any] = field(default_factory=dict)
     switch_from: int | None = None
+    pending: Pending | None = None  # handed to the executor
+    covered: int | None = None  # look-ahead launches the prefetch after this one could cover
+    error: E.PxosError | None = None
 
     def unique_buffers(self) -> list[Buffer]:
         return list({b.handle: b for b, _ in self.buffers.values()}.values())
@@ -79,8 +84,8 @@ class Dispatcher:
         self.busy_seconds = 0.0
         self.stall_seconds = 0.0
         self.launches = 0
-        self._last_vm: int | None = None
-        self._last_end = 0.0
+        self._last_vm: int | None = None  # VM of the launch submitted last
+        self._last_end = 0.0  # when the last completed launch ended (host clock)
         self.running: Job | None = None
         self.before_run: list[Callable[[Job], None]] = []  # test hooks, outside the lock
 
@@ -123,75 +128,124 @@ class Dispatcher:
                       queue_ns=result.queue_ns, total_ns=result.total_ns)
 
     def _loop(self) -> None:
-        hv = self.hv
+        """Keep the device fed. On an asynchronous device (a GPU stream) the next launch is
+        picked, made resident and submitted before waiting for the current one, so the
+        device never idles while the host does bookkeeping; on the NumPy device, where
+        submit does the work, each launch is completed before the next one starts."""
+        inflight: Job | None = None
         while True:
-            with hv._cond:
-                job = None
-                while not self._stopping:
-                    ticket = hv.scheduler.pick()
-                    if ticket is not None:
-                        job = ticket.payload
-                        break
-                    wait = hv.scheduler.next_eligible_in()
-                    hv._cond.wait(timeout=wait if wait is not None else None)
-                if job is None:
-                    return
-            ready = self._prepare(job)
+            job = self._next(block=inflight is None)
+            if job is None:
+                if inflight is not None:
+                    self._complete(inflight)
+                    inflight = None
+                    continue
+                return  # stopping, nothing in flight
+            submitted = self._prepare(job) and self._submit(job)
             self.flush_completions()
-            if ready:
-                self._run(job)
+            if inflight is not None:
+                self._complete(inflight)
+            inflight = job if submitted else None
+            if inflight is not None and not self.hv.executor.asynchronous:
+                self._complete(inflight)
+                inflight = None
             self.flush_completions()
+
+    def _next(self, block: bool) -> Job | None:
+        """The next ticket's job; None when stopping, or (not blocking) when none is ready."""
+        hv = self.hv
+        with hv._cond:
+            while not self._stopping:
+                ticket = hv.scheduler.pick()
+                if ticket is not None:
+                    return ticket.payload
+                if not block:
+                    return None
+                wait = hv.scheduler.next_eligible_in()
+                hv._cond.wait(timeout=wait if wait is not None else None)
+            return None
 
     def _prepare(self, job: Job) -> bool:
         """Make the job's memory ready and note a VM switch. False if the job failed."""
         hv = self.hv
+        waiting_since = None
+        job.residency = LaunchResidency()
         while True:
             with hv._cond:
                 try:
-                    hv.memory.check_temps(job.vm_id, job.temp_bytes)
-                    ahead = [t.payload for t in hv.scheduler.lookahead(hv.prefetch.depth)]
-                    ahead_sets = [{b.handle for b, _ in a.buffers.values()} for a in ahead]
-                    job.residency = hv.memory.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets)
-                    hv.memory.reserve_temps(job.vm_id, job.temp_bytes)
-                except NotReady:
-                    pass
+                    mem = hv.memory
+                    mem.check_temps(job.vm_id, job.temp_bytes)
+                    moving = mem.overcommit_active()
+                    ahead = [t.payload for t in hv.scheduler.lookahead(hv.prefetch.depth)] if moving else []
+                    ahead_lists = [a.unique_buffers() for a in ahead]
+                    ahead_sets = [{b.handle for b in a} for a in ahead_lists]
+                    mem.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets, job.residency)
+                    mem.reserve_temps(job.vm_id, job.temp_bytes)
+                except NotReady as exc:
+                    now = time.monotonic()
+                    if waiting_since is None:
+                        waiting_since = now
+                    elif now - waiting_since > NOT_READY_WARN_S:
+                        log.warning("launch %d of VM %d has waited %.1f s for device memory: %s",
+                                    job.launch_id, job.vm_id, now - waiting_since, exc)
+                        waiting_since = now
                 except E.PxosError as exc:
-                    hv._fail_job(job, exc)
+                    self._picked_but_failed(job, exc)
                     return False
                 else:
                     job.args = {n: b.device for n, (b, _) in job.buffers.items()}
-                    own = {b.handle for b in job.unique_buffers()}
-                    protected = own.union(*ahead_sets) if ahead_sets else own
-                    hv.memory.prefetch([a.unique_buffers() for a in ahead], hv.prefetch.budget, protected)
-                    hv.memory.writeback_idle(WRITEBACK_PER_LAUNCH)
+                    if moving and hv.prefetch.enabled:
+                        job.covered = mem.prefetch(job.unique_buffers(), ahead_lists, hv.prefetch.budget)
+                    if mem.any_idle():
+                        mem.writeback_idle(WRITEBACK_PER_LAUNCH)
                     job.started = hv.clock()
-                    if (self._last_vm is not None and self._last_vm != job.vm_id
-                            and job.enqueued_at <= self._last_end):
+                    if self._last_vm is not None and self._last_vm != job.vm_id and (
+                            self.running is not None or job.enqueued_at <= self._last_end):
                         job.switch_from = self._last_vm
+                    self._last_vm = job.vm_id
                     self.running = job
                     return True
             time.sleep(NOT_READY_RETRY_S)
 
-    def _run(self, job: Job) -> None:
+    def _picked_but_failed(self, job: Job, exc: E.PxosError) -> None:
+        """Lock held. The scheduler charges every picked ticket once: this one with 0 s."""
+        now = self.hv.clock()
+        self.hv.scheduler.charge(job.vm_id, 0.0, started=now, ended=now)
+        self.hv._fail_job(job, exc)
+
+    def _submit(self, job: Job) -> bool:
         hv = self.hv
-        error: E.PxosError | None = None
-        timing = RunTiming(0.0, 0.0)
         try:
             for hook in self.before_run:
                 hook(job)
             args = dict(job.args)
             for n, s in job.scalars.items():
                 args[n] = hv.executor.scalar(s.value, job.bound.shapes[n])
-            timing = hv.executor.run(job.bound, args, job.residency.fences if job.residency else ())
-        except E.PxosError as exc:
-            error = exc
-        except Exception as exc:  # the backend failed; the VM gets EXEC, the daemon carries on
-            log.exception("launch %d of VM %d failed in the executor", job.launch_id, job.vm_id)
-            error = E.LaunchFailed(f"the executor failed: {type(exc).__name__}: {exc}")
+            job.pending = hv.executor.submit(job.bound, args, job.residency.fences if job.residency else ())
+        except Exception as exc:
+            job.error = self._launch_error(job, exc)
+        return True
+
+    def _launch_error(self, job: Job, exc: Exception) -> E.PxosError:
+        if isinstance(exc, E.PxosError):
+            return exc
+        log.exception("launch %d of VM %d failed in the executor", job.launch_id, job.vm_id, exc_info=exc)
+        return E.LaunchFailed(f"the executor failed: {type(exc).__name__}: {exc}")
+
+    def _complete(self, job: Job) -> None:
+        hv = self.hv
+        timing = RunTiming(0.0, 0.0)
+        if job.pending is not None:
+            try:
+                timing = job.pending.wait()
+            except Exception as exc:
+                job.error = self._launch_error(job, exc)
+        error = job.error
         ended = hv.clock()
         device_s, stall_s = timing.device_s, timing.stall_s
         with hv._cond:
-            self.running = None
+            if self.running is job:
+                self.running = None
             mem = hv.memory
             mem.finish_launch(job.buffers.values())
             mem.release_temps(job.vm_id, job.temp_bytes)
@@ -199,25 +253,26 @@ class Dispatcher:
             for buf, writes in job.buffers.values():
                 mem.unpin(buf, writes)
             hv.scheduler.charge(job.vm_id, device_s, started=job.started, ended=ended)
+            gap = None
             if job.switch_from is not None:
+                gap = timing.gap_s if timing.gap_s is not None else max(job.started - self._last_end, 0.0) + stall_s
                 self.switches += 1
-                gap = (job.started - self._last_end) + stall_s
                 self.switch_gaps.append(gap)
                 if job.vm_id in hv._vms:
                     hv._vms[job.vm_id].switches_in += 1
-            self._last_vm, self._last_end = job.vm_id, ended
+            self._last_end = ended
             self.busy_seconds += device_s
             self.stall_seconds += stall_s
             self.launches += 1
             res = job.residency
             if res is not None:
-                hv.prefetch.observe(res.hit_bytes, res.miss_bytes, stall_s, device_s, mem.wasted_prefetches)
+                hv.prefetch.observe(res.hit_bytes, res.miss_bytes, stall_s, device_s, mem.wasted_prefetches,
+                                    job.covered)
             total_ns = int((ended - job.enqueued_at) * 1e9)
             result = LaunchResult(
                 job.launch_id, job.vm_id, "PXOS_S_OK" if error is None else error.status, error,
                 int(device_s * 1e9), int((job.started - job.enqueued_at) * 1e9), total_ns,
                 job.wclass.name, job.bound.kernel.name)
-            vm = hv._vms.get(job.vm_id)
             acct = mem._vms.get(job.vm_id)
             if acct is not None and res is not None:
                 acct.stall_seconds += stall_s
@@ -225,6 +280,7 @@ class Dispatcher:
                     acct.prefetch_misses += 1
                 else:
                     acct.prefetch_hits += 1
+            vm = hv._vms.get(job.vm_id)
             if vm is not None:
                 vm.inflight -= 1
                 vm.device_seconds += device_s
@@ -237,6 +293,6 @@ class Dispatcher:
                                                                 job.temp_bytes), device_s)
                 else:
                     vm.launches_failed += 1
-        if job.switch_from is not None:
-            hv._emit("vm_switch", job.vm_id, from_vm=job.switch_from, gap_seconds=self.switch_gaps[-1])
+        if gap is not None and hv._subscribers:
+            hv._emit("vm_switch", job.vm_id, from_vm=job.switch_from, gap_seconds=gap)
         self._deliver(job.completion, result)

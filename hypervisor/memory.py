@@ -121,6 +121,8 @@ class MemoryManager(Placement):
         # launch: their bytes stay counted until the launch lets go of them.
         self._retired: dict[int, VMMemory] = {}
         self._queued_temps: Counter[int] = Counter()  # temporaries of queued/running launches
+        self._sizes: Counter[int] = Counter()  # sizes of live buffers (for the swap reserve)
+        self._idle_vms: set[int] = set()
         self._handles = itertools.count(1)
         self._clock = itertools.count(1)
 
@@ -129,7 +131,31 @@ class MemoryManager(Placement):
         return self.pool_bytes + self.host_budget
 
     def max_queued_temps(self) -> int:
-        return max(self._queued_temps, default=0)
+        """Temporaries to keep room for: the two largest of the queued and running launches
+        (the device runs one launch while the next is already on its stream)."""
+        total = taken = 0
+        for t in sorted(self._queued_temps, reverse=True):
+            k = min(self._queued_temps[t], 2 - taken)
+            total += t * k
+            taken += k
+            if taken == 2:
+                break
+        return total
+
+    def overcommit_active(self) -> bool:
+        """Anything to prefetch at all: some buffer has a copy in host RAM."""
+        return self.host_budget > 0 and self.host_used > 0
+
+    def any_idle(self) -> bool:
+        return bool(self._idle_vms)
+
+    def swap_reserve(self, new: int = 0) -> int:
+        """Room kept free so that a buffer can always trade places with another: twice the
+        largest buffer (docs/memory.md, "Why eviction always finds room"). Without host
+        RAM nothing ever moves and nothing is reserved."""
+        if not self.host_budget:
+            return 0
+        return 2 * max(max(self._sizes, default=0), new)
 
     # ---- VMs ----
     def add_vm(self, vm_id: int, quota: int) -> None:
@@ -148,6 +174,7 @@ class MemoryManager(Placement):
         return self._vm(vm_id)
 
     def remove_vm(self, vm_id: int) -> None:
+        self._idle_vms.discard(vm_id)
         self.release_vm(vm_id)
         vm = self._vms.pop(vm_id, None)
         if vm is not None and (vm.buffers or vm.temp_bytes):
@@ -186,12 +213,14 @@ class MemoryManager(Placement):
         if vm.used + n > vm.quota:
             raise QuotaExceeded(vm_id, vm.quota, vm.used, n)
         temps = self.max_queued_temps()
-        if self.committed + n + temps > self.capacity:
+        reserve = self.swap_reserve(n)
+        if self.committed + n + temps + reserve > self.capacity:
             where = "the device pool" if not self.host_budget else "the device pool and host budget together"
             raise OutOfDeviceMemory(
                 f"VM {vm_id}: allocation of {n} bytes does not fit: {where} is full "
                 f"({self.committed} of {self.capacity} bytes hold buffers"
-                + (f", {temps} are reserved for queued launch temporaries" if temps else "") + ")")
+                + (f", {temps} are reserved for queued launch temporaries" if temps else "")
+                + (f", {reserve} are kept free to move buffers" if reserve else "") + ")")
         on_device = self.place_new(n)
         try:
             if on_device:
@@ -213,6 +242,7 @@ class MemoryManager(Placement):
         vm.buffers[buf.handle] = buf
         vm.live_bytes += n
         self.committed += n
+        self._sizes[n] += 1
         return buf
 
     def lookup(self, vm_id: int, session: int, handle: int) -> Buffer:
@@ -256,6 +286,9 @@ class MemoryManager(Placement):
         n = buf.nbytes
         vm.live_bytes -= n
         self.committed -= n
+        self._sizes[n] -= 1
+        if not self._sizes[n]:
+            del self._sizes[n]
         if buf.device is None:
             vm.host_bytes -= n
         self.release_device(buf)
@@ -317,6 +350,10 @@ class MemoryManager(Placement):
     def idle_hint(self, vm_id: int, idle: bool) -> None:
         """An idle VM's dirty buffers are written back first and leave the device first."""
         self._vm(vm_id).idle = idle
+        if idle:
+            self._idle_vms.add(vm_id)
+        else:
+            self._idle_vms.discard(vm_id)
 
     def vm_extra(self, vm_id: int) -> dict[str, float]:
         vm = self._vm(vm_id)
@@ -329,13 +366,13 @@ class MemoryManager(Placement):
         """A launch is queued: its buffers and temporaries must fit the pool on their own,
         and its temporaries beside everything committed (docs/memory.md, promise 2)."""
         vm = self._vm(vm_id)
-        if vm.used + temps > vm.quota:
-            raise QuotaExceeded(vm_id, vm.quota, vm.used, temps, what="launch temporaries")
+        if vm.live_bytes + temps > vm.quota:  # the running launch's temporaries will be gone
+            raise QuotaExceeded(vm_id, vm.quota, vm.live_bytes, temps, what="launch temporaries")
         if buffers_bytes + temps > self.pool_bytes:
             raise OutOfDeviceMemory(
                 f"this launch needs {buffers_bytes + temps} bytes on the device at once ({buffers_bytes} of "
                 f"buffers, {temps} of temporaries) but the device pool holds {self.pool_bytes}")
-        if self.committed + max(temps, self.max_queued_temps()) > self.capacity:
+        if self.committed + max(temps, self.max_queued_temps()) + self.swap_reserve() > self.capacity:
             raise OutOfDeviceMemory(
                 f"this launch's {temps} bytes of temporaries do not fit beside the {self.committed} bytes "
                 f"of buffers committed in {self.capacity} bytes of device pool and host budget")

@@ -13,7 +13,7 @@ like it, it runs under the hypervisor's lock.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .executor import Fence
@@ -24,11 +24,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class LaunchResidency:
-    """What prepare_launch did for one launch: the copies it must wait for, and its hits."""
+    """What prepare_launch did for one launch: the copies it must wait for, and the bytes
+    that were already coming because of a prefetch (hits) or had to be fetched (misses)."""
 
-    fences: list[Fence]
-    hit_bytes: int
-    miss_bytes: int
+    fences: list[Fence] = field(default_factory=list)
+    hit_bytes: int = 0
+    miss_bytes: int = 0
 
 
 class NotReady(Exception):
@@ -83,14 +84,17 @@ class Placement:
 
     # ---- host budget ----
     def host_room(self, n: int) -> bool:
-        """Make n bytes of host budget free by dropping clean host copies of buffers that
-        are also on the device (a cache), least recently used first."""
+        """Make n bytes of host budget free. Host copies of buffers that are also on the
+        device are a cache (clean) or garbage (dirty: the device copy is newer); both go,
+        stale ones first, then least recently used, but never one a queued copy still
+        reads or writes."""
         if self.host_used + n <= self.host_budget:
             return True
+        self.reap()
         cached = [b for b in self.all_buffers()
-                  if b.host is not None and b.device is not None and not b.dirty and b.movable
-                  and b.leaving is None]
-        cached.sort(key=lambda b: b.last_use)
+                  if b.host is not None and b.device is not None and b.leaving is None
+                  and (b.arriving is None or b.arriving.done()) and not b.transfers]
+        cached.sort(key=lambda b: (not b.dirty, b.last_use))
         for b in cached:
             if self.host_used + n <= self.host_budget:
                 break
@@ -158,16 +162,19 @@ class Placement:
             vm.d2h_bytes += buf.nbytes
         return True
 
-    def make_room(self, n: int, protected: set[int]) -> bool:
-        """Evict unprotected, unused buffers until n bytes of the pool are free: idle VMs'
-        first, then least recently used."""
+    def make_room(self, n: int, protected: set[int], next_use: dict[int, int] | None = None) -> bool:
+        """Evict unprotected, unused buffers until n bytes of the pool are free. Buffers no
+        planned launch needs go first (idle VMs' first, then least recently used), then those
+        needed furthest ahead (``next_use``: handle -> how many launches ahead)."""
         if self.pool_used + n <= self.pool_bytes:
             return True
         if not self.host_budget:
             return False
+        never = float("inf")
         victims = [b for b in self.all_buffers()
                    if b.device is not None and b.handle not in protected and b.movable]
-        victims.sort(key=lambda b: (not self.is_idle(b.vm_id), b.last_use))
+        nu = next_use or {}
+        victims.sort(key=lambda b: (-nu.get(b.handle, never), not self.is_idle(b.vm_id), b.last_use))
         for b in victims:
             if self.pool_used + n <= self.pool_bytes:
                 break
@@ -189,35 +196,43 @@ class Placement:
         raise Busy("memory is being moved for running work; retry the allocation")
 
     # ---- launches ----
-    def prepare_launch(self, buffers: Iterable[Buffer], temps: int, lookahead: list[set[int]]) -> LaunchResidency:
-        """Make a launch's buffers resident (or on their way) and room for its temporaries.
-        Protects the look-ahead's buffers while there is other room; never evicts what
-        this launch needs."""
+    def prepare_launch(self, buffers: Iterable[Buffer], temps: int, lookahead: list[set[int]],
+                       res: LaunchResidency) -> None:
+        """Make a launch's buffers resident (or on their way) and room for its temporaries,
+        one buffer at a time (an eviction may need the host room that an earlier fetch
+        frees). Protects the look-ahead's buffers while there is other room; never evicts
+        what this launch needs. Raises NotReady to be called again shortly (with the same
+        ``res``, which accumulates hits and misses across calls)."""
         self.reap()
         need = list({b.handle: b for b in buffers}.values())
         if any(b.transfers for b in need):
-            raise NotReady()
+            raise NotReady("a buffer it needs is being read or written by its guest")
         own = {b.handle for b in need}
-        missing = [b for b in need if b.device is None]
-        room = sum(b.nbytes for b in missing) + temps
         protected = set(own)
         for ahead in lookahead:
             protected |= ahead
-        if not self.make_room(room, protected):
-            if not self.make_room(room, own):
-                raise NotReady()
-        hit = miss = 0
+        for b in sorted((b for b in need if b.device is None), key=lambda b: -b.nbytes):
+            if not (self.make_room(b.nbytes, protected) or self.make_room(b.nbytes, own)):
+                raise NotReady(self._why_not(b.nbytes))
+            self.fetch(b, prefetch=False)
+            res.miss_bytes += b.nbytes
+        if not (self.make_room(temps, protected) or self.make_room(temps, own)):
+            raise NotReady(self._why_not(temps))
         for b in need:
-            if b.device is None:
-                self.fetch(b, prefetch=False)
-                miss += b.nbytes
-            elif b.prefetched:
-                hit += b.nbytes
+            if b.prefetched:
+                res.hit_bytes += b.nbytes
             b.active += 1
             b.prefetched = False
             self.touch(b)
-        fences = [b.arriving for b in need if b.arriving is not None]
-        return LaunchResidency(fences, hit, miss)
+        res.fences = [b.arriving for b in need if b.arriving is not None]
+
+    def _why_not(self, n: int) -> str:
+        return (f"needs {n} bytes of the pool ({self.pool_used} of {self.pool_bytes} in use, host "
+                f"{self.host_used} of {self.host_budget}); nothing more can move now: "
+                + ", ".join(f"{b.handle}:{b.residency}/{b.nbytes}{'/active' if b.active else ''}"
+                            f"{'/transfer' if b.transfers else ''}{'/arriving' if b.arriving else ''}"
+                            f"{'/leaving' if b.leaving else ''}{'/dirty' if b.dirty else ''}"
+                            for b in self.all_buffers()))
 
     def finish_launch(self, buffers: Iterable[tuple[Buffer, bool]]) -> None:
         seen: set[int] = set()
@@ -229,23 +244,29 @@ class Placement:
                 b.dirty = b.host is not None
             self.touch(b)
 
-    def prefetch(self, upcoming: list[list[Buffer]], budget: int, protected: set[int]) -> int:
-        """Queue host->device copies for the next launches' buffers, nearest first, while
-        the bytes in flight stay under budget and room exists without evicting what the
-        look-ahead needs. Returns the bytes queued."""
+    def prefetch(self, current: list[Buffer], upcoming: list[list[Buffer]], budget: int) -> int:
+        """Queue host->device copies for the next launches' buffers, nearest launch first,
+        while the bytes in flight stay under budget. Room for a buffer needed d launches
+        ahead may be made by evicting what is needed further ahead (furthest first) or not
+        at all, never what the running launch or a nearer one needs. Returns how many of
+        the upcoming launches have all their buffers on the device or on the way."""
         self.reap()
-        queued = 0
+        next_use: dict[int, int] = {}
+        for d, launch in enumerate(upcoming, start=1):
+            for b in launch:
+                next_use.setdefault(b.handle, d)
+        protected = {b.handle for b in current}
+        covered = 0
         for launch in upcoming:
+            protected |= {b.handle for b in launch}
             for b in launch:
                 if b.device is not None or b.host is None or b.transfers or b.freed:
                     continue
-                if self.inflight_bytes + b.nbytes > budget:
-                    return queued
-                if not self.make_room(b.nbytes, protected):
-                    return queued
+                if self.inflight_bytes + b.nbytes > budget or not self.make_room(b.nbytes, protected, next_use):
+                    return covered
                 self.fetch(b, prefetch=True)
-                queued += b.nbytes
-        return queued
+            covered += 1
+        return covered
 
     def writeback_idle(self, budget: int) -> int:
         """Write back dirty buffers of VMs that said they are idle, ahead of need."""

@@ -76,8 +76,15 @@ fi
 PY=$(pick_python)
 stamp=.venv/.pxos-installed
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] \
-   || [ virtio_backend/core/pxq_core.c -nt "$stamp" ] 2>/dev/null; then
+stale=0
+[ -f "$stamp" ] || stale=1
+for f in pyproject.toml setup.py virtio_backend/core/pxq_core.c virtio_backend/core/pxq_core.h \
+         virtio_backend/core/build_pxq.py; do
+    [ -f "$f" ] && [ "$f" -nt "$stamp" ] && stale=1
+done
+# The cffi core is built by the package's own build; a clean clone has none yet.
+ls virtio_backend/core/_pxq_core*.so >/dev/null 2>&1 || stale=1
+if [ "$stale" = 1 ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"

@@ -20,6 +20,22 @@ from primitive_lang import BoundKernel, TensorSpec
 class RunTiming:
     device_s: float  # the kernel's own device time
     stall_s: float  # time the device waited for the launch's buffers to arrive first
+    gap_s: float | None = None  # device idle from the previous launch's end to this one's start
+
+
+class Pending(ABC):
+    """A launch handed to the device; wait() returns its timing (or raises its error)."""
+
+    @abstractmethod
+    def wait(self) -> RunTiming: ...
+
+
+class DonePending(Pending):
+    def __init__(self, timing: RunTiming):
+        self.timing = timing
+
+    def wait(self) -> RunTiming:
+        return self.timing
 
 
 class Fence(ABC):
@@ -84,11 +100,19 @@ class Executor(ABC):
     def scalar(self, value: float | int, spec: TensorSpec) -> Any:
         """A 0-d array holding a scalar param's value."""
 
+    #: True when submit() returns before the work is done (a GPU stream), so the dispatcher
+    #: prepares the next launch while this one runs; False when submit() does the work.
+    asynchronous = False
+
     @abstractmethod
+    def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
+        """Hand one bound kernel to the device, to run after the copies in ``wait_for`` (its
+        own buffers arriving) and after every launch submitted before it. ``args`` maps every
+        param to its array (outputs are written in place)."""
+
     def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
-        """Run one bound kernel to completion, after the copies in ``wait_for`` (its own
-        buffers arriving) are complete; ``args`` maps every param to its array (outputs are
-        written in place). Returns the measured device time and the stall before it."""
+        """Run one bound kernel to completion: its device time and the stall before it."""
+        return self.submit(bound, args, wait_for).wait()
 
     # ---- residency copies (overcommit, docs/memory.md) ----
     # All of them go, in order, through one copy stream (CuPy) or copy thread (NumPy):

@@ -15,7 +15,7 @@ import numpy as np
 
 from primitive_lang import BoundKernel, TensorSpec
 
-from .base import Executor, ExecutorInfo, Fence, RunTiming, byte_view, check_range
+from .base import Executor, ExecutorInfo, Fence, Pending, RunTiming, byte_view, check_range
 from .interpret import Interpreter
 
 # Pinned staging buffer for host<->device copies of guest data; larger transfers go in
@@ -56,8 +56,24 @@ class _EventFence(Fence):
         return time.perf_counter() - t0
 
 
+class _StreamPending(Pending):
+    __slots__ = ("cp", "end", "prev_end", "start", "waiting", "waited")
+
+    def __init__(self, cp, waiting, start, end, prev_end, waited: bool):
+        self.cp, self.waiting, self.start, self.end = cp, waiting, start, end
+        self.prev_end, self.waited = prev_end, waited
+
+    def wait(self) -> RunTiming:
+        self.end.synchronize()
+        elapsed = self.cp.cuda.get_elapsed_time
+        stall = elapsed(self.waiting, self.start) / 1000.0 if self.waited else 0.0
+        gap = max(elapsed(self.prev_end, self.start) / 1000.0, 0.0) if self.prev_end is not None else None
+        return RunTiming(elapsed(self.start, self.end) / 1000.0, stall, gap)
+
+
 class CupyExecutor(Executor):
     name = "cupy"
+    asynchronous = True
 
     def __init__(self, device_id: int = 0) -> None:
         import cupy
@@ -72,6 +88,7 @@ class CupyExecutor(Executor):
         self.copy = cupy.cuda.Stream(non_blocking=True)
         self._staging = cupy.cuda.alloc_pinned_memory(STAGING_BYTES)
         self._staging_np = np.frombuffer(self._staging, dtype=np.uint8, count=STAGING_BYTES)
+        self._last_end = None  # end event of the previous launch on the compute stream
 
     def info(self) -> ExecutorInfo:
         free, total = self.cp.cuda.runtime.memGetInfo()
@@ -178,20 +195,20 @@ class CupyExecutor(Executor):
     def scalar(self, value: float | int, spec: TensorSpec):
         return self.cp.asarray(value, dtype=spec.dtype.value)
 
-    def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
+    def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
         cp = self.cp
         env = dict(args)
         waiting, start, end = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
         with self.compute:
             waiting.record(self.compute)
-            for f in wait_for:  # the GPU waits for this launch's own buffers, the CPU does not
+            for f in wait_for:  # the GPU waits for this launch's own buffers; the CPU does not
                 self.compute.wait_event(f.event)
             start.record(self.compute)
             Interpreter(cp, bound, env).run()
             end.record(self.compute)
-        end.synchronize()
-        stall = cp.cuda.get_elapsed_time(waiting, start) / 1000.0 if wait_for else 0.0
-        return RunTiming(cp.cuda.get_elapsed_time(start, end) / 1000.0, stall)
+        pending = _StreamPending(cp, waiting, start, end, self._last_end, bool(wait_for))
+        self._last_end = end
+        return pending
 
     def release(self, array) -> None:
         del array  # CuPy's pool reuses the block once the last reference goes

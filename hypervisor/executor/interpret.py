@@ -68,7 +68,8 @@ _UNARY: dict[str, Callable[[Any, Any], Any]] = {
 _REDUCE: dict[str, Callable[[Any, Any, int], Any]] = {
     "REDUCE_SUM": lambda xp, a, axis: xp.sum(a, axis=axis, dtype=a.dtype),
     "REDUCE_MAX": lambda xp, a, axis: xp.max(a, axis=axis),
-    "REDUCE_MEAN": lambda xp, a, axis: xp.mean(a, axis=axis, dtype=a.dtype),
+    # docs/language.md: numpy.mean(a, axis=k).astype(a.dtype) (float16 accumulates in float32)
+    "REDUCE_MEAN": lambda xp, a, axis: xp.mean(a, axis=axis).astype(a.dtype, copy=False),
 }
 
 SUPPORTED_OPS = frozenset(_BINARY) | frozenset(_UNARY) | frozenset(_REDUCE) | {"SOFTMAX", "FILL"}
@@ -110,7 +111,10 @@ class Interpreter:
         xp, op = self.xp, st.op
         if op == "FILL":
             spec = self.bound.shapes[st.dest.name]
-            return xp.full(spec.shape, st.args[0].value, dtype=spec.dtype.value)
+            out = xp.empty(spec.shape, dtype=spec.dtype.value)
+            src = st.args[0]
+            out[...] = src.value if isinstance(src, Number) else self.env[src.name]
+            return out
         if op in _BINARY:
             a_node, b_node = st.args
             tensor = next((self.env[n.name] for n in st.args if isinstance(n, Name)), None)

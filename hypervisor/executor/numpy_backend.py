@@ -17,7 +17,7 @@ import numpy as np
 
 from primitive_lang import BoundKernel, TensorSpec
 
-from .base import Executor, ExecutorInfo, Fence, RunTiming, byte_view, check_range
+from .base import DonePending, Executor, ExecutorInfo, Fence, Pending, RunTiming, byte_view, check_range
 from .interpret import Interpreter
 
 
@@ -75,6 +75,7 @@ class NumpyExecutor(Executor):
     def __init__(self) -> None:
         self._device_name = _cpu_name()
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-copy")
+        self._last_end: float | None = None
 
     def info(self) -> ExecutorInfo:
         total = _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -114,13 +115,18 @@ class NumpyExecutor(Executor):
     def scalar(self, value: float | int, spec: TensorSpec) -> np.ndarray:
         return np.asarray(value, dtype=spec.dtype.value)
 
-    def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
+    def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
+        begin = time.perf_counter()
+        gap = begin - self._last_end if self._last_end is not None else None
         stall = sum(f.wait() for f in wait_for)
         env = dict(args)
         t0 = time.thread_time()
-        with np.errstate(all="ignore"):  # inf/nan follow IEEE, as on the GPU; no warnings
-            Interpreter(np, bound, env).run()
-        return RunTiming(time.thread_time() - t0, stall)
+        try:
+            with np.errstate(all="ignore"):  # inf/nan follow IEEE, as on the GPU; no warnings
+                Interpreter(np, bound, env).run()
+        finally:
+            self._last_end = time.perf_counter()
+        return DonePending(RunTiming(time.thread_time() - t0, stall, None if gap is None else gap + stall))
 
     def host_empty(self, nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)

@@ -116,6 +116,17 @@ def test_op_matches_numpy_reference(backend, case, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_fill_from_a_scalar_param(backend):
+    ex = _backend(backend)
+    k = compile_source("GPU_KERNEL f\nGPU_PARAM v float64\nGPU_PARAM c float64[2, 3]\nGPU_THREAD_CODE:\n"
+                       "    FILL v -> c\nGPU_END\n").kernels[0]
+    specs = {"v": TensorSpec(DType.FLOAT64, ()), "c": TensorSpec(DType.FLOAT64, (2, 3))}
+    arrays = {"v": ex.scalar(2.5, specs["v"]), "c": ex.zeros(specs["c"])}
+    ex.run(k.bind(specs), arrays)
+    np.testing.assert_array_equal(ex.to_host(arrays["c"]), np.full((2, 3), 2.5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_ops(backend):
     ex = _backend(backend)
     src = """
