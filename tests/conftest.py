@@ -13,7 +13,7 @@ import pytest
 def gpu_unavailable_reason() -> str | None:
     """Why the `gpu` tests cannot run here, or None when CuPy sees a GPU."""
     try:
-        import cupy  # noqa: F401
+        import cupy
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
         return f"CuPy not importable: {type(exc).__name__}: {exc}"
     try:
