@@ -5,15 +5,21 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.pxos-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench proto clean guest
+.PHONY: setup demo demo-host test test-fast lint bench proto clean
 
 $(STAMP): pyproject.toml setup.py virtio_backend/core/pxq_core.c virtio_backend/core/pxq_core.h
 	./scripts/setup.sh
 
 setup: $(STAMP)
 
-## The main job: the daemon sharing the GPU between VMs, live.
+## The main job: pxos-hvd with three QEMU guests (shares 50/30/20) submitting primitives
+## through /dev/pxos0, and pxosctl showing quotas and achieved shares. The first run
+## fetches Debian's guest kernel (apt-get download) and builds the module and initramfs.
 demo: $(STAMP)
+	$(PY) -m qemu demo --duration 20
+
+## The host-side demo: the same three VMs driven in-process, no QEMU.
+demo-host: $(STAMP)
 	$(PY) -m hypervisor.daemon demo --duration 10
 
 ## Every test: lint, then the whole suite (gpu tests skip with their reason where there is no GPU).

@@ -7,6 +7,7 @@ At the end, each guest's own summary line. Exit status 0 when every guest succee
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +31,25 @@ def _status_line(stats: dict) -> str:
     return " | ".join(parts)
 
 
-def run_demo(duration: int = 20, size: int = 128, depth: int = 4, accel: str = "auto",
+def contended_shares(samples: list[dict]) -> dict[int, float] | None:
+    """Each VM's share of device time while all of them were busy (every VM's launch count
+    rose between consecutive samples): what the scheduler promises, free of boot and
+    finish skew. None if the VMs never overlapped."""
+    def launches(s):
+        return {v["vm_id"]: v["launches_total"] for v in s["vms"]}
+
+    busy = [i for i in range(1, len(samples))
+            if all(n > launches(samples[i - 1]).get(v, 0) for v, n in launches(samples[i]).items())]
+    if not busy:
+        return None
+    first, last = samples[busy[0] - 1], samples[busy[-1]]
+    t0 = {v["vm_id"]: v["device_seconds_total"] for v in first["vms"]}
+    delta = {v["vm_id"]: v["device_seconds_total"] - t0.get(v["vm_id"], 0.0) for v in last["vms"]}
+    total = sum(delta.values())
+    return {v: 100 * d / total for v, d in delta.items()} if total > 0 else None
+
+
+def run_demo(duration: int = 20, size: int = 384, depth: int = 4, accel: str = "auto",
              as_json: bool = False, out=sys.stdout) -> int:
     a = art.prepare(log=lambda s: print(f"pxos-vm: {s}", file=sys.stderr))
     accel = choose_accel(accel)
@@ -52,12 +71,16 @@ def run_demo(duration: int = 20, size: int = 128, depth: int = 4, accel: str = "
                     print(_status_line(stats), file=out, flush=True)
             results = [g.wait(60) for g in guests]
             final = hvd.ctl("stats")
+            table = subprocess.run([sys.executable, "-m", "hypervisor.ctl", "--socket", str(hvd.grpc), "vm", "list"],
+                                   capture_output=True, text=True, timeout=60).stdout
         finally:
             for g in guests:
                 g.close()
     ok = all(r.exit_status == 0 for r in results)
+    shares = contended_shares(samples)
     summary = {
         "accel": accel, "ok": ok,
+        "share_while_all_busy": {str(v): round(x, 2) for v, x in (shares or {}).items()},
         "vms": [{k: vm[k] for k in ("vm_id", "name", "share", "achieved_share", "launches_total",
                                      "device_seconds_total", "memory_quota")} for vm in final["vms"]],
         "guests": [next((line for line in r.console.splitlines() if line.startswith("load:")), None)
@@ -67,7 +90,13 @@ def run_demo(duration: int = 20, size: int = 128, depth: int = 4, accel: str = "
         json.dump(summary, out, indent=1)
         print(file=out)
     else:
-        print("final:", _status_line(final), file=out)
+        print("\n$ pxosctl vm list", file=out)
+        print(table.rstrip(), file=out)
+        if shares:
+            print("\nshare of device time while all three guests were busy:", file=out)
+            for vm in final["vms"]:
+                print(f"  {vm['name']}: target {vm['share']:.0f}%  achieved {shares.get(vm['vm_id'], 0.0):5.1f}%  "
+                      f"launches {vm['launches_total']}", file=out)
         for v, line in zip(SHARES, summary["guests"], strict=True):
             print(f"guest{v}: {line or 'no result (see its console)'}", file=out)
     return 0 if ok else 1

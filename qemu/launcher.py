@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
             r.add_argument("--quiet", action="store_true", help="do not echo the console")
     demo = sub.add_parser("demo", help="pxos-hvd and three guests sharing the device, live")
     demo.add_argument("--duration", type=int, default=20, help="seconds of load per guest (default 20)")
-    demo.add_argument("--size", type=int, default=128, help="matmul size (default 128)")
+    demo.add_argument("--size", type=int, default=384,
+                      help="matmul size (default 384: about a millisecond per launch, so each guest keeps the device busy)")
     demo.add_argument("--accel", default="auto")
     demo.add_argument("--json", action="store_true", help="one JSON summary instead of live lines")
     return p
