@@ -104,15 +104,16 @@ def run_layers(hv: Hypervisor, n_layers: int, n: int, batch: int, passes: int, r
     return np.frombuffer(hv.read(1, acts[step % 2]), np.float32).copy(), hv
 
 
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("pool_kb,host_kb", [(40, 200), (24, 300), (64, 64)])
-def test_layer_streaming_matches_the_run_without_overcommit(pool_kb, host_kb):
+def test_layer_streaming_matches_the_run_without_overcommit(pool_kb, host_kb, backend):
     # 8 layers of 32x32 float32 = 4 KiB each (32 KiB in all) + two 1 KiB activations.
-    ref_hv = Hypervisor(backend="numpy", device_pool_bytes=1 << 20).start()
+    ref_hv = Hypervisor(backend=backend, device_pool_bytes=1 << 20).start()
     try:
         expect, _ = run_layers(ref_hv, 8, 32, 8, passes=3)
     finally:
         ref_hv.stop()
-    hv = Hypervisor(backend="numpy", device_pool_bytes=pool_kb * KB, host_budget_bytes=host_kb * KB).start()
+    hv = Hypervisor(backend=backend, device_pool_bytes=pool_kb * KB, host_budget_bytes=host_kb * KB).start()
     try:
         got, hv = run_layers(hv, 8, 32, 8, passes=3)
         extra = hv.stats(1).extra
