@@ -42,6 +42,14 @@ log = logging.getLogger("pxos.dispatch")
 SWITCH_SAMPLES = 4096
 # While a buffer the next launch needs is mid-transfer (a guest WRITE/READ), retry after this.
 NOT_READY_RETRY_S = 0.0005
+# Late binding of the next launch on an asynchronous device: the dispatcher submits the
+# next launch this long before the running one is expected to end, not at once, so that
+# a latency-sensitive launch arriving meanwhile can still be picked ahead of queued bulk
+# work. Long enough to pick, prepare and issue a launch; launches shorter than this are
+# simply pipelined back to back.
+PIPELINE_LEAD_S = 0.001
+# While holding, look at the running launch's completion this often.
+HOLD_POLL_S = 0.0005
 # Say so in the log when a launch has waited this long for memory (a stuck transfer?).
 NOT_READY_WARN_S = 2.0
 # Bytes of idle VMs' dirty buffers written back per launch, at most.
@@ -65,8 +73,11 @@ class Job:
     residency: LaunchResidency | None = None
     args: dict[str, Any] = field(default_factory=dict)
     switch_from: int | None = None
+    prev_vm: int | None = None  # the VM whose launch ended while this one was waiting
     pending: Pending | None = None  # handed to the executor
     covered: int | None = None  # look-ahead launches the prefetch after this one could cover
+    est_seconds: float = 0.0  # the classifier's estimate of its device time
+    submitted_at: float = 0.0  # perf_counter when handed to the device
     error: E.PxosError | None = None
 
     def unique_buffers(self) -> list[Buffer]:
@@ -80,6 +91,8 @@ class Dispatcher:
         self._stopping = False
         self._pending: deque[tuple[Completion, LaunchResult]] = deque()
         self.switch_gaps: deque[float] = deque(maxlen=SWITCH_SAMPLES)
+        # The same gap between back-to-back launches of one VM: the baseline of a switch.
+        self.same_vm_gaps: deque[float] = deque(maxlen=SWITCH_SAMPLES)
         self.switches = 0
         self.busy_seconds = 0.0
         self.stall_seconds = 0.0
@@ -87,18 +100,23 @@ class Dispatcher:
         self._last_vm: int | None = None  # VM of the launch submitted last
         self._last_end = 0.0  # when the last completed launch ended (host clock)
         self.running: Job | None = None
+        self._inflight: Job | None = None  # submitted to the device, not yet completed
+        self._last_complete = 0.0  # perf_counter when the last launch was completed
+        self._wake = threading.Event()  # set only to stop: interrupts a hold
         self.before_run: list[Callable[[Job], None]] = []  # test hooks, outside the lock
 
     def start(self) -> None:
         if self._thread is not None:
             return
         self._stopping = False
+        self._wake.clear()
         self._thread = threading.Thread(target=self._loop, name="pxos-dispatch", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
         with self.hv._cond:
             self._stopping = True
+            self._wake.set()
             self.hv._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -131,25 +149,42 @@ class Dispatcher:
         """Keep the device fed. On an asynchronous device (a GPU stream) the next launch is
         picked, made resident and submitted before waiting for the current one, so the
         device never idles while the host does bookkeeping; on the NumPy device, where
-        submit does the work, each launch is completed before the next one starts."""
-        inflight: Job | None = None
+        submit does the work, each launch is completed before the next one starts. If the
+        next launch's memory cannot be made ready beside the one in flight (a pool too
+        small for both working sets), the one in flight is completed first."""
         while True:
-            job = self._next(block=inflight is None)
+            job = self._next(block=self._inflight is None)
             if job is None:
-                if inflight is not None:
-                    self._complete(inflight)
-                    inflight = None
+                if self._inflight is not None:
+                    self._complete_inflight()
                     continue
                 return  # stopping, nothing in flight
             submitted = self._prepare(job) and self._submit(job)
             self.flush_completions()
-            if inflight is not None:
-                self._complete(inflight)
-            inflight = job if submitted else None
-            if inflight is not None and not self.hv.executor.asynchronous:
-                self._complete(inflight)
-                inflight = None
+            if self._inflight is not None:
+                self._complete_inflight()
+            if submitted:
+                self._inflight = job
+                if not self.hv.executor.asynchronous:
+                    self._complete_inflight()
+                else:
+                    self._hold(job)
             self.flush_completions()
+
+    def _hold(self, job: Job) -> None:
+        """Wait (without blocking the device) until the launch just submitted is about to
+        end, so the next pick sees what arrived meanwhile."""
+        start = max(job.submitted_at, self._last_complete)
+        target = start + job.est_seconds - PIPELINE_LEAD_S
+        while not self._stopping and job.pending is not None and not job.pending.done():
+            left = target - time.perf_counter()
+            if left <= 0:
+                return
+            self._wake.wait(min(left, HOLD_POLL_S))
+
+    def _complete_inflight(self) -> None:
+        job, self._inflight = self._inflight, None
+        self._complete(job)
 
     def _next(self, block: bool) -> Job | None:
         """The next ticket's job; None when stopping, or (not blocking) when none is ready."""
@@ -182,6 +217,7 @@ class Dispatcher:
                     mem.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets, job.residency)
                     mem.reserve_temps(job.vm_id, job.temp_bytes)
                 except NotReady as exc:
+                    retry_now = self._inflight is not None  # it may hold memory this launch needs
                     now = time.monotonic()
                     if waiting_since is None:
                         waiting_since = now
@@ -199,13 +235,19 @@ class Dispatcher:
                     if mem.any_idle():
                         mem.writeback_idle(WRITEBACK_PER_LAUNCH)
                     job.started = hv.clock()
-                    if self._last_vm is not None and self._last_vm != job.vm_id and (
-                            self.running is not None or job.enqueued_at <= self._last_end):
-                        job.switch_from = self._last_vm
+                    if self._last_vm is not None and (self.running is not None
+                                                      or job.enqueued_at <= self._last_end):
+                        job.prev_vm = self._last_vm  # it was waiting when the previous launch ended
+                        if self._last_vm != job.vm_id:
+                            job.switch_from = self._last_vm
                     self._last_vm = job.vm_id
                     self.running = job
                     return True
-            time.sleep(NOT_READY_RETRY_S)
+            if retry_now:
+                self._complete_inflight()
+                self.flush_completions()
+            else:
+                time.sleep(NOT_READY_RETRY_S)
 
     def _picked_but_failed(self, job: Job, exc: E.PxosError) -> None:
         """Lock held. The scheduler charges every picked ticket once: this one with 0 s."""
@@ -221,6 +263,7 @@ class Dispatcher:
             args = dict(job.args)
             for n, s in job.scalars.items():
                 args[n] = hv.executor.scalar(s.value, job.bound.shapes[n])
+            job.submitted_at = time.perf_counter()
             job.pending = hv.executor.submit(job.bound, args, job.residency.fences if job.residency else ())
         except Exception as exc:
             job.error = self._launch_error(job, exc)
@@ -240,6 +283,7 @@ class Dispatcher:
                 timing = job.pending.wait()
             except Exception as exc:
                 job.error = self._launch_error(job, exc)
+            self._last_complete = time.perf_counter()
         error = job.error
         ended = hv.clock()
         device_s, stall_s = timing.device_s, timing.stall_s
@@ -254,12 +298,16 @@ class Dispatcher:
                 mem.unpin(buf, writes)
             hv.scheduler.charge(job.vm_id, device_s, started=job.started, ended=ended)
             gap = None
-            if job.switch_from is not None:
+            if job.prev_vm is not None:
                 gap = timing.gap_s if timing.gap_s is not None else max(job.started - self._last_end, 0.0) + stall_s
-                self.switches += 1
-                self.switch_gaps.append(gap)
-                if job.vm_id in hv._vms:
-                    hv._vms[job.vm_id].switches_in += 1
+                if job.switch_from is None:
+                    self.same_vm_gaps.append(gap)
+                    gap = None
+                else:
+                    self.switches += 1
+                    self.switch_gaps.append(gap)
+                    if job.vm_id in hv._vms:
+                        hv._vms[job.vm_id].switches_in += 1
             self._last_end = ended
             self.busy_seconds += device_s
             self.stall_seconds += stall_s

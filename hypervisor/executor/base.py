@@ -29,6 +29,10 @@ class Pending(ABC):
     @abstractmethod
     def wait(self) -> RunTiming: ...
 
+    def done(self) -> bool:
+        """True once the device has finished it (never blocks)."""
+        return False
+
 
 class DonePending(Pending):
     def __init__(self, timing: RunTiming):
@@ -36,6 +40,9 @@ class DonePending(Pending):
 
     def wait(self) -> RunTiming:
         return self.timing
+
+    def done(self) -> bool:
+        return True
 
 
 class Fence(ABC):

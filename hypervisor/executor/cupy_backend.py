@@ -63,6 +63,9 @@ class _StreamPending(Pending):
         self.cp, self.waiting, self.start, self.end = cp, waiting, start, end
         self.prev_end, self.waited = prev_end, waited
 
+    def done(self) -> bool:
+        return self.end.done
+
     def wait(self) -> RunTiming:
         self.end.synchronize()
         elapsed = self.cp.cuda.get_elapsed_time

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from hypervisor import Hypervisor, Scalar
 from hypervisor import errors as E
+from hypervisor.executor import NumpyExecutor, Pending
 
 KB = 1024
 
@@ -120,6 +121,41 @@ def test_layer_streaming_matches_the_run_without_overcommit(pool_kb, host_kb, ba
         if pool_kb * KB < 34 * KB:  # the weights cannot all stay on the device
             assert extra["evictions"] > 0 and extra["h2d_bytes"] > 0
         assert extra["prefetch_hits"] + extra["prefetch_misses"] == 24
+    finally:
+        hv.stop()
+    np.testing.assert_array_equal(got, expect)
+
+
+class DeferredNumpy(NumpyExecutor):
+    """A NumPy device that, like a GPU stream, returns from submit() before the work is
+    done (the work runs, in submission order, when its result is waited for), so the
+    dispatcher pipelines launches exactly as it does on CuPy."""
+
+    asynchronous = True
+
+    def submit(self, bound, args, wait_for=()):
+        parent = super()
+
+        class Later(Pending):
+            def wait(self):
+                return parent.submit(bound, args, wait_for).wait()
+
+        return Later()
+
+
+@pytest.mark.parametrize("pool_kb", [64, 12, 9])
+def test_pipelined_launches_when_the_pool_cannot_hold_two_working_sets(pool_kb):
+    # Each launch needs a 4 KiB layer + two 1 KiB activations; at 9-12 KiB the next
+    # launch's layer does not fit beside the running one's, so the dispatcher must
+    # finish the launch in flight before it can prepare the next (no deadlock).
+    ref = Hypervisor(backend="numpy", device_pool_bytes=1 << 20).start()
+    try:
+        expect, _ = run_layers(ref, 8, 32, 8, passes=2)
+    finally:
+        ref.stop()
+    hv = Hypervisor(backend=DeferredNumpy(), device_pool_bytes=pool_kb * KB, host_budget_bytes=256 * KB).start()
+    try:
+        got, hv = run_layers(hv, 8, 32, 8, passes=2)
     finally:
         hv.stop()
     np.testing.assert_array_equal(got, expect)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/benchmarks.md, in one go on a machine with an NVIDIA GPU and
+# CuPy (the lent H100 has no network: lark/pydantic/cffi wheels are installed from .whl/
+# when present). Results land in $OUT (default ./out): one JSON file per benchmark.
+set -u
+OUT=${OUT:-out}; mkdir -p "$OUT"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/unit/hypervisor/test_executor.py \
+    tests/unit/hypervisor/test_overcommit.py tests/unit/hypervisor/test_hypervisor_api.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
+timeout 200 python3 -m bench.bench_overcommit --backend cupy --json > "$OUT/overcommit.json" 2> "$OUT/overcommit.err"
+echo "overcommit rc=$?"
+timeout 200 python3 -m bench.bench_hypervisor --backend cupy --json > "$OUT/hypervisor.json" 2> "$OUT/hypervisor.err"
+echo "hypervisor rc=$?"
+timeout 40 python3 -m hypervisor.daemon demo --backend cupy --duration 8 --json > "$OUT/demo.json" 2> "$OUT/demo.err"
+echo "demo rc=$?"
