@@ -307,6 +307,27 @@ class Hypervisor:
             with self._lock:
                 self.memory.end_transfer(buf)
 
+    def write_from(self, vm_id: int, handle: int, offset: int, length: int,
+                   fill: Callable[[memoryview], object], *, session: int = 0) -> int:
+        """Like write(), but the caller copies: ``fill(view)`` is called once with a writable
+        view of exactly ``length`` bytes at ``offset`` (the buffer itself, or pinned staging
+        on a GPU), so a scatter-gather source is gathered with a single copy."""
+        buf, target, on_device, waits = self._begin_transfer(vm_id, session, handle, writing=True)
+        try:
+            for fence in waits:
+                fence.wait()
+            return self.memory.fill_in(target, on_device, offset, length, fill)
+        finally:
+            with self._lock:
+                self.memory.end_transfer(buf)
+
+    def vm_usage(self, vm_id: int) -> tuple[int, int, float, float | None]:
+        """(memory quota, memory used, share %, cap %) without building a VMInfo: the
+        figures a guest's GET_INFO reports, read on every request."""
+        with self._lock:
+            vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
+            return mem.quota, mem.used, vm.share, vm.cap
+
     def read_into(self, vm_id: int, handle: int, offset: int, dsts: Sequence[memoryview], *,
                   session: int = 0) -> int:
         buf, source, on_device, waits = self._begin_transfer(vm_id, session, handle, writing=False)

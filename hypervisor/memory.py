@@ -17,12 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from primitive_lang import TensorSpec
 
 from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, OutOfDeviceMemory, QuotaExceeded
 from .executor import Executor, Fence
+from .executor.base import copy_chunks_in, copy_chunks_out
 from .residency import Placement
 
 # Largest single buffer (bytes): the wire ABI's PXOS_MAX_BUFFER_BYTES. A guest controls the
@@ -340,12 +339,21 @@ class MemoryManager(Placement):
     def copy_in(self, target: Any, on_device: bool, offset: int, chunks) -> int:
         if on_device:
             return self.executor.write(target, offset, chunks)
-        return _host_write(target, offset, chunks)
+        return copy_chunks_in(memoryview(target), offset, chunks)
 
     def copy_out(self, source: Any, on_device: bool, offset: int, dsts) -> int:
         if on_device:
             return self.executor.read_into(source, offset, dsts)
-        return _host_read(source, offset, dsts)
+        return copy_chunks_out(memoryview(source), offset, dsts)
+
+    def fill_in(self, target: Any, on_device: bool, offset: int, length: int, fill_fn) -> int:
+        if on_device:
+            return self.executor.fill(target, offset, length, fill_fn)
+        view = memoryview(target)
+        if offset < 0 or length < 0 or offset + length > len(view):
+            raise InvalidArgument(f"range [{offset}, {offset + length}) lies outside the buffer's {len(view)} bytes")
+        fill_fn(view[offset : offset + length])
+        return length
 
     def idle_hint(self, vm_id: int, idle: bool) -> None:
         """An idle VM's dirty buffers are written back first and leave the device first."""
@@ -413,27 +421,3 @@ class MemoryManager(Placement):
             for vm_id, m in self._vms.items()
         }
         return MemoryStats(self.pool_bytes, self.pool_used, self.host_budget, self.host_used, self.committed, per_vm)
-
-
-def _host_write(host: np.ndarray, offset: int, chunks) -> int:
-    total = sum(len(c) for c in chunks)
-    if offset < 0 or offset + total > host.size:
-        raise InvalidArgument(f"range [{offset}, {offset + total}) lies outside the buffer's {host.size} bytes")
-    pos = offset
-    for c in chunks:
-        n = len(c)
-        host[pos : pos + n] = np.frombuffer(c, dtype=np.uint8)
-        pos += n
-    return total
-
-
-def _host_read(host: np.ndarray, offset: int, dsts) -> int:
-    total = sum(len(d) for d in dsts)
-    if offset < 0 or offset + total > host.size:
-        raise InvalidArgument(f"range [{offset}, {offset + total}) lies outside the buffer's {host.size} bytes")
-    pos = offset
-    for d in dsts:
-        n = len(d)
-        np.frombuffer(d, dtype=np.uint8)[:] = host[pos : pos + n]
-        pos += n
-    return total

@@ -100,6 +100,13 @@ class Executor(ABC):
         the number of bytes copied."""
 
     @abstractmethod
+    def fill(self, array: Any, offset: int, length: int, fill_fn) -> int:
+        """Let ``fill_fn(view)`` copy exactly ``length`` bytes into the array from
+        ``offset``, through a writable memoryview (the array's own bytes, or pinned
+        staging that is then copied to the device): a caller with a scatter-gather list
+        gathers straight into it, with no copy in between."""
+
+    @abstractmethod
     def to_host(self, array: Any) -> Any:
         """A NumPy copy of a device array (tests, `pxosctl run`)."""
 
@@ -152,6 +159,30 @@ class Executor(ABC):
 def byte_view(xp, array):
     """A flat uint8 view of a contiguous array."""
     return array.reshape(-1).view(xp.uint8)
+
+
+def copy_chunks_in(flat: memoryview, offset: int, chunks) -> int:
+    """Copy chunks back to back into a flat byte view from ``offset`` (memoryview slice
+    assignment: one memcpy per chunk, no temporary arrays)."""
+    total = sum(len(c) for c in chunks)
+    check_range(len(flat), offset, total)
+    pos = offset
+    for c in chunks:
+        n = len(c)
+        flat[pos : pos + n] = c if isinstance(c, memoryview) and c.format == "B" else memoryview(c).cast("B")
+        pos += n
+    return total
+
+
+def copy_chunks_out(flat: memoryview, offset: int, dsts) -> int:
+    total = sum(len(d) for d in dsts)
+    check_range(len(flat), offset, total)
+    pos = offset
+    for d in dsts:
+        n = len(d)
+        d[:] = flat[pos : pos + n]
+        pos += n
+    return total
 
 
 def check_range(nbytes: int, offset: int, length: int) -> None:

@@ -172,6 +172,20 @@ class CupyExecutor(Executor):
         )
         self.copy.synchronize()  # the staging buffer is reused by the next piece
 
+    def fill(self, array, offset: int, length: int, fill_fn) -> int:
+        flat = byte_view(self.cp, array)
+        check_range(flat.size, offset, length)
+        if length <= STAGING_BYTES:
+            fill_fn(memoryview(self._staging_np)[:length])
+            self._flush(flat, offset, length)
+            return length
+        tmp = self.host_empty(length)  # larger than the staging buffer: a pinned one of its own
+        fill_fn(memoryview(tmp))
+        self.cp.cuda.runtime.memcpyAsync(flat.data.ptr + offset, tmp.ctypes.data, length,
+                                         self.cp.cuda.runtime.memcpyHostToDevice, self.copy.ptr)
+        self.copy.synchronize()
+        return length
+
     def read_into(self, array, offset: int, dsts: Sequence[memoryview]) -> int:
         flat = byte_view(self.cp, array)
         total = sum(len(d) for d in dsts)

@@ -17,7 +17,18 @@ import numpy as np
 
 from primitive_lang import BoundKernel, TensorSpec
 
-from .base import DonePending, Executor, ExecutorInfo, Fence, Pending, RunTiming, byte_view, check_range
+from .base import (
+    DonePending,
+    Executor,
+    ExecutorInfo,
+    Fence,
+    Pending,
+    RunTiming,
+    byte_view,
+    check_range,
+    copy_chunks_in,
+    copy_chunks_out,
+)
 from .interpret import Interpreter
 
 
@@ -88,26 +99,16 @@ class NumpyExecutor(Executor):
         return np.zeros(spec.shape, dtype=spec.dtype.value)
 
     def write(self, array: np.ndarray, offset: int, chunks: Sequence[memoryview | bytes]) -> int:
-        flat = byte_view(np, array)
-        total = sum(len(c) for c in chunks)
-        check_range(flat.size, offset, total)
-        pos = offset
-        for c in chunks:
-            n = len(c)
-            flat[pos : pos + n] = np.frombuffer(c, dtype=np.uint8)
-            pos += n
-        return total
+        return copy_chunks_in(memoryview(array).cast("B"), offset, chunks)
 
     def read_into(self, array: np.ndarray, offset: int, dsts: Sequence[memoryview]) -> int:
-        flat = byte_view(np, array)
-        total = sum(len(d) for d in dsts)
-        check_range(flat.size, offset, total)
-        pos = offset
-        for d in dsts:
-            n = len(d)
-            np.frombuffer(d, dtype=np.uint8)[:] = flat[pos : pos + n]
-            pos += n
-        return total
+        return copy_chunks_out(memoryview(array).cast("B"), offset, dsts)
+
+    def fill(self, array: np.ndarray, offset: int, length: int, fill_fn) -> int:
+        flat = memoryview(array).cast("B")
+        check_range(len(flat), offset, length)
+        fill_fn(flat[offset : offset + length])
+        return length
 
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return np.array(array, copy=True)

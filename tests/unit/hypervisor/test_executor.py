@@ -201,3 +201,12 @@ def test_transfers_scatter_gather_at_offsets(backend):
     assert bytes(out1 + out2) == data[8:48]
     with pytest.raises(Exception, match="outside"):
         ex.write(arr, 250, [b"\0" * 8])
+
+    def gather(view):
+        view[:8] = b"\xff" * 8
+        view[8:] = b"\x01" * 8
+
+    assert ex.fill(arr, 240, 16, gather) == 16
+    out = bytearray(16)
+    ex.read_into(arr, 240, [memoryview(out)])
+    assert bytes(out) == b"\xff" * 8 + b"\x01" * 8

@@ -302,3 +302,31 @@ def test_stop_cancels_queued_launches():
     c = h.launch(1, k.kernel_id, {"alpha": Scalar(1.0), "x": x, "y": y})  # never started
     h.stop()
     assert c.wait(1).status == "PXOS_S_CANCELLED"
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_write_from_lets_the_caller_gather_straight_into_the_buffer(resident):
+    h = Hypervisor(backend="numpy", device_pool_bytes=64 if not resident else 1 << 20,
+                   host_budget_bytes=0 if resident else 1 << 20).start()
+    try:
+        h.register_vm(1, 10, 50)
+        if not resident:
+            h.alloc(1, "float32", (16,))  # fills the 64-byte pool: the next buffer lives in host RAM
+        b = h.alloc(1, "float32", (8,))
+        assert b.residency == ("device" if resident else "host")
+        src = np.arange(8, dtype=np.float32).tobytes()
+        calls = []
+
+        def fill(view):
+            calls.append(len(view))
+            view[:] = src[4:20]
+
+        assert h.write_from(1, b.handle, 4, 16, fill) == 16
+        assert calls == [16]
+        got = np.frombuffer(h.read(1, b.handle), np.float32)
+        np.testing.assert_array_equal(got, np.array([0, 1, 2, 3, 4, 0, 0, 0], np.float32))
+        with pytest.raises(E.InvalidArgument, match="outside"):
+            h.write_from(1, b.handle, 30, 4, fill)
+        assert h.vm_usage(1) == (10_000_000, h.vm_info(1).memory_used, 50, None)
+    finally:
+        h.stop()
