@@ -95,8 +95,8 @@ class PxosControl:
             )
         # Quota, usage and shares change at run time (pxosctl, allocations): read every
         # time. Backend and device name are fixed for the daemon's life (cached above).
-        vm = self.hv.vm_info(self.vm_id)
-        return c.InfoResp(vm.vm_id, vm.memory_quota, vm.memory_used, round(vm.share_pct), round(vm.cap_pct or 0),
+        quota, used, share, cap = self.hv.vm_usage(self.vm_id)
+        return c.InfoResp(self.vm_id, quota, used, round(share), round(cap or 0),
                           self.max_inflight, self._backend, self._device_name)
 
     def _handle_alloc(self, cmd: c.AllocCmd) -> c.Response:
