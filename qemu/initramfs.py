@@ -53,8 +53,11 @@ if [ -f /etc/pxos/hostfs ]; then
     done
     mkdir -p /host
     if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostfs /host; then
+        # Scratch space for host programs: a tmpfs at /dev/shm (seen as /host/dev/shm and
+        # exported as TMPDIR). The host's /tmp stays visible: a checkout may live there.
+        mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm 2>/dev/null
         for d in dev proc sys; do mount --bind /$d /host/$d 2>/dev/null; done
-        mount -t tmpfs tmpfs /host/tmp 2>/dev/null
+        export TMPDIR=/dev/shm
         echo "{MARK_HOSTFS} /host"
     fi
 fi
