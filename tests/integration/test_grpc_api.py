@@ -24,28 +24,9 @@ from hypervisor.rpc import pxos_pb2 as pb
 from hypervisor.rpc.client import Client
 from hypervisor.rpc.server import GrpcServer
 from hypervisor.rpc.status import STATUS_TO_CODE, RpcFailure
+from tests.support.programs import MATMUL, heavy
 
-MATMUL = """
-GPU_KERNEL mm
-GPU_PARAM a float[M, K]
-GPU_PARAM b float[K, N]
-GPU_PARAM c float[M, N]
-GPU_THREAD_CODE:
-    PARALLEL_MATMUL a b -> c
-GPU_END
-"""
-
-HEAVY = """
-GPU_KERNEL heavy
-GPU_PARAM a float[N, N]
-GPU_PARAM c float[N, N]
-GPU_THREAD_CODE:
-    REPEAT 16:
-        PARALLEL_MATMUL a a -> t
-    END_REPEAT
-    COPY t -> c
-GPU_END
-"""
+HEAVY = heavy(16)
 
 BROKEN = """GPU_KERNEL broken
 GPU_PARAM a float[]

@@ -21,16 +21,7 @@ from hypervisor.rpc import pxos_pb2 as pb
 from hypervisor.rpc.client import Client
 from hypervisor.rpc.events import EventQueue
 from hypervisor.types import Event
-
-MATMUL = """
-GPU_KERNEL mm
-GPU_PARAM a float[M, K]
-GPU_PARAM b float[K, N]
-GPU_PARAM c float[M, N]
-GPU_THREAD_CODE:
-    PARALLEL_MATMUL a b -> c
-GPU_END
-"""
+from tests.support.programs import MATMUL
 
 
 @pytest.fixture

@@ -12,28 +12,10 @@ import pytest
 from hypervisor import Hypervisor
 from hypervisor.errors import ConfigError
 from hypervisor.metrics import EXTRA_METRICS, MetricsExporter
+from tests.support.programs import MATMUL, heavy
 
-MATMUL = """
-GPU_KERNEL mm
-GPU_PARAM a float[M, K]
-GPU_PARAM b float[K, N]
-GPU_PARAM c float[M, N]
-GPU_THREAD_CODE:
-    PARALLEL_MATMUL a b -> c
-GPU_END
-"""
 # Slow enough (tens of ms on NumPy) that launches queue behind each other.
-HEAVY = """
-GPU_KERNEL heavy
-GPU_PARAM a float[N, N]
-GPU_PARAM c float[N, N]
-GPU_THREAD_CODE:
-    REPEAT 8:
-        PARALLEL_MATMUL a a -> t
-    END_REPEAT
-    COPY t -> c
-GPU_END
-"""
+HEAVY = heavy(8)
 
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
