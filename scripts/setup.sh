@@ -73,6 +73,12 @@ if [ ${#need_pkgs[@]} -gt 0 ] || ! qemu_ok; then
     fi
 fi
 
+# Guest kernels are fetched with `apt-get download` (qemu/artefacts.py): the package
+# lists must know Debian's current 6.1 kernel.
+if have_cmd apt-cache && ! apt-cache policy linux-image-amd64 2>/dev/null | grep -q "Candidate: [0-9]"; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+fi
+
 PY=$(pick_python)
 stamp=.venv/.pxos-installed
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
