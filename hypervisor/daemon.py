@@ -56,6 +56,7 @@ class Daemon:
         self.grpc = None
         self.metrics = None
         self._lock = threading.Lock()
+        self._stopping = False
         self._stopped = threading.Event()
 
     # ---- lifecycle ----
@@ -91,9 +92,10 @@ class Daemon:
     def stop(self, grace: float = 5.0) -> None:
         """Graceful: stop taking requests, disconnect guests, cancel queued work, let the
         running launch finish."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
         if self.grpc is not None:
             self.grpc.stop(grace)
         if self.transport is not None:
@@ -102,6 +104,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.stop()
         log.info("pxos-hvd stopped")
+        self._stopped.set()  # only now: wait() returning lets the process exit
 
     def wait(self) -> None:
         self._stopped.wait()

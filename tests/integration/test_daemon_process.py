@@ -1,0 +1,85 @@
+"""pxos-hvd as a real process: config file, sockets, readiness, SIGTERM, bad config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hypervisor.rpc import pxos_pb2 as pb
+from hypervisor.rpc.client import Client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start(config: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "hypervisor.daemon", "--config", str(config),
+                             "--ready-fd", str(w), *extra],
+                            cwd=REPO, pass_fds=(w,), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    os.close(w)
+    with os.fdopen(r) as ready:
+        line = ready.readline()
+    return proc, line
+
+
+def test_sigterm_stops_cleanly_and_removes_its_sockets(tmp_path):
+    cfg = tmp_path / "pxos.toml"
+    cfg.write_text(f"""
+[daemon]
+grpc_socket = "{tmp_path}/hvd.sock"
+metrics_address = "127.0.0.1:0"
+backend = "numpy"
+[[vm]]
+id = 7
+name = "seven"
+memory = "64Mi"
+share = 40
+socket = "{tmp_path}/vm7.sock"
+""")
+    proc, line = start(cfg)
+    try:
+        assert line == "ready\n", proc.communicate(timeout=10)[0]
+        for sock in ("hvd.sock", "vm7.sock"):
+            mode = (tmp_path / sock).stat().st_mode
+            assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, sock
+        with Client(socket_path=str(tmp_path / "hvd.sock")) as c:
+            assert [v.vm_id for v in c.call("ListVMs", pb.ListVMsRequest()).vms] == [7]
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert time.monotonic() - t0 < 15
+    assert "pxos-hvd stopped" in out
+    assert not (tmp_path / "hvd.sock").exists() and not (tmp_path / "vm7.sock").exists()
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 70\n[[vm]]\nid = 2\nmemory = "8G"\nshare = 40\n', "sum to 110"),
+    ("[daemon]\nbackend = 'tpu'\n", "daemon.backend"),
+])
+def test_invalid_config_refuses_to_start_with_a_clear_message(tmp_path, body, needle):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(body)
+    proc = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--config", str(cfg)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_print_default_config_round_trips(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--print-default-config"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    (tmp_path / "d.toml").write_text(out)
+    chk = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--check-config", "--config",
+                          str(tmp_path / "d.toml")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert chk.returncode == 0 and "ok (0 VMs)" in chk.stdout
