@@ -64,6 +64,9 @@ class DaemonSection(_Model):
     backend: Literal["auto", "numpy", "cupy"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     socket_dir: str = "/run/pxos"
+    vm_socket_group: str | None = Field(
+        default=None, description="group that may connect to VM sockets (QEMU's: kvm, libvirt-qemu); "
+                                  "VM sockets become 0660 and owned by it. None: 0600, root's QEMU only")
 
 
 class MemorySection(_Model):
@@ -129,6 +132,7 @@ metrics_address = "127.0.0.1:9464"        # Prometheus /metrics
 backend = "auto"                          # auto | numpy | cupy
 log_level = "info"
 socket_dir = "/run/pxos"                  # where `pxosctl vm add` puts sockets by default
+# vm_socket_group = "kvm"                 # QEMU's group may connect to VM sockets (0660); default 0600
 
 [memory]
 device_pool = "auto"      # bytes of device memory pxOS may use; auto = free memory - reserve

@@ -122,6 +122,7 @@ class Daemon:
                 try:
                     Path(vm.socket).parent.mkdir(parents=True, exist_ok=True)
                     self.transport.attach(vm.id, vm.socket)
+                    self._share_socket(vm.socket)
                 except Exception as exc:
                     self.hv.unregister_vm(vm.id)
                     raise E.ConfigError(f"VM {vm.id}: cannot listen on {vm.socket}: {exc}") from exc
@@ -129,6 +130,21 @@ class Daemon:
                      info.memory_quota, vm.share, f", cap {vm.cap:g}%" if vm.cap else "",
                      f", socket {vm.socket}" if vm.socket else "")
             return info
+
+    def _share_socket(self, path: str) -> None:
+        """Let QEMU's group connect to a VM socket (it is created 0600, so never wider than
+        asked, even for a moment)."""
+        group = self.config.daemon.vm_socket_group
+        if not group:
+            return
+        import grp
+
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise E.ConfigError(f"vm_socket_group: no group {group!r} on this host") from None
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
 
     def remove_vm(self, vm_id: int) -> None:
         with self._lock:

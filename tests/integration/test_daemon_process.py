@@ -83,3 +83,31 @@ def test_print_default_config_round_trips(tmp_path):
     chk = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--check-config", "--config",
                           str(tmp_path / "d.toml")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert chk.returncode == 0 and "ok (0 VMs)" in chk.stdout
+
+
+def test_vm_sockets_can_be_shared_with_qemus_group(tmp_path):
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    cfg = tmp_path / "pxos.toml"
+    cfg.write_text(f"""
+[daemon]
+grpc_socket = "{tmp_path}/hvd.sock"
+metrics_address = ""
+backend = "numpy"
+vm_socket_group = "{group}"
+[[vm]]
+id = 3
+memory = "16Mi"
+share = 10
+socket = "{tmp_path}/vm3.sock"
+""")
+    proc, line = start(cfg)
+    try:
+        assert line == "ready\n", proc.communicate(timeout=10)[0]
+        st = (tmp_path / "vm3.sock").stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == os.getgid()
+        assert stat.S_IMODE((tmp_path / "hvd.sock").stat().st_mode) == 0o600  # the control socket stays private
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
