@@ -37,7 +37,7 @@ from hypervisor import Hypervisor
 from hypervisor.errors import ConfigError
 from hypervisor.executor import BACKENDS, Executor, make_executor
 
-SECTIONS = ("dispatch", "fairness", "isolation", "switch")
+SECTIONS = ("dispatch", "fairness", "isolation", "switch", "scale")
 MS, US = 1e-3, 1e-6
 QUOTA_MB = 4000
 PIPELINE_DEPTH = 8
@@ -318,7 +318,48 @@ def switch(report: Report, backend: str, kernels: Kernels, plan: Plan) -> None:
                         f"({len(same)} gaps); switches from hv.dispatcher.switch_gaps under 3 VMs 50/30/20")
 
 
-RUNNERS = {"dispatch": dispatch, "fairness": fairness, "isolation": isolation, "switch": switch}
+# ---------------------------------------------------------------------------- scale
+def scale(report: Report, backend: str, kernels: Kernels, plan: Plan) -> None:
+    """Issue 3: 1000 registered VMs must not slow dispatch measurably. The same tiny
+    launches, kept in flight by one VM, with 1 and with 1000 VMs registered (999 idle,
+    share 0); rounds alternate so machine drift hits both alike."""
+    def per_launch(nvms: int, n: int) -> float:
+        hv = Hypervisor(backend=backend).start()
+        try:
+            hv.register_vm(1, QUOTA_MB, 50)
+            for v in range(2, nvms + 1):
+                hv.register_vm(v, 1, 0)
+            (k,) = hv.compile(1, TINY_SOURCE)
+            h = {p: hv.alloc(1, "float32", (16,)).handle for p in "abc"}
+            q: deque = deque()
+
+            def go(count: int) -> None:
+                for _ in range(count):
+                    q.append(hv.launch(1, k.kernel_id, h))
+                    if len(q) >= PIPELINE_DEPTH:
+                        q.popleft().wait()
+                while q:
+                    q.popleft().wait()
+
+            go(n // 10)
+            t0 = time.perf_counter()
+            go(n)
+            return (time.perf_counter() - t0) / n
+        finally:
+            hv.stop()
+
+    n = plan.tiny_block
+    one, many = [], []
+    for _ in range(max(3, plan.rounds // 3)):
+        one.append(per_launch(1, n))
+        many.append(per_launch(1000, n))
+    report.add("scale_1_vm_us_per_launch", statistics.median(one) / US, "us")
+    report.add("scale_1000_vms_us_per_launch", statistics.median(many) / US, "us", baseline="scale_1_vm_us_per_launch")
+    report.notes.append("scale: tiny launches kept in flight by VM 1, with 1 or 1000 VMs registered (999 idle); "
+                        "medians of alternating rounds")
+
+
+RUNNERS = {"dispatch": dispatch, "fairness": fairness, "isolation": isolation, "switch": switch, "scale": scale}
 
 
 def main(argv: list[str] | None = None) -> None:
