@@ -15,9 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import primitive_lang
 from primitive_lang import BoundKernel, Direction, TensorSpec
@@ -30,6 +28,16 @@ from .dispatch import Dispatcher, Job
 from .executor import Executor, make_executor
 from .memory import Buffer, MemoryManager
 from .prefetch import PrefetchState
+from .records import (
+    KernelRecord,
+    VMRecord,
+    buffer_info,
+    check_scalar,
+    check_share,
+    class_of,
+    percentile,
+    tensor_spec,
+)
 from .types import (
     BufferInfo,
     Completion,
@@ -51,61 +59,6 @@ MAX_KERNELS_PER_VM = 4096
 MAX_INFLIGHT_PER_VM = 256
 MAX_VM_NAME = 63
 MAX_VM_ID = 2**32 - 1
-# Latency samples kept per VM for p50/p99 (a ring: the most recent launches).
-LATENCY_SAMPLES = 2048
-
-
-# Bound kernels kept per compiled kernel, by the dtypes and shapes of their bindings: a
-# guest launching the same kernel on same-shaped buffers binds it once.
-BIND_CACHE_SIZE = 8
-
-
-@dataclass
-class _Kernel:
-    info: KernelInfo
-    session: int
-    bound: dict[tuple, BoundKernel] = field(default_factory=dict)
-
-    def bind(self, specs: dict[str, TensorSpec]) -> BoundKernel:
-        key = tuple(sorted((n, s.dtype, s.shape) for n, s in specs.items()))
-        hit = self.bound.get(key)
-        if hit is None:
-            hit = self.info.checked.bind(specs)  # raises on a mismatch: nothing cached then
-            if len(self.bound) >= BIND_CACHE_SIZE:
-                self.bound.pop(next(iter(self.bound)))
-            self.bound[key] = hit
-        return hit
-
-
-@dataclass
-class _VM:
-    vm_id: int
-    name: str
-    share: float
-    cap: float | None
-    default_class: WorkloadClass | None
-    socket: str | None = None
-    kernels: dict[int, _Kernel] = field(default_factory=dict)
-    inflight: int = 0
-    launches_total: int = 0
-    launches_failed: int = 0
-    by_class: dict[str, int] = field(default_factory=dict)
-    device_seconds: float = 0.0
-    latencies_ns: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    switches_in: int = 0
-    idle: bool = False
-    generation: int = 0  # bumped by reset: launches of an older generation are stale
-
-
-def _class_of(name: str | WorkloadClass | None) -> WorkloadClass | None:
-    if name is None or isinstance(name, WorkloadClass):
-        return name
-    try:
-        return WorkloadClass[str(name).upper()]
-    except KeyError:
-        raise E.InvalidArgument(
-            f"unknown workload class {name!r}; choose REALTIME, INTERACTIVE, THROUGHPUT or BATCH"
-        ) from None
 
 
 def _default_pool(executor: Executor) -> int:
@@ -133,7 +86,7 @@ class Hypervisor:
                                      launch_overhead_s=dev.launch_overhead_s)
         self.clock = clock
         self.prefetch = PrefetchState.initial(lookahead_depth, pool, enabled=prefetch)
-        self._vms: dict[int, _VM] = {}
+        self._vms: dict[int, VMRecord] = {}
         self._kernel_ids = itertools.count(1)
         self._launch_ids = itertools.count(1)
         self._subscribers: list[Callable[[Event], None]] = []
@@ -196,8 +149,8 @@ class Hypervisor:
         name = name if name is not None else f"vm{vm_id}"
         if not name or len(name) > MAX_VM_NAME or not name.isprintable():
             raise E.InvalidArgument(f"VM name must be 1..{MAX_VM_NAME} printable characters")
-        wclass = _class_of(default_class)
-        _check_share(compute_quota_percent, cap_percent)
+        wclass = class_of(default_class)
+        check_share(compute_quota_percent, cap_percent)
         with self._lock:
             if vm_id in self._vms:
                 raise E.AlreadyExists(f"VM {vm_id} is already registered")
@@ -210,7 +163,7 @@ class Hypervisor:
             except E.PxosError:
                 self.scheduler.remove_vm(vm_id)
                 raise
-            self._vms[vm_id] = _VM(vm_id, name, compute_quota_percent, cap_percent, wclass, socket)
+            self._vms[vm_id] = VMRecord(vm_id, name, compute_quota_percent, cap_percent, wclass, socket)
             info = self._vm_info(vm_id)
         self._emit("vm_registered", vm_id, name=name, memory_quota=quota, share=compute_quota_percent,
                    cap=cap_percent)
@@ -235,7 +188,7 @@ class Hypervisor:
             vm = self._vm(vm_id)
             share = vm.share if share_pct is None else share_pct
             cap = vm.cap if cap_pct is False else cap_pct
-            _check_share(share, cap)
+            check_share(share, cap)
             if memory_bytes is not None and memory_bytes <= 0:
                 raise E.InvalidArgument(f"memory quota must be positive, got {memory_bytes} bytes")
             if share_pct is not None or cap_pct is not False:
@@ -264,7 +217,7 @@ class Hypervisor:
         return VMInfo(vm_id, vm.name, mem.quota, mem.used, vm.share, vm.cap,
                       vm.default_class.name if vm.default_class is not None else None, vm.socket)
 
-    def _vm(self, vm_id: int) -> _VM:
+    def _vm(self, vm_id: int) -> VMRecord:
         try:
             return self._vms[vm_id]
         except KeyError:
@@ -278,11 +231,11 @@ class Hypervisor:
 
     # ------------------------------------------------------------------ buffers
     def alloc(self, vm_id: int, dtype: DType | str, shape: Sequence[int], *, session: int = 0) -> BufferInfo:
-        spec = _spec(dtype, shape)
+        spec = tensor_spec(dtype, shape)
         with self._lock:
             self._vm(vm_id)
             buf = self.memory.alloc(vm_id, session, spec)
-            return _buffer_info(buf)
+            return buffer_info(buf)
 
     def free(self, vm_id: int, handle: int, *, session: int = 0) -> None:
         with self._lock:
@@ -292,7 +245,7 @@ class Hypervisor:
     def buffer_info(self, vm_id: int, handle: int, *, session: int = 0) -> BufferInfo:
         with self._lock:
             self._vm(vm_id)
-            return _buffer_info(self.memory.lookup(vm_id, session, handle))
+            return buffer_info(self.memory.lookup(vm_id, session, handle))
 
     def write(self, vm_id: int, handle: int, offset: int, data, *, session: int = 0) -> int:
         """Copy bytes into a buffer at a byte offset. ``data`` is bytes-like or a sequence of
@@ -372,7 +325,7 @@ class Hypervisor:
             out = []
             for ck in program.kernels:
                 info = KernelInfo(next(self._kernel_ids), ck.name, ck)
-                vm.kernels[info.kernel_id] = _Kernel(info, session)
+                vm.kernels[info.kernel_id] = KernelRecord(info, session)
                 out.append(info)
             return out
 
@@ -385,7 +338,7 @@ class Hypervisor:
             self._kernel(vm_id, kernel_id, session)
             del self._vms[vm_id].kernels[kernel_id]
 
-    def _kernel(self, vm_id: int, kernel_id: int, session: int) -> _Kernel:
+    def _kernel(self, vm_id: int, kernel_id: int, session: int) -> KernelRecord:
         k = self._vm(vm_id).kernels.get(kernel_id)
         if k is None or k.session != session:
             raise E.NotFound(f"no kernel with id {kernel_id}")
@@ -400,7 +353,7 @@ class Hypervisor:
         returned Completion."""
         if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 100):
             raise E.InvalidArgument(f"priority must be an integer 0..100, got {priority!r}")
-        hint = _class_of(class_hint)
+        hint = class_of(class_hint)
         with self._lock:
             vm = self._vm(vm_id)
             record = self._kernel(vm_id, kernel_id, session)
@@ -413,7 +366,7 @@ class Hypervisor:
             self.memory.admit_launch(vm_id, temp, sum(unique.values()))
             c = bound.cost
             cost = LaunchCost(c.flops, c.bytes_read, c.bytes_written, temp)
-            hint = hint if hint is not None else _class_of(kernel.class_hint.value if kernel.class_hint else None)
+            hint = hint if hint is not None else class_of(kernel.class_hint.value if kernel.class_hint else None)
             prio = priority if priority is not None else kernel.priority
             wclass, est = self.classifier.classify(vm_id, hint=hint, priority=prio, cost=cost,
                                                    default=vm.default_class)
@@ -429,7 +382,7 @@ class Hypervisor:
             self._cond.notify_all()
         return completion
 
-    def _bind(self, vm_id: int, session: int, record: _Kernel, bindings: Mapping[str, int | Scalar]):
+    def _bind(self, vm_id: int, session: int, record: KernelRecord, bindings: Mapping[str, int | Scalar]):
         kernel = record.info.checked
         if len(bindings) > primitive_lang.limits.MAX_PARAMS:
             raise E.InvalidArgument(f"{len(bindings)} bindings; a kernel has at most {primitive_lang.limits.MAX_PARAMS} params")
@@ -442,7 +395,7 @@ class Hypervisor:
             if isinstance(value, Scalar):
                 param = declared.get(name)
                 dtype = value.dtype or (param.type.dtype if param is not None else DType.FLOAT64)
-                _check_scalar(name, value.value, dtype)
+                check_scalar(name, value.value, dtype)
                 specs[name] = TensorSpec(dtype, ())
                 scalars[name] = Scalar(value.value, dtype)
             elif isinstance(value, int) and not isinstance(value, bool):
@@ -555,7 +508,7 @@ class Hypervisor:
             launches_failed=vm.launches_failed, launches_by_class=dict(vm.by_class),
             queue_depth=self.scheduler.queue_depth(vm_id), inflight=vm.inflight,
             buffers=sum(1 for b in mem.buffers.values() if not b.freed), kernels=len(vm.kernels),
-            latency_p50_ms=_pct(lat, 50) / 1e6, latency_p99_ms=_pct(lat, 99) / 1e6,
+            latency_p50_ms=percentile(lat, 50) / 1e6, latency_p99_ms=percentile(lat, 99) / 1e6,
             vm_switches_in=vm.switches_in, idle=vm.idle,
             extra={**self.memory.vm_extra(vm_id), "lookahead_depth": self.prefetch.depth,
                    "prefetch_inflight_bytes": self.memory.inflight_bytes},
@@ -569,51 +522,3 @@ class Hypervisor:
     def lookahead(self, n: int | None = None) -> list[Ticket]:
         with self._lock:
             return self.scheduler.lookahead(self.prefetch.depth if n is None else n)
-
-
-def _pct(sorted_values: list[int], p: float) -> float:
-    if not sorted_values:
-        return 0.0
-    k = min(len(sorted_values) - 1, max(0, round((len(sorted_values) - 1) * p / 100)))
-    return float(sorted_values[k])
-
-
-def _check_share(share: float, cap: float | None) -> None:
-    if not isinstance(share, int | float) or not 0 <= share <= 100:
-        raise E.InvalidArgument(f"compute share must be a percentage 0..100, got {share!r}")
-    if cap is not None and (not isinstance(cap, int | float) or not 0 < cap <= 100):
-        raise E.InvalidArgument(f"compute cap must be a percentage in (0, 100], got {cap!r}")
-
-
-def _check_scalar(name: str, value, dtype: DType) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise E.BindError(f"scalar {name!r} must be a number")
-    if not dtype.is_float:
-        if isinstance(value, float) and not value.is_integer():
-            raise E.BindError(f"scalar {name!r} is {dtype.value} but got {value!r}")
-        bits = 8 * dtype.itemsize
-        if not -(2 ** (bits - 1)) <= int(value) < 2 ** (bits - 1):
-            raise E.BindError(f"scalar {name!r} = {value} does not fit {dtype.value}")
-
-
-def _spec(dtype: DType | str, shape: Sequence[int]) -> TensorSpec:
-    try:
-        dt = dtype if isinstance(dtype, DType) else DType(dtype)
-    except ValueError:
-        raise E.InvalidArgument(
-            f"unknown dtype {dtype!r}; choose one of {', '.join(d.value for d in DType)}") from None
-    shape = tuple(shape)
-    if len(shape) > primitive_lang.limits.MAX_RANK:
-        raise E.InvalidArgument(f"rank {len(shape)} exceeds the limit of {primitive_lang.limits.MAX_RANK}")
-    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
-        raise E.InvalidArgument(f"shape {shape!r} must be non-negative integers")
-    n = 1
-    for d in shape:
-        n *= d
-    if n > primitive_lang.limits.MAX_ELEMENTS:
-        raise E.InvalidArgument(f"{n} elements exceed the limit of {primitive_lang.limits.MAX_ELEMENTS} per tensor")
-    return TensorSpec(dt, shape)
-
-
-def _buffer_info(buf: Buffer) -> BufferInfo:
-    return BufferInfo(buf.handle, buf.nbytes, buf.spec.dtype, buf.spec.shape, buf.residency)
