@@ -213,7 +213,14 @@ class Dispatcher:
             with hv._cond:
                 try:
                     mem = hv.memory
-                    mem.check_temps(job.vm_id, job.temp_bytes)
+                    try:
+                        mem.check_temps(job.vm_id, job.temp_bytes)
+                    except E.QuotaExceeded:
+                        # The VM's launch in flight still holds its temporaries; they are gone
+                        # once it completes, so that is a wait, not a failure.
+                        if self._inflight is not None and self._inflight.vm_id == job.vm_id:
+                            raise NotReady("its VM's previous launch still holds its temporaries") from None
+                        raise
                     moving = mem.overcommit_active()
                     ahead = [t.payload for t in hv.scheduler.lookahead(hv.prefetch.depth)] if moving else []
                     ahead_lists = [a.unique_buffers() for a in ahead]

@@ -389,3 +389,24 @@ class OvercommitMachine(RuleBasedStateMachine):
 OvercommitMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
                                                suppress_health_check=[HealthCheck.too_slow])
 test_overcommit_state_machine = OvercommitMachine.TestCase
+
+
+def test_pipelining_never_fails_a_launch_whose_temporaries_fit_the_quota_alone():
+    # Each launch's temporaries are 400 bytes; the quota leaves room for one set, not two.
+    hv = Hypervisor(backend=DeferredNumpy(), device_pool_bytes=1 << 20).start()
+    try:
+        hv.register_vm(1, 0.0012, 50)  # 1200 bytes
+        (k,) = hv.compile(1, """
+GPU_KERNEL t
+GPU_PARAM x float[100]
+GPU_PARAM y float[100]
+GPU_THREAD_CODE:
+    EXP x -> t
+    ADD t x -> y
+GPU_END
+""")
+        x, y = hv.alloc(1, "float32", (100,)).handle, hv.alloc(1, "float32", (100,)).handle
+        cs = [hv.launch(1, k.kernel_id, {"x": x, "y": y}) for _ in range(10)]
+        assert [c.wait(10).status for c in cs] == ["PXOS_S_OK"] * 10
+    finally:
+        hv.stop()
