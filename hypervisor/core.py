@@ -197,6 +197,7 @@ class Hypervisor:
                 except ValueError as exc:
                     raise E.InvalidArgument(str(exc)) from exc
                 vm.share, vm.cap = share, cap
+                self.dispatcher.wake()  # a cap lifted or widened may make queued work eligible
             if memory_bytes is not None:
                 self.memory.set_quota(vm_id, memory_bytes)
             info = self._vm_info(vm_id)
@@ -379,7 +380,7 @@ class Hypervisor:
             self.scheduler.submit(Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est,
                                          job.enqueued_at, job))
             vm.inflight += 1
-            self._cond.notify_all()
+        self.dispatcher.wake()
         return completion
 
     def _bind(self, vm_id: int, session: int, record: KernelRecord, bindings: Mapping[str, int | Scalar]):

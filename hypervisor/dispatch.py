@@ -107,6 +107,7 @@ class Dispatcher:
         self._inflight: Job | None = None  # submitted to the device, not yet completed
         self._last_complete = 0.0  # perf_counter when the last launch was completed
         self._wake = threading.Event()  # set only to stop: interrupts a hold
+        self._work = threading.Event()  # set when work may be ready
         self.before_run: list[Callable[[Job], None]] = []  # test hooks, outside the lock
 
     def start(self) -> None:
@@ -118,10 +119,10 @@ class Dispatcher:
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
-        with self.hv._cond:
+        with self.hv._lock:
             self._stopping = True
-            self._wake.set()
-            self.hv._cond.notify_all()
+        self._wake.set()
+        self._work.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -191,18 +192,25 @@ class Dispatcher:
         self._complete(job)
 
     def _next(self, block: bool) -> Job | None:
-        """The next ticket's job; None when stopping, or (not blocking) when none is ready."""
+        """The next ticket's job; None when stopping, or (not blocking) when none is ready.
+        Waits on an event that launch() sets after releasing the lock, so a wake-up never
+        has to fight the submitter for the lock (cleared before each pick: no lost wake)."""
         hv = self.hv
-        with hv._cond:
-            while not self._stopping:
+        while not self._stopping:
+            self._work.clear()
+            with hv._lock:
                 ticket = hv.scheduler.pick()
                 if ticket is not None:
                     return ticket.payload
                 if not block:
                     return None
                 wait = hv.scheduler.next_eligible_in()
-                hv._cond.wait(timeout=wait if wait is not None else None)
-            return None
+            self._work.wait(timeout=wait)
+        return None
+
+    def wake(self) -> None:
+        """New work may be ready (a launch was queued, a cap or share changed)."""
+        self._work.set()
 
     def _prepare(self, job: Job) -> bool:
         """Make the job's memory ready and note a VM switch. False if the job failed."""
