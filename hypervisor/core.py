@@ -78,7 +78,6 @@ class Hypervisor:
         self.executor = backend if isinstance(backend, Executor) else make_executor(backend)
         pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(self.executor)
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
         self.memory = MemoryManager(self.executor, pool, host_budget_bytes)
         self.scheduler = FairScheduler(window_seconds=window_seconds, clock=clock)
         dev = peaks(self.executor)

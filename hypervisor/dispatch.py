@@ -218,7 +218,7 @@ class Dispatcher:
         waiting_since = None
         job.residency = LaunchResidency()
         while True:
-            with hv._cond:
+            with hv._lock:
                 try:
                     mem = hv.memory
                     try:
@@ -306,7 +306,7 @@ class Dispatcher:
         error = job.error
         ended = hv.clock()
         device_s, stall_s = timing.device_s, timing.stall_s
-        with hv._cond:
+        with hv._lock:
             if self.running is job:
                 self.running = None
             mem = hv.memory

@@ -89,16 +89,6 @@ class VMMemory:
         return self.live_bytes + self.temp_bytes
 
 
-@dataclass(frozen=True)
-class MemoryStats:
-    pool_bytes: int
-    pool_used: int
-    host_budget: int
-    host_used: int
-    committed: int
-    per_vm: dict[int, dict[str, int]]
-
-
 class MemoryManager(Placement):
     """Not thread-safe: the hypervisor calls it with its lock held, except the data copies
     of write()/read_into(), which run on a buffer pinned by begin_transfer()."""
@@ -412,12 +402,3 @@ class MemoryManager(Placement):
             vm.temp_bytes -= nbytes
             vm.device_bytes -= nbytes
             self._reap_vm(vm_id)
-
-    # ---- observation ----
-    def stats(self) -> MemoryStats:
-        per_vm = {
-            vm_id: {"quota": m.quota, "used": m.used, "device": m.device_bytes, "host": m.host_bytes,
-                    "temp": m.temp_bytes, "buffers": sum(1 for b in m.buffers.values() if not b.freed)}
-            for vm_id, m in self._vms.items()
-        }
-        return MemoryStats(self.pool_bytes, self.pool_used, self.host_budget, self.host_used, self.committed, per_vm)

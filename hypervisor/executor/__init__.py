@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypervisor.errors import ConfigError
 
-from .base import DoneFence, DonePending, Executor, ExecutorInfo, Fence, Pending, RunTiming
+from .base import DonePending, Executor, ExecutorInfo, Fence, Pending, RunTiming
 from .cupy_backend import cupy_unavailable_reason
 from .numpy_backend import NumpyExecutor
 
@@ -27,4 +27,4 @@ def make_executor(backend: str = "auto") -> Executor:
     return NumpyExecutor()
 
 
-__all__ = ["BACKENDS", "DoneFence", "DonePending", "Pending", "Executor", "ExecutorInfo", "Fence", "NumpyExecutor", "RunTiming", "make_executor"]
+__all__ = ["BACKENDS", "DonePending", "Pending", "Executor", "ExecutorInfo", "Fence", "NumpyExecutor", "RunTiming", "make_executor"]

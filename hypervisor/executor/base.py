@@ -56,14 +56,6 @@ class Fence(ABC):
         """Block until the copy is complete; returns the seconds waited."""
 
 
-class DoneFence(Fence):
-    def done(self) -> bool:
-        return True
-
-    def wait(self) -> float:
-        return 0.0
-
-
 @dataclass(frozen=True)
 class ExecutorInfo:
     backend: str  # "numpy" or "cupy"
