@@ -102,3 +102,17 @@ class BindError(PrimitiveError):
     does not match, a buffer too small."""
 
     status = "PXOS_S_BIND"
+
+
+class IndexOutOfRange(LaunchFailed):
+    """A launch's runtime index (a GATHER id, a SLICE or SLICE_WRITE start given by a
+    param) lies outside its tensor: a typed launch error, never a wrap or a read outside
+    the buffer (docs/language.md)."""
+
+    status = "PXOS_S_RANGE"
+
+
+class ReadOnly(PxosError):
+    """A write, free or output binding of a read-only buffer (a shared model's tensor)."""
+
+    status = "PXOS_S_READ_ONLY"

@@ -301,6 +301,10 @@ int pxos_status_errno(u32 status)
 		return -EOPNOTSUPP;
 	case PXOS_S_EXISTS:
 		return -EEXIST;
+	case PXOS_S_RANGE:
+		return -ERANGE;
+	case PXOS_S_READ_ONLY:
+		return -EROFS;
 	default: /* EXEC, INTERNAL and anything newer than this driver */
 		return -EIO;
 	}

@@ -38,7 +38,8 @@ IOC_MAGIC = 0xE6
 REAP_WAIT = 0x1
 
 STATUS_NAMES = ("OK", "INVALID", "NOT_FOUND", "QUOTA", "NO_DEVICE_MEMORY", "COMPILE", "BIND", "EXEC",
-                "CANCELLED", "BUSY", "TOO_LARGE", "UNSUPPORTED", "INTERNAL", "EXISTS")
+                "CANCELLED", "BUSY", "TOO_LARGE", "UNSUPPORTED", "INTERNAL", "EXISTS", "RANGE",
+                "READ_ONLY")
 DTYPES = {1: np.dtype(np.float16), 2: np.dtype(np.float32), 3: np.dtype(np.float64),
           4: np.dtype(np.int32), 5: np.dtype(np.int64)}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}

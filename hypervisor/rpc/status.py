@@ -33,6 +33,8 @@ STATUS_TO_CODE: dict[str, grpc.StatusCode] = {
     "PXOS_S_UNSUPPORTED": grpc.StatusCode.UNIMPLEMENTED,
     "PXOS_S_INTERNAL": grpc.StatusCode.INTERNAL,
     "PXOS_S_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "PXOS_S_RANGE": grpc.StatusCode.OUT_OF_RANGE,
+    "PXOS_S_READ_ONLY": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 class WaitTimeout(E.PxosError):

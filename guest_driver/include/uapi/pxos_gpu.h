@@ -35,7 +35,7 @@
 /* PXOS_CDEF_BEGIN */
 
 #define PXOS_ABI_MAJOR 1
-#define PXOS_ABI_MINOR 0
+#define PXOS_ABI_MINOR 1
 #define PXOS_MAGIC 0x534f5850 /* "PXOS" read as a little-endian u32 */
 
 /* ---- Limits: every size a guest controls is capped by one of these. ---- */
@@ -65,6 +65,8 @@ enum pxos_cmd_type {
 	PXOS_CMD_STATS = 0x7009,
 	PXOS_CMD_IDLE_HINT = 0x700a,
 	PXOS_CMD_SESSION_CLOSE = 0x700b,
+	PXOS_CMD_MODEL_OPEN = 0x700c,     /* ABI 1.1 */
+	PXOS_CMD_MODEL_CLOSE = 0x700d,    /* ABI 1.1 */
 };
 
 /* Every PXOS response has this type; the outcome is in pxos_resp_hdr.status. */
@@ -85,6 +87,8 @@ enum pxos_status {
 	PXOS_S_UNSUPPORTED = 11,     /* unknown command, or an ABI major this device lacks */
 	PXOS_S_INTERNAL = 12,        /* a host bug; logged and counted on the host */
 	PXOS_S_EXISTS = 13,
+	PXOS_S_RANGE = 14,           /* a launch's runtime index or offset is out of range (1.1) */
+	PXOS_S_READ_ONLY = 15,       /* a write to a read-only buffer: a shared model's tensor (1.1) */
 };
 
 enum pxos_dtype {
@@ -319,6 +323,34 @@ struct pxos_resp_session_close {
 	__le32 padding;
 };
 
+/*
+ * MODEL_OPEN (ABI 1.1): open a model the operator loaded into the daemon, by name, for
+ * session hdr.ctx_id. Its tensors are read-only buffers shared by every VM (a launch may
+ * bind them as inputs; WRITE, FREE and output bindings get PXOS_S_READ_ONLY). Their
+ * handles, dtypes and shapes, and the model's configuration and tokenizer, are listed in
+ * the model's metadata: meta_bytes of UTF-8 JSON at the start of the read-only buffer
+ * meta_handle (READ it). MODEL_CLOSE, SESSION_CLOSE and a device reset close it.
+ */
+struct pxos_cmd_model_open {
+	struct pxos_ctrl_hdr hdr;
+	char name[PXOS_MAX_NAME];    /* NUL-terminated */
+};
+
+struct pxos_resp_model_open {
+	struct pxos_resp_hdr r;
+	__le64 model_id;             /* never 0 */
+	__le64 meta_handle;          /* read-only buffer holding the metadata JSON */
+	__le64 meta_bytes;           /* bytes of JSON (the buffer is zero-padded after them) */
+	__le64 model_bytes;          /* bytes of all its tensors, held once for every VM */
+	__le32 ntensors;
+	__le32 padding;
+};
+
+struct pxos_cmd_model_close {
+	struct pxos_ctrl_hdr hdr;
+	__le64 model_id;
+};
+
 /* PXOS_CDEF_END */
 
 #if defined(__KERNEL__) || defined(__STDC_VERSION__)
@@ -332,6 +364,9 @@ _Static_assert(sizeof(struct pxos_binding) == 80, "pxos_binding");
 _Static_assert(sizeof(struct pxos_cmd_launch) == 48, "pxos_cmd_launch");
 _Static_assert(sizeof(struct pxos_resp_launch) == 160 + 40, "pxos_resp_launch");
 _Static_assert(sizeof(struct pxos_param_desc) == 144, "pxos_param_desc");
+_Static_assert(sizeof(struct pxos_cmd_model_open) == 24 + 64, "pxos_cmd_model_open");
+_Static_assert(sizeof(struct pxos_resp_model_open) == 160 + 40, "pxos_resp_model_open");
+_Static_assert(sizeof(struct pxos_cmd_model_close) == 32, "pxos_cmd_model_close");
 #endif
 
 /* ---- /dev/pxosN ioctls (guest user space <-> pxos_gpu.ko) follow below. ---- */
@@ -346,7 +381,7 @@ _Static_assert(sizeof(struct pxos_param_desc) == 144, "pxos_param_desc");
  * PXOS_S_OK, else -1 with errno (see pxos_status_errno() in the module):
  * EINVAL INVALID/BIND, ENOENT NOT_FOUND, EDQUOT QUOTA, ENOMEM NO_DEVICE_MEMORY,
  * EBADMSG COMPILE, EIO EXEC/INTERNAL, ECANCELED CANCELLED, EBUSY BUSY, E2BIG TOO_LARGE,
- * EOPNOTSUPP UNSUPPORTED, EEXIST EXISTS; ETIMEDOUT/EINTR for a launch that did not finish
+ * EOPNOTSUPP UNSUPPORTED, EEXIST EXISTS, ERANGE RANGE, EROFS READ_ONLY; ETIMEDOUT/EINTR for a launch that did not finish
  * in time or was interrupted (it may still run on the host), ENODEV once the device is gone.
  * The struct sizes are part of the ioctl numbers; a changed struct gets a new number and
  * bumps PXOS_IOCTL_VERSION.
@@ -503,6 +538,23 @@ struct pxos_ioc_idle_hint {
 	struct pxos_ioc_result res;
 };
 
+/* PXOS_IOC_MODEL_OPEN / PXOS_IOC_MODEL_CLOSE (ioctl version 1, ABI 1.1). */
+struct pxos_ioc_model_open {
+	char name[PXOS_MAX_NAME];    /* in: NUL-terminated */
+	__u64 model_id;              /* out, as struct pxos_resp_model_open */
+	__u64 meta_handle;
+	__u64 meta_bytes;
+	__u64 model_bytes;
+	__u32 ntensors;
+	__u32 padding;
+	struct pxos_ioc_result res;
+};
+
+struct pxos_ioc_model_close {
+	__u64 model_id;              /* in */
+	struct pxos_ioc_result res;
+};
+
 #define PXOS_IOC_INFO        _IOWR(PXOS_IOC_MAGIC, 0x00, struct pxos_ioc_info)
 #define PXOS_IOC_ALLOC       _IOWR(PXOS_IOC_MAGIC, 0x01, struct pxos_ioc_alloc)
 #define PXOS_IOC_FREE        _IOWR(PXOS_IOC_MAGIC, 0x02, struct pxos_ioc_free)
@@ -516,6 +568,8 @@ struct pxos_ioc_idle_hint {
 #define PXOS_IOC_REAP        _IOWR(PXOS_IOC_MAGIC, 0x0a, struct pxos_ioc_reap)
 #define PXOS_IOC_STATS       _IOWR(PXOS_IOC_MAGIC, 0x0b, struct pxos_ioc_stats)
 #define PXOS_IOC_IDLE_HINT   _IOWR(PXOS_IOC_MAGIC, 0x0c, struct pxos_ioc_idle_hint)
+#define PXOS_IOC_MODEL_OPEN  _IOWR(PXOS_IOC_MAGIC, 0x0d, struct pxos_ioc_model_open)
+#define PXOS_IOC_MODEL_CLOSE _IOWR(PXOS_IOC_MAGIC, 0x0e, struct pxos_ioc_model_close)
 
 #if defined(__KERNEL__) || defined(__STDC_VERSION__)
 _Static_assert(sizeof(struct pxos_ioc_result) == 136, "pxos_ioc_result");
@@ -530,6 +584,8 @@ _Static_assert(sizeof(struct pxos_ioc_launch) == 80 + 136, "pxos_ioc_launch");
 _Static_assert(sizeof(struct pxos_ioc_reap) == 56 + 136, "pxos_ioc_reap");
 _Static_assert(sizeof(struct pxos_ioc_stats) == 120 + 136, "pxos_ioc_stats");
 _Static_assert(sizeof(struct pxos_ioc_idle_hint) == 8 + 136, "pxos_ioc_idle_hint");
+_Static_assert(sizeof(struct pxos_ioc_model_open) == 64 + 40 + 136, "pxos_ioc_model_open");
+_Static_assert(sizeof(struct pxos_ioc_model_close) == 8 + 136, "pxos_ioc_model_close");
 #endif
 
 #endif /* _UAPI_PXOS_GPU_H */
