@@ -27,6 +27,7 @@ from .calibrate import peaks
 from .dispatch import Dispatcher, Job
 from .executor import Executor, make_executor
 from .memory import Buffer, MemoryManager
+from .models import ModelInfo, ModelOpen, ModelStore
 from .prefetch import PrefetchState
 from .records import (
     KernelRecord,
@@ -90,6 +91,7 @@ class Hypervisor:
         self._launch_ids = itertools.count(1)
         self._subscribers: list[Callable[[Event], None]] = []
         self._info = self.executor.info()
+        self.models = ModelStore(self._lock, self.memory, self._emit)
         self.dispatcher = Dispatcher(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -240,12 +242,21 @@ class Hypervisor:
     def free(self, vm_id: int, handle: int, *, session: int = 0) -> None:
         with self._lock:
             self._vm(vm_id)
+            if self.models.is_shared_handle(vm_id, session, handle):
+                raise E.ReadOnly(f"buffer {handle} is a shared model's tensor; close the model instead")
             self.memory.free(vm_id, session, handle)
 
     def buffer_info(self, vm_id: int, handle: int, *, session: int = 0) -> BufferInfo:
         with self._lock:
             self._vm(vm_id)
-            return buffer_info(self.memory.lookup(vm_id, session, handle))
+            return buffer_info(self._lookup(vm_id, session, handle))
+
+    def _lookup(self, vm_id: int, session: int, handle: int) -> Buffer:
+        """The session's own buffer, or a tensor of a model the session has open."""
+        try:
+            return self.memory.lookup(vm_id, session, handle)
+        except E.NotFound:
+            return self.models.shared_buffer(vm_id, session, handle)
 
     def write(self, vm_id: int, handle: int, offset: int, data, *, session: int = 0) -> int:
         """Copy bytes into a buffer at a byte offset. ``data`` is bytes-like or a sequence of
@@ -296,7 +307,7 @@ class Hypervisor:
              session: int = 0) -> bytes:
         with self._lock:
             self._vm(vm_id)
-            nbytes = self.memory.lookup(vm_id, session, handle).nbytes
+            nbytes = self._lookup(vm_id, session, handle).nbytes
         length = nbytes - offset if length is None else length
         if length < 0 or offset < 0 or offset + length > nbytes:
             raise E.InvalidArgument(f"range [{offset}, {offset + length}) lies outside the buffer's {nbytes} bytes")
@@ -307,7 +318,7 @@ class Hypervisor:
     def _begin_transfer(self, vm_id: int, session: int, handle: int, writing: bool):
         with self._lock:
             self._vm(vm_id)
-            buf = self.memory.lookup(vm_id, session, handle)
+            buf = self._lookup(vm_id, session, handle)
             target, on_device, waits = self.memory.begin_transfer(buf, writing)
             return buf, target, on_device, waits
 
@@ -399,9 +410,12 @@ class Hypervisor:
                 specs[name] = TensorSpec(dtype, ())
                 scalars[name] = Scalar(value.value, dtype)
             elif isinstance(value, int) and not isinstance(value, bool):
-                buf = self.memory.lookup(vm_id, session, value)
+                buf = self._lookup(vm_id, session, value)
                 specs[name] = buf.spec
                 writes = kernel.directions.get(name, Direction.IN) != Direction.IN
+                if writes and buf.read_only:
+                    raise E.ReadOnly(f"param {name} is written by kernel {kernel.name}, but buffer {value} is "
+                                     "a shared model's tensor (read-only)")
                 buffers[name] = (buf, writes)
                 by_handle.setdefault(value, []).append(name)
             else:
@@ -442,6 +456,29 @@ class Hypervisor:
                            int((now - job.enqueued_at) * 1e9), job.wclass.name, job.bound.kernel.name)
         self.dispatcher.complete_later(job.completion, res)
 
+    # ------------------------------------------------------------------ shared models
+    def load_model(self, name: str, path: str, dtype: str = "float32") -> ModelInfo:
+        """Load a GGUF file as a shared read-only model (seconds; other VMs keep running)."""
+        return self.models.load(name, path, dtype)
+
+    def remove_model(self, name: str) -> None:
+        self.models.remove(name)
+
+    def list_models(self) -> list[ModelInfo]:
+        return self.models.list()
+
+    def open_model(self, vm_id: int, name: str, *, session: int = 0) -> ModelOpen:
+        with self._lock:
+            self._vm(vm_id)
+            opened = self.models.open(vm_id, session, name)
+        self._emit("model_opened", vm_id, model=name, session=session)
+        return opened
+
+    def close_model(self, vm_id: int, model_id: int, *, session: int = 0) -> None:
+        with self._lock:
+            self._vm(vm_id)
+            self.models.close(vm_id, session, model_id)
+
     # ------------------------------------------------------------------ sessions, reset, hints
     def close_session(self, vm_id: int, session: int) -> SessionCloseResult:
         """A guest process went away: cancel its queued launches, free its buffers and kernels."""
@@ -450,6 +487,7 @@ class Hypervisor:
             cancelled = self._cancel_queued(vm_id, lambda t: t.payload.session == session,
                                             "the guest session was closed")
             nbuf, nbytes = self.memory.release_session(vm_id, session)
+            self.models.close_all(vm_id, session)
             mine = [k for k, v in vm.kernels.items() if v.session == session]
             for k in mine:
                 del vm.kernels[k]
@@ -473,6 +511,7 @@ class Hypervisor:
         vm.generation += 1
         cancelled = self._cancel_queued(vm_id, lambda t: True, why)
         nbuf, nbytes = self.memory.release_vm(vm_id)
+        self.models.close_all(vm_id)
         nk = len(vm.kernels)
         vm.kernels.clear()
         vm.idle = False

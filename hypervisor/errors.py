@@ -116,3 +116,16 @@ class ReadOnly(PxosError):
     """A write, free or output binding of a read-only buffer (a shared model's tensor)."""
 
     status = "PXOS_S_READ_ONLY"
+
+
+class ModelError(PxosError, ValueError):
+    """A model file cannot be loaded: not GGUF, an unsupported architecture or tensor type,
+    a tensor over the language's limits."""
+
+    status = "PXOS_S_INVALID"
+
+
+class ModelInUse(PxosError):
+    """A model cannot be removed while a VM has it open or a launch reads its tensors."""
+
+    status = "PXOS_S_BUSY"

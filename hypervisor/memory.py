@@ -19,7 +19,7 @@ from typing import Any
 
 from primitive_lang import TensorSpec
 
-from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, OutOfDeviceMemory, QuotaExceeded
+from .errors import AlreadyExists, Busy, InvalidArgument, NotFound, OutOfDeviceMemory, QuotaExceeded, ReadOnly
 from .executor import Executor, Fence
 from .executor.base import copy_chunks_in, copy_chunks_out
 from .residency import Placement
@@ -46,6 +46,7 @@ class Buffer:
     leaving: Fence | None = None  # device->host copy in flight into `host`
     prefetched: bool = False  # brought in by prefetch and not used by a launch since
     freed: bool = False  # handle released; storage kept until nothing uses it
+    read_only: bool = False  # a shared model's tensor: no WRITE, FREE or output binding
     readers: int = 0  # queued or running launches that read it
     writers: int = 0  # queued or running launches that write it
     active: int = 0  # the running launch uses it (never evicted then)
@@ -309,6 +310,8 @@ class MemoryManager(Placement):
         the device copy, the copies to wait for first). A WRITE must not race a launch that
         reads or writes the buffer, and a READ must not race one that writes it: the caller
         gets Busy and retries after that launch completes."""
+        if writing and buf.read_only:
+            raise ReadOnly(f"buffer {buf.handle} is a shared model's tensor and cannot be written")
         if writing and (buf.readers or buf.writers):
             raise Busy(f"buffer {buf.handle} is in use by a queued or running launch; write after it completes")
         if not writing and buf.writers:
