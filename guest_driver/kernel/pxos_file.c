@@ -166,6 +166,8 @@ static const struct {
 	{ PXOS_IOC_REAP, sizeof(struct pxos_ioc_reap), pxos_ioc_reap },
 	{ PXOS_IOC_STATS, sizeof(struct pxos_ioc_stats), pxos_ioc_stats },
 	{ PXOS_IOC_IDLE_HINT, sizeof(struct pxos_ioc_idle_hint), pxos_ioc_idle_hint },
+	{ PXOS_IOC_MODEL_OPEN, sizeof(struct pxos_ioc_model_open), pxos_ioc_model_open },
+	{ PXOS_IOC_MODEL_CLOSE, sizeof(struct pxos_ioc_model_close), pxos_ioc_model_close },
 };
 
 static long pxos_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)

@@ -18,5 +18,7 @@ long pxos_ioc_submit(struct pxos_session *sess, void *arg);
 long pxos_ioc_reap(struct pxos_session *sess, void *arg);
 long pxos_ioc_stats(struct pxos_session *sess, void *arg);
 long pxos_ioc_idle_hint(struct pxos_session *sess, void *arg);
+long pxos_ioc_model_open(struct pxos_session *sess, void *arg);
+long pxos_ioc_model_close(struct pxos_session *sess, void *arg);
 
 #endif /* PXOS_IOCTL_H */

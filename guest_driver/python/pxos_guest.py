@@ -135,6 +135,15 @@ class IocIdleHint(C.Structure):
     _fields_ = [("idle", u32), ("padding", u32), ("res", Result)]
 
 
+class IocModelOpen(C.Structure):
+    _fields_ = [("name", C.c_char * MAX_NAME), ("model_id", u64), ("meta_handle", u64), ("meta_bytes", u64),
+                ("model_bytes", u64), ("ntensors", u32), ("padding", u32), ("res", Result)]
+
+
+class IocModelClose(C.Structure):
+    _fields_ = [("model_id", u64), ("res", Result)]
+
+
 def _iowr(nr: int, struct_type: type[C.Structure]) -> int:
     """Linux _IOWR(IOC_MAGIC, nr, struct) on x86 and arm64 (asm-generic/ioctl.h)."""
     return (3 << 30) | (C.sizeof(struct_type) << 16) | (IOC_MAGIC << 8) | nr
@@ -146,7 +155,8 @@ IOCTLS = {
     "COMPILE": _iowr(0x05, IocCompile), "KERNEL_INFO": _iowr(0x06, IocKernelInfo),
     "KERNEL_FREE": _iowr(0x07, IocKernelFree), "LAUNCH": _iowr(0x08, IocLaunch),
     "SUBMIT": _iowr(0x09, IocLaunch), "REAP": _iowr(0x0A, IocReap), "STATS": _iowr(0x0B, IocStats),
-    "IDLE_HINT": _iowr(0x0C, IocIdleHint),
+    "IDLE_HINT": _iowr(0x0C, IocIdleHint), "MODEL_OPEN": _iowr(0x0D, IocModelOpen),
+    "MODEL_CLOSE": _iowr(0x0E, IocModelClose),
 }
 
 
@@ -199,8 +209,10 @@ class Param:
 class Buffer:
     """A device buffer of one dtype and shape, owned by the Device's session."""
 
-    def __init__(self, dev: Device, handle: int, dtype: np.dtype, shape: tuple[int, ...]):
+    def __init__(self, dev: Device, handle: int, dtype: np.dtype, shape: tuple[int, ...], *,
+                 read_only: bool = False):
         self.dev, self.handle, self.dtype, self.shape = dev, handle, dtype, shape
+        self.read_only = read_only  # a shared model's tensor: never written or freed
 
     @property
     def nbytes(self) -> int:
@@ -216,9 +228,35 @@ class Buffer:
         return out
 
     def free(self) -> None:
-        if self.handle:
+        if self.handle and not self.read_only:
             self.dev._call("FREE", IocFree(handle=self.handle), "free")
             self.handle = 0
+
+
+class SharedModel:
+    """A model the host's operator loaded, opened by this session (MODEL_OPEN): its
+    metadata (``meta``: config, tokenizer, tensor table) and its tensors, read-only
+    buffers shared with every VM, bound to launches like the session's own buffers."""
+
+    def __init__(self, dev: Device, name: str, io: IocModelOpen):
+        import json
+
+        self.dev, self.name, self.model_id = dev, name, io.model_id
+        self.model_bytes, self.ntensors = io.model_bytes, io.ntensors
+        raw = np.empty(io.meta_bytes, dtype=np.uint8)
+        dev._transfer("READ", io.meta_handle, 0, raw)
+        self.meta = json.loads(raw.tobytes().decode("utf-8"))
+        self.config = self.meta["config"]
+        self.tensors = {n: Buffer(dev, t["handle"], np.dtype(t["dtype"]), tuple(t["shape"]), read_only=True)
+                        for n, t in self.meta["tensors"].items()}
+
+    def __getitem__(self, name: str) -> Buffer:
+        return self.tensors[name]
+
+    def close(self) -> None:
+        if self.model_id:
+            self.dev._call("MODEL_CLOSE", IocModelClose(model_id=self.model_id), f"model close {self.name}")
+            self.model_id = 0
 
 
 class Kernel:
@@ -383,6 +421,14 @@ class Device:
         p = select.poll()
         p.register(self.fd, select.POLLIN)
         return bool(p.poll(None if timeout_s is None else int(timeout_s * 1000)))
+
+    def open_model(self, name: str) -> SharedModel:
+        """Open a model the host loaded (``pxosctl model add``), by name."""
+        data = name.encode()
+        if not data or len(data) >= MAX_NAME:
+            raise ValueError(f"open_model: a model name is 1..{MAX_NAME - 1} bytes")
+        io = self._call("MODEL_OPEN", IocModelOpen(name=data), f"model open {name}")
+        return SharedModel(self, name, io)
 
     def idle_hint(self, idle: bool) -> None:
         self._call("IDLE_HINT", IocIdleHint(idle=int(idle)), "idle hint")

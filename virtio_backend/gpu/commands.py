@@ -157,6 +157,18 @@ class SessionCloseCmd:
     hdr: Header
 
 
+@_record
+class ModelOpenCmd:
+    hdr: Header
+    name: str
+
+
+@_record
+class ModelCloseCmd:
+    hdr: Header
+    model_id: int
+
+
 Command = (
     GetInfoCmd
     | AllocCmd
@@ -170,6 +182,8 @@ Command = (
     | StatsCmd
     | IdleHintCmd
     | SessionCloseCmd
+    | ModelOpenCmd
+    | ModelCloseCmd
 )
 
 
@@ -294,6 +308,15 @@ class SessionCloseResp:
     launches_cancelled: int
 
 
+@_record
+class ModelOpenResp:
+    model_id: int
+    meta_handle: int
+    meta_bytes: int
+    model_bytes: int
+    ntensors: int
+
+
 Response = (
     ErrorResp
     | NoDataResp
@@ -305,4 +328,5 @@ Response = (
     | LaunchResp
     | StatsResp
     | SessionCloseResp
+    | ModelOpenResp
 )

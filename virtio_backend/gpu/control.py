@@ -167,6 +167,15 @@ class PxosControl:
         return c.SessionCloseResp(r.bytes_freed, r.buffers_freed, r.kernels_freed, r.launches_cancelled)
 
 
+    def _handle_model_open(self, cmd: c.ModelOpenCmd) -> c.Response:
+        m = self.hv.open_model(self.vm_id, cmd.name, session=cmd.hdr.session)
+        return c.ModelOpenResp(m.model_id, m.meta_handle, m.meta_bytes, m.model_bytes, m.ntensors)
+
+    def _handle_model_close(self, cmd: c.ModelCloseCmd) -> c.Response:
+        self.hv.close_model(self.vm_id, cmd.model_id, session=cmd.hdr.session)
+        return _NO_DATA
+
+
 def _direction(kernel, name: str) -> PxosDirection:
     return PxosDirection[f"PXOS_DIR_{kernel.directions[name].name}"]
 
@@ -190,4 +199,6 @@ _TABLE = {
     c.StatsCmd: PxosControl._handle_stats,
     c.IdleHintCmd: PxosControl._handle_idle_hint,
     c.SessionCloseCmd: PxosControl._handle_session_close,
+    c.ModelOpenCmd: PxosControl._handle_model_open,
+    c.ModelCloseCmd: PxosControl._handle_model_close,
 }

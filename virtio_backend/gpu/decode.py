@@ -53,6 +53,8 @@ REQUEST_STRUCT: dict[int, str] = {
     T.PXOS_CMD_STATS: "pxos_cmd_stats",
     T.PXOS_CMD_IDLE_HINT: "pxos_cmd_idle_hint",
     T.PXOS_CMD_SESSION_CLOSE: "pxos_cmd_session_close",
+    T.PXOS_CMD_MODEL_OPEN: "pxos_cmd_model_open",
+    T.PXOS_CMD_MODEL_CLOSE: "pxos_cmd_model_close",
 }
 RESPONSE_STRUCT: dict[int, str] = {
     T.PXOS_CMD_GET_INFO: "pxos_resp_info",
@@ -67,6 +69,8 @@ RESPONSE_STRUCT: dict[int, str] = {
     T.PXOS_CMD_STATS: "pxos_resp_stats",
     T.PXOS_CMD_IDLE_HINT: "pxos_resp_hdr",
     T.PXOS_CMD_SESSION_CLOSE: "pxos_resp_session_close",
+    T.PXOS_CMD_MODEL_OPEN: "pxos_resp_model_open",
+    T.PXOS_CMD_MODEL_CLOSE: "pxos_resp_hdr",
 }
 _REQ_SIZE = {k: wire.sizeof(v) for k, v in REQUEST_STRUCT.items()}
 _RESP_SIZE = {k: wire.sizeof(v) for k, v in RESPONSE_STRUCT.items()}
@@ -84,6 +88,8 @@ _COMPILE = wire.layout("pxos_cmd_compile", ("source_len", "padding"))
 _KERNEL = wire.layout("pxos_cmd_kernel", ("kernel_id",))
 _LAUNCH = wire.layout("pxos_cmd_launch", ("kernel_id", "nbindings", "priority", "class_hint", "flags"))
 _IDLE_HINT = wire.layout("pxos_cmd_idle_hint", ("idle", "padding"))
+_MODEL_OPEN = wire.layout("pxos_cmd_model_open", ("name",))
+_MODEL_CLOSE = wire.layout("pxos_cmd_model_close", ("model_id",))
 _BINDING = wire.layout("pxos_binding")
 assert _BINDING.fields == ("name", "kind", "dtype", "value") and _BINDING.size == BINDING_SIZE
 
@@ -356,6 +362,18 @@ def _dec_session_close(hdr, head, chain, rlen):
     return c.SessionCloseCmd(hdr)
 
 
+def _dec_model_open(hdr, head, chain, rlen):
+    _exact(hdr, rlen, _REQ_SIZE[hdr.type])
+    (raw,) = _MODEL_OPEN.struct.unpack_from(head, _MODEL_OPEN.offset)
+    return c.ModelOpenCmd(hdr, _name(raw, "MODEL_OPEN.name"))
+
+
+def _dec_model_close(hdr, head, chain, rlen):
+    _exact(hdr, rlen, _REQ_SIZE[hdr.type])
+    (model_id,) = _MODEL_CLOSE.struct.unpack_from(head, _MODEL_CLOSE.offset)
+    return c.ModelCloseCmd(hdr, model_id)
+
+
 _DECODERS = {
     T.PXOS_CMD_GET_INFO: _dec_get_info,
     T.PXOS_CMD_ALLOC: _dec_alloc,
@@ -369,4 +387,6 @@ _DECODERS = {
     T.PXOS_CMD_STATS: _dec_stats,
     T.PXOS_CMD_IDLE_HINT: _dec_idle_hint,
     T.PXOS_CMD_SESSION_CLOSE: _dec_session_close,
+    T.PXOS_CMD_MODEL_OPEN: _dec_model_open,
+    T.PXOS_CMD_MODEL_CLOSE: _dec_model_close,
 }

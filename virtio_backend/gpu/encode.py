@@ -35,6 +35,7 @@ _ALLOC = wire.layout("pxos_resp_alloc")
 _LAUNCH = wire.layout("pxos_resp_launch")
 _STATS = wire.layout("pxos_resp_stats")
 _SESSION_CLOSE = wire.layout("pxos_resp_session_close")
+_MODEL_OPEN = wire.layout("pxos_resp_model_open")
 # The order the encoders below pack in; a header that reorders a struct fails here, at import.
 assert _HDR.fields == ("hdr", "status", "payload_len", "message") and len(_HDR.struct.unpack(bytes(160))) == _HDR_VALUES
 assert _INFO.fields == ("r", "magic", "abi_major", "abi_minor", "vm_id", "flags", "memory_quota", "memory_used",
@@ -45,6 +46,7 @@ assert _ALLOC.fields == ("r", "handle", "nbytes")
 assert _LAUNCH.fields == ("r", "launch_id", "device_ns", "queue_ns", "total_ns", "class_assigned", "padding")
 assert _STATS.fields == ("r", *c.StatsResp.__slots__, "padding")
 assert _SESSION_CLOSE.fields == ("r", "bytes_freed", "buffers_freed", "kernels_freed", "launches_cancelled", "padding")
+assert _MODEL_OPEN.fields == ("r", *c.ModelOpenResp.__slots__, "padding")
 _BACKEND_SIZE = ffi.sizeof(ffi.typeof("struct pxos_resp_info").fields[-2][1].type)
 _DEVICE_NAME_SIZE = ffi.sizeof(ffi.typeof("struct pxos_resp_info").fields[-1][1].type)
 
@@ -105,6 +107,8 @@ def encode(hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> byt
     if kind is c.SessionCloseResp:
         return _SESSION_CLOSE.struct.pack(*_head(hdr, _OK), resp.bytes_freed, resp.buffers_freed,
                                           resp.kernels_freed, resp.launches_cancelled, 0)
+    if kind is c.ModelOpenResp:
+        return _MODEL_OPEN.struct.pack(*_head(hdr, _OK), *(getattr(resp, n) for n in c.ModelOpenResp.__slots__), 0)
     struct_name = RESPONSE_STRUCT.get(hdr.type, "pxos_resp_hdr")
     fill = _CFFI_FILLERS.get(kind)
     if fill is None or _CFFI_STRUCT[kind] != struct_name:

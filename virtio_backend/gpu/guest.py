@@ -136,6 +136,18 @@ def session_close(session: int) -> bytes:
     return _bytes(_new("pxos_cmd_session_close", T.PXOS_CMD_SESSION_CLOSE, session, 0, 0))
 
 
+def model_open(name: str | bytes, *, session: int = 0) -> bytes:
+    p = _new("pxos_cmd_model_open", T.PXOS_CMD_MODEL_OPEN, session, 0, 0)
+    p.name = name.encode() if isinstance(name, str) else name
+    return _bytes(p)
+
+
+def model_close(model_id: int, *, session: int = 0) -> bytes:
+    p = _new("pxos_cmd_model_close", T.PXOS_CMD_MODEL_CLOSE, session, 0, 0)
+    p.model_id = model_id
+    return _bytes(p)
+
+
 def raw_header(cmd_type: int, *, session: int = 0) -> bytes:
     """A bare ``pxos_ctrl_hdr`` of any type (for unknown-command and short-request tests)."""
     p = ffi.new("struct pxos_ctrl_hdr *")

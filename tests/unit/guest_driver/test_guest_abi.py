@@ -22,10 +22,11 @@ STRUCTS = {
     "pxos_ioc_kernel_info": "IocKernelInfo", "pxos_ioc_kernel_free": "IocKernelFree",
     "pxos_ioc_launch": "IocLaunch", "pxos_ioc_reap": "IocReap", "pxos_ioc_stats": "IocStats",
     "pxos_ioc_idle_hint": "IocIdleHint", "pxos_binding": "Binding", "pxos_param_desc": "ParamDesc",
-    "pxos_diag": "Diag", "pxos_kernel_desc": "KernelDesc",
+    "pxos_diag": "Diag", "pxos_kernel_desc": "KernelDesc", "pxos_ioc_model_open": "IocModelOpen",
+    "pxos_ioc_model_close": "IocModelClose",
 }
 IOCTLS = ["INFO", "ALLOC", "FREE", "WRITE", "READ", "COMPILE", "KERNEL_INFO", "KERNEL_FREE", "LAUNCH",
-          "SUBMIT", "REAP", "STATS", "IDLE_HINT"]
+          "SUBMIT", "REAP", "STATS", "IDLE_HINT", "MODEL_OPEN", "MODEL_CLOSE"]
 
 
 def _c_layout(gcc, tmp_path, pxos_guest, UAPI) -> dict[str, int]:
