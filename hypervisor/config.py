@@ -57,6 +57,12 @@ class VMConfig(_Model):
     socket: str | None = Field(default=None, description="vhost-user socket path QEMU connects to")
 
 
+class ModelConfig(_Model):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^\S+$", description="the name guests open it by")
+    path: str = Field(min_length=1, description="a GGUF file (LLaMA family)")
+    dtype: Literal["float32", "float16"] = "float32"
+
+
 class DaemonSection(_Model):
     grpc_socket: str = "/run/pxos/pxos-hvd.sock"
     grpc_tcp: str | None = Field(default=None, description="host:port; off unless set")
@@ -86,6 +92,7 @@ class DaemonConfig(_Model):
     memory: MemorySection = MemorySection()
     scheduler: SchedulerSection = SchedulerSection()
     vm: list[VMConfig] = Field(default_factory=list)
+    model: list[ModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _vms_consistent(self) -> DaemonConfig:
@@ -95,6 +102,9 @@ class DaemonConfig(_Model):
         sockets = [v.socket for v in self.vm if v.socket]
         if len(sockets) != len(set(sockets)):
             raise ValueError("two VMs name the same socket")
+        names = [m.name for m in self.model]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model names must be unique, got {names}")
         total = sum(v.share for v in self.vm)
         if total > 100:
             raise ValueError(f"VM shares sum to {total:g}%, more than 100%")
@@ -143,6 +153,14 @@ prefetch = true           # bring in what queued launches need ahead of time (do
 [scheduler]
 window_seconds = 1.0      # window over which caps and achieved shares are measured
 lookahead = 8             # launches the scheduler plans ahead (memory prefetch reads it)
+
+# One [[model]] table per shared model: a GGUF file loaded once at start-up, read-only,
+# that every VM's guests may open by name (docs/models.md). Its memory is held once and
+# charged to the device pool, not to any VM's quota. `pxosctl model add` loads more later.
+# [[model]]
+# name = "smollm2"
+# path = "/var/lib/pxos/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+# dtype = "float32"       # or float16 (half the memory; for GPUs)
 
 # One [[vm]] table per VM. `socket` is the vhost-user socket its QEMU connects to
 # (-chardev socket,path=...,id=c -device vhost-user-gpu-pci,chardev=c).

@@ -69,6 +69,9 @@ class Daemon:
                 if any(v.socket for v in self.config.vm):
                     raise
                 log.warning("no vhost-user transport: VMs can be driven over gRPC only", exc_info=True)
+        for m in self.config.model:
+            info = self.hv.load_model(m.name, m.path, m.dtype)
+            log.info("model %s: %d tensors, %d bytes (%s)", info.name, info.ntensors, info.nbytes, info.dtype)
         for vm in self.config.vm:
             self.add_vm(vm)
         if metrics and self.config.daemon.metrics_address:
@@ -245,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         except E.ConfigError as exc:
             print(f"pxos-hvd: {exc}", file=sys.stderr)
             return 2
-        print(f"{args.config}: ok ({len(cfg.vm)} VMs)")
+        missing = [m.path for m in cfg.model if not os.path.isfile(m.path)]
+        if missing:
+            print(f"pxos-hvd: {args.config}: model file not found: {', '.join(missing)}", file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok ({len(cfg.vm)} VMs, {len(cfg.model)} models)")
         return 0
     return _run(args)
 

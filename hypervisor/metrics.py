@@ -123,9 +123,23 @@ class _HypervisorCollector(Collector):
             "lookahead": GaugeMetricFamily("pxos_scheduler_lookahead_depth",
                                            "Launches the scheduler plans ahead (prefetch reads them; adapted)"),
         }
+        models = {
+            "bytes": gauge("pxos_model_bytes", "Bytes of a shared model, held once for every VM (charged to the "
+                           "pool, not to a VM's quota)", ("model",)),
+            "device": gauge("pxos_model_device_bytes", "Bytes of a shared model resident on the device",
+                            ("model",)),
+            "users": gauge("pxos_model_users", "VMs that have a shared model open", ("model",)),
+            "opens": gauge("pxos_model_open_sessions", "Guest sessions that have a shared model open",
+                           ("model",)),
+        }
         errors = CounterMetricFamily("pxos_exporter_errors", "Scrapes that could not read the hypervisor")
         try:
             self._fill(fam, extra_fams, transport, device, sched)
+            for m in self.hv.list_models():
+                models["bytes"].add_metric([m.name], m.nbytes)
+                models["device"].add_metric([m.name], m.device_bytes)
+                models["users"].add_metric([m.name], len(m.users))
+                models["opens"].add_metric([m.name], m.opens)
         except Exception:  # a failing read must not take the whole /metrics down
             self.errors += 1
             log.exception("reading the hypervisor for /metrics failed")
@@ -135,6 +149,7 @@ class _HypervisorCollector(Collector):
         yield from transport.values()
         yield from device.values()
         yield from sched.values()
+        yield from models.values()
         yield errors
 
     def _fill(self, fam, extra_fams, transport, device, sched) -> None:

@@ -106,6 +106,13 @@ def event(ev: T.Event, dropped: int) -> pb.Event:
     return msg
 
 
+def model_info(m) -> pb.ModelInfo:
+    return pb.ModelInfo(model_id=m.model_id, name=m.name, path=m.path, architecture=m.architecture, dtype=m.dtype,
+                        tensors=m.ntensors, bytes=m.nbytes, device_bytes=max(m.device_bytes, 0),
+                        host_bytes=max(m.host_bytes, 0), users=list(m.users), opens=m.opens,
+                        load_seconds=m.load_seconds, config_json=json.dumps(m.config, sort_keys=True))
+
+
 def _json_default(value):
     if hasattr(value, "value"):  # enums
         return value.value

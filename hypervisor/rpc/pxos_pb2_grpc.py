@@ -104,6 +104,21 @@ class HypervisorStub:
                 request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.IdleHintRequest.SerializeToString,
                 response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.Empty.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/pxos.v1.Hypervisor/LoadModel',
+                request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/pxos.v1.Hypervisor/RemoveModel',
+                request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.ModelRef.SerializeToString,
+                response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/pxos.v1.Hypervisor/ListModels',
+                request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/pxos.v1.Hypervisor/WatchEvents',
                 request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.WatchEventsRequest.SerializeToString,
@@ -204,6 +219,25 @@ class HypervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """Shared models (docs/models.md): loaded once, read-only, opened by guests by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """The hypervisor's events as they happen. A client too slow to keep up loses the oldest
         queued events; each Event says how many this stream has dropped so far.
@@ -284,6 +318,21 @@ def add_HypervisorServicer_to_server(servicer, server):
                     servicer.IdleHint,
                     request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.IdleHintRequest.FromString,
                     response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.Empty.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.LoadModelRequest.FromString,
+                    response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.ModelInfo.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.ModelRef.FromString,
+                    response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.Empty.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsRequest.FromString,
+                    response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -669,6 +718,87 @@ class Hypervisor:
             '/pxos.v1.Hypervisor/IdleHint',
             hypervisor_dot_rpc_dot_pxos__pb2.IdleHintRequest.SerializeToString,
             hypervisor_dot_rpc_dot_pxos__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pxos.v1.Hypervisor/LoadModel',
+            hypervisor_dot_rpc_dot_pxos__pb2.LoadModelRequest.SerializeToString,
+            hypervisor_dot_rpc_dot_pxos__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pxos.v1.Hypervisor/RemoveModel',
+            hypervisor_dot_rpc_dot_pxos__pb2.ModelRef.SerializeToString,
+            hypervisor_dot_rpc_dot_pxos__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pxos.v1.Hypervisor/ListModels',
+            hypervisor_dot_rpc_dot_pxos__pb2.ListModelsRequest.SerializeToString,
+            hypervisor_dot_rpc_dot_pxos__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -229,6 +229,20 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
         self.hv.idle_hint(request.vm_id, request.idle)
         return pb.Empty()
 
+    # ---------------------------------------------------------------- shared models
+    @_rpc
+    def LoadModel(self, request, context):
+        return convert.model_info(self.hv.load_model(request.name, request.path, request.dtype or "float32"))
+
+    @_rpc
+    def RemoveModel(self, request, context):
+        self.hv.remove_model(request.name)
+        return pb.Empty()
+
+    @_rpc
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[convert.model_info(m) for m in self.hv.list_models()])
+
     # ---------------------------------------------------------------- events
     def WatchEvents(self, request, context):
         if len(request.vm_ids) + len(request.kinds) > limits.MAX_EVENT_FILTERS:
