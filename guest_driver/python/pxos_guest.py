@@ -284,6 +284,26 @@ class Kernel:
         self.dev._call("KERNEL_FREE", IocKernelFree(kernel_id=self.id), f"kernel free {self.name}")
 
 
+class PreparedLaunch:
+    """A launch whose wire bindings are built once (``Device.prepare``) and submitted many
+    times (``Device.submit_prepared``), changing only scalar values in between: a decode
+    loop then pays one ioctl per launch, not the building of its bindings."""
+
+    def __init__(self, kernel: Kernel, io: IocLaunch, arr: C.Array, names: list[str]):
+        self.kernel, self.io, self._arr = kernel, io, arr
+        self._slots = dict(zip(names, arr, strict=False))
+
+    def set(self, name: str, value: float | int) -> None:
+        """Change a scalar binding's value (its dtype stays the param's)."""
+        b = self._slots[name]
+        if b.kind == BIND_SCALAR_I64:
+            b.value = struct.unpack("<Q", struct.pack("<q", int(value)))[0]
+        elif b.kind == BIND_SCALAR_F64:
+            b.value = struct.unpack("<Q", struct.pack("<d", float(value)))[0]
+        else:
+            raise ValueError(f"{name} is bound to a buffer, not a scalar")
+
+
 class Device:
     """One session of /dev/pxosN (the file's lifetime is the session's)."""
 
@@ -402,6 +422,15 @@ class Device:
         io, _keep = self._launch_io(kernel, bindings, priority, class_hint, 0)
         self._call("SUBMIT", io, f"submit {kernel.name}")
         return io.token
+
+    def prepare(self, kernel: Kernel, *, priority: int | None = None, class_hint: str = "NONE",
+                **bindings) -> PreparedLaunch:
+        io, arr = self._launch_io(kernel, bindings, priority, class_hint, 0)
+        return PreparedLaunch(kernel, io, arr, list(bindings))
+
+    def submit_prepared(self, p: PreparedLaunch) -> int:
+        self._call("SUBMIT", p.io, f"submit {p.kernel.name}")
+        return p.io.token
 
     def reap(self, token: int = 0, *, wait: bool = True) -> LaunchResult | None:
         """A finished submit (token 0: any); None when nothing is pending, or when none

@@ -31,7 +31,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import pxos_guest as px
 
 #: Launches this program keeps in flight at once: under the driver's PXOS_MAX_SUBMITTED
@@ -205,12 +204,33 @@ class LlamaRunner:
 
     # ---- launches ----
     def _pass(self, ids, x, pos: int, last: int, out) -> list[tuple]:
-        """The launches of one forward pass, in order: (kernel, bindings, writes_token)."""
+        """The launches of one forward pass, in order: (kernel, bindings)."""
         k = self.kernels
-        seq = [(k["embed"], {"ids": ids, "x": x, **self.embed_w}, None)]
-        seq += [(k["layer"], {"x": x, "pos": pos, **layer}, None) for layer in self.layers]
-        seq.append((k["head"], {"x": x, "last": last, "tok": out, **self.head_w}, out))
+        seq = [(k["embed"], {"ids": ids, "x": x, **self.embed_w})]
+        seq += [(k["layer"], {"x": x, "pos": pos, **layer}) for layer in self.layers]
+        seq.append((k["head"], {"x": x, "last": last, "tok": out, **self.head_w}))
         return seq
+
+    def _prepare_decode(self) -> None:
+        """Decode steps differ only in the token buffers (two, alternating) and ``pos``: their
+        launches are prepared once and resubmitted with a new ``pos``."""
+        if getattr(self, "_decode", None) is not None:
+            return
+        kw = {"priority": self.priority, "class_hint": self.class_hint}
+        k, dev = self.kernels, self.dev
+        self._decode = {
+            "embed": [dev.prepare(k["embed"], ids=self.toks[1 - par], x=self.x1, **self.embed_w, **kw)
+                      for par in (0, 1)],
+            "layers": [dev.prepare(k["layer"], x=self.x1, pos=0, **layer, **kw) for layer in self.layers],
+            "head": [dev.prepare(k["head"], x=self.x1, last=0, tok=self.toks[par], **self.head_w, **kw)
+                     for par in (0, 1)],
+        }
+
+    def _step(self, step: int, pos: int) -> list[tuple]:
+        """Decode step ``step`` (>= 1): (prepared launch, pos or None, token buffer or None)."""
+        d, par = self._decode, step % 2
+        return [(d["embed"][par], None, None), *((p, pos, None) for p in d["layers"]),
+                (d["head"][par], None, self.toks[par])]
 
     def prefill_logits(self, token_ids: list[int]) -> np.ndarray:
         """The logits after feeding ``token_ids`` from position 0 (for checks)."""
@@ -220,8 +240,8 @@ class LlamaRunner:
         try:
             seq = self._pass(ids, x, 0, len(token_ids) - 1, None)[:-1]
             seq.append((self.kernels["head_logits"], {"x": x, "last": len(token_ids) - 1, "logits": logits,
-                                                      **self.head_w}, None))
-            for kernel, bindings, _ in seq:
+                                                      **self.head_w}))
+            for kernel, bindings in seq:
                 self.dev.launch(kernel, priority=self.priority, class_hint=self.class_hint, **bindings)
             return logits.read()[0].astype(np.float32)
         finally:
@@ -238,17 +258,21 @@ class LlamaRunner:
 
     def generate_ids(self, ids: list[int], max_tokens: int = 32, *, on_text=None, stop_at_eog: bool = False,
                      prompt: str = "") -> Result:
-        """Greedy generation from prompt token ids (no text: ``res.text`` stays empty)."""
+        """Greedy generation from prompt token ids (``res.text`` is left to ``generate``)."""
         if not ids:
             raise ValueError("the prompt has no tokens")
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
         if len(ids) + max_tokens - 1 > self.ctx:
             raise ValueError(f"{len(ids)} prompt tokens + {max_tokens} new ones do not fit the {self.ctx}-position "
                              "KV cache (raise --ctx)")
+        self._prepare_decode()
         res = Result(prompt, list(ids))
         t0 = time.perf_counter()
         ids_buf = self.dev.upload(np.asarray(ids, np.int32))
         x = self.dev.alloc(self.dtype, (len(ids), self.cfg["n_embd"]))
         stream = self.tokenizer.stream_decoder() if on_text is not None else None
+        self._inflight: deque = deque()
         try:
             self._run(res, ids_buf, x, max_tokens, on_text, stream, stop_at_eog, t0)
         finally:
@@ -260,32 +284,33 @@ class LlamaRunner:
 
     def _run(self, res, ids_buf, x, max_tokens, on_text, stream, stop_at_eog, t0) -> None:
         n = len(res.prompt_tokens)
-        planned: deque = deque()  # launches not yet submitted, in order
-        # step 0: the prompt; step k >= 1: token k-1 at position n + k - 1
-        planned.extend((0, *launch) for launch in self._pass(ids_buf, x, 0, n - 1, self.toks[0]))
+        kw = {"priority": self.priority, "class_hint": self.class_hint}
+        # step 0 (the prompt) is submitted as it is; step k >= 1 feeds token k-1 at position n+k-1
+        planned: deque = deque()
+        for kernel, bindings in self._pass(ids_buf, x, 0, n - 1, self.toks[0]):
+            planned.append((0, self.dev.prepare(kernel, **bindings, **kw), None,
+                            self.toks[0] if kernel is self.kernels["head"] else None))
         next_step = 1
-        unread: deque = deque()  # (step, token buffer) whose head was submitted, token not yet read
-        self._inflight: deque = deque()  # (submit token, step, writes) in submission order
+        unread: deque = deque()  # steps whose head was submitted and whose token is not read yet
         t_first = None
+        per_step = len(self.layers) + 2
         while True:
-            # plan the next step once the one before it is queued (the device reads the token)
-            while next_step < max_tokens and len(planned) < 2 * (len(self.layers) + 2):
-                src, dst = self.toks[(next_step - 1) % 2], self.toks[next_step % 2]
-                pos = n + next_step - 1
-                planned.extend((next_step, *launch) for launch in self._pass(src, self.x1, pos, 0, dst))
+            while next_step < max_tokens and len(planned) < 2 * per_step:
+                planned.extend((next_step, *launch) for launch in self._step(next_step, n + next_step - 1))
                 next_step += 1
             while planned and len(self._inflight) < MAX_INFLIGHT:
-                step, kernel, bindings, writes = planned[0]
-                if writes is not None and any(s == step - 2 for s, _ in unread):
-                    break  # this head overwrites a token not read yet
+                step, prepared, pos, writes = planned[0]
+                if writes is not None and unread and unread[0] == step - 2:
+                    break  # this head would overwrite a token not read yet
                 planned.popleft()
-                t = self.dev.submit(kernel, priority=self.priority, class_hint=self.class_hint, **bindings)
-                self._inflight.append((t, step, writes))
+                if pos is not None:
+                    prepared.set("pos", pos)
+                self._inflight.append((self.dev.submit_prepared(prepared), writes))
                 if writes is not None:
-                    unread.append((step, writes))
+                    unread.append(step)
             if not self._inflight:
                 return
-            t, step, writes = self._inflight.popleft()
+            t, writes = self._inflight.popleft()
             r = self.dev.reap(t)
             res.launches += 1
             res.device_ns += r.device_ns
@@ -299,21 +324,20 @@ class LlamaRunner:
                 res.ttft_s = now - t0
             res.tokens.append(token)
             res.decode_s = now - t_first
-            if on_text is not None and stream is not None:
+            if stream is not None:
                 piece = stream.push(token)
                 if piece:
                     on_text(piece)
             eog = stop_at_eog and self.tokenizer.is_eog(token)
             if eog or len(res.tokens) >= max_tokens:
                 res.stopped = "eog" if eog else "length"
-                planned.clear()
                 return
 
     def _drain(self) -> None:
-        """Reap what is still in flight (a step started past the end): its writes go to
-        cache positions no later step reads before overwriting them."""
-        while getattr(self, "_inflight", None):
-            t, _, _ = self._inflight.popleft()
+        """Reap what is still in flight (a step begun past the end): it writes only cache
+        positions that a later generation overwrites before it reads them."""
+        while self._inflight:
+            t, _ = self._inflight.popleft()
             try:
                 self.dev.reap(t)
             except px.PxosDeviceError:

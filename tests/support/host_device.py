@@ -107,6 +107,15 @@ class HostDevice:
         self._submitted[c.launch_id] = c
         return c.launch_id
 
+    def prepare(self, kernel: px.Kernel, *, priority: int | None = None, class_hint: str = "NONE",
+                **bindings) -> SimpleNamespace:
+        bound = dict(bindings)
+        return SimpleNamespace(kernel=kernel, bindings=bound, priority=priority, class_hint=class_hint,
+                               set=bound.__setitem__)
+
+    def submit_prepared(self, p) -> int:
+        return self.submit(p.kernel, priority=p.priority, class_hint=p.class_hint, **p.bindings)
+
     def reap(self, token: int = 0, *, wait: bool = True) -> px.LaunchResult | None:
         if not self._submitted:
             return None
