@@ -79,7 +79,8 @@ class HvdProcess:
 
 
 def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy",
-                shares: dict[int, float] | None = None) -> str:
+                shares: dict[int, float] | None = None, models: dict[str, str] | None = None,
+                pool: str = "512Mi", host_budget: str | int = 0) -> str:
     text = textwrap.dedent(f"""\
         [daemon]
         grpc_socket = "{workdir / 'hvd.sock'}"
@@ -89,8 +90,11 @@ def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy",
         socket_dir = "{workdir}"
 
         [memory]
-        device_pool = "512Mi"
+        device_pool = "{pool}"
+        host_budget = "{host_budget}"
         """)
+    for name, path in (models or {}).items():
+        text += f'\n[[model]]\nname = "{name}"\npath = "{path}"\n'
     for vm_id, quota in vms.items():
         text += textwrap.dedent(f"""
             [[vm]]
@@ -104,11 +108,12 @@ def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy",
 
 
 def start_hvd(workdir: Path, vms: dict[int, int], backend: str = "numpy",
-              shares: dict[int, float] | None = None) -> HvdProcess:
+              shares: dict[int, float] | None = None, models: dict[str, str] | None = None,
+              pool: str = "512Mi", host_budget: str | int = 0) -> HvdProcess:
     """pxos-hvd with one VM per {vm_id: memory quota in bytes} (equal compute shares unless
-    given), up and listening."""
+    given) and the shared models {name: GGUF path}, up and listening."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "hvd.toml").write_text(config_toml(workdir, vms, backend, shares))
+    (workdir / "hvd.toml").write_text(config_toml(workdir, vms, backend, shares, models, pool, host_budget))
     log = workdir / "hvd.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypervisor.daemon", "--config", str(workdir / "hvd.toml")],

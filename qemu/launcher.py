@@ -6,6 +6,7 @@
                 [--bzimage]
     pxos-vm cmdline --socket PATH [...]      # print the QEMU command line, start nothing
     pxos-vm demo [--duration S] [--json]     # pxos-hvd and three guests sharing the device
+    pxos-vm generate --prompt TEXT [--max-tokens N] [--json] [--hvd-socket PATH --vm ID]
 
 With --cmd the guest runs the command, powers off, and pxos-vm exits with the command's
 status (124 if it did not finish in --timeout). Without it the guest's shell is on the
@@ -61,7 +62,28 @@ def _parser() -> argparse.ArgumentParser:
                       help="matmul size (default 384: about a millisecond per launch, so each guest keeps the device busy)")
     demo.add_argument("--accel", default="auto")
     demo.add_argument("--json", action="store_true", help="one JSON summary instead of live lines")
+    gen = sub.add_parser("generate", help="generate text with a shared model from inside a guest")
+    gen.add_argument("--prompt", action="append", required=True, help="repeatable: one generation each")
+    gen.add_argument("--max-tokens", type=int, default=32)
+    gen.add_argument("--json", action="store_true", help="one JSON object (prompt_tokens, tokens, text, ttft_s, "
+                                                          "tokens_per_s, ...)")
+    gen.add_argument("--hvd-socket", type=Path, help="a running pxos-hvd's gRPC socket (else one is started "
+                                                      "with the default model)")
+    gen.add_argument("--vm", type=int, help="with --hvd-socket: which of its VMs the guest is")
+    gen.add_argument("--model", default="smollm2", help="the shared model's name (with --hvd-socket)")
+    gen.add_argument("--ctx", type=int, default=0, help="KV cache positions (default: what the prompt needs)")
+    gen.add_argument("--accel", default="auto")
+    gen.add_argument("--timeout", type=float, default=900.0)
     return p
+
+
+def cmd_generate(args) -> int:
+    from .generate import run_generate
+
+    if args.max_tokens < 1:
+        raise LauncherError("--max-tokens must be at least 1")
+    return run_generate(args.prompt, args.max_tokens, as_json=args.json, hvd_socket=args.hvd_socket, vm=args.vm,
+                        model=args.model, accel=args.accel, timeout=args.timeout, ctx=args.ctx)
 
 
 def cmd_demo(args) -> int:
@@ -151,7 +173,8 @@ def cmd_run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"prepare": cmd_prepare, "run": cmd_run, "cmdline": cmd_cmdline, "demo": cmd_demo}
+        commands = {"prepare": cmd_prepare, "run": cmd_run, "cmdline": cmd_cmdline, "demo": cmd_demo,
+                    "generate": cmd_generate}
         return commands[args.command](args)
     except LauncherError as e:
         print(f"pxos-vm: {e}", file=sys.stderr)
