@@ -5,18 +5,22 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.pxos-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-host test test-fast lint bench proto clean
+.PHONY: setup demo demo-matmul demo-host test test-fast lint bench proto clean
 
 $(STAMP): pyproject.toml setup.py virtio_backend/core/pxq_core.c virtio_backend/core/pxq_core.h
 	./scripts/setup.sh
 
 setup: $(STAMP)
 
-## The main job: pxos-hvd with three QEMU guests (shares 50/30/20) submitting primitives
-## through /dev/pxos0, and pxosctl showing quotas and achieved shares. The first run
-## fetches Debian's guest kernel (apt-get download) and builds the module and initramfs.
+## The main job: pxos-hvd with SmolLM2-135M loaded once and three QEMU guests (shares
+## 50/30/20) generating text from it through /dev/pxos0; tokens/s per VM follow the shares.
+## The first run fetches Debian's guest kernel (apt-get download) and builds the module.
 demo: $(STAMP)
-	$(PY) -m qemu demo --duration 20
+	$(PY) -m qemu demo --workload llm --duration 60
+
+## The synthetic demo: the same three guests keeping matmuls in flight with `pxos load`.
+demo-matmul: $(STAMP)
+	$(PY) -m qemu demo --workload matmul --duration 20
 
 ## The host-side demo: the same three VMs driven in-process, no QEMU.
 demo-host: $(STAMP)

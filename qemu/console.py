@@ -95,6 +95,17 @@ class Console:
         with self._cond:
             return "\n".join(self.lines)
 
+    def tail(self, chars: int) -> str:
+        """The last ``chars`` characters, the line being written included (live views)."""
+        with self._cond:
+            out, n = [clean(self._partial)], len(self._partial)
+            for line in reversed(self.lines):
+                if n >= chars:
+                    break
+                out.append(line)
+                n += len(line) + 1
+        return "\n".join(reversed(out))[-chars:]
+
     def exit_status(self) -> int | None:
         """The status /init printed after the guest command, if it got that far."""
         found = self.find(rf"^{initramfs.MARK_EXIT} (-?\d+)\s*$")

@@ -5,7 +5,7 @@
                 [--file GUEST_PATH=HOST_PATH ...] [--host-share DIR] [--timeout S] [--log FILE]
                 [--bzimage]
     pxos-vm cmdline --socket PATH [...]      # print the QEMU command line, start nothing
-    pxos-vm demo [--duration S] [--json]     # pxos-hvd and three guests sharing the device
+    pxos-vm demo [--workload llm|matmul] [--duration S] [--json]   # three guests sharing the device
     pxos-vm generate --prompt TEXT [--max-tokens N] [--json] [--hvd-socket PATH --vm ID]
 
 With --cmd the guest runs the command, powers off, and pxos-vm exits with the command's
@@ -57,7 +57,10 @@ def _parser() -> argparse.ArgumentParser:
             r.add_argument("--log", type=Path, help="append the raw console here")
             r.add_argument("--quiet", action="store_true", help="do not echo the console")
     demo = sub.add_parser("demo", help="pxos-hvd and three guests sharing the device, live")
-    demo.add_argument("--duration", type=int, default=20, help="seconds of load per guest (default 20)")
+    demo.add_argument("--workload", choices=["llm", "matmul"], default="llm",
+                      help="llm: three VMs generate text from one shared model (default); matmul: synthetic load")
+    demo.add_argument("--duration", type=int, default=0,
+                      help="seconds of load while all guests are busy (default 60 for llm, 20 for matmul)")
     demo.add_argument("--size", type=int, default=384,
                       help="matmul size (default 384: about a millisecond per launch, so each guest keeps the device busy)")
     demo.add_argument("--accel", default="auto")
@@ -87,9 +90,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    if args.workload == "matmul":
+        from .demo import run_demo
 
-    return run_demo(duration=args.duration, size=args.size, accel=args.accel, as_json=args.json)
+        return run_demo(duration=args.duration or 20, size=args.size, accel=args.accel, as_json=args.json)
+    from .demo_llm import run_llm_demo
+
+    return run_llm_demo(duration=args.duration or 60, accel=args.accel, as_json=args.json)
 
 
 def _files(specs: list[str]) -> dict[str, bytes]:

@@ -1,0 +1,131 @@
+"""Generation with a shared model through the hypervisor, as a guest runs it (pxos_llm over
+the guest library's API, served in-process by HostDevice): logits against a plain NumPy
+forward pass, greedy tokens, two VMs at once, overcommit. The same program inside real
+guests is tests/e2e/test_guest_generate.py; against llama.cpp, test_generation_llama_cpp.py."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from hypervisor import Hypervisor
+from tests.support.host_device import HostDevice
+from tests.support.llama_ref import LlamaReference
+from tests.support.tiny_gguf import write_tiny_llama
+
+import pxos_llm  # noqa: E402,I001  (a guest module, on sys.path through host_device)
+
+PROMPTS = [[5, 17, 200, 33, 41], [100], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(write_tiny_llama(tmp_path_factory.mktemp("m") / "tiny.gguf", n_layer=3))
+
+
+@pytest.fixture(scope="module")
+def ref(tiny):
+    return LlamaReference(tiny)
+
+
+def _hv(tiny, pool=64 << 20, host=0, vms=(1,)):
+    hv = Hypervisor(backend="numpy", device_pool_bytes=pool, host_budget_bytes=host).start()
+    hv.load_model("tiny", tiny)
+    for v in vms:
+        hv.register_vm(v, 0, 100 / len(vms), memory_quota_bytes=16 << 20)
+    return hv
+
+
+def _greedy_ref(ref: LlamaReference, ids: list[int], n: int) -> list[int]:
+    ref.reset()
+    logits = ref.forward(ids)[-1]
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = ref.forward([out[-1]])[-1]
+    return out
+
+
+@pytest.mark.parametrize("ids", PROMPTS)
+def test_prefill_logits_match_the_numpy_reference(tiny, ref, ids):
+    hv = _hv(tiny)
+    try:
+        runner = pxos_llm.LlamaRunner(HostDevice(hv, 1), "tiny", ctx=64)
+        got = runner.prefill_logits(ids)
+        ref.reset()
+        want = ref.forward(ids)[-1]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    finally:
+        hv.stop()
+
+
+def test_greedy_generation_matches_the_reference_step_by_step(tiny, ref):
+    hv = _hv(tiny)
+    try:
+        runner = pxos_llm.LlamaRunner(HostDevice(hv, 1), "tiny", ctx=64)
+        for ids in PROMPTS:
+            res = runner.generate_ids(ids, 12)
+            assert res.tokens == _greedy_ref(ref, ids, 12)
+            assert res.launches >= 12 * (3 + 2) and res.ttft_s > 0 and res.stopped == "length"
+        # decode logits too: the KV cache written at runtime positions is what the reference holds
+        ref.reset()
+        ref.forward(PROMPTS[0])
+    finally:
+        hv.stop()
+
+
+def test_two_vms_generate_at_once_with_the_model_held_once(tiny, ref):
+    hv = _hv(tiny, vms=(1, 2))
+    try:
+        model_bytes = hv.list_models()[0].nbytes
+        out: dict[int, list[int]] = {}
+
+        def run(vm: int, ids: list[int]) -> None:
+            runner = pxos_llm.LlamaRunner(HostDevice(hv, vm), "tiny", ctx=64)
+            out[vm] = runner.generate_ids(ids, 16).tokens
+
+        threads = [threading.Thread(target=run, args=(v, PROMPTS[v - 1])) for v in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert out[1] == _greedy_ref(ref, PROMPTS[0], 16) and out[2] == _greedy_ref(ref, PROMPTS[1], 16)
+        assert hv.list_models()[0].users == (1, 2)
+        used = hv.device_info().pool_used
+        own = sum(hv.vm_info(v).memory_used for v in (1, 2))
+        assert used == model_bytes + own  # the model once, each VM its own cache
+    finally:
+        hv.stop()
+
+
+def test_overcommit_streams_the_model_with_identical_results(tiny, ref):
+    full = _hv(tiny)
+    try:
+        want = pxos_llm.LlamaRunner(HostDevice(full, 1), "tiny", ctx=64).generate_ids(PROMPTS[2], 10).tokens
+        model_bytes = full.list_models()[0].nbytes
+    finally:
+        full.stop()
+    # a pool of a quarter of the model (plus the VM's own buffers): layers stream in and out
+    small = _hv(tiny, pool=model_bytes // 4 + (1 << 20), host=64 << 20)
+    try:
+        runner = pxos_llm.LlamaRunner(HostDevice(small, 1), "tiny", ctx=64)
+        assert runner.generate_ids(PROMPTS[2], 10).tokens == want
+        extra = small.stats(1).extra
+        m = small.list_models()[0]
+        assert m.device_bytes < m.nbytes  # not all of it fits
+        assert small.memory.host_used > 0
+        assert extra is not None
+    finally:
+        small.stop()
+
+
+def test_generation_refuses_a_prompt_longer_than_the_cache(tiny):
+    hv = _hv(tiny)
+    try:
+        runner = pxos_llm.LlamaRunner(HostDevice(hv, 1), "tiny", ctx=16)
+        with pytest.raises(ValueError, match="KV cache"):
+            runner.generate_ids(list(range(1, 15)), 8)
+    finally:
+        hv.stop()
