@@ -31,8 +31,8 @@ def hvd_factory(tmp_path):
     """Start pxos-hvd (NumPy backend) with {vm_id: quota bytes}; stopped after the test."""
     started: list[HvdProcess] = []
 
-    def make(vms: dict[int, int]) -> HvdProcess:
-        h = start_hvd(tmp_path / f"hvd{len(started)}", vms)
+    def make(vms: dict[int, int], **kw) -> HvdProcess:
+        h = start_hvd(tmp_path / f"hvd{len(started)}", vms, **kw)
         started.append(h)
         return h
 
