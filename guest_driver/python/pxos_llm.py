@@ -271,7 +271,7 @@ class LlamaRunner:
         t0 = time.perf_counter()
         ids_buf = self.dev.upload(np.asarray(ids, np.int32))
         x = self.dev.alloc(self.dtype, (len(ids), self.cfg["n_embd"]))
-        stream = self.tokenizer.stream_decoder() if on_text is not None else None
+        stream = self.tokenizer.stream() if on_text is not None else None
         self._inflight: deque = deque()
         try:
             self._run(res, ids_buf, x, max_tokens, on_text, stream, stop_at_eog, t0)
