@@ -144,9 +144,7 @@ def _llama3(text: str, cls: list[int], spans: Spans) -> Spans:
                 continue
             first = pos + 1 if ch == " " else pos
             f = (cls[first] if first < end else -1) if ch == " " else here
-            # llama.cpp tests the class of the optional space's follower but the presence of
-            # the current character; past the span the follower has no class at all.
-            if f < 0 or not f & (SPACE | LETTER | NUMBER):
+            if f >= 0 and not f & (SPACE | LETTER | NUMBER):
                 q = first
                 while q < end and not cls[q] & (SPACE | LETTER | NUMBER):
                     q += 1

@@ -46,6 +46,7 @@ CORPUS = [
     "   ", "\t", "\n", "\n\n\n", "\r\n", "  \n  ", "a  b   c    d", "tabs\t\tand\t spaces",
     "  leading", "trailing  ", "\n leading newline", "x" + " " * 100 + "y", " " * 37,
     "I'm you're he's we'll they've she'd it't", "'s 'S 'll 'LL 're 'RE 've 'd 'm 't", "''''", "'", "' s",
+    "'Sam 'Tis 'Dave 'Mom 'REad 'LLama 'VEry 'sam 'tis",
     "!!!", "?!?!", "...", "---", "()[]{}<>", "@#$%^&*", "«»„“”‘’", "a.b,c;d:e", "end.", "Q: ?",
     "café naïve résumé Zürich façade", "ÀÉÎÕÜ àéîõü ß ǅ ſ", "e\u0301 a\u0308 n\u0303 \u0301",
     "中文字符测试，你好世界。", "日本語のテキスト、カタカナ", "한국어 텍스트", "Ελληνικά Русский текст",
@@ -60,7 +61,7 @@ CORPUS = [
 # Building blocks for generated strings: characters and pieces that sit on the rules' edges.
 ALPHABET = [
     " ", "  ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\u00a0", "\u3000", "\u2028", "\u0085",
-    "'", "s", "t", "l", "re", "ve", "RE", "LL", "d", "m", "a", "Z", "é", "e\u0301", "\u0308", "ß",
+    "'", "s", "t", "l", "re", "ve", "RE", "LL", "d", "m", "S", "T", "D", "M", "a", "Z", "é", "e\u0301", "\u0308", "ß",
     "0", "7", "42", "٣", "²", "½", "Ⅻ", ".", ",", "!", "?", "-", "_", "$", "+", "<", "=", ">", "^",
     "~", "|", "`", "@", "#", "(", ")", "中", "文", "日", "한", "ж", "α", "ع", "ह", "ก", "😀", "👍",
     "🏽", "\u200d", "\ufe0f", "\u200b", "\x00", "\ufeff", "\ue000", "\u0378", "\uffff", "\U0010ffff",
@@ -70,8 +71,10 @@ ALPHABET = [
 
 PRE_VARIANTS = {  # a copy of the model file naming another pre-tokenizer; None drops a key
     "gpt-2": {"tokenizer.ggml.pre": "gpt-2"},
-    "default": {"tokenizer.ggml.pre": None},
-    "llama3": {"tokenizer.ggml.pre": "llama3", "tokenizer.ggml.add_bos_token": None},
+    # Two entries renamed: "\n" and " the" have no token, so BPE falls back to single bytes.
+    "default": {"tokenizer.ggml.pre": None, "tokenizer.ggml.tokens": {"\u010a": "<nl>", "\u0120the": "<the>"}},
+    # Fewer merges, so that taking whole words found in the vocabulary (llama3) shows.
+    "llama3": {"tokenizer.ggml.pre": "llama3", "tokenizer.ggml.add_bos_token": None, "tokenizer.ggml.merges": 20000},
 }
 
 
@@ -101,9 +104,19 @@ class Reference:
         return buf.raw[:n]
 
 
-def _write_variant(reader: gguf.GGUFReader, dst: Path, overrides: dict[str, str | None]) -> None:
+def _changed(values: list, change: str | int | dict | None):
+    """A GGUF value changed: a new string, the first entries of an array (int), an array with
+    some entries renamed (dict)."""
+    if isinstance(change, int):
+        return values[:change]
+    if isinstance(change, dict):
+        return [change.get(v, v) for v in values]
+    return change
+
+
+def _write_variant(reader: gguf.GGUFReader, dst: Path, overrides: dict[str, str | int | dict | None]) -> None:
     """The key/values of reader (no tensors: llama.cpp loads a vocabulary-only file) with some
-    replaced or dropped."""
+    changed (see _changed) or dropped (None)."""
     writer = gguf.GGUFWriter(str(dst), arch=reader.fields["general.architecture"].contents())
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture" or key in overrides:
@@ -112,7 +125,10 @@ def _write_variant(reader: gguf.GGUFReader, dst: Path, overrides: dict[str, str 
         sub = gguf.GGUFValueType(field.types[1]) if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
     for key, value in overrides.items():
-        if value is not None:
+        if isinstance(value, int | dict):
+            writer.add_key_value(key, _changed(reader.fields[key].contents(), value), gguf.GGUFValueType.ARRAY,
+                                 sub_type=gguf.GGUFValueType.STRING)
+        elif value is not None:
             writer.add_key_value(key, value, gguf.GGUFValueType.STRING)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -146,7 +162,10 @@ def variants(tmp_path_factory, meta) -> dict[str, tuple[pt.Tokenizer, Reference]
         vmeta = dict(meta)
         for key, value in overrides.items():
             short = key.removeprefix(ptg.GGUF_PREFIX)
-            vmeta.pop(short) if value is None else vmeta.update({short: value})
+            if value is None:
+                del vmeta[short]
+            else:
+                vmeta[short] = _changed(vmeta.get(short), value)
         out[name] = (pt.Tokenizer.from_metadata(vmeta), Reference(path))
     return out
 
