@@ -379,3 +379,11 @@ def test_gguf_reader_errors_are_tokenizer_errors(tmp_path):
     bad.write_bytes(b"NOTGGUF" + b"\0" * 64)
     with pytest.raises(pt.TokenizerError, match="reading GGUF file"):
         ptg.tokenizer_metadata(bad)
+
+
+def test_lone_surrogates_go_through_as_their_utf8_bytes(tok, ref):
+    """A Python str may hold a lone surrogate; llama.cpp reads its 3 bytes as that code point."""
+    for text in ("\ud800", "a\udfffb", " \ud83d 1"):
+        raw = text.encode("utf-8", "surrogatepass")
+        assert tok.encode(text) == ref.llama.tokenize(raw, add_bos=True, special=True)
+        assert tok.detokenize(tok.encode(text)) == raw
