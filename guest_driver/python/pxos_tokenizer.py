@@ -128,8 +128,8 @@ def _hexbyte(text: str) -> int:
 class Tokenizer:
     """A loaded vocabulary: encode/decode exactly as llama.cpp does. Build with from_metadata."""
 
-    def __init__(self, *, tokens: list[str], attrs: list[int], ranks: dict[tuple[str, str], int],
-                 pre: PreTokenizer, bos: int | None, eos: int | None, add_bos: bool, add_eos: bool,
+    def __init__(self, *, tokens: list[str], by_text: dict[str, int], attrs: list[int],
+                 ranks: dict[tuple[str, str], int], pre: PreTokenizer, bos: int | None, eos: int | None, add_bos: bool, add_eos: bool,
                  add_space_prefix: bool, eog: frozenset[int]) -> None:
         self._tokens = tokens
         self._attrs = attrs
@@ -139,7 +139,7 @@ class Tokenizer:
         self.add_bos, self.add_eos = add_bos, add_eos
         self._add_space_prefix = add_space_prefix
         self.eog_ids = eog
-        self._ids = {t: i for i, t in enumerate(tokens)}
+        self._ids = by_text
         # Tokens cut out of raw text before BPE, longest (in bytes) first; ties by id (llama.cpp's
         # std::sort leaves their order unspecified; it matters only for overlapping equal lengths).
         specials = [i for i, a in enumerate(attrs) if a & _ATTR_SPECIAL]
@@ -158,14 +158,16 @@ class Tokenizer:
         model = meta.get("model")
         if model != "gpt2":
             raise TokenizerError(f"tokenizer model {model!r} is not supported (only 'gpt2': byte-level BPE)")
-        pre_name = meta.get("pre", "default")
+        pre_name = meta.get("pre")
+        if pre_name is None:
+            pre_name = "default"  # llama.cpp's choice (with a warning) for a file without one
         if not isinstance(pre_name, str):
             raise TokenizerError(f"tokenizer pre must be a string, not {type(pre_name).__name__}")
         pre = PRE_TOKENIZERS.get(pre_name or "default")
         if pre is None:
             raise TokenizerError(f"pre-tokenizer type {pre_name!r} is not supported "
                                  f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
-        tokens = _token_list(meta.get("tokens"))
+        tokens, by_text = _token_list(meta.get("tokens"))
         attrs = _token_attrs(meta.get("token_type"), len(tokens))
         ranks = _merge_ranks(meta.get("merges"))
         n = len(tokens)
@@ -180,8 +182,8 @@ class Tokenizer:
             raise TokenizerError("add_bos_token is true, but bos_token_id is not set")
         if add_eos and eos is None:
             raise TokenizerError("add_eos_token is true, but eos_token_id is not set")
-        eog = _end_of_generation(tokens, attrs, eos, ids)
-        return cls(tokens=tokens, attrs=attrs, ranks=ranks, pre=pre, bos=bos, eos=eos,
+        eog = _end_of_generation(tokens, by_text, attrs, eos, ids)
+        return cls(tokens=tokens, by_text=by_text, attrs=attrs, ranks=ranks, pre=pre, bos=bos, eos=eos,
                    add_bos=add_bos, add_eos=add_eos,
                    add_space_prefix=_flag(meta, "add_space_prefix", False), eog=eog)
 
@@ -210,7 +212,10 @@ class Tokenizer:
     def is_eog(self, token_id: int) -> bool:
         """True for the tokens that end generation (llama_vocab_is_eog): eos, eot, eom and the
         ones llama.cpp recognises by their text (e.g. <|im_end|>, <|endoftext|>)."""
-        return operator.index(token_id) in self.eog_ids
+        try:
+            return operator.index(token_id) in self.eog_ids
+        except TypeError:
+            raise TokenizerError(f"token id must be an integer, not {type(token_id).__name__}") from None
 
     # ---- encoding -----------------------------------------------------------------------
 
@@ -443,7 +448,7 @@ def _clean_spaces(text: bytes) -> bytes:
 
 # ---- metadata checks ------------------------------------------------------------------------
 
-def _token_list(tokens: object) -> list[str]:
+def _token_list(tokens: object) -> tuple[list[str], dict[str, int]]:
     if not isinstance(tokens, list | tuple) or not tokens:
         raise TokenizerError("tokenizer tokens must be a non-empty list of strings")
     if len(tokens) > MAX_VOCAB_TOKENS:
@@ -459,7 +464,7 @@ def _token_list(tokens: object) -> list[str]:
             raise TokenizerError(f"duplicate token in vocabulary: {t!r} has ids {seen[t]} and {i}")
         seen[t] = i
         out.append(t)
-    return out
+    return out, seen
 
 
 def _token_attrs(types: object, n: int) -> list[int]:
@@ -507,11 +512,10 @@ def _flag(meta: Mapping[str, object], key: str, default: bool) -> bool:
     return value
 
 
-def _end_of_generation(tokens: list[str], attrs: list[int], eos: int | None,
+def _end_of_generation(tokens: list[str], by_text: dict[str, int], attrs: list[int], eos: int | None,
                        ids: dict[str, int | None]) -> frozenset[int]:
     """llama.cpp's special_eog_ids, with the attribute fix-ups that go with it (attrs is
     updated in place). Where several texts could fill one id, the lowest id is taken."""
-    by_text = {t: i for i, t in enumerate(tokens)}
 
     def given_or_found(keys: tuple[str, ...], texts: Iterable[str]) -> int | None:
         for key in reversed(keys):  # a later key overrides an earlier one, as in llama.cpp
