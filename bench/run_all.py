@@ -18,6 +18,7 @@ BENCHMARKS = {
     "overcommit": ["bench.bench_overcommit"],
     "vhost": ["bench.bench_vhost"],
     "guest_roundtrip": ["bench.bench_guest_roundtrip"],
+    "tokenizer": ["bench.bench_tokenizer"],
 }
 
 
