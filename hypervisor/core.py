@@ -61,6 +61,11 @@ MAX_VM_NAME = 63
 MAX_VM_ID = 2**32 - 1
 
 
+def _finish_stats(fields: dict, latencies_ns: list[int]) -> VMStats:
+    lat = sorted(latencies_ns)
+    return VMStats(**fields, latency_p50_ms=percentile(lat, 50) / 1e6, latency_p99_ms=percentile(lat, 99) / 1e6)
+
+
 def _default_pool(executor: Executor) -> int:
     info = executor.info()
     if executor.name == "numpy":
@@ -487,32 +492,36 @@ class Hypervisor:
 
     # ------------------------------------------------------------------ observation
     def stats(self, vm_id: int) -> VMStats:
+        """One VM's figures: O(1) under the lock (a guest's STATS reads this on request), the
+        latency percentiles sorted after it is released."""
         with self._lock:
-            return self._stats_locked(vm_id, self.scheduler.stats())
+            fields, latencies = self._stats_locked(vm_id)
+        return _finish_stats(fields, latencies)
 
     def all_stats(self) -> list[VMStats]:
         with self._lock:
-            s = self.scheduler.stats()
-            return [self._stats_locked(v, s) for v in sorted(self._vms)]
+            taken = [self._stats_locked(v) for v in sorted(self._vms)]
+        return [_finish_stats(f, lat) for f, lat in taken]
 
-    def _stats_locked(self, vm_id: int, sched_stats) -> VMStats:
+    def _stats_locked(self, vm_id: int) -> tuple[dict, list[int]]:
+        """What stats() reports, read under the lock in time independent of the number of
+        VMs and of the VM's buffers: the scheduler's row of this VM alone, counters kept
+        as things change, and a copy of the latency ring (bounded by LATENCY_SAMPLES)."""
         vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
-        per = next((v for v in sched_stats.vms if v.vm_id == vm_id), None)
-        lat = sorted(vm.latencies_ns)
-        return VMStats(
+        per = self.scheduler.vm_stats(vm_id)
+        fields = dict(
             vm_id=vm_id, name=vm.name, memory_quota=mem.quota, memory_used=mem.used,
             memory_device_bytes=mem.device_bytes, memory_host_bytes=mem.host_bytes,
-            share_pct=vm.share, cap_pct=vm.cap,
-            achieved_share=per.achieved_pct / 100.0 if per is not None else 0.0,
+            share_pct=vm.share, cap_pct=vm.cap, achieved_share=per.achieved_pct / 100.0,
             device_seconds_total=vm.device_seconds, launches_total=vm.launches_total,
             launches_failed=vm.launches_failed, launches_by_class=dict(vm.by_class),
-            queue_depth=self.scheduler.queue_depth(vm_id), inflight=vm.inflight,
-            buffers=sum(1 for b in mem.buffers.values() if not b.freed), kernels=len(vm.kernels),
-            latency_p50_ms=percentile(lat, 50) / 1e6, latency_p99_ms=percentile(lat, 99) / 1e6,
+            queue_depth=per.queue_depth, inflight=vm.inflight,
+            buffers=mem.live_buffers, kernels=len(vm.kernels),
             vm_switches_in=vm.switches_in, idle=vm.idle,
             extra={**self.memory.vm_extra(vm_id), "lookahead_depth": self.prefetch.depth,
                    "prefetch_inflight_bytes": self.memory.inflight_bytes},
         )
+        return fields, list(vm.latencies_ns)
 
     @property
     def lookahead_depth(self) -> int:

@@ -72,6 +72,7 @@ class Buffer:
 class VMMemory:
     quota: int
     buffers: dict[int, Buffer] = field(default_factory=dict)
+    live_buffers: int = 0  # buffers not freed (what STATS reports, kept as they change)
     live_bytes: int = 0  # bytes of its buffers (freed ones still held included)
     temp_bytes: int = 0  # temporaries of its running launch
     device_bytes: int = 0  # device copies of its buffers + its temporaries
@@ -229,6 +230,7 @@ class MemoryManager(Placement):
             self.host_used += n
             vm.host_bytes += n
         vm.buffers[buf.handle] = buf
+        vm.live_buffers += 1
         vm.live_bytes += n
         self.committed += n
         self._sizes[n] += 1
@@ -241,8 +243,15 @@ class MemoryManager(Placement):
         return buf
 
     def free(self, vm_id: int, session: int, handle: int) -> None:
-        buf = self.lookup(vm_id, session, handle)
-        buf.freed = True
+        self._release(self.lookup(vm_id, session, handle))
+
+    def _release(self, buf: Buffer) -> None:
+        """The handle goes now; the storage when nothing uses it any more."""
+        if not buf.freed:
+            buf.freed = True
+            vm = self._account(buf.vm_id)
+            if vm is not None:
+                vm.live_buffers -= 1
         self.maybe_drop(buf)
 
     def touch(self, buf: Buffer) -> None:
@@ -289,8 +298,7 @@ class MemoryManager(Placement):
         vm = self._vm(vm_id)
         mine = [b for b in vm.buffers.values() if b.session == session and not b.freed]
         for b in mine:
-            b.freed = True
-            self.maybe_drop(b)
+            self._release(b)
         return len(mine), sum(b.nbytes for b in mine)
 
     def release_vm(self, vm_id: int) -> tuple[int, int]:
@@ -299,8 +307,7 @@ class MemoryManager(Placement):
             return 0, 0
         live = [b for b in vm.buffers.values() if not b.freed]
         for b in list(vm.buffers.values()):
-            b.freed = True
-            self.maybe_drop(b)
+            self._release(b)
         return len(live), sum(b.nbytes for b in live)
 
     # ---- guest data (begin/end under the lock; the copy itself without it) ----
