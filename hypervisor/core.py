@@ -478,6 +478,7 @@ class Hypervisor:
         vm.generation += 1
         cancelled = self._cancel_queued(vm_id, lambda t: True, why)
         nbuf, nbytes = self.memory.release_vm(vm_id)
+        self.memory.hold_after_reset(vm_id)  # usage is zero now, though a launch still runs
         nk = len(vm.kernels)
         vm.kernels.clear()
         vm.idle = False
