@@ -35,6 +35,7 @@ from .records import (
     check_scalar,
     check_share,
     class_of,
+    kernel_host_bytes,
     percentile,
     tensor_spec,
 )
@@ -53,8 +54,11 @@ from .types import (
 
 log = logging.getLogger("pxos.hypervisor")
 
-# Bounds on what one VM can make the host hold. Guests control these counts, so each is
-# capped: kernels compiled and kept, launches queued or running, and the name's length.
+# Bounds on what one VM can make the host hold (docs/memory.md, "Host memory a guest
+# controls"). Guests control these counts, so each is capped: kernels compiled and kept
+# (their host memory also within records.KERNEL_HOST_BUDGET_BYTES), launches queued or
+# running (each holds its job, bindings and bound kernel: a few KiB, at most ~100 KiB for
+# a kernel of 1024 statements), and the name's length.
 MAX_KERNELS_PER_VM = 4096
 MAX_INFLIGHT_PER_VM = 256
 MAX_VM_NAME = 63
@@ -327,12 +331,10 @@ class Hypervisor:
             if len(vm.kernels) + len(program.kernels) > MAX_KERNELS_PER_VM:
                 raise E.InvalidArgument(
                     f"VM {vm_id} would hold more than {MAX_KERNELS_PER_VM} compiled kernels; free some")
-            out = []
-            for ck in program.kernels:
-                info = KernelInfo(next(self._kernel_ids), ck.name, ck)
-                vm.kernels[info.kernel_id] = KernelRecord(info, session)
-                out.append(info)
-            return out
+            records = [KernelRecord(KernelInfo(next(self._kernel_ids), ck.name, ck), session,
+                                    host_bytes=kernel_host_bytes(ck)) for ck in program.kernels]
+            vm.keep_kernels(records)  # all or none, within the VM's host budget
+            return [r.info for r in records]
 
     def kernel_info(self, vm_id: int, kernel_id: int, *, session: int = 0) -> KernelInfo:
         with self._lock:
@@ -341,7 +343,7 @@ class Hypervisor:
     def free_kernel(self, vm_id: int, kernel_id: int, *, session: int = 0) -> None:
         with self._lock:
             self._kernel(vm_id, kernel_id, session)
-            del self._vms[vm_id].kernels[kernel_id]
+            self._vms[vm_id].drop_kernel(kernel_id)
 
     def _kernel(self, vm_id: int, kernel_id: int, session: int) -> KernelRecord:
         k = self._vm(vm_id).kernels.get(kernel_id)
@@ -457,7 +459,7 @@ class Hypervisor:
             nbuf, nbytes = self.memory.release_session(vm_id, session)
             mine = [k for k, v in vm.kernels.items() if v.session == session]
             for k in mine:
-                del vm.kernels[k]
+                vm.drop_kernel(k)
         self.dispatcher.flush_completions()
         return SessionCloseResult(nbuf, nbytes, len(mine), cancelled)
 
@@ -479,8 +481,7 @@ class Hypervisor:
         cancelled = self._cancel_queued(vm_id, lambda t: True, why)
         nbuf, nbytes = self.memory.release_vm(vm_id)
         self.memory.hold_after_reset(vm_id)  # usage is zero now, though a launch still runs
-        nk = len(vm.kernels)
-        vm.kernels.clear()
+        nk = vm.drop_all_kernels()
         vm.idle = False
         self.memory.idle_hint(vm_id, False)
         return SessionCloseResult(nbuf, nbytes, nk, cancelled)
@@ -519,7 +520,8 @@ class Hypervisor:
             queue_depth=per.queue_depth, inflight=vm.inflight,
             buffers=mem.live_buffers, kernels=len(vm.kernels),
             vm_switches_in=vm.switches_in, idle=vm.idle,
-            extra={**self.memory.vm_extra(vm_id), "lookahead_depth": self.prefetch.depth,
+            extra={**self.memory.vm_extra(vm_id), "kernel_host_bytes": vm.kernel_host_bytes,
+                   "lookahead_depth": self.prefetch.depth,
                    "prefetch_inflight_bytes": self.memory.inflight_bytes},
         )
         return fields, list(vm.latencies_ns)

@@ -53,6 +53,13 @@ class QuotaExceeded(PxosError):
         )
 
 
+class HostLimitExceeded(PxosError):
+    """A VM would make the daemon hold more host memory than its per-VM limit allows
+    (compiled kernels past KERNEL_HOST_BUDGET_BYTES; docs/memory.md, "Host memory")."""
+
+    status = "PXOS_S_QUOTA"
+
+
 class OutOfDeviceMemory(PxosError):
     """The device pool (and, with overcommit, the host backing budget) cannot hold it."""
 

@@ -4,12 +4,21 @@ other VM or per buffer, and a reset gives the VM's next driver a zero usage at o
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import tracemalloc
 
+import pytest
 from hv_kernels import AXPY
 
+import primitive_lang
 from hypervisor import Scalar
+from hypervisor import errors as E
+from hypervisor.memory import MAX_BUFFERS_PER_VM
+from hypervisor.records import BIND_CACHE_SIZE, KERNEL_HOST_BUDGET_BYTES, kernel_host_bytes
+from primitive_lang import TensorSpec
+from primitive_lang.ast import DType
 from scheduler.window import UsageWindow
 
 
@@ -106,3 +115,69 @@ def test_usage_is_zero_right_after_a_reset_with_a_launch_running(hv):
     assert hv.device_info().pool_used == fresh.nbytes + other_before.memory_used
     assert hv.memory.committed == fresh.nbytes + other_before.memory_used
     assert hv.stats(2).memory_used == other_before.memory_used
+
+
+def _dense_source(tag: int, kernels: int = 3, statements: int = 1000, name: str = "t") -> str:
+    """As many op statements as a 64 KiB source holds: the most host memory per byte."""
+    out = []
+    for k in range(kernels):
+        body = "".join(f"    RELU a -> {name}{j}\n" for j in range(statements - 1))
+        out.append(f"GPU_KERNEL k{tag}_{k}\nGPU_PARAM a float[N]\nGPU_PARAM c float[N]\nGPU_THREAD_CODE:\n"
+                   f"{body}    COPY a -> c\nGPU_END\n")
+    return "".join(out)
+
+
+def test_compiled_kernels_are_bounded_by_a_per_vm_host_budget(hv):
+    hv.register_vm(1, 64, 10)
+    hv.register_vm(2, 64, 10)
+    kept = []
+    with pytest.raises(E.HostLimitExceeded, match="budget") as refused:
+        for tag in range(200):  # far fewer than MAX_KERNELS_PER_VM kernels
+            kept += hv.compile(1, _dense_source(tag))
+    assert refused.value.status == "PXOS_S_QUOTA"
+    charged = hv.stats(1).extra["kernel_host_bytes"]
+    assert charged <= KERNEL_HOST_BUDGET_BYTES < charged + 3 * 1_100_000 * 2
+    assert hv.stats(1).kernels == len(kept) < 100
+    # Refused whole: nothing of the refused compile was kept.
+    assert sum(kernel_host_bytes(k.checked) for k in kept) == charged
+    # Another VM compiles as before; freeing kernels gives the budget back.
+    assert hv.compile(2, AXPY)
+    for k in kept[:3]:
+        hv.free_kernel(1, k.kernel_id)
+    assert hv.compile(1, _dense_source(999))
+    hv.reset_vm(1)
+    assert hv.stats(1).extra["kernel_host_bytes"] == 0 and hv.stats(1).kernels == 0
+
+
+@pytest.mark.parametrize("kernels,statements,name", [(1, 1, "t"), (3, 1000, "t"), (1, 700, "x" * 55)])
+def test_the_kernel_estimate_bounds_what_the_host_really_holds(hv, kernels, statements, name):
+    hv.register_vm(1, 64, 10)
+    primitive_lang.clear_cache()  # the cache would keep the objects alive either way
+    rounds = 3 if statements < 100 else 1
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        infos = []
+        for tag in range(rounds):
+            infos += hv.compile(1, _dense_source(tag, kernels, statements, name))
+        for info in infos:  # fill every bind cache
+            rec = hv._vms[1].kernels[info.kernel_id]
+            for n in range(1, BIND_CACHE_SIZE + 1):
+                rec.bind({"a": TensorSpec(DType.FLOAT32, (n,)), "c": TensorSpec(DType.FLOAT32, (n,))})
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    charged = hv.stats(1).extra["kernel_host_bytes"]
+    assert held <= charged, f"{held} bytes held for {charged} charged"
+    assert charged < 4 * held, f"{charged} bytes charged for {held} held"  # an estimate, not a wild one
+
+
+def test_buffers_per_vm_are_capped(hv):
+    hv.register_vm(1, 64, 10)
+    for _ in range(MAX_BUFFERS_PER_VM):
+        hv.alloc(1, "float32", [0])
+    with pytest.raises(E.InvalidArgument, match="limit"):
+        hv.alloc(1, "float32", [0])
+    assert hv.stats(1).buffers == MAX_BUFFERS_PER_VM
