@@ -20,6 +20,11 @@ class ConfigError(PxosError, ValueError):
     status = "PXOS_S_INVALID"
 
 
+class SocketPathRefused(ConfigError):
+    """A VM socket named outside the daemon's ``socket_dir`` (by the config or AddVM): the
+    daemon creates sockets, and directories, nowhere else."""
+
+
 class InvalidArgument(PxosError, ValueError):
     """A request is malformed: bad dtype, shape, offset, length, name."""
 
