@@ -181,3 +181,35 @@ def test_buffers_per_vm_are_capped(hv):
     with pytest.raises(E.InvalidArgument, match="limit"):
         hv.alloc(1, "float32", [0])
     assert hv.stats(1).buffers == MAX_BUFFERS_PER_VM
+
+
+def test_a_launch_picked_but_not_started_at_a_reset_is_cancelled(hv):
+    # The launch is picked while its buffer is mid-transfer (it waits for the guest's
+    # WRITE to end); the reset comes meanwhile. It belongs to the old device: it must not
+    # start afterwards, nor put its temporaries on the VM's next driver's usage.
+    hv.register_vm(1, 10, 50)
+    (k,) = hv.compile(1, AXPY)
+    x, y = hv.alloc(1, "float32", [1000]).handle, hv.alloc(1, "float32", [1000]).handle
+    filling, finish = threading.Event(), threading.Event()
+
+    def slow_fill(view):
+        filling.set()
+        finish.wait(10)
+
+    writer = threading.Thread(target=hv.write_from, args=(1, x, 0, 4000, slow_fill))
+    writer.start()
+    assert filling.wait(10)
+    launch = hv.launch(1, k.kernel_id, {"alpha": Scalar(1.0), "x": x, "y": y})
+    for _ in range(500):  # until the dispatcher has picked it (it waits for the transfer)
+        if hv.scheduler.queue_depth(1) == 0:
+            break
+        time.sleep(0.002)
+    assert hv.scheduler.queue_depth(1) == 0 and not launch.done()
+    hv.reset_vm(1)
+    assert hv.stats(1).memory_used == 0
+    finish.set()
+    writer.join(10)
+    assert launch.wait(10).status == "PXOS_S_CANCELLED"
+    s = hv.stats(1)
+    assert s.memory_used == 0 and s.extra["held_after_reset_bytes"] == 0
+    assert hv.memory.pool_used == 0 and hv.memory.committed == 0
