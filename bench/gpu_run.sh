@@ -9,8 +9,11 @@ if [ -d .whl ]; then
     export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1
+# A `gpu` test that skips here (CuPy missing, no device) is a failure, not a pass.
+export PXOS_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/unit/hypervisor/test_executor.py \
+    tests/unit/hypervisor/test_transfer_isolation.py \
     tests/unit/hypervisor/test_overcommit.py tests/unit/hypervisor/test_hypervisor_api.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
 timeout 200 python3 -m bench.bench_overcommit --backend cupy --json > "$OUT/overcommit.json" 2> "$OUT/overcommit.err"
 echo "overcommit rc=$?"

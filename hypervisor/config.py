@@ -65,14 +65,29 @@ class ModelConfig(_Model):
 
 class DaemonSection(_Model):
     grpc_socket: str = "/run/pxos/pxos-hvd.sock"
-    grpc_tcp: str | None = Field(default=None, description="host:port; off unless set")
+    grpc_tcp: str | None = Field(default=None, description="host:port; off unless set, and only with mutual "
+                                                           "TLS (tls_cert, tls_key, tls_client_ca)")
+    tls_cert: str | None = Field(default=None, description="PEM certificate (chain) of the TCP listener")
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
+    tls_client_ca: str | None = Field(default=None, description="PEM CA certificate(s): a TCP client must "
+                                                                "present a certificate one of them signed")
     metrics_address: str | None = "127.0.0.1:9464"
     backend: Literal["auto", "numpy", "cupy"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    socket_dir: str = "/run/pxos"
+    socket_dir: str = Field(default="/run/pxos", description="VM sockets are created here and nowhere else")
     vm_socket_group: str | None = Field(
         default=None, description="group that may connect to VM sockets (QEMU's: kvm, libvirt-qemu); "
                                   "VM sockets become 0660 and owned by it. None: 0600, root's QEMU only")
+
+
+    @model_validator(mode="after")
+    def _tcp_needs_mutual_tls(self) -> DaemonSection:
+        if self.grpc_tcp:
+            missing = [n for n in ("tls_cert", "tls_key", "tls_client_ca") if not getattr(self, n)]
+            if missing:
+                raise ValueError(f"grpc_tcp is set but {', '.join(missing)} is not: pxos-hvd serves TCP only "
+                                 "with mutual TLS (docs/operations.md, 'Remote control over TCP')")
+        return self
 
 
 class MemorySection(_Model):
@@ -99,7 +114,13 @@ class DaemonConfig(_Model):
         ids = [v.id for v in self.vm]
         if len(ids) != len(set(ids)):
             raise ValueError(f"VM ids must be unique, got {ids}")
-        sockets = [v.socket for v in self.vm if v.socket]
+        from .errors import SocketPathRefused
+        from .sockets import lexical_vm_socket
+
+        try:
+            sockets = [lexical_vm_socket(v.socket, self.daemon.socket_dir) for v in self.vm if v.socket]
+        except SocketPathRefused as exc:
+            raise ValueError(str(exc)) from None
         if len(sockets) != len(set(sockets)):
             raise ValueError("two VMs name the same socket")
         names = [m.name for m in self.model]
@@ -137,11 +158,14 @@ DEFAULT_CONFIG_TOML = """\
 
 [daemon]
 grpc_socket = "/run/pxos/pxos-hvd.sock"   # pxosctl talks here (mode 0600)
-# grpc_tcp = "127.0.0.1:50051"            # off unless set
+# grpc_tcp = "0.0.0.0:50051"              # off unless set; mutual TLS only, so these three too:
+# tls_cert = "/etc/pxos/tls/server.crt"   # the listener's certificate (chain), PEM
+# tls_key = "/etc/pxos/tls/server.key"
+# tls_client_ca = "/etc/pxos/tls/ca.crt"  # clients must present a certificate this CA signed
 metrics_address = "127.0.0.1:9464"        # Prometheus /metrics
 backend = "auto"                          # auto | numpy | cupy
 log_level = "info"
-socket_dir = "/run/pxos"                  # where `pxosctl vm add` puts sockets by default
+socket_dir = "/run/pxos"                  # VM sockets live here and nowhere else (relative names too)
 # vm_socket_group = "kvm"                 # QEMU's group may connect to VM sockets (0660); default 0600
 
 [memory]

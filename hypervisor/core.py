@@ -36,6 +36,7 @@ from .records import (
     check_scalar,
     check_share,
     class_of,
+    kernel_host_bytes,
     percentile,
     tensor_spec,
 )
@@ -54,12 +55,20 @@ from .types import (
 
 log = logging.getLogger("pxos.hypervisor")
 
-# Bounds on what one VM can make the host hold. Guests control these counts, so each is
-# capped: kernels compiled and kept, launches queued or running, and the name's length.
+# Bounds on what one VM can make the host hold (docs/memory.md, "Host memory a guest
+# controls"). Guests control these counts, so each is capped: kernels compiled and kept
+# (their host memory also within records.KERNEL_HOST_BUDGET_BYTES), launches queued or
+# running (each holds its job, bindings and bound kernel: a few KiB, at most ~100 KiB for
+# a kernel of 1024 statements), and the name's length.
 MAX_KERNELS_PER_VM = 4096
 MAX_INFLIGHT_PER_VM = 256
 MAX_VM_NAME = 63
 MAX_VM_ID = 2**32 - 1
+
+
+def _finish_stats(fields: dict, latencies_ns: list[int]) -> VMStats:
+    lat = sorted(latencies_ns)
+    return VMStats(**fields, latency_p50_ms=percentile(lat, 50) / 1e6, latency_p99_ms=percentile(lat, 99) / 1e6)
 
 
 def _default_pool(executor: Executor) -> int:
@@ -333,12 +342,10 @@ class Hypervisor:
             if len(vm.kernels) + len(program.kernels) > MAX_KERNELS_PER_VM:
                 raise E.InvalidArgument(
                     f"VM {vm_id} would hold more than {MAX_KERNELS_PER_VM} compiled kernels; free some")
-            out = []
-            for ck in program.kernels:
-                info = KernelInfo(next(self._kernel_ids), ck.name, ck)
-                vm.kernels[info.kernel_id] = KernelRecord(info, session)
-                out.append(info)
-            return out
+            records = [KernelRecord(KernelInfo(next(self._kernel_ids), ck.name, ck), session,
+                                    host_bytes=kernel_host_bytes(ck)) for ck in program.kernels]
+            vm.keep_kernels(records)  # all or none, within the VM's host budget
+            return [r.info for r in records]
 
     def kernel_info(self, vm_id: int, kernel_id: int, *, session: int = 0) -> KernelInfo:
         with self._lock:
@@ -347,7 +354,7 @@ class Hypervisor:
     def free_kernel(self, vm_id: int, kernel_id: int, *, session: int = 0) -> None:
         with self._lock:
             self._kernel(vm_id, kernel_id, session)
-            del self._vms[vm_id].kernels[kernel_id]
+            self._vms[vm_id].drop_kernel(kernel_id)
 
     def _kernel(self, vm_id: int, kernel_id: int, session: int) -> KernelRecord:
         k = self._vm(vm_id).kernels.get(kernel_id)
@@ -490,7 +497,7 @@ class Hypervisor:
             self.models.close_all(vm_id, session)
             mine = [k for k, v in vm.kernels.items() if v.session == session]
             for k in mine:
-                del vm.kernels[k]
+                vm.drop_kernel(k)
         self.dispatcher.flush_completions()
         return SessionCloseResult(nbuf, nbytes, len(mine), cancelled)
 
@@ -511,9 +518,9 @@ class Hypervisor:
         vm.generation += 1
         cancelled = self._cancel_queued(vm_id, lambda t: True, why)
         nbuf, nbytes = self.memory.release_vm(vm_id)
+        self.memory.hold_after_reset(vm_id)  # usage is zero now, though a launch still runs
         self.models.close_all(vm_id)
-        nk = len(vm.kernels)
-        vm.kernels.clear()
+        nk = vm.drop_all_kernels()
         vm.idle = False
         self.memory.idle_hint(vm_id, False)
         return SessionCloseResult(nbuf, nbytes, nk, cancelled)
@@ -526,32 +533,37 @@ class Hypervisor:
 
     # ------------------------------------------------------------------ observation
     def stats(self, vm_id: int) -> VMStats:
+        """One VM's figures: O(1) under the lock (a guest's STATS reads this on request), the
+        latency percentiles sorted after it is released."""
         with self._lock:
-            return self._stats_locked(vm_id, self.scheduler.stats())
+            fields, latencies = self._stats_locked(vm_id)
+        return _finish_stats(fields, latencies)
 
     def all_stats(self) -> list[VMStats]:
         with self._lock:
-            s = self.scheduler.stats()
-            return [self._stats_locked(v, s) for v in sorted(self._vms)]
+            taken = [self._stats_locked(v) for v in sorted(self._vms)]
+        return [_finish_stats(f, lat) for f, lat in taken]
 
-    def _stats_locked(self, vm_id: int, sched_stats) -> VMStats:
+    def _stats_locked(self, vm_id: int) -> tuple[dict, list[int]]:
+        """What stats() reports, read under the lock in time independent of the number of
+        VMs and of the VM's buffers: the scheduler's row of this VM alone, counters kept
+        as things change, and a copy of the latency ring (bounded by LATENCY_SAMPLES)."""
         vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
-        per = next((v for v in sched_stats.vms if v.vm_id == vm_id), None)
-        lat = sorted(vm.latencies_ns)
-        return VMStats(
+        per = self.scheduler.vm_stats(vm_id)
+        fields = dict(
             vm_id=vm_id, name=vm.name, memory_quota=mem.quota, memory_used=mem.used,
             memory_device_bytes=mem.device_bytes, memory_host_bytes=mem.host_bytes,
-            share_pct=vm.share, cap_pct=vm.cap,
-            achieved_share=per.achieved_pct / 100.0 if per is not None else 0.0,
+            share_pct=vm.share, cap_pct=vm.cap, achieved_share=per.achieved_pct / 100.0,
             device_seconds_total=vm.device_seconds, launches_total=vm.launches_total,
             launches_failed=vm.launches_failed, launches_by_class=dict(vm.by_class),
-            queue_depth=self.scheduler.queue_depth(vm_id), inflight=vm.inflight,
-            buffers=sum(1 for b in mem.buffers.values() if not b.freed), kernels=len(vm.kernels),
-            latency_p50_ms=percentile(lat, 50) / 1e6, latency_p99_ms=percentile(lat, 99) / 1e6,
+            queue_depth=per.queue_depth, inflight=vm.inflight,
+            buffers=mem.live_buffers, kernels=len(vm.kernels),
             vm_switches_in=vm.switches_in, idle=vm.idle,
-            extra={**self.memory.vm_extra(vm_id), "lookahead_depth": self.prefetch.depth,
+            extra={**self.memory.vm_extra(vm_id), "kernel_host_bytes": vm.kernel_host_bytes,
+                   "lookahead_depth": self.prefetch.depth,
                    "prefetch_inflight_bytes": self.memory.inflight_bytes},
         )
+        return fields, list(vm.latencies_ns)
 
     @property
     def lookahead_depth(self) -> int:

@@ -1,6 +1,6 @@
 """pxosctl: the operator's command line for pxos-hvd, over gRPC (hypervisor/rpc).
 
-    pxosctl [--socket PATH | --tcp HOST:PORT] [--json] COMMAND ...
+    pxosctl [--socket PATH | --tcp HOST:PORT --tls-cert C --tls-key K --tls-ca CA] [--json] COMMAND ...
       vm list | vm show ID | vm add ID --memory 8G --share 30 [--cap 50] ... | vm remove ID
       quota set VM [--memory 8G] [--share 30] [--cap 50 | --no-cap]
       stats | top [--once] | events [--vm ID] [--kind K] | run --vm ID FILE --bind ...
@@ -14,14 +14,17 @@ per line); never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from .config import parse_size
 from .ctl_format import message_json, pct, print_json, size, table
+from .errors import ConfigError
 from .rpc import pxos_pb2 as pb
 from .rpc.client import Client, default_socket
 from .rpc.status import RpcFailure
+from .rpc.tls import TlsFiles
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -67,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print data as JSON (one object; one per line for streams)")
     p = _Parser(prog="pxosctl", description="Control pxos-hvd, the pxOS GPU hypervisor.", parents=[common])
     p.add_argument("--socket", metavar="PATH", help=f"daemon's unix socket (default $PXOS_SOCKET or {default_socket()})")
-    p.add_argument("--tcp", metavar="HOST:PORT", help="reach the daemon over TCP instead")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="reach the daemon over TCP instead (mutual TLS: --tls-*)")
+    tls = p.add_argument_group("TLS (for --tcp; the daemon accepts TCP clients only with mutual TLS)")
+    tls.add_argument("--tls-cert", metavar="PEM", default=os.environ.get("PXOS_TLS_CERT"),
+                     help="this client's certificate (default $PXOS_TLS_CERT)")
+    tls.add_argument("--tls-key", metavar="PEM", default=os.environ.get("PXOS_TLS_KEY"),
+                     help="its private key (default $PXOS_TLS_KEY)")
+    tls.add_argument("--tls-ca", metavar="PEM", default=os.environ.get("PXOS_TLS_CA"),
+                     help="CA certificate that signed the daemon's (default $PXOS_TLS_CA)")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="name to check the daemon's certificate against, when not HOST")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -270,6 +282,20 @@ def _commands():
             "top": cmd_top, "model": cmd_model}
 
 
+def _client(args) -> Client:
+    if not args.tcp:
+        return Client(socket_path=args.socket, timeout=args.timeout)
+    missing = [f"--{n}" for n in ("tls-cert", "tls-key", "tls-ca") if not getattr(args, n.replace("-", "_"))]
+    if missing:
+        raise UsageError(f"--tcp needs {', '.join(missing)} (or $PXOS_TLS_CERT, $PXOS_TLS_KEY, $PXOS_TLS_CA): "
+                         "pxos-hvd accepts TCP clients only with mutual TLS")
+    try:
+        return Client(tcp=args.tcp, timeout=args.timeout, tls=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
+                      server_name=args.tls_server_name)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -282,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("pxosctl: error: give --socket or --tcp, not both", file=sys.stderr)
         return EXIT_USAGE
-    client = Client(socket_path=args.socket, tcp=args.tcp, timeout=args.timeout)
+    try:
+        client = _client(args)
+    except UsageError as exc:
+        print(f"pxosctl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return _commands()[args.command](client, args)
     except UsageError as exc:

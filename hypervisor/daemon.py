@@ -16,11 +16,11 @@ import signal
 import sys
 import threading
 from importlib.metadata import entry_points
-from pathlib import Path
 
 from . import errors as E
 from .config import DEFAULT_CONFIG_TOML, DaemonConfig, VMConfig, load_config
 from .core import Hypervisor
+from .sockets import resolve_vm_socket, socket_access
 from .types import VMInfo
 
 log = logging.getLogger("pxos.daemon")
@@ -58,6 +58,8 @@ class Daemon:
         self._lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
+        # Mode and group of VM sockets, set on the socket before anyone can reach it.
+        self._vm_socket_mode, self._vm_socket_gid = socket_access(config.daemon.vm_socket_group)
 
     # ---- lifecycle ----
     def start(self, *, grpc: bool = True, metrics: bool = True) -> Daemon:
@@ -83,10 +85,15 @@ class Daemon:
         if grpc:
             from .rpc.server import GrpcServer
 
+            d = self.config.daemon
+            tls = None
+            if d.grpc_tcp:
+                from .rpc.tls import TlsFiles
+
+                tls = TlsFiles(d.tls_cert or "", d.tls_key or "", d.tls_client_ca or "")
             self.grpc = GrpcServer(self)
-            self.grpc.start(unix_path=self.config.daemon.grpc_socket, tcp_address=self.config.daemon.grpc_tcp)
-            log.info("gRPC on unix:%s%s", self.config.daemon.grpc_socket,
-                     f" and {self.config.daemon.grpc_tcp}" if self.config.daemon.grpc_tcp else "")
+            self.grpc.start(unix_path=d.grpc_socket, tcp_address=d.grpc_tcp, tls=tls)
+            log.info("gRPC on unix:%s%s", d.grpc_socket, f" and {d.grpc_tcp} (mutual TLS)" if d.grpc_tcp else "")
         log.info("pxos-hvd up: backend %s (%s), device pool %d bytes, %d VMs",
                  self.hv.executor.name, self.hv.device_info().device_name, self.hv.memory.pool_bytes,
                  len(self.config.vm))
@@ -114,40 +121,26 @@ class Daemon:
 
     # ---- VMs (the gRPC service calls these) ----
     def add_vm(self, vm: VMConfig) -> VMInfo:
+        """Register a VM (config or AddVM). Its socket, if any, must lie inside socket_dir
+        (SocketPathRefused otherwise, before anything changes); it is made with its final
+        owner and mode (vm_socket_group) before it is reachable."""
         with self._lock:
+            socket = resolve_vm_socket(vm.socket, self.config.daemon.socket_dir) if vm.socket else None
+            if socket and self.transport is None:
+                raise E.ConfigError("VM sockets need the vhost-user transport, which is not available")
             info = self.hv.register_vm(vm.id, 0, vm.share, name=vm.name, cap_percent=vm.cap,
-                                       default_class=vm.default_class, socket=vm.socket,
+                                       default_class=vm.default_class, socket=socket,
                                        memory_quota_bytes=vm.memory)
-            if vm.socket:
-                if self.transport is None:
-                    self.hv.unregister_vm(vm.id)
-                    raise E.ConfigError("VM sockets need the vhost-user transport, which is not available")
+            if socket:
                 try:
-                    Path(vm.socket).parent.mkdir(parents=True, exist_ok=True)
-                    self.transport.attach(vm.id, vm.socket)
-                    self._share_socket(vm.socket)
+                    self.transport.attach(vm.id, socket, mode=self._vm_socket_mode, gid=self._vm_socket_gid)
                 except Exception as exc:
                     self.hv.unregister_vm(vm.id)
-                    raise E.ConfigError(f"VM {vm.id}: cannot listen on {vm.socket}: {exc}") from exc
+                    raise E.ConfigError(f"VM {vm.id}: cannot listen on {socket}: {exc}") from exc
             log.info("VM %d (%s) registered: memory %d bytes, share %g%%%s%s", vm.id, info.name,
                      info.memory_quota, vm.share, f", cap {vm.cap:g}%" if vm.cap else "",
-                     f", socket {vm.socket}" if vm.socket else "")
+                     f", socket {socket}" if socket else "")
             return info
-
-    def _share_socket(self, path: str) -> None:
-        """Let QEMU's group connect to a VM socket (it is created 0600, so never wider than
-        asked, even for a moment)."""
-        group = self.config.daemon.vm_socket_group
-        if not group:
-            return
-        import grp
-
-        try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise E.ConfigError(f"vm_socket_group: no group {group!r} on this host") from None
-        os.chown(path, -1, gid)
-        os.chmod(path, 0o660)
 
     def remove_vm(self, vm_id: int) -> None:
         with self._lock:

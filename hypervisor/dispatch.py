@@ -220,6 +220,11 @@ class Dispatcher:
         while True:
             with hv._lock:
                 try:
+                    vm = hv._vms.get(job.vm_id)
+                    if vm is None or vm.generation != job.generation:
+                        # Picked just before its VM was reset or unregistered: it belongs to
+                        # the old device, like the queued launches the reset cancelled.
+                        raise E.Cancelled("the device was reset before the launch started")
                     mem = hv.memory
                     try:
                         mem.check_temps(job.vm_id, job.temp_bytes)
@@ -234,7 +239,7 @@ class Dispatcher:
                     ahead_lists = [a.unique_buffers() for a in ahead]
                     ahead_sets = [{b.handle for b in a} for a in ahead_lists]
                     mem.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets, job.residency)
-                    mem.reserve_temps(job.vm_id, job.temp_bytes)
+                    mem.reserve_temps(job.vm_id, job.temp_bytes, job.launch_id)
                 except NotReady as exc:
                     retry_now = self._inflight is not None  # it may hold memory this launch needs
                     now = time.monotonic()
@@ -311,7 +316,7 @@ class Dispatcher:
                 self.running = None
             mem = hv.memory
             mem.finish_launch(job.buffers.values())
-            mem.release_temps(job.vm_id, job.temp_bytes)
+            mem.release_temps(job.launch_id)
             mem.retire_launch(job.temp_bytes)
             for buf, writes in job.buffers.values():
                 mem.unpin(buf, writes)

@@ -20,6 +20,11 @@ class ConfigError(PxosError, ValueError):
     status = "PXOS_S_INVALID"
 
 
+class SocketPathRefused(ConfigError):
+    """A VM socket named outside the daemon's ``socket_dir`` (by the config or AddVM): the
+    daemon creates sockets, and directories, nowhere else."""
+
+
 class InvalidArgument(PxosError, ValueError):
     """A request is malformed: bad dtype, shape, offset, length, name."""
 
@@ -51,6 +56,13 @@ class QuotaExceeded(PxosError):
             f"VM {vm_id}: {what} of {request} bytes exceeds its memory quota "
             f"({usage} of {quota} bytes in use, {max(quota - usage, 0)} free)"
         )
+
+
+class HostLimitExceeded(PxosError):
+    """A VM would make the daemon hold more host memory than its per-VM limit allows
+    (compiled kernels past KERNEL_HOST_BUDGET_BYTES; docs/memory.md, "Host memory")."""
+
+    status = "PXOS_S_QUOTA"
 
 
 class OutOfDeviceMemory(PxosError):

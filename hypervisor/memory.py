@@ -1,7 +1,8 @@
 """Buffers and memory accounting: which buffers exist, whose they are, and what they cost.
 
 Accounting is exact (docs/memory.md): a VM's usage is the bytes of its live buffers plus
-the temporaries of its running launch; the device pool's usage is the bytes of every
+the temporaries of its running launch; what a reset released while a launch still runs on
+it is held apart (``held_bytes``), so usage is zero at once after a reset; the device pool's usage is the bytes of every
 device copy plus the running launch's temporaries; the host budget's usage is the bytes
 of every host copy. Every number changes only under the hypervisor's lock, together with
 the change it counts. Where a buffer lives and how it moves is residency.py's part.
@@ -27,9 +28,11 @@ from .residency import Placement
 # Largest single buffer (bytes): the wire ABI's PXOS_MAX_BUFFER_BYTES. A guest controls the
 # size of ALLOC; anything larger is refused before any allocation is attempted.
 MAX_BUFFER_BYTES = 2 << 30
-# Most live buffers per VM: each costs host bookkeeping, so a guest cannot exhaust the
-# daemon's memory with millions of zero-size allocations.
-MAX_BUFFERS_PER_VM = 65536
+# Most buffers per VM (freed ones still held by a launch included). Each costs host
+# bookkeeping whatever its size (its record, its storage's array object and its handle's
+# entry: about 520 bytes, measured with tracemalloc), outside the VM's quota, so a guest
+# making empty buffers holds at most ~8.5 MiB of the daemon's RAM (65536 held ~34 MiB).
+MAX_BUFFERS_PER_VM = 16384
 
 
 @dataclass(eq=False)
@@ -52,6 +55,7 @@ class Buffer:
     active: int = 0  # the running launch uses it (never evicted then)
     transfers: int = 0  # guest WRITE/READ in progress
     last_use: int = 0
+    reset_held: bool = False  # released by a reset while in use: in held_bytes, not usage
 
     @property
     def residency(self) -> str:
@@ -73,8 +77,12 @@ class Buffer:
 class VMMemory:
     quota: int
     buffers: dict[int, Buffer] = field(default_factory=dict)
+    live_buffers: int = 0  # buffers not freed (what STATS reports, kept as they change)
     live_bytes: int = 0  # bytes of its buffers (freed ones still held included)
     temp_bytes: int = 0  # temporaries of its running launch
+    # Buffers and temporaries a reset released that a running launch (or a transfer in
+    # progress) still holds: in the pool and host budget until let go, never in usage.
+    held_bytes: int = 0
     device_bytes: int = 0  # device copies of its buffers + its temporaries
     host_bytes: int = 0  # its buffers whose only copy is in host RAM
     idle: bool = False  # the VM said it is going idle
@@ -88,6 +96,16 @@ class VMMemory:
     @property
     def used(self) -> int:
         return self.live_bytes + self.temp_bytes
+
+
+@dataclass(eq=False)
+class _LaunchTemps:
+    """Temporaries reserved for one started launch, and the account that carries them."""
+
+    vm_id: int
+    account: VMMemory
+    nbytes: int
+    held: bool = False  # moved to the account's held_bytes by a reset
 
 
 class MemoryManager(Placement):
@@ -111,6 +129,7 @@ class MemoryManager(Placement):
         # launch: their bytes stay counted until the launch lets go of them.
         self._retired: dict[int, VMMemory] = {}
         self._queued_temps: Counter[int] = Counter()  # temporaries of queued/running launches
+        self._launch_temps: dict[int, _LaunchTemps] = {}  # started launches' temporaries, by launch
         self._sizes: Counter[int] = Counter()  # sizes of live buffers (for the swap reserve)
         self._idle_vms: set[int] = set()
         self._handles = itertools.count(1)
@@ -167,7 +186,7 @@ class MemoryManager(Placement):
         self._idle_vms.discard(vm_id)
         self.release_vm(vm_id)
         vm = self._vms.pop(vm_id, None)
-        if vm is not None and (vm.buffers or vm.temp_bytes):
+        if vm is not None and (vm.buffers or vm.temp_bytes or vm.held_bytes):
             self._retired[vm_id] = vm
 
     def _vm(self, vm_id: int) -> VMMemory:
@@ -179,9 +198,14 @@ class MemoryManager(Placement):
     def _account(self, vm_id: int) -> VMMemory | None:
         return self._vms.get(vm_id) or self._retired.get(vm_id)
 
+    def _counted(self, buf: Buffer) -> VMMemory | None:
+        """The account whose device and host figures include this buffer: its VM's, or
+        none for one a reset released while in use (counted in held_bytes instead)."""
+        return None if buf.reset_held else self._account(buf.vm_id)
+
     def _reap_vm(self, vm_id: int) -> None:
         vm = self._retired.get(vm_id)
-        if vm is not None and not vm.buffers and not vm.temp_bytes:
+        if vm is not None and not vm.buffers and not vm.temp_bytes and not vm.held_bytes:
             del self._retired[vm_id]
 
     def all_buffers(self):
@@ -230,6 +254,7 @@ class MemoryManager(Placement):
             self.host_used += n
             vm.host_bytes += n
         vm.buffers[buf.handle] = buf
+        vm.live_buffers += 1
         vm.live_bytes += n
         self.committed += n
         self._sizes[n] += 1
@@ -242,8 +267,15 @@ class MemoryManager(Placement):
         return buf
 
     def free(self, vm_id: int, session: int, handle: int) -> None:
-        buf = self.lookup(vm_id, session, handle)
-        buf.freed = True
+        self._release(self.lookup(vm_id, session, handle))
+
+    def _release(self, buf: Buffer) -> None:
+        """The handle goes now; the storage when nothing uses it any more."""
+        if not buf.freed:
+            buf.freed = True
+            vm = self._account(buf.vm_id)
+            if vm is not None:
+                vm.live_buffers -= 1
         self.maybe_drop(buf)
 
     def touch(self, buf: Buffer) -> None:
@@ -274,13 +306,16 @@ class MemoryManager(Placement):
             return
         del vm.buffers[buf.handle]
         n = buf.nbytes
-        vm.live_bytes -= n
+        if buf.reset_held:
+            vm.held_bytes -= n
+        else:
+            vm.live_bytes -= n
+            if buf.device is None:
+                vm.host_bytes -= n
         self.committed -= n
         self._sizes[n] -= 1
         if not self._sizes[n]:
             del self._sizes[n]
-        if buf.device is None:
-            vm.host_bytes -= n
         self.release_device(buf)
         self.release_host(buf)
         self._reap_vm(buf.vm_id)
@@ -290,8 +325,7 @@ class MemoryManager(Placement):
         vm = self._vm(vm_id)
         mine = [b for b in vm.buffers.values() if b.session == session and not b.freed]
         for b in mine:
-            b.freed = True
-            self.maybe_drop(b)
+            self._release(b)
         return len(mine), sum(b.nbytes for b in mine)
 
     def release_vm(self, vm_id: int) -> tuple[int, int]:
@@ -300,9 +334,32 @@ class MemoryManager(Placement):
             return 0, 0
         live = [b for b in vm.buffers.values() if not b.freed]
         for b in list(vm.buffers.values()):
-            b.freed = True
-            self.maybe_drop(b)
+            self._release(b)
         return len(live), sum(b.nbytes for b in live)
+
+    def hold_after_reset(self, vm_id: int) -> int:
+        """After release_vm at a device reset: usage is zero at once (docs/protocol.md, §6).
+        What a running launch or a transfer in progress still holds of the VM (released
+        buffers, the launch's temporaries) moves from its usage and device/host figures to
+        ``held_bytes``; it stays counted in the pool, host budget and committed bytes until
+        let go, exactly as before. Returns the bytes held."""
+        vm = self._vm(vm_id)
+        for b in vm.buffers.values():  # only buffers still in use are left
+            if not b.reset_held:
+                b.reset_held = True
+                vm.live_bytes -= b.nbytes
+                vm.held_bytes += b.nbytes
+                if b.device is not None:
+                    vm.device_bytes -= b.nbytes
+                else:
+                    vm.host_bytes -= b.nbytes
+        for t in self._launch_temps.values():
+            if t.account is vm and not t.held:
+                t.held = True
+                vm.temp_bytes -= t.nbytes
+                vm.device_bytes -= t.nbytes
+                vm.held_bytes += t.nbytes
+        return vm.held_bytes
 
     # ---- guest data (begin/end under the lock; the copy itself without it) ----
     def begin_transfer(self, buf: Buffer, writing: bool) -> tuple[Any, bool, list[Fence]]:
@@ -360,7 +417,7 @@ class MemoryManager(Placement):
         vm = self._vm(vm_id)
         return {"h2d_bytes": vm.h2d_bytes, "d2h_bytes": vm.d2h_bytes, "evictions": vm.evictions,
                 "prefetch_hits": vm.prefetch_hits, "prefetch_misses": vm.prefetch_misses,
-                "stall_seconds": vm.stall_seconds}
+                "stall_seconds": vm.stall_seconds, "held_after_reset_bytes": vm.held_bytes}
 
     # ---- launches: capacity for temporaries, quota for the running one ----
     def admit_launch(self, vm_id: int, temps: int, buffers_bytes: int) -> None:
@@ -389,19 +446,26 @@ class MemoryManager(Placement):
         if vm.used + nbytes > vm.quota:
             raise QuotaExceeded(vm_id, vm.quota, vm.used, nbytes, what="launch temporaries")
 
-    def reserve_temps(self, vm_id: int, nbytes: int) -> None:
+    def reserve_temps(self, vm_id: int, nbytes: int, launch_id: int) -> None:
         """The launch starts: its temporaries count against its VM and the pool (room was
-        made by prepare_launch)."""
+        made by prepare_launch) until release_temps(launch_id)."""
         self.check_temps(vm_id, nbytes)
         vm = self._vm(vm_id)
+        if launch_id in self._launch_temps:
+            raise AlreadyExists(f"launch {launch_id} already holds temporaries")
         self.pool_used += nbytes
         vm.temp_bytes += nbytes
         vm.device_bytes += nbytes
+        self._launch_temps[launch_id] = _LaunchTemps(vm_id, vm, nbytes)
 
-    def release_temps(self, vm_id: int, nbytes: int) -> None:
-        self.pool_used -= nbytes
-        vm = self._account(vm_id)
-        if vm is not None:
-            vm.temp_bytes -= nbytes
-            vm.device_bytes -= nbytes
-            self._reap_vm(vm_id)
+    def release_temps(self, launch_id: int) -> None:
+        t = self._launch_temps.pop(launch_id, None)
+        if t is None:
+            return
+        self.pool_used -= t.nbytes
+        if t.held:
+            t.account.held_bytes -= t.nbytes
+        else:
+            t.account.temp_bytes -= t.nbytes
+            t.account.device_bytes -= t.nbytes
+        self._reap_vm(t.vm_id)

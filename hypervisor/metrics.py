@@ -57,6 +57,10 @@ EXTRA_METRICS: dict[str, tuple[str, str, str]] = {
     "lookahead_depth": ("pxos_vm_lookahead_depth", "gauge", "Current adaptive prefetch look-ahead depth"),
     "prefetch_inflight_bytes": ("pxos_vm_prefetch_inflight_bytes", "gauge",
                                 "Bytes of host-to-device copies in flight"),
+    "kernel_host_bytes": ("pxos_vm_kernel_host_bytes", "gauge",
+                          "Host memory charged for the VM's compiled kernels (per-VM budget)"),
+    "held_after_reset_bytes": ("pxos_vm_held_after_reset_bytes", "gauge",
+                               "Bytes a reset released that a running launch still holds (not usage)"),
 }
 
 

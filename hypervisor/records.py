@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import primitive_lang
-from primitive_lang import BoundKernel, TensorSpec
+from primitive_lang import BoundKernel, CheckedKernel, TensorSpec
 from primitive_lang.ast import DType
 from scheduler import WorkloadClass
 
@@ -24,12 +24,37 @@ LATENCY_SAMPLES = 2048
 # guest launching the same kernel on same-shaped buffers binds it once.
 BIND_CACHE_SIZE = 8
 
+# Host memory of a VM's compiled kernels (docs/memory.md, "Host memory a guest controls").
+# A guest chooses how many kernels it keeps and how large they are, and the daemon holds
+# their ASTs, checked steps and bind caches in its own RAM, outside any GPU quota; so each
+# kernel is charged an estimate at compile, and a VM's kernels together may not pass the
+# budget. The estimate is an upper bound of what tracemalloc measures (2.7 KiB for a
+# one-statement kernel, 690-750 B per op statement with names of 1 to 55 characters, and
+# per bound kernel 1.1 KiB + 75-90 B per statement), charged whole up front, the
+# BIND_CACHE_SIZE bound kernels it may keep included.
+KERNEL_BASE_HOST_BYTES = 4 << 10
+KERNEL_STATEMENT_HOST_BYTES = 1 << 10
+BOUND_BASE_HOST_BYTES = 2 << 10
+BOUND_STATEMENT_HOST_BYTES = 128
+# The per-VM budget: MAX_KERNELS_PER_VM (4096) one-statement kernels fit (about 92 MiB),
+# so for small kernels the count is the limit and for large ones the budget (64 KiB
+# sources of dense statements: about 40 of them).
+KERNEL_HOST_BUDGET_BYTES = 96 << 20
+
+
+def kernel_host_bytes(kernel: CheckedKernel) -> int:
+    """The host memory charged for keeping one compiled kernel (and its bind cache)."""
+    n = max(kernel.statement_count, len(kernel.steps))
+    return (KERNEL_BASE_HOST_BYTES + KERNEL_STATEMENT_HOST_BYTES * n
+            + BIND_CACHE_SIZE * (BOUND_BASE_HOST_BYTES + BOUND_STATEMENT_HOST_BYTES * n))
+
 
 @dataclass
 class KernelRecord:
     info: KernelInfo
     session: int
     bound: dict[tuple, BoundKernel] = field(default_factory=dict)
+    host_bytes: int = 0  # what keeping it is charged (kernel_host_bytes)
 
     def bind(self, specs: dict[str, TensorSpec]) -> BoundKernel:
         key = tuple(sorted((n, s.dtype, s.shape) for n, s in specs.items()))
@@ -60,6 +85,29 @@ class VMRecord:
     switches_in: int = 0
     idle: bool = False
     generation: int = 0  # bumped by reset: launches of an older generation are stale
+    kernel_host_bytes: int = 0  # sum of its kernels' host_bytes (KERNEL_HOST_BUDGET_BYTES)
+
+    def keep_kernels(self, records: list[KernelRecord]) -> None:
+        """Keep newly compiled kernels, or refuse them all (HostLimitExceeded) when their
+        host memory would take the VM past KERNEL_HOST_BUDGET_BYTES."""
+        cost = sum(r.host_bytes for r in records)
+        if self.kernel_host_bytes + cost > KERNEL_HOST_BUDGET_BYTES:
+            raise E.HostLimitExceeded(
+                f"VM {self.vm_id}: {len(records)} more compiled kernels would hold about {cost} bytes of host "
+                f"memory beside the {self.kernel_host_bytes} its {len(self.kernels)} kernels hold, over the "
+                f"per-VM budget of {KERNEL_HOST_BUDGET_BYTES}; free some kernels")
+        for r in records:
+            self.kernels[r.info.kernel_id] = r
+        self.kernel_host_bytes += cost
+
+    def drop_kernel(self, kernel_id: int) -> None:
+        self.kernel_host_bytes -= self.kernels.pop(kernel_id).host_bytes
+
+    def drop_all_kernels(self) -> int:
+        n = len(self.kernels)
+        self.kernels.clear()
+        self.kernel_host_bytes = 0
+        return n
 
 
 def class_of(name: str | WorkloadClass | None) -> WorkloadClass | None:

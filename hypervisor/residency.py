@@ -47,7 +47,7 @@ class Placement:
     def release_device(self, buf: Buffer) -> None:
         if buf.device is None:
             return
-        vm = self._account(buf.vm_id)
+        vm = self._counted(buf)
         self.pool_used -= buf.nbytes
         if vm is not None:
             vm.device_bytes -= buf.nbytes
@@ -107,7 +107,7 @@ class Placement:
         """Take a buffer off the device. False if its device copy is the only one and the
         host budget has no room for it."""
         n = buf.nbytes
-        vm = self._account(buf.vm_id)
+        vm = self._counted(buf)
         if buf.host is None or buf.dirty:
             if buf.host is None:
                 if not self.host_room(n):
@@ -132,7 +132,7 @@ class Placement:
         """Queue a host->device copy (room must have been made). Ordered after any
         device->host copy of the same buffer on the copy stream."""
         n = buf.nbytes
-        vm = self._account(buf.vm_id)
+        vm = self._counted(buf)
         buf.device = self.executor.device_empty(buf.spec)
         self.pool_used += n
         buf.arriving = self.executor.h2d_async(buf.host, buf.device)
@@ -157,7 +157,7 @@ class Placement:
         if buf not in self._moving:
             self._moving.append(buf)
         buf.dirty = False
-        vm = self._account(buf.vm_id)
+        vm = self._counted(buf)
         if vm is not None:
             vm.d2h_bytes += buf.nbytes
         return True

@@ -25,6 +25,7 @@ from scheduler.errors import (
     UnknownVM,
 )
 from scheduler.stats import SchedulerStats, VMSchedStats
+from scheduler.window import TIME_EPS
 from scheduler.workload import Ticket
 
 #: A more urgent head goes first while its key is at most this far (virtual seconds, i.e.
@@ -75,6 +76,7 @@ class FairScheduler:
         self._switch_seconds = 0.0
         self._last_switch: float | None = None
         self._last_charged: tuple[int, float] | None = None  # (vm, ended) of the last charge
+        self._busy = _BusyWindow()  # every VM's charges together: a VM's share reads in O(1)
 
     # -- registry ----------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ class FairScheduler:
         for its launches still in flight is ignored when it arrives."""
         vm = self._vm(vm_id)
         del self._vms[vm_id]  # its heap entries become stale: their VM is gone
+        self._busy.forget(vm)
         return list(vm.queue)
 
     def set_share(self, vm_id: int, share_pct: float, cap_pct: float | None) -> None:
@@ -185,6 +188,7 @@ class FairScheduler:
         if vm is None:
             return  # removed while its launch was in flight
         self._engine.charge(vm, float(device_seconds), float(ended), self._clock())
+        self._busy.add(float(ended), float(device_seconds), vm)
         if self._last_charged is not None and self._last_charged[0] != vm_id:
             gap = max(0.0, started - self._last_charged[1])
             self._switches += 1
@@ -240,23 +244,61 @@ class FairScheduler:
     def vm_ids(self) -> list[int]:
         return list(self._vms)
 
+    def vm_stats(self, vm_id: int) -> VMSchedStats:
+        """One VM's row of ``stats()``, in O(1) (amortised): it reads that VM and the
+        running sum of every VM's device time in the window, nothing per other VM."""
+        now = self._clock()
+        return self._row(self._vm(vm_id), now, self._busy.prune(now, self._window))
+
     def stats(self) -> SchedulerStats:
         now = self._clock()
-        busy = sum(vm.usage.prune(now, self._window) for vm in self._vms.values())
-        rows = tuple(
-            VMSchedStats(
-                vm_id=vm.vm_id, share_pct=vm.share_pct, cap_pct=vm.cap_pct,
-                achieved_pct=100.0 * vm.usage.total / busy if busy > 0 else 0.0,
-                window_device_seconds=vm.usage.total, device_seconds_total=vm.device_seconds,
-                launches_total=vm.picks, queue_depth=len(vm.queue), inflight=len(vm.inflight),
-                vruntime=vm.vruntime, throttled=vm.where in (THROTTLED, WAITING),
-            )
-            for vm in self._vms.values()
-        )
+        busy = self._busy.prune(now, self._window)
+        rows = tuple(self._row(vm, now, busy) for vm in self._vms.values())
         return SchedulerStats(
             window_seconds=self._window, busy_seconds_window=busy, picks_total=self._picks,
             vm_switches_total=self._switches, vm_switch_seconds_total=self._switch_seconds,
             last_vm_switch_seconds=self._last_switch, vms=rows,
         )
+
+    def _row(self, vm: VMState, now: float, busy: float) -> VMSchedStats:
+        mine = vm.usage.prune(now, self._window)
+        return VMSchedStats(
+            vm_id=vm.vm_id, share_pct=vm.share_pct, cap_pct=vm.cap_pct,
+            achieved_pct=min(100.0, 100.0 * mine / busy) if busy > 0 else 0.0,
+            window_device_seconds=mine, device_seconds_total=vm.device_seconds,
+            launches_total=vm.picks, queue_depth=len(vm.queue), inflight=len(vm.inflight),
+            vruntime=vm.vruntime, throttled=vm.where in (THROTTLED, WAITING),
+        )
+
+
+class _BusyWindow:
+    """The charges of every registered VM within the window, as one sliding sum: what each
+    VM's UsageWindow holds, added up as charges arrive instead of VM by VM when read.
+    Records carry their VM so that an unregistered VM's can be taken out."""
+
+    __slots__ = ("records", "total")
+
+    def __init__(self) -> None:
+        self.records: deque[tuple[float, float, VMState]] = deque()
+        self.total = 0.0
+
+    def add(self, ended: float, seconds: float, vm: VMState) -> None:
+        self.records.append((ended, seconds, vm))
+        self.total += seconds
+
+    def prune(self, now: float, window: float) -> float:
+        records, horizon = self.records, now - window + TIME_EPS
+        while records and records[0][0] <= horizon:
+            self.total -= records.popleft()[1]
+        if not records:
+            self.total = 0.0  # no float residue once the window is empty
+        return max(self.total, 0.0)
+
+    def forget(self, vm: VMState) -> None:
+        """An unregistered VM's charges leave the sum (O(records in the window); rare)."""
+        keep = deque(r for r in self.records if r[2] is not vm)
+        if len(keep) != len(self.records):
+            self.records = keep
+            self.total = sum(r[1] for r in keep)
 
 

@@ -1,4 +1,8 @@
-"""Suite-wide pytest set-up: markers that need hardware skip with their reason."""
+"""Suite-wide pytest set-up: markers that need hardware skip with their reason.
+
+``PXOS_REQUIRE_QEMU=1`` (CI) and ``PXOS_REQUIRE_GPU=1`` (bench/gpu_run.sh, any run on a
+GPU machine) turn those skips into failures: where the hardware is meant to be there, a
+test that did not run must not pass unnoticed."""
 
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ def qemu_unavailable_reason() -> str | None:
     return None
 
 
+def gpu_required() -> bool:
+    return os.environ.get("PXOS_REQUIRE_GPU") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None and (why := gpu_unavailable_reason()):
@@ -40,3 +48,15 @@ def pytest_collection_modifyitems(config, items):
                 raise pytest.UsageError(f"PXOS_REQUIRE_QEMU=1 but {why}")
             else:
                 item.add_marker(pytest.mark.skip(reason=f"qemu: {why}"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under PXOS_REQUIRE_GPU=1 a `gpu` test that skipped (the marker added above, or a
+    pytest.skip/importorskip inside it) is reported as failed, with the reason."""
+    report = yield
+    if report.skipped and gpu_required() and item.get_closest_marker("gpu") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"PXOS_REQUIRE_GPU=1, but this gpu test was skipped: {reason}"
+    return report

@@ -8,8 +8,10 @@ exist and where; the executor only allocates storage, copies bytes and runs kern
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +67,29 @@ class ExecutorInfo:
 
 
 class Executor(ABC):
-    """One device. Not thread-safe by itself: the dispatcher runs launches one at a time;
-    transfers may run from other threads (they touch only their own buffer)."""
+    """One device.
+
+    Threads. Launches (``submit``/``run``), allocation and the residency copies come from
+    the dispatcher thread or under the hypervisor's lock, one at a time. Transfers
+    (``write``, ``read_into``, ``fill``) run outside that lock, concurrently, from every
+    VM's vhost-user thread and every gRPC worker at once, each on an array the hypervisor
+    has pinned for it (no launch writes it meanwhile; docs/memory.md).
+
+    The transfer guarantee, which every backend keeps and
+    tests/unit/hypervisor/test_transfer_isolation.py checks on each one:
+
+    - a transfer reads and writes only the bytes ``[offset, offset + length)`` of its own
+      array and the caller's own memory (chunks, destinations, the fill view);
+    - any staging memory it passes through (pinned host memory, a stream) belongs to that
+      transfer alone from its first byte to its return: per transfer, or taken from a
+      bounded pool (``StagingPool``) and given back afterwards, never used by two
+      transfers in flight at once. When the pool is empty a transfer waits for a slot:
+      transfers are serialised where they must share, never interleaved;
+    - it returns only once its bytes have arrived: a write is seen by the next launch and
+      the next read, a read's destinations hold the data.
+
+    So one VM's bytes can never land in another VM's buffer or in another guest's READ.
+    """
 
     name: str
 
@@ -146,6 +169,71 @@ class Executor(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the backend holds."""
+
+
+class StagingPool:
+    """A bounded pool of staging slots for transfers (pinned host memory with a stream,
+    on a GPU): each transfer takes a slot for its whole duration, so no two transfers in
+    flight ever share one, and at most ``max_slots`` exist, so staging memory is bounded
+    however many threads transfer at once. Slots are made by ``make_slot()`` on first
+    need and reused; when all are taken, ``slot()`` waits for one to be given back."""
+
+    def __init__(self, make_slot: Callable[[], Any], max_slots: int):
+        if max_slots < 1:
+            raise ValueError(f"a staging pool needs at least one slot, got {max_slots}")
+        self._make = make_slot
+        self.max_slots = max_slots
+        self._free: list[Any] = []
+        self._made = 0
+        self._in_use = 0
+        self._cond = threading.Condition()
+
+    @property
+    def made(self) -> int:
+        """Slots made so far (never more than max_slots)."""
+        return self._made
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def acquire(self) -> Any:
+        with self._cond:
+            while not self._free and self._made >= self.max_slots:
+                self._cond.wait()
+            self._in_use += 1
+            if self._free:
+                return self._free.pop()
+            self._made += 1  # counted before making it, so concurrent callers stay bounded
+        try:
+            return self._make()
+        except BaseException:
+            with self._cond:
+                self._made -= 1
+                self._in_use -= 1
+                self._cond.notify()
+            raise
+
+    def release(self, slot: Any) -> None:
+        with self._cond:
+            self._in_use -= 1
+            self._free.append(slot)
+            self._cond.notify()
+
+    @contextmanager
+    def slot(self) -> Iterator[Any]:
+        s = self.acquire()
+        try:
+            yield s
+        finally:
+            self.release(s)
+
+    def drain(self) -> list[Any]:
+        """The slots not in use, removed from the pool (close() of a backend frees them)."""
+        with self._cond:
+            out, self._free = self._free, []
+            self._made -= len(out)
+            return out
 
 
 def byte_view(xp, array):

@@ -2,8 +2,14 @@
 
 Kernels run on one non-blocking compute stream; their device time is measured with CUDA
 events recorded on that stream around the launch (what the GPU spent, not what Python
-spent issuing it). Transfers use their own stream and pinned staging memory, so the
-compute stream is never serialised behind a guest's upload.
+spent issuing it). Guest transfers (WRITE, FILL, READ) go through pinned staging memory
+on streams of their own, so the compute stream is never serialised behind an upload.
+
+Staging belongs to one transfer at a time (executor/base.py, "the transfer guarantee"):
+every transfer takes a slot (a pinned buffer and its own stream) from a bounded
+StagingPool for its whole duration, and the few transfers larger than a slot fill a pinned
+buffer of their own. Transfers of different VMs run concurrently outside the hypervisor's
+lock; none can see another's bytes.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ import numpy as np
 
 from primitive_lang import BoundKernel, TensorSpec
 
-from .base import Executor, ExecutorInfo, Fence, Pending, RunTiming, byte_view, check_range
+from .base import Executor, ExecutorInfo, Fence, Pending, RunTiming, StagingPool, byte_view, check_range
 from .interpret import Interpreter
 
-# Pinned staging buffer for host<->device copies of guest data; larger transfers go in
-# pieces of this size (bounded host memory, and the copy engine stays busy).
+# One staging slot: pinned host memory for host<->device copies of guest data; larger
+# transfers go in pieces of this size (a guest WRITE is at most PXOS_MAX_TRANSFER_BYTES,
+# 8 MiB, so one piece; a gRPC Write of 16 MiB, two).
 STAGING_BYTES = 8 << 20
+# Slots at most, so pinned staging is bounded (STAGING_SLOTS * STAGING_BYTES = 64 MiB)
+# however many VM threads and gRPC workers transfer at once; a transfer finding every slot
+# taken waits for one (transfers are a memcpy each, so the wait is short).
+STAGING_SLOTS = 8
 
 
 def cupy_unavailable_reason() -> str | None:
@@ -74,6 +85,17 @@ class _StreamPending(Pending):
         return RunTiming(elapsed(self.start, self.end) / 1000.0, stall, gap)
 
 
+class _StagingSlot:
+    """Pinned host memory and a stream, owned by one transfer at a time."""
+
+    __slots__ = ("mem", "np", "stream")
+
+    def __init__(self, cp):
+        self.mem = cp.cuda.alloc_pinned_memory(STAGING_BYTES)
+        self.np = np.frombuffer(self.mem, dtype=np.uint8, count=STAGING_BYTES)
+        self.stream = cp.cuda.Stream(non_blocking=True)
+
+
 class CupyExecutor(Executor):
     name = "cupy"
     asynchronous = True
@@ -89,8 +111,7 @@ class CupyExecutor(Executor):
         self._device_name = name.decode() if isinstance(name, bytes) else str(name)
         self.compute = cupy.cuda.Stream(non_blocking=True)
         self.copy = cupy.cuda.Stream(non_blocking=True)
-        self._staging = cupy.cuda.alloc_pinned_memory(STAGING_BYTES)
-        self._staging_np = np.frombuffer(self._staging, dtype=np.uint8, count=STAGING_BYTES)
+        self._staging = StagingPool(self._make_slot, STAGING_SLOTS)
         self._last_end = None  # end event of the previous launch on the compute stream
 
     def info(self) -> ExecutorInfo:
@@ -142,68 +163,76 @@ class CupyExecutor(Executor):
         ev.record(self.copy)
         return _EventFence(ev)
 
+    def _make_slot(self) -> _StagingSlot:
+        with self.device:
+            return _StagingSlot(self.cp)
+
+    def _h2d(self, slot: _StagingSlot, dst_ptr: int, src_ptr: int, n: int) -> None:
+        """Copy n bytes host->device on the slot's stream and wait for them."""
+        rt = self.cp.cuda.runtime
+        rt.memcpyAsync(dst_ptr, src_ptr, n, rt.memcpyHostToDevice, slot.stream.ptr)
+        slot.stream.synchronize()  # the slot's memory is refilled (or given back) next
+
     def write(self, array, offset: int, chunks: Sequence[memoryview | bytes]) -> int:
         flat = byte_view(self.cp, array)
         total = sum(len(c) for c in chunks)
         check_range(flat.size, offset, total)
-        pos = offset
-        stage = self._staging_np
-        fill = 0
-        for c in chunks:
-            src = np.frombuffer(c, dtype=np.uint8)
-            i = 0
-            while i < src.size:
-                n = min(src.size - i, STAGING_BYTES - fill)
-                stage[fill : fill + n] = src[i : i + n]
-                fill += n
-                i += n
-                if fill == STAGING_BYTES:
-                    self._flush(flat, pos, fill)
-                    pos += fill
-                    fill = 0
-        if fill:
-            self._flush(flat, pos, fill)
+        if not total:
+            return 0
+        with self.device, self._staging.slot() as slot:
+            stage, base = slot.np, slot.mem.ptr
+            pos, fill = offset, 0
+            for c in chunks:
+                src = np.frombuffer(c, dtype=np.uint8)
+                i = 0
+                while i < src.size:
+                    n = min(src.size - i, STAGING_BYTES - fill)
+                    stage[fill : fill + n] = src[i : i + n]
+                    fill += n
+                    i += n
+                    if fill == STAGING_BYTES:
+                        self._h2d(slot, flat.data.ptr + pos, base, fill)
+                        pos += fill
+                        fill = 0
+            if fill:
+                self._h2d(slot, flat.data.ptr + pos, base, fill)
         return total
-
-    def _flush(self, flat, pos: int, n: int) -> None:
-        self.cp.cuda.runtime.memcpyAsync(
-            flat.data.ptr + pos, self._staging.ptr, n,
-            self.cp.cuda.runtime.memcpyHostToDevice, self.copy.ptr,
-        )
-        self.copy.synchronize()  # the staging buffer is reused by the next piece
 
     def fill(self, array, offset: int, length: int, fill_fn) -> int:
         flat = byte_view(self.cp, array)
         check_range(flat.size, offset, length)
-        if length <= STAGING_BYTES:
-            fill_fn(memoryview(self._staging_np)[:length])
-            self._flush(flat, offset, length)
-            return length
-        tmp = self.host_empty(length)  # larger than the staging buffer: a pinned one of its own
-        fill_fn(memoryview(tmp))
-        self.cp.cuda.runtime.memcpyAsync(flat.data.ptr + offset, tmp.ctypes.data, length,
-                                         self.cp.cuda.runtime.memcpyHostToDevice, self.copy.ptr)
-        self.copy.synchronize()
+        with self.device, self._staging.slot() as slot:
+            if length <= STAGING_BYTES:
+                fill_fn(memoryview(slot.np)[:length])
+                if length:
+                    self._h2d(slot, flat.data.ptr + offset, slot.mem.ptr, length)
+                return length
+            # Larger than a slot: fill_fn takes one view, so a pinned buffer of its own
+            # (CuPy's pinned pool reuses it once this transfer lets go of it).
+            tmp = self.host_empty(length)
+            fill_fn(memoryview(tmp))
+            self._h2d(slot, flat.data.ptr + offset, tmp.ctypes.data, length)
         return length
 
     def read_into(self, array, offset: int, dsts: Sequence[memoryview]) -> int:
         flat = byte_view(self.cp, array)
         total = sum(len(d) for d in dsts)
         check_range(flat.size, offset, total)
-        pos = offset
-        for d in dsts:
-            dst = np.frombuffer(d, dtype=np.uint8)
-            i = 0
-            while i < dst.size:
-                n = min(dst.size - i, STAGING_BYTES)
-                self.cp.cuda.runtime.memcpyAsync(
-                    self._staging.ptr, flat.data.ptr + pos, n,
-                    self.cp.cuda.runtime.memcpyDeviceToHost, self.copy.ptr,
-                )
-                self.copy.synchronize()
-                dst[i : i + n] = self._staging_np[:n]
-                i += n
-                pos += n
+        if not total:
+            return 0
+        rt = self.cp.cuda.runtime
+        with self.device, self._staging.slot() as slot:
+            pos = offset
+            for d in dsts:
+                dst = np.frombuffer(d, dtype=np.uint8)
+                i = 0
+                while i < dst.size:
+                    n = min(dst.size - i, STAGING_BYTES)
+                    rt.memcpyAsync(slot.mem.ptr, flat.data.ptr + pos, n, rt.memcpyDeviceToHost, slot.stream.ptr)
+                    slot.stream.synchronize()
+                    dst[i : i + n] = slot.np[:n]
+                    i += n
+                    pos += n
         return total
 
     def to_host(self, array) -> np.ndarray:
@@ -233,4 +262,6 @@ class CupyExecutor(Executor):
     def close(self) -> None:
         self.compute.synchronize()
         self.copy.synchronize()
+        for slot in self._staging.drain():
+            slot.stream.synchronize()
         self.cp.get_default_memory_pool().free_all_blocks()

@@ -17,6 +17,7 @@ from . import pxos_pb2 as pb
 from . import pxos_pb2_grpc as pb_grpc
 from .server import CLIENT_OPTIONS
 from .status import RpcFailure
+from .tls import TlsFiles, channel_credentials
 
 DEFAULT_SOCKET = "/run/pxos/pxos-hvd.sock"
 
@@ -26,10 +27,24 @@ def default_socket() -> str:
 
 
 class Client:
-    def __init__(self, *, socket_path: str | None = None, tcp: str | None = None, timeout: float = 30.0):
+    """``Client(socket_path=...)`` over the unix socket; ``Client(tcp="host:port", tls=TlsFiles(
+    cert, key, ca))`` over TCP, where the daemon accepts only mutual TLS (``server_name``
+    overrides the name checked against the server's certificate)."""
+
+    def __init__(self, *, socket_path: str | None = None, tcp: str | None = None, timeout: float = 30.0,
+                 tls: TlsFiles | None = None, server_name: str | None = None):
         self.target = tcp if tcp else f"unix:{socket_path or default_socket()}"
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(self.target, options=CLIENT_OPTIONS)
+        if tcp:
+            if tls is None:
+                from ..errors import ConfigError
+
+                raise ConfigError("pxos-hvd accepts TCP clients only with mutual TLS: give a client "
+                                  "certificate, its key and the CA of the server's certificate")
+            options = CLIENT_OPTIONS + ((("grpc.ssl_target_name_override", server_name),) if server_name else ())
+            self.channel = grpc.secure_channel(self.target, channel_credentials(tls), options=options)
+        else:
+            self.channel = grpc.insecure_channel(self.target, options=CLIENT_OPTIONS)
         self.stub = pb_grpc.HypervisorStub(self.channel)
 
     def close(self) -> None:

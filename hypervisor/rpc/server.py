@@ -1,4 +1,6 @@
-"""GrpcServer: serves pxos.v1 on a unix socket (mode 0600) and, when configured, on TCP.
+"""GrpcServer: serves pxos.v1 on a unix socket (mode 0600) and, when configured, on TCP
+with mutual TLS (tls.py): a TCP listener without a server certificate, its key and a
+client CA is refused, never opened insecure.
 
 The unix socket is created race-free with its final mode: gRPC binds it inside a private
 directory (mode 0700) next to the requested path, we chmod it 0600, then rename it into
@@ -22,6 +24,7 @@ from .. import errors as E
 from . import limits
 from . import pxos_pb2_grpc as pb_grpc
 from .servicer import HypervisorServicer
+from .tls import TlsFiles, server_credentials
 
 log = logging.getLogger("pxos.rpc")
 
@@ -46,11 +49,16 @@ class GrpcServer:
         self.unix_path: str | None = None
         self.tcp_port: int | None = None
 
-    def start(self, unix_path: str | None = "/run/pxos/pxos-hvd.sock", tcp_address: str | None = None) -> None:
+    def start(self, unix_path: str | None = "/run/pxos/pxos-hvd.sock", tcp_address: str | None = None,
+              tls: TlsFiles | None = None) -> None:
         if self._server is not None:
             raise E.ConfigError("the gRPC server is already running")
         if not unix_path and not tcp_address:
             raise E.ConfigError("the gRPC server needs a unix socket path or a TCP address")
+        if tcp_address and tls is None:
+            raise E.ConfigError(f"refusing to listen on {tcp_address} without mutual TLS: set tls_cert, tls_key "
+                                "and tls_client_ca in [daemon] (docs/operations.md, 'Remote control over TCP')")
+        creds = server_credentials(tls) if tcp_address else None  # ConfigError before any socket exists
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=limits.MAX_RPC_WORKERS,
                                                         thread_name_prefix="pxos-rpc"),
                              options=SERVER_OPTIONS, maximum_concurrent_rpcs=limits.MAX_RPC_WORKERS)
@@ -67,7 +75,7 @@ class GrpcServer:
                     raise E.ConfigError(f"cannot bind the gRPC unix socket {unix_path}")
             if tcp_address:
                 try:
-                    port = server.add_insecure_port(tcp_address)
+                    port = server.add_secure_port(tcp_address, creds)
                 except RuntimeError as exc:
                     raise E.ConfigError(f"cannot listen on {tcp_address}: {exc}") from exc
                 if not port:

@@ -47,6 +47,7 @@ class WaitTimeout(E.PxosError):
 # Errors whose PXOS status is too coarse for an operator: a config that cannot be applied
 # (e.g. a VM socket the transport cannot listen on) is a precondition, not a bad argument.
 _CLASS_TO_CODE: dict[type[E.PxosError], grpc.StatusCode] = {
+    E.SocketPathRefused: grpc.StatusCode.PERMISSION_DENIED,  # before its base class ConfigError
     E.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     WaitTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
 }

@@ -34,6 +34,7 @@ def test_sigterm_stops_cleanly_and_removes_its_sockets(tmp_path):
     cfg.write_text(f"""
 [daemon]
 grpc_socket = "{tmp_path}/hvd.sock"
+socket_dir = "{tmp_path}"
 metrics_address = "127.0.0.1:0"
 backend = "numpy"
 [[vm]]
@@ -66,6 +67,9 @@ socket = "{tmp_path}/vm7.sock"
 @pytest.mark.parametrize("body,needle", [
     ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 70\n[[vm]]\nid = 2\nmemory = "8G"\nshare = 40\n', "sum to 110"),
     ("[daemon]\nbackend = 'tpu'\n", "daemon.backend"),
+    ("[daemon]\ngrpc_tcp = '127.0.0.1:0'\n", "only with mutual TLS"),
+    ("[daemon]\nsocket_dir = '/run/pxos-test'\n[[vm]]\nid = 1\nmemory = 1\nshare = 1\nsocket = '/tmp/v.sock'\n",
+     "outside socket_dir"),
 ])
 def test_invalid_config_refuses_to_start_with_a_clear_message(tmp_path, body, needle):
     cfg = tmp_path / "bad.toml"
@@ -93,6 +97,7 @@ def test_vm_sockets_can_be_shared_with_qemus_group(tmp_path):
     cfg.write_text(f"""
 [daemon]
 grpc_socket = "{tmp_path}/hvd.sock"
+socket_dir = "{tmp_path}"
 metrics_address = ""
 backend = "numpy"
 vm_socket_group = "{group}"

@@ -49,7 +49,8 @@ def daemon():
 
     d = tempfile.mkdtemp(prefix="pxos-", dir="/tmp")
     cfg = DaemonConfig.model_validate({"daemon": {"grpc_socket": os.path.join(d, "hvd.sock"),
-                                                  "metrics_address": "127.0.0.1:0", "backend": "numpy"}})
+                                                  "metrics_address": "127.0.0.1:0", "backend": "numpy",
+                                                  "socket_dir": d}})
     dm = Daemon(cfg, hypervisor=Hypervisor(backend="numpy", device_pool_bytes=128 << 20)).start()
     dm.sockdir = d
     yield dm

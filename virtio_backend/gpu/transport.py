@@ -47,8 +47,9 @@ class VhostUserTransport:
         self._lock = threading.Lock()
         self._vms: dict[int, _Attached] = {}
 
-    def attach(self, vm_id: int, socket_path: str) -> None:
-        """Listen on ``socket_path`` for VM ``vm_id`` (which must be registered)."""
+    def attach(self, vm_id: int, socket_path: str, *, mode: int = 0o600, gid: int | None = None) -> None:
+        """Listen on ``socket_path`` for VM ``vm_id`` (which must be registered); the socket
+        file has ``mode`` and group ``gid`` (None: ours) before anyone can connect."""
         self.hv.vm_info(vm_id)  # NotFound for an unknown VM, before any socket exists
         with self._lock:
             if vm_id in self._vms:
@@ -59,7 +60,7 @@ class VhostUserTransport:
             def factory(connection) -> GpuDevice:
                 return GpuDevice(hv, vm_id, connection, stats)
 
-            server = VhostUserServer(socket_path, factory, name=f"vm{vm_id}:{socket_path}")
+            server = VhostUserServer(socket_path, factory, name=f"vm{vm_id}:{socket_path}", mode=mode, gid=gid)
             server.start()  # ConfigError if the path is taken
             self._vms[vm_id] = _Attached(vm_id, server, stats)
         log.info("vm %d: virtio-gpu-pxos listening on %s", vm_id, socket_path)

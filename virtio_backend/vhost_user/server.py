@@ -6,8 +6,11 @@ keeps one VM's slow handler (a device answering GET_CONFIG while QEMU's vCPU wai
 front-end stalling mid-frame for ``FRAME_TIMEOUT_S``) from delaying every other VM, and
 makes "this VM's loop" a simple, testable unit. Idle loops cost nothing (epoll waits).
 
-The socket is created 0600 (``fchmod`` before ``bind``, so it is never reachable by
-others, then ``chmod`` again). A stale socket file left by a dead daemon is replaced;
+The socket gets its final owner and mode (0600 by default; 0660 and QEMU's group when
+asked) before anyone can reach it, and never through a path someone else could swap: it
+is bound inside a fresh private directory (0700) next to the requested path, ``fchmod``
+before ``bind``, its group and mode set there, then renamed into place (a rename replaces
+what is at the path, a symlink included, and never follows it). A stale socket file left by a dead daemon is replaced;
 a live one or a non-socket file at the path is a ``ConfigError``. While a front-end is
 connected, another connecting one is accepted and closed at once (it fails fast instead of
 hanging in the backlog). After a disconnect the device is reset and the next front-end is
@@ -22,6 +25,7 @@ import logging
 import os
 import socket
 import stat
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -39,8 +43,10 @@ REAP_PERIOD_S = 1.0
 class VhostUserServer:
     """Serves ``device_factory(connection) -> VirtioDevice`` on ``socket_path``."""
 
-    def __init__(self, socket_path: str | os.PathLike, device_factory: Callable, *, name: str | None = None):
+    def __init__(self, socket_path: str | os.PathLike, device_factory: Callable, *, name: str | None = None,
+                 mode: int = 0o600, gid: int | None = None):
         self.socket_path = os.fspath(socket_path)
+        self.mode, self.gid = mode, gid  # of the socket file, set before it is reachable
         self.name = name or f"vhost-user:{self.socket_path}"
         self._factory = device_factory
         self.loop = EventLoop(self.name)
@@ -149,15 +155,25 @@ class VhostUserServer:
             finally:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        private = None
         try:
-            os.fchmod(sock.fileno(), 0o600)  # the inode bind creates takes this mode
-            sock.bind(path)
-            os.chmod(path, 0o600)
+            # A directory only we can enter: nobody can put a link where we chown and chmod.
+            private = tempfile.mkdtemp(prefix=".pxos-", dir=os.path.dirname(os.path.abspath(path)))
+            staging = os.path.join(private, "s")
+            os.fchmod(sock.fileno(), self.mode)  # the inode bind creates takes this mode (less the umask)
+            sock.bind(staging)
+            if self.gid is not None:
+                os.chown(staging, -1, self.gid, follow_symlinks=False)
+            os.chmod(staging, self.mode)  # exactly, whatever the umask took away
             sock.listen(4)
             sock.setblocking(False)
+            os.rename(staging, path)
         except OSError as exc:
             sock.close()
             raise ConfigError(f"cannot listen on {path}: {exc}") from exc
+        finally:
+            if private is not None:
+                _remove_private_dir(private)
         return sock
 
     def _on_accept(self) -> None:
@@ -187,3 +203,14 @@ class VhostUserServer:
         if conn.close_reason.startswith("protocol error"):
             self._errors_before += 1
         self.last_close_reason = conn.close_reason
+
+
+def _remove_private_dir(private: str) -> None:
+    try:
+        os.unlink(os.path.join(private, "s"))  # left there only when something failed
+    except FileNotFoundError:
+        pass
+    try:
+        os.rmdir(private)
+    except OSError as exc:  # pragma: no cover - someone else wrote into our 0700 directory
+        log.warning("could not remove %s: %s", private, exc)

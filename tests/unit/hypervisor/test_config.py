@@ -32,7 +32,8 @@ def test_default_config_is_valid_and_documented():
 
 def test_vms_are_parsed(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text('[[vm]]\nid = 1\nmemory = "8000M"\nshare = 50\ncap = 80\nsocket = "/tmp/x.sock"\n'
+    p.write_text('[daemon]\nsocket_dir = "/tmp"\n'
+                 '[[vm]]\nid = 1\nmemory = "8000M"\nshare = 50\ncap = 80\nsocket = "/tmp/x.sock"\n'
                  '[[vm]]\nid = 2\nmemory = 1024\nshare = 30\ndefault_class = "INTERACTIVE"\n')
     cfg = load_config(p)
     assert [(v.id, v.memory, v.share, v.cap) for v in cfg.vm] == [(1, 8_000_000_000, 50, 80), (2, 1024, 30, None)]
@@ -48,6 +49,16 @@ def test_vms_are_parsed(tmp_path):
     ('[daemon]\nunknown_key = 1\n', "unknown_key"),
     ('[scheduler]\nwindow_seconds = 0\n', "window_seconds"),
     ('this is not toml', "not valid TOML"),
+    # VM sockets only inside socket_dir, however the path is written
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\nsocket = "/tmp/vm1.sock"\n', "outside socket_dir /run/pxos"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\nsocket = "/run/pxos/../../etc/vm1.sock"\n', "outside socket_dir"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\nsocket = "../vm1.sock"\n', "outside socket_dir"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\nsocket = "/run/pxos"\n', "outside socket_dir"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\nsocket = "a.sock"\n'
+     '[[vm]]\nid = 2\nmemory = "8G"\nshare = 10\nsocket = "/run/pxos/a.sock"\n', "same socket"),
+    # TCP control only with mutual TLS
+    ('[daemon]\ngrpc_tcp = "0.0.0.0:50051"\n', "tls_cert, tls_key, tls_client_ca is not"),
+    ('[daemon]\ngrpc_tcp = "127.0.0.1:1"\ntls_cert = "c"\ntls_key = "k"\n', "tls_client_ca is not"),
 ])
 def test_invalid_configs_name_the_problem(tmp_path, body, needle):
     p = tmp_path / "bad.toml"
@@ -56,6 +67,13 @@ def test_invalid_configs_name_the_problem(tmp_path, body, needle):
         load_config(p)
     assert needle in str(ei.value) and str(p) in str(ei.value)
     assert isinstance(ei.value, ValueError)
+
+
+def test_relative_vm_sockets_live_in_socket_dir():
+    cfg = parse_config({"daemon": {"socket_dir": "/srv/pxos", "grpc_tcp": "[::]:5", "tls_cert": "c",
+                                   "tls_key": "k", "tls_client_ca": "a"},
+                        "vm": [{"id": 1, "memory": 1, "share": 1, "socket": "vm1.sock"}]})
+    assert cfg.vm[0].socket == "vm1.sock" and cfg.daemon.tls_client_ca == "a"
 
 
 def test_missing_file(tmp_path):

@@ -81,23 +81,23 @@ def test_handles_are_per_vm_and_per_session(mm):
 
 def test_temporaries_count_against_quota_and_pool(mm):
     mm.alloc(1, 0, spec(256))
-    mm.reserve_temps(1, 1024)
+    mm.reserve_temps(1, 1024, launch_id=1)
     assert mm.vm(1).used == 2048 and mm.pool_used == 2048
     with pytest.raises(QuotaExceeded, match="temporaries"):
         mm.check_temps(1, 4)
-    mm.release_temps(1, 1024)
+    mm.release_temps(1)
     assert mm.vm(1).used == 1024 and mm.pool_used == 1024
 
 
 def test_removed_vm_keeps_counting_until_its_running_launch_lets_go(mm):
     b = mm.alloc(1, 0, spec(10))
     mm.pin(b, writes=False)
-    mm.reserve_temps(1, 8)
+    mm.reserve_temps(1, 8, launch_id=7)
     mm.remove_vm(1)
     assert mm.pool_used == 48
     with pytest.raises(AlreadyExists):
         mm.add_vm(1, quota=10)
-    mm.release_temps(1, 8)
+    mm.release_temps(7)
     mm.unpin(b, writes=False)
     assert mm.pool_used == 0
     mm.add_vm(1, quota=10)  # the id is free again

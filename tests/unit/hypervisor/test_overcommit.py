@@ -44,22 +44,32 @@ def check_accounting(hv: Hypervisor) -> None:
     """Recount everything from the buffers themselves and compare with the books."""
     m = hv.memory
     pool = host = committed = 0
+    held_temps = {id(t.account): 0 for t in m._launch_temps.values()}
+    for t in m._launch_temps.values():
+        held_temps[id(t.account)] += t.nbytes if t.held else 0
     for vm_id, acct in list(m._vms.items()) + list(m._retired.items()):
-        dev = hst = live = 0
+        dev = hst = live = held = held_dev = 0
         for b in acct.buffers.values():
+            if b.device is None:
+                assert b.host is not None, f"buffer {b.handle} has no copy at all"
+            if b.host is not None:
+                host += b.nbytes
+            if b.reset_held:  # released by a reset, still in use: held apart from usage
+                held += b.nbytes
+                held_dev += b.nbytes if b.device is not None else 0
+                continue
             live += b.nbytes
             if b.device is not None:
                 dev += b.nbytes
             else:
-                assert b.host is not None, f"buffer {b.handle} has no copy at all"
                 hst += b.nbytes
-            if b.host is not None:
-                host += b.nbytes
+        temps_held = held_temps.get(id(acct), 0)
         assert acct.live_bytes == live, vm_id
+        assert acct.held_bytes == held + temps_held, vm_id
         assert acct.device_bytes == dev + acct.temp_bytes, vm_id
         assert acct.host_bytes == hst, vm_id
-        pool += dev + acct.temp_bytes
-        committed += live
+        pool += dev + acct.temp_bytes + held_dev + temps_held
+        committed += live + held
     assert m.pool_used == pool
     assert m.host_used == host
     assert m.committed == committed
@@ -408,5 +418,43 @@ GPU_END
         x, y = hv.alloc(1, "float32", (100,)).handle, hv.alloc(1, "float32", (100,)).handle
         cs = [hv.launch(1, k.kernel_id, {"x": x, "y": y}) for _ in range(10)]
         assert [c.wait(10).status for c in cs] == ["PXOS_S_OK"] * 10
+    finally:
+        hv.stop()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "deferred"])
+def test_resets_in_the_middle_of_streaming_keep_the_books_exact(backend):
+    # Resets land while launches run, are pipelined, and have buffers on their way in and
+    # out: usage is zero at each reset, and every byte is accounted for throughout.
+    rng = np.random.default_rng(5)
+    ex = DeferredNumpy() if backend == "deferred" else NumpyExecutor()
+    hv = Hypervisor(backend=ex, device_pool_bytes=24 * KB, host_budget_bytes=256 * KB).start()
+    try:
+        hv.register_vm(1, 100, 50)
+        held = 0
+        for _ in range(6):
+            (k,) = hv.compile(1, LAYER)
+            ws = []
+            for _ in range(6):
+                h = hv.alloc(1, "float32", (32, 32)).handle
+                hv.write(1, h, 0, rng.standard_normal((32, 32)).astype(np.float32).tobytes())
+                ws.append(h)
+            acts = [hv.alloc(1, "float32", (8, 32)).handle for _ in range(2)]
+            cs = [hv.launch(1, k.kernel_id, {"w": w, "x": acts[i % 2], "y": acts[(i + 1) % 2]})
+                  for i, w in enumerate(ws * 3)]
+            cs[int(rng.integers(0, 4))].wait(30)  # reset somewhere early in the stream
+            hv.reset_vm(1)
+            s = hv.stats(1)
+            held += s.extra["held_after_reset_bytes"] > 0
+            assert s.memory_used == 0 and s.memory_device_bytes == 0 and s.memory_host_bytes == 0
+            with hv._lock:
+                check_accounting(hv)
+            for c in cs:
+                assert c.wait(30).status in ("PXOS_S_OK", "PXOS_S_CANCELLED")
+            wait_idle(hv)
+            check_accounting(hv)
+            assert hv.stats(1).extra["held_after_reset_bytes"] == 0
+            assert hv.memory.pool_used == 0 and hv.memory.host_used == 0 and hv.memory.committed == 0
+        assert held, "no reset found a launch running: the test did not test what it says"
     finally:
         hv.stop()

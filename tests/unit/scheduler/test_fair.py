@@ -327,6 +327,38 @@ def test_stats_report_shares_depths_and_switches(sched, clock, tickets, device):
     assert sched.stats().busy_seconds_window == 0 and sched.stats().vm(1).achieved_pct == 0
 
 
+def test_one_vms_stats_read_that_vm_only_and_agree_with_the_table(sched, clock, tickets, device):
+    for vm, share in ((1, 50), (2, 30), (3, 20)):
+        sched.add_vm(vm, share)
+    for _ in range(90):
+        for vm in (1, 2, 3):
+            while sched.queue_depth(vm) < 2:
+                sched.submit(tickets(vm))
+        device.step()
+    table = sched.stats()
+    for vm in (1, 2, 3):
+        assert sched.vm_stats(vm) == table.vm(vm)
+
+    # Guest STATS asks for one VM on every request: nothing of another VM is read.
+    class Tripwire:
+        def prune(self, *a):
+            raise AssertionError("another VM's window was read")
+
+    real = sched._vms[2].usage, sched._vms[3].usage
+    sched._vms[2].usage = sched._vms[3].usage = Tripwire()
+    assert sched.vm_stats(1).achieved_pct == pytest.approx(table.vm(1).achieved_pct)
+    sched._vms[2].usage, sched._vms[3].usage = real
+
+    # An unregistered VM's device time leaves everyone's denominator, as it leaves the table.
+    sched.remove_vm(3)
+    left = sched.stats()
+    assert left.busy_seconds_window == pytest.approx(table.busy_seconds_window
+                                                     - table.vm(3).window_device_seconds)
+    assert sched.vm_stats(1).achieved_pct + sched.vm_stats(2).achieved_pct == pytest.approx(100)
+    clock.advance(2.0)
+    assert sched.vm_stats(1).achieved_pct == 0 and sched.stats().busy_seconds_window == 0
+
+
 def test_the_documented_bound_on_virtual_time_holds(sched, tickets, device):
     # docs/scheduling.md: for backlogged VMs, |v_i - v_j| <= CLASS_LAG + (D_i/w_i + D_j/w_j)/2.
     vms = {1: (50, 0.1, WC.BATCH), 2: (30, 1e-4, WC.INTERACTIVE), 3: (20, 5e-3, WC.REALTIME)}
