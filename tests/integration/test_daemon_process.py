@@ -86,7 +86,7 @@ def test_print_default_config_round_trips(tmp_path):
     (tmp_path / "d.toml").write_text(out)
     chk = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--check-config", "--config",
                           str(tmp_path / "d.toml")], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert chk.returncode == 0 and "ok (0 VMs)" in chk.stdout
+    assert chk.returncode == 0 and "ok (0 VMs, 0 models)" in chk.stdout
 
 
 def test_vm_sockets_can_be_shared_with_qemus_group(tmp_path):
