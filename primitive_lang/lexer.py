@@ -3,8 +3,8 @@
 grammar.lark's terminal definitions are the specification; this lexer implements exactly
 them, specialised: one regular expression finds the next token and skips blanks and comments
 in the same match, and the parse table of the parser's current state decides what a word
-is (a keyword where a keyword may stand, a DTYPE after a param name, ``axis`` before ``=``
-...), the way Lark's own contextual lexer does. It makes the whole parse about twice as
+is (a keyword where a keyword may stand, a DTYPE after a param name, an attribute name
+before ``=`` ...), the way Lark's own contextual lexer does. It makes the whole parse about twice as
 fast as Lark's generic lexer. tests/unit/primitive_lang/test_lexer.py checks that both
 lexers give the same result on generated sources.
 """
@@ -58,16 +58,15 @@ class _Tok(Token):
         return tok
 
 
-def _word_kinds(accepts) -> dict[str, str]:
-    """What each special word is in a parser state that accepts ``accepts``."""
+def _word_kinds(accepts) -> tuple[dict[str, str], bool]:
+    """What each special word is in a parser state that accepts ``accepts``, and whether a
+    word right before ``=`` is an attribute name there (ATTR_NAME outranks every word)."""
     kinds = {w: w for w in _KEYWORDS if w in accepts}
     if "DTYPE" in accepts:
         kinds.update(dict.fromkeys(_DTYPE_WORDS, "DTYPE"))
     if "CLASS_NAME" in accepts:
         kinds.update(dict.fromkeys(_CLASS_WORDS, "CLASS_NAME"))
-    if "AXIS" in accepts:
-        kinds["axis"] = "AXIS"  # only when `=` follows: checked in lex()
-    return kinds
+    return kinds, "ATTR_NAME" in accepts
 
 
 class FastLexer(Lexer):
@@ -76,7 +75,7 @@ class FastLexer(Lexer):
     def __init__(self, lexer_conf) -> None:
         self._tables: tuple | None = None
 
-    def _words_for(self, states) -> dict[int, dict[str, str]]:
+    def _words_for(self, states) -> dict[int, tuple[dict[str, str], bool]]:
         """Per parser state, the kind of each special word (built once per parse table)."""
         if self._tables is None or self._tables[0] is not states:
             self._tables = (states, {state: _word_kinds(accepts) for state, accepts in states.items()})
@@ -109,9 +108,11 @@ class FastLexer(Lexer):
                 yield tok
                 continue
             if group == 2:
-                kind = words[stack[-1]].get(value, "NAME")
-                if kind == "AXIS" and not _EQUALS_NEXT.match(text, pos):
-                    kind = "NAME"
+                kinds, attrs_here = words[stack[-1]]
+                if attrs_here and _EQUALS_NEXT.match(text, pos):
+                    kind = "ATTR_NAME"
+                else:
+                    kind = kinds.get(value, "NAME")
             elif group == 4:
                 kind = _number_kind(value, accepts_of[stack[-1]])
                 if len(value) > limits.MAX_NUMBER_LEN:
