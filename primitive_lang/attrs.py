@@ -84,7 +84,7 @@ def _value_ok(kind: AttrKind, a: Attr, symbols: Collection[str], report: Report)
             return bad()
         return v >= 0 or bad(f"{a.name}= must be at least 0, got {v}")
     if kind is AttrKind.SIZE:
-        return isinstance(v, str | int) and not isinstance(v, float) and _dim_ok(v, a, symbols, report)
+        return _dim_ok(v, a, symbols, report) if isinstance(v, str) or type(v) is int else bad()
     if not isinstance(v, tuple):
         return bad()
     if len(v) > limits.MAX_RANK:
