@@ -31,6 +31,8 @@ def show_value(value: AttrValue) -> str:
 def check_attrs(spec: OpSpec, stmt: OpStmt, symbols: Collection[str], report: Report) -> bool:
     """True when every attribute of ``stmt`` is known to ``spec``, written once and of its
     kind, and every required one is there; each problem otherwise goes to ``report``."""
+    if not stmt.attrs and not spec.attrs and spec.axis is not AxisUse.REQUIRED:
+        return True  # the common case: nothing to check
     ok = True
     seen: set[str] = set()
     for a in stmt.attrs:
@@ -115,6 +117,8 @@ def _dim_ok(d: int | str, a: Attr, symbols: Collection[str], report: Report) -> 
 def value_refs(stmt: OpStmt, spec: OpSpec) -> tuple[Attr, ...]:
     """The attributes whose value names a param or local that the statement reads
     (``start=pos``), as opposed to a literal, a dtype word or a dimension symbol."""
+    if not stmt.attrs:
+        return ()
     return tuple(a for a in stmt.attrs
                  if isinstance(a.value, str) and (want := spec.attrs.get(a.name)) is not None
                  and want.kind is AttrKind.INDEX)

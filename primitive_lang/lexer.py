@@ -25,16 +25,16 @@ _DTYPE_WORDS = frozenset(("float16", "float32", "float64", "float", "int32", "in
 _CLASS_WORDS = frozenset(("REALTIME", "INTERACTIVE", "THROUGHPUT", "BATCH"))
 _PUNCT = {"[": "LSQB", "]": "RSQB", ",": "COMMA", ":": "COLON", "=": "EQUAL"}
 
-# Blanks and a comment, then one token: 1 newline, 2 word, 3 arrow, 4 number, 5 punctuation.
+# Blanks and a comment, then one token: 1 newline, 2 word (3: matched when '=' follows the
+# word, which makes it an attribute name where one may stand), 4 arrow, 5 number, 6 punctuation.
 _TOKEN = re.compile(
     r"[ \t]*(?:#[^\n]*)?"
-    r"(?:(\r?\n)|([A-Za-z_][A-Za-z0-9_]*)|(→|->)"
+    r"(?:(\r?\n)|([A-Za-z_][A-Za-z0-9_]*)(?=([ \t]*=)?)|(→|->)"
     r"|([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)|([\[\],:=]))"
 )
 _SKIP = re.compile(r"[ \t]*(?:#[^\n]*)?")
 _PLAIN_INT = re.compile(r"[0-9]+")
 _SIGNED_INT = re.compile(r"[+-]?[0-9]+")
-_EQUALS_NEXT = re.compile(r"[ \t]*=")
 
 
 class NumberTooLong(Exception):
@@ -98,6 +98,9 @@ class FastLexer(Lexer):
                 raise UnexpectedCharacters(text, bad, line, bad - line_start + 1,
                                            allowed=set(accepts_of[stack[-1]]), state=parser_state)
             group = m.lastindex
+            attr_next = group == 3
+            if attr_next:
+                group = 2
             start, pos = m.span(group)
             value = m.group(group)
             if group == 1:
@@ -109,16 +112,13 @@ class FastLexer(Lexer):
                 continue
             if group == 2:
                 kinds, attrs_here = words[stack[-1]]
-                if attrs_here and _EQUALS_NEXT.match(text, pos):
-                    kind = "ATTR_NAME"
-                else:
-                    kind = kinds.get(value, "NAME")
-            elif group == 4:
+                kind = "ATTR_NAME" if attr_next and attrs_here else kinds.get(value, "NAME")
+            elif group == 5:
                 kind = _number_kind(value, accepts_of[stack[-1]])
                 if len(value) > limits.MAX_NUMBER_LEN:
                     raise NumberTooLong(_Tok(kind, value, start, line, start - line_start + 1))
             else:
-                kind = "ARROW" if group == 3 else _PUNCT[value]
+                kind = "ARROW" if group == 4 else _PUNCT[value]
             yield _Tok(kind, value, start, line, start - line_start + 1)
         ctr.char_pos, ctr.line, ctr.line_start_pos = pos, line, line_start
         ctr.column = pos - line_start + 1

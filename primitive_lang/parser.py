@@ -110,12 +110,12 @@ class _LineBuilder(Transformer):
         # c: the op NAME, operand tokens, Attr items, the ARROW token, the destination NAME
         dest = c[-1]
         args = []
-        attrs = []
+        attrs = ()
         for child in c[1:-2]:
             if type(child) is Attr:
-                attrs.append(child)
+                attrs += (child,)
             elif child.type == "NAME":
-                args.append(Name(str(child), _pos(child)))
+                args.append(Name(str(child), Pos(child.line, child.column)))
             else:
                 args.append(_number(child))
         axis = None
@@ -123,8 +123,7 @@ class _LineBuilder(Transformer):
             if a.name == "axis":
                 axis = a.value if type(a.value) is int else None
                 break
-        self.items.append(OpStmt(str(c[0]), tuple(args), axis, Name(str(dest), _pos(dest)), _pos(c[0]),
-                                 tuple(attrs)))
+        self.items.append(OpStmt(str(c[0]), tuple(args), axis, Name(str(dest), _pos(dest)), _pos(c[0]), attrs))
 
 
 def _number(token: Token) -> Number:
