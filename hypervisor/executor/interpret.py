@@ -51,7 +51,7 @@ class _Plan:
 
     index: dict[int, int]  # id(OpStmt) -> its position in source order
     last_read: dict[str, int]  # name -> the last position that reads it (see live_after)
-    prechecks: tuple[tuple[OpStmt, str], ...]  # SLICE/SLICE_WRITE whose start is a scalar param
+    prechecks: tuple[tuple[OpStmt, str], ...]  # a start or GATHER id that is a scalar param
 
     def live_after(self, name: str, index: int) -> bool:
         """True when ``name`` may be read after the statement at ``index`` has run."""
@@ -95,6 +95,8 @@ def _build_plan(bound: BoundKernel) -> _Plan:
             start = st.attr("start")
             if start is not None and isinstance(start.value, str) and start.value in scalars:
                 prechecks.append((st, start.value))
+            elif st.op == "GATHER" and st.args[1].name in scalars:
+                prechecks.append((st, st.args[1].name))
 
     walk(kernel.ast.body, None)
     return _Plan(index, last_read, tuple(prechecks))
@@ -130,7 +132,10 @@ class Interpreter:
 
     def run(self) -> None:
         for st, name in self.plan.prechecks:
-            self._start(st, self._index(name), self._window_shape(st))
+            if st.op == "GATHER":
+                self._id(st, self._index(name))
+            else:
+                self._start(st, self._index(name), self._window_shape(st))
         self._block(self.bound.kernel.ast.body)
 
     # ---- statements --------------------------------------------------------------------
@@ -297,12 +302,22 @@ class Interpreter:
             raise err
         return start
 
+    def _id(self, st: OpStmt, value: int) -> None:
+        n = self.bound.shapes[st.args[0].name].shape[0]
+        if not 0 <= value < n:
+            raise _gather_error(st, value, 0, n)
+
     def _gather(self, st: OpStmt, table, ids):
         xp, n = self.xp, table.shape[0]
+        host = self.host.get(st.args[1].name)
+        if host is not None:  # a scalar param: checked on the host, no device read
+            self._id(st, int(host))
+            return ops.gather(xp, table, ids)
         if self.defer_checks:  # clamp on the device; the launch fails when it completes
-            bad = ((ids < 0) | (ids >= n)).reshape(-1)
-            first = xp.argmax(bad)
-            self.deferred.append((st, xp.stack([bad[first].astype(xp.int64), ids.reshape(-1)[first].astype(xp.int64),
+            flat = ids.reshape(-1)
+            bad = (flat < 0) | (flat >= n)
+            first = xp.argmax(bad)  # the first bad id (0 when none)
+            self.deferred.append((st, xp.stack([bad.any().astype(xp.int64), xp.take(flat, first).astype(xp.int64),
                                                 first.astype(xp.int64)])))
             return ops.gather(xp, table, xp.clip(ids, 0, n - 1))
         flat = ids.reshape(-1)

@@ -233,6 +233,21 @@ def test_gather_id_out_of_range_names_the_line_and_the_value(backend, bad):
 
 
 @pytest.mark.parametrize("backend", EXECUTORS)
+@pytest.mark.parametrize("tok", [0, 4, 5, -1])
+def test_gather_of_a_scalar_id_the_decode_step_embedding(backend, tok):
+    table = data((5, 3), "float32")
+    values = {"table": table, "tok": Scalar(tok, "int64"), "x": Out("float32", (1, 3), np.full((1, 3), 9, np.float32)),
+              "first": Out("float32", (5, 3), np.full((5, 3), 9, np.float32))}
+    stmts = "COPY table -> first\nGATHER table tok -> row\nRESHAPE row shape=[1, 3] -> x"
+    if 0 <= tok < 5:
+        got = run(make(backend), source_for(stmts, values), values)
+        np.testing.assert_array_equal(got["x"], table[tok][None])
+        return
+    err, after = _failing(backend, stmts, values, rf"line 8: GATHER id {tok} ")
+    assert err.value == tok and (after["first"] == 9).all()  # caught before the launch ran
+
+
+@pytest.mark.parametrize("backend", EXECUTORS)
 @pytest.mark.parametrize("start", [-1, 7, 2**31 - 1])
 def test_a_slice_start_param_out_of_range_fails_before_anything_is_written(backend, start):
     a = data((3, 8), "float32")
@@ -344,3 +359,28 @@ def test_views_of_inputs_are_not_copied_when_nothing_writes():
     Interpreter(np, bound, env).run()
     assert np.shares_memory(env["t"], a)
     np.testing.assert_array_equal(c, a.reshape(4, 3)[1:3].T)
+
+
+@pytest.mark.parametrize("ids, bad", [([0, 4, 2], None), ([1, 5, -1], (5, 1)), ([-3, 0, 9], (-3, 0))])
+def test_deferred_gather_checks_as_cupy_runs_them(ids, bad):
+    """CuPy clamps GATHER ids on the device and checks them when the launch completes (no
+    stream sync); the same interpreter code, run here over NumPy arrays."""
+    from hypervisor.executor.interpret import Interpreter
+    from primitive_lang import TensorSpec, compile_source
+    from primitive_lang.ast import DType
+
+    table = np.arange(10, dtype=np.float32).reshape(5, 2)
+    src = source_for("GATHER t i -> c", {"t": table, "i": np.zeros(3, np.int32), "c": Out("float32", (3, 2))})
+    bound = compile_source(src).kernels[0].bind({"t": TensorSpec(DType.FLOAT32, (5, 2)),
+                                                 "i": TensorSpec(DType.INT32, (3,)),
+                                                 "c": TensorSpec(DType.FLOAT32, (3, 2))})
+    env = {"t": table, "i": np.array(ids, np.int32), "c": np.zeros((3, 2), np.float32)}
+    interp = Interpreter(np, bound, env, defer_checks=True)
+    interp.run()  # never reads outside the table: ids are clamped
+    np.testing.assert_array_equal(env["c"], table[np.clip(ids, 0, 4)])
+    results = np.asarray(interp.deferred_checks())
+    if bad is None:
+        interp.check_deferred(results)
+        return
+    with pytest.raises(IndexOutOfRange, match=rf"line 6: GATHER id {bad[0]} \(element {bad[1]} of i"):
+        interp.check_deferred(results)
