@@ -11,8 +11,10 @@ together with them. ``docs/language.md`` gives each node's meaning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 
 class DType(str, Enum):  # noqa: UP042 (str() and format() of members are part of the contract)
@@ -93,13 +95,30 @@ class Number:
 
 Operand = Name | Number
 
+# An attribute's value as written: an int or a float (a number literal; int when written
+# without '.' or exponent), a str (a word: a param or local, a dimension symbol or a dtype
+# word, which of them depends on the attribute), or a tuple (a bracketed list of integers
+# and words, ``[a, b, ...]``).
+AttrValue = int | float | str | tuple[int | str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """``name=value``, written after an op's operands and before the arrow."""
+
+    name: str
+    value: AttrValue
+    pos: Pos  # where the name starts
+
 
 @dataclass(frozen=True, slots=True)
 class OpStmt:
-    """``OP arg... [axis=k] → dest``.
+    """``OP arg... [name=value ...] → dest``.
 
-    ``op`` is the upper-case op name exactly as written (validation rejects unknown ones);
-    ``axis`` is None when no ``axis=`` was written.
+    ``op`` is the upper-case op name exactly as written (validation rejects unknown ones).
+    ``attrs`` holds the attributes as written, in order (a repeated one included: validation
+    reports it); ``attributes`` maps each name to its first occurrence. ``axis`` is the value
+    of ``axis=`` when it is an integer (v1 consumers read it), None otherwise.
     """
 
     op: str
@@ -107,6 +126,18 @@ class OpStmt:
     axis: int | None
     dest: Name
     pos: Pos
+    attrs: tuple[Attr, ...] = ()
+
+    def attr(self, name: str) -> Attr | None:
+        """The first attribute called ``name``, or None."""
+        for a in self.attrs:
+            if a.name == name:
+                return a
+        return None
+
+    @property
+    def attributes(self) -> Mapping[str, Attr]:
+        return MappingProxyType({a.name: a for a in reversed(self.attrs)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import limits
 from .ast import DType, Name, Param, Pos
+from .attrs import value_refs
 from .cost import kernel_cost
 from .errors import BindError, Code, Diagnostic, sort_diagnostics
 from .shapes import POISON, Info, TensorSpec, infer, show_shape
@@ -54,12 +55,14 @@ def bind_kernel(kernel: CheckedKernel, specs: Mapping[str, TensorSpec]) -> Bound
     if diags:
         raise BindError(sort_diagnostics(diags))
 
+    sizes = {s: v for s, (v, _) in symbols.items()}
     for step in kernel.steps:
         stmt = step.stmt
         args = [info[a.name] if isinstance(a, Name) else a for a in stmt.args]
+        refs = {a.name: info[a.value] for a in value_refs(stmt, step.spec)}
         dest = stmt.dest.name
         old = info.get(dest)
-        result = infer(step.spec, stmt, args, old, report)
+        result = infer(step.spec, stmt, args, old, report, sizes, refs)
         if result.dtype is None:
             info.setdefault(dest, POISON)
         elif old is None:
@@ -76,7 +79,7 @@ def bind_kernel(kernel: CheckedKernel, specs: Mapping[str, TensorSpec]) -> Bound
 
     shapes = {name: TensorSpec(i.dtype, i.shape) for name, i in info.items()}
     cost = kernel_cost(kernel.steps, shapes, kernel.locals.keys())
-    return BoundKernel(kernel, MappingProxyType({s: v for s, (v, _) in symbols.items()}),
+    return BoundKernel(kernel, MappingProxyType(sizes),
                        MappingProxyType(shapes), cost)
 
 

@@ -25,6 +25,7 @@ class Code(StrEnum):
     ARITY = "arity"  # wrong number of operands
     OPERAND = "operand"  # a number where a param or local is needed (or the reverse)
     AXIS = "axis"  # axis= missing, not allowed, or out of range
+    ATTRIBUTE = "attribute"  # an attribute unknown, missing, repeated, or of the wrong kind
     UNDECLARED = "undeclared"  # a name that is neither a param nor ever written
     READ_BEFORE_WRITE = "read-before-write"  # a local read before its first write
     DUPLICATE_PARAM = "duplicate-param"

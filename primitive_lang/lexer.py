@@ -3,8 +3,8 @@
 grammar.lark's terminal definitions are the specification; this lexer implements exactly
 them, specialised: one regular expression finds the next token and skips blanks and comments
 in the same match, and the parse table of the parser's current state decides what a word
-is (a keyword where a keyword may stand, a DTYPE after a param name, ``axis`` before ``=``
-...), the way Lark's own contextual lexer does. It makes the whole parse about twice as
+is (a keyword where a keyword may stand, a DTYPE after a param name, an attribute name
+before ``=`` ...), the way Lark's own contextual lexer does. It makes the whole parse about twice as
 fast as Lark's generic lexer. tests/unit/primitive_lang/test_lexer.py checks that both
 lexers give the same result on generated sources.
 """
@@ -25,16 +25,16 @@ _DTYPE_WORDS = frozenset(("float16", "float32", "float64", "float", "int32", "in
 _CLASS_WORDS = frozenset(("REALTIME", "INTERACTIVE", "THROUGHPUT", "BATCH"))
 _PUNCT = {"[": "LSQB", "]": "RSQB", ",": "COMMA", ":": "COLON", "=": "EQUAL"}
 
-# Blanks and a comment, then one token: 1 newline, 2 word, 3 arrow, 4 number, 5 punctuation.
+# Blanks and a comment, then one token: 1 newline, 2 word (3: matched when '=' follows the
+# word, which makes it an attribute name where one may stand), 4 arrow, 5 number, 6 punctuation.
 _TOKEN = re.compile(
     r"[ \t]*(?:#[^\n]*)?"
-    r"(?:(\r?\n)|([A-Za-z_][A-Za-z0-9_]*)|(→|->)"
+    r"(?:(\r?\n)|([A-Za-z_][A-Za-z0-9_]*)(?=([ \t]*=)?)|(→|->)"
     r"|([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)|([\[\],:=]))"
 )
 _SKIP = re.compile(r"[ \t]*(?:#[^\n]*)?")
 _PLAIN_INT = re.compile(r"[0-9]+")
 _SIGNED_INT = re.compile(r"[+-]?[0-9]+")
-_EQUALS_NEXT = re.compile(r"[ \t]*=")
 
 
 class NumberTooLong(Exception):
@@ -58,16 +58,15 @@ class _Tok(Token):
         return tok
 
 
-def _word_kinds(accepts) -> dict[str, str]:
-    """What each special word is in a parser state that accepts ``accepts``."""
+def _word_kinds(accepts) -> tuple[dict[str, str], bool]:
+    """What each special word is in a parser state that accepts ``accepts``, and whether a
+    word right before ``=`` is an attribute name there (ATTR_NAME outranks every word)."""
     kinds = {w: w for w in _KEYWORDS if w in accepts}
     if "DTYPE" in accepts:
         kinds.update(dict.fromkeys(_DTYPE_WORDS, "DTYPE"))
     if "CLASS_NAME" in accepts:
         kinds.update(dict.fromkeys(_CLASS_WORDS, "CLASS_NAME"))
-    if "AXIS" in accepts:
-        kinds["axis"] = "AXIS"  # only when `=` follows: checked in lex()
-    return kinds
+    return kinds, "ATTR_NAME" in accepts
 
 
 class FastLexer(Lexer):
@@ -76,7 +75,7 @@ class FastLexer(Lexer):
     def __init__(self, lexer_conf) -> None:
         self._tables: tuple | None = None
 
-    def _words_for(self, states) -> dict[int, dict[str, str]]:
+    def _words_for(self, states) -> dict[int, tuple[dict[str, str], bool]]:
         """Per parser state, the kind of each special word (built once per parse table)."""
         if self._tables is None or self._tables[0] is not states:
             self._tables = (states, {state: _word_kinds(accepts) for state, accepts in states.items()})
@@ -99,6 +98,9 @@ class FastLexer(Lexer):
                 raise UnexpectedCharacters(text, bad, line, bad - line_start + 1,
                                            allowed=set(accepts_of[stack[-1]]), state=parser_state)
             group = m.lastindex
+            attr_next = group == 3
+            if attr_next:
+                group = 2
             start, pos = m.span(group)
             value = m.group(group)
             if group == 1:
@@ -109,15 +111,14 @@ class FastLexer(Lexer):
                 yield tok
                 continue
             if group == 2:
-                kind = words[stack[-1]].get(value, "NAME")
-                if kind == "AXIS" and not _EQUALS_NEXT.match(text, pos):
-                    kind = "NAME"
-            elif group == 4:
+                kinds, attrs_here = words[stack[-1]]
+                kind = "ATTR_NAME" if attr_next and attrs_here else kinds.get(value, "NAME")
+            elif group == 5:
                 kind = _number_kind(value, accepts_of[stack[-1]])
                 if len(value) > limits.MAX_NUMBER_LEN:
                     raise NumberTooLong(_Tok(kind, value, start, line, start - line_start + 1))
             else:
-                kind = "ARROW" if group == 3 else _PUNCT[value]
+                kind = "ARROW" if group == 4 else _PUNCT[value]
             yield _Tok(kind, value, start, line, start - line_start + 1)
         ctr.char_pos, ctr.line, ctr.line_start_pos = pos, line, line_start
         ctr.column = pos - line_start + 1

@@ -20,7 +20,7 @@ from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput
 from lark.utils import TextSlice
 
 from . import limits
-from .ast import DType, Name, Number, OpStmt, Param, ParamType, Pos, WorkloadHint
+from .ast import Attr, DType, Name, Number, OpStmt, Param, ParamType, Pos, WorkloadHint
 from .blocks import (
     BrokenLine,
     ClassLine,
@@ -50,11 +50,6 @@ def _check_number_length(token: Token) -> Token:
 
 def _pos(token: Token) -> Pos:
     return Pos(token.line, token.column)
-
-
-@dataclass(frozen=True, slots=True)
-class _Axis:
-    value: int
 
 
 class _LineBuilder(Transformer):
@@ -98,23 +93,42 @@ class _LineBuilder(Transformer):
     def repeat_close(self, c):
         self.items.append(RepeatClose(_pos(c[0])))
 
-    def axis(self, c):
-        return _Axis(int(c[1]))
+    def dims(self, c):
+        return tuple(int(d) if d.type == "SIGNED_INT" else str(d) for d in c)
+
+    def attr(self, c):
+        value = c[1]
+        if type(value) is tuple:
+            pass  # a bracketed list, from dims()
+        elif value.type == "NAME":
+            value = str(value)
+        else:
+            value = _number(value).value
+        return Attr(str(c[0]), value, _pos(c[0]))
 
     def op_stmt(self, c):
-        # c: the op NAME, operand tokens, maybe an _Axis, the ARROW token, the destination NAME
+        # c: the op NAME, operand tokens, Attr items, the ARROW token, the destination NAME
         dest = c[-1]
-        axis = None
         args = []
+        attrs = ()
         for child in c[1:-2]:
-            if isinstance(child, _Axis):
-                axis = child.value
+            if type(child) is Attr:
+                attrs += (child,)
             elif child.type == "NAME":
-                args.append(Name(str(child), _pos(child)))
+                args.append(Name(str(child), Pos(child.line, child.column)))
             else:
-                is_int = not any(ch in child for ch in ".eE")
-                args.append(Number(int(child) if is_int else float(child), is_int, _pos(child)))
-        self.items.append(OpStmt(str(c[0]), tuple(args), axis, Name(str(dest), _pos(dest)), _pos(c[0])))
+                args.append(_number(child))
+        axis = None
+        for a in attrs:
+            if a.name == "axis":
+                axis = a.value if type(a.value) is int else None
+                break
+        self.items.append(OpStmt(str(c[0]), tuple(args), axis, Name(str(dest), _pos(dest)), _pos(c[0]), attrs))
+
+
+def _number(token: Token) -> Number:
+    is_int = not any(ch in token for ch in ".eE")
+    return Number(int(token) if is_int else float(token), is_int, _pos(token))
 
 
 _BUILDER = _LineBuilder()
@@ -186,7 +200,7 @@ _NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TYPE_WORDS = "a type (float, float16, float32, float64, int, int32, int64)"
 _EXPECTED_WORDS = {  # in the order they are listed in a message
     "NAME": "a name", "INT": "a whole number", "SIGNED_INT": "an integer", "NUMBER": "a number",
-    "AXIS": "axis=k", "ARROW": "'→'", "DTYPE": _TYPE_WORDS,
+    "ATTR_NAME": "an attribute (name=value)", "ARROW": "'→'", "DTYPE": _TYPE_WORDS,
     "CLASS_NAME": "REALTIME, INTERACTIVE, THROUGHPUT or BATCH", "LSQB": "'['", "RSQB": "']'",
     "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "_NL": "the end of the line",
 }

@@ -9,8 +9,8 @@ the concrete dtype and shape of one bound param or local.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from .ast import DType, Name, Number, OpStmt, Pos
 from .errors import Code
@@ -47,6 +47,23 @@ class Info:
 
 
 POISON = Info(None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """What a shape rule knows besides its operands: where problems go, the size of every
+    dimension symbol (at bind; None at compile time, when symbols stay symbols), and what is
+    known of each attribute whose value names a param or local (``start=pos``)."""
+
+    report: Report
+    symbols: Mapping[str, int] | None = None
+    refs: Mapping[str, Info] = field(default_factory=dict)
+
+    def dim(self, d: int | str) -> Dim:
+        """A dimension as written in an attribute: its size where known."""
+        if isinstance(d, str) and self.symbols is not None:
+            return self.symbols.get(d, d)
+        return d
 
 _INT_RANGE = {DType.INT32: (-(2**31), 2**31 - 1), DType.INT64: (-(2**63), 2**63 - 1)}
 _FLOAT_MAX = {DType.FLOAT16: 65504.0, DType.FLOAT32: 3.4028234663852886e38,
@@ -132,13 +149,19 @@ def normalise_axis(axis: int, shape: Shape, stmt: OpStmt, report: Report) -> int
 
 
 def infer(spec: OpSpec, stmt: OpStmt, args: Sequence[Info | Number], dest: Info | None,
-          report: Report) -> Info:
+          report: Report, symbols: Mapping[str, int] | None = None,
+          refs: Mapping[str, Info] | None = None) -> Info:
     """The dtype and shape an op statement produces; problems go to ``report``.
 
     ``args`` holds an Info per name operand and the Number node per literal; ``dest`` is what
-    is known of the destination before the statement (only FILL uses it; None: undefined).
-    Arity has been checked by the caller.
+    is known of the destination before the statement (FILL and SLICE_WRITE use it; None:
+    undefined); ``symbols`` the size of each dimension symbol (at bind), ``refs`` what is known
+    of each attribute that names a value. Arity and attributes have been checked by the caller.
     """
+    if spec.kind not in _V1_KINDS:
+        from .rules_v2 import infer_v2  # here: rules_v2 imports this module
+
+        return infer_v2(spec, stmt, args, dest, Ctx(report, symbols, refs or {}))
     if spec.axis is AxisUse.NONE and stmt.axis is not None:
         report(Code.AXIS, stmt.pos, f"{spec.name} takes no axis=")
         return POISON
@@ -169,7 +192,11 @@ def infer(spec: OpSpec, stmt: OpStmt, args: Sequence[Info | Number], dest: Info 
         return POISON
 
 
-def _need_rank(shape: Shape, least: int, spec: OpSpec, stmt: OpStmt, which: int, report: Report) -> None:
+_V1_KINDS = frozenset({OpKind.MATMUL, OpKind.BINARY, OpKind.UNARY, OpKind.SOFTMAX, OpKind.REDUCE,
+                       OpKind.TRANSPOSE, OpKind.COPY, OpKind.FILL})
+
+
+def need_rank(shape: Shape, least: int, spec: OpSpec, stmt: OpStmt, which: int, report: Report) -> None:
     if shape is not None and len(shape) < least:
         report(Code.SHAPE, stmt.args[which].pos, f"{spec.name} needs operands of rank {least} or more; "
                f"{stmt.args[which].name} has shape {show_shape(shape)}")
@@ -182,20 +209,20 @@ def _shape_of(spec: OpSpec, stmt: OpStmt, args: Sequence[Info], report: Report) 
     if kind is OpKind.UNARY or kind is OpKind.COPY:
         return shape
     if kind is OpKind.TRANSPOSE:
-        _need_rank(shape, 2, spec, stmt, 0, report)
+        need_rank(shape, 2, spec, stmt, 0, report)
         return None if shape is None else shape[:-2] + (shape[-1], shape[-2])
     if kind is OpKind.SOFTMAX:
-        _need_rank(shape, 1, spec, stmt, 0, report)
+        need_rank(shape, 1, spec, stmt, 0, report)
         normalise_axis(-1 if stmt.axis is None else stmt.axis, shape, stmt, report)
         return shape
     if kind is OpKind.REDUCE:
-        _need_rank(shape, 1, spec, stmt, 0, report)
+        need_rank(shape, 1, spec, stmt, 0, report)
         axis = normalise_axis(stmt.axis, shape, stmt, report)
         return None if axis is None else shape[:axis] + shape[axis + 1:]
     assert kind is OpKind.MATMUL
     other = args[1].shape
-    _need_rank(shape, 2, spec, stmt, 0, report)
-    _need_rank(other, 2, spec, stmt, 1, report)
+    need_rank(shape, 2, spec, stmt, 0, report)
+    need_rank(other, 2, spec, stmt, 1, report)
     if shape is None or other is None:
         return None
     k1, k2 = shape[-1], other[-2]

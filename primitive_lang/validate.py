@@ -15,10 +15,11 @@ from types import MappingProxyType
 
 from . import limits
 from .ast import Kernel, Name, Number, OpStmt, Param, ParamType, Pos, Repeat
+from .attrs import check_attrs, value_refs
 from .blocks import ParsedKernel
 from .compiled import CheckedKernel, Direction, Step
 from .errors import Code, Diagnostic
-from .ops import OPS
+from .ops import OPS, OpKind
 from .parser import unknown_op_diagnostic
 from .shapes import POISON, Info, infer, maybe_same, show_shape
 
@@ -70,6 +71,7 @@ class _KernelCheck:
         if k.name:
             _check_name(k.name, "kernel", k.pos, self.diags)
         self._check_params()
+        self.symbols = frozenset(d for p in k.params for d in (p.type.shape or ()) if isinstance(d, str))
         executed = self._flatten(k.body, 1)
         if len(self.steps) > limits.MAX_STATEMENTS:
             self.report(Code.LIMIT, self.steps[limits.MAX_STATEMENTS].stmt.pos,
@@ -159,7 +161,10 @@ class _KernelCheck:
 
     def _statement(self, step: Step) -> None:
         stmt, spec = step.stmt, step.spec
+        # SLICE_WRITE reads its destination (it keeps the rest of it): before the write.
+        kept = self._operand(stmt.dest) if spec is not None and spec.kind is OpKind.SLICE_WRITE else None
         args = [self._operand(a) for a in stmt.args]
+        refs = {a.name: self._operand(Name(a.value, a.pos)) for a in value_refs(stmt, spec)} if spec else {}
         if spec is None:
             self.diags.append(unknown_op_diagnostic(stmt.op, stmt.pos))
             result = POISON
@@ -168,8 +173,11 @@ class _KernelCheck:
             self.report(Code.ARITY, stmt.pos, f"{spec.name} takes {n} operand{'s' if n > 1 else ''}, "
                         f"got {len(stmt.args)}")
             result = POISON
+        elif not check_attrs(spec, stmt, self.symbols, self.report):
+            result = POISON
         else:
-            result = infer(spec, stmt, args, self._fill_dest(stmt), self.report)
+            dest = kept if spec.kind is OpKind.SLICE_WRITE else self._fill_dest(stmt)
+            result = infer(spec, stmt, args, dest, self.report, None, refs)
         self._write(stmt, result)
 
     def _fill_dest(self, stmt: OpStmt) -> Info | None:

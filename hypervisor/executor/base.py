@@ -18,6 +18,16 @@ from typing import Any
 from primitive_lang import BoundKernel, TensorSpec
 
 
+@dataclass(frozen=True, slots=True)
+class HostScalar:
+    """A scalar param as ``submit()`` takes it (what ``Executor.scalar`` returns): the value on
+    the host, which the interpreter reads for runtime indices (a SLICE start, a RoPE
+    position) without touching the device, and the same value as a 0-d device array."""
+
+    value: int | float
+    array: Any
+
+
 @dataclass(frozen=True)
 class RunTiming:
     device_s: float  # the kernel's own device time
@@ -126,8 +136,10 @@ class Executor(ABC):
         """A NumPy copy of a device array (tests, `pxosctl run`)."""
 
     @abstractmethod
-    def scalar(self, value: float | int, spec: TensorSpec) -> Any:
-        """A 0-d array holding a scalar param's value."""
+    def scalar(self, value: float | int, spec: TensorSpec) -> HostScalar:
+        """A scalar param's value for submit()'s ``args``: the host value and a 0-d device
+        array of ``spec``'s dtype. (submit() also takes a bare 0-d array; a runtime index it
+        gives is then read from the device, which on a GPU waits for the stream.)"""
 
     #: True when submit() returns before the work is done (a GPU stream), so the dispatcher
     #: prepares the next launch while this one runs; False when submit() does the work.
@@ -137,7 +149,9 @@ class Executor(ABC):
     def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
         """Hand one bound kernel to the device, to run after the copies in ``wait_for`` (its
         own buffers arriving) and after every launch submitted before it. ``args`` maps every
-        param to its array (outputs are written in place)."""
+        param to its array (outputs are written in place), or a scalar param to what
+        ``scalar()`` made. A runtime index out of range raises ``IndexOutOfRange``, from
+        submit() or, where the device found it, from the Pending's wait()."""
 
     def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
         """Run one bound kernel to completion: its device time and the stall before it."""

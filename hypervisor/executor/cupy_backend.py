@@ -21,7 +21,17 @@ import numpy as np
 
 from primitive_lang import BoundKernel, TensorSpec
 
-from .base import Executor, ExecutorInfo, Fence, Pending, RunTiming, StagingPool, byte_view, check_range
+from .base import (
+    Executor,
+    ExecutorInfo,
+    Fence,
+    HostScalar,
+    Pending,
+    RunTiming,
+    StagingPool,
+    byte_view,
+    check_range,
+)
 from .interpret import Interpreter
 
 # One staging slot: pinned host memory for host<->device copies of guest data; larger
@@ -68,17 +78,21 @@ class _EventFence(Fence):
 
 
 class _StreamPending(Pending):
-    __slots__ = ("cp", "end", "prev_end", "start", "waiting", "waited")
+    __slots__ = ("checks", "cp", "end", "interp", "prev_end", "start", "waiting", "waited")
 
-    def __init__(self, cp, waiting, start, end, prev_end, waited: bool):
+    def __init__(self, cp, waiting, start, end, prev_end, waited: bool, interp=None, checks=None):
         self.cp, self.waiting, self.start, self.end = cp, waiting, start, end
         self.prev_end, self.waited = prev_end, waited
+        self.interp, self.checks = interp, checks  # runtime index checks made on the device
 
     def done(self) -> bool:
         return self.end.done
 
     def wait(self) -> RunTiming:
         self.end.synchronize()
+        if self.checks is not None:  # the stream is done: a small copy, no wait
+            checks, self.checks = self.checks, None
+            self.interp.check_deferred(self.cp.asnumpy(checks))
         elapsed = self.cp.cuda.get_elapsed_time
         stall = elapsed(self.waiting, self.start) / 1000.0 if self.waited else 0.0
         gap = max(elapsed(self.prev_end, self.start) / 1000.0, 0.0) if self.prev_end is not None else None
@@ -113,6 +127,7 @@ class CupyExecutor(Executor):
         self.copy = cupy.cuda.Stream(non_blocking=True)
         self._staging = StagingPool(self._make_slot, STAGING_SLOTS)
         self._last_end = None  # end event of the previous launch on the compute stream
+        self._consts: dict = {}  # the interpreter's cache across launches (RoPE frequencies)
 
     def info(self) -> ExecutorInfo:
         free, total = self.cp.cuda.runtime.memGetInfo()
@@ -238,8 +253,8 @@ class CupyExecutor(Executor):
     def to_host(self, array) -> np.ndarray:
         return self.cp.asnumpy(array, stream=self.copy, blocking=True)
 
-    def scalar(self, value: float | int, spec: TensorSpec):
-        return self.cp.asarray(value, dtype=spec.dtype.value)
+    def scalar(self, value: float | int, spec: TensorSpec) -> HostScalar:
+        return HostScalar(value, self.cp.asarray(value, dtype=spec.dtype.value))
 
     def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
         cp = self.cp
@@ -250,9 +265,11 @@ class CupyExecutor(Executor):
             for f in wait_for:  # the GPU waits for this launch's own buffers; the CPU does not
                 self.compute.wait_event(f.event)
             start.record(self.compute)
-            Interpreter(cp, bound, env).run()
+            interp = Interpreter(cp, bound, env, consts=self._consts, defer_checks=True)
+            interp.run()
+            checks = interp.deferred_checks()
             end.record(self.compute)
-        pending = _StreamPending(cp, waiting, start, end, self._last_end, bool(wait_for))
+        pending = _StreamPending(cp, waiting, start, end, self._last_end, bool(wait_for), interp, checks)
         self._last_end = end
         return pending
 

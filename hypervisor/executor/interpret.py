@@ -1,139 +1,347 @@
 """Runs a bound primitive kernel over an array namespace (NumPy or CuPy).
 
-Both executor backends share this one interpreter, so an op means the same on either:
-only the array module ``xp`` differs. Semantics follow docs/language.md, where NumPy is
-the reference. Every op result is a fresh array (never a view of an operand), so an
-in-place store into an output param can never change a value read earlier.
+Both executor backends share this one interpreter, so an op means the same on either: only
+the array module ``xp`` differs. Semantics follow docs/language.md, where NumPy is the
+reference; the ops themselves are in array_ops.py.
+
+Values. Every op result *behaves* as a fresh array: a later in-place store never changes a
+value read earlier. RESHAPE, PERMUTE and SLICE return views for speed, so the interpreter
+tracks which storage each name's array lives in (``_root``): before an in-place store (a
+write to an out/inout param, a SLICE_WRITE) it copies whatever still shares that storage
+and is read again later (``_Plan.live_after``); a SLICE_WRITE into a local that views a
+param copies the local first, so nothing is ever written through a view into an ``in``
+param (model weights are read-only buffers other VMs share).
+
+Runtime indices. A SLICE/SLICE_WRITE start and a GATHER id out of range raise
+``IndexOutOfRange`` naming the statement's line and the value; nothing is read or written
+outside a buffer and nothing wraps. A start given by a scalar param is checked before the
+first statement runs (its host value is known: executors pass scalars as ``HostScalar``),
+so that launch writes nothing. Other checks run at their statement, which then writes
+nothing; with ``defer_checks`` (CuPy) a GATHER's ids are clamped on the device and checked
+when the launch completes (``check_deferred``), so as not to synchronise the stream.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, MutableMapping
+import itertools
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
+import numpy as np
+
+from hypervisor.errors import IndexOutOfRange
 from primitive_lang import BoundKernel
 from primitive_lang.ast import Name, Number, OpStmt, Repeat
+from primitive_lang.attrs import reads
+from primitive_lang.ops import OPS, OpKind
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+from . import array_ops as ops
+from .base import HostScalar
 
-
-def _gelu(xp, a):
-    # tanh approximation (docs/language.md): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-    return 0.5 * a * (1.0 + xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * (a * a * a))))
-
-
-def _sigmoid(xp, a):
-    return 1.0 / (1.0 + xp.exp(-a))
+SUPPORTED_OPS = frozenset(ops.BINARY) | frozenset(ops.UNARY) | frozenset(ops.REDUCE) | {
+    "SOFTMAX", "FILL", "GATHER", "RESHAPE", "PERMUTE", "SLICE", "SLICE_WRITE", "CONCAT", "CAST",
+    "RMSNORM", "ROPE", "CAUSAL_MASK"}
 
 
-def _softmax(xp, a, axis):
-    shifted = a - xp.max(a, axis=axis, keepdims=True)
-    e = xp.exp(shifted)
-    return e / xp.sum(e, axis=axis, keepdims=True)
+@dataclass(frozen=True)
+class _Plan:
+    """What the interpreter precomputes once per bound kernel."""
+
+    index: dict[int, int]  # id(OpStmt) -> its position in source order
+    last_read: dict[str, int]  # name -> the last position that reads it (see live_after)
+    prechecks: tuple[tuple[OpStmt, str], ...]  # a start or GATHER id that is a scalar param
+
+    def live_after(self, name: str, index: int) -> bool:
+        """True when ``name`` may be read after the statement at ``index`` has run."""
+        return self.last_read.get(name, -1) > index
 
 
-def _relu(xp, a):
-    return xp.maximum(a, a.dtype.type(0))
+_PLANS: WeakKeyDictionary[BoundKernel, _Plan] = WeakKeyDictionary()
 
 
-def _transpose(xp, a):
-    return xp.ascontiguousarray(xp.swapaxes(a, -1, -2))
+def _plan(bound: BoundKernel) -> _Plan:
+    plan = _PLANS.get(bound)
+    if plan is None:
+        plan = _PLANS[bound] = _build_plan(bound)
+    return plan
 
 
-_BINARY: dict[str, Callable[[Any, Any, Any], Any]] = {
-    "ADD": lambda xp, a, b: xp.add(a, b),
-    "SUB": lambda xp, a, b: xp.subtract(a, b),
-    "MUL": lambda xp, a, b: xp.multiply(a, b),
-    "DIV": lambda xp, a, b: xp.divide(a, b),
-    "MAX": lambda xp, a, b: xp.maximum(a, b),
-    "MIN": lambda xp, a, b: xp.minimum(a, b),
-    "PARALLEL_MATMUL": lambda xp, a, b: xp.matmul(a, b),
-}
+def _build_plan(bound: BoundKernel) -> _Plan:
+    """Positions in source order; a read inside a REPEAT counts as a read just after the end
+    of its outermost REPEAT (the loop comes back to it), so liveness stays conservative."""
+    kernel = bound.kernel
+    scalars = {p.name for p in kernel.params if p.type.is_scalar}
+    index: dict[int, int] = {}
+    last_read: dict[str, int] = {}
+    prechecks = []
 
-_UNARY: dict[str, Callable[[Any, Any], Any]] = {
-    "RELU": _relu,
-    "GELU": _gelu,
-    "SIGMOID": _sigmoid,
-    "TANH": lambda xp, a: xp.tanh(a),
-    "EXP": lambda xp, a: xp.exp(a),
-    "LOG": lambda xp, a: xp.log(a),
-    "SQRT": lambda xp, a: xp.sqrt(a),
-    "ABS": lambda xp, a: xp.abs(a),
-    "NEG": lambda xp, a: xp.negative(a),
-    "COPY": lambda xp, a: xp.array(a, copy=True),
-    "TRANSPOSE": _transpose,
-}
+    def walk(stmts, in_loop: set[str] | None) -> None:
+        for st in stmts:
+            if isinstance(st, Repeat):
+                names: set[str] = set() if in_loop is None else in_loop
+                walk(st.body, names)
+                if in_loop is None:  # the outermost REPEAT ends here
+                    for n in names:
+                        last_read[n] = len(index)  # = (its last statement's position) + 1
+                continue
+            i = index[id(st)] = len(index)
+            for n in reads(st, OPS[st.op]):
+                if in_loop is None:
+                    last_read[n.name] = i
+                else:
+                    in_loop.add(n.name)
+            start = st.attr("start")
+            if start is not None and isinstance(start.value, str) and start.value in scalars:
+                prechecks.append((st, start.value))
+            elif st.op == "GATHER" and st.args[1].name in scalars:
+                prechecks.append((st, st.args[1].name))
 
-_REDUCE: dict[str, Callable[[Any, Any, int], Any]] = {
-    "REDUCE_SUM": lambda xp, a, axis: xp.sum(a, axis=axis, dtype=a.dtype),
-    "REDUCE_MAX": lambda xp, a, axis: xp.max(a, axis=axis),
-    # docs/language.md: numpy.mean(a, axis=k).astype(a.dtype) (float16 accumulates in float32)
-    "REDUCE_MEAN": lambda xp, a, axis: xp.mean(a, axis=axis).astype(a.dtype, copy=False),
-}
-
-SUPPORTED_OPS = frozenset(_BINARY) | frozenset(_UNARY) | frozenset(_REDUCE) | {"SOFTMAX", "FILL"}
+    walk(kernel.ast.body, None)
+    return _Plan(index, last_read, tuple(prechecks))
 
 
 class Interpreter:
     """Evaluates the statements of one bound kernel.
 
-    ``env`` maps every param name to its array (0-d for scalars); output and inout params
-    are the launch's buffers themselves and are written in place, so the results land
-    where the guest will read them. Locals are created as the statements define them.
+    ``env`` maps every param name to its array, or to a ``HostScalar`` for a scalar param;
+    output and inout params are the launch's buffers themselves and are written in place, so
+    the results land where the guest will read them. ``consts`` is a cache the executor keeps
+    across launches (RoPE frequencies). Locals are created as the statements define them.
     """
 
-    def __init__(self, xp, bound: BoundKernel, env: MutableMapping[str, Any]):
+    def __init__(self, xp, bound: BoundKernel, env: MutableMapping[str, Any], *,
+                 consts: dict | None = None, defer_checks: bool = False):
         self.xp = xp
         self.bound = bound
-        self.env = env
+        self.plan = _plan(bound)
         self.params = {p.name for p in bound.kernel.params}
+        self.host: dict[str, int | float] = {}  # host values of scalar params
+        self.env = env
+        for name, v in list(env.items()):
+            if isinstance(v, HostScalar):
+                self.host[name] = v.value
+                env[name] = v.array
+        self.consts = consts if consts is not None else {}
+        self.defer_checks = defer_checks
+        self.deferred: list[tuple[OpStmt, Any]] = []
+        self._root: dict[str, object] = {n: n for n in self.params}  # the storage a name's array lives in
+        self._viewed: set[object] = set()  # storage that more than one name may share
+        self._fresh = itertools.count()
 
     def run(self) -> None:
+        for st, name in self.plan.prechecks:
+            if st.op == "GATHER":
+                self._id(st, self._index(name))
+            else:
+                self._start(st, self._index(name), self._window_shape(st))
         self._block(self.bound.kernel.ast.body)
+
+    # ---- statements --------------------------------------------------------------------
 
     def _block(self, stmts) -> None:
         for st in stmts:
             if isinstance(st, Repeat):
                 for _ in range(st.count):
                     self._block(st.body)
+            elif st.op == "SLICE_WRITE":
+                self._slice_write(st)
             else:
-                self._store(st.dest, self._eval(st))
+                value, root = self._eval(st)
+                self._store(st, value, root)
 
-    def _operand(self, op: Name | Number, like=None):
-        if isinstance(op, Name):
-            return self.env[op.name]
-        # A literal takes the dtype of the tensor it meets (docs/language.md).
-        dtype = like.dtype if like is not None else None
-        return self.xp.asarray(op.value, dtype=dtype)
-
-    def _eval(self, st: OpStmt):
+    def _eval(self, st: OpStmt) -> tuple[Any, object]:
+        """The statement's value, and the storage it may share (None: a new array)."""
         xp, op = self.xp, st.op
+        if op in ops.BINARY:
+            tensor = next(self.env[n.name] for n in st.args if isinstance(n, Name))
+            return ops.BINARY[op](xp, self._operand(st.args[0], tensor), self._operand(st.args[1], tensor)), None
         if op == "FILL":
             spec = self.bound.shapes[st.dest.name]
             out = xp.empty(spec.shape, dtype=spec.dtype.value)
             src = st.args[0]
-            out[...] = src.value if isinstance(src, Number) else self.env[src.name]
-            return out
-        if op in _BINARY:
-            a_node, b_node = st.args
-            tensor = next((self.env[n.name] for n in st.args if isinstance(n, Name)), None)
-            a, b = self._operand(a_node, tensor), self._operand(b_node, tensor)
-            return _BINARY[op](xp, a, b)
-        a = self._operand(st.args[0])
-        if op in _UNARY:
-            return _UNARY[op](xp, a)
-        if op in _REDUCE:
-            return _REDUCE[op](xp, a, st.axis)
+            if isinstance(src, Number):
+                out[...] = src.value
+            else:
+                host = self.host.get(src.name)
+                out[...] = host if host is not None else self.env[src.name]
+            return out, None
+        a = self.env[st.args[0].name]
+        if op in ops.UNARY:
+            return ops.UNARY[op](xp, a), None
+        if op in ops.REDUCE:
+            return ops.REDUCE[op](xp, a, st.axis), None
         if op == "SOFTMAX":
-            return _softmax(xp, a, -1 if st.axis is None else st.axis)
+            return ops.softmax(xp, a, -1 if st.axis is None else st.axis), None
+        kind = OPS[op].kind
+        if kind is OpKind.RESHAPE:
+            return xp.reshape(a, self.bound.shapes[st.dest.name].shape), self._root_of(st.args[0].name)
+        if kind is OpKind.PERMUTE:
+            return xp.transpose(a, [k % a.ndim for k in st.attr("axes").value]), self._root_of(st.args[0].name)
+        if kind is OpKind.SLICE:
+            shape = self._window_shape(st)
+            axis, size = st.axis % a.ndim, shape[1]
+            start = self._start(st, self._index(st.attr("start").value), shape)
+            return ops.window(a, axis, start, size), self._root_of(st.args[0].name)
+        if kind is OpKind.CAST:
+            return a.astype(self.bound.shapes[st.dest.name].dtype.value), None
+        if kind is OpKind.CONCAT:
+            return xp.concatenate((a, self.env[st.args[1].name]), axis=st.axis), None
+        if kind is OpKind.GATHER:
+            return self._gather(st, a, self.env[st.args[1].name]), None
+        if kind is OpKind.RMSNORM:
+            return ops.rmsnorm(xp, a, self.env[st.args[1].name], float(st.attr("eps").value)), None
+        if kind is OpKind.ROPE:
+            base = float(st.attr("base").value)
+            key = ("rope_theta", a.shape[-1], base)
+            theta = self.consts.get(key)
+            if theta is None:
+                theta = self.consts[key] = xp.asarray(ops.rope_theta(a.shape[-1], base))
+            return ops.rope(xp, a, self._position(st.args[1]), st.axis % a.ndim, theta), None
+        if kind is OpKind.CAUSAL_MASK:
+            return ops.causal_mask(xp, a, self._position(st.args[1])), None
         raise AssertionError(f"validated kernel has an op the executor lacks: {op}")
 
-    def _store(self, dest: Name, value) -> None:
-        spec = self.bound.shapes[dest.name]
+    def _operand(self, op: Name | Number, like):
+        if isinstance(op, Name):
+            return self.env[op.name]
+        # A literal takes the dtype of the tensor it meets (docs/language.md): a NumPy scalar
+        # of that dtype, which CuPy passes to its kernel as an argument (no device copy).
+        return like.dtype.type(op.value)
+
+    def _store(self, st: OpStmt, value, root: object) -> None:
+        name = st.dest.name
+        spec = self.bound.shapes[name]
         if value.dtype != spec.dtype.value:  # e.g. a float64 intermediate of a 0-d literal
-            value = value.astype(spec.dtype.value)
-        if dest.name in self.params:
-            self.xp.copyto(self.env[dest.name], value)
+            value, root = value.astype(spec.dtype.value), None
+        if name in self.params:
+            if root == name:  # a view of the destination itself: copy before overwriting it
+                value = value.copy()
+            self._detach(name, st, keep=name)
+            self.xp.copyto(self.env[name], value)
+            return
+        self.env[name] = value
+        if root is None:
+            self._root[name] = next(self._fresh)
         else:
-            self.env[dest.name] = value
+            self._root[name] = root
+            self._viewed.add(root)
+
+    def _slice_write(self, st: OpStmt) -> None:
+        src_name, name = st.args[0].name, st.dest.name
+        src, dest = self.env[src_name], self.env[name]
+        axis = st.axis % dest.ndim
+        start = self._start(st, self._index(st.attr("start").value), (dest.shape[axis], src.shape[axis]))
+        if self._root_of(src_name) == self._root_of(name):
+            src = src.copy()  # the source views the destination: never an overlapping copy
+        if name in self.params:
+            self._detach(name, st, keep=name)
+        else:
+            root = self._root_of(name)
+            if root in self.params or self._shared(root, st, keep=name):
+                dest = self.env[name] = dest.copy()  # never write through a view of a param
+                self._root[name] = next(self._fresh)
+        ops.write_window(dest, src, axis, start)
+
+    # ---- aliasing ----------------------------------------------------------------------
+
+    def _root_of(self, name: str) -> object:
+        return self._root.get(name, name)
+
+    def _sharing(self, root: object, st: OpStmt, keep: str):
+        index = self.plan.index[id(st)]
+        return [n for n, r in self._root.items()
+                if r == root and n != keep and n not in self.params and self.plan.live_after(n, index)]
+
+    def _shared(self, root: object, st: OpStmt, keep: str) -> bool:
+        return root in self._viewed and bool(self._sharing(root, st, keep))
+
+    def _detach(self, root: object, st: OpStmt, keep: str) -> None:
+        """Before storage ``root`` is written in place: copy the live locals that view it."""
+        if root not in self._viewed:
+            return
+        for n in self._sharing(root, st, keep):
+            self.env[n] = self.env[n].copy()
+            self._root[n] = next(self._fresh)
+
+    # ---- runtime values and checks -------------------------------------------------------
+
+    def _index(self, value: int | str) -> int:
+        """A start: a literal, a scalar param's host value, or a 0-d local (read from the
+        device: on CuPy this one case synchronises)."""
+        if isinstance(value, int):
+            return value
+        host = self.host.get(value)
+        return int(host) if host is not None else int(self.env[value])
+
+    def _position(self, node: Name | Number):
+        """ROPE's and CAUSAL_MASK's pos: a host int where known, else the 0-d device array."""
+        if isinstance(node, Number):
+            return node.value
+        host = self.host.get(node.name)
+        return int(host) if host is not None else self.env[node.name]
+
+    def _window_shape(self, st: OpStmt) -> tuple[int, int]:
+        """(size of the axis, length of the window) of a SLICE or SLICE_WRITE."""
+        shapes = self.bound.shapes
+        if st.op == "SLICE":
+            shape = shapes[st.args[0].name].shape
+            return shape[st.axis % len(shape)], shapes[st.dest.name].shape[st.axis % len(shape)]
+        shape = shapes[st.dest.name].shape
+        k = st.axis % len(shape)
+        return shape[k], shapes[st.args[0].name].shape[k]
+
+    def _start(self, st: OpStmt, start: int, window: tuple[int, int]) -> int:
+        dim, length = window
+        if not 0 <= start <= dim - length:
+            err = IndexOutOfRange(
+                f"line {st.pos.line}: {st.op} start={start} is out of range: a window of {length} along axis "
+                f"{st.axis} of a dimension of {dim} must start in [0, {dim - length}]")
+            err.line, err.value = st.pos.line, start
+            raise err
+        return start
+
+    def _id(self, st: OpStmt, value: int) -> None:
+        n = self.bound.shapes[st.args[0].name].shape[0]
+        if not 0 <= value < n:
+            raise _gather_error(st, value, 0, n)
+
+    def _gather(self, st: OpStmt, table, ids):
+        xp, n = self.xp, table.shape[0]
+        host = self.host.get(st.args[1].name)
+        if host is not None:  # a scalar param: checked on the host, no device read
+            self._id(st, int(host))
+            return ops.gather(xp, table, ids)
+        if self.defer_checks:  # clamp on the device; the launch fails when it completes
+            flat = ids.reshape(-1)
+            bad = (flat < 0) | (flat >= n)
+            first = xp.argmax(bad)  # the first bad id (0 when none)
+            self.deferred.append((st, xp.stack([bad.any().astype(xp.int64), xp.take(flat, first).astype(xp.int64),
+                                                first.astype(xp.int64)])))
+            return ops.gather(xp, table, xp.clip(ids, 0, n - 1))
+        flat = ids.reshape(-1)
+        bad = (flat < 0) | (flat >= n)
+        if bool(bad.any()):
+            at = int(xp.argmax(bad))
+            raise _gather_error(st, int(flat[at]), at, n)
+        return ops.gather(xp, table, ids)
+
+    def deferred_checks(self):
+        """The deferred checks as one [n, 3] int64 device array (flag, id, where), or None."""
+        if not self.deferred:
+            return None
+        return self.xp.stack([v for _, v in self.deferred])
+
+    def check_deferred(self, results: np.ndarray) -> None:
+        """Raise for the first failed deferred check, given deferred_checks() on the host."""
+        for (st, _), (flag, value, at) in zip(self.deferred, results.tolist(), strict=True):
+            if flag:
+                raise _gather_error(st, value, at, self.bound.shapes[st.args[0].name].shape[0])
+
+
+def _gather_error(st: OpStmt, value: int, at: int, n: int) -> IndexOutOfRange:
+    err = IndexOutOfRange(f"line {st.pos.line}: GATHER id {value} (element {at} of {st.args[1].name}, "
+                          f"flattened) is out of range: ids must lie in [0, {n})")
+    err.line, err.value = st.pos.line, value
+    return err

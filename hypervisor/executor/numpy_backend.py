@@ -22,6 +22,7 @@ from .base import (
     Executor,
     ExecutorInfo,
     Fence,
+    HostScalar,
     Pending,
     RunTiming,
     byte_view,
@@ -87,6 +88,7 @@ class NumpyExecutor(Executor):
         self._device_name = _cpu_name()
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-copy")
         self._last_end: float | None = None
+        self._consts: dict = {}  # the interpreter's cache across launches (RoPE frequencies)
 
     def info(self) -> ExecutorInfo:
         total = _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -113,8 +115,8 @@ class NumpyExecutor(Executor):
     def to_host(self, array: np.ndarray) -> np.ndarray:
         return np.array(array, copy=True)
 
-    def scalar(self, value: float | int, spec: TensorSpec) -> np.ndarray:
-        return np.asarray(value, dtype=spec.dtype.value)
+    def scalar(self, value: float | int, spec: TensorSpec) -> HostScalar:
+        return HostScalar(value, np.asarray(value, dtype=spec.dtype.value))
 
     def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
         begin = time.perf_counter()
@@ -124,7 +126,7 @@ class NumpyExecutor(Executor):
         t0 = time.thread_time()
         try:
             with np.errstate(all="ignore"):  # inf/nan follow IEEE, as on the GPU; no warnings
-                Interpreter(np, bound, env).run()
+                Interpreter(np, bound, env, consts=self._consts).run()
         finally:
             self._last_end = time.perf_counter()
         return DonePending(RunTiming(time.thread_time() - t0, stall, None if gap is None else gap + stall))

@@ -100,23 +100,24 @@ def test_two_vms_generate_at_once_with_the_model_held_once(tiny, ref):
         hv.stop()
 
 
-def test_overcommit_streams_the_model_with_identical_results(tiny, ref):
+def test_overcommit_streams_the_model_with_identical_results(tmp_path):
+    tiny = str(write_tiny_llama(tmp_path / "wide.gguf", n_layer=4, n_embd=64, n_ff=256))
     full = _hv(tiny)
     try:
         want = pxos_llm.LlamaRunner(HostDevice(full, 1), "tiny", ctx=64).generate_ids(PROMPTS[2], 10).tokens
         model_bytes = full.list_models()[0].nbytes
     finally:
         full.stop()
-    # a pool of a quarter of the model (plus the VM's own buffers): layers stream in and out
-    small = _hv(tiny, pool=model_bytes // 4 + (1 << 20), host=64 << 20)
+    # a pool of a quarter of the model plus room for the VM's own buffers (its KV cache,
+    # activations and a launch's temporaries: 320 KiB here): the layers stream in and out
+    small = _hv(tiny, pool=model_bytes // 4 + (320 << 10), host=64 << 20)
+    assert small.memory.pool_bytes < model_bytes * 0.6
     try:
         runner = pxos_llm.LlamaRunner(HostDevice(small, 1), "tiny", ctx=64)
         assert runner.generate_ids(PROMPTS[2], 10).tokens == want
-        extra = small.stats(1).extra
         m = small.list_models()[0]
-        assert m.device_bytes < m.nbytes  # not all of it fits
-        assert small.memory.host_used > 0
-        assert extra is not None
+        assert m.device_bytes < m.nbytes / 2 and m.host_bytes > 0  # most of it is in host RAM
+        assert small.dispatcher.launches > 10 * 5
     finally:
         small.stop()
 

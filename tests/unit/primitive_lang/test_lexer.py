@@ -19,7 +19,8 @@ REFERENCE = make_lark("contextual")
 
 WORDS = ["GPU_KERNEL", "GPU_PARAM", "GPU_CLASS", "GPU_PRIORITY", "GPU_THREAD_CODE", "GPU_END", "REPEAT",
          "END_REPEAT", "ADD", "PARALLEL_MATMUL", "SOFTMAX", "REDUCE_SUM", "FILL", "x", "y", "h", "axis", "float",
-         "float16", "int64", "int", "BATCH", "REALTIME", "N", "B", "floaty", "axisx"]
+         "float16", "int64", "int", "BATCH", "REALTIME", "N", "B", "floaty", "axisx", "shape", "start", "dtype",
+         "SLICE", "RESHAPE", "CAST"]
 PIECES = WORDS + ["0", "3", "-1", "2.5", ".5", "1e3", "+4", "1.", "3.5", "9" * 45, "→", "->", "[", "]", ",", ":",
                   "=", "# c", "é", ";", "\r", "\t", "-", "."]
 
@@ -50,7 +51,10 @@ def test_random_token_soup_lexes_the_same(source):
 
 STATEMENTS = ["ADD x y -> h", "SOFTMAX h axis=-1 → y", "REPEAT 2:", "END_REPEAT", "FILL 0.5 -> y", "COPY axis -> y",
               "REDUCE_SUM x axis = 0 -> h", "MUL h -2.5e-3 -> h", "GPU_PARAM z int64[N, 4]", "GPU_CLASS BATCH",
-              "GPU_PRIORITY 9", "GPU_END", "GPU_KERNEL k2", "GPU_THREAD_CODE:"]
+              "GPU_PRIORITY 9", "GPU_END", "GPU_KERNEL k2", "GPU_THREAD_CODE:",
+              "RESHAPE x shape=[N, -1, 4] -> h", "SLICE x axis=1 start=pos size=N -> y", "CAST x dtype=float16 -> y",
+              "ROPE x 3 axis=0 base=1e4 -> y", "PERMUTE x axes=[] -> y", "SLICE_WRITE x start = axis axis=0 -> y",
+              "CAST x dtype=int x=1 -> y", "RESHAPE x shape=[2.5] -> y", "SLICE x start= -> y", "COPY x a=b=c -> y"]
 
 
 @settings(max_examples=200, deadline=None)

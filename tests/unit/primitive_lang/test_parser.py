@@ -88,10 +88,13 @@ def test_header_syntax_errors_say_what_was_expected_where(line, column, expected
 
 
 @pytest.mark.parametrize("stmt, column, expected", [
-    ("ADD x y y", 12, "expected a name, a number, axis=k or '→', got the end of the line"),
+    ("ADD x y y", 12, "expected a name, a number, an attribute (name=value) or '→', got the end of the line"),
     ("ADD x y → y;", 14, "expected the end of the line, got the character ';'"),
     ("ADD x y →", 12, "expected a name, got the end of the line"),
-    ("SOFTMAX x axis=last -> y", 18, "expected an integer, got 'last'"),
+    ("SOFTMAX x axis=-1 y -> y", 21, "expected an attribute (name=value) or '→', got 'y'"),
+    ("RESHAPE x shape=[4, 2.5] -> y", 23, "expected a name or an integer, got '2.5'"),
+    ("RESHAPE x shape=[4 8] -> y", 22, "expected ']' or ',', got '8'"),
+    ("CAST x dtype= -> y", 17, "expected a name, a number or '[', got '->'"),
     ("REPEAT 3", 11, "expected ':', got the end of the line"),
     ("→ y", 3, "expected a keyword (GPU_KERNEL, GPU_PARAM, GPU_CLASS, GPU_PRIORITY, GPU_THREAD_CODE, GPU_END, "
               "REPEAT, END_REPEAT) or an op name, got '→'"),

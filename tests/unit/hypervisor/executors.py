@@ -1,0 +1,92 @@
+"""The executor backends the conformance suites run on, and a helper that runs one kernel on
+one of them (this folder is on sys.path).
+
+A new backend is one more line in EXECUTORS (with its marker) and one branch in make():
+every op test of test_conformance.py and test_decoder_layer.py then runs on it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from hypervisor.executor import NumpyExecutor
+from primitive_lang import TensorSpec, compile_source
+from primitive_lang.ast import DType
+
+EXECUTORS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
+]
+
+
+def make(name: str):
+    if name == "numpy":
+        return NumpyExecutor()
+    if name == "cupy":
+        from hypervisor.executor.cupy_backend import CupyExecutor
+
+        return CupyExecutor()
+    raise ValueError(name)
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A scalar param's value (passed by value: ``Executor.scalar``)."""
+
+    value: int | float
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Out:
+    """An output param the launch allocates, zero-filled unless ``init`` is given."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    init: np.ndarray | None = None
+
+
+def source_for(stmts: str, values: Mapping[str, np.ndarray | Scalar | Out], name: str = "k") -> str:
+    """A one-kernel source whose params are ``values``' names, each declared ``dtype[]`` (any
+    shape) or, for a Scalar, ``dtype``."""
+    lines = [f"GPU_KERNEL {name}"]
+    for n, v in values.items():
+        dtype = v.dtype if isinstance(v, Scalar | Out) else v.dtype.name
+        lines.append(f"GPU_PARAM {n} {dtype}" + ("" if isinstance(v, Scalar) else "[]"))
+    lines += ["GPU_THREAD_CODE:", *("    " + s.strip() for s in stmts.strip().splitlines()), "GPU_END"]
+    return "\n".join(lines) + "\n"
+
+
+def run(ex, source: str, values: Mapping[str, np.ndarray | Scalar | Out], kernel: str | None = None,
+        arrays: dict | None = None) -> dict[str, np.ndarray]:
+    """Binds every param to ``values`` (arrays are copied onto the device), runs the kernel
+    to completion and returns every tensor param as it is afterwards, on the host. The
+    device arrays are left in ``arrays`` when one is given (for a look after a failure)."""
+    program = compile_source(source)
+    k = program.kernel(kernel) if kernel else program.kernels[0]
+    specs, args = {}, {} if arrays is None else arrays
+    for n, v in values.items():
+        if isinstance(v, Scalar):
+            specs[n] = TensorSpec(DType(v.dtype), ())
+            continue
+        shape, dtype = (v.shape, v.dtype) if isinstance(v, Out) else (v.shape, v.dtype.name)
+        specs[n] = spec = TensorSpec(DType(dtype), tuple(shape))
+        host = v.init if isinstance(v, Out) else v
+        if host is None:
+            args[n] = ex.zeros(spec)
+        else:
+            args[n] = ex.empty(spec)
+            ex.write(args[n], 0, [np.ascontiguousarray(host, dtype=dtype).tobytes()])
+    for n, v in values.items():
+        if isinstance(v, Scalar):
+            args[n] = ex.scalar(v.value, specs[n])
+    ex.run(k.bind(specs), args)
+    return {n: ex.to_host(a) for n, a in args.items() if not isinstance(values[n], Scalar)}
+
+
+def host_state(ex, arrays: dict, values: Mapping) -> dict[str, np.ndarray]:
+    return {n: ex.to_host(a) for n, a in arrays.items() if not isinstance(values[n], Scalar)}
