@@ -63,7 +63,9 @@ def run_llm_demo(duration: int = 60, accel: str = "auto", as_json: bool = False,
             start_hvd(Path(tmp), {v: QUOTA for v in SHARES}, shares=SHARES, models={DEFAULT_MODEL: model_path},
                       pool="1Gi") as hvd:
         n_layer = hvd.ctl("model", "list")["models"][0]["config"]["n_layer"]
-        per_token = n_layer + 2  # launches of one forward pass: embed, the layers, head
+        # launches of one forward pass: embed, the blocks two at a time (pxos_llm's
+        # LAYERS_PER_LAUNCH), head
+        per_token = (n_layer + 1) // 2 + 2
         # Enough tokens that the VM with the largest share is still busy after `duration`
         # seconds; the demo stops every guest then (the figures come from the busy window).
         cmds = {v: guest_command([PROMPTS[v]], 1000, as_json=False, ignore_eos=True, ctx=1088) for v in SHARES}

@@ -68,7 +68,11 @@ def test_greedy_generation_matches_the_reference_step_by_step(tiny, ref):
         for ids in PROMPTS:
             res = runner.generate_ids(ids, 12)
             assert res.tokens == _greedy_ref(ref, ids, 12)
-            assert res.launches >= 12 * (3 + 2) and res.ttft_s > 0 and res.stopped == "length"
+            # embed, layer2 (blocks 0-1), layer (block 2), head: 4 launches a token
+            assert res.launches == 12 * 4 and res.ttft_s > 0 and res.stopped == "length"
+        one = pxos_llm.LlamaRunner(HostDevice(hv, 1, session=2), "tiny", ctx=64, layers_per_launch=1)
+        res = one.generate_ids(PROMPTS[0], 12)
+        assert res.tokens == _greedy_ref(ref, PROMPTS[0], 12) and res.launches == 12 * 5
         # decode logits too: the KV cache written at runtime positions is what the reference holds
         ref.reset()
         ref.forward(PROMPTS[0])
@@ -108,16 +112,17 @@ def test_overcommit_streams_the_model_with_identical_results(tmp_path):
         model_bytes = full.list_models()[0].nbytes
     finally:
         full.stop()
-    # a pool of a quarter of the model plus room for the VM's own buffers (its KV cache,
-    # activations and a launch's temporaries: 320 KiB here): the layers stream in and out
-    small = _hv(tiny, pool=model_bytes // 4 + (320 << 10), host=64 << 20)
-    assert small.memory.pool_bytes < model_bytes * 0.6
+    # a pool of a quarter of the model plus room for the VM's own buffers and a launch's
+    # temporaries (512 KiB here, where a two-block launch binds half the model's blocks):
+    # the layers stream in and out
+    small = _hv(tiny, pool=model_bytes // 4 + (512 << 10), host=64 << 20)
+    assert small.memory.pool_bytes < model_bytes * 0.8
     try:
         runner = pxos_llm.LlamaRunner(HostDevice(small, 1), "tiny", ctx=64)
         assert runner.generate_ids(PROMPTS[2], 10).tokens == want
         m = small.list_models()[0]
-        assert m.device_bytes < m.nbytes / 2 and m.host_bytes > 0  # most of it is in host RAM
-        assert small.dispatcher.launches > 10 * 5
+        assert m.device_bytes < m.nbytes * 0.8 and m.host_bytes > 0  # part of it is in host RAM
+        assert small.dispatcher.launches == 10 * 4  # embed, two layer2, head
     finally:
         small.stop()
 
