@@ -19,6 +19,7 @@ BENCHMARKS = {
     "vhost": ["bench.bench_vhost"],
     "guest_roundtrip": ["bench.bench_guest_roundtrip"],
     "tokenizer": ["bench.bench_tokenizer"],
+    "llm": ["bench.bench_llm"],
 }
 
 
