@@ -7,23 +7,16 @@ import math
 
 import numpy as np
 import pytest
+from executors import EXECUTORS, make
 
-from hypervisor.executor import NumpyExecutor
 from primitive_lang import TensorSpec, compile_source
 from primitive_lang.ast import DType
 
 RNG = np.random.default_rng(1234)
 
 
-def _backend(name: str):
-    if name == "numpy":
-        return NumpyExecutor()
-    from hypervisor.executor.cupy_backend import CupyExecutor
-
-    return CupyExecutor()
-
-
-BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
+_backend = make
+BACKENDS = EXECUTORS
 
 
 def gelu(x):
