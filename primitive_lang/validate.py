@@ -19,9 +19,11 @@ from .attrs import check_attrs, value_refs
 from .blocks import ParsedKernel
 from .compiled import CheckedKernel, Direction, Step
 from .errors import Code, Diagnostic
-from .ops import OPS, OpKind
+from .ops import OPS, AxisUse, OpKind
 from .parser import unknown_op_diagnostic
 from .shapes import POISON, Info, infer, maybe_same, show_shape
+
+_NO_REFS: dict = {}  # never written to
 
 
 def validate(parsed: tuple[ParsedKernel, ...], diags: list[Diagnostic]) -> list[CheckedKernel]:
@@ -164,7 +166,8 @@ class _KernelCheck:
         # SLICE_WRITE reads its destination (it keeps the rest of it): before the write.
         kept = self._operand(stmt.dest) if spec is not None and spec.kind is OpKind.SLICE_WRITE else None
         args = [self._operand(a) for a in stmt.args]
-        refs = {a.name: self._operand(Name(a.value, a.pos)) for a in value_refs(stmt, spec)} if spec else {}
+        refs = {a.name: self._operand(Name(a.value, a.pos)) for a in value_refs(stmt, spec)} \
+            if spec and stmt.attrs else _NO_REFS
         if spec is None:
             self.diags.append(unknown_op_diagnostic(stmt.op, stmt.pos))
             result = POISON
@@ -173,7 +176,8 @@ class _KernelCheck:
             self.report(Code.ARITY, stmt.pos, f"{spec.name} takes {n} operand{'s' if n > 1 else ''}, "
                         f"got {len(stmt.args)}")
             result = POISON
-        elif not check_attrs(spec, stmt, self.symbols, self.report):
+        elif (stmt.attrs or spec.attrs or spec.axis is AxisUse.REQUIRED) \
+                and not check_attrs(spec, stmt, self.symbols, self.report):
             result = POISON
         else:
             dest = kept if spec.kind is OpKind.SLICE_WRITE else self._fill_dest(stmt)
