@@ -31,8 +31,14 @@ def show_value(value: AttrValue) -> str:
 def check_attrs(spec: OpSpec, stmt: OpStmt, symbols: Collection[str], report: Report) -> bool:
     """True when every attribute of ``stmt`` is known to ``spec``, written once and of its
     kind, and every required one is there; each problem otherwise goes to ``report``."""
-    if not stmt.attrs and not spec.attrs and spec.axis is not AxisUse.REQUIRED:
-        return True  # the common case: nothing to check
+    attrs = stmt.attrs
+    if not spec.attrs:  # the common cases, v1's: no attribute, or one integer axis=
+        if not attrs:
+            if spec.axis is not AxisUse.REQUIRED:
+                return True
+        elif len(attrs) == 1 and attrs[0].name == "axis" and type(attrs[0].value) is int \
+                and spec.axis is not AxisUse.NONE:
+            return True
     ok = True
     seen: set[str] = set()
     for a in stmt.attrs:

@@ -25,11 +25,12 @@ _DTYPE_WORDS = frozenset(("float16", "float32", "float64", "float", "int32", "in
 _CLASS_WORDS = frozenset(("REALTIME", "INTERACTIVE", "THROUGHPUT", "BATCH"))
 _PUNCT = {"[": "LSQB", "]": "RSQB", ",": "COMMA", ":": "COLON", "=": "EQUAL"}
 
-# Blanks and a comment, then one token: 1 newline, 2 word (3: matched when '=' follows the
-# word, which makes it an attribute name where one may stand), 4 arrow, 5 number, 6 punctuation.
+# Blanks and a comment, then one token: 1 newline, 2 a word, 3 a word right before '=' (an
+# attribute name where one may stand), 4 arrow, 5 number, 6 punctuation. The possessive `*+`
+# keeps a word whole when the lookahead fails (no shorter word is tried).
 _TOKEN = re.compile(
     r"[ \t]*(?:#[^\n]*)?"
-    r"(?:(\r?\n)|([A-Za-z_][A-Za-z0-9_]*)(?=([ \t]*=)?)|(→|->)"
+    r"(?:(\r?\n)|([A-Za-z_][A-Za-z0-9_]*+)(?![ \t]*=)|([A-Za-z_][A-Za-z0-9_]*+)|(→|->)"
     r"|([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)|([\[\],:=]))"
 )
 _SKIP = re.compile(r"[ \t]*(?:#[^\n]*)?")
@@ -58,15 +59,14 @@ class _Tok(Token):
         return tok
 
 
-def _word_kinds(accepts) -> tuple[dict[str, str], bool]:
-    """What each special word is in a parser state that accepts ``accepts``, and whether a
-    word right before ``=`` is an attribute name there (ATTR_NAME outranks every word)."""
+def _word_kinds(accepts) -> dict[str, str]:
+    """What each special word is in a parser state that accepts ``accepts``."""
     kinds = {w: w for w in _KEYWORDS if w in accepts}
     if "DTYPE" in accepts:
         kinds.update(dict.fromkeys(_DTYPE_WORDS, "DTYPE"))
     if "CLASS_NAME" in accepts:
         kinds.update(dict.fromkeys(_CLASS_WORDS, "CLASS_NAME"))
-    return kinds, "ATTR_NAME" in accepts
+    return kinds
 
 
 class FastLexer(Lexer):
@@ -75,18 +75,21 @@ class FastLexer(Lexer):
     def __init__(self, lexer_conf) -> None:
         self._tables: tuple | None = None
 
-    def _words_for(self, states) -> dict[int, tuple[dict[str, str], bool]]:
-        """Per parser state, the kind of each special word (built once per parse table)."""
+    def _words_for(self, states) -> tuple[dict[int, dict[str, str]], frozenset[int]]:
+        """Per parser state, the kind of each special word, and the states where a word right
+        before ``=`` is an attribute name (ATTR_NAME outranks every word); built once per
+        parse table."""
         if self._tables is None or self._tables[0] is not states:
-            self._tables = (states, {state: _word_kinds(accepts) for state, accepts in states.items()})
-        return self._tables[1]
+            self._tables = (states, {state: _word_kinds(accepts) for state, accepts in states.items()},
+                            frozenset(state for state, accepts in states.items() if "ATTR_NAME" in accepts))
+        return self._tables[1], self._tables[2]
 
     def lex(self, lexer_state: LexerState, parser_state) -> Iterator[Token]:
         text, end = lexer_state.text.text, lexer_state.text.end
         ctr = lexer_state.line_ctr
         pos, line, line_start = ctr.char_pos, ctr.line, ctr.line_start_pos
         accepts_of = parser_state.parse_conf.parse_table.states
-        words = self._words_for(accepts_of)
+        words, attr_states = self._words_for(accepts_of)
         stack = parser_state.state_stack  # the parser grows and shrinks this very list
         match = _TOKEN.match
         while pos < end:
@@ -98,9 +101,6 @@ class FastLexer(Lexer):
                 raise UnexpectedCharacters(text, bad, line, bad - line_start + 1,
                                            allowed=set(accepts_of[stack[-1]]), state=parser_state)
             group = m.lastindex
-            attr_next = group == 3
-            if attr_next:
-                group = 2
             start, pos = m.span(group)
             value = m.group(group)
             if group == 1:
@@ -111,8 +111,10 @@ class FastLexer(Lexer):
                 yield tok
                 continue
             if group == 2:
-                kinds, attrs_here = words[stack[-1]]
-                kind = "ATTR_NAME" if attr_next and attrs_here else kinds.get(value, "NAME")
+                kind = words[stack[-1]].get(value, "NAME")
+            elif group == 3:
+                state = stack[-1]
+                kind = "ATTR_NAME" if state in attr_states else words[state].get(value, "NAME")
             elif group == 5:
                 kind = _number_kind(value, accepts_of[stack[-1]])
                 if len(value) > limits.MAX_NUMBER_LEN:

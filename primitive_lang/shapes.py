@@ -158,10 +158,6 @@ def infer(spec: OpSpec, stmt: OpStmt, args: Sequence[Info | Number], dest: Info 
     undefined); ``symbols`` the size of each dimension symbol (at bind), ``refs`` what is known
     of each attribute that names a value. Arity and attributes have been checked by the caller.
     """
-    if spec.kind not in _V1_KINDS:
-        from .rules_v2 import infer_v2  # here: rules_v2 imports this module
-
-        return infer_v2(spec, stmt, args, dest, Ctx(report, symbols, refs or {}))
     if spec.axis is AxisUse.NONE and stmt.axis is not None:
         report(Code.AXIS, stmt.pos, f"{spec.name} takes no axis=")
         return POISON
@@ -172,6 +168,10 @@ def infer(spec: OpSpec, stmt: OpStmt, args: Sequence[Info | Number], dest: Info 
         return _fill(stmt, args[0], dest, report)
     if spec.kind is OpKind.BINARY:
         return _binary(spec, stmt, args, report)
+    if spec.kind not in _V1_KINDS:
+        from .rules_v2 import infer_v2  # here: rules_v2 imports this module
+
+        return infer_v2(spec, stmt, args, dest, Ctx(report, symbols, refs or {}))
     for node in stmt.args:
         if isinstance(node, Number):
             report(Code.OPERAND, node.pos, f"{spec.name} takes a param or a local, not a number")

@@ -19,9 +19,13 @@ from .attrs import check_attrs, value_refs
 from .blocks import ParsedKernel
 from .compiled import CheckedKernel, Direction, Step
 from .errors import Code, Diagnostic
-from .ops import OPS, OpKind
+from .ops import OPS, AxisUse, OpKind
 from .parser import unknown_op_diagnostic
 from .shapes import POISON, Info, infer, maybe_same, show_shape
+
+# Ops whose statements take the general path even without attributes written.
+_GENERAL = frozenset(n for n, spec in OPS.items()
+                     if spec.attrs or spec.kind is OpKind.SLICE_WRITE or spec.axis is AxisUse.REQUIRED)
 
 
 def validate(parsed: tuple[ParsedKernel, ...], diags: list[Diagnostic]) -> list[CheckedKernel]:
@@ -161,24 +165,36 @@ class _KernelCheck:
 
     def _statement(self, step: Step) -> None:
         stmt, spec = step.stmt, step.spec
+        if spec is None or stmt.attrs or spec.name in _GENERAL:
+            self._write(stmt, self._general(stmt, spec))
+            return
+        # the common case, kept lean: no attributes, nothing but operands read
+        args = [self._operand(a) for a in stmt.args]
+        if len(stmt.args) != spec.arity:
+            result = self._arity(stmt, spec)
+        else:
+            result = infer(spec, stmt, args, self._fill_dest(stmt), self.report)
+        self._write(stmt, result)
+
+    def _general(self, stmt: OpStmt, spec) -> Info:
         # SLICE_WRITE reads its destination (it keeps the rest of it): before the write.
         kept = self._operand(stmt.dest) if spec is not None and spec.kind is OpKind.SLICE_WRITE else None
         args = [self._operand(a) for a in stmt.args]
         refs = {a.name: self._operand(Name(a.value, a.pos)) for a in value_refs(stmt, spec)} if spec else {}
         if spec is None:
             self.diags.append(unknown_op_diagnostic(stmt.op, stmt.pos))
-            result = POISON
-        elif len(stmt.args) != spec.arity:
-            n = spec.arity
-            self.report(Code.ARITY, stmt.pos, f"{spec.name} takes {n} operand{'s' if n > 1 else ''}, "
-                        f"got {len(stmt.args)}")
-            result = POISON
-        elif not check_attrs(spec, stmt, self.symbols, self.report):
-            result = POISON
-        else:
-            dest = kept if spec.kind is OpKind.SLICE_WRITE else self._fill_dest(stmt)
-            result = infer(spec, stmt, args, dest, self.report, None, refs)
-        self._write(stmt, result)
+            return POISON
+        if len(stmt.args) != spec.arity:
+            return self._arity(stmt, spec)
+        if not check_attrs(spec, stmt, self.symbols, self.report):
+            return POISON
+        dest = kept if spec.kind is OpKind.SLICE_WRITE else self._fill_dest(stmt)
+        return infer(spec, stmt, args, dest, self.report, None, refs)
+
+    def _arity(self, stmt: OpStmt, spec) -> Info:
+        n = spec.arity
+        self.report(Code.ARITY, stmt.pos, f"{spec.name} takes {n} operand{'s' if n > 1 else ''}, got {len(stmt.args)}")
+        return POISON
 
     def _fill_dest(self, stmt: OpStmt) -> Info | None:
         p = self.params.get(stmt.dest.name)

@@ -189,6 +189,10 @@ class Interpreter:
         if kind is OpKind.CONCAT:
             return xp.concatenate((a, self.env[st.args[1].name]), axis=st.axis), None
         if kind is OpKind.GATHER:
+            host = self.host.get(st.args[1].name)
+            if host is not None:  # one id known on the host: a row, a view
+                self._id(st, int(host))  # (a scalar param's was checked before the run too)
+                return a[int(host)], self._root_of(st.args[0].name)
             return self._gather(st, a, self.env[st.args[1].name]), None
         if kind is OpKind.RMSNORM:
             return ops.rmsnorm(xp, a, self.env[st.args[1].name], float(st.attr("eps").value)), None
@@ -309,10 +313,6 @@ class Interpreter:
 
     def _gather(self, st: OpStmt, table, ids):
         xp, n = self.xp, table.shape[0]
-        host = self.host.get(st.args[1].name)
-        if host is not None:  # a scalar param: checked on the host, no device read
-            self._id(st, int(host))
-            return ops.gather(xp, table, ids)
         if self.defer_checks:  # clamp on the device; the launch fails when it completes
             flat = ids.reshape(-1)
             bad = (flat < 0) | (flat >= n)

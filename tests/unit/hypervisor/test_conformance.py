@@ -196,8 +196,9 @@ def test_op_matches_its_numpy_reference(backend, name, dt):
     for out, want in expected.items():
         have = got[out]
         assert have.shape == want.shape, out
+        declared = values[out]
+        assert have.dtype == (np.dtype(declared.dtype) if isinstance(declared, Out) else declared.dtype), out
         if have.dtype.kind == "f" and np.dtype(dt).kind == "f":
-            assert have.dtype == values[out].dtype if isinstance(values[out], Out) else True
             tol = TOL[have.dtype.name]
             np.testing.assert_allclose(have.astype(np.float64), np.asarray(want, np.float64), rtol=tol * 10,
                                        atol=tol * 10, err_msg=out)
@@ -384,3 +385,27 @@ def test_deferred_gather_checks_as_cupy_runs_them(ids, bad):
         return
     with pytest.raises(IndexOutOfRange, match=rf"line 6: GATHER id {bad[0]} \(element {bad[1]} of i"):
         interp.check_deferred(results)
+
+
+@pytest.mark.parametrize("backend", EXECUTORS)
+def test_a_scalar_bound_to_a_0d_tensor_param_is_checked_too(backend):
+    """A value passed by value to an `int[]` param (bound with shape ()) is no declared scalar,
+    so no pre-check sees it: the statement checks it."""
+    from primitive_lang import TensorSpec, compile_source
+    from primitive_lang.ast import DType
+
+    ex = make(backend)
+    src = "GPU_KERNEL k\nGPU_PARAM t float[4, 2]\nGPU_PARAM i int[]\nGPU_PARAM c float[2]\nGPU_THREAD_CODE:\n" \
+          "    GATHER t i -> c\nGPU_END\n"
+    specs = {"t": TensorSpec(DType.FLOAT32, (4, 2)), "i": TensorSpec(DType.INT32, ()), "c": TensorSpec(DType.FLOAT32, (2,))}
+    bound = compile_source(src).kernels[0].bind(specs)
+    table = np.arange(8, dtype=np.float32).reshape(4, 2)
+    for i in (3, -1, 4):
+        args = {"t": ex.empty(specs["t"]), "i": ex.scalar(i, specs["i"]), "c": ex.zeros(specs["c"])}
+        ex.write(args["t"], 0, [table.tobytes()])
+        if i == 3:
+            ex.run(bound, args)
+            np.testing.assert_array_equal(ex.to_host(args["c"]), table[3])
+        else:
+            with pytest.raises(IndexOutOfRange, match=f"GATHER id {i} "):
+                ex.run(bound, args)

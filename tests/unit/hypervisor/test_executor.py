@@ -7,23 +7,16 @@ import math
 
 import numpy as np
 import pytest
+from executors import EXECUTORS, make
 
-from hypervisor.executor import NumpyExecutor
 from primitive_lang import TensorSpec, compile_source
 from primitive_lang.ast import DType
 
 RNG = np.random.default_rng(1234)
 
 
-def _backend(name: str):
-    if name == "numpy":
-        return NumpyExecutor()
-    from hypervisor.executor.cupy_backend import CupyExecutor
-
-    return CupyExecutor()
-
-
-BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
+_backend = make
+BACKENDS = EXECUTORS
 
 
 def gelu(x):
@@ -210,3 +203,15 @@ def test_transfers_scatter_gather_at_offsets(backend):
     out = bytearray(16)
     ex.read_into(arr, 240, [memoryview(out)])
     assert bytes(out) == b"\xff" * 8 + b"\x01" * 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scalar_keeps_the_host_value_beside_the_device_array(backend):
+    """A runtime index given by a scalar param is read from the host value (no device read)."""
+    from hypervisor.executor.base import HostScalar
+
+    ex = _backend(backend)
+    s = ex.scalar(7, TensorSpec(DType.INT64, ()))
+    assert isinstance(s, HostScalar) and s.value == 7
+    host = ex.to_host(s.array)
+    assert host.shape == () and host.dtype == np.int64 and host == 7
