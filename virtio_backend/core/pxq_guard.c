@@ -16,8 +16,9 @@
  * the fault and returns, so the faulting instruction runs again on zero-filled memory
  * and the copy finishes. The mapping's owner sees the count go up and resets that VM;
  * nothing that VM's memory held ever reaches another VM, and no other mapping changes.
- * A SIGBUS anywhere else goes to the handler that was installed before (or the default
- * action), exactly as if the guard were not there.
+ * A SIGBUS anywhere else goes to the handler that was installed before (Python's
+ * faulthandler prints its traceback) and then to the default action: the process ends
+ * as it would have without the guard.
  *
  * Why not sigsetjmp/siglongjmp around each copy: that covers only copies made by this
  * file's own code, while guest memory is also read by NumPy and executor copies through
@@ -61,6 +62,7 @@ struct pxq_slot {
 
 static struct pxq_slot pxq_slots[PXQ_GUARD_SLOTS];
 static uint64_t pxq_events;
+static int pxq_chained; /* foreign SIGBUSes handed on so far */
 static struct sigaction pxq_prev;
 static pthread_mutex_t pxq_install_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -79,31 +81,42 @@ static int inside(uint64_t addr, uint64_t start, uint64_t len)
     return addr >= start && addr - start < len;
 }
 
-/* Hand a SIGBUS that is not ours to whoever had it before, or to the default action. */
-static void chain(int sig, siginfo_t *si, void *uc)
+/* The default action for a SIGBUS: a fault repeats when the handler returns and ends the
+ * process as it would have without us; a sent signal is raised again (delivered on return). */
+static void default_action(int sig, siginfo_t *si)
 {
-    struct sigaction prev = pxq_prev;
     struct sigaction dfl;
 
-    if (prev.sa_flags & SA_SIGINFO) {
-        if (prev.sa_sigaction)
-            prev.sa_sigaction(sig, si, uc);
-        return;
-    }
-    if (prev.sa_handler == SIG_IGN && si->si_code <= 0)
-        return; /* a sent SIGBUS, ignored before we came */
-    if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
-        prev.sa_handler(sig);
-        return;
-    }
-    /* Default action: restore it. A fault repeats when we return and ends the process
-     * as it would have without us; a sent signal is raised again (delivered on return). */
     memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     sigaction(SIGBUS, &dfl, NULL);
     if (si->si_code <= 0)
         raise(sig);
+}
+
+/* Hand a SIGBUS that is not ours to whoever had it before, once; any later one goes to
+ * the default action. Once, because a previous handler may itself chain back to us (Python's
+ * faulthandler restores the handler it found, which can be ours, and raises again): a
+ * foreign SIGBUS is fatal in this daemon, and it must end it, never loop. */
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+    struct sigaction prev = pxq_prev;
+
+    if (__atomic_fetch_add(&pxq_chained, 1, __ATOMIC_ACQ_REL) == 0) {
+        if (prev.sa_flags & SA_SIGINFO) {
+            if (prev.sa_sigaction)
+                prev.sa_sigaction(sig, si, uc);
+            return;
+        }
+        if (prev.sa_handler == SIG_IGN && si->si_code <= 0)
+            return; /* a sent SIGBUS, ignored before we came */
+        if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+            prev.sa_handler(sig);
+            return;
+        }
+    }
+    default_action(sig, si);
 }
 
 /* Replace the slot's whole mapping with zero-filled private memory. */
