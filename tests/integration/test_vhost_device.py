@@ -176,7 +176,7 @@ def test_transfers_scatter_gather_through_indirect_tables(vm1):
 def test_malformed_requests_get_their_status(vm1):
     vm1.refused(g.get_info()[:30], S.PXOS_S_INVALID, "struct needs 32")
     vm1.refused(g.raw_header(0x70FF), S.PXOS_S_UNSUPPORTED, "unknown PXOS command 0x70ff")
-    vm1.refused(g.get_info(abi_major=2), S.PXOS_S_UNSUPPORTED, "PXOS ABI 2.0")
+    vm1.refused(g.get_info(abi_major=2), S.PXOS_S_UNSUPPORTED, f"PXOS ABI 2.{wire.PXOS_ABI_MINOR}")
     vm1.refused(g.alloc(9, [4]), S.PXOS_S_INVALID, "ALLOC.dtype 9")
     vm1.refused(g.launch(1, [g.bind_buffer(b"n" * 64, 1)]), S.PXOS_S_INVALID, "not NUL-terminated")
     vm1.refused(g.read(1, 0, wire.PXOS_MAX_TRANSFER_BYTES + 1), S.PXOS_S_TOO_LARGE, "PXOS_MAX_TRANSFER_BYTES")

@@ -200,7 +200,8 @@ class VhostUserConnection:
             if v.vq is not None:
                 s = v.vq.stats
                 q.update(broken=v.vq.broken, in_flight=v.vq.in_flight, popped=s.popped,
-                         completed=s.completed, malformed=s.malformed, dropped_late=s.dropped_late)
+                         completed=s.completed, malformed=s.malformed, dropped_late=s.dropped_late,
+                         kicks=s.kicks, kicks_deferred=s.kicks_deferred)
             queues[i] = q
         return {"connected": not self.closed, "features": self.features,
                 "protocol_features": self.protocol_features, "memory_regions":
