@@ -154,9 +154,9 @@ uint64_t pxq_scatter(const struct pxq_seg *segs, uint32_t nsegs, uint64_t offset
 
 /* ---- SIGBUS guard of guest memory mappings (pxq_guard.c) ---- */
 
-/* Mappings of guest memory the guard can watch at once, daemon-wide (8 regions per VM,
- * plus tables that linger until a device lets go of them). */
-#define PXQ_GUARD_SLOTS 4096
+/* Mappings of guest memory the guard can watch at once, daemon-wide: 8 regions per table,
+ * at most 4 live tables per connection (MAX_LIVE_TABLES), so 512 VMs at their worst. */
+#define PXQ_GUARD_SLOTS 16384
 
 /* Install the process-wide SIGBUS handler (again, if someone replaced it: theirs then
  * gets every SIGBUS outside guest memory). 1 installed now, 0 already on top, -errno. */

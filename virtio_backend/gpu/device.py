@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 
 from hypervisor import Hypervisor
@@ -193,7 +194,12 @@ class GpuDevice:
                 os.close(fd)
             raise ProtocolError(f"vhost-user request {request} is not one a virtio-gpu backend serves")
         # QEMU's end of the display socketpair. A headless device never talks on it, but
-        # keeps it open so QEMU sees a live peer; a new one replaces the old.
+        # keeps it open so QEMU sees a live peer; a new one replaces the old. It must be a
+        # socket (issue 17: every fd a front-end passes is checked for what it must be).
+        if fds and not _is_socket(fds[0]):
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError("GPU_SET_SOCKET: the fd is not a socket")
         self._close_display_fd()
         if fds:
             self._display_fd = fds[0]
@@ -391,6 +397,13 @@ _NAMES = {int(t): t.name for names in (VirtioGpuCtrlType, PxosCmdType) for t in 
 
 def _cmd_name(hdr: c.Header) -> str:
     return _NAMES.get(hdr.type, UNKNOWN_COMMAND)
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _release_views(cmd: c.Command) -> None:

@@ -83,6 +83,11 @@ TOLERATED_UNOFFERED_FEATURES = int(VF.VIRTIO_F_RING_RESET | VF.VIRTIO_F_NOTIFY_O
 #: Protocol features a device may add: only those whose messages the library serves.
 SERVABLE_PROTOCOL_FEATURES = LIBRARY_PROTOCOL_FEATURES
 _TOTALS = ("popped", "completed", "malformed", "dropped_late")
+#: Memory tables one connection may keep mapped at once: the current one and those a new
+#: table replaced while requests still point into them. Each holds up to 8 mappings and
+#: 8 slots of the daemon-wide SIGBUS guard; a front-end that sends table after table
+#: while requests are held must not be able to take every slot from the other VMs.
+MAX_LIVE_TABLES = 4
 #: SET_VRING_ADDR flags: VHOST_VRING_F_LOG asks for dirty logging of the used ring, which
 #: needs LOG_ALL/LOG_SHMFD; neither is offered, so any flag is refused.
 VHOST_VRING_F_LOG = 0x1
@@ -286,6 +291,11 @@ class VhostUserConnection:
         return encode_u64(len(self._vrings))
 
     def _handle_set_mem_table(self, body: MemTable) -> None:
+        self._tables = [t for t in self._tables if not t.closed]
+        if len(self._tables) >= MAX_LIVE_TABLES:
+            channel.close_fds(r.fd for r in body.regions)
+            raise ProtocolError(f"SET_MEM_TABLE while {len(self._tables)} tables are still in use "
+                                f"(at most {MAX_LIVE_TABLES})")
         try:
             new = GuestMemory(body.regions)
         finally:

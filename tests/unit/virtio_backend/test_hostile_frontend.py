@@ -261,3 +261,28 @@ def test_a_memfd_left_open_to_seals_gets_sealed_against_shrinking(server):
             fe.shrink_ram(0)
         assert srv.status()["connected"] and still_served(fe)
 
+
+
+def test_tables_held_by_requests_are_bounded_per_connection(server, other_vm, caplog):
+    from tests.support.echo_device import HOLD
+    from virtio_backend.vhost_user.connection import MAX_LIVE_TABLES
+
+    srv, devices = server
+    caplog.set_level(logging.INFO)
+    with VhostUserFrontend(srv.socket_path) as fe:
+        fe.boot()
+        same = [(gpa, size, fe.ram_va + off, off) for gpa, size, off in fe.regions]
+        for i in range(MAX_LIVE_TABLES - 1):  # each table kept mapped by a held request
+            fe.submit(0, out=[HEADER.pack(HOLD, 0, i)], in_=[16])
+            fe.kick(0)
+            wait_until(lambda i=i: len(devices[0].held) == i + 1)
+            fe.send_mem_table(same)
+        fe.submit(0, out=[HEADER.pack(HOLD, 0, 99)], in_=[16])
+        fe.kick(0)
+        wait_until(lambda: len(devices[0].held) == MAX_LIVE_TABLES)
+        with pytest.raises(ConnectionResetError):
+            fe.send_mem_table(same)
+    wait_until(lambda: not srv.status()["connected"])
+    assert "tables are still in use" in srv.status()["last_close_reason"]
+    assert len(warnings_of(caplog)) == 1
+    assert served_ok(srv.socket_path) and still_served(other_vm)

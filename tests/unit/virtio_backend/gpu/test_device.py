@@ -82,3 +82,12 @@ def test_log_limiter_allows_a_burst_then_a_rate():
     now[0] = 1.0
     assert [lim.allow() for _ in range(3)] == [True, True, False]
     assert lim.suppressed == 3
+
+
+@pytest.mark.parametrize("make", [lambda: os.eventfd(0), lambda: os.pipe()[0]])
+def test_gpu_set_socket_refuses_an_fd_that_is_not_a_socket(device, make):
+    fd = make()
+    with pytest.raises(ProtocolError, match="not a socket"):
+        device.handle_device_message(VHOST_USER_GPU_SET_SOCKET, b"", [fd])
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed: the device owns every fd it is handed
