@@ -18,7 +18,7 @@ import pytest
 
 from hypervisor import Hypervisor
 from hypervisor.executor.numpy_backend import NumpyExecutor
-from tests.support.vhost_frontend import VhostUserFrontend, wait_until
+from tests.support.vhost_frontend import RESET_DEVICE, VhostUserFrontend, wait_until
 from virtio_backend import wire
 from virtio_backend.gpu import guest as g
 from virtio_backend.gpu.device import KICK_BUDGET, UNKNOWN_COMMAND
@@ -155,6 +155,20 @@ def test_a_reset_while_an_alloc_waits_is_answered_at_once_and_leaves_the_vm_empt
     assert hv.stats(1).buffers == 0 and fe1.ring(0).used_idx() == used_before
     fe1.start()
     assert call(fe1, g.get_info())["memory_used"] == 0
+
+
+def test_resets_while_the_worker_waits_queue_one_release(gated):
+    ex, hv, t, fe1, fe2 = gated
+    ex.hold.set()
+    send(fe1, g.alloc(F32, [64]))
+    assert ex.entered.wait(5)
+    before = t.status()[1]["worker_jobs_total"]
+    for _ in range(200):  # a front-end spamming resets cannot grow the worker's queue
+        fe1.request(RESET_DEVICE)
+    fe1.get_config()  # every reset handled, each answered without waiting
+    assert t.status()[1]["worker_jobs_total"] - before <= 1
+    ex.go.set()
+    wait_until(lambda: hv.vm_info(1).memory_used == 0)
 
 
 def test_a_flood_is_served_in_bounded_passes_without_another_kick(gated):

@@ -103,6 +103,7 @@ class GpuDevice:
         self._results_lock = threading.Lock()
         self._results_posted = False
         self._batch: list = []  # jobs of the current pass, handed to the worker at its end
+        self._release_queued = False  # a release job is queued and has not started yet
 
     # ---- VirtioDevice: features and config ----------------------------------------------
     def device_features(self) -> int:
@@ -172,11 +173,15 @@ class GpuDevice:
         self._resume_scheduled.clear()
         self.display = HeadlessDisplay()
         self._close_display_fd()
+        if self._release_queued:  # one queued release covers any number of resets
+            return
+        self._release_queued = True
         if not self._worker.submit(self._release_vm):  # the VM is being detached: no worker
             self._release_vm()
 
     def _release_vm(self) -> None:
         """The worker's job after a reset: release the VM's state in the hypervisor."""
+        self._release_queued = False
         try:
             res = self.hv.reset_vm(self.vm_id, "the guest's virtio-gpu device was reset")
         except NotFound:  # the VM was removed first (detach): nothing left to release
@@ -254,11 +259,11 @@ class GpuDevice:
         self._offload(queue, req, hdr, cmd)
 
     def _run(self, cmd: c.Command, name: str) -> c.Response | Deferred:
-        """Handle one decoded command (worker thread); guest memory views released after."""
+        """Handle one decoded command (worker thread); guest memory views released after.
+        A host bug becomes PXOS_S_INTERNAL (counted when the loop completes it)."""
         try:
             return self.control.handle(cmd)
         except Exception as exc:  # a host bug under the handler
-            self.stats.internal_errors_total += 1
             log.exception("vm %d: %s failed inside the host", self.vm_id, name)
             return c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
         finally:
@@ -316,6 +321,8 @@ class GpuDevice:
             if generation != self._generation or not req.live:
                 self.stats.late_completions_dropped += 1
                 continue
+            if type(result) is c.ErrorResp and result.status == PxosStatus.PXOS_S_INTERNAL:
+                self.stats.internal_errors_total += 1
             try:
                 self._finish(queue, req, hdr, result)
             except Exception:

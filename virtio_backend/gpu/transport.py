@@ -80,13 +80,15 @@ class VhostUserTransport:
 
     def status(self) -> dict[int, dict]:
         """Per VM: socket, connected, negotiated features, queue sizes and counters, requests
-        served, errors, and the device's own counters (``device``)."""
+        served, errors, the device's own counters (``device``) and the jobs its worker ran
+        or holds (``worker_jobs_total``)."""
         with self._lock:
             attached = list(self._vms.values())
         out = {}
         for att in attached:
             st = att.server.status(STATUS_TIMEOUT_S)
             st["device"] = self._device_stats(att)
+            st["worker_jobs_total"] = att.worker.jobs_total
             out[att.vm_id] = st
         return out
 
