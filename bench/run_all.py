@@ -17,6 +17,7 @@ BENCHMARKS = {
     "hypervisor": ["bench.bench_hypervisor"],
     "overcommit": ["bench.bench_overcommit"],
     "vhost": ["bench.bench_vhost"],
+    "isolation": ["bench.bench_isolation"],
     "guest_roundtrip": ["bench.bench_guest_roundtrip"],
     "tokenizer": ["bench.bench_tokenizer"],
     "llm": ["bench.bench_llm"],

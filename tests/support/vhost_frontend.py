@@ -15,7 +15,14 @@ Typical use (``tests/unit/virtio_backend/``, the device's tests, ``bench/bench_v
 
 Fault switches: ``send_raw`` / ``send`` (any header, payload, fds), ``ring(q).add_raw``
 (any descriptors: outside memory, loops, bad indirect tables, huge lengths),
-``ring(q).set_avail_idx`` (a corrupt avail ring), ``disconnect()`` (mid-request).
+``ring(q).set_avail_idx`` (a corrupt avail ring), ``disconnect()`` (mid-request), and the
+issue 17 ones: ``ram_seals`` ("shrink": sealed as QEMU seals its memfd; "open": sealing
+allowed but no seal set, so the back-end may seal it; "none": a memfd that can never be
+sealed) with ``shrink_ram()`` (truncate guest RAM under the back-end's mapping: after it
+this side must not touch ``mem`` either), ``vring_fd`` with any fd (a pipe, a regular
+file, a directory, a socket as kick/call/err fd, or None for a "no fd" kick),
+``set_vring_addr(..., flags=)`` (dirty logging) and ``send_mem_table(regions)`` (a new
+memory table while the rings run, e.g. one that maps the rings misaligned).
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ class VhostUserFrontend:
     def __init__(self, socket_path: str, *, ram_size: int = 32 << 20, queue_sizes=(64, 16),
                  event_idx: bool = True, indirect: bool = True, gpu_socket: bool = True,
                  protocol_features: int | None = None, need_reply_all: bool = False,
-                 extra_features: int = 0):
+                 extra_features: int = 0, ram_seals: str = "shrink"):
         self.socket_path = socket_path
         self.queue_sizes = tuple(queue_sizes)
         self.event_idx, self.indirect, self.gpu_socket = event_idx, indirect, gpu_socket
@@ -84,9 +91,13 @@ class VhostUserFrontend:
         self.extra_features = extra_features  # acked whatever the back-end offered (as QEMU does)
         self.sock: socket.socket | None = None
         self.ram_size = ram_size
-        self.ram_fd = os.memfd_create("pxos-test-guest-ram", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        if ram_seals not in ("shrink", "open", "none"):
+            raise ValueError(f"ram_seals {ram_seals!r}: shrink, open or none")
+        sealing = os.MFD_ALLOW_SEALING if ram_seals != "none" else 0
+        self.ram_fd = os.memfd_create("pxos-test-guest-ram", os.MFD_CLOEXEC | sealing)
         os.ftruncate(self.ram_fd, ram_size)
-        fcntl.fcntl(self.ram_fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        if ram_seals == "shrink":  # QEMU's memory-backend-memfd default (seal=on)
+            fcntl.fcntl(self.ram_fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         self.ram = mmap.mmap(self.ram_fd, ram_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.mem = memoryview(self.ram)
         import ctypes  # the "QEMU virtual address" of our mapping: what QEMU would send
@@ -201,6 +212,25 @@ class VhostUserFrontend:
     def vring_fd(self, request: int, index: int, fd: int | None) -> None:
         self.request(request, struct.pack("<Q", index | (NOFD if fd is None else 0)), () if fd is None else (fd,))
 
+    def set_vring_addr(self, index: int, desc: int, avail: int, used: int, *, flags: int = 0) -> None:
+        """SET_VRING_ADDR with guest-physical offsets into our RAM (sent as our virtual
+        addresses, as QEMU sends them); ``flags`` 1 is VHOST_VRING_F_LOG."""
+        self.request(SET_VRING_ADDR, struct.pack("<IIQQQQ", index, flags, self.ram_va + desc, self.ram_va + used,
+                                                 self.ram_va + avail, 0))
+
+    def send_mem_table(self, regions, *, fd: int | None = None) -> None:
+        """SET_MEM_TABLE with ``regions`` = [(gpa, size, userspace_addr, mmap_offset)], each
+        with ``fd`` (our RAM by default); REPLY_ACK is asked for when negotiated."""
+        body = struct.pack("<II", len(regions), 0)
+        for gpa, size, uaddr, off in regions:
+            body += struct.pack("<QQQQ", gpa, size, uaddr, off)
+        self.request(SET_MEM_TABLE, body, [self.ram_fd if fd is None else fd] * len(regions))
+
+    def shrink_ram(self, size: int = 0) -> None:
+        """Truncate guest RAM under the back-end's mapping (PermissionError when sealed).
+        Touching ``mem`` past ``size`` afterwards raises SIGBUS in this process too."""
+        os.ftruncate(self.ram_fd, size)
+
     # -- QEMU's sequence ------------------------------------------------------------------
     def handshake(self) -> None:
         """QEMU start: features, protocol features, owner, call/err fds."""
@@ -230,6 +260,11 @@ class VhostUserFrontend:
             body += struct.pack("<QQQQ", gpa, size, self.ram_va + off, off)
         return body
 
+    def ring_addrs(self, q: int) -> tuple[int, int, int]:
+        """(desc, avail, used) guest-physical addresses of ring ``q``."""
+        r = self.ring(q)
+        return r.desc, r.avail, r.used
+
     def start(self, before_enable=None) -> None:
         """DRIVER_OK: GPU socket, features, memory table, rings, enable, fresh call fds.
         ``before_enable(self)`` runs after the kick fds are set and before the enables
@@ -252,8 +287,7 @@ class VhostUserFrontend:
             self.rings[i] = DriverRing(self.mem, num, desc, avail, used, event_idx=bool(self.features & F_EVENT_IDX))
             self.vring_state(SET_VRING_NUM, i, num)
             self.vring_state(SET_VRING_BASE, i, 0)
-            self.request(SET_VRING_ADDR, struct.pack("<IIQQQQ", i, 0, self.ram_va + desc, self.ram_va + used,
-                                                     self.ram_va + avail, 0))
+            self.set_vring_addr(i, desc, avail, used)
             self.vring_fd(SET_VRING_KICK, i, self.kick_fds[i])
         if before_enable is not None:
             before_enable(self)

@@ -23,7 +23,7 @@ def make_builder() -> cffi.FFI:
     ffi.set_source(
         "virtio_backend.core._pxq_core",
         '#include <stdint.h>\n#include "pxq_core.h"\n',
-        sources=["virtio_backend/core/pxq_core.c"],
+        sources=["virtio_backend/core/pxq_core.c", "virtio_backend/core/pxq_guard.c"],
         include_dirs=["virtio_backend/core"],
         extra_compile_args=CFLAGS,
     )

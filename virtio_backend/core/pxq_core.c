@@ -121,15 +121,25 @@ int pxq_translate_qva(const struct pxq_mem *mem, uint64_t qva, uint64_t len, uin
     return -EFAULT;
 }
 
-int pxq_vring_init(struct pxq_vring *vr, uint32_t num, uint64_t desc, uint64_t avail, uint64_t used,
-                   uint16_t base, int event_idx, int indirect)
+int pxq_vring_check_addrs(uint32_t num, uint64_t desc, uint64_t avail, uint64_t used)
 {
-    memset(vr, 0, sizeof(*vr));
     if (num == 0 || num > PXQ_MAX_QUEUE_SIZE || (num & (num - 1)))
         return -EINVAL;
     /* Alignments from the spec's table (2.7): 16, 2 and 4 bytes. */
     if (!desc || !avail || !used || (desc & 15) || (avail & 1) || (used & 3))
         return -EINVAL;
+    return 0;
+}
+
+int pxq_vring_init(struct pxq_vring *vr, uint32_t num, uint64_t desc, uint64_t avail, uint64_t used,
+                   uint16_t base, int event_idx, int indirect)
+{
+    int rc;
+
+    memset(vr, 0, sizeof(*vr));
+    rc = pxq_vring_check_addrs(num, desc, avail, used);
+    if (rc)
+        return rc;
     vr->num = num;
     vr->desc = desc;
     vr->avail = avail;
@@ -139,6 +149,18 @@ int pxq_vring_init(struct pxq_vring *vr, uint32_t num, uint64_t desc, uint64_t a
     vr->signalled_used = base; /* not valid yet: the first interrupt is never suppressed */
     vr->event_idx = event_idx ? 1 : 0;
     vr->indirect = indirect ? 1 : 0;
+    return 0;
+}
+
+int pxq_vring_rebind(struct pxq_vring *vr, uint64_t desc, uint64_t avail, uint64_t used)
+{
+    int rc = pxq_vring_check_addrs(vr->num, desc, avail, used);
+
+    if (rc)
+        return rc; /* nothing changed */
+    vr->desc = desc;
+    vr->avail = avail;
+    vr->used = used;
     return 0;
 }
 

@@ -106,6 +106,14 @@ int pxq_translate_gpa(const struct pxq_mem *mem, uint64_t gpa, uint64_t len, uin
 /* Same for a frontend virtual address (ring addresses in SET_VRING_ADDR). */
 int pxq_translate_qva(const struct pxq_mem *mem, uint64_t qva, uint64_t len, uint64_t *host);
 
+/* 0 when num is a valid queue size and the host pointers are non-NULL and aligned as the
+ * spec asks (desc 16, avail 2, used 4 bytes); -EINVAL otherwise. */
+int pxq_vring_check_addrs(uint32_t num, uint64_t desc, uint64_t avail, uint64_t used);
+
+/* Point a running ring at a new mapping of the same guest memory (a new memory table):
+ * the same checks as pxq_vring_init; on -EINVAL nothing changed. Ring state is kept. */
+int pxq_vring_rebind(struct pxq_vring *vr, uint64_t desc, uint64_t avail, uint64_t used);
+
 /* Prepare a ring: zero the state, set sizes and pointers, last_avail = used_idx = base. */
 int pxq_vring_init(struct pxq_vring *vr, uint32_t num, uint64_t desc, uint64_t avail, uint64_t used,
                    uint16_t base, int event_idx, int indirect);
@@ -143,3 +151,25 @@ uint64_t pxq_gather(const struct pxq_seg *segs, uint32_t nsegs, uint64_t offset,
 /* Copy into the device-writable segments from byte offset; returns bytes copied. */
 uint64_t pxq_scatter(const struct pxq_seg *segs, uint32_t nsegs, uint64_t offset, const uint8_t *src,
                      uint64_t len);
+
+/* ---- SIGBUS guard of guest memory mappings (pxq_guard.c) ---- */
+
+/* Mappings of guest memory the guard can watch at once, daemon-wide: 8 regions per table,
+ * at most 4 live tables per connection (MAX_LIVE_TABLES), so 512 VMs at their worst. */
+#define PXQ_GUARD_SLOTS 16384
+
+/* Install the process-wide SIGBUS handler (again, if someone replaced it: theirs then
+ * gets every SIGBUS outside guest memory). 1 installed now, 0 already on top, -errno. */
+int pxq_guard_install(void);
+/* Watch the mapping [start, start + len) of fd (hugetlbfs extents are rounded up to its
+ * page). Returns the slot (>= 0), -ENOSPC when every slot is taken, or -errno. A SIGBUS
+ * inside it then replaces the whole mapping with zero-filled private memory and counts. */
+int pxq_guard_add(uint64_t start, uint64_t len, int fd);
+/* Stop watching (call it once the mapping is gone). 0, or -errno. */
+int pxq_guard_remove(int slot);
+/* SIGBUS faults absorbed in a slot since it was added (> 0: the memory went bad). */
+int pxq_guard_faults(int slot);
+/* Faults absorbed in all slots since start: a cheap "did anything go bad" check. */
+uint64_t pxq_guard_events(void);
+/* Slots in use. */
+int pxq_guard_active(void);

@@ -76,8 +76,7 @@ class PxosControl:
         self.hv = hv
         self.vm_id = vm_id
         self.max_inflight = max_inflight  # reported by GET_INFO: the control queue's size
-        dev = hv.device_info()  # backend and device name are fixed for the daemon's life
-        self._backend, self._device_name = dev.backend, dev.device_name
+        self._device: tuple[str, str] | None = None  # (backend, device name), read at first use
 
     def handle(self, cmd: c.Command) -> c.Response | Deferred:
         """Run one command; a guest's mistake comes back as an ``ErrorResp``."""
@@ -96,8 +95,11 @@ class PxosControl:
         # Quota, usage and shares change at run time (pxosctl, allocations): read every
         # time. Backend and device name are fixed for the daemon's life (cached above).
         quota, used, share, cap = self.hv.vm_usage(self.vm_id)
+        if self._device is None:  # fixed for the daemon's life; asked here, on the worker
+            dev = self.hv.device_info()
+            self._device = (dev.backend, dev.device_name)
         return c.InfoResp(self.vm_id, quota, used, round(share), round(cap or 0),
-                          self.max_inflight, self._backend, self._device_name)
+                          self.max_inflight, *self._device)
 
     def _handle_alloc(self, cmd: c.AllocCmd) -> c.Response:
         buf = self.hv.alloc(self.vm_id, DTYPE_TO_AST[cmd.dtype], cmd.shape, session=cmd.hdr.session)

@@ -4,24 +4,42 @@ Implements ``virtio_backend.vhost_user.device.VirtioDevice`` for virtio device I
 two queues (virtio spec 5.7.2): the control queue carries the standard virtio-gpu
 commands (answered by ``display.HeadlessDisplay``) and the PXOS vendor commands
 (0x7000..0x70ff: ``decode`` → ``control.PxosControl`` → ``encode``); the cursor queue is
-drained (cursor commands take no response). All of it runs on the connection's loop
-thread; a LAUNCH's chain is held until its completion arrives from the hypervisor's
-dispatcher thread through ``connection.call_soon_threadsafe``.
+drained (cursor commands take no response). Rings, decoding and completions run on the
+connection's loop thread; the PXOS commands themselves run on the VM's worker (below); a
+LAUNCH's chain is held until its completion arrives from the hypervisor's dispatcher
+thread through ``connection.call_soon_threadsafe``.
 
 Every chain is completed through one path, ``_complete``, and nothing a guest sends raises
 out of ``queue_kicked``: a malformed request becomes an error response, a host bug becomes
 ``PXOS_S_INTERNAL`` (logged with its traceback), and both are counted in ``stats``.
 
-``reset()`` (rings stopped, device reset, QEMU gone) releases the VM's device state in the
-hypervisor (``hv.reset_vm``: buffers, kernels, queued launches; usage back to zero) and
-starts a new generation: a completion of the old one that arrives later is dropped,
-never written to guest memory.
+The loop thread never calls the hypervisor, so it never waits on the GPU (issue 17,
+finding 5): a transfer waits for its copy, the copy stream can be queued behind another
+VM's kernel, and any call may wait for the hypervisor's lock while someone else waits on
+the device; meanwhile QEMU would wait for this loop's replies. Each decoded PXOS command
+is a job for the VM's ``DeviceWorker`` (one thread per VM, first in, first out: the VM's
+commands still run one at a time in ring order); its result comes back to the loop
+thread, which encodes it and completes the chain. A kick drains at most
+``KICK_BUDGET`` chains, then the device yields to the loop (its vhost-user socket, the
+other queue, completions) and resumes on its own.
+
+``reset()`` (rings stopped, device reset, QEMU gone) starts a new generation at once: a
+completion of the old one that arrives later is dropped, never written to guest memory,
+and a queued job of the old one is skipped. The release of the VM's state in the
+hypervisor (``hv.reset_vm``: buffers, kernels, queued launches; usage back to zero) is
+the worker's next job: after anything of the old generation still running, before
+anything of the next driver, so the next driver's first request sees a clean device.
+
+The per-command counters have one ``unknown`` bucket for every type the device does
+not know (finding 4): a guest picks the type, the counters stay bounded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
+import threading
 
 from hypervisor import Hypervisor
 from hypervisor.core import MAX_INFLIGHT_PER_VM
@@ -42,6 +60,7 @@ from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
 from virtio_backend.gpu.encode import encode
 from virtio_backend.gpu.metrics import DeviceStats, LogLimiter
 from virtio_backend.gpu.virtio_gpu import VirtioGpuCtrlType, VirtioGpuFeature, VirtioGpuQueue
+from virtio_backend.gpu.worker import DeviceWorker
 from virtio_backend.wire import PxosCmdType, PxosStatus
 
 log = logging.getLogger("pxos.virtio.gpu")
@@ -50,6 +69,13 @@ VHOST_USER_GPU_SET_SOCKET = 33  # VhostUserRequest.GPU_SET_SOCKET
 CONFIG_SPACE_MAX = 256  # vhost-user GET_CONFIG reads at most this much (VHOST_USER_MAX_CONFIG_SIZE)
 DEFAULT_MAX_INFLIGHT = 64  # until the control queue starts: QEMU's control queue size
 _PXOS_FIRST, _PXOS_LAST = wire.PXOS_CMD_FIRST, wire.PXOS_CMD_LAST
+#: Chains one pass over a queue serves before yielding to the loop: bounds what one VM's
+#: flood makes its loop do before it reads its vhost-user socket again (QEMU may be
+#: waiting there). A chain costs the loop a few microseconds (pop, decode, hand over).
+KICK_BUDGET = 32
+#: The counters' bucket for any command type the device does not know: a guest chooses
+#: the type (a u32), so a key per type would let it grow the map without bound.
+UNKNOWN_COMMAND = "unknown"
 
 
 class GpuDevice:
@@ -57,7 +83,8 @@ class GpuDevice:
 
     num_queues = 2
 
-    def __init__(self, hv: Hypervisor, vm_id: int, connection, stats: DeviceStats | None = None):
+    def __init__(self, hv: Hypervisor, vm_id: int, connection, stats: DeviceStats | None = None,
+                 worker: DeviceWorker | None = None):
         self.hv = hv
         self.vm_id = vm_id
         self._connection = connection  # call_soon_threadsafe(fn, *args) onto the loop thread
@@ -67,6 +94,16 @@ class GpuDevice:
         self._generation = 0
         self._display_fd: int | None = None
         self._log = LogLimiter()
+        self._own_worker = worker is None
+        self._worker = worker if worker is not None else DeviceWorker(f"vm{vm_id}-device")
+        self._resume_scheduled: set[int] = set()  # queues whose budget ran out, resume queued
+        # Results coming back from the worker, picked up by the loop in batches: one wake
+        # of the loop (and one interrupt) per batch, not per command.
+        self._results: list[tuple] = []
+        self._results_lock = threading.Lock()
+        self._results_posted = False
+        self._batch: list = []  # jobs of the current pass, handed to the worker at its end
+        self._release_queued = False  # a release job is queued and has not started yet
 
     # ---- VirtioDevice: features and config ----------------------------------------------
     def device_features(self) -> int:
@@ -94,14 +131,37 @@ class GpuDevice:
 
     def queue_kicked(self, index: int, queue) -> None:
         if index == VirtioGpuQueue.CONTROLQ:
-            served = 0
-            while (req := queue.pop()) is not None:
-                self._serve(queue, req)
-                served += 1
-            if served:
-                queue.notify()
+            serve = self._serve
         elif index == VirtioGpuQueue.CURSORQ:
-            self._drain_cursor(queue)
+            serve = self._serve_cursor
+        else:
+            return
+        served = 0
+        try:
+            while served < KICK_BUDGET:
+                req = queue.pop()
+                if req is None:  # empty: the guest's kicks are re-armed
+                    break
+                serve(queue, req)
+                served += 1
+            else:  # budget spent, chains may be left: yield to the loop, then carry on
+                self._resume_later(index, queue)
+        finally:
+            self._flush_batch()
+        if served:
+            queue.notify()
+
+    def _resume_later(self, index: int, queue) -> None:
+        if index in self._resume_scheduled:
+            return
+        self._resume_scheduled.add(index)
+        queue.stats.kicks_deferred += 1
+        self._connection.call_soon_threadsafe(self._resume, self._generation, index, queue)
+
+    def _resume(self, generation: int, index: int, queue) -> None:
+        self._resume_scheduled.discard(index)
+        if generation == self._generation and queue.live and queue.enabled:
+            self.queue_kicked(index, queue)
 
     def queue_stopped(self, index: int) -> None:
         pass  # the library invalidated the queue's requests; reset() follows for the device
@@ -110,8 +170,18 @@ class GpuDevice:
         self._generation += 1  # completions of the old generation are dropped on arrival
         self.stats.resets_total += 1
         self.stats.launches_inflight = 0
+        self._resume_scheduled.clear()
         self.display = HeadlessDisplay()
         self._close_display_fd()
+        if self._release_queued:  # one queued release covers any number of resets
+            return
+        self._release_queued = True
+        if not self._worker.submit(self._release_vm):  # the VM is being detached: no worker
+            self._release_vm()
+
+    def _release_vm(self) -> None:
+        """The worker's job after a reset: release the VM's state in the hypervisor."""
+        self._release_queued = False
         try:
             res = self.hv.reset_vm(self.vm_id, "the guest's virtio-gpu device was reset")
         except NotFound:  # the VM was removed first (detach): nothing left to release
@@ -119,13 +189,22 @@ class GpuDevice:
         log.info("vm %d: device reset: %d buffers (%d bytes), %d kernels freed, %d launches cancelled",
                  self.vm_id, res.buffers_freed, res.bytes_freed, res.kernels_freed, res.launches_cancelled)
 
+    def idle(self, timeout: float = 10.0) -> bool:
+        """Wait until the worker ran every job queued so far (tests, detach)."""
+        return self._worker.wait_idle(timeout)
+
     def handle_device_message(self, request: int, payload: bytes, fds: list[int]) -> bytes | None:
         if request != VHOST_USER_GPU_SET_SOCKET:
             for fd in fds:
                 os.close(fd)
             raise ProtocolError(f"vhost-user request {request} is not one a virtio-gpu backend serves")
         # QEMU's end of the display socketpair. A headless device never talks on it, but
-        # keeps it open so QEMU sees a live peer; a new one replaces the old.
+        # keeps it open so QEMU sees a live peer; a new one replaces the old. It must be a
+        # socket (issue 17: every fd a front-end passes is checked for what it must be).
+        if fds and not _is_socket(fds[0]):
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError("GPU_SET_SOCKET: the fd is not a socket")
         self._close_display_fd()
         if fds:
             self._display_fd = fds[0]
@@ -135,6 +214,8 @@ class GpuDevice:
 
     def close(self) -> None:
         self._close_display_fd()
+        if self._own_worker:
+            self._worker.close()
 
     def _close_display_fd(self) -> None:
         if self._display_fd is not None:
@@ -175,18 +256,84 @@ class GpuDevice:
             fits = req.writable_len >= response_size(hdr)
             self._complete(queue, req, hdr, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
             return
+        self._offload(queue, req, hdr, cmd)
+
+    def _run(self, cmd: c.Command, name: str) -> c.Response | Deferred:
+        """Handle one decoded command (worker thread); guest memory views released after.
+        A host bug becomes PXOS_S_INTERNAL (counted when the loop completes it)."""
         try:
-            result = self.control.handle(cmd)
+            return self.control.handle(cmd)
         except Exception as exc:  # a host bug under the handler
-            self.stats.internal_errors_total += 1
             log.exception("vm %d: %s failed inside the host", self.vm_id, name)
-            result = c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
+            return c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
         finally:
             _release_views(cmd)
+
+    def _finish(self, queue, req, hdr: c.Header, result) -> None:
         if type(result) is Deferred:
             self._hold(queue, req, hdr, result.completion)
         else:
             self._complete(queue, req, hdr, result)
+
+    # ---- PXOS commands: on the VM's worker ----------------------------------------------
+    def _offload(self, queue, req, hdr: c.Header, cmd: c.Command) -> None:
+        generation = self._generation
+        name = _cmd_name(hdr)
+
+        def job() -> None:  # the worker thread
+            if generation != self._generation:  # reset before it ran: never touch the VM
+                _release_views(cmd)
+                return
+            result = self._run(cmd, name)
+            with self._results_lock:
+                self._results.append((generation, queue, req, hdr, result))
+
+        self._batch.append((job, queue, req, hdr, cmd))
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        # The results of a pass go back together, when the worker has run all of it: one
+        # wake of the loop per pass, not a thread ping-pong per command (a guest with one
+        # request in flight per thread, the usual driver, sends passes of one).
+        if not batch or self._worker.submit_many([b[0] for b in batch] + [self._post_results]):
+            return
+        for _, queue, req, hdr, cmd in batch:  # the worker is closed: the VM is being detached
+            _release_views(cmd)
+            self._complete(queue, req, hdr, c.ErrorResp(PxosStatus.PXOS_S_CANCELLED, "the device is closing"))
+
+    def _post_results(self) -> None:
+        """Wake the loop thread for the results gathered so far (worker thread), unless a
+        wake is already on its way."""
+        with self._results_lock:
+            if self._results_posted or not self._results:
+                return
+            self._results_posted = True
+        self._connection.call_soon_threadsafe(self._take_results)
+
+    def _take_results(self) -> None:
+        with self._results_lock:
+            items, self._results = self._results, []
+            self._results_posted = False
+        queues = []
+        for generation, queue, req, hdr, result in items:
+            # A result of an old generation is dropped: the reset job, queued behind it,
+            # releases whatever it made (an ALLOC's buffer, a COMPILE's kernels).
+            if generation != self._generation or not req.live:
+                self.stats.late_completions_dropped += 1
+                continue
+            if type(result) is c.ErrorResp and result.status == PxosStatus.PXOS_S_INTERNAL:
+                self.stats.internal_errors_total += 1
+            try:
+                self._finish(queue, req, hdr, result)
+            except Exception:
+                self.stats.internal_errors_total += 1
+                log.exception("vm %d: completing head %d failed", self.vm_id, req.head)
+                if req.live:
+                    queue.push(req, 0)
+            if queue not in queues:
+                queues.append(queue)
+        for queue in queues:
+            queue.notify()
 
     def _serve_standard(self, queue, req, hdr: c.Header) -> None:
         self.stats.count(self.stats.standard_by_command, _cmd_name(hdr))
@@ -241,16 +388,11 @@ class GpuDevice:
         queue.notify()
 
     # ---- cursor queue -------------------------------------------------------------------
-    def _drain_cursor(self, queue) -> None:
+    def _serve_cursor(self, queue, req) -> None:
         # UPDATE_CURSOR / MOVE_CURSOR have no response (virtio spec 5.7.6.10): a headless
         # device has no cursor, so each chain is returned with nothing written.
-        drained = 0
-        while (req := queue.pop()) is not None:
-            queue.push(req, 0)
-            drained += 1
-        if drained:
-            self.stats.cursor_total += drained
-            queue.notify()
+        queue.push(req, 0)
+        self.stats.cursor_total += 1
 
     def _note(self, fmt: str, *args) -> None:
         if self._log.allow():
@@ -261,7 +403,14 @@ _NAMES = {int(t): t.name for names in (VirtioGpuCtrlType, PxosCmdType) for t in 
 
 
 def _cmd_name(hdr: c.Header) -> str:
-    return _NAMES.get(hdr.type) or f"0x{hdr.type:04x}"
+    return _NAMES.get(hdr.type, UNKNOWN_COMMAND)
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _release_views(cmd: c.Command) -> None:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class DeviceStats:
     requests_total: int = 0  # chains popped from the control queue
+    # Keys are the command names the device knows, and "unknown" for every other type a
+    # guest sends: bounded by the two enums, whatever the guest does (issue 17).
     pxos_by_command: dict[str, int] = field(default_factory=dict)  # "PXOS_CMD_ALLOC": n
     standard_by_command: dict[str, int] = field(default_factory=dict)  # "VIRTIO_GPU_CMD_...": n
     errors_by_status: dict[str, int] = field(default_factory=dict)  # PXOS_S_* / VIRTIO_GPU_RESP_ERR_*

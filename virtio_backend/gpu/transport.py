@@ -11,8 +11,9 @@ hypervisor never imports virtio_backend. It is built with the Hypervisor::
     transport.close()                                # every VM detached
 
 Each attached VM gets a ``VhostUserServer`` (its own loop thread) whose connections each
-build a ``GpuDevice`` for that VM. The VM's ``DeviceStats`` outlive connections, so the
-counters of a VM survive a QEMU reconnect.
+build a ``GpuDevice`` for that VM, and a ``DeviceWorker`` (its own thread, started on first
+use) for the commands that may wait on the GPU. The VM's ``DeviceStats`` and worker
+outlive connections, so the counters of a VM survive a QEMU reconnect.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hypervisor import Hypervisor
 from hypervisor.errors import AlreadyExists, NotFound
 from virtio_backend.gpu.device import GpuDevice
 from virtio_backend.gpu.metrics import DeviceStats
+from virtio_backend.gpu.worker import DeviceWorker
 from virtio_backend.vhost_user import VhostUserServer
 
 log = logging.getLogger("pxos.virtio.gpu")
@@ -37,6 +39,7 @@ class _Attached:
     vm_id: int
     server: VhostUserServer
     stats: DeviceStats
+    worker: DeviceWorker
 
 
 class VhostUserTransport:
@@ -55,14 +58,15 @@ class VhostUserTransport:
             if vm_id in self._vms:
                 raise AlreadyExists(f"VM {vm_id} is already attached to {self._vms[vm_id].server.socket_path}")
             stats = DeviceStats()
+            worker = DeviceWorker(f"vm{vm_id}-device")
             hv = self.hv
 
             def factory(connection) -> GpuDevice:
-                return GpuDevice(hv, vm_id, connection, stats)
+                return GpuDevice(hv, vm_id, connection, stats, worker)
 
             server = VhostUserServer(socket_path, factory, name=f"vm{vm_id}:{socket_path}", mode=mode, gid=gid)
             server.start()  # ConfigError if the path is taken
-            self._vms[vm_id] = _Attached(vm_id, server, stats)
+            self._vms[vm_id] = _Attached(vm_id, server, stats, worker)
         log.info("vm %d: virtio-gpu-pxos listening on %s", vm_id, socket_path)
 
     def detach(self, vm_id: int) -> None:
@@ -72,17 +76,20 @@ class VhostUserTransport:
         if att is None:
             raise NotFound(f"VM {vm_id} is not attached")
         att.server.close()
+        att.worker.close()
         log.info("vm %d: virtio-gpu-pxos detached", vm_id)
 
     def status(self) -> dict[int, dict]:
         """Per VM: socket, connected, negotiated features, queue sizes and counters, requests
-        served, errors, and the device's own counters (``device``)."""
+        served, errors, the device's own counters (``device``) and the jobs its worker ran
+        or holds (``worker_jobs_total``)."""
         with self._lock:
             attached = list(self._vms.values())
         out = {}
         for att in attached:
             st = att.server.status(STATUS_TIMEOUT_S)
             st["device"] = self._device_stats(att)
+            st["worker_jobs_total"] = att.worker.jobs_total
             out[att.vm_id] = st
         return out
 

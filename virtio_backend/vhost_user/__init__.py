@@ -11,7 +11,8 @@ Public API (stable; devices code against it)::
     )
 
 Modules: ``protocol`` (spec names, typed messages, the strict decoder), ``channel``
-(frames and SCM_RIGHTS fds), ``memory`` (SET_MEM_TABLE mappings and translation),
+(frames and SCM_RIGHTS fds), ``notifiers`` (kick/call/err eventfds: checked, never
+blocking), ``memory`` (SET_MEM_TABLE mappings, seals, translation, the SIGBUS guard),
 ``virtqueue`` (split rings over the C core in ``virtio_backend.core``), ``connection``
 (one front-end: the ``_handle_<verb>`` table and the ring state machine), ``loop`` (the
 per-socket event loop) and ``server`` (the listener). Each module's docstring documents

@@ -23,6 +23,15 @@ it. The device sees ``queue_started`` when a ring is started, enabled and mapped
 once ``queue_kicked`` (a kick can arrive before the enable is read). When the last started
 ring stops, the device is *suspended*: ``reset()``, in-flight requests invalidated, guest
 memory unmapped (QEMU sends SET_MEM_TABLE again before it restarts the rings).
+
+A front-end is trusted with nothing (issue 17): every fd is checked for what it must be
+(``notifiers``: eventfds for kick/call/err, made non-blocking; ``memory``: a regular file
+for RAM, sealed where it allows), a "no fd" kick (polling) and a ring address asking for
+dirty logging (never offered) are refused, a new memory table rebinds running rings
+all-or-nothing with the checks of their start, and guest memory that goes bad under its
+mapping (the SIGBUS guard counted a fault) ends the connection. Each of these ends only
+this connection, with one log line (``fail``); a request that asked for REPLY_ACK gets
+its reply or sees the connection close, never silence.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from dataclasses import dataclass
 
 from hypervisor.errors import ProtocolError
 from virtio_backend.core import PXQ_MAX_QUEUE_SIZE, lib
-from virtio_backend.vhost_user import channel
+from virtio_backend.vhost_user import channel, notifiers
 from virtio_backend.vhost_user.memory import GuestMemory
 from virtio_backend.vhost_user.protocol import (
     DEVICE_REQUESTS,
@@ -74,8 +83,15 @@ TOLERATED_UNOFFERED_FEATURES = int(VF.VIRTIO_F_RING_RESET | VF.VIRTIO_F_NOTIFY_O
 #: Protocol features a device may add: only those whose messages the library serves.
 SERVABLE_PROTOCOL_FEATURES = LIBRARY_PROTOCOL_FEATURES
 _TOTALS = ("popped", "completed", "malformed", "dropped_late")
-#: SET_VRING_ADDR flags we accept: VHOST_VRING_F_LOG (ignored: LOG_ALL is never offered).
-_VRING_ADDR_FLAGS = 0x1
+#: Memory tables one connection may keep mapped at once: the current one and those a new
+#: table replaced while requests still point into them. Each holds up to 8 mappings and
+#: 8 slots of the daemon-wide SIGBUS guard; a front-end that sends table after table
+#: while requests are held must not be able to take every slot from the other VMs.
+MAX_LIVE_TABLES = 4
+#: SET_VRING_ADDR flags: VHOST_VRING_F_LOG asks for dirty logging of the used ring, which
+#: needs LOG_ALL/LOG_SHMFD; neither is offered, so any flag is refused.
+VHOST_VRING_F_LOG = 0x1
+_VRING_ADDR_FLAGS = 0
 
 
 class RequestFailed(Exception):
@@ -87,6 +103,7 @@ class ConnectionStats:
     messages: int = 0
     device_stops: int = 0
     device_errors: int = 0
+    memory_faults: int = 0  # SIGBUS faults the guard absorbed in this connection's memory
     # Counters of queues already stopped (live queues keep their own in Virtqueue.stats).
     popped: int = 0
     completed: int = 0
@@ -123,6 +140,9 @@ class VhostUserConnection:
         self.close_reason = ""
         self._on_closed = on_closed
         self._memory: GuestMemory | None = None
+        self._tables: list[GuestMemory] = []  # current and retired tables still mapped
+        self._guard_seen = lib.pxq_guard_events()
+        self._failing = False
         sock.settimeout(channel.FRAME_TIMEOUT_S)
         self.device = device_factory(self)
         offered = int(self.device.protocol_features())
@@ -152,6 +172,7 @@ class VhostUserConnection:
             R.RESET_DEVICE: self._handle_reset_device,
         }
         loop.add_reader(sock.fileno(), self._on_readable)
+        loop.after_each(self._check_memory)
 
     # -- the device's API ---------------------------------------------------------------
     def call_soon_threadsafe(self, fn, *args) -> bool:
@@ -184,13 +205,16 @@ class VhostUserConnection:
             if v.vq is not None:
                 s = v.vq.stats
                 q.update(broken=v.vq.broken, in_flight=v.vq.in_flight, popped=s.popped,
-                         completed=s.completed, malformed=s.malformed, dropped_late=s.dropped_late)
+                         completed=s.completed, malformed=s.malformed, dropped_late=s.dropped_late,
+                         kicks=s.kicks, kicks_deferred=s.kicks_deferred)
             queues[i] = q
         return {"connected": not self.closed, "features": self.features,
                 "protocol_features": self.protocol_features, "memory_regions":
-                len(self._memory.regions) if self._memory else 0, "queues": queues,
+                len(self._memory.regions) if self._memory else 0,
+                "unsealed_regions": self._memory.unsealed() if self._memory else 0, "queues": queues,
                 "messages": self.stats.messages, "device_stops": self.stats.device_stops,
-                "device_errors": self.stats.device_errors, **self.totals()}
+                "device_errors": self.stats.device_errors, "memory_faults": self.stats.memory_faults,
+                **self.totals()}
 
     # -- frames ---------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -202,8 +226,10 @@ class VhostUserConnection:
             self.stats.messages += 1
             self._dispatch(msg)
         except ProtocolError as exc:
-            log.warning("%s: protocol error, ending the connection: %s", self.name, exc)
-            self.close(f"protocol error: {exc}")
+            self.fail(f"protocol error: {exc}")
+        except Exception as exc:  # a host bug: never leave a REPLY_ACK unanswered
+            log.exception("%s: failed on a front-end message", self.name)
+            self.close(f"internal error: {type(exc).__name__}: {exc}", quiet=True)
 
     def _dispatch(self, msg: Message) -> None:
         ok, reply = True, None
@@ -265,18 +291,27 @@ class VhostUserConnection:
         return encode_u64(len(self._vrings))
 
     def _handle_set_mem_table(self, body: MemTable) -> None:
+        self._tables = [t for t in self._tables if not t.closed]
+        if len(self._tables) >= MAX_LIVE_TABLES:
+            channel.close_fds(r.fd for r in body.regions)
+            raise ProtocolError(f"SET_MEM_TABLE while {len(self._tables)} tables are still in use "
+                                f"(at most {MAX_LIVE_TABLES})")
         try:
             new = GuestMemory(body.regions)
         finally:
             channel.close_fds(r.fd for r in body.regions)  # the mappings keep what they need
+        # Rings already running move to the new table all-or-nothing: every ring's new
+        # pointers are checked (inside guest memory, aligned) before any ring changes.
         try:
-            for v in self._vrings:
-                if v.vq is not None and v.vq.live:
-                    v.vq._rebind(new, self._translate_rings(new, v))
+            moves = [(v.vq, self._translate_rings(new, v)) for v in self._vrings
+                     if v.vq is not None and v.vq.live]
         except ProtocolError:
             new.close()
             raise
+        for vq, rings in moves:
+            vq._rebind(new, rings)  # checked above: cannot fail
         old, self._memory = self._memory, new
+        self._tables.append(new)
         if old is not None:
             old.retire()
         for i in range(len(self._vrings)):
@@ -300,6 +335,9 @@ class VhostUserConnection:
 
     def _handle_set_vring_addr(self, body: VringAddr) -> None:
         v = self._vring(body.index)
+        if body.flags & VHOST_VRING_F_LOG:
+            raise ProtocolError(f"ring {body.index}: dirty logging asked (VHOST_VRING_F_LOG) but LOG_ALL "
+                                "was never offered")
         if body.flags & ~_VRING_ADDR_FLAGS:
             raise ProtocolError(f"ring {body.index}: unknown address flags {body.flags:#x}")
         if v.vq is not None and (v.addr.desc, v.addr.avail, v.addr.used) != (body.desc, body.avail, body.used):
@@ -322,9 +360,11 @@ class VhostUserConnection:
 
     def _handle_set_vring_kick(self, body: VringFile) -> None:
         v = self._vring(body.index)
-        self._set_fd(v, "kick_fd", body.fd, body.index)
         if body.fd is None:
-            log.warning("%s: ring %d started without a kick fd (polling is not supported)", self.name, body.index)
+            # VHOST_USER_VRING_NOFD_MASK: the back-end would have to poll the ring. We
+            # never do (a spinning loop per VM), and QEMU always passes a kick eventfd.
+            raise ProtocolError(f"ring {body.index}: SET_VRING_KICK without an fd (polling) is not supported")
+        self._set_fd(v, "kick_fd", body.fd, body.index)
         v.started = True
         self._update_queue(body.index)
 
@@ -366,6 +406,12 @@ class VhostUserConnection:
         return self._vrings[index]
 
     def _set_fd(self, v: _Vring, attr: str, fd: int | None, index: int) -> None:
+        if fd is not None:
+            try:  # an eventfd, non-blocking, or the fd is closed and the connection ends
+                notifiers.accept_eventfd(fd, f"ring {index} {attr.removesuffix('_fd')} fd")
+            except ProtocolError:
+                os.close(fd)
+                raise
         old = getattr(v, attr)
         if old is not None:
             if attr == "kick_fd":
@@ -373,16 +419,24 @@ class VhostUserConnection:
             os.close(old)
         setattr(v, attr, fd)
         if fd is not None and attr == "kick_fd":
-            os.set_blocking(fd, False)
-            self.loop.add_reader(fd, lambda: self._on_kick(index))
+            try:
+                self.loop.add_reader(fd, lambda: self._on_kick(index))
+            except (OSError, ValueError) as exc:
+                raise ProtocolError(f"ring {index}: the kick fd cannot be watched: {exc}") from exc
 
     def _translate_rings(self, memory: GuestMemory, v: _Vring) -> tuple[int, int, int]:
+        """Host pointers of ring ``v``'s parts in ``memory``, checked as a ring start checks
+        them: each part inside one region, aligned as the spec asks."""
         try:
-            return (memory.translate_qva(v.addr.desc, lib.pxq_desc_size(v.num)),
-                    memory.translate_qva(v.addr.avail, lib.pxq_avail_size(v.num)),
-                    memory.translate_qva(v.addr.used, lib.pxq_used_size(v.num)))
+            rings = (memory.translate_qva(v.addr.desc, lib.pxq_desc_size(v.num)),
+                     memory.translate_qva(v.addr.avail, lib.pxq_avail_size(v.num)),
+                     memory.translate_qva(v.addr.used, lib.pxq_used_size(v.num)))
         except Exception as exc:
             raise ProtocolError(f"ring addresses outside the memory table: {exc}") from exc
+        if lib.pxq_vring_check_addrs(v.num, *rings) < 0:
+            raise ProtocolError(f"ring addresses {v.addr.desc:#x}/{v.addr.avail:#x}/{v.addr.used:#x} are not "
+                                "aligned as the spec asks (16/2/4 bytes)")
+        return rings
 
     def _rings_enabled(self, v: _Vring) -> bool:
         return v.enabled or not self.features & VF.VHOST_USER_F_PROTOCOL_FEATURES
@@ -395,7 +449,7 @@ class VhostUserConnection:
                                  event_idx=bool(self.features & VF.VIRTIO_RING_F_EVENT_IDX),
                                  indirect=bool(self.features & VF.VIRTIO_RING_F_INDIRECT_DESC),
                                  call_fd_getter=lambda: v.call_fd, err_fd_getter=lambda: v.err_fd,
-                                 loop_thread=self.loop.thread_id)
+                                 loop_thread=self.loop.thread_id, on_fd_error=self.fail_soon)
             except ValueError as exc:
                 raise ProtocolError(str(exc)) from exc
         vq = v.vq
@@ -414,12 +468,11 @@ class VhostUserConnection:
         v = self._vrings[index]
         if v.kick_fd is None:
             return
-        try:
-            os.eventfd_read(v.kick_fd)
-        except BlockingIOError:
+        kicked, why = notifiers.drain(v.kick_fd)
+        if why is not None:  # an eventfd we checked cannot fail a read: never retry it
+            self.fail(f"kick eventfd of ring {index}: {why}")
             return
-        except OSError as exc:
-            log.warning("%s: kick fd of ring %d: %s", self.name, index, exc)
+        if not kicked:
             return
         vq = v.vq
         if vq is not None and vq.enabled:
@@ -447,6 +500,7 @@ class VhostUserConnection:
         mem, self._memory = self._memory, None
         if mem is not None:
             mem.retire()
+        self._tables = [t for t in self._tables if not t.closed]
 
     def _reset_all(self, *, keep_notifiers: bool = False) -> None:
         """Back to the state of a fresh connection. RESET_DEVICE keeps the call and error
@@ -470,14 +524,46 @@ class VhostUserConnection:
             self.stats.device_errors += 1
             log.exception("%s: device %s%r failed", self.name, name, args)
 
+    # -- guest memory gone bad -------------------------------------------------------------
+    def _check_memory(self) -> None:
+        """After every loop pass: did the SIGBUS guard absorb a fault in our memory? (One C
+        call when nothing happened anywhere; a fault of another VM only costs a scan.)"""
+        seen = lib.pxq_guard_events()
+        if seen == self._guard_seen or self.closed:
+            return
+        self._guard_seen = seen
+        self._tables = [t for t in self._tables if not t.closed]
+        faults = sum(t.faults() for t in self._tables)
+        if faults > self.stats.memory_faults:
+            self.stats.memory_faults = faults
+            self.fail(f"guest memory went bad under its mapping ({faults} SIGBUS absorbed: the front-end "
+                      "truncated a memory region, or its file could not supply a page)")
+
     # -- end -------------------------------------------------------------------------------
-    def close(self, reason: str = "closed") -> None:
+    def fail(self, reason: str) -> None:
+        """The front-end misbehaved: end this connection (device reset) with ONE warning.
+        Other VMs never notice; the socket serves the next front-end."""
+        if self.closed:
+            return
+        log.warning("%s: ending the connection: %s", self.name, reason)
+        self.close(reason, quiet=True)
+
+    def fail_soon(self, reason: str) -> None:
+        """``fail`` after the current handler returns (from inside a device callback), once."""
+        if self._failing or self.closed:
+            return
+        self._failing = True
+        self.loop.call_soon_threadsafe(self.fail, reason)
+
+    def close(self, reason: str = "closed", *, quiet: bool = False) -> None:
         """End the connection: device reset, rings stopped, memory unmapped, fds closed."""
         if self.closed:
             return
         self.closed, self.close_reason = True, reason
-        log.info("%s: connection ended: %s", self.name, reason)
+        if not quiet:
+            log.info("%s: connection ended: %s", self.name, reason)
         self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_after(self._check_memory)
         try:
             self._reset_all()
         finally:

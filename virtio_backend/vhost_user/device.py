@@ -12,7 +12,11 @@ Every method below is called on the connection's loop thread, and every method o
 objects the library hands over (``Virtqueue``, ``Request``) must be called on that same
 thread. Work finished on another thread (the hypervisor's dispatcher) comes back with
 ``connection.call_soon_threadsafe(fn, *args)``; ``fn`` then runs on the loop thread and
-may ``push`` and ``notify``.
+may ``push`` and ``notify``. The memoryviews a request hands out (``readable_views``,
+``writable_views`` and slices of them) may be read and written on another thread (the
+GPU device's worker copies through them); when the queue stops meanwhile, the mapping
+behind them stays mapped until the last of them is released, and the SIGBUS guard
+watches it throughout. Never keep one past the request's completion.
 
 Lifecycle (per QEMU connection; the factory passed to the server builds one device per
 connection, ``factory(connection) -> VirtioDevice``)::

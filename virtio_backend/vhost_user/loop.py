@@ -30,6 +30,7 @@ class EventLoop:
         self._sel.register(self._wake_fd, selectors.EVENT_READ, self._drain_wake)
         self._callbacks: collections.deque = collections.deque()
         self._ticks: list[tuple[float, Callable[[], None]]] = []
+        self._after: list[Callable[[], None]] = []
         self._stopping = False
         self._closed = False
         # Guards the wake fd against close(): a write to a closed (and reused) fd number
@@ -63,6 +64,15 @@ class EventLoop:
         except (KeyError, ValueError):
             pass
 
+    def after_each(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the loop thread after every pass (handlers and callbacks run):
+        a cheap check that must follow whatever a handler did (the SIGBUS guard's count)."""
+        self._after.append(fn)
+
+    def remove_after(self, fn: Callable[[], None]) -> None:
+        if fn in self._after:
+            self._after.remove(fn)
+
     def every(self, period_s: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` on the loop thread about every ``period_s`` seconds."""
         self._ticks.append((period_s, fn))
@@ -80,6 +90,11 @@ class EventLoop:
                 except Exception:
                     log.exception("%s: handler of fd %d failed", self.name, key.fd)
             self._run_callbacks()
+            for fn in tuple(self._after):
+                try:
+                    fn()
+                except Exception:
+                    log.exception("%s: after-pass check failed", self.name)
             now = time.monotonic()
             for i, (period, fn) in enumerate(self._ticks):
                 if now >= next_tick[i]:

@@ -11,10 +11,22 @@ the mappings any more), releases our own views, then unmaps. A region whose memo
 still exported (a device kept a derived buffer past its request) cannot be unmapped
 without risking a crash, so it lingers, unreachable from the rings, until ``reap()``
 finds it free; ``lingering()`` reports how many do.
+
+A front-end may not shrink memory under us (issue 17, finding 2). Each region's fd must
+be a regular file (memfd, tmpfs, hugetlbfs) at least ``mmap_offset + size`` bytes long.
+Where the fd allows seals and has none against shrinking, we add ``F_SEAL_SHRINK``
+ourselves (QEMU's ``memory-backend-memfd`` seals by default, so this only tightens a
+front-end that left the door open); ``sealed`` says whether the size is now fixed. Every
+mapping, sealed or not, is watched by the C core's SIGBUS guard (``pxq_guard.c``): a
+page that vanishes anyway (an unsealed file truncated, a full tmpfs, an empty hugetlb
+pool) turns the whole mapping into zero-filled private memory instead of killing the
+daemon, and ``faults()`` tells the connection to reset that VM.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -32,45 +44,88 @@ _lingering: list[MappedRegion] = []
 
 
 class MappedRegion:
-    """One region of guest memory, mapped read-write and shared."""
+    """One region of guest memory, mapped read-write and shared, watched by the guard."""
 
-    __slots__ = ("gpa", "size", "qva", "mmap_offset", "host", "view", "_mm", "_anchor")
+    __slots__ = ("gpa", "size", "qva", "mmap_offset", "host", "view", "sealed", "_mm", "_anchor", "_guard")
 
     def __init__(self, desc: MemoryRegion):
         self.gpa, self.size = desc.guest_phys_addr, desc.memory_size
         self.qva, self.mmap_offset = desc.userspace_addr, desc.mmap_offset
+        self._mm = self._anchor = None
+        self._guard = -1
         if self.size == 0:
             raise ProtocolError("memory region of size 0")
         for name, start in (("guest", self.gpa), ("user", self.qva), ("mmap offset", self.mmap_offset)):
             if start > _U64_MAX - self.size:
                 raise ProtocolError(f"memory region {name} range {start:#x}+{self.size:#x} overflows")
         length = self.mmap_offset + self.size
-        try:
-            st = os.fstat(desc.fd)
-        except OSError as exc:
-            raise ProtocolError(f"memory region fd: {exc}") from exc
-        # Touching a page past the end of the file raises SIGBUS in the whole daemon.
-        if stat.S_ISREG(st.st_mode) and st.st_size < length:
-            raise ProtocolError(f"memory region needs {length:#x} bytes but its file has {st.st_size:#x}")
+        self.sealed = _check_fd(desc.fd, length)
         try:
             self._mm = mmap.mmap(desc.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except (OSError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"mapping memory region {self.gpa:#x}+{self.size:#x}: {exc}") from exc
         self._anchor = ffi.from_buffer("char[]", self._mm, require_writable=True)
-        self.host = int(ffi.cast("uintptr_t", self._anchor)) + self.mmap_offset
+        base = int(ffi.cast("uintptr_t", self._anchor))
+        self._guard = lib.pxq_guard_add(base, length, desc.fd)
+        if self._guard < 0:
+            self.try_unmap()
+            raise ProtocolError(f"memory region {self.gpa:#x}+{self.size:#x}: the SIGBUS guard cannot watch "
+                                f"it ({errno.errorcode.get(-self._guard, self._guard)}; "
+                                f"{lib.PXQ_GUARD_SLOTS} mappings daemon-wide)")
+        self.host = base + self.mmap_offset
         self.view = memoryview(self._mm)[self.mmap_offset:length]
+
+    def faults(self) -> int:
+        """SIGBUS faults the guard absorbed in this mapping (> 0: its memory went bad)."""
+        return lib.pxq_guard_faults(self._guard) if self._guard >= 0 else 0
 
     def try_unmap(self) -> bool:
         """Unmap now if nothing exports the memory; False (still mapped) otherwise."""
         if self._anchor is not None:
             ffi.release(self._anchor)
             self._anchor = None
-            self.view.release()
+            if self._guard >= 0:  # a half-built region has no view yet
+                self.view.release()
         try:
             self._mm.close()
         except BufferError:
             return False
+        if self._guard >= 0:  # the mapping is gone: nothing left to watch
+            lib.pxq_guard_remove(self._guard)
+            self._guard = -1
         return True
+
+
+def _check_fd(fd: int, length: int) -> bool:
+    """Refuse an fd that is not a mappable regular file of at least ``length`` bytes;
+    seal it against shrinking where it allows. Returns whether its size is now fixed."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise ProtocolError(f"memory region fd: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        # memfd, tmpfs and hugetlbfs files are all regular; a pipe, socket, device or
+        # directory is not guest RAM.
+        raise ProtocolError(f"memory region fd is not a regular file (mode {stat.filemode(st.st_mode)})")
+    if st.st_size < length:  # touching a page past the end would raise SIGBUS
+        raise ProtocolError(f"memory region needs {length:#x} bytes but its file has {st.st_size:#x}")
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return False  # a file system without seals: the guard alone protects us
+    if seals & fcntl.F_SEAL_SHRINK:
+        return True
+    if seals & fcntl.F_SEAL_SEAL:
+        return False  # sealing closed without SHRINK (a memfd made without MFD_ALLOW_SEALING)
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError as exc:
+        log.info("memory region fd allows seals but F_SEAL_SHRINK was refused (%s); relying on the guard", exc)
+        return False
+    # The file may have shrunk between fstat and the seal: check again, now that it can't.
+    if os.fstat(fd).st_size < length:
+        raise ProtocolError(f"memory region needs {length:#x} bytes but its file shrank below that")
+    return True
 
 
 class GuestMemory:
@@ -97,6 +152,14 @@ class GuestMemory:
             c = self.c_mem.regions[i]
             c.gpa, c.size, c.qva, c.host = r.gpa, r.size, r.qva, r.host
         self.c_mem.nregions = len(self.regions)
+
+    def faults(self) -> int:
+        """SIGBUS faults absorbed in any region of this table."""
+        return sum(r.faults() for r in self.regions)
+
+    def unsealed(self) -> int:
+        """Regions whose file size is not fixed by a seal (the guard alone protects them)."""
+        return sum(1 for r in self.regions if not r.sealed)
 
     def _check_disjoint(self, desc: MemoryRegion) -> None:
         for r in self.regions:

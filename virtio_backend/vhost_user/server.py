@@ -127,7 +127,8 @@ class VhostUserServer:
         served, errors = self._served_before, self._errors_before
         if conn is not None:
             st = conn.status()
-            out.update({k: st[k] for k in ("features", "protocol_features", "queues")})
+            out.update({k: st[k] for k in ("features", "protocol_features", "queues", "unsealed_regions",
+                                           "memory_faults")})
             served += st["completed"]
             errors += st["malformed"] + st["device_errors"]
         out["requests_served"], out["errors"] = served, errors

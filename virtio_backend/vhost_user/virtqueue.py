@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 
 from hypervisor.errors import GuestMemoryError
 from virtio_backend.core import PXQ_MAX_SEGMENTS, ffi, lib
+from virtio_backend.vhost_user import notifiers
 from virtio_backend.vhost_user.memory import GuestMemory
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class QueueStats:
     dropped_late: int = 0
     notifications: int = 0
     kicks: int = 0
+    kicks_deferred: int = 0  # passes a device ended early (its budget) and resumed later
     errors_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -69,13 +70,16 @@ class Virtqueue:
 
     def __init__(self, index: int, size: int, memory: GuestMemory, rings: tuple[int, int, int], base: int,
                  *, event_idx: bool, indirect: bool, call_fd_getter, err_fd_getter=None,
-                 loop_thread: int | None = None):
+                 loop_thread: int | None = None, on_fd_error=None):
         self.index, self.size = index, size
         self.stats = QueueStats()
         self.enabled = False
         self._memory = memory
         self._call_fd = call_fd_getter
         self._err_fd = err_fd_getter or (lambda: None)
+        # Called with a reason when a call/error eventfd cannot be signalled (the
+        # connection resets the VM); by default the failure is only logged.
+        self._on_fd_error = on_fd_error or (lambda reason: log.warning("queue %d: %s", index, reason))
         self._tid = loop_thread if loop_thread is not None else threading.get_ident()
         self._vr = ffi.new("struct pxq_vring *")
         rc = lib.pxq_vring_init(self._vr, size, rings[0], rings[1], rings[2], base, event_idx, indirect)
@@ -171,11 +175,11 @@ class Virtqueue:
         fd = self._call_fd()
         if fd is None:
             return
-        try:
-            os.eventfd_write(fd, 1)
+        why = notifiers.signal(fd)  # never blocks: the fd was made non-blocking when set
+        if why is None:
             self.stats.notifications += 1
-        except OSError as exc:
-            log.warning("queue %d: call eventfd write failed: %s", self.index, exc)
+        else:
+            self._on_fd_error(f"call eventfd of queue {self.index}: {why}")
 
     # -- the library's calls ----------------------------------------------------------
     def _take_batch(self, n: int) -> None:
@@ -222,10 +226,9 @@ class Virtqueue:
                   self.index, reason)
         fd = self._err_fd()
         if fd is not None:
-            try:
-                os.eventfd_write(fd, 1)
-            except OSError:
-                pass
+            why = notifiers.signal(fd)
+            if why is not None:
+                self._on_fd_error(f"error eventfd of queue {self.index}: {why}")
 
     def _stop(self) -> None:
         """Invalidate every request in flight; the queue never touches guest memory again."""
@@ -239,9 +242,12 @@ class Virtqueue:
         self._inflight.clear()
 
     def _rebind(self, memory: GuestMemory, rings: tuple[int, int, int]) -> None:
-        """A new memory table while running: same ring state, new host pointers."""
+        """A new memory table while running: same ring state, new host pointers, checked
+        as at start (``ValueError`` and nothing changed when they are not valid)."""
+        rc = lib.pxq_vring_rebind(self._vr, *rings)
+        if rc < 0:
+            raise ValueError(f"queue {self.index}: ring rebinding refused ({errno.errorcode.get(-rc, rc)})")
         self._memory = memory
-        self._vr.desc, self._vr.avail, self._vr.used = rings
 
     def _check_thread(self) -> None:
         if threading.get_ident() != self._tid:

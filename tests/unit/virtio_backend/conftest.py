@@ -9,6 +9,7 @@ import tempfile
 import pytest
 
 from tests.support.echo_device import EchoDevice
+from tests.support.vhost_frontend import VhostUserFrontend
 from virtio_backend.vhost_user import VhostUserServer
 
 
@@ -25,4 +26,17 @@ def server(sock_dir):
     devices: list[EchoDevice] = []
     srv = VhostUserServer(f"{sock_dir}/vm.sock", EchoDevice.factory(devices)).start()
     yield srv, devices
+    srv.close()
+
+
+@pytest.fixture
+def other_vm(sock_dir):
+    """Another VM's front-end, booted on its own server: what must never notice a fault."""
+    srv = VhostUserServer(f"{sock_dir}/other.sock", EchoDevice.factory()).start()
+    fe = VhostUserFrontend(srv.socket_path).boot()
+    # A round trip: the messages boot() sent without replies (fresh call fds) are all
+    # handled, so their fds are not in flight while a test counts open fds.
+    fe.get_config()
+    yield fe
+    fe.close()
     srv.close()

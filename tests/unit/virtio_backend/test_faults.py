@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from tests.support.echo_device import HEADER, HOLD, NOOP, EchoDevice
+from tests.support.echo_device import HEADER, HOLD, NOOP
 from tests.support.leaks import memfd_mappings, open_fds, settle
 from tests.support.vhost_frontend import (
     GET_FEATURES,
@@ -21,7 +21,6 @@ from tests.support.vhost_frontend import (
     wait_until,
 )
 from virtio_backend.core import PXQ_MAX_INDIRECT_DESCS
-from virtio_backend.vhost_user import VhostUserServer
 
 NEXT, WRITE, INDIRECT = 1, 2, 4
 
@@ -32,18 +31,6 @@ def served_ok(path, tag=1):
         fe.submit(0, out=[HEADER.pack(NOOP, 0, tag)], in_=[16])
         fe.kick(0)
         return fe.wait_used(0)[0].data == HEADER.pack(0, 0, tag)
-
-
-@pytest.fixture
-def other_vm(sock_dir):
-    srv = VhostUserServer(f"{sock_dir}/other.sock", EchoDevice.factory()).start()
-    fe = VhostUserFrontend(srv.socket_path).boot()
-    # A round trip: the messages boot() sent without replies (fresh call fds) are all
-    # handled, so their fds are not in flight while a test counts open fds.
-    fe.get_config()
-    yield fe
-    fe.close()
-    srv.close()
 
 
 BAD_FRAMES = {

@@ -4,6 +4,7 @@ unreachable, while something still exports them)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
@@ -112,3 +113,87 @@ def test_retired_table_waits_for_its_requests(ram_fd):
     assert m.c_mem.nregions == 0 and memfd_mappings("pxos-test-mem") == before + 2
     m.release_user()
     assert memfd_mappings("pxos-test-mem") == before
+
+
+# ---- issue 17, finding 2: what a memory fd must be, and seals ----------------------------
+
+
+def _fd_of(kind: str, tmp_path):
+    if kind == "pipe":
+        r, w = os.pipe()
+        os.close(w)
+        return r
+    if kind == "directory":
+        return os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    if kind == "socket":
+        import socket
+
+        a, b = socket.socketpair()
+        b.close()
+        return a.detach()
+    if kind == "eventfd":
+        return os.eventfd(0)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "directory", "socket", "eventfd"])
+def test_refuses_a_memory_fd_that_is_not_a_regular_file(kind, tmp_path):
+    fd = _fd_of(kind, tmp_path)
+    try:
+        with pytest.raises(ProtocolError, match="not a regular file"):
+            GuestMemory([MemoryRegion(0, 0x1000, QVA, 0, fd)])
+    finally:
+        os.close(fd)
+
+
+def test_a_sealed_memfd_is_used_as_it_is(ram_fd):
+    sealed = os.memfd_create("pxos-test-mem", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(sealed, SIZE)
+    fcntl.fcntl(sealed, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    try:
+        m = GuestMemory(qemu_layout(sealed))
+        assert m.unsealed() == 0
+        m.close()
+    finally:
+        os.close(sealed)
+
+
+def test_a_memfd_that_allows_seals_is_sealed_against_shrinking():
+    fd = os.memfd_create("pxos-test-mem", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, SIZE)
+    try:
+        m = GuestMemory(qemu_layout(fd))
+        assert m.unsealed() == 0
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)  # the front-end can no longer pull the memory away
+        os.ftruncate(fd, SIZE * 2)  # growing is still its business
+        m.close()
+    finally:
+        os.close(fd)
+
+
+def test_a_memfd_that_cannot_be_sealed_is_mapped_under_the_guard(ram_fd):
+    from virtio_backend.core import lib
+
+    before = lib.pxq_guard_active()
+    m = GuestMemory(qemu_layout(ram_fd))  # made without MFD_ALLOW_SEALING
+    try:
+        assert m.unsealed() == 2 and m.faults() == 0
+        assert lib.pxq_guard_active() == before + 2
+    finally:
+        m.close()
+    assert lib.pxq_guard_active() == before
+
+
+def test_a_lingering_region_stays_guarded_until_unmapped(ram_fd):
+    from virtio_backend.core import lib
+
+    before = lib.pxq_guard_active()
+    m = GuestMemory(qemu_layout(ram_fd))
+    kept = m.view(0x100, 3)
+    assert not m.close()
+    assert lib.pxq_guard_active() == before + 1  # still mapped: still watched
+    kept.release()
+    memory.reap()
+    assert lib.pxq_guard_active() == before
