@@ -267,21 +267,38 @@ class LlamaRunner:
         return [(d["embed"][par], None, None), *((p, pos, None) for p in d["layers"]),
                 (d["head"][par], None, self.toks[par])]
 
+    def logits(self, token_ids: list[int], feed: list[int] = ()) -> list[np.ndarray]:
+        """For checks: the logits after the prompt ``token_ids`` (one pass from position 0),
+        then after each token of ``feed``, one decode step at a time (T = 1 at its runtime
+        position, through the KV cache), as generation runs them."""
+        dev, kw = self.dev, {"priority": self.priority, "class_hint": self.class_hint}
+        ids = dev.upload(np.asarray(token_ids, np.int32))
+        x = dev.alloc(self.dtype, (len(token_ids), self.cfg["n_embd"]))
+        one = dev.alloc(np.int32, (1,))
+        logits = dev.alloc(self.dtype, (1, self.cfg["n_vocab"]))
+        out = []
+        try:
+            for step, tok in enumerate([None, *feed]):
+                if step == 0:
+                    seq = self._pass(ids, x, 0, len(token_ids) - 1, None)[:-1]
+                    src = x
+                else:
+                    one.write(np.asarray([tok], np.int32))
+                    seq = self._pass(one, self.x1, len(token_ids) + step - 1, 0, None)[:-1]
+                    src = self.x1
+                seq.append((self.kernels["head_logits"], {"x": src, "last": src.shape[0] - 1, "logits": logits,
+                                                          **self.head_w}))
+                for kernel, bindings in seq:
+                    dev.launch(kernel, **bindings, **kw)
+                out.append(logits.read()[0].astype(np.float32))
+            return out
+        finally:
+            for b in (ids, x, one, logits):
+                b.free()
+
     def prefill_logits(self, token_ids: list[int]) -> np.ndarray:
         """The logits after feeding ``token_ids`` from position 0 (for checks)."""
-        ids = self.dev.upload(np.asarray(token_ids, np.int32))
-        x = self.dev.alloc(self.dtype, (len(token_ids), self.cfg["n_embd"]))
-        logits = self.dev.alloc(self.dtype, (1, self.cfg["n_vocab"]))
-        try:
-            seq = self._pass(ids, x, 0, len(token_ids) - 1, None)[:-1]
-            seq.append((self.kernels["head_logits"], {"x": x, "last": len(token_ids) - 1, "logits": logits,
-                                                      **self.head_w}))
-            for kernel, bindings in seq:
-                self.dev.launch(kernel, priority=self.priority, class_hint=self.class_hint, **bindings)
-            return logits.read()[0].astype(np.float32)
-        finally:
-            for b in (ids, x, logits):
-                b.free()
+        return self.logits(token_ids)[0]
 
     def generate(self, prompt: str, max_tokens: int = 32, *, on_text=None, stop_at_eog: bool = True) -> Result:
         """Tokenize ``prompt`` as llama.cpp does, generate greedily, detokenize."""

@@ -73,9 +73,13 @@ def test_greedy_generation_matches_the_reference_step_by_step(tiny, ref):
         one = pxos_llm.LlamaRunner(HostDevice(hv, 1, session=2), "tiny", ctx=64, layers_per_launch=1)
         res = one.generate_ids(PROMPTS[0], 12)
         assert res.tokens == _greedy_ref(ref, PROMPTS[0], 12) and res.launches == 12 * 5
-        # decode logits too: the KV cache written at runtime positions is what the reference holds
+        # the logits of decode steps, through the KV cache at runtime positions
+        feed = [7, 99, 3, 250, 1]
+        got = runner.logits(PROMPTS[0], feed)
         ref.reset()
-        ref.forward(PROMPTS[0])
+        want = [ref.forward(PROMPTS[0])[-1]] + [ref.forward([t])[-1] for t in feed]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
     finally:
         hv.stop()
 

@@ -77,11 +77,16 @@ def test_every_token_is_llama_cpps_choice(runner, llama, prompt):
 
 
 def test_logits_match_the_numpy_forward_pass(runner, path):
+    """The prompt's logits, then four decode steps' (T = 1 at runtime positions, through the
+    KV cache), against the plain NumPy forward pass from the dequantized weights."""
     ref = LlamaReference(path)
     for prompt in PROMPTS[:2]:
         ids = runner.tokenizer.encode(prompt)
-        got = runner.prefill_logits(ids)
+        feed = runner.generate_ids(ids, 4).tokens
+        got = runner.logits(ids, feed)
         ref.reset()
-        want = ref.forward(ids)[-1]
-        np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-3)
-        assert int(got.argmax()) == int(want.argmax())
+        want = [ref.forward(ids)[-1]] + [ref.forward([t])[-1] for t in feed]
+        assert len(got) == len(want) == 5
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-3, atol=2e-3)
+            assert int(g.argmax()) == int(w.argmax())
