@@ -9,8 +9,16 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
+
+# The guest's Python modules (pxos_guest, pxos_llm, pxos_tokenizer) are files a guest gets,
+# not a package: tests import them by name from their folder.
+_GUEST_PY = str(Path(__file__).resolve().parents[1] / "guest_driver" / "python")
+if _GUEST_PY not in sys.path:
+    sys.path.append(_GUEST_PY)
 
 
 @functools.cache

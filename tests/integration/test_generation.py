@@ -8,14 +8,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pxos_llm
 import pytest
 
 from hypervisor import Hypervisor
 from tests.support.host_device import HostDevice
 from tests.support.llama_ref import LlamaReference
 from tests.support.tiny_gguf import write_tiny_llama
-
-import pxos_llm  # noqa: E402,I001  (a guest module, on sys.path through host_device)
 
 PROMPTS = [[5, 17, 200, 33, 41], [100], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
 

@@ -10,14 +10,13 @@ llama.cpp's binding is built by setup.sh too. Neither is optional: a missing one
 from __future__ import annotations
 
 import numpy as np
+import pxos_llm
 import pytest
 
 from hypervisor import Hypervisor
 from hypervisor.models import smollm2_path
 from tests.support.host_device import HostDevice
 from tests.support.llama_ref import LlamaReference
-
-import pxos_llm  # noqa: E402,I001  (a guest module, on sys.path through host_device)
 
 pytestmark = pytest.mark.slow
 
