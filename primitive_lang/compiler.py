@@ -20,8 +20,18 @@ from .parser import parse
 from .validate import validate
 
 _cache: OrderedDict[str, CompiledProgram | tuple[Diagnostic, ...]] = OrderedDict()
+_weights: dict[str, int] = {}  # statements (or diagnostics) each cached entry holds
 _cache_lock = threading.Lock()
-_stats = {"hits": 0, "misses": 0}
+_stats = {"hits": 0, "misses": 0, "statements": 0}
+
+
+def _weight(entry: CompiledProgram | tuple[Diagnostic, ...]) -> int:
+    """What an entry costs the host, in statements: a compiled program holds an AST node,
+    a step and a shape record per statement (about 1-3 KiB each), a rejection its
+    diagnostics."""
+    if isinstance(entry, CompiledProgram):
+        return max(1, sum(k.statement_count + len(k.params) for k in entry.kernels))
+    return max(1, len(entry))
 
 
 def compile_source(source: str | bytes) -> CompiledProgram:
@@ -50,9 +60,16 @@ def compile_source(source: str | bytes) -> CompiledProgram:
         hit = _compile(data, key)
         with _cache_lock:
             _stats["misses"] += 1
+            if key not in _cache:
+                _weights[key] = _weight(hit)
+                _stats["statements"] += _weights[key]
             _cache[key] = hit
-            while len(_cache) > limits.COMPILE_CACHE_SIZE:
-                _cache.popitem(last=False)
+            # Bounded by count and by size: guests of every VM share this cache, so one of
+            # them compiling many large sources must not grow the daemon without limit.
+            while len(_cache) > limits.COMPILE_CACHE_SIZE or (
+                    _stats["statements"] > limits.COMPILE_CACHE_STATEMENTS and len(_cache) > 1):
+                old, _ = _cache.popitem(last=False)
+                _stats["statements"] -= _weights.pop(old)
     if isinstance(hit, CompiledProgram):
         return hit
     raise PrimitiveError(hit)
@@ -60,13 +77,15 @@ def compile_source(source: str | bytes) -> CompiledProgram:
 
 def cache_info() -> dict[str, int]:
     with _cache_lock:
-        return {**_stats, "size": len(_cache), "max_size": limits.COMPILE_CACHE_SIZE}
+        return {**_stats, "size": len(_cache), "max_size": limits.COMPILE_CACHE_SIZE,
+                "max_statements": limits.COMPILE_CACHE_STATEMENTS}
 
 
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
-        _stats.update(hits=0, misses=0)
+        _weights.clear()
+        _stats.update(hits=0, misses=0, statements=0)
 
 
 def _too_big(n: int) -> Diagnostic:

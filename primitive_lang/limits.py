@@ -57,6 +57,11 @@ MAX_DIAGNOSTICS = 100
 #: Compiled programs (and rejected sources) kept by the compile cache, keyed by sha256.
 COMPILE_CACHE_SIZE = 256
 
+#: Statements (plus params) of all cached programs together: the cache's size bound. Every
+#: VM's guests share the cache, and 256 of the largest programs (5000+ statements each)
+#: would hold close to a gigabyte; 65536 statements are tens of MiB (1-3 KiB each).
+COMPILE_CACHE_STATEMENTS = 1 << 16
+
 #: GPU_PRIORITY range, as the LAUNCH priority field takes it.
 MIN_PRIORITY = 0
 MAX_PRIORITY = 100

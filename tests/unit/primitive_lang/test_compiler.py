@@ -103,3 +103,19 @@ def test_concurrent_compiles_give_the_same_results_as_sequential_ones():
     with ThreadPoolExecutor(max_workers=6) as pool:
         got = list(pool.map(result, sources))
     assert got == expected
+
+
+def test_cache_is_bounded_by_the_statements_it_holds(monkeypatch):
+    # Large programs fill the cache by size long before its count: the oldest go first,
+    # and the total never passes the bound (issue 17: guests share this cache).
+    clear_cache()
+    monkeypatch.setattr(limits, "COMPILE_CACHE_STATEMENTS", 2000)
+    body = "    ADD y 1 -> y\n" * 400
+    for i in range(12):
+        compile_source(f"GPU_KERNEL k{i}\nGPU_PARAM y float[]\nGPU_THREAD_CODE:\n{body}GPU_END\n")
+        assert cache_info()["statements"] <= 2000
+    assert cache_info()["size"] == 4  # 401 statements + 1 param each
+    compile_source(f"GPU_KERNEL k11\nGPU_PARAM y float[]\nGPU_THREAD_CODE:\n{body}GPU_END\n")
+    assert cache_info()["hits"] == 1  # the newest stayed
+    clear_cache()
+    assert cache_info()["statements"] == 0
