@@ -205,11 +205,13 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
         if not request.timeout_seconds >= 0:
             raise E.InvalidArgument(f"timeout_seconds must be >= 0, got {request.timeout_seconds}")
         bindings = {name: _binding(name, b) for name, b in request.bindings.items()}
+        # The timeout covers the whole call, queueing included: measured from here, not from
+        # after launch() returns (a busy host may run much of the launch in between).
+        deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
         completion = self.hv.launch(
             request.vm_id, request.kernel_id, bindings,
             priority=request.priority if request.HasField("priority") else None,
             class_hint=request.class_hint or None, session=RPC_SESSION)
-        deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
         while not completion.done():
             if not context.is_active() or self._closing.is_set():
                 raise E.Cancelled(f"stopped waiting for launch {completion.launch_id}; it runs to completion "

@@ -325,7 +325,9 @@ def test_bad_input_never_stops_the_daemon_serving_others(client):
 def test_launch_timeout_gives_up_waiting_but_the_launch_completes(client):
     register(client, 1)
     (k,) = client.call("Compile", pb.CompileRequest(vm_id=1, source=HEAVY)).kernels
-    a, c = alloc(client, 1, (256, 256)), alloc(client, 1, (256, 256))
+    # 16 matmuls of 768x768 (14 GFLOP): far longer than the 1 ms timeout on any host, so
+    # the call cannot finish in time however the threads are scheduled.
+    a, c = alloc(client, 1, (768, 768)), alloc(client, 1, (768, 768))
     e = fails("DEADLINE_EXCEEDED", launch, client, 1, k.kernel_id, {"a": a, "c": c}, timeout_seconds=0.001)
     assert "runs to completion" in e.message
     deadline = time.monotonic() + 30
