@@ -422,16 +422,49 @@ GPU_END
         hv.stop()
 
 
+def gated(base: type) -> type:
+    """`base` with a gate: the `block_at`-th launch to run stops inside the device (after
+    `entered` is set) until `gate` opens, so a test can act while a launch is known to run."""
+
+    class Gated(base):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.entered = threading.Event(), threading.Event()
+            self.block_at, self.runs = -1, 0
+
+        def _maybe_block(self):
+            self.runs += 1
+            if self.runs == self.block_at:
+                self.entered.set()
+                assert self.gate.wait(60), "the test never opened the gate"
+
+        def submit(self, bound, args, wait_for=()):
+            if not self.asynchronous:
+                self._maybe_block()
+                return super().submit(bound, args, wait_for)
+            later = super().submit(bound, args, wait_for)
+            outer = self
+
+            class Blocking(Pending):
+                def wait(self):
+                    outer._maybe_block()
+                    return later.wait()
+
+            return Blocking()
+
+    return Gated
+
+
 @pytest.mark.parametrize("backend", ["numpy", "deferred"])
 def test_resets_in_the_middle_of_streaming_keep_the_books_exact(backend):
-    # Resets land while launches run, are pipelined, and have buffers on their way in and
-    # out: usage is zero at each reset, and every byte is accounted for throughout.
+    # Resets land while a launch runs (held by a gate inside the device, so this holds on a
+    # loaded host too), others are pipelined, and buffers are on their way in and out:
+    # usage is zero at each reset, and every byte is accounted for throughout.
     rng = np.random.default_rng(5)
-    ex = DeferredNumpy() if backend == "deferred" else NumpyExecutor()
+    ex = gated(DeferredNumpy if backend == "deferred" else NumpyExecutor)()
     hv = Hypervisor(backend=ex, device_pool_bytes=24 * KB, host_budget_bytes=256 * KB).start()
     try:
         hv.register_vm(1, 100, 50)
-        held = 0
         for _ in range(6):
             (k,) = hv.compile(1, LAYER)
             ws = []
@@ -440,21 +473,25 @@ def test_resets_in_the_middle_of_streaming_keep_the_books_exact(backend):
                 hv.write(1, h, 0, rng.standard_normal((32, 32)).astype(np.float32).tobytes())
                 ws.append(h)
             acts = [hv.alloc(1, "float32", (8, 32)).handle for _ in range(2)]
+            ex.gate.clear()
+            ex.entered.clear()
+            ex.block_at = ex.runs + 1 + int(rng.integers(0, 4))  # somewhere early in the stream
             cs = [hv.launch(1, k.kernel_id, {"w": w, "x": acts[i % 2], "y": acts[(i + 1) % 2]})
                   for i, w in enumerate(ws * 3)]
-            cs[int(rng.integers(0, 4))].wait(30)  # reset somewhere early in the stream
+            assert ex.entered.wait(30), "the stream never reached the gated launch"
             hv.reset_vm(1)
             s = hv.stats(1)
-            held += s.extra["held_after_reset_bytes"] > 0
+            assert s.extra["held_after_reset_bytes"] > 0  # the running launch's buffers
             assert s.memory_used == 0 and s.memory_device_bytes == 0 and s.memory_host_bytes == 0
             with hv._lock:
                 check_accounting(hv)
+            ex.gate.set()
             for c in cs:
                 assert c.wait(30).status in ("PXOS_S_OK", "PXOS_S_CANCELLED")
             wait_idle(hv)
             check_accounting(hv)
             assert hv.stats(1).extra["held_after_reset_bytes"] == 0
             assert hv.memory.pool_used == 0 and hv.memory.host_used == 0 and hv.memory.committed == 0
-        assert held, "no reset found a launch running: the test did not test what it says"
     finally:
+        ex.gate.set()
         hv.stop()
