@@ -233,6 +233,19 @@ def _prepare(root: Path, log: Callable[[str], None], run: Runner) -> GuestArtefa
         mk.write_text(re.sub(r"^include /usr/src/", f"include {sysroot}/usr/src/", mk.read_text(), flags=re.M))
         state.mark("unpack", key)
 
+    # virtio-net for networked guests (pxos-vm --net): its own step, so that a cache unpacked
+    # before it existed gains the three modules without unpacking everything again.
+    net_mods = {"failover": modroot / "net/core/failover.ko", "net_failover": modroot / "drivers/net/net_failover.ko",
+                "virtio_net": modroot / "drivers/net/virtio_net.ko"}
+    if not state.done("netmods", key, *net_mods.values()):
+        log("unpack: the virtio-net modules")
+        _run("unpack", ["sh", "-c", 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards '
+                        '"./lib/modules/*/kernel/net/core/failover.ko" '
+                        '"./lib/modules/*/kernel/drivers/net/net_failover.ko" '
+                        '"./lib/modules/*/kernel/drivers/net/virtio_net.ko"', "sh",
+                        str(_deb(debs, pk.image)), str(sysroot)], run)
+        state.mark("netmods", key)
+
     if not state.done("vmlinux", key, vmlinux):
         log("vmlinux: extracting the uncompressed kernel (PVH boot)")
         tmp = vmlinux.with_suffix(".tmp")
@@ -257,13 +270,16 @@ def _prepare(root: Path, log: Callable[[str], None], run: Runner) -> GuestArtefa
         _run("tool", ["make", "-C", str(TOOL_SRC), f"OUT={tool.parent}"], run)
         state.mark("tool", tkey)
 
-    initrd = root / f"initramfs-{rel}.cpio.gz"
     ikey = f"{mkey}:{tkey}:{hashlib.sha256(initramfs.INIT_SCRIPT.encode()).hexdigest()[:12]}"
-    if not state.done("initramfs", ikey, initrd):
+    # Named by its key: checkouts with different /init scripts sharing one cache each keep
+    # their own image (none rebuilds another's under a guest about to boot it).
+    initrd = root / f"initramfs-{rel}-{hashlib.sha256(ikey.encode()).hexdigest()[:12]}.cpio.gz"
+    if not initrd.exists():
         log(f"initramfs: busybox, modules and pxos into {initrd.name}")
         mods = {m: modsrc / f"{m}.ko" for m in VIRTIO_MODULES}
         mods["pxos_gpu"] = module
         mods.update(hostfs_mods)
+        mods.update(net_mods)
         initramfs.write_archive(initrd, initramfs.base_entries(busybox, tool, mods))
         state.mark("initramfs", ikey)
 

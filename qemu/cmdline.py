@@ -88,6 +88,8 @@ class VmSpec:
     append: tuple[str, ...] = ()
     interactive: bool = False    # the console on the terminal (with the QEMU monitor mux)
     host_share: Path | None = None  # a host directory the guest mounts read-only at /host
+    tap: str | None = None       # a tap (in the namespace QEMU runs in) for a virtio-net link
+    mac: str | None = None
 
 
 def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
@@ -110,6 +112,11 @@ def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
     if spec.host_share is not None:
         argv += ["-fsdev", f"local,id=hostfs,path={spec.host_share},security_model=none,readonly=on",
                  "-device", "virtio-9p-pci,fsdev=hostfs,mount_tag=hostfs"]
+    if spec.tap is not None:
+        # The tap exists already (qemu/network.py made it); QEMU only attaches. No option ROM:
+        # the guest boots its kernel directly, and not every host has the iPXE ROMs.
+        argv += ["-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net0,romfile={',mac=' + spec.mac if spec.mac else ''}"]
     if spec.interactive:
         argv += ["-serial", "mon:stdio"]
     else:

@@ -18,6 +18,7 @@ from .artefacts import GuestArtefacts
 from .cmdline import VmSpec, qemu_argv
 from .console import Console
 from .errors import LaunchError
+from .network import GuestLink, GuestNetwork
 
 _PR_SET_PDEATHSIG = 1
 
@@ -47,12 +48,18 @@ class Guest:
     def __init__(self, artefacts: GuestArtefacts, socket: Path | None, command: str | None, *,
                  mem_mib: int = 256, accel: str = "tcg", files: dict[str, bytes] | None = None,
                  name: str = "pxos-guest", log_path: Path | None = None, echo: bool = False,
-                 workdir: Path | None = None, host_share: Path | None = None):
+                 workdir: Path | None = None, host_share: Path | None = None,
+                 network: GuestNetwork | None = None, link: GuestLink | None = None):
+        if (network is None) != (link is None):
+            raise LaunchError("a networked guest needs both its network and its link")
         self._tmp = tempfile.TemporaryDirectory(prefix="pxos-vm-", dir=workdir)
         initrd = initramfs.write_run_initrd(artefacts.initramfs, Path(self._tmp.name) / "initrd.gz",
-                                            command, files, hostfs=host_share is not None)
+                                            command, files, hostfs=host_share is not None,
+                                            net=link.cidr if link else None)
+        self.network, self.link = network, link
         self.spec = VmSpec(kernel=artefacts.vmlinux, initrd=initrd, socket=socket, mem_mib=mem_mib,
-                           accel=accel, name=name, host_share=host_share)
+                           accel=accel, name=name, host_share=host_share, tap=link.tap if link else None,
+                           mac=link.mac if link else None)
         self.argv = qemu_argv(self.spec)
         self.console = Console()
         self.log_path = log_path
@@ -62,12 +69,21 @@ class Guest:
         self.t_start = 0.0
 
     def start(self) -> Guest:
+        netns_fd, enter_netns = self.network.preexec() if self.network else (-1, None)
+
+        def preexec() -> None:
+            die_with_parent()
+            if enter_netns is not None:
+                enter_netns()  # QEMU opens its tap by name, in the namespace holding it
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=die_with_parent)
-        except OSError as e:
+                                         preexec_fn=preexec)
+        except (OSError, subprocess.SubprocessError) as e:
             raise LaunchError(f"start QEMU ({self.argv[0]}): {e}") from e
+        finally:
+            if netns_fd >= 0:
+                os.close(netns_fd)
         self.t_start = time.monotonic()
         self._reader = threading.Thread(target=self._read, name=f"console-{self.spec.name}", daemon=True)
         self._reader.start()

@@ -7,6 +7,7 @@ early-userspace/buffer-format.rst)."""
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ MODULE_ORDER = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_le
 #: virtio-9p and what it needs, loaded only when the run shares a host directory.
 HOSTFS_MODULES = ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
 
+#: virtio-net and what it needs, loaded only when the run has a network link (pxos-vm --net).
+NET_MODULES = ("failover", "net_failover", "virtio_net")
+
 #: Console markers the host side parses (qemu/console.py).
 MARK_INIT = "PXOS-INIT"
 MARK_DEVICE = "PXOS-DEVICE"
@@ -26,6 +30,8 @@ MARK_NO_DEVICE = "PXOS-NO-DEVICE"
 MARK_READY = "PXOS-READY"
 MARK_EXIT = "PXOS-EXIT"
 MARK_HOSTFS = "PXOS-HOSTFS"
+MARK_NET = "PXOS-NET"
+MARK_NO_NET = "PXOS-NO-NET"
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -59,6 +65,21 @@ if [ -f /etc/pxos/hostfs ]; then
         for d in dev proc sys; do mount --bind /$d /host/$d 2>/dev/null; done
         export TMPDIR=/dev/shm
         echo "{MARK_HOSTFS} /host"
+    fi
+fi
+if [ -f /etc/pxos/net ]; then
+    # A virtio-net link (qemu/network.py): eth0 gets the address the host assigned.
+    for m in {' '.join(NET_MODULES)}; do
+        insmod /lib/modules/$m.ko || echo "PXOS-INSMOD-FAILED $m"
+    done
+    . /etc/pxos/net
+    ip link set lo up
+    i=0
+    while ! ip link show eth0 >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    if ip addr add "$PXOS_NET_ADDR" dev eth0 && ip link set eth0 up; then
+        echo "{MARK_NET} eth0 $PXOS_NET_ADDR"
+    else
+        echo "{MARK_NO_NET}"
     fi
 fi
 cd /root
@@ -110,14 +131,14 @@ def file_entry(path: str, data: bytes, executable: bool = False) -> Entry:
 
 def base_entries(busybox: Path, tool: Path, modules: dict[str, Path]) -> list[Entry]:
     """Everything a guest needs: busybox, the init script, the modules (MODULE_ORDER, and
-    HOSTFS_MODULES where given) and `pxos`."""
+    HOSTFS_MODULES and NET_MODULES where given) and `pxos`."""
     entries = directories("bin", "dev", "proc", "sys", "root", "tmp", "etc", "etc/pxos",
                           "lib", "lib/modules")
     entries.append(Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
     entries.append(file_entry("bin/busybox", busybox.read_bytes(), executable=True))
     entries.append(file_entry("bin/pxos", tool.read_bytes(), executable=True))
     entries.append(file_entry("init", INIT_SCRIPT.encode(), executable=True))
-    for name in (*MODULE_ORDER, *(m for m in HOSTFS_MODULES if m in modules)):
+    for name in (*MODULE_ORDER, *(m for m in (*HOSTFS_MODULES, *NET_MODULES) if m in modules)):
         entries.append(file_entry(f"lib/modules/{name}.ko", modules[name].read_bytes()))
     return entries
 
@@ -128,14 +149,19 @@ def write_archive(path: Path, entries: list[Entry]) -> None:
     tmp.replace(path)
 
 
-def run_overlay(command: str | None, files: dict[str, bytes] | None = None, hostfs: bool = False) -> bytes:
-    """The small second archive of one run: /etc/pxos/cmd, the host-share switch and any
-    extra files."""
+def run_overlay(command: str | None, files: dict[str, bytes] | None = None, hostfs: bool = False,
+                net: str | None = None) -> bytes:
+    """The small second archive of one run: /etc/pxos/cmd, the host-share switch, the
+    network address (``net``, an IPv4 interface such as 10.97.0.2/24) and any extra files."""
     entries: list[Entry] = []
     if command is not None:
         entries.append(file_entry("etc/pxos/cmd", command.encode() + b"\n"))
     if hostfs:
         entries.append(file_entry("etc/pxos/hostfs", b"hostfs\n"))
+    if net is not None:
+        # /init sources this file: only a validated address goes in.
+        addr = ipaddress.IPv4Interface(net)
+        entries.append(file_entry("etc/pxos/net", f"PXOS_NET_ADDR={addr.with_prefixlen}\n".encode()))
     for guest_path, data in sorted((files or {}).items()):
         path = guest_path.lstrip("/")
         parts = path.split("/")[:-1]
@@ -145,6 +171,6 @@ def run_overlay(command: str | None, files: dict[str, bytes] | None = None, host
 
 
 def write_run_initrd(base: Path, out: Path, command: str | None,
-                     files: dict[str, bytes] | None = None, hostfs: bool = False) -> Path:
-    out.write_bytes(base.read_bytes() + run_overlay(command, files, hostfs))
+                     files: dict[str, bytes] | None = None, hostfs: bool = False, net: str | None = None) -> Path:
+    out.write_bytes(base.read_bytes() + run_overlay(command, files, hostfs, net))
     return out

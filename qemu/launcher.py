@@ -7,6 +7,8 @@
     pxos-vm cmdline --socket PATH [...]      # print the QEMU command line, start nothing
     pxos-vm demo [--workload llm|matmul] [--duration S] [--json]   # three guests sharing the device
     pxos-vm generate --prompt TEXT [--max-tokens N] [--json] [--hvd-socket PATH --vm ID]
+    pxos-vm serve [--vms N | --hvd-socket PATH --vm ID ...] [--class VM=CLASS] [--subnet NET]
+    pxos-vm run --net ...                    # the guest on a virtio-net link (qemu/network.py)
 
 With --cmd the guest runs the command, powers off, and pxos-vm exits with the command's
 status (124 if it did not finish in --timeout). Without it the guest's shell is on the
@@ -27,6 +29,7 @@ from . import initramfs
 from .cmdline import VmSpec, choose_accel, parse_mem, qemu_argv
 from .errors import LauncherError
 from .guest import Guest
+from .network import DEFAULT_SUBNET, GuestNetwork
 
 EXIT_TIMEOUT = 124
 
@@ -56,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
             r.add_argument("--timeout", type=float, default=600.0, help="seconds for --cmd (default 600)")
             r.add_argument("--log", type=Path, help="append the raw console here")
             r.add_argument("--quiet", action="store_true", help="do not echo the console")
+            r.add_argument("--net", action="store_true",
+                           help="a virtio-net link on a bridge in a network namespace of pxOS's own")
+            r.add_argument("--subnet", default=DEFAULT_SUBNET, help=f"with --net (default {DEFAULT_SUBNET})")
     demo = sub.add_parser("demo", help="pxos-hvd and three guests sharing the device, live")
     demo.add_argument("--workload", choices=["llm", "matmul"], default="llm",
                       help="llm: three VMs generate text from one shared model (default); matmul: synthetic load")
@@ -65,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
                       help="matmul size (default 384: about a millisecond per launch, so each guest keeps the device busy)")
     demo.add_argument("--accel", default="auto")
     demo.add_argument("--json", action="store_true", help="one JSON summary instead of live lines")
+    demo.add_argument("--serve", action="store_true",
+                      help="the guests serve completions over their network; a load generator drives them")
+    srv = sub.add_parser("serve", help="guests answering OpenAI-compatible /v1/completions on their network")
+    srv.add_argument("--vms", type=int, default=2, help="VMs of a pxos-hvd started here (default 2)")
+    srv.add_argument("--shares", help="their compute shares, e.g. 50,30,20 (default equal)")
+    srv.add_argument("--hvd-socket", type=Path, help="a running pxos-hvd's gRPC socket instead")
+    srv.add_argument("--vm", type=int, action="append", default=[], help="with --hvd-socket: a VM to serve from")
+    srv.add_argument("--class", dest="classes", action="append", default=[], metavar="VM=CLASS",
+                     help="the workload class a VM's server asks for (INTERACTIVE, BATCH, ...)")
+    srv.add_argument("--subnet", default=DEFAULT_SUBNET, help=f"the guests' subnet (default {DEFAULT_SUBNET})")
+    srv.add_argument("--duration", type=float, default=0, help="seconds to serve (default: until Ctrl-C)")
+    srv.add_argument("--accel", default="auto")
+    srv.add_argument("--json", action="store_true", help="one JSON line (namespace, URLs) once all serve")
     gen = sub.add_parser("generate", help="generate text with a shared model from inside a guest")
     gen.add_argument("--prompt", action="append", required=True, help="repeatable: one generation each")
     gen.add_argument("--max-tokens", type=int, default=32)
@@ -89,7 +108,23 @@ def cmd_generate(args) -> int:
                         model=args.model, accel=args.accel, timeout=args.timeout, ctx=args.ctx)
 
 
+def cmd_serve(args) -> int:
+    from .serve import parse_classes, run_serve
+
+    try:
+        shares = [float(x) for x in args.shares.split(",")] if args.shares else None
+    except ValueError as e:
+        raise LauncherError(f"--shares {args.shares!r}: want numbers like 50,30,20") from e
+    return run_serve(vms=args.vms, hvd_socket=args.hvd_socket, vm_ids=args.vm, classes=parse_classes(args.classes),
+                     subnet=args.subnet, accel=args.accel, duration=args.duration, as_json=args.json,
+                     shares=shares)
+
+
 def cmd_demo(args) -> int:
+    if args.serve:
+        from .demo_serve import run_serve_demo
+
+        return run_serve_demo(duration=args.duration or 60, accel=args.accel, as_json=args.json)
     if args.workload == "matmul":
         from .demo import run_demo
 
@@ -150,19 +185,33 @@ def cmd_run(args) -> int:
     accel = choose_accel(args.accel)
     mem = parse_mem(args.mem)
     files = _files(args.file)
+    if args.net:
+        with GuestNetwork(args.subnet, tag="run") as net:
+            link = net.add_guest(1)
+            print(f"pxos-vm: guest at {link.address} on {net.name} (host side {net.host_address}; "
+                  f"ip netns exec {net.name} ...)", file=sys.stderr)
+            return _run_guest(args, a, accel, mem, files, net, link)
+    return _run_guest(args, a, accel, mem, files, None, None)
+
+
+def _run_guest(args, a, accel, mem, files, net, link) -> int:
     if args.cmd is None:
         with tempfile.TemporaryDirectory(prefix="pxos-vm-") as tmp:
             initrd = initramfs.write_run_initrd(a.initramfs, Path(tmp) / "initrd.gz", None, files,
-                                                hostfs=args.host_share is not None)
+                                                hostfs=args.host_share is not None, net=link.cidr if link else None)
             spec = VmSpec(kernel=a.vmlinux, initrd=initrd, socket=args.socket, mem_mib=mem, accel=accel,
-                          name=args.name, interactive=True, host_share=args.host_share)
+                          name=args.name, interactive=True, host_share=args.host_share,
+                          tap=link.tap if link else None, mac=link.mac if link else None)
             argv = qemu_argv(spec)
             # QEMU reads the initrd at start-up; keep the directory until it exits.
             import subprocess
 
+            if net is not None:
+                return net.popen(argv).wait()
             return subprocess.call(argv)
     with Guest(a, args.socket, args.cmd, mem_mib=mem, accel=accel, files=files, name=args.name,
-               log_path=args.log, echo=not args.quiet, host_share=args.host_share) as guest:
+               log_path=args.log, echo=not args.quiet, host_share=args.host_share, network=net,
+               link=link) as guest:
         result = guest.wait(args.timeout)
     if result.exit_status is None:
         if result.total_s < args.timeout:
@@ -181,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"prepare": cmd_prepare, "run": cmd_run, "cmdline": cmd_cmdline, "demo": cmd_demo,
-                    "generate": cmd_generate}
+                    "generate": cmd_generate, "serve": cmd_serve}
         return commands[args.command](args)
     except LauncherError as e:
         print(f"pxos-vm: {e}", file=sys.stderr)

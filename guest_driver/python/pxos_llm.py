@@ -166,7 +166,7 @@ class Result:
     ttft_s: float = 0.0  # prompt submitted -> first token read
     decode_s: float = 0.0  # first token -> last token
     total_s: float = 0.0
-    stopped: str = "length"  # "length" | "eog"
+    stopped: str = "length"  # "length" | "eog" | "cancelled" (should_stop said so)
     launches: int = 0
     device_ns: int = 0  # device time the host charged to this generation
 
@@ -300,17 +300,20 @@ class LlamaRunner:
         """The logits after feeding ``token_ids`` from position 0 (for checks)."""
         return self.logits(token_ids)[0]
 
-    def generate(self, prompt: str, max_tokens: int = 32, *, on_text=None, stop_at_eog: bool = True) -> Result:
+    def generate(self, prompt: str, max_tokens: int = 32, *, on_text=None, stop_at_eog: bool = True,
+                 should_stop=None) -> Result:
         """Tokenize ``prompt`` as llama.cpp does, generate greedily, detokenize."""
         tok = self.tokenizer
         res = self.generate_ids(tok.encode(prompt), max_tokens, on_text=on_text, stop_at_eog=stop_at_eog,
-                                prompt=prompt)
+                                prompt=prompt, should_stop=should_stop)
         res.text = tok.decode(res.tokens)
         return res
 
     def generate_ids(self, ids: list[int], max_tokens: int = 32, *, on_text=None, stop_at_eog: bool = False,
-                     prompt: str = "") -> Result:
-        """Greedy generation from prompt token ids (``res.text`` is left to ``generate``)."""
+                     prompt: str = "", should_stop=None) -> Result:
+        """Greedy generation from prompt token ids (``res.text`` is left to ``generate``).
+        ``should_stop()``, asked after each token, ends it early (``stopped`` "cancelled"):
+        a server stops generating for a client that went away."""
         if not ids:
             raise ValueError("the prompt has no tokens")
         if max_tokens < 1:
@@ -326,7 +329,7 @@ class LlamaRunner:
         stream = self.tokenizer.stream() if on_text is not None else None
         self._inflight: deque = deque()
         try:
-            self._run(res, ids_buf, x, max_tokens, on_text, stream, stop_at_eog, t0)
+            self._run(res, ids_buf, x, max_tokens, on_text, stream, stop_at_eog, t0, should_stop)
         finally:
             self._drain()
             ids_buf.free()
@@ -334,7 +337,7 @@ class LlamaRunner:
         res.total_s = time.perf_counter() - t0
         return res
 
-    def _run(self, res, ids_buf, x, max_tokens, on_text, stream, stop_at_eog, t0) -> None:
+    def _run(self, res, ids_buf, x, max_tokens, on_text, stream, stop_at_eog, t0, should_stop=None) -> None:
         n = len(res.prompt_tokens)
         kw = {"priority": self.priority, "class_hint": self.class_hint}
         # step 0 (the prompt) is submitted as it is; step k >= 1 feeds token k-1 at position n+k-1
@@ -383,6 +386,9 @@ class LlamaRunner:
             eog = stop_at_eog and self.tokenizer.is_eog(token)
             if eog or len(res.tokens) >= max_tokens:
                 res.stopped = "eog" if eog else "length"
+                return
+            if should_stop is not None and should_stop():
+                res.stopped = "cancelled"
                 return
 
     def _drain(self) -> None:

@@ -79,3 +79,15 @@ def test_host_share_switch_and_read_only_mount():
     assert "etc/pxos/hostfs" not in {name for name, *_ in read_newc(gzip.decompress(initramfs.run_overlay("true")))}
     mount = next(line for line in initramfs.INIT_SCRIPT.splitlines() if "mount -t 9p" in line)
     assert "ro," in mount and "/host" in mount
+
+
+def test_network_address_file_and_virtio_net_modules():
+    data = gzip.decompress(initramfs.run_overlay("true", net="10.97.0.2/24"))
+    files = {name: body for name, _, body, _ in read_newc(data)}
+    assert files["etc/pxos/net"] == b"PXOS_NET_ADDR=10.97.0.2/24\n"
+    assert "etc/pxos/net" not in {name for name, *_ in read_newc(gzip.decompress(initramfs.run_overlay("true")))}
+    with pytest.raises(ValueError):  # /init sources the file: only an address goes in
+        initramfs.run_overlay("true", net="10.0.0.1/24; reboot")
+    script = initramfs.INIT_SCRIPT
+    assert script.index("virtio_net") < script.index("ip addr add") < script.index("/etc/pxos/cmd")
+    assert initramfs.NET_MODULES.index("failover") < initramfs.NET_MODULES.index("virtio_net")
