@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.pxos-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-matmul demo-host test test-fast lint bench proto clean
+.PHONY: setup demo demo-serve demo-matmul demo-host test test-fast lint bench proto clean
 
 $(STAMP): pyproject.toml setup.py virtio_backend/core/pxq_core.c virtio_backend/core/pxq_core.h
 	./scripts/setup.sh
@@ -17,6 +17,12 @@ setup: $(STAMP)
 ## The first run fetches Debian's guest kernel (apt-get download) and builds the module.
 demo: $(STAMP)
 	$(PY) -m qemu demo --workload llm --duration 60
+
+## The same three VMs serving OpenAI-compatible completions over a pxOS-made network (root:
+## a network namespace, a bridge, taps), driven by bench/serve_load.py inside it; watch
+## `pxosctl top` beside it (the command is printed).
+demo-serve: $(STAMP)
+	$(PY) -m qemu demo --serve --duration 60
 
 ## The synthetic demo: the same three guests keeping matmuls in flight with `pxos load`.
 demo-matmul: $(STAMP)

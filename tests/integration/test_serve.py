@@ -178,3 +178,20 @@ def test_should_stop_ends_a_generation(served):
     calls = []
     res = ref.generate(PROMPT, 20, stop_at_eog=False, should_stop=lambda: len(calls.append(1) or calls) >= 3)
     assert res.stopped == "cancelled" and len(res.tokens) == 3
+
+
+def test_the_load_generator_against_the_server(served):
+    from bench.serve_load import Target, run_load
+
+    port, _, _ = served
+    closed = Target("closed", "127.0.0.1", port, concurrency=2, max_tokens=4, prompt=PROMPT)
+    opened = Target("open", "127.0.0.1", port, rate=5.0, max_tokens=2, prompt=PROMPT)
+    result = run_load([closed, opened], duration=2.0, warmup=0.5)
+    for name in ("closed", "open"):
+        vm = result["vms"][name]
+        assert vm["errors"] == 0, vm["error_examples"]
+        assert vm["requests"] > 0 and vm["tokens_per_s"] > 0
+        assert 0 < vm["ttft_p50_s"] <= vm["ttft_p99_s"] <= vm["e2e_p99_s"]
+    assert abs(sum(v["fraction_of_tokens"] for v in result["vms"].values()) - 1) < 1e-3
+    bad = Target("bad", "127.0.0.1", port, concurrency=1, max_tokens=100000)  # the server refuses it
+    assert run_load([bad], duration=0.5)["vms"]["bad"]["errors"] > 0
