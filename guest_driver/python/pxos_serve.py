@@ -44,6 +44,10 @@ MAX_TOKENS = 4096
 DEFAULT_MAX_TOKENS = 16
 #: Requests waiting for the generator at once; more get a 503 rather than a thread each.
 MAX_WAITING = 64
+#: Connections open at once (a thread each); more are closed unanswered.
+MAX_CONNECTIONS = 256
+#: Seconds a connection may sit idle in a read or a write before it is dropped.
+CONNECTION_TIMEOUT_S = 120
 #: Marker on the console once the server listens (the host waits for it).
 MARK_SERVING = "PXOS-SERVING"
 
@@ -92,11 +96,19 @@ class Engine:
         self.started = time.time()
 
     def complete(self, req: dict, on_text=None, should_stop=None):
+        """Tokenize (outside the lock: a long prompt does not hold up the others), check it
+        fits the KV cache (ValueError), then generate in turn."""
+        tok = self.runner.tokenizer
+        ids = tok.encode(req["prompt"])
+        if not ids or len(ids) + req["max_tokens"] - 1 > self.runner.ctx:
+            raise ValueError(f"{len(ids)} prompt tokens + max_tokens {req['max_tokens']} do not fit the "
+                             f"{self.runner.ctx}-position context")
         with self.lock:
-            res = self.runner.generate(req["prompt"], req["max_tokens"], on_text=on_text,
-                                       stop_at_eog=not req["ignore_eos"], should_stop=should_stop)
+            res = self.runner.generate_ids(ids, req["max_tokens"], on_text=on_text, prompt=req["prompt"],
+                                           stop_at_eog=not req["ignore_eos"], should_stop=should_stop)
             self.served += 1
-            return res
+        res.text = tok.decode(res.tokens)
+        return res
 
 
 def _finish_reason(res) -> str:
@@ -111,6 +123,7 @@ def _usage(res) -> dict:
 class Handler(BaseHTTPRequestHandler):
     server_version = "pxos-serve/1"
     protocol_version = "HTTP/1.1"
+    timeout = CONNECTION_TIMEOUT_S
     engine: Engine  # set on the subclass made by make_server
 
     def log_message(self, fmt, *args) -> None:  # the console is the guest's; keep it for results
@@ -184,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
         except px.PxosDeviceError as e:
             self._error(503, f"the device failed: {e}", "device_error")
             return
-        self._json(200, {"id": f"cmpl-{id(res):x}", "object": "text_completion", "created": int(time.time()),
+        self._json(200, {"id": f"cmpl-{time.monotonic_ns():x}", "object": "text_completion", "created": int(time.time()),
                          "model": self.engine.model,
                          "choices": [{"index": 0, "text": res.text, "finish_reason": _finish_reason(res),
                                       "logprobs": None}],
@@ -237,11 +250,28 @@ class Handler(BaseHTTPRequestHandler):
         send(b"data: [DONE]\n\n")
 
 
-def make_server(engine: Engine, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"engine": engine})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.connections.acquire(blocking=False):
+            self.shutdown_request(request)  # too many open: closed unanswered
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+
+def make_server(engine: Engine, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> Server:
+    return Server((host, port), type("BoundHandler", (Handler,), {"engine": engine}))
 
 
 def main(argv: list[str] | None = None) -> int:
