@@ -10,7 +10,7 @@ namespace (as `ip netns exec` would) and drives them:
    and 3 for BATCH. VM 1 at a light open-loop rate (short completions) alone, then the same
    with VMs 2 and 3 saturated: its TTFT and end-to-end p99 against alone.
 
-    python -m bench.bench_serve [--duration 40] [--warmup 10] [--json]
+    python -m bench.bench_serve [--duration 40] [--warmup 10] [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -99,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.5, help="requests/s of the INTERACTIVE VM")
     p.add_argument("--short-tokens", type=int, default=8, help="tokens per request of the INTERACTIVE VM")
     p.add_argument("--accel", default="auto")
+    p.add_argument("--quick", action="store_true", help="15 s measured after 5 s of warm-up")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 15.0, 5.0
     r = run(args.duration, args.warmup, args.concurrency, args.max_tokens, args.rate, args.short_tokens, args.accel)
     if args.json:
         print(json.dumps(r, indent=1))

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "guest_roundtrip": ["bench.bench_guest_roundtrip"],
     "tokenizer": ["bench.bench_tokenizer"],
     "llm": ["bench.bench_llm"],
+    "serve": ["bench.bench_serve"],  # root: the guests' network namespace
 }
 
 
