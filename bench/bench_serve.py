@@ -8,7 +8,8 @@ namespace (as `ip netns exec` would) and drives them:
    requests in flight each): tokens/s per VM and its fraction of all tokens, against its share.
 2. **interactive beside batch**: shares equal; VM 1's server asks for INTERACTIVE, VMs 2
    and 3 for BATCH. VM 1 at a light open-loop rate (short completions) alone, then the same
-   with VMs 2 and 3 saturated: its TTFT and end-to-end p99 against alone.
+   with VMs 2 and 3 saturated: its TTFT and end-to-end p99 against alone; then once more
+   with VM 1's guest rebooted to ask for no class (what the class itself buys).
 
     python -m bench.bench_serve [--duration 40] [--warmup 10] [--quick] [--json]
 """
@@ -58,17 +59,23 @@ def run(duration: float, warmup: float, concurrency: int, max_tokens: int, rate:
         light = f"vm1={url[1]},rate={rate},max_tokens={short_tokens}"
         alone = load(session, [light], duration=duration, warmup=warmup / 2, max_tokens=short_tokens)
         beside = load(session, [light, *saturated[1:]], duration=duration, warmup=warmup, max_tokens=max_tokens)
+        # the same, VM 1's server asking for no class: what INTERACTIVE itself buys
+        session.restart(1, "NONE")
+        unhinted = load(session, [light, *saturated[1:]], duration=duration, warmup=warmup, max_tokens=max_tokens)
         stats = hvd.ctl("stats")
-    a, b = alone["vms"]["vm1"], beside["vms"]["vm1"]
+    a, b, c = alone["vms"]["vm1"], beside["vms"]["vm1"], unhinted["vms"]["vm1"]
 
-    def ratio(key: str) -> float | None:
-        return round(b[key] / a[key], 3) if a.get(key) and b.get(key) is not None else None
+    def ratio(key: str, x: dict = b) -> float | None:
+        return round(x[key] / a[key], 3) if a.get(key) and x.get(key) is not None else None
 
     return {
         "machine": machine(), "accel": session.accel, "duration_s": duration, "warmup_s": warmup,
         "shares": {"targets": {f"vm{v}": s for v, s in SHARES.items()}, "load": shares},
         "interactive": {"alone": alone["vms"]["vm1"], "beside_two_batch": beside["vms"],
                         "ttft_p99_ratio": ratio("ttft_p99_s"), "e2e_p99_ratio": ratio("e2e_p99_s"),
+                        "no_class_beside_two_batch": unhinted["vms"],
+                        "no_class_ttft_p99_ratio": ratio("ttft_p99_s", c),
+                        "no_class_e2e_p99_ratio": ratio("e2e_p99_s", c),
                         "rate": rate, "max_tokens": short_tokens},
         "launches_failed": sum(vm["launches_failed"] for vm in stats["vms"]),
     }
@@ -88,6 +95,10 @@ def print_report(r: dict) -> None:
     print("   beside VMs 2 and 3 (BATCH, saturated):")
     print(format_report({"vms": i["beside_two_batch"]}))
     print(f"   VM 1 p99 against alone: TTFT {i['ttft_p99_ratio']}x, end-to-end {i['e2e_p99_ratio']}x")
+    print("   the same with VM 1's server asking for no class:")
+    print(format_report({"vms": i["no_class_beside_two_batch"]}))
+    print(f"   VM 1 p99 against alone: TTFT {i['no_class_ttft_p99_ratio']}x, "
+          f"end-to-end {i['no_class_e2e_p99_ratio']}x")
 
 
 def main(argv: list[str] | None = None) -> int:

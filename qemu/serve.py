@@ -68,29 +68,41 @@ class ServeSession:
                  subnet: str = DEFAULT_SUBNET, tag: str = "serve", accel: str = "auto",
                  model: str = DEFAULT_MODEL, ctx: int = SERVE_CTX, log_dir: Path | None = None,
                  before: dict[int, str] | None = None, echo: bool = False):
-        self.sockets, self.classes = sockets, classes or {}
+        self.sockets, self.classes = sockets, dict(classes or {})
         self.accel, self.model, self.ctx, self.log_dir = choose_accel(accel), model, ctx, log_dir
         self.before, self.echo = before or {}, echo
         self.network = GuestNetwork(subnet, tag)
         self.guests: dict[int, ServingGuest] = {}
 
     def start(self) -> ServeSession:
-        a = art.prepare(log=lambda s: print(f"pxos-vm: {s}", file=sys.stderr))
+        self._artefacts = art.prepare(log=lambda s: print(f"pxos-vm: {s}", file=sys.stderr))
         self.network.create()
         try:
-            for n, (vm, sock) in enumerate(sorted(self.sockets.items()), start=1):
-                link = self.network.add_guest(n)
-                cmd = serve_command(model=self.model, ctx=self.ctx, wclass=self.classes.get(vm, "NONE"),
-                                    before=self.before.get(vm))
-                g = Guest(a, sock, cmd, mem_mib=GENERATE_MEM_MIB, accel=self.accel, name=f"serve{vm}",
-                          host_share=Path("/"), network=self.network, link=link, echo=self.echo,
-                          log_path=self.log_dir / f"serve{vm}.log" if self.log_dir else None)
-                self.guests[vm] = ServingGuest(vm, g, link)
-                g.start()
+            for n, vm in enumerate(sorted(self.sockets), start=1):
+                self._boot(vm, n)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _boot(self, vm: int, number: int) -> ServingGuest:
+        link = self.network.add_guest(number)
+        cmd = serve_command(model=self.model, ctx=self.ctx, wclass=self.classes.get(vm, "NONE"),
+                            before=self.before.get(vm))
+        g = Guest(self._artefacts, self.sockets[vm], cmd, mem_mib=GENERATE_MEM_MIB, accel=self.accel,
+                  name=f"serve{vm}", host_share=Path("/"), network=self.network, link=link, echo=self.echo,
+                  log_path=self.log_dir / f"serve{vm}.log" if self.log_dir else None)
+        self.guests[vm] = sg = ServingGuest(vm, g, link)
+        g.start()
+        return sg
+
+    def restart(self, vm: int, wclass: str, timeout: float = READY_TIMEOUT_S) -> None:
+        """Boot VM ``vm``'s guest again, its server asking for ``wclass``; same address."""
+        number = self.guests[vm].link.number
+        self.kill(vm)
+        self.classes[vm] = wclass
+        sg = self._boot(vm, number)
+        sg.guest.wait_for(rf"^{MARK_SERVING} ", timeout)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Every guest's server listens and answers /health from inside the namespace."""
