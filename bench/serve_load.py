@@ -34,6 +34,9 @@ DEFAULT_PROMPT = "<|im_start|>user\nTell me about the sea.<|im_end|>\n<|im_start
 #: error instead of growing the generator's threads without bound.
 MAX_OUTSTANDING = 64
 REQUEST_TIMEOUT_S = 600.0
+#: A guest is not trusted: one line of its stream longer than this ends that request as an
+#: error instead of growing the generator's memory.
+MAX_LINE_BYTES = 1 << 20
 
 
 @dataclass
@@ -109,7 +112,10 @@ class Load:
                 s.error = f"HTTP {r.status}: {r.read(300)!r}"
                 return s
             chunks, done = 0, False
-            while line := r.readline():
+            while line := r.readline(MAX_LINE_BYTES + 1):
+                if len(line) > MAX_LINE_BYTES:
+                    s.error = f"a stream line over {MAX_LINE_BYTES} bytes"
+                    return s
                 if not line.startswith(b"data: "):
                     continue
                 payload = line[6:].strip()

@@ -35,6 +35,8 @@ SERVE_PORT = 8000
 SERVE_CTX = 512
 #: Boot, the host's Python over virtio-9p, the model opened and its tokenizer built, under TCG.
 READY_TIMEOUT_S = 600.0
+#: What the host reads of one answer of a guest (a guest is not trusted to bound it).
+MAX_RESPONSE_BYTES = 16 << 20
 MARK_SERVING = "PXOS-SERVING"  # pxos_serve.MARK_SERVING: printed once it listens
 CLASSES = ("NONE", "REALTIME", "INTERACTIVE", "THROUGHPUT", "BATCH")
 
@@ -125,7 +127,10 @@ class ServeSession:
             conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
                          headers={"Content-Type": "application/json"})
             r = conn.getresponse()
-            return r.status, r.read()
+            data = r.read(MAX_RESPONSE_BYTES + 1)
+            if len(data) > MAX_RESPONSE_BYTES:
+                raise LaunchError(f"guest {vm}: {method} {path} answered more than {MAX_RESPONSE_BYTES} bytes")
+            return r.status, data
         finally:
             conn.close()
 
