@@ -9,6 +9,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -75,4 +79,42 @@ def test_two_networked_guests_serve_completions(guest_artefacts, hvd_factory, tm
         assert all(vm["launches_failed"] == 0 for vm in stats["vms"])
     assert name not in list_namespaces()
     assert not [n for n in list_namespaces() if n.endswith(f"-{os.getpid()}")]  # nothing of ours left
+    assert _host_links() == links_before
+
+
+def _pids_in(netns: str) -> set[int]:
+    inode = os.stat(f"/var/run/netns/{netns}").st_ino
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    pids.add(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_pxos_vm_serve_leaves_nothing_behind(guest_artefacts):
+    links_before = _host_links()
+    proc = subprocess.Popen([sys.executable, "-m", "qemu", "serve", "--vms", "1", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-3000:]
+        info = json.loads(line)
+        netns = info["netns"]
+        inside = _pids_in(netns)
+        assert inside  # QEMU runs in the namespace
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a crash: no clean-up of its own runs
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    deadline = time.monotonic() + 60
+    while (netns in list_namespaces() or any(os.path.exists(f"/proc/{p}") for p in inside)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert netns not in list_namespaces()
+    assert not [p for p in inside if os.path.exists(f"/proc/{p}")]  # QEMU went with its creator
     assert _host_links() == links_before
