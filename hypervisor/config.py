@@ -72,7 +72,7 @@ class DaemonSection(_Model):
     tls_client_ca: str | None = Field(default=None, description="PEM CA certificate(s): a TCP client must "
                                                                 "present a certificate one of them signed")
     metrics_address: str | None = "127.0.0.1:9464"
-    backend: Literal["auto", "numpy", "cupy"] = "auto"
+    backend: Literal["auto", "numpy", "cupy", "wgpu"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     socket_dir: str = Field(default="/run/pxos", description="VM sockets are created here and nowhere else")
     vm_socket_group: str | None = Field(
@@ -163,7 +163,7 @@ grpc_socket = "/run/pxos/pxos-hvd.sock"   # pxosctl talks here (mode 0600)
 # tls_key = "/etc/pxos/tls/server.key"
 # tls_client_ca = "/etc/pxos/tls/ca.crt"  # clients must present a certificate this CA signed
 metrics_address = "127.0.0.1:9464"        # Prometheus /metrics
-backend = "auto"                          # auto | numpy | cupy
+backend = "auto"                          # auto | numpy | cupy | wgpu
 log_level = "info"
 socket_dir = "/run/pxos"                  # VM sockets live here and nowhere else (relative names too)
 # vm_socket_group = "kvm"                 # QEMU's group may connect to VM sockets (0660); default 0600

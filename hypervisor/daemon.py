@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", metavar="FILE", help="TOML config (see --print-default-config)")
     p.add_argument("--print-default-config", action="store_true", help="print a commented default config")
     p.add_argument("--check-config", action="store_true", help="validate --config and exit")
-    p.add_argument("--backend", choices=["auto", "numpy", "cupy"])
+    p.add_argument("--backend", choices=["auto", "numpy", "cupy", "wgpu"])
     p.add_argument("--grpc-socket", metavar="PATH")
     p.add_argument("--metrics-address", metavar="HOST:PORT", help="'' turns the exporter off")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -209,7 +209,7 @@ def print_table(r: dict, out=sys.stdout) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pxos-hvd demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds to run (default 10)")
-    p.add_argument("--backend", choices=["auto", "numpy", "cupy"], default="auto")
+    p.add_argument("--backend", choices=["auto", "numpy", "cupy", "wgpu"], default="auto")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
     if args.duration <= 0:

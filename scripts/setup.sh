@@ -3,6 +3,8 @@
 # Installs what pxOS needs on a Debian 12 host and is missing; safe to run again.
 #   - Debian packages: python3 (venv, headers), gcc, make, cpio, and QEMU 10 from
 #     bookworm-backports (Debian 12's own QEMU 7.2 refuses vhost-user-gpu without KVM).
+#   - Mesa's Vulkan drivers (lavapipe, a CPU Vulkan driver) and the Vulkan loader: the wgpu
+#     executor runs its tests on them in CI, and on a real GPU's Vulkan driver where there is one.
 #   - A virtual environment in .venv with the project installed (editable, with dev tools);
 #     this also builds the cffi virtqueue core.
 # Guest kernel pieces are fetched later, on demand, by `pxos-vm prepare` (apt-get download).
@@ -37,6 +39,11 @@ have_cmd xz || need_pkgs+=(xz-utils)
 have_cmd cmake || need_pkgs+=(cmake)
 have_cmd g++ || need_pkgs+=(g++)
 have_cmd apt-get && { have_pkg ca-certificates || need_pkgs+=(ca-certificates); }
+# The wgpu executor: the Vulkan loader and Mesa's drivers (lavapipe) for its CI tests.
+if have_cmd dpkg-query; then
+    have_pkg libvulkan1 || need_pkgs+=(libvulkan1)
+    have_pkg mesa-vulkan-drivers || need_pkgs+=(mesa-vulkan-drivers)
+fi
 
 qemu_ok() {
     have_cmd qemu-system-x86_64 || return 1
@@ -97,6 +104,11 @@ if [ "$stale" = 1 ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
+fi
+# The wgpu executor's package (a wheel with wgpu-native inside); pyproject's dev extra has it
+# too, this covers a venv made before it was added there.
+if ! .venv/bin/python -c "import wgpu" >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q "wgpu==0.32.0"
 fi
 # llama.cpp's Python binding: the reference pxOS's generation is checked against, and the
 # LLM advisor's local endpoint. The package index has no wheel of it: pip builds it from

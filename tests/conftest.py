@@ -1,7 +1,8 @@
 """Suite-wide pytest set-up: markers that need hardware skip with their reason.
 
-``PXOS_REQUIRE_QEMU=1`` (CI) and ``PXOS_REQUIRE_GPU=1`` (bench/gpu_run.sh, any run on a
-GPU machine) turn those skips into failures: where the hardware is meant to be there, a
+``PXOS_REQUIRE_QEMU=1`` and ``PXOS_REQUIRE_WGPU=1`` (CI: QEMU, and wgpu on Mesa's lavapipe)
+and ``PXOS_REQUIRE_GPU=1`` (bench/gpu_run.sh, any run on a GPU machine) turn those skips into
+failures: where the hardware is meant to be there, a
 test that did not run must not pass unnoticed."""
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ def qemu_unavailable_reason() -> str | None:
     return None
 
 
+@functools.cache
+def wgpu_unavailable_reason() -> str | None:
+    """Why the `wgpu` tests cannot run here (no wgpu package, no Vulkan/Metal adapter)."""
+    try:
+        from hypervisor.executor.wgpu_backend import wgpu_unavailable_reason as why
+    except Exception as exc:
+        return f"the wgpu executor does not import: {type(exc).__name__}: {exc}"
+    return why()
+
+
 def gpu_required() -> bool:
     return os.environ.get("PXOS_REQUIRE_GPU") == "1"
 
@@ -50,6 +61,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None and (why := gpu_unavailable_reason()):
             item.add_marker(pytest.mark.skip(reason=f"gpu: {why}"))
+        if item.get_closest_marker("wgpu") is not None and (why := wgpu_unavailable_reason()):
+            # CI sets PXOS_REQUIRE_WGPU=1 (scripts/setup.sh installs lavapipe): a failure there.
+            if os.environ.get("PXOS_REQUIRE_WGPU") == "1":
+                raise pytest.UsageError(f"PXOS_REQUIRE_WGPU=1 but {why}")
+            item.add_marker(pytest.mark.skip(reason=f"wgpu: {why}"))
         if item.get_closest_marker("qemu") is not None and (why := qemu_unavailable_reason()):
             # CI sets PXOS_REQUIRE_QEMU=1: there a missing QEMU is a failure, never a skip.
             if os.environ.get("PXOS_REQUIRE_QEMU") == "1":

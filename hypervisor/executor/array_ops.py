@@ -108,6 +108,16 @@ def gather(xp, table, ids):
     return xp.take(table, ids, axis=0)
 
 
+def first_out_of_range(xp, ids, n: int) -> tuple[int, int] | None:
+    """(position in the flattened ids, id) of the first id outside [0, n), or None."""
+    flat = ids.reshape(-1)
+    bad = (flat < 0) | (flat >= n)
+    if not bool(bad.any()):
+        return None
+    at = int(xp.argmax(bad))
+    return at, int(flat[at])
+
+
 def rmsnorm(xp, x, w, eps: float):
     # (x * (1 / sqrt(mean(x*x, axis=-1, keepdims=True) + eps))) * w, all in x's dtype
     ms = xp.mean(x * x, axis=-1, keepdims=True)

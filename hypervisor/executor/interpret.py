@@ -12,6 +12,10 @@ and is read again later (``_Plan.live_after``); a SLICE_WRITE into a local that 
 param copies the local first, so nothing is ever written through a view into an ``in``
 param (model weights are read-only buffers other VMs share).
 
+Ops. ``ops`` is array_ops (NumPy, CuPy) or a table with the same names that an executor
+supplies to run some ops its own way (the wgpu executor's fused kernels, wgpu_ops.py); what
+each op computes stays the one definition in docs/language.md.
+
 Runtime indices. A SLICE/SLICE_WRITE start and a GATHER id out of range raise
 ``IndexOutOfRange`` naming the statement's line and the value; nothing is read or written
 outside a buffer and nothing wraps. A start given by a scalar param is checked before the
@@ -112,8 +116,9 @@ class Interpreter:
     """
 
     def __init__(self, xp, bound: BoundKernel, env: MutableMapping[str, Any], *,
-                 consts: dict | None = None, defer_checks: bool = False):
+                 consts: dict | None = None, defer_checks: bool = False, ops_table=None):
         self.xp = xp
+        self.ops = ops if ops_table is None else ops_table
         self.bound = bound
         self.plan = _plan(bound)
         self.params = {p.name for p in bound.kernel.params}
@@ -154,9 +159,9 @@ class Interpreter:
     def _eval(self, st: OpStmt) -> tuple[Any, object]:
         """The statement's value, and the storage it may share (None: a new array)."""
         xp, op = self.xp, st.op
-        if op in ops.BINARY:
+        if op in self.ops.BINARY:
             tensor = next(self.env[n.name] for n in st.args if isinstance(n, Name))
-            return ops.BINARY[op](xp, self._operand(st.args[0], tensor), self._operand(st.args[1], tensor)), None
+            return self.ops.BINARY[op](xp, self._operand(st.args[0], tensor), self._operand(st.args[1], tensor)), None
         if op == "FILL":
             spec = self.bound.shapes[st.dest.name]
             out = xp.empty(spec.shape, dtype=spec.dtype.value)
@@ -168,12 +173,12 @@ class Interpreter:
                 out[...] = host if host is not None else self.env[src.name]
             return out, None
         a = self.env[st.args[0].name]
-        if op in ops.UNARY:
-            return ops.UNARY[op](xp, a), None
-        if op in ops.REDUCE:
-            return ops.REDUCE[op](xp, a, st.axis), None
+        if op in self.ops.UNARY:
+            return self.ops.UNARY[op](xp, a), None
+        if op in self.ops.REDUCE:
+            return self.ops.REDUCE[op](xp, a, st.axis), None
         if op == "SOFTMAX":
-            return ops.softmax(xp, a, -1 if st.axis is None else st.axis), None
+            return self.ops.softmax(xp, a, -1 if st.axis is None else st.axis), None
         kind = OPS[op].kind
         if kind is OpKind.RESHAPE:
             return xp.reshape(a, self.bound.shapes[st.dest.name].shape), self._root_of(st.args[0].name)
@@ -183,7 +188,7 @@ class Interpreter:
             shape = self._window_shape(st)
             axis, size = st.axis % a.ndim, shape[1]
             start = self._start(st, self._index(st.attr("start").value), shape)
-            return ops.window(a, axis, start, size), self._root_of(st.args[0].name)
+            return self.ops.window(a, axis, start, size), self._root_of(st.args[0].name)
         if kind is OpKind.CAST:
             return a.astype(self.bound.shapes[st.dest.name].dtype.value), None
         if kind is OpKind.CONCAT:
@@ -195,16 +200,16 @@ class Interpreter:
                 return a[int(host)], self._root_of(st.args[0].name)
             return self._gather(st, a, self.env[st.args[1].name]), None
         if kind is OpKind.RMSNORM:
-            return ops.rmsnorm(xp, a, self.env[st.args[1].name], float(st.attr("eps").value)), None
+            return self.ops.rmsnorm(xp, a, self.env[st.args[1].name], float(st.attr("eps").value)), None
         if kind is OpKind.ROPE:
             base = float(st.attr("base").value)
             key = ("rope_theta", a.shape[-1], base)
             theta = self.consts.get(key)
             if theta is None:
-                theta = self.consts[key] = xp.asarray(ops.rope_theta(a.shape[-1], base))
-            return ops.rope(xp, a, self._position(st.args[1]), st.axis % a.ndim, theta), None
+                theta = self.consts[key] = xp.asarray(self.ops.rope_theta(a.shape[-1], base))
+            return self.ops.rope(xp, a, self._position(st.args[1]), st.axis % a.ndim, theta), None
         if kind is OpKind.CAUSAL_MASK:
-            return ops.causal_mask(xp, a, self._position(st.args[1])), None
+            return self.ops.causal_mask(xp, a, self._position(st.args[1])), None
         raise AssertionError(f"validated kernel has an op the executor lacks: {op}")
 
     def _operand(self, op: Name | Number, like):
@@ -246,7 +251,7 @@ class Interpreter:
             if root in self.params or self._shared(root, st, keep=name):
                 dest = self.env[name] = dest.copy()  # never write through a view of a param
                 self._root[name] = next(self._fresh)
-        ops.write_window(dest, src, axis, start)
+        self.ops.write_window(dest, src, axis, start)
 
     # ---- aliasing ----------------------------------------------------------------------
 
@@ -319,13 +324,11 @@ class Interpreter:
             first = xp.argmax(bad)  # the first bad id (0 when none)
             self.deferred.append((st, xp.stack([bad.any().astype(xp.int64), xp.take(flat, first).astype(xp.int64),
                                                 first.astype(xp.int64)])))
-            return ops.gather(xp, table, xp.clip(ids, 0, n - 1))
-        flat = ids.reshape(-1)
-        bad = (flat < 0) | (flat >= n)
-        if bool(bad.any()):
-            at = int(xp.argmax(bad))
-            raise _gather_error(st, int(flat[at]), at, n)
-        return ops.gather(xp, table, ids)
+            return self.ops.gather(xp, table, xp.clip(ids, 0, n - 1))
+        bad = self.ops.first_out_of_range(xp, ids, n)
+        if bad is not None:
+            raise _gather_error(st, bad[1], bad[0], n)
+        return self.ops.gather(xp, table, ids)
 
     def deferred_checks(self):
         """The deferred checks as one [n, 3] int64 device array (flag, id, where), or None."""

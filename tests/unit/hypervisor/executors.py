@@ -14,18 +14,49 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from hypervisor.executor import make_executor
+from hypervisor.executor import UnsupportedDtype, make_executor
 from primitive_lang import TensorSpec, compile_source
 from primitive_lang.ast import DType
 
 EXECUTORS = [
     pytest.param("numpy", id="numpy"),
     pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
+    pytest.param("wgpu", id="wgpu", marks=pytest.mark.wgpu),
 ]
+
+#: Dtypes each backend cannot hold (a bind of them raises UnsupportedDtype: WGSL has no 64-bit types).
+UNSUPPORTED = {"wgpu": {"float64", "int64"}}
+
+
+def unsupported(backend: str, values: Mapping) -> set[str]:
+    """The dtypes among ``values``' tensors that ``backend`` refuses (scalars are host values)."""
+    dtypes = {v.dtype if isinstance(v, Out) else v.dtype.name for v in values.values() if not isinstance(v, Scalar)}
+    return dtypes & UNSUPPORTED.get(backend, set())
+
+
+def refuses(backend: str, *dtypes: str) -> bool:
+    return bool(set(dtypes) & UNSUPPORTED.get(backend, set()))
+
+
+def expect_refusal(backend: str, fn, *args, **kwargs) -> None:
+    """``fn`` must fail with UnsupportedDtype (PXOS_S_INVALID) and nothing else."""
+    with pytest.raises(UnsupportedDtype, match="float64|int64") as info:
+        fn(*args, **kwargs)
+    assert info.value.status == "PXOS_S_INVALID"
+
+
+_MADE: dict = {}
 
 
 def make(name: str):
-    return make_executor(name)
+    """A new executor; wgpu's is made once per session (a device, and its compiled pipelines,
+    are worth keeping between tests)."""
+    if name != "wgpu":
+        return make_executor(name)
+    ex = _MADE.get(name)
+    if ex is None:
+        ex = _MADE[name] = make_executor(name)
+    return ex
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from executors import EXECUTORS, make
+from executors import EXECUTORS, expect_refusal, make, refuses
 
 from primitive_lang import TensorSpec, compile_source
 from primitive_lang.ast import DType
@@ -100,6 +100,8 @@ def run_case(backend, case: str, dtype: str):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("case", list(CASES))
 def test_op_matches_numpy_reference(backend, case, dtype):
+    if refuses(backend, dtype):  # wgpu: WGSL has no 64-bit types
+        return expect_refusal(backend, run_case, backend, case, dtype)
     out, expect, seconds = run_case(backend, case, dtype)
     rtol, atol = DTYPES[dtype]
     assert out.dtype == np.dtype(dtype)
@@ -111,9 +113,13 @@ def test_op_matches_numpy_reference(backend, case, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fill_from_a_scalar_param(backend):
     ex = _backend(backend)
-    k = compile_source("GPU_KERNEL f\nGPU_PARAM v float64\nGPU_PARAM c float64[2, 3]\nGPU_THREAD_CODE:\n"
+    dt = "float64"
+    if refuses(backend, "float64"):  # wgpu: refused, then the same with float32
+        expect_refusal(backend, ex.zeros, TensorSpec(DType.FLOAT64, (2, 3)))
+        dt = "float32"
+    k = compile_source(f"GPU_KERNEL f\nGPU_PARAM v {dt}\nGPU_PARAM c {dt}[2, 3]\nGPU_THREAD_CODE:\n"
                        "    FILL v -> c\nGPU_END\n").kernels[0]
-    specs = {"v": TensorSpec(DType.FLOAT64, ()), "c": TensorSpec(DType.FLOAT64, (2, 3))}
+    specs = {"v": TensorSpec(DType(dt), ()), "c": TensorSpec(DType(dt), (2, 3))}
     arrays = {"v": ex.scalar(2.5, specs["v"]), "c": ex.zeros(specs["c"])}
     ex.run(k.bind(specs), arrays)
     np.testing.assert_array_equal(ex.to_host(arrays["c"]), np.full((2, 3), 2.5))
@@ -139,6 +145,8 @@ GPU_END
     specs = {"a": TensorSpec(DType.INT32, (4,)), "b": TensorSpec(DType.INT64, (2, 2)),
              "c": TensorSpec(DType.INT32, (4,)), "d": TensorSpec(DType.INT64, (2,))}
     a, b = np.array([1, 2, -3, 4], np.int32), np.array([[1, 2], [3, 2**40]], np.int64)
+    if refuses(backend, "int64"):  # wgpu: WGSL has no int64
+        return expect_refusal(backend, ex.zeros, specs["b"])
     arrays = {n: ex.zeros(s) for n, s in specs.items()}
     ex.write(arrays["a"], 0, [a.tobytes()])
     ex.write(arrays["b"], 0, [b.tobytes()])
@@ -151,6 +159,10 @@ GPU_END
 def test_repeat_loop_and_in_place_update(backend):
     """A training-like loop: w -= lr * x^T (x w - y), 20 times, against the same loop in NumPy."""
     ex = _backend(backend)
+    dt, rtol = "float64", 1e-10
+    if refuses(backend, "float64"):  # wgpu: refused, then the same loop in float32
+        expect_refusal(backend, ex.zeros, TensorSpec(DType.FLOAT64, (16, 4)))
+        dt, rtol = "float32", 1e-4
     src = """
 GPU_KERNEL sgd
 GPU_PARAM x float64[16, 4]
@@ -167,10 +179,10 @@ GPU_THREAD_CODE:
     END_REPEAT
 GPU_END
 """
-    k = compile_source(src).kernels[0]
-    x, y = RNG.standard_normal((16, 4)), RNG.standard_normal((16, 1))
-    specs = {"x": TensorSpec(DType.FLOAT64, (16, 4)), "y": TensorSpec(DType.FLOAT64, (16, 1)),
-             "w": TensorSpec(DType.FLOAT64, (4, 1))}
+    k = compile_source(src.replace("float64", dt)).kernels[0]
+    x, y = RNG.standard_normal((16, 4)).astype(dt), RNG.standard_normal((16, 1)).astype(dt)
+    specs = {"x": TensorSpec(DType(dt), (16, 4)), "y": TensorSpec(DType(dt), (16, 1)),
+             "w": TensorSpec(DType(dt), (4, 1))}
     arrays = {n: ex.zeros(s) for n, s in specs.items()}
     ex.write(arrays["x"], 0, [x.tobytes()])
     ex.write(arrays["y"], 0, [y.tobytes()])
@@ -178,7 +190,7 @@ GPU_END
     w = np.zeros((4, 1))
     for _ in range(20):
         w = w - 0.01 * (x.T @ (x @ w - y))
-    np.testing.assert_allclose(ex.to_host(arrays["w"]), w, rtol=1e-10)
+    np.testing.assert_allclose(ex.to_host(arrays["w"]), w, rtol=rtol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

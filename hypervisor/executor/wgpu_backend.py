@@ -1,0 +1,290 @@
+"""The wgpu executor: launches run as WGSL compute shaders on any GPU that WebGPU reaches
+(Vulkan on Linux, Metal on macOS, D3D12 on Windows) through the ``wgpu`` package, and in CI
+on Mesa's lavapipe (a CPU Vulkan driver).
+
+The interpreter is the one every executor runs (interpret.py), over ``WgpuNumpy``
+(wgpu_numpy.py) with the fused ops of wgpu_ops.py. Every dispatch of a launch is recorded in
+one command encoder and submitted once: ``submit`` returns before the device is done, and
+the Pending's wait() blocks on the queue's work-done promise. Device time comes from
+timestamp queries around the launch's compute pass where the adapter offers
+``timestamp-query``, from the host clock otherwise (``time_source``).
+
+Dtypes: float32 and int32 everywhere, float16 where the adapter has ``shader-f16``. WGSL has
+no 64-bit types: allocating or binding a float64 or int64 tensor raises UnsupportedDtype
+(PXOS_S_INVALID); int64 and float64 *scalar* params work, as host values (a position, a
+start, a token id).
+
+Transfers: WRITE goes through the queue's own staging (``write_buffer`` copies the bytes
+before it returns); READ copies into a MAP_READ staging buffer taken from a bounded
+StagingPool, one per transfer. Residency copies (overcommit) run in order on one copy
+thread, as on NumPy, each a queue submission of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from primitive_lang import BoundKernel, TensorSpec
+
+from . import wgpu_ops
+from .base import (
+    Executor,
+    ExecutorInfo,
+    Fence,
+    HostScalar,
+    Pending,
+    RunTiming,
+    StagingPool,
+    check_range,
+)
+from .interpret import Interpreter
+from .wgpu_array import Runtime, UnsupportedDtype, WgpuArray, check_dtype
+
+STAGING_BYTES = 8 << 20  # one READ staging buffer; larger reads go in pieces of this size
+STAGING_SLOTS = 8  # at most this many READ staging buffers exist (64 MiB)
+
+
+def _quiet_env() -> None:
+    # wgpu-native's Vulkan loader complains on every run without it (harmless).
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        path = f"/tmp/pxos-xdg-{os.getuid()}"
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = path
+
+
+def request_adapter(power_preference: str = "high-performance"):
+    """wgpu's adapter, or raise with why there is none."""
+    _quiet_env()
+    import wgpu
+
+    adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+    if adapter is None:
+        raise RuntimeError("wgpu found no adapter (no Vulkan/Metal/D3D12 driver)")
+    return adapter
+
+
+def wgpu_unavailable_reason(require_gpu: bool = False) -> str | None:
+    """None when wgpu imports and finds an adapter (with ``require_gpu``: a real GPU, not a
+    CPU driver such as lavapipe), else why not."""
+    try:
+        import wgpu  # noqa: F401
+    except Exception as exc:
+        return f"wgpu does not import ({type(exc).__name__}: {exc})"
+    try:
+        adapter = request_adapter()
+    except Exception as exc:
+        return f"wgpu has no adapter ({type(exc).__name__}: {exc})"
+    kind = str(adapter.info.get("adapter_type", ""))
+    if require_gpu and kind.lower() not in ("discretegpu", "integratedgpu", "discrete-gpu", "integrated-gpu"):
+        return f"wgpu's adapter {adapter.info.get('device')!r} is a {kind or 'unknown'} device, not a GPU"
+    return None
+
+
+class _SegmentPending(Pending):
+    __slots__ = ("gap", "segments", "stall", "timing")
+
+    def __init__(self, segments, stall: float, gap: float | None):
+        self.segments, self.stall, self.gap, self.timing = segments, stall, gap, None
+
+    def done(self) -> bool:
+        return all(s.done() for s in self.segments)
+
+    def wait(self) -> RunTiming:
+        if self.timing is None:
+            device = sum(s.wait() for s in self.segments)
+            self.timing = RunTiming(device, self.stall, self.gap)
+        return self.timing
+
+
+class _FutureFence(Fence):
+    __slots__ = ("_future",)
+
+    def __init__(self, future: Future):
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self) -> float:
+        if self._future.done():
+            self._future.result()
+            return 0.0
+        t0 = time.perf_counter()
+        self._future.result()
+        return time.perf_counter() - t0
+
+
+class WgpuExecutor(Executor):
+    name = "wgpu"
+    asynchronous = True
+
+    def __init__(self, power_preference: str = "high-performance") -> None:
+        adapter = request_adapter(power_preference)
+        self.adapter_info = dict(adapter.info)
+        features = set(adapter.features)
+        want = [f for f in ("shader-f16", "timestamp-query") if f in features]
+        lim = adapter.limits
+        limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                      "max-storage-buffers-per-shader-stage") if k in lim}
+        device = adapter.request_device_sync(required_features=want, required_limits=limits)
+        self.timestamps = "timestamp-query" in want
+        self.rt = Runtime(device, set(want), self.timestamps)
+        self.xp = self.rt.xp
+        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-wgpu-copy")
+        self._staging = StagingPool(self._make_staging, STAGING_SLOTS)
+        self._last_end: float | None = None
+        self._consts: dict = {}
+        self._lock = threading.Lock()  # transfers from many threads vs. the dispatcher's flushes
+
+    # ---- identity ------------------------------------------------------------------------
+    @property
+    def time_source(self) -> str:
+        return "timestamp-query" if self.timestamps else "host-clock"
+
+    def adapter(self) -> dict[str, str]:
+        i = self.adapter_info
+        return {"name": str(i.get("device", "")), "vendor": str(i.get("vendor", "")),
+                "backend": str(i.get("backend_type", "")), "type": str(i.get("adapter_type", "")),
+                "description": str(i.get("description", "")), "time_source": self.time_source}
+
+    def info(self) -> ExecutorInfo:
+        # WebGPU does not report device memory; the memory manager's pool size is the bound.
+        from .numpy_backend import _meminfo
+
+        total = _meminfo("MemTotal")
+        return ExecutorInfo(self.name, f"{self.adapter_info.get('device', 'wgpu')} "
+                            f"({self.adapter_info.get('backend_type', '?')})", total,
+                            _meminfo("MemAvailable") or total)
+
+    # ---- storage -------------------------------------------------------------------------
+    def empty(self, spec: TensorSpec) -> WgpuArray:
+        return self.xp.empty(spec.shape, spec.dtype.value)
+
+    zeros = empty  # WebGPU zero-fills every new buffer: never another VM's bytes
+    device_empty = empty
+
+    def host_empty(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def scalar(self, value: float | int, spec: TensorSpec) -> HostScalar:
+        return HostScalar(value, self.xp.host_scalar(value, spec.dtype.value))
+
+    # ---- transfers -----------------------------------------------------------------------
+    def _write_bytes(self, array: WgpuArray, offset: int, data: bytes | memoryview) -> None:
+        """Bytes into the buffer at ``offset`` (the queue wants 4-byte alignment: an unaligned
+        head or tail is merged with the bytes already there)."""
+        rt, n = self.rt, len(data)
+        lo, hi = offset & ~3, (offset + n + 3) & ~3
+        if (lo, hi) != (offset, offset + n):
+            edge = bytearray(rt.download(array.buffer, lo, hi - lo))
+            edge[offset - lo: offset - lo + n] = data
+            data = bytes(edge)
+        with rt.queue_lock:
+            rt.queue.write_buffer(array.buffer, lo, data)
+
+    def write(self, array: WgpuArray, offset: int, chunks: Sequence[memoryview | bytes]) -> int:
+        total = sum(len(c) for c in chunks)
+        check_range(array.nbytes, offset, total)
+        if total:
+            blob = chunks[0] if len(chunks) == 1 else b"".join(bytes(c) for c in chunks)
+            self._write_bytes(array, offset, memoryview(blob).cast("B"))
+        return total
+
+    def fill(self, array: WgpuArray, offset: int, length: int, fill_fn) -> int:
+        check_range(array.nbytes, offset, length)
+        tmp = np.empty(length, dtype=np.uint8)
+        fill_fn(memoryview(tmp))
+        if length:
+            self._write_bytes(array, offset, memoryview(tmp))
+        return length
+
+    def _make_staging(self):
+        U = self.rt.wgpu.BufferUsage
+        return self.rt.device.create_buffer(size=STAGING_BYTES, usage=U.MAP_READ | U.COPY_DST)
+
+    def read_into(self, array: WgpuArray, offset: int, dsts: Sequence[memoryview]) -> int:
+        total = sum(len(d) for d in dsts)
+        check_range(array.nbytes, offset, total)
+        if not total:
+            return 0
+        rt = self.rt
+        out = np.empty(total, np.uint8)
+        with self._staging.slot() as staging:
+            pos = 0
+            while pos < total:
+                lo = (offset + pos) & ~3
+                n = min(STAGING_BYTES, ((offset + total + 3) & ~3) - lo)
+                enc = rt.device.create_command_encoder()
+                enc.copy_buffer_to_buffer(array.buffer, lo, staging, 0, n)
+                with rt.queue_lock:
+                    rt.queue.submit([enc.finish()])
+                staging.map_sync(rt.wgpu.MapMode.READ)
+                try:
+                    got = np.frombuffer(staging.read_mapped(0, n), np.uint8)[offset + pos - lo:]
+                    take = min(total - pos, got.size)
+                    out[pos: pos + take] = got[:take]
+                finally:
+                    staging.unmap()
+                pos += take
+        at = 0
+        for d in dsts:
+            d[:] = out[at: at + len(d)].data
+            at += len(d)
+        return total
+
+    def to_host(self, array: WgpuArray | HostScalar) -> np.ndarray:
+        return array.array.get() if isinstance(array, HostScalar) else array.get()
+
+    # ---- launches ------------------------------------------------------------------------
+    def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
+        begin = time.perf_counter()
+        gap = begin - self._last_end if self._last_end is not None else None
+        stall = sum(f.wait() for f in wait_for)
+        for spec in bound.shapes.values():
+            if spec.shape or spec.dtype.value not in ("int64", "float64"):
+                check_dtype(spec.dtype.value, self.rt.has_f16)
+        env = dict(args)
+        rt = self.rt
+        rt.submitted = []
+        try:
+            Interpreter(self.xp, bound, env, consts=self._consts, ops_table=wgpu_ops).run()
+        finally:
+            rt.flush()  # also what ran before a failing statement: it was recorded and must run
+            segments, rt.submitted = rt.submitted, []
+            self._last_end = time.perf_counter()
+        return _SegmentPending(segments, stall, None if gap is None else gap + stall)
+
+    # ---- residency copies ----------------------------------------------------------------
+    def _h2d(self, host: np.ndarray, device: WgpuArray) -> None:
+        n = device.nbytes
+        if n:
+            self._write_bytes(device, 0, memoryview(host).cast("B")[:n])
+            self.rt.download(device.buffer, 0, 4)  # returns once the queue has done the write
+
+    def _d2h(self, device: WgpuArray, host: np.ndarray) -> None:
+        if device.nbytes:
+            self.read_into(device, 0, [memoryview(host).cast("B")[: device.nbytes]])
+
+    def h2d_async(self, host: np.ndarray, device: WgpuArray) -> Fence:
+        return _FutureFence(self._copier.submit(self._h2d, host, device))
+
+    def d2h_async(self, device: WgpuArray, host: np.ndarray) -> Fence:
+        return _FutureFence(self._copier.submit(self._d2h, device, host))
+
+    def release(self, array) -> None:
+        del array  # the buffer goes with its last reference (wgpu keeps it while queued work uses it)
+
+    def close(self) -> None:
+        self._copier.shutdown(wait=True)
+        for buf in self._staging.drain():
+            buf.destroy()
+
+
+__all__ = ["UnsupportedDtype", "WgpuExecutor", "wgpu_unavailable_reason"]

@@ -1,0 +1,260 @@
+"""``WgpuNumpy``: the NumPy subset the interpreter uses, as wgpu compute dispatches.
+
+Results are new contiguous arrays (views where NumPy returns views: reshape of a contiguous
+array, transpose, swapaxes, basic indexing). Python and NumPy scalars are "weak" (NEP 50):
+they take the dtype of the array they meet, and travel to the shader in its meta slot.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import wgsl
+from .wgpu_array import (
+    WgpuArray,
+    _collapse,
+    _groups,
+    bcast_strides,
+    broadcast_shapes,
+    check_dtype,
+    contiguous_strides,
+    scalar_bits,
+)
+
+
+class WgpuNumpy:
+    float16, float32, float64 = np.float16, np.float32, np.float64
+    int32, int64 = np.int32, np.int64
+
+    def __init__(self, rt):
+        self.rt = rt
+
+    # ---- creation ------------------------------------------------------------------------
+    def empty(self, shape, dtype=np.float32) -> WgpuArray:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dt = check_dtype(dtype, self.rt.has_f16)
+        buf = self.rt.storage(math.prod(shape) * dt.itemsize)
+        return WgpuArray(self.rt, buf, dt, shape)
+
+    zeros = empty  # WebGPU zero-fills every new buffer
+
+    def asarray(self, a, dtype=None) -> WgpuArray:
+        if isinstance(a, WgpuArray):
+            return a if dtype is None else a.astype(dtype, copy=False)
+        if not isinstance(a, np.ndarray | np.generic | int | float | list | tuple):
+            return a  # a constant an op keeps on the host (wgpu_ops.HostConst)
+        host = np.ascontiguousarray(a, dtype=dtype)
+        check_dtype(host.dtype, self.rt.has_f16)
+        return WgpuArray(self.rt, self.rt.upload(host), host.dtype, host.shape)
+
+    def array(self, a, copy=True) -> WgpuArray:
+        return a.copy() if copy else a
+
+    def host_scalar(self, value, dtype) -> WgpuArray:
+        return WgpuArray(self.rt, None, dtype, (), (), 0, host=value)
+
+    # ---- views ---------------------------------------------------------------------------
+    def reshape(self, a: WgpuArray, shape) -> WgpuArray:
+        return a.reshape(tuple(shape))
+
+    def transpose(self, a: WgpuArray, axes) -> WgpuArray:
+        a.device()
+        return a.view([a.shape[k] for k in axes], [a.strides[k] for k in axes], a.offset)
+
+    def swapaxes(self, a: WgpuArray, i: int, j: int) -> WgpuArray:
+        axes = list(range(a.ndim))
+        axes[i], axes[j] = axes[j], axes[i]
+        return self.transpose(a, axes)
+
+    # ---- elementwise ---------------------------------------------------------------------
+    def elementwise(self, expr: str, dtype, operands, shape, out: WgpuArray | None = None,
+                    collapse: bool = True) -> WgpuArray:
+        """out = expr(operands) broadcast to ``shape`` (a new array unless ``out`` is given).
+        With ``collapse=False`` the dims stay as given, so ``expr`` may use the coordinates
+        c0, c1, ... of the output element."""
+        dt = np.dtype(dtype)
+        if out is None:
+            out = self.empty(shape, dt)
+        n = math.prod(out.shape)
+        if n == 0:
+            return out
+        desc, buffers, strides, offsets, scalars = [], [], [bcast_strides(out, shape)], [out.offset], []
+        binding = {id(out.buffer): 0}
+        for op in operands:
+            if isinstance(op, WgpuArray) and op.buffer is not None:
+                b = binding.get(id(op.buffer))
+                if b is None:
+                    b = binding[id(op.buffer)] = len(buffers) + 1
+                    buffers.append(op.buffer)
+                desc.append(("buf", b, op.dtype.name))
+                strides.append(bcast_strides(op, shape))
+                offsets.append(op.offset)
+            else:
+                value = op.host if isinstance(op, WgpuArray) else op
+                sdt = op.dtype if isinstance(op, WgpuArray | np.generic) and op.dtype.name in wgsl.COMPUTE else dt
+                if sdt.name not in wgsl.COMPUTE:  # a 64-bit host scalar meets a 32-bit array
+                    sdt = dt
+                desc.append(("scalar", sdt.name))
+                scalars.append(scalar_bits(value, sdt))
+        cshape, cstrides = _collapse(tuple(shape), *strides) if collapse else (tuple(shape), strides)
+        nd = len(cshape)
+        meta = [n, *cshape]
+        for off, st in zip(offsets, cstrides, strict=True):
+            meta += [off, *st]
+        meta += scalars
+        key = ("ew", expr, dt.name, tuple(desc), nd)
+        self.rt.dispatch(key, lambda: wgsl.elementwise(expr, dt.name, tuple(desc), nd),
+                         [out.buffer, *buffers], meta, _groups(n))
+        return out
+
+    def _ew(self, expr: str, *operands, dtype=None) -> WgpuArray:
+        arrays = [o for o in operands if isinstance(o, WgpuArray)]
+        dt = np.dtype(dtype) if dtype is not None else next(
+            (a.dtype for a in arrays if a.buffer is not None), arrays[0].dtype)
+        shape = broadcast_shapes(*[a.shape for a in arrays])
+        return self.elementwise(expr, dt, operands, shape)
+
+    def add(self, a, b):
+        return self._ew("{0} + {1}", a, b)
+
+    def subtract(self, a, b):
+        return self._ew("{0} - {1}", a, b)
+
+    def multiply(self, a, b):
+        return self._ew("{0} * {1}", a, b)
+
+    def divide(self, a, b):
+        return self._ew("{0} / {1}", a, b)
+
+    def _float(self, *ops) -> bool:
+        return next(o for o in ops if isinstance(o, WgpuArray)).dtype.kind == "f"
+
+    def maximum(self, a, b):
+        return self._ew("pxmax({0}, {1})" if self._float(a, b) else "max({0}, {1})", a, b)
+
+    def minimum(self, a, b):
+        return self._ew("pxmin({0}, {1})" if self._float(a, b) else "min({0}, {1})", a, b)
+
+    def negative(self, a):
+        return self._ew("-{0}", a)
+
+    def abs(self, a):
+        return self._ew("abs({0})", a)
+
+    def exp(self, a):
+        return self._ew("exp({0})", a)
+
+    def log(self, a):
+        return self._ew("log({0})", a)
+
+    def sqrt(self, a):
+        return self._ew("sqrt({0})", a)
+
+    def tanh(self, a):
+        return self._ew("pxtanh({0})", a)
+
+    def reciprocal(self, a):
+        return self._ew("1.0 / {0}", a)
+
+    def copyto(self, dst: WgpuArray, src) -> None:
+        if isinstance(src, WgpuArray) and src.buffer is not None and src.buffer is dst.buffer \
+                and (src.offset, src.strides) != (dst.offset, bcast_strides(src, dst.shape)):
+            src = src.copy()  # never a read of elements this dispatch overwrites
+        self.elementwise("{0}", dst.dtype, (src,), dst.shape, out=dst)
+
+    def concatenate(self, arrays, axis=0) -> WgpuArray:
+        a0 = arrays[0]
+        axis %= a0.ndim
+        shape = list(a0.shape)
+        shape[axis] = sum(a.shape[axis] for a in arrays)
+        out, at = self.empty(shape, a0.dtype), 0
+        for a in arrays:
+            idx = (slice(None),) * axis + (slice(at, at + a.shape[axis]),)
+            self.copyto(out[idx], a)
+            at += a.shape[axis]
+        return out
+
+    def masked(self, a: WgpuArray, pos: int, out: WgpuArray) -> WgpuArray:
+        """CAUSAL_MASK over a [n, T, S] array: a where s <= pos + t, else -inf."""
+        return self.elementwise("select(pxneginf(), {0}, i32(c2) <= {1} + i32(c1))", a.dtype,
+                                (a, np.int32(pos)), a.shape, out=out, collapse=False)
+
+    # ---- matmul --------------------------------------------------------------------------
+    def matmul(self, a: WgpuArray, b: WgpuArray) -> WgpuArray:
+        a.device(), b.device()
+        (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
+        assert k == k2, (a.shape, b.shape)
+        batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        out = self.empty((*batch, m, n), a.dtype)
+        nb = math.prod(batch)
+        if nb == 0 or m * n == 0:
+            return out
+        if nb > 65535:
+            raise NotImplementedError("more than 65535 matrices in one matmul")
+        sa = bcast_strides(a.view(a.shape[:-2], a.strides[:-2], 0), batch)
+        sb = bcast_strides(b.view(b.shape[:-2], b.strides[:-2], 0), batch)
+        so = contiguous_strides(batch)
+        cbatch, (csa, csb, _) = _collapse(batch, sa, sb, so) if batch else ((1,), [(0,), (0,), (1,)])
+        same = a.buffer is b.buffer
+        meta = [m, n, k, a.offset, b.offset, a.strides[-2], a.strides[-1], b.strides[-2], b.strides[-1],
+                *cbatch, *csa, *csb]
+        nbd = len(cbatch)
+        key = ("matmul", a.dtype.name, nbd, same)
+        bufs = [out.buffer, a.buffer] + ([] if same else [b.buffer])
+        self.rt.dispatch(key, lambda: wgsl.matmul(a.dtype.name, a.dtype.name, nbd, same), bufs, meta,
+                         (-(-n // 64), -(-m // 64), nb))
+        return out
+
+    # ---- reductions ----------------------------------------------------------------------
+    def _reduce(self, kind: str, a: WgpuArray, axis, keepdims: bool, out_dtype) -> WgpuArray:
+        a.device()
+        if axis is None:
+            a, axis = a.reshape(-1), 0
+        axis %= a.ndim
+        oshape = a.shape[:axis] + a.shape[axis + 1:]
+        out = self.empty(oshape, out_dtype)
+        nout, length = math.prod(oshape), a.shape[axis]
+        if nout:
+            istr = a.strides[:axis] + a.strides[axis + 1:]
+            cshape, (_, cin) = _collapse(oshape, contiguous_strides(oshape), istr) if oshape else ((1,), [(1,), (0,)])
+            nd = len(cshape)
+            meta = [nout, length, a.strides[axis], a.offset, *cshape, *cin]
+            key = ("reduce", kind, a.dtype.name, out.dtype.name, nd)
+            self.rt.dispatch(key, lambda: wgsl.reduce(kind, a.dtype.name, out.dtype.name, nd),
+                             [out.buffer, a.buffer], meta, _groups(nout, 1))
+        if keepdims:
+            out = out.reshape(a.shape[:axis] + (1,) + a.shape[axis + 1:])
+        return out
+
+    def sum(self, a, axis=None, dtype=None, keepdims=False):
+        return self._reduce("sum", a, axis, keepdims, dtype or a.dtype)
+
+    def max(self, a, axis=None, keepdims=False):
+        return self._reduce("max", a, axis, keepdims, a.dtype)
+
+    def mean(self, a, axis=None, keepdims=False):
+        return self._reduce("mean", a, axis, keepdims, a.dtype)
+
+    def argmax(self, a, axis=None):
+        return self._reduce("argmax", a, axis, False, np.int32)
+
+    # ---- indexing ------------------------------------------------------------------------
+    def take(self, table: WgpuArray, ids: WgpuArray, axis=0) -> WgpuArray:
+        assert axis == 0
+        table.device()
+        if not table.is_contiguous():
+            table = table.copy()
+        ids = ids.device()
+        if not ids.is_contiguous() or ids.offset:
+            ids = ids.copy()
+        ids = ids if ids.dtype == np.int32 else ids.astype(np.int32)
+        row = math.prod(table.shape[1:])
+        out = self.empty(ids.shape + table.shape[1:], table.dtype)
+        n = out.size
+        if n:
+            self.rt.dispatch(("gather", table.dtype.name), lambda: wgsl.gather(table.dtype.name),
+                             [out.buffer, table.buffer, ids.buffer], [n, row, table.shape[0], table.offset],
+                             _groups(n))
+        return out
