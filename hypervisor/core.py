@@ -237,8 +237,9 @@ class Hypervisor:
     def device_info(self) -> DeviceInfo:
         with self._lock:
             m = self.memory
-            return DeviceInfo(self.executor.name, self._info.device_name, m.pool_bytes, m.pool_used,
-                              m.host_budget, m.host_used)
+            i = self._info
+            return DeviceInfo(self.executor.name, i.device_name, m.pool_bytes, m.pool_used,
+                              m.host_budget, m.host_used, i.vendor, i.api, i.time_source)
 
     # ------------------------------------------------------------------ buffers
     def alloc(self, vm_id: int, dtype: DType | str, shape: Sequence[int], *, session: int = 0) -> BufferInfo:

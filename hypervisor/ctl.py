@@ -240,6 +240,9 @@ def cmd_stats(c: Client, args) -> int:
     d, s = resp.device, resp.scheduler
     print(f"device   {d.backend} ({d.device_name}): pool {size(d.pool_used)} of {size(d.pool_bytes)}, "
           f"host {size(d.host_used)} of {size(d.host_budget)}")
+    if d.api or d.vendor or d.time_source:
+        print(f"adapter  {d.device_name}: vendor {d.vendor or '-'}, api {d.api or '-'}, "
+              f"device time from {d.time_source or '-'}")
     print(f"sched    busy {s.busy_seconds:.3f} s, {s.launches} launches, {s.vm_switches} VM switches "
           f"(p50 {1e6 * s.switch_p50_seconds:.1f} us, p99 {1e6 * s.switch_p99_seconds:.1f} us), "
           f"look-ahead {len(s.lookahead)}/{s.lookahead_depth}")

@@ -49,7 +49,8 @@ def frame_data(resp: pb.StatsResponse) -> dict:
     return {
         "time": resp.time,
         "device": {"backend": d.backend, "name": d.device_name, "pool_bytes": d.pool_bytes,
-                   "pool_used": d.pool_used, "host_budget": d.host_budget, "host_used": d.host_used},
+                   "pool_used": d.pool_used, "host_budget": d.host_budget, "host_used": d.host_used,
+                   "vendor": d.vendor, "api": d.api, "time_source": d.time_source},
         "scheduler": {"busy_seconds": s.busy_seconds, "launches": s.launches, "vm_switches": s.vm_switches,
                       "vm_switch_us": {"p50": 1e6 * s.switch_p50_seconds, "p99": 1e6 * s.switch_p99_seconds},
                       "lookahead": len(s.lookahead), "lookahead_depth": s.lookahead_depth},

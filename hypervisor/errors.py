@@ -31,6 +31,12 @@ class InvalidArgument(PxosError, ValueError):
     status = "PXOS_S_INVALID"
 
 
+class UnsupportedDtype(InvalidArgument):
+    """A dtype the executor cannot hold on its device (wgpu: float64 and int64, which WGSL
+    lacks). An ALLOC or a launch that needs one fails with PXOS_S_INVALID; docs/operations.md
+    lists each backend's dtypes."""
+
+
 class NotFound(PxosError, KeyError):
     """A handle, kernel or VM that does not exist (or belongs to someone else: the two are
     indistinguishable on purpose)."""

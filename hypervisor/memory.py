@@ -224,6 +224,7 @@ class MemoryManager(Placement):
             raise InvalidArgument(f"buffer of {n} bytes exceeds the {MAX_BUFFER_BYTES}-byte limit per buffer")
         if len(vm.buffers) >= MAX_BUFFERS_PER_VM:
             raise InvalidArgument(f"VM {vm_id} already has {MAX_BUFFERS_PER_VM} buffers, the limit")
+        self.executor.check_spec(spec)  # a dtype the device cannot hold: refused, even for host RAM
         if vm.used + n > vm.quota:
             raise QuotaExceeded(vm_id, vm.quota, vm.used, n)
         temps = self.max_queued_temps()

@@ -118,7 +118,7 @@ class _HypervisorCollector(Collector):
             "host_budget": GaugeMetricFamily("pxos_device_host_budget_bytes", "Host RAM budget for overcommit"),
             "host_used": GaugeMetricFamily("pxos_device_host_used_bytes", "Host RAM holding evicted buffers"),
             "info": GaugeMetricFamily("pxos_device_info", "The executor backend and device (always 1)",
-                                      labels=["backend", "device"]),
+                                      labels=["backend", "device", "vendor", "api", "time_source"]),
         }
         sched = {
             "busy": CounterMetricFamily("pxos_scheduler_busy_seconds", "Device time of all launches, seconds"),
@@ -194,7 +194,7 @@ class _HypervisorCollector(Collector):
         device["pool_used"].add_metric([], d.pool_used)
         device["host_budget"].add_metric([], d.host_budget)
         device["host_used"].add_metric([], d.host_used)
-        device["info"].add_metric([d.backend, d.device_name], 1.0)
+        device["info"].add_metric([d.backend, d.device_name, d.vendor, d.api, d.time_source], 1.0)
         disp = hv.dispatcher
         sched["busy"].add_metric([], disp.busy_seconds)
         sched["launches"].add_metric([], disp.launches)

@@ -39,6 +39,9 @@ class DeviceInfo:
     pool_used: int
     host_budget: int
     host_used: int
+    vendor: str = ""
+    api: str = ""
+    time_source: str = ""
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from hypervisor.errors import ConfigError
+from hypervisor.errors import ConfigError, UnsupportedDtype
 
 from .base import DonePending, Executor, ExecutorInfo, Fence, Pending, RunTiming
 from .cupy_backend import cupy_unavailable_reason
 from .numpy_backend import NumpyExecutor
-from .wgpu_array import UnsupportedDtype
 
 BACKENDS = ("auto", "numpy", "cupy", "wgpu")
 

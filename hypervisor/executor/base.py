@@ -74,6 +74,9 @@ class ExecutorInfo:
     device_name: str  # e.g. "NVIDIA H100 80GB HBM3", or the CPU model
     device_memory_total: int  # bytes the device has (NumPy: host RAM)
     device_memory_free: int  # bytes free now
+    vendor: str = ""  # the adapter's vendor (wgpu), "NVIDIA" (cupy), "" (numpy)
+    api: str = ""  # how pxOS reaches it: "host" (numpy), "CUDA", or wgpu's "Vulkan", "Metal", "D3D12"
+    time_source: str = ""  # where a launch's device time comes from (docs/operations.md)
 
 
 class Executor(ABC):
@@ -105,6 +108,13 @@ class Executor(ABC):
 
     @abstractmethod
     def info(self) -> ExecutorInfo: ...
+
+    #: True when the device is the host's CPU (NumPy, a CPU driver such as lavapipe): the
+    #: start-up calibration then sizes its launches for a CPU.
+    on_cpu = False
+
+    def check_spec(self, spec: TensorSpec) -> None:  # noqa: B027 - optional hook
+        """Raise UnsupportedDtype for a tensor this device cannot hold (default: any dtype)."""
 
     @abstractmethod
     def empty(self, spec: TensorSpec) -> Any:

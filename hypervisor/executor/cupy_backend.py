@@ -131,7 +131,8 @@ class CupyExecutor(Executor):
 
     def info(self) -> ExecutorInfo:
         free, total = self.cp.cuda.runtime.memGetInfo()
-        return ExecutorInfo(self.name, self._device_name, int(total), int(free))
+        return ExecutorInfo(self.name, self._device_name, int(total), int(free), vendor="NVIDIA", api="CUDA",
+                            time_source="cuda-events")
 
     # Buffers are allocated on the copy stream. CuPy's pool hands a freed block back only
     # to allocations on the stream it came from, so a buffer evicted with a queued

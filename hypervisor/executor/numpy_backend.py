@@ -83,6 +83,7 @@ class NumpyExecutor(Executor):
     so that they overlap the dispatcher's compute, as a GPU's copy engine would."""
 
     name = "numpy"
+    on_cpu = True
 
     def __init__(self) -> None:
         self._device_name = _cpu_name()
@@ -92,7 +93,8 @@ class NumpyExecutor(Executor):
 
     def info(self) -> ExecutorInfo:
         total = _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return ExecutorInfo(self.name, self._device_name, total, _meminfo("MemAvailable") or total)
+        return ExecutorInfo(self.name, self._device_name, total, _meminfo("MemAvailable") or total,
+                            api="host", time_source="thread-cpu-time")
 
     def empty(self, spec: TensorSpec) -> np.ndarray:
         return np.empty(spec.shape, dtype=spec.dtype.value)

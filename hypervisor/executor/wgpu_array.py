@@ -17,16 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from hypervisor.errors import InvalidArgument
+from hypervisor.errors import UnsupportedDtype
 
 from . import wgsl
 
 SUPPORTED = ("float32", "float16", "int32")
-
-
-class UnsupportedDtype(InvalidArgument):
-    """A dtype this executor cannot hold on its device (float64 and int64: WGSL has neither).
-    A guest's ALLOC or bind of one gets PXOS_S_INVALID; docs/operations.md lists the dtypes."""
 
 
 def check_dtype(dtype, has_f16: bool) -> np.dtype:
@@ -188,20 +183,39 @@ class WgpuArray:
         return f"WgpuArray({self.dtype.name}{list(self.shape)})"
 
 
-class Runtime:
-    """The device, its queue and the pipeline cache; records dispatches into the current
-    segment (one encoder and compute pass) and submits segments in order."""
+class SharedDevice:
+    """One wgpu device per process and adapter, with its compiled pipelines: executors made
+    one after another (tests, a restarted hypervisor) reuse both; each executor records its
+    own launches (``Runtime``)."""
 
-    def __init__(self, device, adapter_features, timestamps: bool):
+    def __init__(self, adapter, features: list[str]):
+        lim = adapter.limits
+        limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                      "max-storage-buffers-per-shader-stage") if k in lim}
+        self.adapter_info = dict(adapter.info)
+        self.features = set(features)
+        self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
+        self.pipelines: dict[tuple, Any] = {}
+        self.pipeline_lock = threading.Lock()
+        self.queue_lock = threading.Lock()  # queue writes and submits, from every thread
+
+
+class Runtime:
+    """Records dispatches into the current segment (one encoder and compute pass) and
+    submits segments in order, on a SharedDevice."""
+
+    def __init__(self, shared: SharedDevice):
         import wgpu
 
+        device = shared.device
+        self.shared = shared
         self.wgpu, self.device, self.queue = wgpu, device, device.queue
-        self.has_f16 = "shader-f16" in adapter_features
-        self.timestamps = timestamps
+        self.has_f16 = "shader-f16" in shared.features
+        self.timestamps = "timestamp-query" in shared.features
         self.align = max(int(device.limits.get("min-storage-buffer-offset-alignment", 256)), 16)
         self.max_binding = int(device.limits["max-storage-buffer-binding-size"])
-        self.pipelines: dict[tuple, Any] = {}
-        self.queue_lock = threading.Lock()  # queue writes and submits from every thread
+        self.pipelines = shared.pipelines
+        self.queue_lock = shared.queue_lock
         self.xp = WgpuNumpy(self)
         self._segment: _Segment | None = None
         self.submitted: list[_Segment] = []  # segments of the launch in progress (the executor takes them)
@@ -250,10 +264,13 @@ class Runtime:
     def pipeline(self, key: tuple, make_source):
         p = self.pipelines.get(key)
         if p is None:
-            module = self.device.create_shader_module(code=make_source())
-            p = self.pipelines[key] = self.device.create_compute_pipeline(
-                layout="auto", compute={"module": module, "entry_point": "main"})
-            self.compiles += 1
+            with self.shared.pipeline_lock:
+                p = self.pipelines.get(key)
+                if p is None:
+                    module = self.device.create_shader_module(code=make_source())
+                    p = self.pipelines[key] = self.device.create_compute_pipeline(
+                        layout="auto", compute={"module": module, "entry_point": "main"})
+                    self.compiles += 1
         return p
 
     def dispatch(self, key: tuple, make_source, buffers: list, meta: list[int], groups: tuple[int, int, int]):

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hypervisor.errors import UnsupportedDtype
 from primitive_lang import BoundKernel, TensorSpec
 
 from . import wgpu_ops
@@ -45,7 +46,7 @@ from .base import (
     check_range,
 )
 from .interpret import Interpreter
-from .wgpu_array import Runtime, UnsupportedDtype, WgpuArray, check_dtype
+from .wgpu_array import Runtime, SharedDevice, WgpuArray, check_dtype
 
 STAGING_BYTES = 8 << 20  # one READ staging buffer; larger reads go in pieces of this size
 STAGING_SLOTS = 8  # at most this many READ staging buffers exist (64 MiB)
@@ -87,6 +88,20 @@ def wgpu_unavailable_reason(require_gpu: bool = False) -> str | None:
     return None
 
 
+_SHARED: dict[str, SharedDevice] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_device(power_preference: str) -> SharedDevice:
+    with _SHARED_LOCK:
+        shared = _SHARED.get(power_preference)
+        if shared is None:
+            adapter = request_adapter(power_preference)
+            want = [f for f in ("shader-f16", "timestamp-query") if f in adapter.features]
+            shared = _SHARED[power_preference] = SharedDevice(adapter, want)
+        return shared
+
+
 class _SegmentPending(Pending):
     __slots__ = ("gap", "segments", "stall", "timing")
 
@@ -126,16 +141,10 @@ class WgpuExecutor(Executor):
     asynchronous = True
 
     def __init__(self, power_preference: str = "high-performance") -> None:
-        adapter = request_adapter(power_preference)
-        self.adapter_info = dict(adapter.info)
-        features = set(adapter.features)
-        want = [f for f in ("shader-f16", "timestamp-query") if f in features]
-        lim = adapter.limits
-        limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
-                                      "max-storage-buffers-per-shader-stage") if k in lim}
-        device = adapter.request_device_sync(required_features=want, required_limits=limits)
-        self.timestamps = "timestamp-query" in want
-        self.rt = Runtime(device, set(want), self.timestamps)
+        shared = _shared_device(power_preference)
+        self.adapter_info = shared.adapter_info
+        self.rt = Runtime(shared)
+        self.timestamps = self.rt.timestamps
         self.xp = self.rt.xp
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-wgpu-copy")
         self._staging = StagingPool(self._make_staging, STAGING_SLOTS)
@@ -159,11 +168,18 @@ class WgpuExecutor(Executor):
         from .numpy_backend import _meminfo
 
         total = _meminfo("MemTotal")
-        return ExecutorInfo(self.name, f"{self.adapter_info.get('device', 'wgpu')} "
-                            f"({self.adapter_info.get('backend_type', '?')})", total,
-                            _meminfo("MemAvailable") or total)
+        a = self.adapter()
+        return ExecutorInfo(self.name, a["name"] or "wgpu adapter", total, _meminfo("MemAvailable") or total,
+                            vendor=a["vendor"], api=a["backend"], time_source=self.time_source)
 
     # ---- storage -------------------------------------------------------------------------
+    @property
+    def on_cpu(self) -> bool:
+        return str(self.adapter_info.get("adapter_type", "")).lower() == "cpu"
+
+    def check_spec(self, spec: TensorSpec) -> None:
+        check_dtype(spec.dtype.value, self.rt.has_f16)
+
     def empty(self, spec: TensorSpec) -> WgpuArray:
         return self.xp.empty(spec.shape, spec.dtype.value)
 

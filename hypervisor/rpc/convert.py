@@ -61,7 +61,7 @@ def _is_number(v) -> bool:
 def device(d: T.DeviceInfo) -> pb.DeviceStats:
     return pb.DeviceStats(backend=d.backend, device_name=d.device_name, pool_bytes=d.pool_bytes,
                           pool_used=max(d.pool_used, 0), host_budget=d.host_budget,
-                          host_used=max(d.host_used, 0))
+                          host_used=max(d.host_used, 0), vendor=d.vendor, api=d.api, time_source=d.time_source)
 
 
 def buffer_info(b: T.BufferInfo) -> pb.BufferInfo:

@@ -193,20 +193,26 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeviceStats(_message.Message):
-    __slots__ = ("backend", "device_name", "pool_bytes", "pool_used", "host_budget", "host_used")
+    __slots__ = ("backend", "device_name", "pool_bytes", "pool_used", "host_budget", "host_used", "vendor", "api", "time_source")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     POOL_BYTES_FIELD_NUMBER: _ClassVar[int]
     POOL_USED_FIELD_NUMBER: _ClassVar[int]
     HOST_BUDGET_FIELD_NUMBER: _ClassVar[int]
     HOST_USED_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
+    TIME_SOURCE_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device_name: str
     pool_bytes: int
     pool_used: int
     host_budget: int
     host_used: int
-    def __init__(self, backend: _Optional[str] = ..., device_name: _Optional[str] = ..., pool_bytes: _Optional[int] = ..., pool_used: _Optional[int] = ..., host_budget: _Optional[int] = ..., host_used: _Optional[int] = ...) -> None: ...
+    vendor: str
+    api: str
+    time_source: str
+    def __init__(self, backend: _Optional[str] = ..., device_name: _Optional[str] = ..., pool_bytes: _Optional[int] = ..., pool_used: _Optional[int] = ..., host_budget: _Optional[int] = ..., host_used: _Optional[int] = ..., vendor: _Optional[str] = ..., api: _Optional[str] = ..., time_source: _Optional[str] = ...) -> None: ...
 
 class PlannedLaunch(_message.Message):
     __slots__ = ("vm_id", "launch_id", "wclass")

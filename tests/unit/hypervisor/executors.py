@@ -45,18 +45,8 @@ def expect_refusal(backend: str, fn, *args, **kwargs) -> None:
     assert info.value.status == "PXOS_S_INVALID"
 
 
-_MADE: dict = {}
-
-
 def make(name: str):
-    """A new executor; wgpu's is made once per session (a device, and its compiled pipelines,
-    are worth keeping between tests)."""
-    if name != "wgpu":
-        return make_executor(name)
-    ex = _MADE.get(name)
-    if ex is None:
-        ex = _MADE[name] = make_executor(name)
-    return ex
+    return make_executor(name)
 
 
 @dataclass(frozen=True)

@@ -116,10 +116,22 @@ def test_bind_errors_for_shape_mismatch_and_missing_params(hv):
     assert ei.value.status == "PXOS_S_BIND" and ei.value.diagnostics
     with pytest.raises(E.BindError):
         hv.launch(1, k.kernel_id, {"a": a, "c": c})
-    f64 = hv.alloc(1, "float64", (3, 5)).handle
+    ints = hv.alloc(1, "int32", (3, 5)).handle  # a dtype every backend holds (wgpu has no float64)
     with pytest.raises(E.BindError):
-        hv.launch(1, k.kernel_id, {"a": a, "b": f64, "c": c})
+        hv.launch(1, k.kernel_id, {"a": a, "b": ints, "c": c})
     assert hv.stats(1).inflight == 0
+
+
+def test_a_dtype_the_device_cannot_hold_is_refused_at_alloc(hv):
+    hv.register_vm(1, 100, 50)
+    if hv.executor.name != "wgpu":
+        assert hv.alloc(1, "float64", (3,)).nbytes == 24 and hv.alloc(1, "int64", (3,)).nbytes == 24
+        return
+    for dtype in ("float64", "int64"):  # WGSL has no 64-bit types (docs/operations.md)
+        with pytest.raises(E.UnsupportedDtype, match=dtype) as ei:
+            hv.alloc(1, dtype, (3, 5))
+        assert ei.value.status == "PXOS_S_INVALID"
+    assert hv.stats(1).memory_used == 0 and hv.memory.committed == 0
 
 
 def test_an_output_may_not_share_a_buffer_with_another_param(hv):

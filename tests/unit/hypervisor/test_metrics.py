@@ -237,3 +237,23 @@ def test_bad_address_is_a_config_error(hv, address):
     with pytest.raises(ConfigError, match="HOST:PORT"):
         m.serve(address)
     m.stop()
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("wgpu", marks=pytest.mark.wgpu)])
+def test_device_info_names_the_adapter_and_the_time_source(backend):
+    h = Hypervisor(backend=backend, device_pool_bytes=16 << 20)
+    m = MetricsExporter(h)
+    try:
+        s, _ = parse(m.render())
+        d = h.device_info()
+        labels = {"backend": backend, "device": d.device_name, "vendor": d.vendor, "api": d.api,
+                  "time_source": d.time_source}
+        assert value(s, "pxos_device_info", **labels) == 1
+        if backend == "numpy":
+            assert (d.api, d.time_source) == ("host", "thread-cpu-time")
+        else:  # lavapipe in CI: a Vulkan adapter with timestamp queries; a GPU's driver elsewhere
+            assert d.api in ("Vulkan", "Metal", "D3D12") and d.device_name and d.vendor
+            assert d.time_source in ("timestamp-query", "host-clock")
+    finally:
+        m.stop()
+        h.stop()

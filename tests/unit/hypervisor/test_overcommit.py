@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from hypervisor import Hypervisor, Scalar
 from hypervisor import errors as E
-from hypervisor.executor import NumpyExecutor, Pending
+from hypervisor.executor import NumpyExecutor, Pending, make_executor
 
 KB = 1024
 
@@ -115,7 +115,8 @@ def run_layers(hv: Hypervisor, n_layers: int, n: int, batch: int, passes: int, r
     return np.frombuffer(hv.read(1, acts[step % 2]), np.float32).copy(), hv
 
 
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=pytest.mark.gpu),
+                                     pytest.param("wgpu", marks=pytest.mark.wgpu)])
 @pytest.mark.parametrize("pool_kb,host_kb", [(40, 200), (24, 300), (64, 64)])
 def test_layer_streaming_matches_the_run_without_overcommit(pool_kb, host_kb, backend):
     # 8 layers of 32x32 float32 = 4 KiB each (32 KiB in all) + two 1 KiB activations.
@@ -153,17 +154,20 @@ class DeferredNumpy(NumpyExecutor):
         return Later()
 
 
+@pytest.mark.parametrize("device", ["deferred", pytest.param("wgpu", marks=pytest.mark.wgpu)])
 @pytest.mark.parametrize("pool_kb", [64, 12, 9])
-def test_pipelined_launches_when_the_pool_cannot_hold_two_working_sets(pool_kb):
+def test_pipelined_launches_when_the_pool_cannot_hold_two_working_sets(pool_kb, device):
     # Each launch needs a 4 KiB layer + two 1 KiB activations; at 9-12 KiB the next
     # launch's layer does not fit beside the running one's, so the dispatcher must
     # finish the launch in flight before it can prepare the next (no deadlock).
-    ref = Hypervisor(backend="numpy", device_pool_bytes=1 << 20).start()
+    # The reference runs on the same arithmetic (wgpu's matmul sums in its own order).
+    ref = Hypervisor(backend="numpy" if device == "deferred" else device, device_pool_bytes=1 << 20).start()
     try:
         expect, _ = run_layers(ref, 8, 32, 8, passes=2)
     finally:
         ref.stop()
-    hv = Hypervisor(backend=DeferredNumpy(), device_pool_bytes=pool_kb * KB, host_budget_bytes=256 * KB).start()
+    ex = DeferredNumpy() if device == "deferred" else make_executor(device)  # wgpu: a real asynchronous queue
+    hv = Hypervisor(backend=ex, device_pool_bytes=pool_kb * KB, host_budget_bytes=256 * KB).start()
     try:
         got, hv = run_layers(hv, 8, 32, 8, passes=2)
     finally:

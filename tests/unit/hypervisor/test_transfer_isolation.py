@@ -21,6 +21,7 @@ from hypervisor.executor.cupy_backend import STAGING_BYTES
 EXECUTORS = [
     "numpy",
     pytest.param("cupy", marks=pytest.mark.gpu),
+    pytest.param("wgpu", marks=pytest.mark.wgpu),
 ]
 
 VMS = 4
@@ -113,7 +114,7 @@ def run_transfers(executor, rounds: int) -> list[BaseException]:
 
 @pytest.mark.parametrize("backend", EXECUTORS)
 def test_concurrent_transfers_of_several_vms_never_mix(backend):
-    errors = run_transfers(make_executor(backend), rounds=6 if backend == "numpy" else 24)
+    errors = run_transfers(make_executor(backend), rounds=6 if backend in ("numpy", "wgpu") else 24)
     assert not errors, errors[0]
 
 
