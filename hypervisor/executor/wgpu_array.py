@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -45,13 +46,15 @@ class WgpuArray:
     """A strided view of a device buffer (elements, not bytes). ``host`` is set on a 0-d
     scalar that has no buffer yet (a scalar param): kernels take it as a constant."""
 
-    __slots__ = ("__weakref__", "buffer", "dtype", "host", "offset", "rt", "shape", "strides")
+    __slots__ = ("__weakref__", "buffer", "bufs", "dtype", "host", "lazy", "offset", "rt", "shape", "strides")
 
     def __init__(self, rt: Runtime, buffer, dtype, shape, strides=None, offset=0, host=None):
         self.rt, self.buffer, self.dtype = rt, buffer, np.dtype(dtype)
         self.shape = tuple(int(n) for n in shape)
         self.strides = contiguous_strides(self.shape) if strides is None else tuple(strides)
         self.offset, self.host = offset, host
+        self.lazy = None  # (expr, operands): an elementwise result not computed yet (wgpu_numpy)
+        self.bufs: frozenset[int] = frozenset()  # ids of the buffers a lazy value reads
 
     # ---- NumPy's array attributes --------------------------------------------------------
     @property
@@ -71,8 +74,16 @@ class WgpuArray:
                                                         contiguous_strides(self.shape), strict=True))
 
     def device(self) -> WgpuArray:
-        """This array with a buffer (a host scalar is uploaded now)."""
-        if self.buffer is None:
+        """This array with a buffer (a lazy value is computed, a host scalar uploaded now)."""
+        if self.lazy is not None:
+            expr, operands = self.lazy
+            xp = self.rt.xp
+            out = xp.empty(self.shape, self.dtype)
+            xp.run_elementwise(expr, self.dtype, operands, self.shape, out)
+            self.buffer, self.strides, self.offset = out.buffer, out.strides, 0
+            self.lazy, self.bufs = None, frozenset()
+            self.rt.pending.discard(self)
+        elif self.buffer is None:
             check_dtype(self.dtype, self.rt.has_f16)
             self.buffer = self.rt.upload(np.asarray(self.host, self.dtype).reshape(1))
             self.strides, self.offset = (), 0
@@ -130,8 +141,9 @@ class WgpuArray:
 
     def get(self) -> np.ndarray:
         """The values on the host (waits for every dispatch recorded so far)."""
-        if self.buffer is None:
+        if self.buffer is None and self.lazy is None:
             return np.asarray(self.host, self.dtype)
+        self.device()
         src = self if self.is_contiguous() else self.copy()
         raw = self.rt.download(src.buffer, src.offset * self.dtype.itemsize, src.nbytes)
         return np.frombuffer(raw, self.dtype, count=self.size).reshape(self.shape).copy()
@@ -204,20 +216,21 @@ class Runtime:
     """Records dispatches into the current segment (one encoder and compute pass) and
     submits segments in order, on a SharedDevice."""
 
-    def __init__(self, shared: SharedDevice):
+    def __init__(self, shared: SharedDevice, timestamps: bool = True):
         import wgpu
 
         device = shared.device
         self.shared = shared
         self.wgpu, self.device, self.queue = wgpu, device, device.queue
         self.has_f16 = "shader-f16" in shared.features
-        self.timestamps = "timestamp-query" in shared.features
+        self.timestamps = timestamps and "timestamp-query" in shared.features
         self.align = max(int(device.limits.get("min-storage-buffer-offset-alignment", 256)), 16)
         self.max_binding = int(device.limits["max-storage-buffer-binding-size"])
         self.pipelines = shared.pipelines
         self.queue_lock = shared.queue_lock
         self.xp = WgpuNumpy(self)
         self._segment: _Segment | None = None
+        self.pending: weakref.WeakSet[WgpuArray] = weakref.WeakSet()  # lazy values not computed yet
         self.submitted: list[_Segment] = []  # segments of the launch in progress (the executor takes them)
         self.dispatches = 0
         self.compiles = 0
@@ -321,7 +334,7 @@ class _Segment:
         size = (len(data) + 3) & ~3
         if not self.arenas or len(self.arenas[-1][1]) + size > self.ARENA:
             U = self.rt.wgpu.BufferUsage
-            self.arenas.append((self.rt.device.create_buffer(size=self.ARENA, usage=U.STORAGE | U.COPY_DST),
+            self.arenas.append((self.rt.device.create_buffer(size=self.ARENA, usage=U.STORAGE | U.COPY_DST | U.COPY_SRC),
                                 bytearray()))
         buf, blob = self.arenas[-1]
         off = len(blob)

@@ -140,10 +140,12 @@ class WgpuExecutor(Executor):
     name = "wgpu"
     asynchronous = True
 
-    def __init__(self, power_preference: str = "high-performance") -> None:
+    def __init__(self, power_preference: str = "high-performance", *, timestamps: bool = True) -> None:
+        """``timestamps=False`` times launches with the host clock even where the adapter has
+        timestamp queries (what an adapter without them does)."""
         shared = _shared_device(power_preference)
         self.adapter_info = shared.adapter_info
-        self.rt = Runtime(shared)
+        self.rt = Runtime(shared, timestamps=timestamps)
         self.timestamps = self.rt.timestamps
         self.xp = self.rt.xp
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-wgpu-copy")

@@ -71,19 +71,68 @@ class WgpuNumpy:
     # ---- elementwise ---------------------------------------------------------------------
     def elementwise(self, expr: str, dtype, operands, shape, out: WgpuArray | None = None,
                     collapse: bool = True) -> WgpuArray:
-        """out = expr(operands) broadcast to ``shape`` (a new array unless ``out`` is given).
-        With ``collapse=False`` the dims stay as given, so ``expr`` may use the coordinates
-        c0, c1, ... of the output element."""
+        """out = expr(operands) broadcast to ``shape``. ``expr`` names the operands {0}, {1},
+        ... and the compute type {C}. Without ``out`` the result is lazy: nothing runs until
+        it is needed (an op that reads a buffer, a read on the host) or stored (copyto writes
+        it straight into its destination), and a lazy operand of another elementwise op is
+        fused into that op's shader. With ``collapse=False`` the dims stay as given, so
+        ``expr`` may use the coordinates c0, c1, ... of the output element."""
         dt = np.dtype(dtype)
+        if out is None and collapse:
+            lazy = WgpuArray(self.rt, None, dt, shape)
+            lazy.lazy = (expr, tuple(operands))
+            bufs = set()
+            for op in operands:
+                if isinstance(op, WgpuArray):
+                    if op.buffer is not None:
+                        bufs.add(id(op.buffer))
+                    elif op.lazy is not None:
+                        bufs |= op.bufs
+            lazy.bufs = frozenset(bufs)
+            self.rt.pending.add(lazy)
+            return lazy
         if out is None:
             out = self.empty(shape, dt)
+        else:
+            self._before_write(out)
+        return self.run_elementwise(expr, dt, operands, tuple(shape), out, collapse)
+
+    def _before_write(self, out: WgpuArray) -> None:
+        """Lazy values that read ``out``'s buffer are computed before it is written."""
+        key = id(out.buffer)
+        for lazy in [z for z in self.rt.pending if key in z.bufs]:
+            lazy.device()
+
+    MAX_LETS = 24  # fused ops in one shader at most
+    MAX_LEAF_BUFFERS = 6  # input buffers of one shader at most (8 storage bindings: with out and meta)
+
+    def run_elementwise(self, expr: str, dt: np.dtype, operands, shape, out: WgpuArray, collapse: bool = True):
         n = math.prod(out.shape)
         if n == 0:
             return out
         desc, buffers, strides, offsets, scalars = [], [], [bcast_strides(out, shape)], [out.offset], []
         binding = {id(out.buffer): 0}
-        for op in operands:
+        leaves: dict[int, str] = {}
+        lets: list[str] = []
+        fused: dict[int, str] = {}
+
+        def leaf(op) -> str:
+            if isinstance(op, WgpuArray) and op.lazy is not None:
+                if id(op) in fused:
+                    return fused[id(op)]
+                if len(lets) < self.MAX_LETS and len(buffers) + len(op.bufs) <= self.MAX_LEAF_BUFFERS:
+                    sub_expr, sub_ops = op.lazy
+                    texts = [leaf(o) for o in sub_ops]
+                    c, st = wgsl.COMPUTE[op.dtype.name], wgsl.STORAGE[op.dtype.name]
+                    name = fused[id(op)] = f"t{len(lets)}"
+                    lets.append(f"let {name} = {c}({st}({sub_expr.format(*texts, C=c)}));")
+                    return name
+                op.device()  # too much to fuse: computed on its own first
             if isinstance(op, WgpuArray) and op.buffer is not None:
+                if op.buffer is out.buffer and (op.offset, bcast_strides(op, shape)) != (out.offset, strides[0]):
+                    op = op.copy().device()  # never a read of elements this dispatch overwrites
+                if id(op) in leaves:
+                    return leaves[id(op)]
                 b = binding.get(id(op.buffer))
                 if b is None:
                     b = binding[id(op.buffer)] = len(buffers) + 1
@@ -91,28 +140,33 @@ class WgpuNumpy:
                 desc.append(("buf", b, op.dtype.name))
                 strides.append(bcast_strides(op, shape))
                 offsets.append(op.offset)
-            else:
-                value = op.host if isinstance(op, WgpuArray) else op
-                sdt = op.dtype if isinstance(op, WgpuArray | np.generic) and op.dtype.name in wgsl.COMPUTE else dt
-                if sdt.name not in wgsl.COMPUTE:  # a 64-bit host scalar meets a 32-bit array
-                    sdt = dt
-                desc.append(("scalar", sdt.name))
-                scalars.append(scalar_bits(value, sdt))
+                name = leaves[id(op)] = f"x{len(desc) - 1}"
+                return name
+            value = op.host if isinstance(op, WgpuArray) else op
+            sdt = op.dtype if isinstance(op, WgpuArray | np.generic) and op.dtype.name in wgsl.COMPUTE else dt
+            if sdt.name not in wgsl.COMPUTE:  # a 64-bit host scalar meets a 32-bit array
+                sdt = dt
+            desc.append(("scalar", sdt.name))
+            scalars.append(scalar_bits(value, sdt))
+            return f"x{len(desc) - 1}"
+
+        texts = [leaf(op) for op in operands]
+        result = expr.format(*texts, C=wgsl.COMPUTE[dt.name])
         cshape, cstrides = _collapse(tuple(shape), *strides) if collapse else (tuple(shape), strides)
         nd = len(cshape)
         meta = [n, *cshape]
         for off, st in zip(offsets, cstrides, strict=True):
             meta += [off, *st]
         meta += scalars
-        key = ("ew", expr, dt.name, tuple(desc), nd)
-        self.rt.dispatch(key, lambda: wgsl.elementwise(expr, dt.name, tuple(desc), nd),
+        key = ("ew", tuple(lets), result, dt.name, tuple(desc), nd)
+        self.rt.dispatch(key, lambda: wgsl.elementwise(tuple(lets), result, dt.name, tuple(desc), nd),
                          [out.buffer, *buffers], meta, _groups(n))
         return out
 
     def _ew(self, expr: str, *operands, dtype=None) -> WgpuArray:
         arrays = [o for o in operands if isinstance(o, WgpuArray)]
         dt = np.dtype(dtype) if dtype is not None else next(
-            (a.dtype for a in arrays if a.buffer is not None), arrays[0].dtype)
+            (a.dtype for a in arrays if a.host is None), arrays[0].dtype)
         shape = broadcast_shapes(*[a.shape for a in arrays])
         return self.elementwise(expr, dt, operands, shape)
 
@@ -159,9 +213,8 @@ class WgpuNumpy:
         return self._ew("1.0 / {0}", a)
 
     def copyto(self, dst: WgpuArray, src) -> None:
-        if isinstance(src, WgpuArray) and src.buffer is not None and src.buffer is dst.buffer \
-                and (src.offset, src.strides) != (dst.offset, bcast_strides(src, dst.shape)):
-            src = src.copy()  # never a read of elements this dispatch overwrites
+        """dst[...] = src (a lazy src is computed straight into dst)."""
+        dst.device()
         self.elementwise("{0}", dst.dtype, (src,), dst.shape, out=dst)
 
     def concatenate(self, arrays, axis=0) -> WgpuArray:

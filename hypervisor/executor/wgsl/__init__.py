@@ -37,6 +37,9 @@ def index_of(i: str, nd: int, shape_at: int, strides_at: list[int], names: list[
     """WGSL statements turning linear index ``i`` into strided offsets ``names`` (each already
     holding its base offset), the shape at pm[shape_at...] and each operand's strides at
     pm[strides_at[j]...]; coordinates are left in c0..c{nd-1}."""
+    if nd == 1:  # the common case (contiguous operands collapse to one dim): no division
+        return "\n".join([f"    let c0 = {i};"] + [f"    {name} += c0 * pm[{at}];" for name, at in
+                                                      zip(names, strides_at, strict=True)])
     lines = [f"    var rem = {i};"]
     for d in reversed(range(nd)):
         lines.append(f"    let c{d} = rem % pm[{shape_at + d}]; rem = rem / pm[{shape_at + d}];")
@@ -45,17 +48,17 @@ def index_of(i: str, nd: int, shape_at: int, strides_at: list[int], names: list[
     return "\n".join(lines)
 
 
-def elementwise(expr: str, out_dtype: str, operands: tuple, nd: int) -> str:
-    """out[...] = expr over operands, all broadcast to out's shape.
+def elementwise(lets: tuple[str, ...], result: str, out_dtype: str, operands: tuple, nd: int) -> str:
+    """out[...] = result, computed from the leaf operands x0, x1, ... (broadcast to out's
+    shape) through ``lets`` (``let t0 = ...;`` lines: a fused chain of elementwise ops).
 
-    ``operands`` holds, per operand, ("buf", binding, dtype) or ("scalar", dtype); bindings
-    are 0 for ``out`` itself (an operand read where it is written, element for element) or
-    1.. for the distinct input buffers. In ``expr`` the operands are {0}, {1}, ..., the
-    compute type of the output is {C}. Meta: n, shape[nd], out offset, out strides[nd], then
-    per buffer operand its offset and strides[nd], then the scalars (32-bit patterns).
+    ``operands`` holds, per leaf, ("buf", binding, dtype) or ("scalar", dtype); bindings are
+    0 for ``out`` itself (a leaf read where it is written, element for element) or 1.. for
+    the distinct input buffers. A leaf is loaded in its compute type (f32 for float16).
+    Meta: n, shape[nd], out offset, out strides[nd], then per buffer leaf its offset and
+    strides[nd], then the scalars (32-bit patterns).
     """
     dts = [out_dtype] + [op[-1] for op in operands]
-    out_c = COMPUTE[out_dtype]
     binds = {0: STORAGE[out_dtype]}
     for op in operands:
         if op[0] == "buf" and op[1] != 0:
@@ -73,7 +76,6 @@ def elementwise(expr: str, out_dtype: str, operands: tuple, nd: int) -> str:
     names, strides_at = ["po"], [at + 1]
     src.append(f"    var po = pm[{at}];")
     at += 1 + nd
-    loads, k = [], 0
     for j, op in enumerate(operands):
         if op[0] == "buf":
             src.append(f"    var p{j} = pm[{at}];")
@@ -81,28 +83,30 @@ def elementwise(expr: str, out_dtype: str, operands: tuple, nd: int) -> str:
             strides_at.append(at + 1)
             at += 1 + nd
     src.append(index_of("i", nd, 1, strides_at, names))
+    k = 0
     for j, op in enumerate(operands):
         c = COMPUTE[op[-1]]
         if op[0] == "buf":
             arr = "out" if op[1] == 0 else f"in{op[1]}"
-            loads.append(f"    let x{j} = {c}({arr}[p{j}]);")
+            src.append(f"    let x{j} = {c}({arr}[p{j}]);")
         else:
-            loads.append(f"    let x{j} = bitcast<{'f32' if c == 'f32' else 'i32'}>(pm[{at + k}]);")
+            src.append(f"    let x{j} = bitcast<{c}>(pm[{at + k}]);")
             k += 1
-    src += loads
-    body = expr.format(*[f"x{j}" for j in range(len(operands))], C=out_c)
-    src.append(f"    out[po] = {binds[0]}({body});")
+    src += [f"    {line}" for line in lets]
+    src.append(f"    out[po] = {binds[0]}({result});")
     src.append("}")
     return "\n".join(src)
 
 
 def matmul(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
     """C[b] = A[b] @ B[b]: a 64x64 output tile per workgroup of 16x16 invocations, each
-    computing 4x4, the K dimension walked in steps of 16 through workgroup memory. A and B are
-    strided (a transposed weight is read in place); batch dims broadcast (stride 0).
-    Meta: M, N, K, a_off, b_off, a_sm, a_sk, b_sk, b_sn, batch shape[nb], a strides[nb],
-    b strides[nb]. ``same``: A and B are one buffer (bound once)."""
+    computing a 4x4 block in registers (four vec4 accumulators), the K dimension walked in
+    steps of 16 through workgroup memory (A and B tiles as vec4s: one load of each per
+    invocation and step). A and B are strided (a transposed weight is read in place); batch
+    dims broadcast (stride 0). Meta: M, N, K, a_off, b_off, a_sm, a_sk, b_sk, b_sn, batch
+    shape[nb], a strides[nb], b strides[nb]. ``same``: A and B are one buffer (bound once)."""
     c = "i32" if a_dtype == "int32" else "f32"
+    v = f"vec4<{c}>"
     t = STORAGE[a_dtype]
     bsrc = "ina" if same else "inb"
     src = [header([a_dtype, out_dtype]), "@group(0) @binding(0) var<storage, read> pm: array<u32>;",
@@ -110,48 +114,46 @@ def matmul(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
            f"@group(0) @binding(2) var<storage, read> ina: array<{t}>;"]
     if not same:
         src.append(f"@group(0) @binding(3) var<storage, read> inb: array<{t}>;")
-    src.append(f"""var<workgroup> As: array<{c}, 1024>;
-var<workgroup> Bs: array<{c}, 1024>;
+    src.append(f"""var<workgroup> As: array<{v}, 256>;
+var<workgroup> Bs: array<{v}, 256>;
+var<private> M: u32; var<private> N: u32; var<private> K: u32;
+var<private> pa: u32; var<private> pb: u32;
+var<private> a_sm: u32; var<private> a_sk: u32; var<private> b_sk: u32; var<private> b_sn: u32;
+fn lda(m: u32, k: u32) -> {c} {{ if (m < M && k < K) {{ return {c}(ina[pa + m * a_sm + k * a_sk]); }} return {c}(0); }}
+fn ldb(k: u32, n: u32) -> {c} {{ if (k < K && n < N) {{ return {c}({bsrc}[pb + k * b_sk + n * b_sn]); }} return {c}(0); }}
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {{
-    let M = pm[0]; let N = pm[1]; let K = pm[2];
-    var pa = pm[3]; var pb = pm[4];
-    let a_sm = pm[5]; let a_sk = pm[6]; let b_sk = pm[7]; let b_sn = pm[8];
+    M = pm[0]; N = pm[1]; K = pm[2];
+    pa = pm[3]; pb = pm[4];
+    a_sm = pm[5]; a_sk = pm[6]; b_sk = pm[7]; b_sn = pm[8];
     let b = wg.z;""")
     src.append(index_of("b", nbatch, 9, [9 + nbatch, 9 + 2 * nbatch], ["pa", "pb"]))
     src.append(f"""    let row0 = wg.y * 64u; let col0 = wg.x * 64u;
-    var acc: array<{c}, 16>;
+    let kk = li / 16u; let q = li % 16u;  // this invocation's loads: k row kk, 4-wide group q
+    var acc0 = {v}(0); var acc1 = {v}(0); var acc2 = {v}(0); var acc3 = {v}(0);
     for (var k0 = 0u; k0 < K; k0 += 16u) {{
-        for (var e = 0u; e < 4u; e++) {{
-            let idx = li + e * 256u;
-            let kk = idx / 64u; let mm = idx % 64u;
-            let gk = k0 + kk;
-            var av = {c}(0); var bv = {c}(0);
-            if (row0 + mm < M && gk < K) {{ av = {c}(ina[pa + (row0 + mm) * a_sm + gk * a_sk]); }}
-            if (col0 + mm < N && gk < K) {{ bv = {c}({bsrc}[pb + gk * b_sk + (col0 + mm) * b_sn]); }}
-            As[idx] = av; Bs[idx] = bv;
-        }}
+        let m = row0 + q * 4u; let n = col0 + q * 4u; let k = k0 + kk;
+        As[li] = {v}(lda(m, k), lda(m + 1u, k), lda(m + 2u, k), lda(m + 3u, k));
+        Bs[li] = {v}(ldb(k, n), ldb(k, n + 1u), ldb(k, n + 2u), ldb(k, n + 3u));
         workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {{
-            for (var r = 0u; r < 4u; r++) {{
-                let av = As[kk * 64u + lid.y * 4u + r];
-                for (var s = 0u; s < 4u; s++) {{
-                    acc[r * 4u + s] += av * Bs[kk * 64u + lid.x * 4u + s];
-                }}
-            }}
+        for (var j = 0u; j < 16u; j++) {{
+            let a = As[j * 16u + lid.y];
+            let bv = Bs[j * 16u + lid.x];
+            acc0 += a.x * bv; acc1 += a.y * bv; acc2 += a.z * bv; acc3 += a.w * bv;
         }}
         workgroupBarrier();
     }}
     let po = b * M * N;
-    for (var r = 0u; r < 4u; r++) {{
-        let m = row0 + lid.y * 4u + r;
-        for (var s = 0u; s < 4u; s++) {{
-            let n = col0 + lid.x * 4u + s;
-            if (m < M && n < N) {{ out[po + m * N + n] = {STORAGE[out_dtype]}(acc[r * 4u + s]); }}
-        }}
-    }}
-}}""")
+    let m0 = row0 + lid.y * 4u; let n0 = col0 + lid.x * 4u;""")
+    ot = STORAGE[out_dtype]
+    for r in range(4):
+        src.append(f"    if (m0 + {r}u < M) {{")
+        for q in range(4):
+            comp = "xyzw"[q]
+            src.append(f"        if (n0 + {q}u < N) {{ out[po + (m0 + {r}u) * N + n0 + {q}u] = {ot}(acc{r}.{comp}); }}")
+        src.append("    }")
+    src.append("}")
     return "\n".join(src)
 
 

@@ -1,0 +1,173 @@
+"""What is particular to the wgpu executor (its op results are checked by the shared suites:
+executors.EXECUTORS): adapter choice, timing sources, the pipeline cache, transfers at odd
+offsets, float16, the typed refusal of 64-bit dtypes, buffers larger than a binding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from executors import Out, Scalar, run, source_for
+
+from hypervisor.errors import OutOfDeviceMemory, UnsupportedDtype
+from hypervisor.executor import NumpyExecutor, make_executor
+from primitive_lang import TensorSpec, compile_source
+from primitive_lang.ast import DType
+
+pytestmark = pytest.mark.wgpu
+
+
+@pytest.fixture
+def ex():
+    from hypervisor.executor.wgpu_backend import WgpuExecutor
+
+    e = WgpuExecutor()
+    yield e
+    e.close()
+
+
+def test_auto_takes_a_wgpu_adapter_only_when_it_is_a_gpu():
+    from hypervisor.executor.cupy_backend import cupy_unavailable_reason
+    from hypervisor.executor.wgpu_backend import request_adapter, wgpu_unavailable_reason
+
+    if cupy_unavailable_reason() is None:
+        pytest.skip("CuPy sees a GPU here: auto takes CuPy first")
+    kind = str(request_adapter().info.get("adapter_type", "")).lower()
+    ex = make_executor("auto")
+    try:
+        if kind == "cpu":  # lavapipe: a CPU driver is no reason to leave NumPy
+            assert isinstance(ex, NumpyExecutor)
+            assert "not a GPU" in wgpu_unavailable_reason(require_gpu=True)
+        else:
+            assert ex.name == "wgpu"
+    finally:
+        ex.close()
+
+
+def test_info_names_the_adapter(ex):
+    a, info = ex.adapter(), ex.info()
+    assert info.backend == "wgpu" and info.device_name == a["name"] and info.api == a["backend"]
+    assert a["backend"] in ("Vulkan", "Metal", "D3D12") and info.time_source == ex.time_source
+
+
+@pytest.mark.parametrize("timestamps", [True, False])
+def test_device_time_from_timestamps_or_the_host_clock(timestamps):
+    from hypervisor.executor.wgpu_backend import WgpuExecutor
+
+    ex = WgpuExecutor(timestamps=timestamps)
+    try:
+        if timestamps and not ex.timestamps:
+            pytest.skip("this adapter has no timestamp queries")
+        assert ex.time_source == ("timestamp-query" if timestamps else "host-clock")
+        a = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+        values = {"a": a, "c": Out("float32", (64, 64))}
+        k = compile_source(source_for("PARALLEL_MATMUL a a -> c", values)).kernels[0]
+        specs = {"a": TensorSpec(DType.FLOAT32, (64, 64)), "c": TensorSpec(DType.FLOAT32, (64, 64))}
+        args = {n: ex.empty(s) for n, s in specs.items()}
+        ex.write(args["a"], 0, [a.tobytes()])
+        pending = ex.submit(k.bind(specs), args)  # asynchronous: returns before the device is done
+        timing = pending.wait()
+        assert pending.done() and 0 < timing.device_s < 60
+        np.testing.assert_allclose(ex.to_host(args["c"]), a @ a, rtol=1e-4, atol=1e-4)
+    finally:
+        ex.close()
+
+
+def test_pipelines_are_compiled_once_per_shape_class(ex):
+    x = np.arange(12, dtype=np.float32)
+    run(ex, source_for("EXP x -> c", {"x": x, "c": Out("float32", (12,))}), {"x": x, "c": Out("float32", (12,))})
+    before = ex.rt.compiles
+    for n in (5, 300, 7000):  # other sizes, the same class (contiguous, one dim after collapsing)
+        y = np.linspace(-1, 1, n, dtype=np.float32)
+        got = run(ex, source_for("EXP x -> c", {"x": y, "c": Out("float32", (n,))}), {"x": y, "c": Out("float32", (n,))})
+        np.testing.assert_allclose(got["c"], np.exp(y), rtol=1e-6)
+    assert ex.rt.compiles == before
+
+
+def test_writes_and_reads_at_odd_offsets_change_exactly_their_bytes(ex):
+    arr = ex.zeros(TensorSpec(DType.INT32, (64,)))
+    want = np.zeros(256, np.uint8)
+    rng = np.random.default_rng(1)
+    for off, n in [(1, 3), (5, 9), (250, 6), (0, 256), (7, 1), (13, 100)]:
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        assert ex.write(arr, off, [memoryview(data[: n // 2]), data[n // 2:].tobytes()]) == n
+        want[off: off + n] = data
+        out = bytearray(n + 3)
+        assert ex.read_into(arr, off, [memoryview(out)[: n // 2], memoryview(out)[n // 2: n]]) == n
+        assert bytes(out[:n]) == want[off: off + n].tobytes()
+    np.testing.assert_array_equal(ex.to_host(arr).view(np.uint8), want)
+    ex.fill(arr, 3, 10, lambda view: view.__setitem__(slice(None), bytes(range(10))))
+    want[3:13] = np.arange(10)
+    np.testing.assert_array_equal(ex.to_host(arr).view(np.uint8), want)
+
+
+def test_float16_where_the_adapter_has_it(ex):
+    if not ex.rt.has_f16:
+        with pytest.raises(UnsupportedDtype, match="float16"):
+            ex.zeros(TensorSpec(DType.FLOAT16, (4,)))
+        return
+    x = np.linspace(-3, 3, 37, dtype=np.float16)
+    values = {"x": x, "c": Out("float16", (37,)), "d": Out("float16", (37,))}
+    got = run(ex, source_for("GELU x -> c\nMUL x x -> d", values), values)
+    assert got["c"].dtype == np.float16
+    np.testing.assert_allclose(got["d"].astype(np.float64), (x.astype(np.float64) ** 2), rtol=2e-3, atol=2e-3)
+
+
+def test_64_bit_tensors_are_refused_but_64_bit_scalars_are_host_values(ex):
+    for dt in (DType.FLOAT64, DType.INT64):
+        with pytest.raises(UnsupportedDtype, match=dt.value) as ei:
+            ex.empty(TensorSpec(dt, (3,)))
+        assert ei.value.status == "PXOS_S_INVALID"
+    a = np.arange(10, dtype=np.float32)
+    values = {"a": a, "p": Scalar(6, "int64"), "c": Out("float32", (3,))}
+    got = run(ex, source_for("SLICE a axis=0 start=p size=3 -> c", values), values)
+    np.testing.assert_array_equal(got["c"], a[6:9])
+    values = {"a": a, "c": Out("float64", (10,))}  # a launch that needs a float64 tensor
+    with pytest.raises(UnsupportedDtype):
+        run(ex, source_for("CAST a dtype=float64 -> c", values), values)
+
+
+def test_a_buffer_larger_than_one_binding_is_out_of_device_memory(ex):
+    too_big = ex.rt.max_binding // 4 + 1
+    with pytest.raises(OutOfDeviceMemory, match="max-storage-buffer-binding-size"):
+        ex.empty(TensorSpec(DType.FLOAT32, (too_big,)))
+
+
+def test_residency_copies_round_trip_in_order(ex):
+    spec = TensorSpec(DType.FLOAT32, (1000,))
+    dev = ex.device_empty(spec)
+    host = ex.host_empty(4000)
+    src = np.random.default_rng(2).standard_normal(1000).astype(np.float32)
+    host[:] = src.view(np.uint8)
+    f1 = ex.h2d_async(host, dev)
+    back = ex.host_empty(4000)
+    f2 = ex.d2h_async(dev, back)  # queued after the h2d copy: sees its result
+    assert f2.wait() >= 0 and f1.done() and f2.done()
+    np.testing.assert_array_equal(back.view(np.float32), src)
+
+
+def test_an_elementwise_chain_is_one_dispatch_written_into_its_destination(ex):
+    x = np.linspace(-2, 2, 50, dtype=np.float32)
+    values = {"x": x, "c": Out("float32", (50,))}
+    before = ex.rt.dispatches
+    got = run(ex, source_for("MUL x 2.0 -> a\nADD a 1.0 -> b\nGELU b -> g\nSUB g x -> c", values), values)
+    assert ex.rt.dispatches - before == 1
+    b = x * np.float32(2) + np.float32(1)
+    g = 0.5 * b * (1 + np.tanh(np.sqrt(2 / np.pi) * (b + 0.044715 * b**3)))
+    np.testing.assert_allclose(got["c"], g - x, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("stmts, expect", [
+    # t is not computed when x is overwritten: it must still be the old x
+    ("COPY x -> t\nADD x 1.0 -> x\nMUL t 3.0 -> c", lambda x: (x + 1, 3 * x)),
+    # an in-place transpose reads x where it writes it, at other positions
+    ("TRANSPOSE x -> x\nCOPY x -> c", lambda x: (x.T, x.T)),
+    # a lazy value read after the param it reads was written twice
+    ("NEG x -> n\nFILL 0.0 -> x\nADD x 2.0 -> x\nSUB n x -> c", lambda x: (np.full_like(x, 2), -x - 2)),
+])
+def test_lazy_values_are_computed_before_what_they_read_is_overwritten(ex, stmts, expect):
+    x = np.arange(16, dtype=np.float32).reshape(4, 4) - 5
+    values = {"x": x, "c": Out("float32", (4, 4))}
+    got = run(ex, source_for(stmts, values), values)
+    want_x, want_c = expect(x)
+    np.testing.assert_allclose(got["x"], want_x, rtol=1e-6)
+    np.testing.assert_allclose(got["c"], want_c, rtol=1e-6)
