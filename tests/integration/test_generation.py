@@ -29,8 +29,11 @@ def ref(tiny):
     return LlamaReference(tiny)
 
 
-def _hv(tiny, pool=64 << 20, host=0, vms=(1,)):
-    hv = Hypervisor(backend="numpy", device_pool_bytes=pool, host_budget_bytes=host).start()
+BACKENDS = ["numpy", pytest.param("wgpu", marks=pytest.mark.wgpu)]  # wgpu: lavapipe in CI
+
+
+def _hv(tiny, pool=64 << 20, host=0, vms=(1,), backend="numpy"):
+    hv = Hypervisor(backend=backend, device_pool_bytes=pool, host_budget_bytes=host).start()
     hv.load_model("tiny", tiny)
     for v in vms:
         hv.register_vm(v, 0, 100 / len(vms), memory_quota_bytes=16 << 20)
@@ -47,9 +50,10 @@ def _greedy_ref(ref: LlamaReference, ids: list[int], n: int) -> list[int]:
     return out
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("ids", PROMPTS)
-def test_prefill_logits_match_the_numpy_reference(tiny, ref, ids):
-    hv = _hv(tiny)
+def test_prefill_logits_match_the_numpy_reference(tiny, ref, ids, backend):
+    hv = _hv(tiny, backend=backend)
     try:
         runner = pxos_llm.LlamaRunner(HostDevice(hv, 1), "tiny", ctx=64)
         got = runner.prefill_logits(ids)
@@ -60,8 +64,9 @@ def test_prefill_logits_match_the_numpy_reference(tiny, ref, ids):
         hv.stop()
 
 
-def test_greedy_generation_matches_the_reference_step_by_step(tiny, ref):
-    hv = _hv(tiny)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_generation_matches_the_reference_step_by_step(tiny, ref, backend):
+    hv = _hv(tiny, backend=backend)
     try:
         runner = pxos_llm.LlamaRunner(HostDevice(hv, 1), "tiny", ctx=64)
         for ids in PROMPTS:
@@ -107,9 +112,10 @@ def test_two_vms_generate_at_once_with_the_model_held_once(tiny, ref):
         hv.stop()
 
 
-def test_overcommit_streams_the_model_with_identical_results(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overcommit_streams_the_model_with_identical_results(tmp_path, backend):
     tiny = str(write_tiny_llama(tmp_path / "wide.gguf", n_layer=4, n_embd=64, n_ff=256))
-    full = _hv(tiny)
+    full = _hv(tiny, backend=backend)
     try:
         want = pxos_llm.LlamaRunner(HostDevice(full, 1), "tiny", ctx=64).generate_ids(PROMPTS[2], 10).tokens
         model_bytes = full.list_models()[0].nbytes
@@ -118,7 +124,7 @@ def test_overcommit_streams_the_model_with_identical_results(tmp_path):
     # a pool of a quarter of the model plus room for the VM's own buffers and a launch's
     # temporaries (512 KiB here, where a two-block launch binds half the model's blocks):
     # the layers stream in and out
-    small = _hv(tiny, pool=model_bytes // 4 + (512 << 10), host=64 << 20)
+    small = _hv(tiny, pool=model_bytes // 4 + (512 << 10), host=64 << 20, backend=backend)
     assert small.memory.pool_bytes < model_bytes * 0.8
     try:
         runner = pxos_llm.LlamaRunner(HostDevice(small, 1), "tiny", ctx=64)
