@@ -17,7 +17,7 @@ run:
 Time to first token (TTFT) is from the prompt's submission to its first generated token;
 tokens/s counts the decode steps after it.
 
-    python -m bench.bench_llm [--quick] [--json] [--backend numpy|cupy] [--no-guest]
+    python -m bench.bench_llm [--quick] [--json] [--backend numpy|cupy|wgpu] [--no-guest]
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _llama_cpp(path: str, prompt: str, n: int, threads: int | None) -> tuple[flo
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "wgpu"])
     p.add_argument("--tokens", type=int, default=0, help="tokens per generation (default 64; 16 with --quick)")
     p.add_argument("--no-guest", action="store_true", help="skip the QEMU guest figure")
     args = p.parse_args(argv)

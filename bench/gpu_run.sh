@@ -32,3 +32,20 @@ echo "demo rc=$?"
 rm -rf /tmp/w && cp -r . /tmp/w && (cd /tmp/w && python3 virtio_backend/core/build_pxq.py >/dev/null 2>&1 \
     && timeout 120 taskset -c 2 python3 -m bench.bench_vhost --json) > "$OUT/vhost.json" 2> "$OUT/vhost.err"
 echo "vhost rc=$?"
+# The wgpu executor on the GPU's Vulkan driver (issue 18). The machine may lack the Vulkan
+# loader: Debian's libvulkan1 (and, where the NVIDIA driver ships no ICD file, its
+# nvidia_icd.json) can be carried as .deb files in .deb/, unpacked here without root.
+if [ -d .deb ]; then
+    mkdir -p /tmp/vk && for d in .deb/*.deb; do dpkg-deb -x "$d" /tmp/vk; done
+    export LD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json /tmp/vk/usr/share/vulkan/icd.d/nvidia_icd.json; do
+    [ -f "$icd" ] && export VK_ICD_FILENAMES=$icd && break
+done
+python3 -c "from hypervisor.executor.wgpu_backend import request_adapter as r; print(dict(r().info))" 2>&1 | tee "$OUT/wgpu_adapter.txt"
+PXOS_REQUIRE_WGPU=1 python3 -m pytest -q -p no:cacheprovider -k wgpu tests/unit/hypervisor/test_executor.py \
+    tests/unit/hypervisor/test_conformance.py tests/unit/hypervisor/test_decoder_layer.py \
+    tests/unit/hypervisor/test_wgpu_backend.py tests/unit/hypervisor/test_overcommit.py \
+    tests/unit/hypervisor/test_hypervisor_api.py 2>&1 | tail -4 | tee "$OUT/wgpu_tests.txt"
+timeout 400 python3 -m bench.bench_wgpu --json > "$OUT/wgpu.json" 2> "$OUT/wgpu.err"
+echo "wgpu rc=$?"

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "scheduler": ["bench.bench_scheduler"],
     "hypervisor": ["bench.bench_hypervisor"],
     "overcommit": ["bench.bench_overcommit"],
+    "wgpu": ["bench.bench_wgpu"],  # the wgpu executor against CuPy (a GPU) or NumPy (lavapipe)
     "vhost": ["bench.bench_vhost"],
     "isolation": ["bench.bench_isolation"],
     "guest_roundtrip": ["bench.bench_guest_roundtrip"],

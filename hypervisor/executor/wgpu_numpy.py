@@ -244,8 +244,6 @@ class WgpuNumpy:
         nb = math.prod(batch)
         if nb == 0 or m * n == 0:
             return out
-        if nb > 65535:
-            raise NotImplementedError("more than 65535 matrices in one matmul")
         sa = bcast_strides(a.view(a.shape[:-2], a.strides[:-2], 0), batch)
         sb = bcast_strides(b.view(b.shape[:-2], b.strides[:-2], 0), batch)
         so = contiguous_strides(batch)
@@ -256,8 +254,9 @@ class WgpuNumpy:
         nbd = len(cbatch)
         key = ("matmul", a.dtype.name, nbd, same)
         bufs = [out.buffer, a.buffer] + ([] if same else [b.buffer])
-        self.rt.dispatch(key, lambda: wgsl.matmul(a.dtype.name, a.dtype.name, nbd, same), bufs, meta,
-                         (-(-n // 64), -(-m // 64), nb))
+        for first in range(0, nb, 65535):  # a grid holds at most 65535 workgroups in z
+            self.rt.dispatch(key, lambda: wgsl.matmul(a.dtype.name, a.dtype.name, nbd, same), bufs, [*meta, first],
+                             (-(-n // 64), -(-m // 64), min(65535, nb - first)))
         return out
 
     # ---- reductions ----------------------------------------------------------------------

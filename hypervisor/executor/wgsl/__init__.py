@@ -104,7 +104,8 @@ def matmul(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
     steps of 16 through workgroup memory (A and B tiles as vec4s: one load of each per
     invocation and step). A and B are strided (a transposed weight is read in place); batch
     dims broadcast (stride 0). Meta: M, N, K, a_off, b_off, a_sm, a_sk, b_sk, b_sn, batch
-    shape[nb], a strides[nb], b strides[nb]. ``same``: A and B are one buffer (bound once)."""
+    shape[nb], a strides[nb], b strides[nb], the first batch of this dispatch (a grid has at
+    most 65535 in z). ``same``: A and B are one buffer (bound once)."""
     c = "i32" if a_dtype == "int32" else "f32"
     v = f"vec4<{c}>"
     t = STORAGE[a_dtype]
@@ -127,7 +128,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     M = pm[0]; N = pm[1]; K = pm[2];
     pa = pm[3]; pb = pm[4];
     a_sm = pm[5]; a_sk = pm[6]; b_sk = pm[7]; b_sn = pm[8];
-    let b = wg.z;""")
+    let b = wg.z + pm[{9 + 3 * nbatch}];""")
     src.append(index_of("b", nbatch, 9, [9 + nbatch, 9 + 2 * nbatch], ["pa", "pb"]))
     src.append(f"""    let row0 = wg.y * 64u; let col0 = wg.x * 64u;
     let kk = li / 16u; let q = li % 16u;  // this invocation's loads: k row kk, 4-wide group q

@@ -171,3 +171,11 @@ def test_lazy_values_are_computed_before_what_they_read_is_overwritten(ex, stmts
     want_x, want_c = expect(x)
     np.testing.assert_allclose(got["x"], want_x, rtol=1e-6)
     np.testing.assert_allclose(got["c"], want_c, rtol=1e-6)
+
+
+def test_a_batched_matmul_of_more_matrices_than_one_grid_holds(ex):
+    a = np.random.default_rng(4).standard_normal((70000, 1, 2)).astype(np.float32)
+    b = np.random.default_rng(5).standard_normal((2, 1)).astype(np.float32)
+    values = {"a": a, "b": b, "c": Out("float32", (70000, 1, 1))}
+    got = run(ex, source_for("PARALLEL_MATMUL a b -> c", values), values)
+    np.testing.assert_allclose(got["c"], a @ b, rtol=1e-5, atol=1e-6)
