@@ -292,6 +292,25 @@ class WgpuNumpy:
     def argmax(self, a, axis=None):
         return self._reduce("argmax", a, axis, False, np.int32)
 
+    def rowwise(self, kind: str, a: WgpuArray, w: WgpuArray | None = None, eps: float = 0.0) -> WgpuArray:
+        """Fused SOFTMAX (last axis) or RMSNORM over the rows of a contiguous array (wgsl.rowwise)."""
+        a.device()
+        if not a.is_contiguous():
+            a = a.copy().device()
+        length = a.shape[-1]
+        rows = a.size // max(length, 1)
+        out = self.empty(a.shape, a.dtype)
+        if rows and length:
+            bufs = [out.buffer, a.buffer]
+            meta = [rows, length, a.offset, 0, scalar_bits(eps, np.dtype(np.float32))]
+            if w is not None:
+                w.device()
+                bufs.append(w.buffer)
+                meta[3] = w.offset
+            self.rt.dispatch(("row", kind, a.dtype.name), lambda: wgsl.rowwise(kind, a.dtype.name), bufs, meta,
+                             _groups(rows, 1))
+        return out
+
     # ---- indexing ------------------------------------------------------------------------
     def take(self, table: WgpuArray, ids: WgpuArray, axis=0) -> WgpuArray:
         assert axis == 0

@@ -2,8 +2,8 @@
 
 The same names as array_ops.py, computing the same thing (docs/language.md), but with fused
 kernels where array_ops composes several NumPy calls: each unary op is one elementwise
-shader (GELU, SILU, SIGMOID included), RMSNORM is one reduction plus one elementwise pass,
-SOFTMAX two reductions and two elementwise passes. RoPE's cos/sin tables are computed on the
+shader (GELU, SILU, SIGMOID included); SOFTMAX over the last axis and RMSNORM with a [D]
+weight are one workgroup per row (wgsl.rowwise), otherwise reductions plus elementwise passes. RoPE's cos/sin tables are computed on the
 host in float64, exactly as array_ops.rope does, then cast to the tensor's dtype; CAUSAL_MASK
 reads its coordinates in the shader. GATHER ids are checked on the host (they are few: the
 tokens of one step); a scalar id never leaves the host.
@@ -52,6 +52,8 @@ UNARY["TRANSPOSE"] = lambda xp, a: xp.swapaxes(a, -1, -2).copy()
 
 
 def softmax(xp, a: WgpuArray, axis: int) -> WgpuArray:
+    if axis % a.ndim == a.ndim - 1:  # the usual case (attention): one pass per row, one dispatch
+        return xp.rowwise("softmax", a)
     m = xp.max(a, axis=axis, keepdims=True)
     e = xp.elementwise("exp({0} - {1})", a.dtype, (a, m), a.shape)
     s = xp.sum(e, axis=axis, keepdims=True)
@@ -59,6 +61,8 @@ def softmax(xp, a: WgpuArray, axis: int) -> WgpuArray:
 
 
 def rmsnorm(xp, x: WgpuArray, w: WgpuArray, eps: float) -> WgpuArray:
+    if w.shape == (x.shape[-1],) and w.lazy is None and (w.buffer is None or w.is_contiguous()):
+        return xp.rowwise("rmsnorm", x, w, eps)  # one pass per row, one dispatch
     sq = xp.elementwise("{0} * {0}", x.dtype, (x,), x.shape)
     ms = xp.mean(sq, axis=-1, keepdims=True)
     shape = xp_shape(x, w)

@@ -234,3 +234,50 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let id = u32(clamp(ids[i / row], 0, i32(pm[2]) - 1));
     out[i] = table[pm[3] + id * row + i % row];
 }}"""
+
+
+def rowwise(kind: str, dtype: str) -> str:
+    """One workgroup per row of a contiguous [rows, L] array, the row walked by every
+    invocation and combined through workgroup memory. ``softmax``: the row's maximum, then
+    the sum of exp(x - max), then exp(x - max) / sum (as array_ops.softmax; a NaN or an
+    all -inf row gives NaN, as in NumPy). ``rmsnorm``: x * (1 / sqrt(mean(x*x) + eps)) * w,
+    w a contiguous [L] vector. Meta: rows, L, in offset, w offset, eps (f32 bits)."""
+    t = STORAGE[dtype]
+    src = [header([dtype]), "@group(0) @binding(0) var<storage, read> pm: array<u32>;",
+           f"@group(0) @binding(1) var<storage, read_write> out: array<{t}>;",
+           f"@group(0) @binding(2) var<storage, read> inp: array<{t}>;"]
+    if kind == "rmsnorm":
+        src.append(f"@group(0) @binding(3) var<storage, read> wv: array<{t}>;")
+    src.append(f"var<workgroup> sv: array<f32, {WG}>;")
+    src.append(f"@compute @workgroup_size({WG})")
+    src.append("fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, "
+               "@builtin(local_invocation_index) li: u32) {")
+    src.append("    let o = wg.x + wg.y * nwg.x;")
+    src.append("    if (o >= pm[0]) { return; }")  # uniform per workgroup
+    src.append("    let L = pm[1]; let base = pm[2] + o * L; let ob = o * L;")
+
+    def tree(op: str) -> str:
+        return (f"    workgroupBarrier();\n    for (var s = {WG // 2}u; s > 0u; s = s >> 1u) {{\n"
+                f"        if (li < s) {{ sv[li] = {op}; }}\n        workgroupBarrier();\n    }}")
+    if kind == "softmax":
+        src.append(f"""    var m = pxneginf();
+    for (var j = li; j < L; j += {WG}u) {{ m = pxmax(m, f32(inp[base + j])); }}
+    sv[li] = m;
+{tree("pxmax(sv[li], sv[li + s])")}
+    let mx = sv[0];
+    workgroupBarrier();
+    var acc = 0.0;
+    for (var j = li; j < L; j += {WG}u) {{ acc += exp(f32(inp[base + j]) - mx); }}
+    sv[li] = acc;
+{tree("sv[li] + sv[li + s]")}
+    let tot = sv[0];
+    for (var j = li; j < L; j += {WG}u) {{ out[ob + j] = {t}(exp(f32(inp[base + j]) - mx) / tot); }}""")
+    else:
+        src.append(f"""    var acc = 0.0;
+    for (var j = li; j < L; j += {WG}u) {{ let x = f32(inp[base + j]); acc += x * x; }}
+    sv[li] = acc;
+{tree("sv[li] + sv[li + s]")}
+    let r = 1.0 / sqrt(sv[0] / f32(L) + bitcast<f32>(pm[4]));
+    for (var j = li; j < L; j += {WG}u) {{ out[ob + j] = {t}((f32(inp[base + j]) * r) * f32(wv[pm[3] + j])); }}""")
+    src.append("}")
+    return "\n".join(src)

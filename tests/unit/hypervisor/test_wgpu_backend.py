@@ -179,3 +179,24 @@ def test_a_batched_matmul_of_more_matrices_than_one_grid_holds(ex):
     values = {"a": a, "b": b, "c": Out("float32", (70000, 1, 1))}
     got = run(ex, source_for("PARALLEL_MATMUL a b -> c", values), values)
     np.testing.assert_allclose(got["c"], a @ b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_row_softmax_and_rmsnorm_follow_numpy_on_special_values(ex, dtype):
+    from hypervisor.executor import array_ops
+
+    if dtype == "float16" and not ex.rt.has_f16:
+        pytest.skip("no shader-f16 on this adapter (refused: test_float16_where_the_adapter_has_it)")
+    inf = np.inf
+    a = np.array([[1, 2, 3, 4, 5], [-inf, -inf, -inf, -inf, -inf], [0, np.nan, 1, 2, 3],
+                  [60, 50, -inf, 0, 61], [1e4, -1e4, 0, 0, 0]], dtype)
+    x = np.linspace(-2, 2, 15, dtype=dtype).reshape(3, 5)
+    w = np.linspace(0.5, 1.5, 5, dtype=dtype)
+    values = {"a": a, "x": x, "w": w, "s": Out(dtype, (5, 5)), "r": Out(dtype, (3, 5))}
+    got = run(ex, source_for("SOFTMAX a -> s\nRMSNORM x w eps=1e-5 -> r", values), values)
+    with np.errstate(all="ignore"):
+        want_s = array_ops.softmax(np, a, -1)
+        want_r = array_ops.rmsnorm(np, x, w, 1e-5)
+    tol = 2e-6 if dtype == "float32" else 2e-3
+    np.testing.assert_allclose(got["s"], want_s, rtol=tol, atol=tol, equal_nan=True)
+    np.testing.assert_allclose(got["r"], want_r, rtol=tol * 5, atol=tol * 5)
