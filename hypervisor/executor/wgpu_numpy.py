@@ -24,6 +24,9 @@ from .wgpu_array import (
 )
 
 
+MATVEC_ROWS = 8  # matmuls with at most this many rows use wgsl.matvec (the 64-row tiles would idle)
+
+
 class WgpuNumpy:
     float16, float32, float64 = np.float16, np.float32, np.float64
     int32, int64 = np.int32, np.int64
@@ -252,11 +255,15 @@ class WgpuNumpy:
         meta = [m, n, k, a.offset, b.offset, a.strides[-2], a.strides[-1], b.strides[-2], b.strides[-1],
                 *cbatch, *csa, *csb]
         nbd = len(cbatch)
-        key = ("matmul", a.dtype.name, nbd, same)
         bufs = [out.buffer, a.buffer] + ([] if same else [b.buffer])
+        if m <= MATVEC_ROWS and -(-n // 8) <= 65535:  # a decode step: row-by-row dot products
+            kind, gen, grid = "matvec", wgsl.matvec, (-(-n // 8), m)
+        else:
+            kind, gen, grid = "matmul", wgsl.matmul, (-(-n // 64), -(-m // 64))
+        key = (kind, a.dtype.name, nbd, same)
         for first in range(0, nb, 65535):  # a grid holds at most 65535 workgroups in z
-            self.rt.dispatch(key, lambda: wgsl.matmul(a.dtype.name, a.dtype.name, nbd, same), bufs, [*meta, first],
-                             (-(-n // 64), -(-m // 64), min(65535, nb - first)))
+            self.rt.dispatch(key, lambda: gen(a.dtype.name, a.dtype.name, nbd, same), bufs, [*meta, first],
+                             (*grid, min(65535, nb - first)))
         return out
 
     # ---- reductions ----------------------------------------------------------------------

@@ -281,3 +281,43 @@ def rowwise(kind: str, dtype: str) -> str:
     for (var j = li; j < L; j += {WG}u) {{ out[ob + j] = {t}((f32(inp[base + j]) * r) * f32(wv[pm[3] + j])); }}""")
     src.append("}")
     return "\n".join(src)
+
+
+def matvec(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
+    """C[b] = A[b] @ B[b] for few rows of A (a decode step: M = 1): a workgroup computes 8
+    outputs of one row, 32 invocations each walking K (consecutive k on consecutive
+    invocations: for LINEAR's transposed weight, consecutive addresses) and summing through
+    workgroup memory. The 64x64 tiles of ``matmul`` would leave 63 of 64 rows idle there.
+    Grid: (ceil(N / 8), M, batches). Meta as ``matmul``."""
+    c = "i32" if a_dtype == "int32" else "f32"
+    t = STORAGE[a_dtype]
+    bsrc = "ina" if same else "inb"
+    src = [header([a_dtype, out_dtype]), "@group(0) @binding(0) var<storage, read> pm: array<u32>;",
+           f"@group(0) @binding(1) var<storage, read_write> out: array<{STORAGE[out_dtype]}>;",
+           f"@group(0) @binding(2) var<storage, read> ina: array<{t}>;"]
+    if not same:
+        src.append(f"@group(0) @binding(3) var<storage, read> inb: array<{t}>;")
+    src.append(f"""var<workgroup> sv: array<{c}, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{
+    let M = pm[0]; let N = pm[1]; let K = pm[2];
+    var pa = pm[3]; var pb = pm[4];
+    let a_sm = pm[5]; let a_sk = pm[6]; let b_sk = pm[7]; let b_sn = pm[8];
+    let b = wg.z + pm[{9 + 3 * nbatch}];""")
+    src.append(index_of("b", nbatch, 9, [9 + nbatch, 9 + 2 * nbatch], ["pa", "pb"]))
+    src.append(f"""    let m = wg.y; let r = li / 32u; let lane = li % 32u;
+    let n = wg.x * 8u + r;
+    var acc = {c}(0);
+    if (n < N) {{
+        let ra = pa + m * a_sm; let rb = pb + n * b_sn;
+        for (var k = lane; k < K; k += 32u) {{ acc += {c}(ina[ra + k * a_sk]) * {c}({bsrc}[rb + k * b_sk]); }}
+    }}
+    sv[li] = acc;
+    workgroupBarrier();
+    for (var s = 16u; s > 0u; s = s >> 1u) {{
+        if (lane < s) {{ sv[li] = sv[li] + sv[li + s]; }}
+        workgroupBarrier();
+    }}
+    if (lane == 0u && n < N) {{ out[b * M * N + m * N + n] = {STORAGE[out_dtype]}(sv[li]); }}
+}}""")
+    return "\n".join(src)

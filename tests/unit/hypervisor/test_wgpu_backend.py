@@ -200,3 +200,14 @@ def test_row_softmax_and_rmsnorm_follow_numpy_on_special_values(ex, dtype):
     tol = 2e-6 if dtype == "float32" else 2e-3
     np.testing.assert_allclose(got["s"], want_s, rtol=tol, atol=tol, equal_nan=True)
     np.testing.assert_allclose(got["r"], want_r, rtol=tol * 5, atol=tol * 5)
+
+
+@pytest.mark.parametrize("m", [1, 3, 8, 9])
+def test_matmuls_of_few_rows_take_the_row_kernel_and_agree(ex, m):
+    rng = np.random.default_rng(m)
+    x, w = rng.standard_normal((2, m, 300)).astype(np.float32), rng.standard_normal((1000, 300)).astype(np.float32)
+    ints = rng.integers(-9, 9, (m, 40)).astype(np.int32), rng.integers(-9, 9, (40, 7)).astype(np.int32)
+    values = {"x": x, "w": w, "i": ints[0], "j": ints[1], "c": Out("float32", (2, m, 1000)), "d": Out("int32", (m, 7))}
+    got = run(ex, source_for("LINEAR x w -> c\nPARALLEL_MATMUL i j -> d", values), values)
+    np.testing.assert_allclose(got["c"], x @ w.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got["d"], ints[0] @ ints[1])
