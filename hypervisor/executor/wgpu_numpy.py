@@ -23,7 +23,6 @@ from .wgpu_array import (
     scalar_bits,
 )
 
-
 MATVEC_ROWS = 8  # matmuls with at most this many rows use wgsl.matvec (the 64-row tiles would idle)
 
 
