@@ -32,3 +32,20 @@ def test_a_gpu_skip_fails_when_a_gpu_is_required():
     assert required.returncode == 1, required.stdout
     assert "PXOS_REQUIRE_GPU=1, but this gpu test was skipped" in required.stdout
     assert "skipped" not in required.stdout.splitlines()[-1]
+
+
+WGPU_CASE = "tests/unit/hypervisor/test_wgpu_backend.py::test_info_names_the_adapter"
+
+
+def test_a_missing_vulkan_driver_skips_wgpu_tests_or_fails_when_required():
+    """CI sets PXOS_REQUIRE_WGPU=1: there a machine without lavapipe must not look green. The
+    Vulkan loader is pointed at no driver (wgpu's OpenGL adapter is never taken)."""
+    env = {k: v for k, v in os.environ.items() if k != "PXOS_REQUIRE_WGPU"}
+    env["VK_ICD_FILENAMES"] = "/nonexistent/pxos-no-driver.json"
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", WGPU_CASE]
+    plain = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and "1 skipped" in plain.stdout, plain.stdout + plain.stderr
+    required = subprocess.run(run, cwd=ROOT, env={**env, "PXOS_REQUIRE_WGPU": "1"}, capture_output=True, text=True,
+                              timeout=120)
+    assert required.returncode != 0
+    assert "PXOS_REQUIRE_WGPU=1 but wgpu has no adapter" in required.stdout + required.stderr

@@ -60,15 +60,39 @@ def _quiet_env() -> None:
         os.environ["XDG_RUNTIME_DIR"] = path
 
 
+#: The native APIs the executor runs on. wgpu also offers OpenGL (Mesa's llvmpipe answers
+#: there when no Vulkan driver is installed), which has no timestamp queries and weaker
+#: compute support: it is never taken.
+APIS = ("Vulkan", "Metal", "D3D12")
+#: Preference among adapter types (wgpu's names); lower is better.
+_RANK = {"discretegpu": 0, "integratedgpu": 1, "virtualgpu": 2, "cpu": 3}
+
+
 def request_adapter(power_preference: str = "high-performance"):
-    """wgpu's adapter, or raise with why there is none."""
+    """The adapter the executor uses: among wgpu's Vulkan, Metal and D3D12 adapters, the one
+    whose device name contains ``$PXOS_WGPU_ADAPTER`` if that is set, else a discrete GPU,
+    then an integrated one (the other way round for ``low-power``), then a CPU driver
+    (lavapipe). Raises RuntimeError saying what was found when none fits."""
     _quiet_env()
     import wgpu
 
-    adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
-    if adapter is None:
-        raise RuntimeError("wgpu found no adapter (no Vulkan/Metal/D3D12 driver)")
-    return adapter
+    found = wgpu.gpu.enumerate_adapters_sync()
+    native = [a for a in found if str(a.info.get("backend_type", "")) in APIS]
+    want = os.environ.get("PXOS_WGPU_ADAPTER", "")
+    if want:
+        native = [a for a in native if want.lower() in str(a.info.get("device", "")).lower()]
+    if not native:
+        seen = ", ".join(f"{a.info.get('device')} ({a.info.get('backend_type')})" for a in found) or "none"
+        raise RuntimeError(f"wgpu found no {'/'.join(APIS)} adapter"
+                           + (f" named like PXOS_WGPU_ADAPTER={want!r}" if want else "") + f"; adapters seen: {seen}")
+
+    def rank(a) -> tuple[int, int]:
+        r = _RANK.get(str(a.info.get("adapter_type", "")).lower().replace("-", "").replace("_", ""), 4)
+        if power_preference == "low-power" and r < 2:
+            r = 1 - r
+        return (r, APIS.index(str(a.info["backend_type"])))
+
+    return min(native, key=rank)
 
 
 def wgpu_unavailable_reason(require_gpu: bool = False) -> str | None:
@@ -83,7 +107,7 @@ def wgpu_unavailable_reason(require_gpu: bool = False) -> str | None:
     except Exception as exc:
         return f"wgpu has no adapter ({type(exc).__name__}: {exc})"
     kind = str(adapter.info.get("adapter_type", ""))
-    if require_gpu and kind.lower() not in ("discretegpu", "integratedgpu", "discrete-gpu", "integrated-gpu"):
+    if require_gpu and _RANK.get(kind.lower().replace("-", "").replace("_", ""), 4) > 1:
         return f"wgpu's adapter {adapter.info.get('device')!r} is a {kind or 'unknown'} device, not a GPU"
     return None
 
