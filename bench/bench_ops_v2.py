@@ -1,6 +1,6 @@
 """Launch time of the language v2 ops on one executor: LINEAR, RMSNORM and a whole decoder layer.
 
-    python -m bench.bench_ops_v2 [--json] [--quick] [--backend numpy|cupy]
+    python -m bench.bench_ops_v2 [--json] [--quick] [--backend numpy|cupy|wgpu]
 
 Baselines, and why:
 - ``linear_*``: LINEAR ``x w`` (y = x @ W^T, the transpose a view) against the v1 way of writing
@@ -62,7 +62,7 @@ class _Launcher:
 
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy", "wgpu"))
     args = p.parse_args(argv)
     repeat = 10 if args.quick else 50
     ex = make_executor(args.backend)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,10 @@ from hypervisor.errors import UnsupportedDtype
 from . import wgsl
 
 SUPPORTED = ("float32", "float16", "int32")
+#: Compiled pipelines kept per device: each distinct fused elementwise chain is a shader, and
+#: the chains come from guests' programs, so the cache is bounded (LRU); ~2k shaders of a few
+#: KiB to ~100 KiB of driver memory each.
+MAX_PIPELINES = 2048
 
 
 def check_dtype(dtype, has_f16: bool) -> np.dtype:
@@ -207,7 +212,7 @@ class SharedDevice:
         self.adapter_info = dict(adapter.info)
         self.features = set(features)
         self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
-        self.pipelines: dict[tuple, Any] = {}
+        self.pipelines: OrderedDict[tuple, Any] = OrderedDict()  # LRU, at most MAX_PIPELINES
         self.pipeline_lock = threading.Lock()
         self.queue_lock = threading.Lock()  # queue writes and submits, from every thread
 
@@ -275,16 +280,21 @@ class Runtime:
             staging.destroy()
 
     def pipeline(self, key: tuple, make_source):
-        p = self.pipelines.get(key)
-        if p is None:
-            with self.shared.pipeline_lock:
-                p = self.pipelines.get(key)
-                if p is None:
-                    module = self.device.create_shader_module(code=make_source())
-                    p = self.pipelines[key] = self.device.create_compute_pipeline(
-                        layout="auto", compute={"module": module, "entry_point": "main"})
-                    self.compiles += 1
-        return p
+        """The compiled pipeline of ``key`` (compiled on first use; the least recently used
+        goes when there are MAX_PIPELINES: guests choose the op chains that become shaders)."""
+        pipes = self.pipelines
+        with self.shared.pipeline_lock:
+            p = pipes.get(key)
+            if p is not None:
+                pipes.move_to_end(key)
+                return p
+            module = self.device.create_shader_module(code=make_source())
+            p = pipes[key] = self.device.create_compute_pipeline(
+                layout="auto", compute={"module": module, "entry_point": "main"})
+            self.compiles += 1
+            while len(pipes) > MAX_PIPELINES:
+                pipes.popitem(last=False)  # passes that recorded it keep it alive
+            return p
 
     def dispatch(self, key: tuple, make_source, buffers: list, meta: list[int], groups: tuple[int, int, int]):
         pipe = self.pipeline(key, make_source)

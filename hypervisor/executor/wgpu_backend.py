@@ -176,7 +176,7 @@ class WgpuExecutor(Executor):
         self._staging = StagingPool(self._make_staging, STAGING_SLOTS)
         self._last_end: float | None = None
         self._consts: dict = {}
-        self._lock = threading.Lock()  # transfers from many threads vs. the dispatcher's flushes
+        self._edge_lock = threading.Lock()  # unaligned transfers: read-modify-write of their end words
 
     # ---- identity ------------------------------------------------------------------------
     @property
@@ -223,13 +223,18 @@ class WgpuExecutor(Executor):
         """Bytes into the buffer at ``offset`` (the queue wants 4-byte alignment: an unaligned
         head or tail is merged with the bytes already there)."""
         rt, n = self.rt, len(data)
-        lo, hi = offset & ~3, (offset + n + 3) & ~3
-        if (lo, hi) != (offset, offset + n):
-            edge = bytearray(rt.download(array.buffer, lo, hi - lo))
-            edge[offset - lo: offset - lo + n] = data
-            data = bytes(edge)
-        with rt.queue_lock:
-            rt.queue.write_buffer(array.buffer, lo, data)
+        lo, end, hi = offset & ~3, offset + n, (offset + n + 3) & ~3
+        if (lo, hi) == (offset, end):
+            with rt.queue_lock:
+                rt.queue.write_buffer(array.buffer, lo, data)
+            return
+        # Only the partial words at either end are read back; the lock keeps two transfers
+        # into the same word from undoing each other's bytes.
+        with self._edge_lock:
+            head = rt.download(array.buffer, lo, offset - lo) if offset > lo else b""
+            tail = rt.download(array.buffer, end, hi - end) if hi > end else b""
+            with rt.queue_lock:
+                rt.queue.write_buffer(array.buffer, lo, b"".join((head, bytes(data), tail)))
 
     def write(self, array: WgpuArray, offset: int, chunks: Sequence[memoryview | bytes]) -> int:
         total = sum(len(c) for c in chunks)

@@ -211,3 +211,15 @@ def test_matmuls_of_few_rows_take_the_row_kernel_and_agree(ex, m):
     got = run(ex, source_for("LINEAR x w -> c\nPARALLEL_MATMUL i j -> d", values), values)
     np.testing.assert_allclose(got["c"], x @ w.T, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(got["d"], ints[0] @ ints[1])
+
+
+def test_the_pipeline_cache_is_bounded(ex, monkeypatch):
+    import hypervisor.executor.wgpu_array as wa
+
+    monkeypatch.setattr(wa, "MAX_PIPELINES", len(ex.rt.pipelines) + 2)
+    x = np.linspace(0.5, 2, 8, dtype=np.float32)
+    for k in range(5):  # five distinct chains: five shaders, the oldest evicted
+        values = {"x": x, "c": Out("float32", (8,))}
+        got = run(ex, source_for("EXP x -> a\n" + "ADD a x -> a\n" * (k + 1) + "COPY a -> c", values), values)
+        np.testing.assert_allclose(got["c"], np.exp(x) + (k + 1) * x, rtol=1e-6)
+    assert len(ex.rt.pipelines) == wa.MAX_PIPELINES
