@@ -239,6 +239,15 @@ class Runtime:
         self.submitted: list[_Segment] = []  # segments of the launch in progress (the executor takes them)
         self.dispatches = 0
         self.compiles = 0
+        self._clock = None  # the host-clock observer thread, made on first need
+        self.last_done = 0.0  # when the clock thread saw the last segment complete
+
+    def clock_thread(self):
+        if self._clock is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._clock = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-wgpu-clock")
+        return self._clock
 
     def storage(self, nbytes: int):
         U = self.wgpu.BufferUsage
@@ -337,7 +346,8 @@ class _Segment:
         self.keep: list = []
         self.query = self.resolve = self.readback = None
         self.promise = None
-        self.t_submit = 0.0
+        self.observed = None  # host clock: the clock thread's future (_observe)
+        self.t_submit = self.device_s = 0.0
 
     def meta_slot(self, meta: np.ndarray):
         data = meta.tobytes()
@@ -383,25 +393,38 @@ class _Segment:
         with rt.queue_lock:
             for buf, blob in self.arenas:
                 rt.queue.write_buffer(buf, 0, bytes(blob))
+            self.t_submit = time.perf_counter()
             rt.queue.submit([self.encoder.finish()])
         self.promise = self.readback.map_async(rt.wgpu.MapMode.READ)
-        self.t_submit = time.perf_counter()
         self.encoder = self.pass_ = None
+        if self.query is None:  # host clock: completion observed as it happens, in order
+            self.observed = rt.clock_thread().submit(self._observe)
+
+    def _observe(self) -> None:
+        """On the runtime's clock thread (one, so segments complete in submission order here):
+        the device worked on this segment from its submission, or the previous segment's
+        completion if later, to now."""
+        import time
+
+        self.promise.sync_wait()  # wgpu's poll thread blocks on the device and wakes this
+        now = time.perf_counter()
+        self.device_s = now - max(self.t_submit, self.rt.last_done)
+        self.rt.last_done = now
 
     def done(self) -> bool:
+        if self.observed is not None:
+            return self.observed.done()
         # wgpu's native backend resolves the promise from its own poll thread.
         return self.promise is not None and self.promise._thread_event.is_set()
 
     def wait(self) -> float:
-        """Block until the segment's work is done; its device seconds (timestamps, or the
-        host clock from submit to the moment completion was seen)."""
-        import time
-
-        self.promise.sync_wait()
-        seen = time.perf_counter()
+        """Block until the segment's work is done; its device seconds (timestamp queries, or
+        the host clock: see _observe)."""
         try:
-            if self.query is None:
-                return seen - self.t_submit
+            if self.observed is not None:
+                self.observed.result()
+                return self.device_s
+            self.promise.sync_wait()
             t0, t1 = np.frombuffer(bytes(self.readback.read_mapped(0, 16)), np.uint64)
             return max(int(t1) - int(t0), 0) * 1e-9
         finally:

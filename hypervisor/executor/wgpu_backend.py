@@ -330,6 +330,8 @@ class WgpuExecutor(Executor):
 
     def close(self) -> None:
         self._copier.shutdown(wait=True)
+        if self.rt._clock is not None:
+            self.rt._clock.shutdown(wait=True)
         for buf in self._staging.drain():
             buf.destroy()
 
