@@ -46,7 +46,8 @@ from .base import (
     check_range,
 )
 from .interpret import Interpreter
-from .wgpu_array import Runtime, SharedDevice, WgpuArray, check_dtype
+from .wgpu_array import WgpuArray, check_dtype
+from .wgpu_runtime import Runtime, SharedDevice
 
 STAGING_BYTES = 8 << 20  # one READ staging buffer; larger reads go in pieces of this size
 STAGING_SLOTS = 8  # at most this many READ staging buffers exist (64 MiB)

@@ -1,6 +1,6 @@
 """WGSL compute shaders for the wgpu executor, generated per shape class.
 
-Every generator returns WGSL source for one pipeline; the caller (wgpu_array.Runtime) caches
+Every generator returns WGSL source for one pipeline; the caller (wgpu_runtime.Runtime) caches
 the compiled pipeline under the generator's key, so a shader is compiled once per (op, dtypes,
 rank after collapsing contiguous dims, operand layout) and reused by every launch after.
 

@@ -219,7 +219,7 @@ def test_matmuls_of_few_rows_take_the_row_kernel_and_agree(ex, m):
 
 
 def test_the_pipeline_cache_is_bounded(ex, monkeypatch):
-    import hypervisor.executor.wgpu_array as wa
+    import hypervisor.executor.wgpu_runtime as wa
 
     monkeypatch.setattr(wa, "MAX_PIPELINES", len(ex.rt.pipelines) + 2)
     x = np.linspace(0.5, 2, 8, dtype=np.float32)
