@@ -250,3 +250,23 @@ def test_the_hypervisor_pipelines_launches_on_the_host_clock_too():
         assert hv.stats(1).device_seconds_total > 0
     finally:
         hv.stop()
+
+
+def test_casts_between_the_dtypes_it_holds(ex):
+    """The conformance case casts through float64/int64 too (refused here): these are the rest."""
+    if not ex.rt.has_f16:
+        pytest.skip("no shader-f16 on this adapter")
+    x = np.array([-2.75, -0.5, 0.0, 0.5, 3.999, 1e3, -7.5], np.float32)
+    i = np.array([-3, 0, 7, 2**20 + 1, -(2**24) - 1], np.int32)
+    h = x.astype(np.float16)
+    values = {"x": x, "i": i, "h": h, "xi": Out("int32", (7,)), "xh": Out("float16", (7,)), "if_": Out("float32", (5,)),
+              "ih": Out("float16", (5,)), "hi": Out("int32", (7,)), "hf": Out("float32", (7,))}
+    src = ("CAST x dtype=int -> xi\nCAST x dtype=float16 -> xh\nCAST i dtype=float -> if_\n"
+           "CAST i dtype=float16 -> ih\nCAST h dtype=int -> hi\nCAST h dtype=float -> hf")
+    got = run(ex, source_for(src, values), values)
+    np.testing.assert_array_equal(got["xi"], np.trunc(x).astype(np.int32))
+    np.testing.assert_array_equal(got["xh"], x.astype(np.float16))
+    np.testing.assert_array_equal(got["if_"], i.astype(np.float32))
+    np.testing.assert_array_equal(got["ih"][:3], i[:3].astype(np.float16))  # the rest overflow float16
+    np.testing.assert_array_equal(got["hi"], np.trunc(h.astype(np.float32)).astype(np.int32))
+    np.testing.assert_array_equal(got["hf"], h.astype(np.float32))
