@@ -217,7 +217,10 @@ class WgpuExecutor(Executor):
         return np.empty(nbytes, dtype=np.uint8)
 
     def scalar(self, value: float | int, spec: TensorSpec) -> HostScalar:
-        return HostScalar(value, self.xp.host_scalar(value, spec.dtype.value))
+        """The value as the dtype holds it (a float16 scalar rounded, as NumPy's 0-d array is),
+        kept on the host: kernels take it as a constant, never from a buffer."""
+        held = np.asarray(value, dtype=spec.dtype.value)[()].item()
+        return HostScalar(held, self.xp.host_scalar(held, spec.dtype.value))
 
     # ---- transfers -----------------------------------------------------------------------
     def _write_bytes(self, array: WgpuArray, offset: int, data: bytes | memoryview) -> None:

@@ -122,15 +122,15 @@ class Runtime:
                 pipes.move_to_end(key)
                 return p
             module = self.device.create_shader_module(code=make_source())
-            p = pipes[key] = self.device.create_compute_pipeline(
-                layout="auto", compute={"module": module, "entry_point": "main"})
+            pipe = self.device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": "main"})
+            p = pipes[key] = (pipe, pipe.get_bind_group_layout(0))  # the layout asked once, not per dispatch
             self.compiles += 1
             while len(pipes) > MAX_PIPELINES:
                 pipes.popitem(last=False)  # passes that recorded it keep it alive
             return p
 
     def dispatch(self, key: tuple, make_source, buffers: list, meta: list[int], groups: tuple[int, int, int]):
-        pipe = self.pipeline(key, make_source)
+        pipe, layout = self.pipeline(key, make_source)
         seg = self._segment
         if seg is None:
             seg = self._segment = _Segment(self)
@@ -138,7 +138,7 @@ class Runtime:
         entries = [{"binding": 0, "resource": {"buffer": meta_buf, "offset": off, "size": size}}]
         entries += [{"binding": i + 1, "resource": {"buffer": b, "offset": 0, "size": b.size}}
                     for i, b in enumerate(buffers)]
-        bg = self.device.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=entries)
+        bg = self.device.create_bind_group(layout=layout, entries=entries)
         cp = seg.compute_pass()
         cp.set_pipeline(pipe)
         cp.set_bind_group(0, bg)

@@ -270,3 +270,12 @@ def test_casts_between_the_dtypes_it_holds(ex):
     np.testing.assert_array_equal(got["ih"][:3], i[:3].astype(np.float16))  # the rest overflow float16
     np.testing.assert_array_equal(got["hi"], np.trunc(h.astype(np.float32)).astype(np.int32))
     np.testing.assert_array_equal(got["hf"], h.astype(np.float32))
+
+
+def test_a_float16_scalar_param_is_rounded_as_numpy_holds_it(ex):
+    if not ex.rt.has_f16:
+        pytest.skip("no shader-f16 on this adapter")
+    x = np.ones(4, np.float16)
+    values = {"x": x, "s": Scalar(0.1, "float16"), "c": Out("float32", (4,))}
+    got = run(ex, source_for("MUL x s -> h\nCAST h dtype=float -> c", values), values)
+    np.testing.assert_array_equal(got["c"], np.full(4, np.float16(0.1), np.float32))
