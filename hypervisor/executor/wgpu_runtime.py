@@ -24,6 +24,12 @@ from .wgpu_numpy import WgpuNumpy
 MAX_PIPELINES = 2048
 
 
+#: Dispatches recorded into one submission at most. A launch may execute 65536 statements
+#: (primitive_lang MAX_EXECUTED_STATEMENTS); in pieces of this size the bind groups and meta
+#: of one submission stay a few MiB, and the device starts before the recording ends.
+SEGMENT_DISPATCHES = 2048
+
+
 class SharedDevice:
     """One wgpu device per process and adapter, with its compiled pipelines: executors made
     one after another (tests, a restarted hypervisor) reuse both; each executor records its
@@ -145,6 +151,8 @@ class Runtime:
         cp.dispatch_workgroups(*groups)
         seg.keep.append(bg)
         self.dispatches += 1
+        if len(seg.keep) >= SEGMENT_DISPATCHES:
+            self.flush()  # a long launch goes in several submissions; the device starts on the first
 
     def flush(self) -> _Segment | None:
         """Submit what was recorded; returns the submitted segment (None if there was none)."""

@@ -279,3 +279,19 @@ def test_a_float16_scalar_param_is_rounded_as_numpy_holds_it(ex):
     values = {"x": x, "s": Scalar(0.1, "float16"), "c": Out("float32", (4,))}
     got = run(ex, source_for("MUL x s -> h\nCAST h dtype=float -> c", values), values)
     np.testing.assert_array_equal(got["c"], np.full(4, np.float16(0.1), np.float32))
+
+
+def test_a_long_launch_goes_in_several_submissions(ex, monkeypatch):
+    import hypervisor.executor.wgpu_runtime as wr
+
+    monkeypatch.setattr(wr, "SEGMENT_DISPATCHES", 3)
+    x = np.ones((4, 4), np.float32)
+    values = {"x": x, "c": Out("float32", (4, 4))}
+    src = "COPY x -> a\nREPEAT 10:\n    PARALLEL_MATMUL a x -> a\n    MUL a 0.25 -> a\nEND_REPEAT\nCOPY a -> c"
+    k = compile_source(source_for(src, values)).kernels[0]
+    specs = {"x": TensorSpec(DType.FLOAT32, (4, 4)), "c": TensorSpec(DType.FLOAT32, (4, 4))}
+    args = {n: ex.empty(s) for n, s in specs.items()}
+    ex.write(args["x"], 0, [x.tobytes()])
+    pending = ex.submit(k.bind(specs), args)
+    assert len(pending.segments) > 3 and pending.wait().device_s > 0
+    np.testing.assert_allclose(ex.to_host(args["c"]), x, rtol=1e-6)  # (4 * 0.25)^10 = 1
