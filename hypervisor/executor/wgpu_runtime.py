@@ -45,6 +45,19 @@ class SharedDevice:
         self.pipelines: OrderedDict[tuple, Any] = OrderedDict()  # LRU, at most MAX_PIPELINES
         self.pipeline_lock = threading.Lock()
         self.queue_lock = threading.Lock()  # queue writes and submits, from every thread
+        self.timestamp_ns = _timestamp_period(self.device)  # ns per timestamp tick
+
+
+def _timestamp_period(device) -> float:
+    """Nanoseconds per timestamp tick: wgpu-native resolves raw ticks (1 ns on lavapipe and
+    NVIDIA; other GPUs tick slower). wgpu-py 0.32 has no method for it: the C call."""
+    try:
+        from wgpu.backends.wgpu_native._api import libf
+
+        period = float(libf.wgpuQueueGetTimestampPeriod(device.queue._internal))
+    except Exception:  # another wgpu version: assume nanoseconds, as WebGPU defines them
+        return 1.0
+    return period if period > 0 else 1.0
 
 
 class Runtime:
@@ -254,7 +267,7 @@ class _Segment:
                 return self.device_s
             self.promise.sync_wait()
             t0, t1 = np.frombuffer(bytes(self.readback.read_mapped(0, 16)), np.uint64)
-            return max(int(t1) - int(t0), 0) * 1e-9
+            return max(int(t1) - int(t0), 0) * self.rt.shared.timestamp_ns * 1e-9
         finally:
             self.readback.unmap()
             self.readback.destroy()

@@ -70,8 +70,9 @@ def test_device_time_from_timestamps_or_the_host_clock(timestamps):
         pending = ex.submit(k.bind(specs), args)  # asynchronous: returns before the device is done
         timing = pending.wait()
         assert pending.done() and 0 < timing.device_s < 60
-        if not timestamps:  # the host clock: never more than the wall time of submit + wait
-            assert timing.device_s <= time.perf_counter() - t_submit
+        # either source: never more than the wall time from submit to the end of wait (timestamp
+        # ticks converted with the queue's period)
+        assert timing.device_s <= time.perf_counter() - t_submit
         np.testing.assert_allclose(ex.to_host(args["c"]), a @ a, rtol=1e-4, atol=1e-4)
     finally:
         ex.close()
