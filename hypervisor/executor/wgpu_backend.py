@@ -4,8 +4,10 @@ on Mesa's lavapipe (a CPU Vulkan driver).
 
 The interpreter is the one every executor runs (interpret.py), over ``WgpuNumpy``
 (wgpu_numpy.py) with the fused ops of wgpu_ops.py. Every dispatch of a launch is recorded in
-one command encoder and submitted once: ``submit`` returns before the device is done, and
-the Pending's wait() blocks on the queue's work-done promise. Device time comes from
+one command encoder and submitted once (in pieces for very long launches): ``submit``
+returns before the device is done, and the Pending's wait() blocks on the submission's
+completion fence (a small readback buffer it writes last, mapped once the work is done).
+Device time comes from
 timestamp queries around the launch's compute pass where the adapter offers
 ``timestamp-query``, from the host clock otherwise (``time_source``).
 
@@ -113,17 +115,18 @@ def wgpu_unavailable_reason(require_gpu: bool = False) -> str | None:
     return None
 
 
-_SHARED: dict[str, SharedDevice] = {}
+_SHARED: dict[tuple[str, str], SharedDevice] = {}
 _SHARED_LOCK = threading.Lock()
 
 
 def _shared_device(power_preference: str) -> SharedDevice:
+    key = (power_preference, os.environ.get("PXOS_WGPU_ADAPTER", ""))
     with _SHARED_LOCK:
-        shared = _SHARED.get(power_preference)
+        shared = _SHARED.get(key)
         if shared is None:
             adapter = request_adapter(power_preference)
             want = [f for f in ("shader-f16", "timestamp-query") if f in adapter.features]
-            shared = _SHARED[power_preference] = SharedDevice(adapter, want)
+            shared = _SHARED[key] = SharedDevice(adapter, want)
         return shared
 
 
