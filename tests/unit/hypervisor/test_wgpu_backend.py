@@ -296,3 +296,16 @@ def test_a_long_launch_goes_in_several_submissions(ex, monkeypatch):
     pending = ex.submit(k.bind(specs), args)
     assert len(pending.segments) > 3 and pending.wait().device_s > 0
     np.testing.assert_allclose(ex.to_host(args["c"]), x, rtol=1e-6)  # (4 * 0.25)^10 = 1
+
+
+def test_the_public_bind_group_call_gives_the_same_results(ex, monkeypatch):
+    from hypervisor.executor.wgpu_runtime import Runtime
+
+    x = np.linspace(-1, 1, 300, dtype=np.float32).reshape(10, 30)
+    values = {"x": x, "c": Out("float32", (10, 30)), "s": Out("float32", (10,))}
+    src = "SOFTMAX x -> c\nREDUCE_SUM x axis=1 -> s"
+    fast = run(ex, source_for(src, values), values)
+    monkeypatch.setattr(Runtime, "_fast_bind", False)
+    public = run(ex, source_for(src, values), values)
+    for n in ("c", "s"):
+        np.testing.assert_array_equal(fast[n], public[n])
