@@ -55,6 +55,22 @@ class VMConfig(_Model):
     cap: float | None = Field(default=None, gt=0, le=100, description="hard cap, percent of wall time")
     default_class: WorkloadClassName | None = None
     socket: str | None = Field(default=None, description="vhost-user socket path QEMU connects to")
+    description: str = Field(default="", max_length=1000, description="free text the LLM advisor reads")
+    share_min: float | None = Field(default=None, ge=0, le=100, description="least share the advisor may set")
+    share_max: float | None = Field(default=None, ge=0, le=100, description="most share the advisor may set")
+
+    @model_validator(mode="after")
+    def _bounds_hold_share(self) -> VMConfig:
+        lo = self.share if self.share_min is None else self.share_min
+        hi = self.share if self.share_max is None else self.share_max
+        if not lo <= self.share <= hi:
+            raise ValueError(f"share {self.share:g} must lie within [share_min, share_max] = [{lo:g}, {hi:g}]")
+        return self
+
+    def share_bounds(self) -> tuple[float, float]:
+        """What the advisor may set this VM's share to; none given: the share itself only."""
+        return (self.share if self.share_min is None else self.share_min,
+                self.share if self.share_max is None else self.share_max)
 
 
 class ModelConfig(_Model):
@@ -102,10 +118,42 @@ class SchedulerSection(_Model):
     lookahead: int = Field(default=8, ge=1, le=256)
 
 
+class AdvisorSection(_Model):
+    """The scheduling advisor (docs/advisor.md): off unless ``mode`` says otherwise."""
+
+    mode: Literal["off", "suggest", "apply"] = "off"
+    endpoint: str = Field(default="http://127.0.0.1:8080/v1", pattern=r"^https?://[^\s]+$",
+                          description="an OpenAI-compatible base URL (.../v1)")
+    model: str = Field(default="default", min_length=1, max_length=200)
+    api_key_file: str | None = Field(default=None, description="a file holding the API key (never logged)")
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="an environment variable holding the API key (never logged)")
+    response_format: Literal["json_object", "json_schema"] = Field(
+        default="json_object", description="json_object (+schema): llama.cpp; json_schema: OpenAI, vLLM")
+    interval_seconds: float = Field(default=30.0, ge=0.05, le=86400)
+    timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    max_tokens: int = Field(default=256, ge=16, le=4096)
+    stale_seconds: float = Field(default=120.0, gt=0, le=86400,
+                                 description="an answer that took longer than this is refused")
+    dwell_seconds: float = Field(default=60.0, ge=0, le=86400,
+                                 description="apply: the same advice must stand this long first")
+    cooldown_seconds: float = Field(default=300.0, ge=0, le=86400,
+                                    description="apply: at least this long between two changes of one VM")
+    breaker_failures: int = Field(default=3, ge=1, le=1000)
+    breaker_open_seconds: float = Field(default=60.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> AdvisorSection:
+        if self.api_key_file and self.api_key_env:
+            raise ValueError("give api_key_file or api_key_env, not both")
+        return self
+
+
 class DaemonConfig(_Model):
     daemon: DaemonSection = DaemonSection()
     memory: MemorySection = MemorySection()
     scheduler: SchedulerSection = SchedulerSection()
+    advisor: AdvisorSection = AdvisorSection()
     vm: list[VMConfig] = Field(default_factory=list)
     model: list[ModelConfig] = Field(default_factory=list)
 
@@ -178,6 +226,17 @@ prefetch = true           # bring in what queued launches need ahead of time (do
 window_seconds = 1.0      # window over which caps and achieved shares are measured
 lookahead = 8             # launches the scheduler plans ahead (memory prefetch reads it)
 
+[advisor]                 # an LLM that suggests classes and shares (docs/advisor.md)
+mode = "off"              # off | suggest (pxosctl advice accept/reject) | apply
+# endpoint = "http://127.0.0.1:8080/v1"   # any OpenAI-compatible server (llama.cpp, vLLM, Ollama)
+# model = "smollm2"
+# api_key_env = "PXOS_ADVISOR_KEY"        # or api_key_file = "/etc/pxos/advisor.key"; never logged
+# response_format = "json_object"         # json_schema for OpenAI and vLLM
+# interval_seconds = 30
+# timeout_seconds = 20
+# dwell_seconds = 60      # apply: advice must stand this long before it is applied
+# cooldown_seconds = 300  # apply: at least this long between two changes of one VM
+
 # One [[model]] table per shared model: a GGUF file loaded once at start-up, read-only,
 # that every VM's guests may open by name (docs/models.md). Its memory is held once and
 # charged to the device pool, not to any VM's quota. `pxosctl model add` loads more later.
@@ -196,4 +255,7 @@ lookahead = 8             # launches the scheduler plans ahead (memory prefetch 
 # cap = 80
 # default_class = "BATCH"
 # socket = "/run/pxos/vm1.sock"
+# description = "nightly fine-tuning job"   # read by the advisor
+# share_min = 30          # the advisor may move the share within [share_min, share_max]
+# share_max = 60          # (neither given: it may not change the share)
 """

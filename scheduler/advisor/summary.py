@@ -1,0 +1,100 @@
+"""What the advisor tells a model about each VM: a compact, bounded summary, and the prompt.
+
+Pure: the hypervisor gathers the figures (hypervisor/advisor.py) and hands them here as
+``VMSummary`` values; this module turns them into chat messages and the JSON schema the
+answer must follow. Every free-text field is cut to a named cap, so neither a long VM
+description nor many VMs can blow up the prompt (docs/scheduling.md, "LLM advisor").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from scheduler.workload import WorkloadClass
+
+#: An operator's description is cut to this many characters in the prompt.
+MAX_DESCRIPTION_CHARS = 200
+#: At most this many VMs go into one request (the rest wait for the next round).
+MAX_VMS_PER_REQUEST = 16
+#: At most this many distinct ops are listed in a VM's op mix (the most frequent).
+MAX_OPS_LISTED = 6
+#: A rationale longer than this is cut (it is shown to operators and put in events).
+MAX_RATIONALE_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class VMSummary:
+    """One VM as the model sees it. Rates and durations are over the last interval."""
+
+    vm_id: int
+    name: str
+    current_class: str  # the class most of its recent launches got
+    share_pct: float
+    cap_pct: float | None
+    share_min: float  # the operator's bounds on what the advisor may set
+    share_max: float
+    launches_per_s: float = 0.0
+    mean_launch_ms: float = 0.0  # measured device time per launch
+    flops_per_launch: float = 0.0
+    bytes_per_launch: float = 0.0
+    latency_p99_ms: float = 0.0  # submit -> completion, queue wait included
+    device_busy_pct: float = 0.0  # its device seconds per wall second, percent
+    memory_device_mb: float = 0.0
+    memory_host_mb: float = 0.0  # spilled to host RAM (residency misses cost a transfer)
+    residency_misses: int = 0
+    idle: bool = False
+    op_mix: dict[str, int] = field(default_factory=dict)  # op name -> launches using it
+    description: str = ""
+
+    def compact(self) -> dict:
+        d = asdict(self)
+        d["description"] = self.description[:MAX_DESCRIPTION_CHARS]
+        top = sorted(self.op_mix.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_OPS_LISTED]
+        d["op_mix"] = dict(top)
+        for k, v in list(d.items()):
+            if isinstance(v, float):
+                d[k] = round(v, 3)
+        # the model reads fewer tokens without the empty fields
+        return {k: v for k, v in d.items() if v not in ("", {}, None)}
+
+
+CLASS_NAMES = [c.name for c in WorkloadClass if c is not WorkloadClass.REALTIME]
+
+SYSTEM_PROMPT = (
+    "You advise a GPU scheduler. For each VM choose a workload class: INTERACTIVE (short "
+    "launches, someone waits on each answer), THROUGHPUT (steady stream of medium launches), "
+    "BATCH (long or compute-bound launches, training, offline work). Optionally suggest a "
+    "share (percent) within [share_min, share_max]. Give a short rationale. Answer JSON only."
+)
+
+
+def answer_schema(vm_ids: list[int]) -> dict:
+    """The JSON schema of an answer about ``vm_ids`` (grammar-constrained on llama.cpp)."""
+    return {
+        "type": "object",
+        "properties": {
+            "vms": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "vm_id": {"type": "integer", "enum": sorted(vm_ids)},
+                        "wclass": {"type": "string", "enum": CLASS_NAMES},
+                        "share": {"type": "number"},
+                        "rationale": {"type": "string", "maxLength": MAX_RATIONALE_CHARS},
+                    },
+                    "required": ["vm_id", "wclass", "rationale"],
+                },
+            },
+        },
+        "required": ["vms"],
+    }
+
+
+def build_messages(summaries: list[VMSummary]) -> list[dict]:
+    """Chat messages for one request: the system prompt and one line of JSON per VM."""
+    lines = [json.dumps(s.compact(), separators=(",", ":"), sort_keys=True)
+             for s in summaries[:MAX_VMS_PER_REQUEST]]
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "VMs:\n" + "\n".join(lines)}]
