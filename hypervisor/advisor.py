@@ -108,10 +108,12 @@ class Advisor:
         self.mode = section.mode
         self._bounds = dict(bounds or {})
         self._clock = clock
-        self.client = client or EndpointClient(
-            section.endpoint, section.model, timeout=section.timeout_seconds, max_tokens=section.max_tokens,
-            response_format=section.response_format,
-            api_key=read_api_key(section.api_key_file, section.api_key_env))
+        if client is None and self.mode != "off":  # off: no key is read, nothing is ever sent
+            client = EndpointClient(
+                section.endpoint, section.model, timeout=section.timeout_seconds, max_tokens=section.max_tokens,
+                response_format=section.response_format,
+                api_key=read_api_key(section.api_key_file, section.api_key_env))
+        self.client = client
         self.breaker = CircuitBreaker(section.breaker_failures, section.breaker_open_seconds,
                                       max(section.breaker_open_seconds, 600.0), clock=clock)
         self._lock = threading.Lock()  # the advisor's own state; never held while calling out
@@ -145,6 +147,13 @@ class Advisor:
     def set_bounds(self, vm_id: int, bounds: VMBounds) -> None:
         with self._lock:
             self._bounds[vm_id] = bounds
+
+    def forget(self, vm_id: int) -> None:
+        """The VM is gone: drop its advice, bounds and rates."""
+        with self._lock:
+            self._bounds.pop(vm_id, None)
+            self._state.pop(vm_id, None)
+        self._prev.pop(vm_id, None)
 
     def _run(self) -> None:
         wake = min(WAKE_SECONDS, self.section.interval_seconds)
@@ -184,6 +193,8 @@ class Advisor:
                     self._state[s.vm_id] = st = VMAdviceState(s.vm_id, h)
                 st.heuristic = h
                 st.snapshot = self._snapshot(s.vm_id)
+        if self.client is None:
+            raise E.InvalidArgument("the advisor is off: nothing is asked")
         if not self.breaker.allow():
             self._count(Reason.BREAKER_OPEN.value, None)
             return Reason.BREAKER_OPEN.value
@@ -320,8 +331,15 @@ class Advisor:
             return replace(st)
 
     def rows(self) -> list[VMAdviceState]:
+        """Every registered VM's row; a VM never asked about gets the heuristic's advice on
+        its figures so far (the rates' baseline is left alone)."""
+        fresh = {s.vm_id: s for s in self.summaries(advance=False)}
         with self._lock:
-            return [replace(self._state[v]) for v in sorted(self._state)]
+            out = []
+            for vm_id in sorted(fresh):
+                st = self._state.get(vm_id)
+                out.append(replace(st) if st is not None else VMAdviceState(vm_id, heuristic_advice(fresh[vm_id])))
+            return out
 
     def snapshot_stats(self) -> AdvisorStats:
         with self._lock:
@@ -348,8 +366,9 @@ class Advisor:
         snap = self._snapshot(vm_id)
         return snap[2].name if snap and snap[2] is not None else None
 
-    def summaries(self) -> list[VMSummary]:
-        """Every VM's summary; rates over the time since the previous call."""
+    def summaries(self, advance: bool = True) -> list[VMSummary]:
+        """Every VM's summary; rates over the time since the previous call (``advance``
+        False: that baseline is not moved)."""
         hv = self.hv
         now = self._clock()
         stats = {s.vm_id: s for s in hv.all_stats()}
@@ -370,7 +389,8 @@ class Advisor:
             if s is None:
                 continue
             t0, l0, d0, f0, b0 = self._prev.get(vm_id, (None, 0, 0.0, 0, 0))
-            self._prev[vm_id] = (now, launches, dev, flops, nbytes)
+            if advance:
+                self._prev[vm_id] = (now, launches, dev, flops, nbytes)
             dl, dt = launches - l0, (now - t0) if t0 is not None else 0.0
             per = dl if dl > 0 else max(1, launches)
             use = dl > 0

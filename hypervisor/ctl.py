@@ -5,6 +5,7 @@
       quota set VM [--memory 8G] [--share 30] [--cap 50 | --no-cap]
       stats | top [--once] | events [--vm ID] [--kind K] | run --vm ID FILE --bind ...
       model add NAME FILE [--dtype float16] | model list | model remove NAME
+      advice [--json] | advice accept VM | advice reject VM
 
 Exit codes: 0 ok, 1 the daemon refused or the request failed, 2 usage error, 3 the daemon
 could not be reached. Errors are one line on stderr (plus a program's diagnostics, one
@@ -109,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     capg.add_argument("--cap", type=_percent)
     capg.add_argument("--no-cap", action="store_true", help="remove the hard cap")
 
+    from .ctl_advice import add_parser as add_advice_parser
     from .ctl_model import add_parser as add_model_parser
 
     add_model_parser(sub, common)
+    add_advice_parser(sub, common, _vm_id)
 
     sub.add_parser("stats", parents=[common], help="every VM, the device and the scheduler")
 
@@ -277,12 +280,14 @@ def cmd_events(c: Client, args) -> int:
 
 
 def _commands():
+    from .ctl_advice import cmd_advice
     from .ctl_model import cmd_model
     from .ctl_run import cmd_run
     from .ctl_top import cmd_top
 
     return {"vm": cmd_vm, "quota": cmd_quota, "stats": cmd_stats, "events": cmd_events, "run": cmd_run,
-            "top": cmd_top, "model": cmd_model}
+            "top": cmd_top, "model": cmd_model,
+            "advice": cmd_advice}
 
 
 def _client(args) -> Client:

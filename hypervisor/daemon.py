@@ -51,6 +51,9 @@ class Daemon:
                                     window_seconds=config.scheduler.window_seconds,
                                     lookahead_depth=config.scheduler.lookahead)
         self.hv = hypervisor
+        from .advisor import Advisor
+
+        self.advisor = Advisor(hypervisor, config.advisor, {v.id: self._vm_bounds(v) for v in config.vm})
         self._transport_name = transport_name
         self.transport = None
         self.grpc = None
@@ -60,6 +63,12 @@ class Daemon:
         self._stopped = threading.Event()
         # Mode and group of VM sockets, set on the socket before anyone can reach it.
         self._vm_socket_mode, self._vm_socket_gid = socket_access(config.daemon.vm_socket_group)
+
+    def _vm_bounds(self, vm: VMConfig):
+        from .advisor import VMBounds
+
+        lo, hi = vm.share_bounds()
+        return VMBounds(lo, hi, vm.description, class_pinned=vm.default_class is not None)
 
     # ---- lifecycle ----
     def start(self, *, grpc: bool = True, metrics: bool = True) -> Daemon:
@@ -76,10 +85,14 @@ class Daemon:
             log.info("model %s: %d tensors, %d bytes (%s)", info.name, info.ntensors, info.nbytes, info.dtype)
         for vm in self.config.vm:
             self.add_vm(vm)
+        self.advisor.start()
+        if self.config.advisor.mode != "off":
+            a = self.config.advisor
+            log.info("advisor: %s mode, %s model %s, every %g s", a.mode, a.endpoint, a.model, a.interval_seconds)
         if metrics and self.config.daemon.metrics_address:
             from .metrics import MetricsExporter
 
-            self.metrics = MetricsExporter(self.hv, transport_status=self.transport_status)
+            self.metrics = MetricsExporter(self.hv, transport_status=self.transport_status, advisor=self.advisor)
             host, port = self.metrics.serve(self.config.daemon.metrics_address)
             log.info("metrics on http://%s:%d/metrics", host, port)
         if grpc:
@@ -110,6 +123,7 @@ class Daemon:
             self.grpc.stop(grace)
         if self.transport is not None:
             self.transport.close()
+        self.advisor.stop()
         self.hv.stop()
         if self.metrics is not None:
             self.metrics.stop()
@@ -131,11 +145,13 @@ class Daemon:
             info = self.hv.register_vm(vm.id, 0, vm.share, name=vm.name, cap_percent=vm.cap,
                                        default_class=vm.default_class, socket=socket,
                                        memory_quota_bytes=vm.memory)
+            self.advisor.set_bounds(vm.id, self._vm_bounds(vm))
             if socket:
                 try:
                     self.transport.attach(vm.id, socket, mode=self._vm_socket_mode, gid=self._vm_socket_gid)
                 except Exception as exc:
                     self.hv.unregister_vm(vm.id)
+                    self.advisor.forget(vm.id)
                     raise E.ConfigError(f"VM {vm.id}: cannot listen on {socket}: {exc}") from exc
             log.info("VM %d (%s) registered: memory %d bytes, share %g%%%s%s", vm.id, info.name,
                      info.memory_quota, vm.share, f", cap {vm.cap:g}%" if vm.cap else "",
@@ -148,6 +164,7 @@ class Daemon:
             if info.socket and self.transport is not None:
                 self.transport.detach(vm_id)
             self.hv.unregister_vm(vm_id)
+            self.advisor.forget(vm_id)
             log.info("VM %d removed", vm_id)
 
     def set_quota(self, vm_id: int, **kw) -> VMInfo:

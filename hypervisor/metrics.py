@@ -23,7 +23,7 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest, make_wsgi_app
 from prometheus_client.registry import Collector
 
@@ -202,17 +202,64 @@ class _HypervisorCollector(Collector):
         sched["lookahead"].add_metric([], hv.lookahead_depth)
 
 
+class _AdvisorCollector(Collector):
+    """The scheduling advisor's counters (hypervisor/advisor.py ``snapshot_stats``)."""
+
+    def __init__(self, advisor) -> None:
+        self.advisor = advisor
+
+    def collect(self):
+        from .advisor import LATENCY_BUCKETS as ADVISOR_BUCKETS
+        from .advisor import OUTCOMES
+
+        st = self.advisor.snapshot_stats()
+        req = CounterMetricFamily("pxos_advisor_requests", "Requests to the advisor's endpoint, by outcome "
+                                  "(ok, timeout, connection, http_status, invalid_json, stale, breaker_open)",
+                                  labels=["outcome"])
+        for outcome in sorted(set(OUTCOMES) | set(st.requests)):
+            req.add_metric([outcome], st.requests.get(outcome, 0))
+        yield req
+        buckets, acc = [], 0
+        for edge, n in zip((*ADVISOR_BUCKETS, float("inf")), st.latency_buckets, strict=True):
+            acc += n
+            buckets.append(("+Inf" if edge == float("inf") else repr(edge), acc))
+        lat = HistogramMetricFamily("pxos_advisor_request_seconds",
+                                    "Time from sending a request to having its answer (or giving up)")
+        lat.add_metric([], buckets, st.latency_sum)
+        yield lat
+        yield CounterMetricFamily("pxos_advisor_advice_applied", "LLM advice applied (apply mode, or accepted)",
+                                  value=st.applied)
+        rej = CounterMetricFamily("pxos_advisor_advice_rejected", "LLM advice refused, by reason "
+                                  "(unknown_vm, out_of_bounds, stale, operator, ...)", labels=["reason"])
+        for reason in sorted({"unknown_vm", "out_of_bounds", "stale", "invalid_json", "operator"} | set(st.rejected)):
+            rej.add_metric([reason], st.rejected.get(reason, 0))
+        yield rej
+        yield CounterMetricFamily("pxos_advisor_compared", "LLM advice compared with the heuristic's class",
+                                  value=st.compared)
+        yield GaugeMetricFamily("pxos_advisor_agreement_ratio", "Fraction of LLM advice whose class matched "
+                                "the heuristic's (NaN before the first)",
+                                value=st.agreement if st.agreement is not None else float("nan"))
+        yield GaugeMetricFamily("pxos_advisor_breaker_open", "1 while the circuit breaker stops requests",
+                                value=1.0 if st.breaker == "open" else 0.0)
+        mode = GaugeMetricFamily("pxos_advisor_mode", "1 for the advisor's mode", labels=["mode"])
+        for m in ("off", "suggest", "apply"):
+            mode.add_metric([m], 1.0 if st.mode == m else 0.0)
+        yield mode
+
+
 class MetricsExporter:
     """``MetricsExporter(hv)``: registers pxOS metrics in ``registry`` (a fresh one when
     None) and follows the hypervisor's events; ``serve("127.0.0.1:9464")`` exposes them
     over HTTP (port 0 picks a free port), ``stop()`` ends both."""
 
     def __init__(self, hv, registry: CollectorRegistry | None = None, *,
-                 transport_status: Callable[[], dict[int, dict]] | None = None):
+                 transport_status: Callable[[], dict[int, dict]] | None = None, advisor=None):
         self.hv = hv
         self.registry = registry if registry is not None else CollectorRegistry()
         self.collector = _HypervisorCollector(hv, transport_status)
         self.registry.register(self.collector)
+        if advisor is not None:
+            self.registry.register(_AdvisorCollector(advisor))
         self.launches = Counter("pxos_vm_launches", "Completed launches of the VM, by class and status",
                                 ["vm", "class", "status"], registry=self.registry)
         self.latency = Histogram("pxos_launch_latency_seconds",

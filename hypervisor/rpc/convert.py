@@ -119,3 +119,19 @@ def _json_default(value):
     if isinstance(value, BaseException):
         return f"{type(value).__name__}: {value}"
     return str(value)
+
+
+def advice_row(r) -> pb.AdviceRow:
+    """One VM's row of the advisor (hypervisor.advisor.VMAdviceState)."""
+    import time
+
+    cur = r.current
+    row = pb.AdviceRow(vm_id=r.vm_id, source=cur.source, wclass=cur.wclass.name, rationale=cur.rationale,
+                       status=r.status, detail=r.detail, heuristic_class=r.heuristic.wclass.name,
+                       llm_class=r.llm.wclass.name if r.llm is not None else "",
+                       applied=r.status in ("applied", "accepted"))
+    if cur.share is not None:
+        row.share = cur.share
+    if r.llm_at is not None:
+        row.age_seconds = max(0.0, time.time() - r.llm_at)
+    return row

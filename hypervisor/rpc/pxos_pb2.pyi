@@ -522,3 +522,79 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class AdviceRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AdviceRow(_message.Message):
+    __slots__ = ("vm_id", "source", "wclass", "share", "rationale", "status", "detail", "age_seconds", "heuristic_class", "llm_class", "applied")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WCLASS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HEURISTIC_CLASS_FIELD_NUMBER: _ClassVar[int]
+    LLM_CLASS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    vm_id: int
+    source: str
+    wclass: str
+    share: float
+    rationale: str
+    status: str
+    detail: str
+    age_seconds: float
+    heuristic_class: str
+    llm_class: str
+    applied: bool
+    def __init__(self, vm_id: _Optional[int] = ..., source: _Optional[str] = ..., wclass: _Optional[str] = ..., share: _Optional[float] = ..., rationale: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., age_seconds: _Optional[float] = ..., heuristic_class: _Optional[str] = ..., llm_class: _Optional[str] = ..., applied: _Optional[bool] = ...) -> None: ...
+
+class AdviceResponse(_message.Message):
+    __slots__ = ("mode", "endpoint", "model", "breaker", "agreement", "requests", "applied", "rejected", "rows", "last_error")
+    class RequestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RejectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    endpoint: str
+    model: str
+    breaker: str
+    agreement: float
+    requests: _containers.ScalarMap[str, int]
+    applied: int
+    rejected: _containers.ScalarMap[str, int]
+    rows: _containers.RepeatedCompositeFieldContainer[AdviceRow]
+    last_error: str
+    def __init__(self, mode: _Optional[str] = ..., endpoint: _Optional[str] = ..., model: _Optional[str] = ..., breaker: _Optional[str] = ..., agreement: _Optional[float] = ..., requests: _Optional[_Mapping[str, int]] = ..., applied: _Optional[int] = ..., rejected: _Optional[_Mapping[str, int]] = ..., rows: _Optional[_Iterable[_Union[AdviceRow, _Mapping]]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class DecideAdviceRequest(_message.Message):
+    __slots__ = ("vm_id", "accept")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    vm_id: int
+    accept: bool
+    def __init__(self, vm_id: _Optional[int] = ..., accept: _Optional[bool] = ...) -> None: ...

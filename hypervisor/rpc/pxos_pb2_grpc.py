@@ -119,6 +119,16 @@ class HypervisorStub:
                 request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetAdvice = channel.unary_unary(
+                '/pxos.v1.Hypervisor/GetAdvice',
+                request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.AdviceRequest.SerializeToString,
+                response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.AdviceResponse.FromString,
+                _registered_method=True)
+        self.DecideAdvice = channel.unary_unary(
+                '/pxos.v1.Hypervisor/DecideAdvice',
+                request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.DecideAdviceRequest.SerializeToString,
+                response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.AdviceRow.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/pxos.v1.Hypervisor/WatchEvents',
                 request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.WatchEventsRequest.SerializeToString,
@@ -238,6 +248,20 @@ class HypervisorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAdvice(self, request, context):
+        """The scheduling advisor (docs/advisor.md): every VM's current advice, and in suggest
+        mode an operator's decision on one VM's LLM advice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideAdvice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """The hypervisor's events as they happen. A client too slow to keep up loses the oldest
         queued events; each Event says how many this stream has dropped so far.
@@ -333,6 +357,16 @@ def add_HypervisorServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsRequest.FromString,
                     response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetAdvice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdvice,
+                    request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.AdviceRequest.FromString,
+                    response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.AdviceResponse.SerializeToString,
+            ),
+            'DecideAdvice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideAdvice,
+                    request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.DecideAdviceRequest.FromString,
+                    response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.AdviceRow.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -799,6 +833,60 @@ class Hypervisor:
             '/pxos.v1.Hypervisor/ListModels',
             hypervisor_dot_rpc_dot_pxos__pb2.ListModelsRequest.SerializeToString,
             hypervisor_dot_rpc_dot_pxos__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdvice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pxos.v1.Hypervisor/GetAdvice',
+            hypervisor_dot_rpc_dot_pxos__pb2.AdviceRequest.SerializeToString,
+            hypervisor_dot_rpc_dot_pxos__pb2.AdviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideAdvice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pxos.v1.Hypervisor/DecideAdvice',
+            hypervisor_dot_rpc_dot_pxos__pb2.DecideAdviceRequest.SerializeToString,
+            hypervisor_dot_rpc_dot_pxos__pb2.AdviceRow.FromString,
             options,
             channel_credentials,
             insecure,

@@ -245,6 +245,24 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
     def ListModels(self, request, context):
         return pb.ListModelsResponse(models=[convert.model_info(m) for m in self.hv.list_models()])
 
+    # ---------------------------------------------------------------- advisor
+    @_rpc
+    def GetAdvice(self, request, context):
+        adv = self.daemon.advisor
+        st = adv.snapshot_stats()
+        resp = pb.AdviceResponse(mode=st.mode, endpoint=st.endpoint, model=st.model, breaker=st.breaker,
+                                 requests=st.requests, applied=st.applied, rejected=st.rejected,
+                                 rows=[convert.advice_row(r) for r in adv.rows()], last_error=st.last_error)
+        if st.agreement is not None:
+            resp.agreement = st.agreement
+        return resp
+
+    @_rpc
+    def DecideAdvice(self, request, context):
+        adv = self.daemon.advisor
+        row = adv.accept(request.vm_id) if request.accept else adv.reject(request.vm_id)
+        return convert.advice_row(row)
+
     # ---------------------------------------------------------------- events
     def WatchEvents(self, request, context):
         if len(request.vm_ids) + len(request.kinds) > limits.MAX_EVENT_FILTERS:

@@ -116,6 +116,7 @@ def parse_answer(text: str, summaries: list[VMSummary]) -> tuple[list[Advice], l
                 share = None
         if item.vm_id in accepted:  # the first answer about a VM counts
             continue
-        rationale = " ".join(item.rationale.split())[:MAX_RATIONALE_CHARS]
+        # printed on operators' terminals and put in events: no control characters
+        rationale = "".join(ch for ch in " ".join(item.rationale.split()) if ch.isprintable())[:MAX_RATIONALE_CHARS]
         accepted[item.vm_id] = Advice(item.vm_id, wclass, share, rationale, "llm")
     return list(accepted.values()), rejected

@@ -76,6 +76,8 @@ def answer_schema(vm_ids: list[int]) -> dict:
         "properties": {
             "vms": {
                 "type": "array",
+                "minItems": 1,
+                "maxItems": len(set(vm_ids)),
                 "items": {
                     "type": "object",
                     "properties": {

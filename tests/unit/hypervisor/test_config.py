@@ -79,3 +79,20 @@ def test_relative_vm_sockets_live_in_socket_dir():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_advisor_table_defaults_off_and_validates():
+    assert parse_config({}).advisor.mode == "off"
+    cfg = parse_config({"advisor": {"mode": "apply", "endpoint": "https://api.example/v1", "api_key_env": "K"},
+                        "vm": [{"id": 1, "memory": "1G", "share": 30, "share_min": 10, "share_max": 50,
+                                "description": "batch"}]})
+    assert cfg.advisor.mode == "apply" and cfg.vm[0].share_bounds() == (10, 50)
+    assert parse_config({"vm": [{"id": 1, "memory": "1G", "share": 30}]}).vm[0].share_bounds() == (30, 30)
+    for bad, where in [({"advisor": {"mode": "auto"}}, "advisor.mode"),
+                       ({"advisor": {"endpoint": "ftp://x"}}, "advisor.endpoint"),
+                       ({"advisor": {"api_key_file": "/k", "api_key_env": "K"}}, "not both"),
+                       ({"advisor": {"timeout_seconds": 0}}, "advisor.timeout_seconds"),
+                       ({"advisor": {"api_key": "sk-inline"}}, "advisor.api_key"),
+                       ({"vm": [{"id": 1, "memory": "1G", "share": 30, "share_min": 40}]}, "share_min")]:
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            parse_config(bad)
