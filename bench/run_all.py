@@ -22,6 +22,7 @@ BENCHMARKS = {
     "guest_roundtrip": ["bench.bench_guest_roundtrip"],
     "tokenizer": ["bench.bench_tokenizer"],
     "llm": ["bench.bench_llm"],
+    "advisor": ["bench.bench_advisor"],  # starts llama.cpp's server with SmolLM2 on 127.0.0.1
     "serve": ["bench.bench_serve"],  # root: the guests' network namespace
 }
 

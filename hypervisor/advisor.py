@@ -200,7 +200,8 @@ class Advisor:
             return Reason.BREAKER_OPEN.value
         started = self._clock()
         try:
-            text = self.client.complete(build_messages(summaries), answer_schema([s.vm_id for s in summaries]))
+            text = self.client.complete(build_messages(summaries), answer_schema(
+                [s.vm_id for s in summaries], allow_share=any(s.share_min < s.share_max for s in summaries)))
             elapsed = self._clock() - started
             if elapsed > self.section.stale_seconds:
                 raise AdvisorRejected(Reason.STALE, f"the answer took {elapsed:.1f} s "

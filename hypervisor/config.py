@@ -132,7 +132,8 @@ class AdvisorSection(_Model):
         default="json_object", description="json_object (+schema): llama.cpp; json_schema: OpenAI, vLLM")
     interval_seconds: float = Field(default=30.0, ge=0.05, le=86400)
     timeout_seconds: float = Field(default=20.0, gt=0, le=600)
-    max_tokens: int = Field(default=256, ge=16, le=4096)
+    max_tokens: int = Field(default=512, ge=16, le=8192,
+                            description="per request; about 100 per VM asked about (a cut answer is invalid JSON)")
     stale_seconds: float = Field(default=120.0, gt=0, le=86400,
                                  description="an answer that took longer than this is refused")
     dwell_seconds: float = Field(default=60.0, ge=0, le=86400,

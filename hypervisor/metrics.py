@@ -205,14 +205,14 @@ class _HypervisorCollector(Collector):
 class _AdvisorCollector(Collector):
     """The scheduling advisor's counters (hypervisor/advisor.py ``snapshot_stats``)."""
 
-    def __init__(self, advisor) -> None:
-        self.advisor = advisor
+    def __init__(self, advisor=None) -> None:
+        self.advisor = advisor  # None: a hypervisor without one (the series exist, all zero, mode off)
 
     def collect(self):
         from .advisor import LATENCY_BUCKETS as ADVISOR_BUCKETS
-        from .advisor import OUTCOMES
+        from .advisor import OUTCOMES, AdvisorStats
 
-        st = self.advisor.snapshot_stats()
+        st = self.advisor.snapshot_stats() if self.advisor is not None else AdvisorStats("off", "", "", "closed")
         req = CounterMetricFamily("pxos_advisor_requests", "Requests to the advisor's endpoint, by outcome "
                                   "(ok, timeout, connection, http_status, invalid_json, stale, breaker_open)",
                                   labels=["outcome"])
@@ -258,8 +258,7 @@ class MetricsExporter:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.collector = _HypervisorCollector(hv, transport_status)
         self.registry.register(self.collector)
-        if advisor is not None:
-            self.registry.register(_AdvisorCollector(advisor))
+        self.registry.register(_AdvisorCollector(advisor))
         self.launches = Counter("pxos_vm_launches", "Completed launches of the VM, by class and status",
                                 ["vm", "class", "status"], registry=self.registry)
         self.latency = Histogram("pxos_launch_latency_seconds",

@@ -21,6 +21,10 @@ MAX_VMS_PER_REQUEST = 16
 MAX_OPS_LISTED = 6
 #: A rationale longer than this is cut (it is shown to operators and put in events).
 MAX_RATIONALE_CHARS = 200
+#: The schema asks for rationales of at most this many characters: a grammar-constrained
+#: model stops there, so an answer about one VM stays near 100 tokens (a small model writes
+#: digits one token each) and a bounded max_tokens does not cut the JSON short.
+SCHEMA_RATIONALE_CHARS = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +66,32 @@ class VMSummary:
 CLASS_NAMES = [c.name for c in WorkloadClass if c is not WorkloadClass.REALTIME]
 
 SYSTEM_PROMPT = (
-    "You advise a GPU scheduler. For each VM choose a workload class: INTERACTIVE (short "
-    "launches, someone waits on each answer), THROUGHPUT (steady stream of medium launches), "
-    "BATCH (long or compute-bound launches, training, offline work). Optionally suggest a "
-    "share (percent) within [share_min, share_max]. Give a short rationale. Answer JSON only."
+    "You advise a GPU scheduler. For each VM choose a workload class: INTERACTIVE (a person "
+    "or a request waits on each launch; the device is mostly idle), THROUGHPUT (a steady "
+    "stream where the rate matters), BATCH (offline work such as training; it keeps the "
+    "device busy and nobody waits). The description is the operator's own words about the "
+    "VM; device_busy_pct is how much of the time the VM keeps the device busy. Optionally "
+    "suggest a share (percent) within [share_min, share_max]. Give a short rationale in "
+    "words. Answer JSON only."
 )
 
 
-def answer_schema(vm_ids: list[int]) -> dict:
-    """The JSON schema of an answer about ``vm_ids`` (grammar-constrained on llama.cpp)."""
+SYSTEM_PROMPT_CLASS_ONLY = SYSTEM_PROMPT.replace(
+    " Optionally suggest a share (percent) within [share_min, share_max].", "")
+
+
+def answer_schema(vm_ids: list[int], *, allow_share: bool = True) -> dict:
+    """The JSON schema of an answer about ``vm_ids`` (grammar-constrained on llama.cpp).
+    ``allow_share`` False: no VM of the request may have its share changed, so the answer
+    has no share field at all (nothing for a model to get out of bounds)."""
+    props = {
+        "vm_id": {"type": "integer", "enum": sorted(vm_ids)},
+        "wclass": {"type": "string", "enum": CLASS_NAMES},
+        "share": {"type": "number"},
+        "rationale": {"type": "string", "maxLength": SCHEMA_RATIONALE_CHARS},
+    }
+    if not allow_share:
+        del props["share"]
     return {
         "type": "object",
         "properties": {
@@ -78,16 +99,7 @@ def answer_schema(vm_ids: list[int]) -> dict:
                 "type": "array",
                 "minItems": 1,
                 "maxItems": len(set(vm_ids)),
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "vm_id": {"type": "integer", "enum": sorted(vm_ids)},
-                        "wclass": {"type": "string", "enum": CLASS_NAMES},
-                        "share": {"type": "number"},
-                        "rationale": {"type": "string", "maxLength": MAX_RATIONALE_CHARS},
-                    },
-                    "required": ["vm_id", "wclass", "rationale"],
-                },
+                "items": {"type": "object", "properties": props, "required": ["vm_id", "wclass", "rationale"]},
             },
         },
         "required": ["vms"],
@@ -95,8 +107,15 @@ def answer_schema(vm_ids: list[int]) -> dict:
 
 
 def build_messages(summaries: list[VMSummary]) -> list[dict]:
-    """Chat messages for one request: the system prompt and one line of JSON per VM."""
-    lines = [json.dumps(s.compact(), separators=(",", ":"), sort_keys=True)
-             for s in summaries[:MAX_VMS_PER_REQUEST]]
-    return [{"role": "system", "content": SYSTEM_PROMPT},
+    """Chat messages for one request: the system prompt and one line of JSON per VM (share
+    bounds only where the operator lets the share move)."""
+    lines = []
+    for s in summaries[:MAX_VMS_PER_REQUEST]:
+        d = s.compact()
+        if s.share_min == s.share_max:
+            d.pop("share_min", None)
+            d.pop("share_max", None)
+        lines.append(json.dumps(d, separators=(",", ":"), sort_keys=True))
+    prompt = SYSTEM_PROMPT if any(s.share_min < s.share_max for s in summaries) else SYSTEM_PROMPT_CLASS_ONLY
+    return [{"role": "system", "content": prompt},
             {"role": "user", "content": "VMs:\n" + "\n".join(lines)}]

@@ -53,7 +53,7 @@ def _daemon(url: str, mode: str):
                    "backend": "numpy", "socket_dir": d},
         # one request at a time on 2 cores: short prompts, bounded answers
         "advisor": {"mode": mode, "endpoint": url, "model": "smollm2", "interval_seconds": 3600,
-                    "timeout_seconds": 120, "max_tokens": 160, "dwell_seconds": 0, "cooldown_seconds": 0},
+                    "timeout_seconds": 120, "max_tokens": 256, "dwell_seconds": 0, "cooldown_seconds": 0},
         "vm": [{"id": 1, "name": "train", "memory": "64M", "share": 30, "share_min": 10, "share_max": 60,
                 "description": "nightly training job, large matmuls, nobody waits on it"},
                {"id": 2, "name": "chat", "memory": "64M", "share": 30, "share_min": 10, "share_max": 60,

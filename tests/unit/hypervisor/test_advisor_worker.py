@@ -210,3 +210,26 @@ def test_summary_counts_what_ran(hv):
     assert s.flops_per_launch > 0 and s.bytes_per_launch > 0 and s.launches_per_s > 0
     assert s.op_mix and sum(s.op_mix.values()) >= 5
     assert (s.share_min, s.share_max, s.description) == (20, 50, "nightly training")
+
+
+def test_off_mode_sends_nothing_and_shows_the_heuristic(hv, monkeypatch):
+    from hypervisor import errors as E
+
+    monkeypatch.delenv("PXOS_TEST_ADVISOR_KEY", raising=False)  # never read when off
+    adv = Advisor(hv, AdvisorSection(mode="off", api_key_env="PXOS_TEST_ADVISOR_KEY")).start()
+    assert adv.client is None and adv._thread is None
+    rows = adv.rows()
+    assert [r.vm_id for r in rows] == [1, 2] and all(r.current.source == "heuristic" for r in rows)
+    with pytest.raises(E.InvalidArgument):
+        adv.ask(adv.summaries())
+    with pytest.raises(E.InvalidArgument):
+        adv.accept(1)
+    adv.stop()
+
+
+def test_missing_api_key_is_a_config_error(hv, monkeypatch):
+    from hypervisor.errors import ConfigError
+
+    monkeypatch.delenv("PXOS_TEST_ADVISOR_KEY", raising=False)
+    with pytest.raises(ConfigError, match="PXOS_TEST_ADVISOR_KEY"):
+        Advisor(hv, AdvisorSection(mode="suggest", api_key_env="PXOS_TEST_ADVISOR_KEY"))

@@ -123,3 +123,13 @@ def test_breaker_opens_after_failures_then_half_opens_and_backs_off():
     now[0] = 55.0
     b.success()
     assert b.state == "closed" and b.opened_total == 3
+
+
+def test_without_share_bounds_the_model_is_not_offered_a_share():
+    fixed = _vm(1, share_min=30.0, share_max=30.0)
+    msgs = build_messages([fixed])
+    assert "share (percent)" not in msgs[0]["content"]
+    assert "share_min" not in msgs[1]["content"]
+    item = answer_schema([1], allow_share=False)["properties"]["vms"]["items"]
+    assert "share" not in item["properties"]
+    assert "share (percent)" in build_messages([_vm(1)])[0]["content"]
