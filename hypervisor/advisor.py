@@ -14,6 +14,7 @@ docs/advisor.md is the operator's view.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,13 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 OUTCOMES = ("ok",) + tuple(r.value for r in Reason if r not in (Reason.UNKNOWN_VM, Reason.OUT_OF_BOUNDS))
 
 
+def _p99(values: list[int]) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return float(values[min(len(values) - 1, round(0.99 * (len(values) - 1)))])
+
+
 @dataclass(frozen=True)
 class VMBounds:
     """What the operator lets the advisor do to one VM (from its [[vm]] table)."""
@@ -59,6 +67,8 @@ class VMBounds:
     share_max: float
     description: str = ""
     class_pinned: bool = False  # the operator set default_class: the advisor never changes it
+    cap_min: float | None = None  # None: the advisor never changes the cap
+    cap_max: float | None = None
 
 
 @dataclass
@@ -140,7 +150,8 @@ class Advisor:
             self._thread.join(timeout)  # a request in flight ends at its own timeout
 
     def poke(self) -> None:
-        """Ask at the next wake-up, whatever the interval says."""
+        """Ask at the next wake-up, whatever the interval says (VMs never seen before: at
+        the one after, once their rates have a baseline)."""
         self._last_ask = None
         self._wake.set()
 
@@ -167,14 +178,26 @@ class Advisor:
 
     # ---------------------------------------------------------------- rounds
     def tick(self) -> str | None:
-        """One look: ask if due (interval passed or a workload changed); -> the outcome or None."""
+        """One look: ask if due (interval passed or a workload changed); -> the outcome or None.
+        A VM seen for the first time only sets the baseline of its rates: it is asked about
+        at the next look, with figures over a real interval."""
+        fresh = [vm_id for vm_id in self._vm_ids() if vm_id not in self._prev]
         summaries = self.summaries()
+        if fresh or not summaries:
+            return None
         now = self._clock()
-        changed = any(self._asked_classes.get(s.vm_id) != self._heuristic_of(s) for s in summaries)
-        due = self._last_ask is None or now - self._last_ask >= self.section.interval_seconds
-        if not summaries or not (due or changed):
+        since = math.inf if self._last_ask is None else now - self._last_ask
+        # a workload change asks early, but not more often than a quarter interval (a VM
+        # whose figures sit on a threshold must not turn the interval into the wake period)
+        changed = since >= self.section.interval_seconds / 4 and any(
+            self._asked_classes.get(s.vm_id) != self._heuristic_of(s) for s in summaries)
+        if since < self.section.interval_seconds and not changed:
             return None
         return self.ask(summaries)
+
+    def _vm_ids(self) -> list[int]:
+        with self.hv._lock:
+            return list(self.hv._vms)
 
     @staticmethod
     def _heuristic_of(s: VMSummary) -> str:
@@ -201,7 +224,8 @@ class Advisor:
         started = self._clock()
         try:
             text = self.client.complete(build_messages(summaries), answer_schema(
-                [s.vm_id for s in summaries], allow_share=any(s.share_min < s.share_max for s in summaries)))
+                [s.vm_id for s in summaries], allow_share=any(s.share_may_move for s in summaries),
+                allow_cap=any(s.cap_may_move for s in summaries)))
             elapsed = self._clock() - started
             if elapsed > self.section.stale_seconds:
                 raise AdvisorRejected(Reason.STALE, f"the answer took {elapsed:.1f} s "
@@ -250,7 +274,7 @@ class Advisor:
             self._refuse(Rejection(a.vm_id, Reason.STALE, "the VM's share, cap or class changed since it was asked"))
             return
         with self._lock:
-            same = st.llm is not None and (st.llm.wclass, st.llm.share) == (a.wclass, a.share)
+            same = st.llm is not None and (st.llm.wclass, st.llm.share, st.llm.cap) == (a.wclass, a.share, a.cap)
             if not same:
                 st.first_seen = now
             st.llm, st.llm_at = a, time.time()
@@ -284,12 +308,13 @@ class Advisor:
         if st is None or advice is None:
             raise E.NotFound(f"no LLM advice for VM {vm_id}")
         wclass = None if bounds.class_pinned or advice.wclass.name == self._vm_class(vm_id) else advice.wclass
-        if wclass is None and advice.share is None:
+        if wclass is None and advice.share is None and advice.cap is None:
             with self._lock:
                 st.status, st.detail = "applied", "nothing to change"
             return True
         try:
-            self.hv.set_quota(vm_id, share_pct=advice.share, default_class=wclass if wclass is not None else False)
+            self.hv.set_quota(vm_id, share_pct=advice.share, cap_pct=advice.cap if advice.cap is not None else False,
+                              default_class=wclass if wclass is not None else False)
         except E.PxosError as exc:  # e.g. the shares would sum past 100%: the heuristic stands
             self._refuse(Rejection(vm_id, Reason.OUT_OF_BOUNDS, str(exc)[:200]))
             return False
@@ -298,10 +323,10 @@ class Advisor:
             st.snapshot = self._snapshot(vm_id)
             self.stats.applied += 1
         self.hv._emit("advice_applied", vm_id, source=advice.source, how=how,
-                      wclass=wclass.name if wclass is not None else None, share=advice.share,
+                      wclass=wclass.name if wclass is not None else None, share=advice.share, cap=advice.cap,
                       rationale=advice.rationale)
-        log.info("advisor: VM %d: %s (%s): class %s share %s: %s", vm_id, how, advice.source,
-                 wclass.name if wclass is not None else "-", advice.share, advice.rationale)
+        log.info("advisor: VM %d: %s (%s): class %s share %s cap %s: %s", vm_id, how, advice.source,
+                 wclass.name if wclass is not None else "-", advice.share, advice.cap, advice.rationale)
         return True
 
     def accept(self, vm_id: int) -> VMAdviceState:
@@ -381,11 +406,12 @@ class Advisor:
                     for step in kernel.steps:
                         ops[step.spec.name] = ops.get(step.spec.name, 0) + n * step.times
                 rows.append((vm_id, vm.name, vm.share, vm.cap, vm.default_class, vm.launches_total,
-                             vm.device_seconds, vm.flops_total, vm.bytes_total, ops, dict(vm.by_class)))
+                             vm.device_seconds, vm.flops_total, vm.bytes_total, ops, dict(vm.by_class),
+                             list(vm.queue_waits_ns)))
         out = []
         with self._lock:
             bounds = dict(self._bounds)
-        for vm_id, name, share, cap, dclass, launches, dev, flops, nbytes, ops, by_class in sorted(rows):
+        for vm_id, name, share, cap, dclass, launches, dev, flops, nbytes, ops, by_class, waits in sorted(rows):
             s = stats.get(vm_id)
             if s is None:
                 continue
@@ -405,9 +431,9 @@ class Advisor:
                 mean_launch_ms=1e3 * ((dev - d0) if use else dev) / per,
                 flops_per_launch=((flops - f0) if use else flops) / per,
                 bytes_per_launch=((nbytes - b0) if use else nbytes) / per,
-                latency_p99_ms=s.latency_p99_ms,
+                latency_p99_ms=s.latency_p99_ms, queue_wait_p99_ms=_p99(waits) / 1e6,
                 device_busy_pct=100.0 * (dev - d0) / dt if dt > 0 else 0.0,
                 memory_device_mb=s.memory_device_bytes / 1e6, memory_host_mb=s.memory_host_bytes / 1e6,
                 residency_misses=int(s.extra.get("prefetch_misses", 0)), idle=s.idle,
-                op_mix=ops, description=b.description))
+                op_mix=ops, description=b.description, cap_min=b.cap_min, cap_max=b.cap_max))
         return out

@@ -58,6 +58,8 @@ class VMConfig(_Model):
     description: str = Field(default="", max_length=1000, description="free text the LLM advisor reads")
     share_min: float | None = Field(default=None, ge=0, le=100, description="least share the advisor may set")
     share_max: float | None = Field(default=None, ge=0, le=100, description="most share the advisor may set")
+    cap_min: float | None = Field(default=None, gt=0, le=100, description="least cap the advisor may set")
+    cap_max: float | None = Field(default=None, gt=0, le=100, description="most cap the advisor may set")
 
     @model_validator(mode="after")
     def _bounds_hold_share(self) -> VMConfig:
@@ -65,6 +67,14 @@ class VMConfig(_Model):
         hi = self.share if self.share_max is None else self.share_max
         if not lo <= self.share <= hi:
             raise ValueError(f"share {self.share:g} must lie within [share_min, share_max] = [{lo:g}, {hi:g}]")
+        if (self.cap_min is None) != (self.cap_max is None):
+            raise ValueError("give cap_min and cap_max together (the range the advisor may set the cap in)")
+        if self.cap_min is not None:
+            if self.cap_min > self.cap_max:
+                raise ValueError(f"cap_min {self.cap_min:g} is above cap_max {self.cap_max:g}")
+            if self.cap is not None and not self.cap_min <= self.cap <= self.cap_max:
+                raise ValueError(f"cap {self.cap:g} must lie within [cap_min, cap_max] = "
+                                 f"[{self.cap_min:g}, {self.cap_max:g}]")
         return self
 
     def share_bounds(self) -> tuple[float, float]:
@@ -259,4 +269,6 @@ mode = "off"              # off | suggest (pxosctl advice accept/reject) | apply
 # description = "nightly fine-tuning job"   # read by the advisor
 # share_min = 30          # the advisor may move the share within [share_min, share_max]
 # share_max = 60          # (neither given: it may not change the share)
+# cap_min = 60            # the advisor may set the cap within [cap_min, cap_max]
+# cap_max = 90            # (neither given: it may not change the cap)
 """

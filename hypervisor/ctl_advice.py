@@ -30,11 +30,12 @@ def _age(row) -> str:
 
 def _rows(rows) -> list[list[str]]:
     return [[str(r.vm_id), r.source, r.wclass, f"{r.share:g}%" if r.HasField("share") else "-",
+             f"{r.cap:g}%" if r.HasField("cap") else "-",
              r.heuristic_class, r.llm_class or "-", _age(r), r.status, r.rationale or r.detail or "-"]
             for r in rows]
 
 
-_HEADERS = ["VM", "SOURCE", "CLASS", "SHARE", "HEURISTIC", "LLM", "AGE", "STATUS", "RATIONALE"]
+_HEADERS = ["VM", "SOURCE", "CLASS", "SHARE", "CAP", "HEURISTIC", "LLM", "AGE", "STATUS", "RATIONALE"]
 
 
 def _json(resp) -> dict:
@@ -65,6 +66,7 @@ def cmd_advice(c, args) -> int:
     if args.json:
         print_json(message_json(row))
     else:
-        share = f", share {row.share:g}%" if row.HasField("share") else ""
+        share = (f", share {row.share:g}%" if row.HasField("share") else "") + (
+            f", cap {row.cap:g}%" if row.HasField("cap") else "")
         print(f"VM {row.vm_id}: {row.status}: {row.wclass}{share} ({row.source}): {row.rationale or '-'}")
     return 0

@@ -68,7 +68,8 @@ class Daemon:
         from .advisor import VMBounds
 
         lo, hi = vm.share_bounds()
-        return VMBounds(lo, hi, vm.description, class_pinned=vm.default_class is not None)
+        return VMBounds(lo, hi, vm.description, class_pinned=vm.default_class is not None,
+                        cap_min=vm.cap_min, cap_max=vm.cap_max)
 
     # ---- lifecycle ----
     def start(self, *, grpc: bool = True, metrics: bool = True) -> Daemon:

@@ -361,6 +361,7 @@ class Dispatcher:
                 vm.by_class[job.wclass.name] = vm.by_class.get(job.wclass.name, 0) + 1
                 if error is None:
                     vm.latencies_ns.append(total_ns)
+                    vm.queue_waits_ns.append(result.queue_ns)
                     c = job.bound.cost
                     vm.flops_total += c.flops
                     vm.bytes_total += c.bytes_read + c.bytes_written

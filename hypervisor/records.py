@@ -70,6 +70,8 @@ class KernelRecord:
 #: Distinct kernels counted per VM for the advisor's op mix; a guest compiling many more
 #: than this leaves the rest uncounted (guests choose how many kernels they make).
 KERNEL_MIX_MAX = 64
+#: Enqueue-to-start waits kept per VM for the advisor's queue-wait p99 (the latest ones).
+QUEUE_WAIT_SAMPLES = 512
 
 
 @dataclass
@@ -96,6 +98,7 @@ class VMRecord:
     flops_total: int = 0
     bytes_total: int = 0
     kernel_mix: dict = field(default_factory=dict)
+    queue_waits_ns: deque = field(default_factory=lambda: deque(maxlen=QUEUE_WAIT_SAMPLES))
 
     def keep_kernels(self, records: list[KernelRecord]) -> None:
         """Keep newly compiled kernels, or refuse them all (HostLimitExceeded) when their

@@ -132,6 +132,8 @@ def advice_row(r) -> pb.AdviceRow:
                        applied=r.status in ("applied", "accepted"))
     if cur.share is not None:
         row.share = cur.share
+    if cur.cap is not None:
+        row.cap = cur.cap
     if r.llm_at is not None:
         row.age_seconds = max(0.0, time.time() - r.llm_at)
     return row

@@ -528,7 +528,7 @@ class AdviceRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AdviceRow(_message.Message):
-    __slots__ = ("vm_id", "source", "wclass", "share", "rationale", "status", "detail", "age_seconds", "heuristic_class", "llm_class", "applied")
+    __slots__ = ("vm_id", "source", "wclass", "share", "rationale", "status", "detail", "age_seconds", "heuristic_class", "llm_class", "applied", "cap")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     WCLASS_FIELD_NUMBER: _ClassVar[int]
@@ -540,6 +540,7 @@ class AdviceRow(_message.Message):
     HEURISTIC_CLASS_FIELD_NUMBER: _ClassVar[int]
     LLM_CLASS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
     vm_id: int
     source: str
     wclass: str
@@ -551,7 +552,8 @@ class AdviceRow(_message.Message):
     heuristic_class: str
     llm_class: str
     applied: bool
-    def __init__(self, vm_id: _Optional[int] = ..., source: _Optional[str] = ..., wclass: _Optional[str] = ..., share: _Optional[float] = ..., rationale: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., age_seconds: _Optional[float] = ..., heuristic_class: _Optional[str] = ..., llm_class: _Optional[str] = ..., applied: _Optional[bool] = ...) -> None: ...
+    cap: float
+    def __init__(self, vm_id: _Optional[int] = ..., source: _Optional[str] = ..., wclass: _Optional[str] = ..., share: _Optional[float] = ..., rationale: _Optional[str] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., age_seconds: _Optional[float] = ..., heuristic_class: _Optional[str] = ..., llm_class: _Optional[str] = ..., applied: _Optional[bool] = ..., cap: _Optional[float] = ...) -> None: ...
 
 class AdviceResponse(_message.Message):
     __slots__ = ("mode", "endpoint", "model", "breaker", "agreement", "requests", "applied", "rejected", "rows", "last_error")

@@ -31,7 +31,7 @@ class Reason(StrEnum):
     HTTP_STATUS = "http_status"  # the endpoint answered with an error status
     INVALID_JSON = "invalid_json"  # not JSON, or not the schema's shape
     UNKNOWN_VM = "unknown_vm"
-    OUT_OF_BOUNDS = "out_of_bounds"  # a share outside [share_min, share_max]
+    OUT_OF_BOUNDS = "out_of_bounds"  # a share or cap outside the operator's bounds
     STALE = "stale"  # the VM changed (or the answer came too late) since it was asked
     BREAKER_OPEN = "breaker_open"  # not asked: the circuit breaker is open
 
@@ -49,6 +49,7 @@ class _VMAnswer(BaseModel):
     vm_id: int
     wclass: str
     share: float | None = None
+    cap: float | None = None
     rationale: str = Field(default="", max_length=4 * MAX_RATIONALE_CHARS)
 
 
@@ -59,13 +60,14 @@ class _Answer(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Advice:
-    """What the advisor proposes for one VM; ``share`` None leaves the share alone."""
+    """What the advisor proposes for one VM; ``share`` / ``cap`` None leave them alone."""
 
     vm_id: int
     wclass: WorkloadClass
     share: float | None
     rationale: str
     source: str  # "llm" or "heuristic"
+    cap: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +116,20 @@ def parse_answer(text: str, summaries: list[VMSummary]) -> tuple[list[Advice], l
                 continue
             if share == s.share_pct:
                 share = None
+        cap = item.cap
+        if cap is not None:
+            if not s.cap_may_move or not math.isfinite(cap) or not s.cap_min <= cap <= s.cap_max:
+                rejected.append(Rejection(item.vm_id, Reason.OUT_OF_BOUNDS,
+                                          f"cap {cap!r} outside [{s.cap_min}, {s.cap_max}]"))
+                continue
+            if cap < (s.share_pct if share is None else share):
+                rejected.append(Rejection(item.vm_id, Reason.OUT_OF_BOUNDS, f"cap {cap:g} below the share"))
+                continue
+            if cap == s.cap_pct:
+                cap = None
         if item.vm_id in accepted:  # the first answer about a VM counts
             continue
         # printed on operators' terminals and put in events: no control characters
         rationale = "".join(ch for ch in " ".join(item.rationale.split()) if ch.isprintable())[:MAX_RATIONALE_CHARS]
-        accepted[item.vm_id] = Advice(item.vm_id, wclass, share, rationale, "llm")
+        accepted[item.vm_id] = Advice(item.vm_id, wclass, share, rationale, "llm", cap)
     return list(accepted.values()), rejected

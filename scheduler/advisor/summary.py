@@ -43,6 +43,7 @@ class VMSummary:
     flops_per_launch: float = 0.0
     bytes_per_launch: float = 0.0
     latency_p99_ms: float = 0.0  # submit -> completion, queue wait included
+    queue_wait_p99_ms: float = 0.0  # submit -> start on the device
     device_busy_pct: float = 0.0  # its device seconds per wall second, percent
     memory_device_mb: float = 0.0
     memory_host_mb: float = 0.0  # spilled to host RAM (residency misses cost a transfer)
@@ -50,6 +51,16 @@ class VMSummary:
     idle: bool = False
     op_mix: dict[str, int] = field(default_factory=dict)  # op name -> launches using it
     description: str = ""
+    cap_min: float | None = None  # the operator's bounds on the cap; None: the cap may not move
+    cap_max: float | None = None
+
+    @property
+    def share_may_move(self) -> bool:
+        return self.share_min < self.share_max
+
+    @property
+    def cap_may_move(self) -> bool:
+        return self.cap_min is not None and self.cap_max is not None
 
     def compact(self) -> dict:
         d = asdict(self)
@@ -70,28 +81,32 @@ SYSTEM_PROMPT = (
     "or a request waits on each launch; the device is mostly idle), THROUGHPUT (a steady "
     "stream where the rate matters), BATCH (offline work such as training; it keeps the "
     "device busy and nobody waits). The description is the operator's own words about the "
-    "VM; device_busy_pct is how much of the time the VM keeps the device busy. Optionally "
-    "suggest a share (percent) within [share_min, share_max]. Give a short rationale in "
-    "words. Answer JSON only."
+    "VM; device_busy_pct is how much of the time the VM keeps the device busy."
 )
+SHARE_SENTENCE = " Optionally suggest a share (percent) within [share_min, share_max]."
+CAP_SENTENCE = " Optionally suggest a cap (percent) within [cap_min, cap_max], not below the share."
+CLOSING = " Give a short rationale in words. Answer JSON only."
 
 
-SYSTEM_PROMPT_CLASS_ONLY = SYSTEM_PROMPT.replace(
-    " Optionally suggest a share (percent) within [share_min, share_max].", "")
+def system_prompt(allow_share: bool, allow_cap: bool) -> str:
+    return SYSTEM_PROMPT + (SHARE_SENTENCE if allow_share else "") + (CAP_SENTENCE if allow_cap else "") + CLOSING
 
 
-def answer_schema(vm_ids: list[int], *, allow_share: bool = True) -> dict:
+def answer_schema(vm_ids: list[int], *, allow_share: bool = True, allow_cap: bool = False) -> dict:
     """The JSON schema of an answer about ``vm_ids`` (grammar-constrained on llama.cpp).
-    ``allow_share`` False: no VM of the request may have its share changed, so the answer
-    has no share field at all (nothing for a model to get out of bounds)."""
+    ``allow_share`` / ``allow_cap`` False: no VM of the request may have its share / cap
+    changed, so the answer has no such field at all (nothing for a model to get out of bounds)."""
     props = {
         "vm_id": {"type": "integer", "enum": sorted(vm_ids)},
         "wclass": {"type": "string", "enum": CLASS_NAMES},
         "share": {"type": "number"},
+        "cap": {"type": "number"},
         "rationale": {"type": "string", "maxLength": SCHEMA_RATIONALE_CHARS},
     }
     if not allow_share:
         del props["share"]
+    if not allow_cap:
+        del props["cap"]
     return {
         "type": "object",
         "properties": {
@@ -112,10 +127,10 @@ def build_messages(summaries: list[VMSummary]) -> list[dict]:
     lines = []
     for s in summaries[:MAX_VMS_PER_REQUEST]:
         d = s.compact()
-        if s.share_min == s.share_max:
+        if not s.share_may_move:
             d.pop("share_min", None)
             d.pop("share_max", None)
         lines.append(json.dumps(d, separators=(",", ":"), sort_keys=True))
-    prompt = SYSTEM_PROMPT if any(s.share_min < s.share_max for s in summaries) else SYSTEM_PROMPT_CLASS_ONLY
+    prompt = system_prompt(any(s.share_may_move for s in summaries), any(s.cap_may_move for s in summaries))
     return [{"role": "system", "content": prompt},
             {"role": "user", "content": "VMs:\n" + "\n".join(lines)}]

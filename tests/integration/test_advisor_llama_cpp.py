@@ -55,6 +55,7 @@ def _daemon(url: str, mode: str):
         "advisor": {"mode": mode, "endpoint": url, "model": "smollm2", "interval_seconds": 3600,
                     "timeout_seconds": 120, "max_tokens": 256, "dwell_seconds": 0, "cooldown_seconds": 0},
         "vm": [{"id": 1, "name": "train", "memory": "64M", "share": 30, "share_min": 10, "share_max": 60,
+                "cap": 80, "cap_min": 50, "cap_max": 90,
                 "description": "nightly training job, large matmuls, nobody waits on it"},
                {"id": 2, "name": "chat", "memory": "64M", "share": 30, "share_min": 10, "share_max": 60,
                 "description": "chat assistant, users wait for each answer"}],
@@ -116,6 +117,9 @@ def test_apply_mode_end_to_end(server, capsys):
                 info = dm.hv.vm_info(r["vm_id"])
                 assert info.share_pct == (r["share"] if r["share"] is not None else 30)
                 assert 10 <= info.share_pct <= 60
+                assert info.cap_pct == (r["cap"] if r["cap"] is not None else (80 if r["vm_id"] == 1 else None))
+            assert dm.hv.vm_info(2).cap_pct is None  # VM 2 has no cap bounds: never capped
+        assert 50 <= dm.hv.vm_info(1).cap_pct <= 90
         applied = [e for e in events if e.kind == "advice_applied"]
         assert len(applied) == st.applied
         for e in applied:

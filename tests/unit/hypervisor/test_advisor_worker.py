@@ -233,3 +233,46 @@ def test_missing_api_key_is_a_config_error(hv, monkeypatch):
     monkeypatch.delenv("PXOS_TEST_ADVISOR_KEY", raising=False)
     with pytest.raises(ConfigError, match="PXOS_TEST_ADVISOR_KEY"):
         Advisor(hv, AdvisorSection(mode="suggest", api_key_env="PXOS_TEST_ADVISOR_KEY"))
+
+
+def test_tick_asks_after_a_baseline_then_per_interval_or_on_change(hv):
+    now = [0.0]
+    with LLMEndpoint("ok", GOOD) as ep:
+        adv = Advisor(hv, AdvisorSection(mode="suggest", endpoint=ep.url, interval_seconds=100),
+                      {1: VMBounds(20, 50)}, clock=lambda: now[0])
+        assert adv.tick() is None and not ep.requests  # first look: the rates' baseline only
+        now[0] += 2
+        assert adv.tick() == "ok" and len(ep.requests) == 1
+        now[0] += 2
+        assert adv.tick() is None  # not due, nothing changed
+        _launch_matmuls(hv, 1, 30)  # VM 1 busy now: its heuristic class may move
+        now[0] += 0.001
+        adv.tick()
+        assert len(ep.requests) == 1  # a change asks early, but not within a quarter interval
+        now[0] += 100
+        assert adv.tick() == "ok" and len(ep.requests) == 2
+        hv.register_vm(3, 16, 10)  # a new VM: baseline first, then asked about
+        now[0] += 30
+        assert adv.tick() is None and len(ep.requests) == 2
+        now[0] += 1
+        assert adv.tick() == "ok" and ep.requests[2]["response_format"]["schema"]["properties"]["vms"][
+            "items"]["properties"]["vm_id"]["enum"] == [1, 2, 3]
+
+
+def test_summary_has_queue_wait(hv):
+    adv = _advisor(hv, "http://127.0.0.1:9/v1")
+    adv.summaries()
+    _launch_matmuls(hv, 1, 5)
+    s = {v.vm_id: v for v in adv.summaries()}[1]
+    assert 0 <= s.queue_wait_p99_ms <= s.latency_p99_ms
+
+
+def test_apply_sets_a_cap_within_its_bounds(hv):
+    content = json.dumps({"vms": [{"vm_id": 1, "wclass": "BATCH", "cap": 70, "rationale": "keep it in check"}]})
+    with LLMEndpoint("ok", content) as ep:
+        adv = Advisor(hv, AdvisorSection(mode="apply", endpoint=ep.url, dwell_seconds=0, cooldown_seconds=0),
+                      {1: VMBounds(30, 30, cap_min=50, cap_max=80)})
+        adv.ask(adv.summaries())
+        schema = ep.requests[0]["response_format"]["schema"]["properties"]["vms"]["items"]["properties"]
+    assert "cap" in schema and "share" not in schema
+    assert (hv.vm_info(1).share_pct, hv.vm_info(1).cap_pct) == (30, 70)

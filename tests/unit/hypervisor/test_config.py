@@ -96,3 +96,12 @@ def test_advisor_table_defaults_off_and_validates():
                        ({"vm": [{"id": 1, "memory": "1G", "share": 30, "share_min": 40}]}, "share_min")]:
         with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
             parse_config(bad)
+
+
+def test_vm_cap_bounds_validate():
+    vm = {"id": 1, "memory": "1G", "share": 30, "cap": 70}
+    assert parse_config({"vm": [{**vm, "cap_min": 60, "cap_max": 90}]}).vm[0].cap_max == 90
+    for extra, msg in [({"cap_min": 60}, "together"), ({"cap_min": 80, "cap_max": 90}, "cap 70"),
+                       ({"cap_min": 90, "cap_max": 80}, "above")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_config({"vm": [{**vm, **extra}]})

@@ -133,3 +133,19 @@ def test_without_share_bounds_the_model_is_not_offered_a_share():
     item = answer_schema([1], allow_share=False)["properties"]["vms"]["items"]
     assert "share" not in item["properties"]
     assert "share (percent)" in build_messages([_vm(1)])[0]["content"]
+
+
+def test_cap_only_within_its_bounds_and_not_below_the_share():
+    capped = _vm(1, cap_pct=70.0, cap_min=60.0, cap_max=90.0)
+    ok, bad = parse_answer(_answer({"vm_id": 1, "wclass": "BATCH", "cap": 80, "rationale": ""}), [capped])
+    assert bad == [] and ok[0].cap == 80
+    for item in ({"vm_id": 1, "wclass": "BATCH", "cap": 95, "rationale": ""},
+                 {"vm_id": 1, "wclass": "BATCH", "share": 45, "cap": 40, "rationale": ""}):
+        ok, bad = parse_answer(_answer(item), [_vm(1, cap_min=30.0, cap_max=90.0)])
+        assert ok == [] and bad[0].reason is Reason.OUT_OF_BOUNDS
+    ok, bad = parse_answer(_answer({"vm_id": 1, "wclass": "BATCH", "cap": 80, "rationale": ""}), [_vm(1)])
+    assert ok == [] and bad[0].reason is Reason.OUT_OF_BOUNDS  # no cap bounds: the cap may not move
+    schema = answer_schema([1], allow_cap=True)["properties"]["vms"]["items"]["properties"]
+    assert "cap" in schema and "cap" not in answer_schema([1])["properties"]["vms"]["items"]["properties"]
+    assert "cap (percent)" in build_messages([capped])[0]["content"]
+    assert "cap (percent)" not in build_messages([_vm(1)])[0]["content"]
