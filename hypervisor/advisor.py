@@ -286,9 +286,15 @@ class Advisor:
 
     # ---------------------------------------------------------------- applying
     def _maybe_apply(self, vm_id: int, now: float) -> None:
+        bounds = self._bounds_of(vm_id)
+        vm_class = self._vm_class(vm_id)
         with self._lock:
             st = self._state[vm_id]
-            if st.llm is None:
+            a = st.llm
+            if a is None:
+                return
+            if (bounds.class_pinned or a.wclass.name == vm_class) and a.share is None and a.cap is None:
+                st.status, st.detail = "applied", "already in effect"  # nothing to change: no dwell, no cool-down
                 return
             if now - st.first_seen < self.section.dwell_seconds:
                 st.status = "dwelling"
@@ -301,16 +307,16 @@ class Advisor:
         self._apply(vm_id, "apply")
 
     def _apply(self, vm_id: int, how: str) -> bool:
+        bounds = self._bounds_of(vm_id)  # (reads the hypervisor: never under our lock)
         with self._lock:
             st = self._state.get(vm_id)
             advice = st.llm if st is not None else None
-            bounds = self._bounds_of(vm_id)
         if st is None or advice is None:
             raise E.NotFound(f"no LLM advice for VM {vm_id}")
         wclass = None if bounds.class_pinned or advice.wclass.name == self._vm_class(vm_id) else advice.wclass
         if wclass is None and advice.share is None and advice.cap is None:
             with self._lock:
-                st.status, st.detail = "applied", "nothing to change"
+                st.status, st.detail = ("accepted" if how == "accept" else "applied"), "already in effect"
             return True
         try:
             self.hv.set_quota(vm_id, share_pct=advice.share, cap_pct=advice.cap if advice.cap is not None else False,
@@ -376,7 +382,8 @@ class Advisor:
 
     # ---------------------------------------------------------------- reading the hypervisor
     def _bounds_of(self, vm_id: int) -> VMBounds:
-        b = self._bounds.get(vm_id)
+        with self._lock:
+            b = self._bounds.get(vm_id)
         if b is None:
             share = self._snapshot(vm_id)[0] if self._snapshot(vm_id) else 0.0
             b = VMBounds(share, share)

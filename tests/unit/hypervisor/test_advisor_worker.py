@@ -276,3 +276,17 @@ def test_apply_sets_a_cap_within_its_bounds(hv):
         schema = ep.requests[0]["response_format"]["schema"]["properties"]["vms"]["items"]["properties"]
     assert "cap" in schema and "share" not in schema
     assert (hv.vm_info(1).share_pct, hv.vm_info(1).cap_pct) == (30, 70)
+
+
+def test_advice_already_in_effect_needs_no_dwell_and_changes_nothing(hv):
+    hv.set_quota(1, default_class="BATCH")
+    events = []
+    hv.subscribe(lambda ev: events.append(ev.kind))
+    same = json.dumps({"vms": [{"vm_id": 1, "wclass": "BATCH", "share": 30, "rationale": "as it is"}]})
+    with LLMEndpoint("ok", same) as ep:
+        adv = _advisor(hv, ep.url, mode="apply", dwell_seconds=3600, cooldown_seconds=3600)
+        adv.ask(adv.summaries())
+    row = adv.row(1)
+    assert (row.status, row.detail) == ("applied", "already in effect")
+    assert "quota_changed" not in events and "advice_applied" not in events
+    assert adv.snapshot_stats().applied == 0
