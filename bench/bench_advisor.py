@@ -169,7 +169,7 @@ def quality(report: Report, url: str, model: str, quick: bool) -> None:
                 llm = ok[0].wclass.name if ok else "refused"
                 why = ok[0].rationale if ok else ""
             except AdvisorRejected as exc:
-                llm, why = exc.reason.value, ""
+                llm, why = exc.reason.value, exc.detail
             rows.append((w, h, llm, time.perf_counter() - t0, s, why))
     n = len(rows)
     h_ok = sum(h == w.label for w, h, *_ in rows)
