@@ -263,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"pxos-hvd: {args.config}: model file not found: {', '.join(missing)}", file=sys.stderr)
             return 2
+        if cfg.advisor.mode != "off":  # the key must be readable where the daemon will read it
+            from .advisor_http import read_api_key
+
+            try:
+                read_api_key(cfg.advisor.api_key_file, cfg.advisor.api_key_env)
+            except E.ConfigError as exc:
+                print(f"pxos-hvd: {args.config}: {exc}", file=sys.stderr)
+                return 2
         print(f"{args.config}: ok ({len(cfg.vm)} VMs, {len(cfg.model)} models)")
         return 0
     return _run(args)

@@ -70,6 +70,8 @@ socket = "{tmp_path}/vm7.sock"
     ("[daemon]\ngrpc_tcp = '127.0.0.1:0'\n", "only with mutual TLS"),
     ("[daemon]\nsocket_dir = '/run/pxos-test'\n[[vm]]\nid = 1\nmemory = 1\nshare = 1\nsocket = '/tmp/v.sock'\n",
      "outside socket_dir"),
+    ("[advisor]\nmode = 'apply'\napi_key_env = 'PXOS_TEST_UNSET_ADVISOR_KEY'\n", "PXOS_TEST_UNSET_ADVISOR_KEY is not set"),
+    ("[advisor]\nmode = 'sometimes'\n", "advisor.mode"),
 ])
 def test_invalid_config_refuses_to_start_with_a_clear_message(tmp_path, body, needle):
     cfg = tmp_path / "bad.toml"
@@ -116,3 +118,11 @@ socket = "{tmp_path}/vm3.sock"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
+
+
+def test_check_config_checks_the_advisor_key(tmp_path):
+    cfg = tmp_path / "a.toml"
+    cfg.write_text("[advisor]\nmode = 'suggest'\napi_key_file = '/nonexistent/pxos-advisor.key'\n")
+    chk = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--check-config", "--config", str(cfg)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert chk.returncode == 2 and "api_key_file" in chk.stderr and "Traceback" not in chk.stderr
