@@ -86,9 +86,30 @@ def _ctl(dm, capsys, *argv):
     return json.loads(out)
 
 
-def _answered(dm) -> bool:
-    s = dm.advisor.snapshot_stats()
-    return sum(s.requests.values()) >= 1
+def _quiesce(dm) -> None:
+    """Stop the worker (a request in flight finishes first) so the figures hold still: it may
+    have asked once on its own (its second look after start) besides the poke's request."""
+    dm.advisor.stop(timeout=240)
+    assert not dm.advisor._thread.is_alive()
+
+
+def _ask_until_ok(dm, attempts: int = 3) -> None:
+    """Poke the worker until one answer validates. A 135M model's grammar-constrained answer
+    is nearly always valid JSON, but not always (it may run out of max_tokens inside a
+    string): such a round is refused as invalid_json, which is the advisor working, and
+    the test asks again rather than fail on the model's judgement."""
+    for _ in range(attempts):
+        before = sum(dm.advisor.snapshot_stats().requests.values())
+        dm.advisor.poke()
+        assert wait_until(lambda b=before: sum(dm.advisor.snapshot_stats().requests.values()) > b, timeout=240), \
+            dm.advisor.snapshot_stats()
+        if dm.advisor.snapshot_stats().requests["ok"]:
+            break
+    _quiesce(dm)
+    st = dm.advisor.snapshot_stats()
+    assert st.requests["ok"] >= 1, st
+    # nothing but ok and the model's own format slips: no timeout, connection or HTTP failure
+    assert st.requests["ok"] + st.requests["invalid_json"] == sum(st.requests.values()), st
 
 
 def test_apply_mode_end_to_end(server, capsys):
@@ -99,35 +120,36 @@ def test_apply_mode_end_to_end(server, capsys):
     try:
         _work(dm.hv, 1, 3, 256)
         _work(dm.hv, 2, 20, 8)
-        dm.advisor.poke()
-        assert wait_until(lambda: _answered(dm), timeout=240), dm.advisor.snapshot_stats()
+        _ask_until_ok(dm)
         st = dm.advisor.snapshot_stats()
-        # the schema-constrained answer parsed: no transport or format failure
-        assert st.requests["ok"] == 1, st
-        assert st.compared >= 1  # the answer named at least one VM (minItems 1) and validated
+        assert st.compared >= 1  # an answer named at least one VM (minItems 1) and validated
         advice = _ctl(dm, capsys, "advice")
-        assert advice["mode"] == "apply" and advice["requests"]["ok"] == 1
+        assert advice["mode"] == "apply" and advice["requests"]["ok"] == st.requests["ok"]
         rows = {r["vm_id"]: r for r in advice["rows"]}
         assert set(rows) == {1, 2}
         llm_rows = [r for r in rows.values() if r["llm_class"]]
         assert llm_rows and all(r["age_seconds"] is not None for r in llm_rows)
         for r in llm_rows:  # every piece of LLM advice was applied or refused with a reason
             assert r["status"] in ("applied", "refused"), r
-            if r["status"] == "applied":
+            if r["status"] == "applied":  # in effect now (a share or cap it names, the class)
                 info = dm.hv.vm_info(r["vm_id"])
-                assert info.share_pct == (r["share"] if r["share"] is not None else 30)
-                assert 10 <= info.share_pct <= 60
-                assert info.cap_pct == (r["cap"] if r["cap"] is not None else (80 if r["vm_id"] == 1 else None))
-            assert dm.hv.vm_info(2).cap_pct is None  # VM 2 has no cap bounds: never capped
+                assert r["share"] is None or info.share_pct == r["share"]
+                assert r["cap"] is None or info.cap_pct == r["cap"]
+                assert info.default_class == r["llm_class"]
+        # whatever the model said, every VM stays within the operator's bounds
+        assert all(10 <= dm.hv.vm_info(v).share_pct <= 60 for v in (1, 2))
         assert 50 <= dm.hv.vm_info(1).cap_pct <= 90
+        assert dm.hv.vm_info(2).cap_pct is None  # VM 2 has no cap bounds: never capped
         applied = [e for e in events if e.kind == "advice_applied"]
         assert len(applied) == st.applied
-        for e in applied:
+        for e in applied:  # each applied change is an event with its rationale
             assert isinstance(e.detail["rationale"], str) and e.detail["how"] == "apply"
+            assert e.detail["source"] == "llm"
         host, port = dm.metrics.address
         text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
-        assert 'pxos_advisor_requests_total{outcome="ok"} 1.0' in text
-        assert "pxos_advisor_request_seconds_count 1.0" in text
+        n = float(st.requests["ok"])
+        assert f'pxos_advisor_requests_total{{outcome="ok"}} {n}' in text
+        assert f"pxos_advisor_request_seconds_count {n}" in text
         assert f"pxos_advisor_advice_applied_total {float(st.applied)}" in text
         assert "pxos_advisor_agreement_ratio" in text
     finally:
@@ -140,9 +162,7 @@ def test_suggest_mode_accept_and_reject(server, capsys):
     dm.start()
     try:
         _work(dm.hv, 1, 3, 256)
-        dm.advisor.poke()
-        assert wait_until(lambda: _answered(dm), timeout=240)
-        assert dm.advisor.snapshot_stats().requests["ok"] == 1
+        _ask_until_ok(dm)
         rows = _ctl(dm, capsys, "advice")["rows"]
         suggested = [r for r in rows if r["status"] == "suggested"]
         assert [dm.hv.vm_info(v).share_pct for v in (1, 2)] == [30, 30]  # nothing applied by itself
