@@ -31,11 +31,12 @@ def _age(row) -> str:
 def _rows(rows) -> list[list[str]]:
     return [[str(r.vm_id), r.source, r.wclass, f"{r.share:g}%" if r.HasField("share") else "-",
              f"{r.cap:g}%" if r.HasField("cap") else "-",
-             r.heuristic_class, r.llm_class or "-", _age(r), r.status, r.rationale or r.detail or "-"]
+             r.heuristic_class, r.llm_class or "-", _age(r), r.status,
+             (f"{r.detail}" if r.status in ("refused", "dwelling") and r.detail else r.rationale) or "-"]
             for r in rows]
 
 
-_HEADERS = ["VM", "SOURCE", "CLASS", "SHARE", "CAP", "HEURISTIC", "LLM", "AGE", "STATUS", "RATIONALE"]
+_HEADERS = ["VM", "SOURCE", "CLASS", "SHARE", "CAP", "HEURISTIC", "LLM", "AGE", "STATUS", "RATIONALE / WHY"]
 
 
 def _json(resp) -> dict:
@@ -60,7 +61,7 @@ def cmd_advice(c, args) -> int:
               + f"; agreement with the heuristic {agree}")
         if resp.last_error:
             print(f"last error: {resp.last_error}")
-        print(table(_HEADERS, _rows(resp.rows), left=1))
+        print(table(_HEADERS, _rows(resp.rows), left=len(_HEADERS)))
         return 0
     row = c.call("DecideAdvice", pb.DecideAdviceRequest(vm_id=args.vm, accept=verb == "accept"))
     if args.json:

@@ -84,3 +84,14 @@ def test_advice_usage_errors(setup):
     assert ctl("advice", "accept", "zero")[0] == EXIT_USAGE
     code, _, err = ctl("advice", "reject", 9)
     assert code == EXIT_FAILED and "VM 9" in err
+
+
+def test_refused_advice_shows_why(setup):
+    dm, ctl, ep = setup
+    ep.content = json.dumps({"vms": [{"vm_id": 1, "wclass": "BATCH", "share": 90, "rationale": "all of it"}]})
+    assert dm.advisor.ask(dm.advisor.summaries()) == "ok"
+    code, out, _ = ctl("advice")
+    assert code == EXIT_OK and "refused out_of_bounds 1" in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("1 "))
+    assert "refused" in row and "out_of_bounds: share 90" in row and "heuristic" in row
+    assert dm.hv.vm_info(1).share_pct == 30
