@@ -143,11 +143,15 @@ class Advisor:
             self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, abort: bool = True) -> None:
+        """Stop the worker; ``abort`` ends a request in flight at once (else it runs to its
+        answer or its timeout first)."""
         self._stop.set()
         self._wake.set()
+        if abort and self.client is not None:
+            self.client.abort()
         if self._thread is not None:
-            self._thread.join(timeout)  # a request in flight ends at its own timeout
+            self._thread.join(timeout)
 
     def poke(self) -> None:
         """Ask at the next wake-up, whatever the interval says (VMs never seen before: at

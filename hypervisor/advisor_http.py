@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ class EndpointClient:
         self._path = u.path.rstrip("/") + "/chat/completions"
         self.timeout, self.max_tokens, self.response_format = timeout, max_tokens, response_format
         self.__key = api_key
+        self._conn: http.client.HTTPConnection | None = None  # the request in flight, for abort()
 
     def __repr__(self) -> str:  # the key never appears
         return f"EndpointClient({self.endpoint!r}, model={self.model!r}, key={'set' if self.__key else 'none'})"
@@ -80,6 +82,7 @@ class EndpointClient:
                                                context=ssl.create_default_context())
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        self._conn = conn
         try:
             conn.request("POST", self._path, body=payload, headers=headers)
             self._settimeout(conn, deadline)
@@ -91,10 +94,21 @@ class EndpointClient:
         except (OSError, http.client.HTTPException) as exc:
             raise AdvisorRejected(Reason.CONNECTION, f"{type(exc).__name__}: {exc}"[:200]) from None
         finally:
+            self._conn = None
             conn.close()
         if status != 200:
             raise AdvisorRejected(Reason.HTTP_STATUS, f"HTTP {status}: {raw[:120]!r}")
         return _message_text(raw)
+
+    def abort(self) -> None:
+        """End the request in flight now (the daemon is stopping): it fails as CONNECTION."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @staticmethod
     def _settimeout(conn: http.client.HTTPConnection, deadline: float) -> None:

@@ -89,7 +89,7 @@ def _ctl(dm, capsys, *argv):
 def _quiesce(dm) -> None:
     """Stop the worker (a request in flight finishes first) so the figures hold still: it may
     have asked once on its own (its second look after start) besides the poke's request."""
-    dm.advisor.stop(timeout=240)
+    dm.advisor.stop(timeout=240, abort=False)
     assert not dm.advisor._thread.is_alive()
 
 

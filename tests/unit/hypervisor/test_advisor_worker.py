@@ -290,3 +290,12 @@ def test_advice_already_in_effect_needs_no_dwell_and_changes_nothing(hv):
     assert (row.status, row.detail) == ("applied", "already in effect")
     assert "quota_changed" not in events and "advice_applied" not in events
     assert adv.snapshot_stats().applied == 0
+
+
+def test_stop_ends_a_request_in_flight(hv):
+    with LLMEndpoint("hang") as ep:
+        adv = _advisor(hv, ep.url, interval_seconds=0.05, timeout_seconds=300).start()
+        assert wait_until(lambda: len(ep.requests) >= 1)
+        adv.stop(timeout=60)  # without the abort the thread would sit in its request for 300 s
+        assert not adv._thread.is_alive()
+    assert adv.snapshot_stats().requests["connection"] == 1
