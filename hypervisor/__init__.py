@@ -7,6 +7,18 @@ and the scheduler.
 
 import os as _os
 
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pxos")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
+
 # The NumPy executor charges a launch with its thread's CPU time; BLAS worker threads
 # would do work that time does not see (and compete with the vhost-user threads), so
 # BLAS runs on the calling thread unless the operator says otherwise. This only takes

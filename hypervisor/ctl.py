@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from . import __version__
 from .config import parse_size
 from .ctl_format import message_json, pct, print_json, size, table
 from .errors import ConfigError
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print data as JSON (one object; one per line for streams)")
     p = _Parser(prog="pxosctl", description="Control pxos-hvd, the pxOS GPU hypervisor.", parents=[common])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--socket", metavar="PATH", help=f"daemon's unix socket (default $PXOS_SOCKET or {default_socket()})")
     p.add_argument("--tcp", metavar="HOST:PORT", help="reach the daemon over TCP instead (mutual TLS: --tls-*)")
     tls = p.add_argument_group("TLS (for --tcp; the daemon accepts TCP clients only with mutual TLS)")
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_advice_parser(sub, common, _vm_id)
 
     sub.add_parser("stats", parents=[common], help="every VM, the device and the scheduler")
+    sub.add_parser("status", parents=[common],
+                   help="is the daemon up and answering? one line (exit 0), or why not (exit non-zero)")
 
     top = sub.add_parser("top", parents=[common], help="live dashboard, refreshed every second")
     top.add_argument("--once", action="store_true", help="print one frame and exit (for scripts, non-ttys)")
@@ -258,6 +262,20 @@ def cmd_stats(c: Client, args) -> int:
     return EXIT_OK
 
 
+def cmd_status(c: Client, args) -> int:
+    """One round trip (Stats): the daemon answers, with its backend, VMs and pool use."""
+    resp = c.call("Stats", pb.StatsRequest())
+    d = resp.device
+    if args.json:
+        print_json({"ok": True, "pxosctl_version": __version__, "backend": d.backend, "device_name": d.device_name,
+                    "vms": len(resp.vms), "pool_used": d.pool_used, "pool_bytes": d.pool_bytes,
+                    "launches": resp.scheduler.launches})
+    else:
+        print(f"pxos-hvd up: backend {d.backend} ({d.device_name}), {len(resp.vms)} VMs, "
+              f"pool {size(d.pool_used)} of {size(d.pool_bytes)}, {resp.scheduler.launches} launches")
+    return EXIT_OK
+
+
 def cmd_events(c: Client, args) -> int:
     import json
 
@@ -285,7 +303,7 @@ def _commands():
     from .ctl_run import cmd_run
     from .ctl_top import cmd_top
 
-    return {"vm": cmd_vm, "quota": cmd_quota, "stats": cmd_stats, "events": cmd_events, "run": cmd_run,
+    return {"vm": cmd_vm, "quota": cmd_quota, "stats": cmd_stats, "status": cmd_status, "events": cmd_events, "run": cmd_run,
             "top": cmd_top, "model": cmd_model,
             "advice": cmd_advice}
 

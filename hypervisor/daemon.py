@@ -17,6 +17,7 @@ import sys
 import threading
 from importlib.metadata import entry_points
 
+from . import __version__
 from . import errors as E
 from .config import DEFAULT_CONFIG_TOML, DaemonConfig, VMConfig, load_config
 from .core import Hypervisor
@@ -61,6 +62,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._stopping = False
         self._stopped = threading.Event()
+        self._ready = False  # start() finished: what /readyz reports with the dispatcher's state
         # Mode and group of VM sockets, set on the socket before anyone can reach it.
         self._vm_socket_mode, self._vm_socket_gid = socket_access(config.daemon.vm_socket_group)
 
@@ -94,7 +96,7 @@ class Daemon:
             from .metrics import MetricsExporter
 
             self.metrics = MetricsExporter(self.hv, transport_status=self.transport_status, advisor=self.advisor)
-            host, port = self.metrics.serve(self.config.daemon.metrics_address)
+            host, port = self.metrics.serve(self.config.daemon.metrics_address, ready=self.readiness)
             log.info("metrics on http://%s:%d/metrics", host, port)
         if grpc:
             from .rpc.server import GrpcServer
@@ -108,10 +110,21 @@ class Daemon:
             self.grpc = GrpcServer(self)
             self.grpc.start(unix_path=d.grpc_socket, tcp_address=d.grpc_tcp, tls=tls)
             log.info("gRPC on unix:%s%s", d.grpc_socket, f" and {d.grpc_tcp} (mutual TLS)" if d.grpc_tcp else "")
+        self._ready = True
         log.info("pxos-hvd up: backend %s (%s), device pool %d bytes, %d VMs",
                  self.hv.executor.name, self.hv.device_info().device_name, self.hv.memory.pool_bytes,
                  len(self.config.vm))
         return self
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz: started, not stopping, and the dispatcher running."""
+        if self._stopping:
+            return False, "stopping"
+        if not self._ready:
+            return False, "starting"
+        if not self.hv.dispatcher.alive():
+            return False, "the dispatcher thread is not running"
+        return True, "ready"
 
     def stop(self, grace: float = 5.0) -> None:
         """Graceful: stop taking requests, disconnect guests, cancel queued work, let the
@@ -238,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
     p = argparse.ArgumentParser(prog="pxos-hvd", description="pxOS GPU hypervisor daemon "
                                 "(`pxos-hvd demo --help` for the demo)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", metavar="FILE", help="TOML config (see --print-default-config)")
     p.add_argument("--print-default-config", action="store_true", help="print a commented default config")
     p.add_argument("--check-config", action="store_true", help="validate --config and exit")

@@ -119,6 +119,11 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._loop, name="pxos-dispatch", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        """Whether the dispatch thread is running (what /readyz checks)."""
+        t = self._thread
+        return t is not None and t.is_alive() and not self._stopping
+
     def stop(self, timeout: float) -> None:
         with self.hv._lock:
             self._stopping = True

@@ -304,14 +304,17 @@ class MetricsExporter:
         """The text exposition format, exactly what GET /metrics returns."""
         return generate_latest(self.registry)
 
-    def serve(self, address: str = "127.0.0.1:9464") -> tuple[str, int]:
+    def serve(self, address: str = "127.0.0.1:9464",
+              ready: Callable[[], tuple[bool, str]] | None = None) -> tuple[str, int]:
         """Serve /metrics on ``host:port`` (``[::1]:9464`` for IPv6) from a thread of its
-        own; returns the bound host and port."""
+        own; returns the bound host and port. Also /healthz (200 while the process
+        answers) and /readyz (200 when ``ready()`` says so, 503 with its reason
+        otherwise); any other path is 404."""
         host, port = _split_address(address)
         server_cls = type("_MetricsServer", (_MetricsServer,),
                           {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
         try:
-            self._httpd = make_server(host, port, make_wsgi_app(self.registry), server_cls,
+            self._httpd = make_server(host, port, _routes(make_wsgi_app(self.registry), ready), server_cls,
                                       handler_class=_QuietHandler)
         except OSError as exc:
             raise ConfigError(f"metrics: cannot listen on {address}: {exc.strerror or exc}") from exc
@@ -328,6 +331,32 @@ class MetricsExporter:
             if self._thread is not None:
                 self._thread.join(5.0)
             self._httpd = self._thread = self.address = None
+
+
+def _routes(metrics_app, ready: Callable[[], tuple[bool, str]] | None):
+    """The exporter's WSGI app: /metrics, /healthz, /readyz; 404 for the rest."""
+
+    def text(start_response, status: str, body: str):
+        data = (body + "\n").encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                ("Content-Length", str(len(data)))])
+        return [data]
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            return text(start_response, "200 OK", "ok")
+        if path == "/readyz":
+            try:
+                ok, why = ready() if ready is not None else (True, "ready")
+            except Exception as exc:  # a broken check reads as not ready, never a 500 trace
+                ok, why = False, f"readiness check failed: {exc}"
+            return text(start_response, "200 OK" if ok else "503 Service Unavailable", why)
+        return text(start_response, "404 Not Found", "not found: pxos-hvd serves /metrics, /healthz, /readyz")
+
+    return app
 
 
 class _MetricsServer(ThreadingMixIn, WSGIServer):
