@@ -64,6 +64,7 @@ MAX_KERNELS_PER_VM = 4096
 MAX_INFLIGHT_PER_VM = 256
 MAX_VM_NAME = 63
 MAX_VM_ID = 2**32 - 1
+MAX_MEMORY_QUOTA_BYTES = 1 << 50  # 1 PiB: a quota is checked against this, never wrapped
 
 
 def _finish_stats(fields: dict, latencies_ns: list[int]) -> VMStats:
@@ -77,6 +78,12 @@ def _default_pool(executor: Executor) -> int:
         return max(info.device_memory_free // 2, 64 << 20)
     reserve = max(1 << 30, info.device_memory_total // 20)
     return max(info.device_memory_free - reserve, 64 << 20)
+
+
+def _check_quota(quota: int) -> None:
+    if not 0 < quota <= MAX_MEMORY_QUOTA_BYTES:
+        raise E.InvalidArgument(f"memory quota must be 1..{MAX_MEMORY_QUOTA_BYTES} bytes "
+                                f"(MAX_MEMORY_QUOTA_BYTES), got {quota}")
 
 
 class Hypervisor:
@@ -154,8 +161,7 @@ class Hypervisor:
         if not isinstance(vm_id, int) or not 0 < vm_id <= MAX_VM_ID:
             raise E.InvalidArgument(f"VM id must be an integer in 1..{MAX_VM_ID}, got {vm_id!r}")
         quota = memory_quota_bytes if memory_quota_bytes is not None else int(memory_quota_mb * 1_000_000)
-        if quota <= 0:
-            raise E.InvalidArgument(f"memory quota must be positive, got {quota} bytes")
+        _check_quota(quota)
         name = name if name is not None else f"vm{vm_id}"
         if not name or len(name) > MAX_VM_NAME or not name.isprintable():
             raise E.InvalidArgument(f"VM name must be 1..{MAX_VM_NAME} printable characters")
@@ -202,8 +208,11 @@ class Hypervisor:
             share = vm.share if share_pct is None else share_pct
             cap = vm.cap if cap_pct is False else cap_pct
             check_share(share, cap)
-            if memory_bytes is not None and memory_bytes <= 0:
-                raise E.InvalidArgument(f"memory quota must be positive, got {memory_bytes} bytes")
+            if memory_bytes is not None:
+                _check_quota(memory_bytes)
+                used = self.memory.vm(vm_id).used
+                if memory_bytes < used:
+                    raise E.QuotaBelowUsage(vm_id, memory_bytes, used)
             if share_pct is not None or cap_pct is not False:
                 try:
                     self.scheduler.set_share(vm_id, share, cap)

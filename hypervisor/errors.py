@@ -37,6 +37,18 @@ class UnsupportedDtype(InvalidArgument):
     lists each backend's dtypes."""
 
 
+class QuotaBelowUsage(InvalidArgument):
+    """A memory quota cut below what the VM holds now: refused, so that the guest's next
+    launch does not fail for lack of room it already had (free buffers first)."""
+
+    def __init__(self, vm_id: int, quota: int, usage: int):
+        self.vm_id, self.quota, self.usage = vm_id, quota, usage
+        super().__init__(
+            f"VM {vm_id} holds {usage} bytes now; a memory quota of {quota} bytes is below that "
+            f"(refused: the guest's next launches would fail; free buffers first, or cut to at least {usage})"
+        )
+
+
 class NotFound(PxosError, KeyError):
     """A handle, kernel or VM that does not exist (or belongs to someone else: the two are
     indistinguishable on purpose)."""

@@ -262,6 +262,33 @@ def test_quota_and_share_change_at_run_time(hv):
         hv.alloc(1, "float32", (2000,))
 
 
+def test_quota_cut_below_usage_is_refused_naming_the_usage(hv):
+    """Issue 11, item 2: a cut below what the VM holds is refused (it used to be accepted and
+    the guest's next launch failed); the VM keeps its quota and keeps working."""
+    hv.register_vm(1, 100, 50)
+    hv.alloc(1, "float32", (1000,))  # 4000 bytes held
+    with pytest.raises(E.QuotaBelowUsage, match="holds 4000 bytes") as exc:
+        hv.set_quota(1, memory_bytes=3_999, share_pct=10)
+    assert exc.value.status == "PXOS_S_INVALID" and exc.value.usage == 4000
+    info = hv.vm_info(1)
+    assert (info.memory_quota, info.share_pct) == (100_000_000, 50)  # nothing of the request applied
+    assert hv.set_quota(1, memory_bytes=4_000).memory_quota == 4000  # down to the usage is fine
+    with pytest.raises(E.QuotaExceeded):
+        hv.alloc(1, "float32", (1,))
+
+
+@pytest.mark.parametrize("quota", [0, -1, (1 << 50) + 1, 2**64 - 1])
+def test_memory_quota_out_of_range_is_refused(hv, quota):
+    from hypervisor.core import MAX_MEMORY_QUOTA_BYTES
+
+    with pytest.raises(E.InvalidArgument, match="MAX_MEMORY_QUOTA_BYTES"):
+        hv.register_vm(1, 0, 50, memory_quota_bytes=quota)
+    hv.register_vm(2, 100, 40)
+    with pytest.raises(E.InvalidArgument, match="MAX_MEMORY_QUOTA_BYTES"):
+        hv.set_quota(2, memory_bytes=quota)
+    assert hv.register_vm(3, 0, 10, memory_quota_bytes=MAX_MEMORY_QUOTA_BYTES).memory_quota == MAX_MEMORY_QUOTA_BYTES
+
+
 def test_unregister_cancels_and_releases(hv):
     hv.register_vm(1, 100, 50)
     put(hv, 1, np.ones(4, np.float32))
