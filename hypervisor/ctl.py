@@ -66,6 +66,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+_AUTO_SOCKET = object()  # `vm add --socket` with no value
+
+
+def _socket_name(args) -> str:
+    if args.vm_socket is _AUTO_SOCKET:
+        return f"vm{args.vm}.sock"  # the daemon resolves a bare name inside its socket_dir
+    return args.vm_socket or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -98,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name")
     add.add_argument("--class", dest="wclass", choices=["REALTIME", "INTERACTIVE", "THROUGHPUT", "BATCH"],
                      type=str.upper, help="default workload class")
-    add.add_argument("--socket", dest="vm_socket", metavar="PATH", help="vhost-user socket for the VM's QEMU")
+    add.add_argument("--socket", dest="vm_socket", metavar="PATH", nargs="?", const=_AUTO_SOCKET,
+                     help="vhost-user socket for the VM's QEMU, inside the daemon's socket_dir (a bare name "
+                          "is placed there); --socket alone makes vm<ID>.sock there; without --socket the VM "
+                          "has no socket and is driven over gRPC only")
     remove = vm.add_parser("remove", parents=[common], help="unregister a VM (frees all it holds)")
     remove.add_argument("vm", type=_vm_id)
 
@@ -172,7 +184,7 @@ def cmd_vm(c: Client, args) -> int:
             _print_vm(resp)
     elif args.vm_command == "add":
         req = pb.RegisterVMRequest(vm_id=args.vm, name=args.name or "", memory_bytes=args.memory, share=args.share,
-                                   default_class=args.wclass or "", socket=args.vm_socket or "")
+                                   default_class=args.wclass or "", socket=_socket_name(args))
         if args.cap is not None:
             req.cap = args.cap
         info = c.call("RegisterVM", req)

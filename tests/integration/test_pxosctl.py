@@ -105,6 +105,18 @@ def test_vm_add_with_a_socket(ctl, daemon):
     assert shown["stats"]["transport"]["present"] and not shown["stats"]["transport"]["connected"]
 
 
+def test_vm_add_socket_in_socket_dir_by_default(ctl, daemon):
+    """Issue 11, item 6: `--socket` alone puts vm<ID>.sock in socket_dir, a bare name goes
+    there too; without --socket the VM has no socket (gRPC only)."""
+    info = ok_json(ctl, "vm", "add", 7, "--memory", "1G", "--share", 10, "--socket")
+    assert info["socket"] == os.path.join(daemon.sockdir, "vm7.sock") and os.path.exists(info["socket"])
+    info = ok_json(ctl, "vm", "add", 8, "--memory", "1G", "--share", 10, "--socket", "guest8.sock")
+    assert info["socket"] == os.path.join(daemon.sockdir, "guest8.sock") and os.path.exists(info["socket"])
+    assert not ok_json(ctl, "vm", "add", 9, "--memory", "1G", "--share", 10).get("socket")
+    code, _, err = ctl("vm", "add", 10, "--memory", "1G", "--share", 10, "--socket", "/tmp/elsewhere.sock")
+    assert code != EXIT_OK and "socket_dir" in err
+
+
 def test_quota_set_at_run_time(ctl):
     ctl("vm", "add", 1, "--memory", "1G", "--share", 30, "--cap", 80)
     ctl("vm", "add", 2, "--memory", "1G", "--share", 30)
