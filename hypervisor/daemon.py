@@ -59,7 +59,7 @@ class Daemon:
         self.transport = None
         self.grpc = None
         self.metrics = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reload() holds it across add_vm/remove_vm
         self._stopping = False
         self._stopped = threading.Event()
         self._ready = False  # start() finished: what /readyz reports with the dispatcher's state
@@ -115,6 +115,61 @@ class Daemon:
                  self.hv.executor.name, self.hv.device_info().device_name, self.hv.memory.pool_bytes,
                  len(self.config.vm))
         return self
+
+    def reload(self, config: DaemonConfig) -> list[str]:
+        """Apply a re-read config file (SIGHUP): the VMs the file names are added, changed
+        (quota, share, cap, class, advisor bounds) or removed to match it; VMs added at run
+        time over gRPC are left alone. A change one VM refuses (a quota below its usage, a
+        new socket) is logged and that VM keeps what it had; the rest still applies.
+        [daemon], [memory] and [[model]] changes need a restart: logged, not applied.
+        Returns one line per change or refusal."""
+        out: list[str] = []
+        with self._lock:
+            if self._stopping:
+                return ["stopping: reload ignored"]
+            old = {v.id: v for v in self.config.vm}
+            new = {v.id: v for v in config.vm}
+            if config.model_dump(exclude={"vm", "advisor"}) != self.config.model_dump(exclude={"vm", "advisor"}):
+                out.append("[daemon]/[memory]/[[model]] changed: they take effect at the next restart")
+            registered = {i.vm_id for i in self.hv.list_vms()}
+            for vm_id in sorted(set(old) - set(new)):
+                if vm_id in registered:
+                    try:
+                        self.remove_vm(vm_id)
+                        out.append(f"VM {vm_id}: removed (no longer in the file)")
+                    except E.PxosError as exc:
+                        out.append(f"VM {vm_id}: not removed: {exc}")
+            kept = []
+            for vm_id, vm in sorted(new.items()):
+                if vm_id not in registered:
+                    try:
+                        self.add_vm(vm)
+                        out.append(f"VM {vm_id}: added")
+                    except E.PxosError as exc:
+                        out.append(f"VM {vm_id}: not added: {exc}")
+                        continue
+                else:
+                    cur = old.get(vm_id)
+                    if cur is not None and (cur.socket != vm.socket or cur.name != vm.name):
+                        out.append(f"VM {vm_id}: a new socket or name needs `pxosctl vm remove` and add "
+                                   "(kept as it was)")
+                        kept.append(cur)
+                        continue
+                    if cur != vm:
+                        try:
+                            self.hv.set_quota(vm_id, memory_bytes=vm.memory, share_pct=vm.share, cap_pct=vm.cap,
+                                              default_class=vm.default_class)
+                            self.advisor.set_bounds(vm_id, self._vm_bounds(vm))
+                            out.append(f"VM {vm_id}: quota {vm.memory} bytes, share {vm.share:g}%"
+                                       + (f", cap {vm.cap:g}%" if vm.cap else ""))
+                        except E.PxosError as exc:
+                            out.append(f"VM {vm_id}: change refused, kept as it was: {exc}")
+                            if cur is not None:
+                                kept.append(cur)
+                            continue
+                kept.append(vm)
+            self.config = self.config.model_copy(update={"vm": kept})
+        return out
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz: started, not stopping, and the dispatcher running."""
@@ -234,8 +289,27 @@ def _run(args: argparse.Namespace) -> int:
         log.info("signal %s: shutting down", signal.Signals(signum).name)
         threading.Thread(target=daemon.stop, name="pxos-shutdown", daemon=True).start()
 
+    def reload() -> None:
+        if not args.config:
+            log.warning("SIGHUP: no --config file to reload; nothing changed")
+            return
+        try:
+            new = load_config(args.config)
+        except E.PxosError as exc:
+            log.error("SIGHUP: %s is not valid, the running config is kept: %s", args.config, exc)
+            return
+        except OSError as exc:
+            log.error("SIGHUP: cannot read %s, the running config is kept: %s", args.config, exc)
+            return
+        changes = daemon.reload(new)
+        log.info("SIGHUP: reloaded %s: %s", args.config, "; ".join(changes) if changes else "no change")
+
+    def on_hup(_signum, _frame):  # reload, never die: a daemon started from a terminal outlives it
+        threading.Thread(target=reload, name="pxos-reload", daemon=True).start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     if args.ready_fd is not None:  # tell a supervisor (or a test) we are serving
         os.write(args.ready_fd, b"ready\n")
         os.close(args.ready_fd)

@@ -126,3 +126,66 @@ def test_check_config_checks_the_advisor_key(tmp_path):
     chk = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--check-config", "--config", str(cfg)],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert chk.returncode == 2 and "api_key_file" in chk.stderr and "Traceback" not in chk.stderr
+
+
+def _vms(sock: Path) -> dict[int, pb.VMInfo]:
+    with Client(socket_path=str(sock)) as c:
+        return {v.vm_id: v for v in c.call("ListVMs", pb.ListVMsRequest()).vms}
+
+
+def _wait_for(pred, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_sighup_reloads_the_config_and_never_kills(tmp_path):
+    """Issue 11, item 1: SIGHUP used to kill the daemon silently. It re-reads the file: VMs
+    added, changed and removed as the file says; an invalid file is logged and the running
+    config kept; a VM added at run time is left alone."""
+    head = f"""
+[daemon]
+grpc_socket = "{tmp_path}/hvd.sock"
+socket_dir = "{tmp_path}"
+metrics_address = ""
+backend = "numpy"
+"""
+    vm = """
+[[vm]]
+id = {id}
+memory = "{mem}"
+share = {share}
+"""
+    cfg = tmp_path / "pxos.toml"
+    cfg.write_text(head + vm.format(id=1, mem="64Mi", share=40) + vm.format(id=2, mem="64Mi", share=20))
+    proc, line = start(cfg)
+    sock = tmp_path / "hvd.sock"
+    try:
+        assert line == "ready\n", proc.communicate(timeout=10)[0]
+        with Client(socket_path=str(sock)) as c:  # a VM of the operator's, not of the file
+            c.call("RegisterVM", pb.RegisterVMRequest(vm_id=9, memory_bytes=1 << 20, share=5))
+        cfg.write_text(head + vm.format(id=1, mem="32Mi", share=50) + vm.format(id=3, mem="16Mi", share=10))
+        proc.send_signal(signal.SIGHUP)
+        try:
+            vms = _wait_for(lambda: (v := _vms(sock)) and 3 in v and 2 not in v and v)
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(proc.communicate(timeout=10)[0]) from None
+        assert sorted(vms) == [1, 3, 9]
+        assert (vms[1].memory_quota, vms[1].share) == (32 << 20, 50)
+        cfg.write_text(head + "[[vm]]\nid = 0\n")  # invalid: kept running, config unchanged
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None and sorted(_vms(sock)) == [1, 3, 9]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "SIGHUP: reloaded" in out and "VM 2: removed" in out and "VM 3: added" in out
+    assert "is not valid, the running config is kept" in out
