@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import stat
 import tempfile
@@ -182,6 +183,10 @@ class VhostUserServer:
             sock, _ = self._listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        if self.connection is not None and not self.connection.closed and _peer_gone(self.connection.sock):
+            # The previous front-end closed a moment ago and its hang-up is not processed yet
+            # (QEMU restarting, a reconnect): end it now instead of turning the new one away.
+            self.connection.close("the front-end hung up (a new one is connecting)")
         if self.connection is not None and not self.connection.closed:
             self.rejected_total += 1
             log.warning("%s: a second front-end connected while one is served; closing it", self.name)
@@ -196,6 +201,8 @@ class VhostUserServer:
         except Exception:
             log.exception("%s: device factory failed; closing the connection", self.name)
             sock.close()
+            return
+        log.info("%s: front-end connected (connection %d)", self.name, self.connections_total)
 
     def _on_closed(self, conn: VhostUserConnection) -> None:
         totals = conn.totals()
@@ -204,6 +211,16 @@ class VhostUserServer:
         if conn.close_reason.startswith("protocol error"):
             self._errors_before += 1
         self.last_close_reason = conn.close_reason
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the peer of a connected unix socket has closed its end (no blocking)."""
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    try:
+        return any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, ev in p.poll(0))
+    except OSError:
+        return True
 
 
 def _remove_private_dir(private: str) -> None:

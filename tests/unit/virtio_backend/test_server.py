@@ -271,3 +271,19 @@ def test_new_memory_table_while_requests_are_held(server):
         noop(fe, tag=8)  # and the rings run on the new one
         fe.kick(0)
         assert fe.wait_used(0)[0].data == HEADER.pack(0, 0, 8)
+
+
+def test_reconnect_right_after_a_close_is_served(server):
+    """Issue 11, item 10: a front-end connecting within milliseconds of the previous one's
+    close was sometimes turned away at its first message. The hung-up connection is ended
+    first, every time."""
+    srv, devices = server
+    for _ in range(30):
+        fe = VhostUserFrontend(srv.socket_path)
+        fe.connect()
+        fe.handshake()
+        fe.close()
+        with VhostUserFrontend(srv.socket_path) as again:  # at once, no wait
+            again.connect()
+            again.handshake()
+    assert srv.status()["rejected_total"] == 0
