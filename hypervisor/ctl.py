@@ -354,9 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _commands()[args.command](client, args)
     except UsageError as exc:
+        if args.json:
+            print_json({"error": {"code": "USAGE", "message": str(exc)}})
         print(f"pxosctl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RpcFailure as exc:
+        if args.json:  # a script reading --json gets the error as JSON on stdout too
+            print_json({"error": {"code": exc.code, "status": exc.status, "type": exc.error_type,
+                                  "message": exc.message, "unreachable": exc.unreachable,
+                                  "diagnostics": [{"line": d.line, "column": d.column, "code": d.code,
+                                                   "message": d.message} for d in exc.diagnostics]}})
         print(f"pxosctl: error: {exc}", file=sys.stderr)
         for d in exc.diagnostics:
             print(f"  {d.line}:{d.column}: error[{d.code}]: {d.message}", file=sys.stderr)

@@ -117,6 +117,16 @@ def test_vm_add_socket_in_socket_dir_by_default(ctl, daemon):
     assert code != EXIT_OK and "socket_dir" in err
 
 
+def test_errors_under_json_are_json(ctl, tmp_path):
+    """Issue 11, item 8: errors stayed plain text under --json."""
+    code, out, err = ctl("--json", "vm", "remove", 77)
+    assert code == EXIT_FAILED and err.startswith("pxosctl: error: NOT_FOUND")
+    e = json.loads(out)["error"]
+    assert e["code"] == "NOT_FOUND" and e["status"] and "77" in e["message"] and e["unreachable"] is False
+    code, out, _ = ctl("--json", "--socket", tmp_path / "gone.sock", "stats")
+    assert code == EXIT_UNREACHABLE and json.loads(out)["error"]["unreachable"] is True
+
+
 def test_quota_set_at_run_time(ctl):
     ctl("vm", "add", 1, "--memory", "1G", "--share", 30, "--cap", 80)
     ctl("vm", "add", 2, "--memory", "1G", "--share", 30)
