@@ -206,10 +206,34 @@ def parse_config(raw: dict, source: str = "<config>") -> DaemonConfig:
     try:
         return DaemonConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_where(raw, e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{source}: {problems}") from exc
+
+
+def _where(raw: dict, loc: tuple) -> str:
+    """A validation error's place as an operator reads the file: tables of arrays by the
+    entry's id where it has one (`vm[id=3].memory`), else by 1-based position
+    (`vm[#2].memory`), never pydantic's 0-based index."""
+    parts: list[str] = []
+    i = 0
+    while i < len(loc):
+        key = loc[i]
+        if isinstance(key, str) and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+            entries = raw.get(key) if isinstance(raw, dict) and len(parts) == 0 else None
+            n = loc[i + 1]
+            entry = entries[n] if isinstance(entries, list) and 0 <= n < len(entries) else None
+            label = f"{key}[#{n + 1}]"
+            for field in ("id", "name"):
+                v = entry.get(field) if isinstance(entry, dict) else None
+                if isinstance(v, (int, str)) and not isinstance(v, bool) and v != "":
+                    label = f"{key}[{field}={v}]"
+                    break
+            parts.append(label)
+            i += 2
+            continue
+        parts.append(str(key))
+        i += 1
+    return ".".join(parts) or "(top)"
 
 
 DEFAULT_CONFIG_TOML = """\

@@ -42,8 +42,11 @@ def test_vms_are_parsed(tmp_path):
 @pytest.mark.parametrize("body,needle", [
     ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 60\n[[vm]]\nid = 2\nmemory = "8G"\nshare = 50\n', "sum to 110"),
     ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\n[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\n', "unique"),
-    ('[[vm]]\nid = 1\nmemory = "lots"\nshare = 10\n', "vm.0.memory"),
-    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\ncap = 0\n', "vm.0.cap"),
+    ('[[vm]]\nid = 1\nmemory = "lots"\nshare = 10\n', "vm[id=1].memory"),
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\ncap = 0\n', "vm[id=1].cap"),
+    # named by id as in the file, never pydantic's 0-based index (issue 11, item 8)
+    ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\n[[vm]]\nid = 7\nmemory = "x"\nshare = 10\n', "vm[id=7].memory"),
+    ('[[vm]]\nmemory = "8G"\nshare = 10\n', "vm[#1].id"),
     ('[[vm]]\nid = 1\nmemory = "8G"\nshare = 10\ndefault_class = "FAST"\n', "default_class"),
     ('[daemon]\nbackend = "tpu"\n', "daemon.backend"),
     ('[daemon]\nunknown_key = 1\n', "unknown_key"),
