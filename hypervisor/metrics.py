@@ -96,6 +96,9 @@ class _HypervisorCollector(Collector):
             "cap": gauge("pxos_vm_compute_cap_ratio", "The VM's hard cap, 0..1 (absent: no cap)"),
             "achieved": gauge("pxos_vm_achieved_share_ratio",
                               "The VM's part of busy device time over the scheduler window, 0..1"),
+            "share_error": gauge("pxos_vm_share_error_ratio",
+                                 "Achieved share minus the share the VM is entitled to among the VMs "
+                                 "that had work in the window, -1..1"),
             "queue": gauge("pxos_vm_queue_depth", "Launches queued for the VM, not yet started"),
             "inflight": gauge("pxos_vm_inflight_launches", "Launches of the VM queued or running"),
             "buffers": gauge("pxos_vm_buffers", "Live buffers of the VM"),
@@ -158,7 +161,9 @@ class _HypervisorCollector(Collector):
 
     def _fill(self, fam, extra_fams, transport, device, sched) -> None:
         hv = self.hv
-        for s in hv.all_stats():
+        all_stats = hv.all_stats()
+        entitled = share_entitlements(all_stats)
+        for s in all_stats:
             vm = [str(s.vm_id)]
             fam["device_seconds"].add_metric(vm, s.device_seconds_total)
             fam["launches_failed"].add_metric(vm, s.launches_failed)
@@ -171,6 +176,7 @@ class _HypervisorCollector(Collector):
             if s.cap_pct is not None:
                 fam["cap"].add_metric(vm, s.cap_pct / 100.0)
             fam["achieved"].add_metric(vm, s.achieved_share)
+            fam["share_error"].add_metric(vm, s.achieved_share - entitled.get(s.vm_id, 0.0))
             fam["queue"].add_metric(vm, s.queue_depth)
             fam["inflight"].add_metric(vm, s.inflight)
             fam["buffers"].add_metric(vm, s.buffers)
@@ -245,6 +251,15 @@ class _AdvisorCollector(Collector):
         for m in ("off", "suggest", "apply"):
             mode.add_metric([m], 1.0 if st.mode == m else 0.0)
         yield mode
+
+
+def share_entitlements(stats) -> dict[int, float]:
+    """What each VM is entitled to (0..1) over the scheduler window: its share among the
+    VMs that had work in it (used the device or have launches queued). A VM with no work is
+    entitled to nothing: the scheduler is work-conserving and gives its part to the others."""
+    active = [s for s in stats if s.achieved_share > 0 or s.queue_depth > 0]
+    total = sum(s.share_pct for s in active)
+    return {s.vm_id: (s.share_pct / total if total > 0 else 0.0) for s in active}
 
 
 class MetricsExporter:

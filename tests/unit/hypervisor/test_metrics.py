@@ -98,6 +98,28 @@ def test_vm_gauges_are_the_hypervisors_numbers(hv, exporter):
     assert value(s, "pxos_device_pool_used_bytes") == hv.device_info().pool_used
 
 
+def test_share_error_is_achieved_minus_entitlement(hv, exporter):
+    """Issue 11: the per-VM share error (achieved minus target over the window)."""
+    from hypervisor.metrics import share_entitlements
+
+    hv.register_vm(1, 100, 60)
+    hv.register_vm(2, 100, 20)
+    hv.register_vm(3, 100, 10)  # no work: entitled to nothing, error 0
+    for vm in (1, 2):
+        k, binds = _matmul(hv, vm)
+        for _ in range(3):
+            assert hv.launch(vm, k.kernel_id, binds).wait(10).ok
+    stats = {st.vm_id: st for st in hv.all_stats()}
+    assert share_entitlements(stats.values()) == {1: 0.75, 2: 0.25}
+    s, _ = parse(exporter.render())
+    for vm, entitled in ((1, 0.75), (2, 0.25)):
+        assert value(s, "pxos_vm_share_error_ratio", vm=str(vm)) == pytest.approx(
+            stats[vm].achieved_share - entitled, abs=0.05)
+    assert value(s, "pxos_vm_share_error_ratio", vm="3") == 0.0
+    errors = [value(s, "pxos_vm_share_error_ratio", vm=v) for v in ("1", "2", "3")]
+    assert sum(errors) == pytest.approx(0.0, abs=0.05)  # achieved shares sum to 1, entitlements too
+
+
 def test_quota_change_shows_at_the_next_scrape(hv, exporter):
     hv.register_vm(1, 100, 50)
     hv.set_quota(1, memory_bytes=5_000_000, share_pct=25)
