@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _vm_rows(vms) -> list[list[str]]:
     return [[str(v.vm_id), v.name, size(v.memory_used), size(v.memory_quota), pct(v.share, 0),
-             pct(v.cap, 0) if v.HasField("cap") else "-", v.default_class or "-", v.socket or "-"] for v in vms]
+             pct(v.cap, 0) if v.HasField("cap") else "-", v.default_class or "auto", v.socket or "-"] for v in vms]
 
 
 _VM_HEADERS = ["ID", "NAME", "USED", "QUOTA", "SHARE", "CAP", "CLASS", "SOCKET"]
@@ -214,7 +214,7 @@ def _print_vm(resp) -> None:
                    f"(device {size(s.memory_device_bytes)}, host {size(s.memory_host_bytes)})"),
         ("share", f"{pct(i.share, 0)} target, {pct(100 * s.achieved_share)} achieved"
                   + (f", cap {pct(i.cap, 0)}" if i.HasField("cap") else "")),
-        ("class", i.default_class or "-"),
+        ("class", i.default_class or "auto (classified per launch)"),
         ("launches", f"{s.launches_total} ({s.launches_failed} failed); queued {s.queue_depth}, "
                      f"in flight {s.inflight}"),
         ("by class", ", ".join(f"{k} {v}" for k, v in sorted(s.launches_by_class.items())) or "-"),

@@ -117,6 +117,15 @@ def test_vm_add_socket_in_socket_dir_by_default(ctl, daemon):
     assert code != EXIT_OK and "socket_dir" in err
 
 
+def test_class_column_says_auto_not_dash(ctl):
+    """Issue 11, item 8: CLASS read `-` for a VM whose launches are classified one by one."""
+    ctl("vm", "add", 1, "--memory", "1G", "--share", 10)
+    ctl("vm", "add", 2, "--memory", "1G", "--share", 10, "--class", "BATCH")
+    code, out, _ = ctl("vm", "list")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert code == EXIT_OK and "auto" in rows["1"] and "BATCH" in rows["2"]
+
+
 def test_errors_under_json_are_json(ctl, tmp_path):
     """Issue 11, item 8: errors stayed plain text under --json."""
     code, out, err = ctl("--json", "vm", "remove", 77)
