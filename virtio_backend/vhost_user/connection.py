@@ -143,6 +143,7 @@ class VhostUserConnection:
         self._tables: list[GuestMemory] = []  # current and retired tables still mapped
         self._guard_seen = lib.pxq_guard_events()
         self._failing = False
+        self._owned = False  # SET_OWNER seen: ring and memory requests come only after it
         sock.settimeout(channel.FRAME_TIMEOUT_S)
         self.device = device_factory(self)
         offered = int(self.device.protocol_features())
@@ -279,7 +280,11 @@ class VhostUserConnection:
         self.protocol_features = body.value
 
     def _handle_set_owner(self, _: NoPayload) -> None:
-        return None  # one front-end per connection: ownership is the connection itself
+        self._owned = True  # one front-end per connection: ownership is the connection itself
+
+    def _need_owner(self, what: str) -> None:
+        if not self._owned:
+            raise ProtocolError(f"{what} before SET_OWNER (the vhost-user order: SET_OWNER first)")
 
     def _handle_reset_owner(self, _: NoPayload) -> None:
         self._reset_all(keep_notifiers=True)
@@ -291,6 +296,9 @@ class VhostUserConnection:
         return encode_u64(len(self._vrings))
 
     def _handle_set_mem_table(self, body: MemTable) -> None:
+        if not self._owned:
+            channel.close_fds(r.fd for r in body.regions)
+            self._need_owner("SET_MEM_TABLE")
         self._tables = [t for t in self._tables if not t.closed]
         if len(self._tables) >= MAX_LIVE_TABLES:
             channel.close_fds(r.fd for r in body.regions)
@@ -318,6 +326,7 @@ class VhostUserConnection:
             self._update_queue(i)
 
     def _handle_set_vring_num(self, body: VringState) -> None:
+        self._need_owner("SET_VRING_NUM")
         v = self._vring(body.index)
         if v.vq is not None:
             raise ProtocolError(f"SET_VRING_NUM on started ring {body.index}")
@@ -326,6 +335,7 @@ class VhostUserConnection:
         v.num = body.num
 
     def _handle_set_vring_base(self, body: VringState) -> None:
+        self._need_owner("SET_VRING_BASE")
         v = self._vring(body.index)
         if v.vq is not None:
             raise ProtocolError(f"SET_VRING_BASE on started ring {body.index}")
@@ -334,6 +344,7 @@ class VhostUserConnection:
         v.base = body.num
 
     def _handle_set_vring_addr(self, body: VringAddr) -> None:
+        self._need_owner("SET_VRING_ADDR")
         v = self._vring(body.index)
         if body.flags & VHOST_VRING_F_LOG:
             raise ProtocolError(f"ring {body.index}: dirty logging asked (VHOST_VRING_F_LOG) but LOG_ALL "

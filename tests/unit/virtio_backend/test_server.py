@@ -287,3 +287,27 @@ def test_reconnect_right_after_a_close_is_served(server):
             again.connect()
             again.handshake()
     assert srv.status()["rejected_total"] == 0
+
+
+@pytest.mark.parametrize("request_name", ["SET_MEM_TABLE", "SET_VRING_NUM", "SET_VRING_BASE"])
+def test_ring_and_memory_requests_before_set_owner_are_refused(server, request_name):
+    """Issue 11, item 10: these were accepted before SET_OWNER. Now the connection ends with
+    a protocol error, and the socket serves the next front-end."""
+    from tests.support import vhost_frontend as V
+
+    srv, _ = server
+    fe = VhostUserFrontend(srv.socket_path)
+    try:
+        fe.connect()
+        with pytest.raises((ConnectionResetError, BrokenPipeError, OSError)):
+            if request_name == "SET_MEM_TABLE":
+                fe.send_mem_table([(0, 1 << 20, fe.ram_va, 0)])
+            else:
+                fe.vring_state(getattr(V, request_name), 0, 16)
+            fe.get_u64(V.GET_FEATURES)  # the connection is gone by now
+    finally:
+        fe.close()
+    wait_until(lambda: "before SET_OWNER" in (srv.status().get("last_close_reason") or ""))
+    with VhostUserFrontend(srv.socket_path) as again:
+        again.connect()
+        again.handshake()
