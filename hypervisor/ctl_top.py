@@ -30,51 +30,53 @@ def _hit_rate(extra) -> float | None:
 
 
 def frame_data(resp: pb.StatsResponse) -> dict:
-    """One frame as plain data (what --json prints)."""
+    """One frame as plain data (what --json prints). Every key that `pxosctl stats --json`
+    also has carries the same name, unit and meaning there (vm_id, share in percent,
+    achieved_share 0..1, latency_p50_ms, switch_p50_seconds, ...); the rest are top's own."""
     d, s = resp.device, resp.scheduler
     vms = []
     for v in resp.vms:
         vms.append({
-            "id": v.vm_id, "name": v.name, "share_target": v.share, "share_achieved": 100.0 * v.achieved_share,
+            "vm_id": v.vm_id, "name": v.name, "share": v.share, "achieved_share": v.achieved_share,
             "cap": v.cap if v.HasField("cap") else None,
             "memory_used": v.memory_used, "memory_quota": v.memory_quota,
-            "device_bytes": v.memory_device_bytes, "device_pool": d.pool_bytes,
+            "memory_device_bytes": v.memory_device_bytes, "device_pool": d.pool_bytes,
             "device_use": v.memory_device_bytes / d.pool_bytes if d.pool_bytes else None,
             "queue_depth": v.queue_depth, "inflight": v.inflight,
-            "latency_ms": {"p50": v.latency_p50_ms, "p99": v.latency_p99_ms},
-            "vm_switches": v.vm_switches_in, "launches": v.launches_total,
+            "latency_p50_ms": v.latency_p50_ms, "latency_p99_ms": v.latency_p99_ms,
+            "vm_switches_in": v.vm_switches_in, "launches_total": v.launches_total,
             "hit_rate": _hit_rate(v.extra),
             "stall_seconds": v.extra["stall_seconds"] if "stall_seconds" in v.extra else None,
         })
     return {
         "time": resp.time,
-        "device": {"backend": d.backend, "name": d.device_name, "pool_bytes": d.pool_bytes,
+        "device": {"backend": d.backend, "device_name": d.device_name, "pool_bytes": d.pool_bytes,
                    "pool_used": d.pool_used, "host_budget": d.host_budget, "host_used": d.host_used,
                    "vendor": d.vendor, "api": d.api, "time_source": d.time_source},
         "scheduler": {"busy_seconds": s.busy_seconds, "launches": s.launches, "vm_switches": s.vm_switches,
-                      "vm_switch_us": {"p50": 1e6 * s.switch_p50_seconds, "p99": 1e6 * s.switch_p99_seconds},
-                      "lookahead": len(s.lookahead), "lookahead_depth": s.lookahead_depth},
+                      "switch_p50_seconds": s.switch_p50_seconds, "switch_p99_seconds": s.switch_p99_seconds,
+                      "lookahead_planned": len(s.lookahead), "lookahead_depth": s.lookahead_depth},
         "vms": vms,
     }
 
 
 def render(frame: dict, ansi: bool) -> str:
     d, s = frame["device"], frame["scheduler"]
-    title = (f"pxOS  {time.strftime('%H:%M:%S', time.localtime(frame['time']))}  {d['backend']} ({d['name']})  "
+    title = (f"pxOS  {time.strftime('%H:%M:%S', time.localtime(frame['time']))}  {d['backend']} ({d['device_name']})  "
              f"pool {size(d['pool_used'])}/{size(d['pool_bytes'])}")
     if d["host_budget"]:
         title += f"  host {size(d['host_used'])}/{size(d['host_budget'])}"
     sched = (f"busy {s['busy_seconds']:.2f} s  launches {s['launches']}  VM switches {s['vm_switches']} "
-             f"(p50 {s['vm_switch_us']['p50']:.1f} us, p99 {s['vm_switch_us']['p99']:.1f} us)  "
-             f"look-ahead {s['lookahead']}/{s['lookahead_depth']}")
+             f"(p50 {1e6 * s['switch_p50_seconds']:.1f} us, p99 {1e6 * s['switch_p99_seconds']:.1f} us)  "
+             f"look-ahead {s['lookahead_planned']}/{s['lookahead_depth']}")
     rows = []
     for v in frame["vms"]:
         use = "-" if v["device_use"] is None else pct(100 * v["device_use"])
         rows.append([
-            str(v["id"]), v["name"], pct(v["share_target"], 0) + (f" (cap {v['cap']:g})" if v["cap"] else ""),
-            pct(v["share_achieved"]), f"{size(v['memory_used'])}/{size(v['memory_quota'])}",
-            f"{size(v['device_bytes'])} {use}", str(v["queue_depth"]), f"{v['latency_ms']['p50']:.3f}",
-            f"{v['latency_ms']['p99']:.3f}", str(v["vm_switches"]),
+            str(v["vm_id"]), v["name"], pct(v["share"], 0) + (f" (cap {v['cap']:g})" if v["cap"] else ""),
+            pct(100 * v["achieved_share"]), f"{size(v['memory_used'])}/{size(v['memory_quota'])}",
+            f"{size(v['memory_device_bytes'])} {use}", str(v["queue_depth"]), f"{v['latency_p50_ms']:.3f}",
+            f"{v['latency_p99_ms']:.3f}", str(v["vm_switches_in"]),
             "-" if v["hit_rate"] is None else pct(100 * v["hit_rate"]),
             "-" if v["stall_seconds"] is None else f"{v['stall_seconds']:.3f}",
         ])

@@ -222,9 +222,9 @@ def test_stats_top_and_metrics_after_launches(ctl, daemon, tmp_path):
     code, out, _ = ctl("stats")
     assert "device   numpy" in out and "LAUNCHES" in out
     frame = ok_json(ctl, "top", "--once")
-    assert [v["id"] for v in frame["vms"]] == [1, 2]
+    assert [v["vm_id"] for v in frame["vms"]] == [1, 2]
     v1 = frame["vms"][0]
-    assert v1["share_target"] == 50 and v1["latency_ms"]["p99"] > 0
+    assert v1["share"] == 50 and v1["latency_p99_ms"] > 0
     extra = stats["vms"][0]["extra"]  # overcommit's figures: top shows them, or "-" without them
     if "prefetch_hits" in extra:
         hits, misses = extra["prefetch_hits"], extra.get("prefetch_misses", 0)

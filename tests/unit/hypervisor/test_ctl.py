@@ -134,7 +134,7 @@ def test_top_frame_shows_dashes_until_overcommit_reports():
     frame = frame_data(_stats())
     v = frame["vms"][0]
     assert v["hit_rate"] is None and v["stall_seconds"] is None
-    assert v["share_target"] == 30 and v["share_achieved"] == 25 and v["device_use"] == 0.5
+    assert v["share"] == 30 and v["achieved_share"] == 0.25 and v["device_use"] == 0.5
     text = render(frame, ansi=False)
     row = text.splitlines()[-1].split()
     assert row[-2:] == ["-", "-"] and "\x1b" not in text
@@ -150,6 +150,24 @@ def test_top_frame_with_prefetch_figures():
                  ansi=False).splitlines()[-1].split()
     assert row[-2:] == ["75.0%", "0.125"]
     json.dumps(frame_data(_stats()))  # plain data
+
+
+def test_top_and_stats_json_share_their_names():
+    """Issue 11, item 8: `top --json` said id and vm_switch_us where `stats --json` says
+    vm_id and switch_p50_seconds. Every key both views have now means the same thing."""
+    from hypervisor.ctl_format import message_json
+
+    resp = _stats()
+    frame, stats = frame_data(resp), message_json(resp)
+    v, sv = frame["vms"][0], stats["vms"][0]
+    common = set(v) & set(sv)
+    assert {"vm_id", "share", "achieved_share", "latency_p99_ms", "vm_switches_in", "memory_device_bytes"} <= common
+    for key in common:
+        assert v[key] == sv[key], key
+    for key in set(frame["scheduler"]) & set(stats["scheduler"]):
+        assert frame["scheduler"][key] == stats["scheduler"][key], key
+    assert frame["scheduler"]["switch_p50_seconds"] == 2e-6 and "vm_switch_us" not in frame["scheduler"]
+    assert frame["device"]["device_name"] == stats["device"]["device_name"]
 
 
 def test_formatting_helpers():
