@@ -9,8 +9,10 @@ exist and where; the executor only allocates storage, copies bytes and runs kern
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +68,26 @@ class Fence(ABC):
     @abstractmethod
     def wait(self) -> float:
         """Block until the copy is complete; returns the seconds waited."""
+
+
+class FutureFence(Fence):
+    """A copy running on a thread pool (the NumPy and wgpu copiers): its Future is the fence."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: Future):
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self) -> float:
+        if self._future.done():
+            self._future.result()
+            return 0.0
+        t0 = time.perf_counter()
+        self._future.result()
+        return time.perf_counter() - t0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from .base import (
     Executor,
     ExecutorInfo,
     Fence,
+    FutureFence,
     HostScalar,
     Pending,
     RunTiming,
@@ -53,24 +54,6 @@ def _meminfo(key: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
-
-
-class _FutureFence(Fence):
-    __slots__ = ("_future",)
-
-    def __init__(self, future: Future):
-        self._future = future
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def wait(self) -> float:
-        if self._future.done():
-            self._future.result()
-            return 0.0
-        t0 = time.perf_counter()
-        self._future.result()
-        return time.perf_counter() - t0
 
 
 def _copy(dst: np.ndarray, src: np.ndarray) -> None:
@@ -140,10 +123,10 @@ class NumpyExecutor(Executor):
         return np.empty(spec.shape, dtype=spec.dtype.value)
 
     def h2d_async(self, host: np.ndarray, device: np.ndarray) -> Fence:
-        return _FutureFence(self._copier.submit(_copy, byte_view(np, device), host))
+        return FutureFence(self._copier.submit(_copy, byte_view(np, device), host))
 
     def d2h_async(self, device: np.ndarray, host: np.ndarray) -> Fence:
-        return _FutureFence(self._copier.submit(_copy, host, byte_view(np, device)))
+        return FutureFence(self._copier.submit(_copy, host, byte_view(np, device)))
 
     def close(self) -> None:
         self._copier.shutdown(wait=True)

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from .base import (
     Executor,
     ExecutorInfo,
     Fence,
+    FutureFence,
     HostScalar,
     Pending,
     RunTiming,
@@ -144,24 +145,6 @@ class _SegmentPending(Pending):
             device = sum(s.wait() for s in self.segments)
             self.timing = RunTiming(device, self.stall, self.gap)
         return self.timing
-
-
-class _FutureFence(Fence):
-    __slots__ = ("_future",)
-
-    def __init__(self, future: Future):
-        self._future = future
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def wait(self) -> float:
-        if self._future.done():
-            self._future.result()
-            return 0.0
-        t0 = time.perf_counter()
-        self._future.result()
-        return time.perf_counter() - t0
 
 
 class WgpuExecutor(Executor):
@@ -327,10 +310,10 @@ class WgpuExecutor(Executor):
             self.read_into(device, 0, [memoryview(host).cast("B")[: device.nbytes]])
 
     def h2d_async(self, host: np.ndarray, device: WgpuArray) -> Fence:
-        return _FutureFence(self._copier.submit(self._h2d, host, device))
+        return FutureFence(self._copier.submit(self._h2d, host, device))
 
     def d2h_async(self, device: WgpuArray, host: np.ndarray) -> Fence:
-        return _FutureFence(self._copier.submit(self._d2h, device, host))
+        return FutureFence(self._copier.submit(self._d2h, device, host))
 
     def release(self, array) -> None:
         del array  # the buffer goes with its last reference (wgpu keeps it while queued work uses it)

@@ -98,6 +98,18 @@ def elementwise(lets: tuple[str, ...], result: str, out_dtype: str, operands: tu
     return "\n".join(src)
 
 
+def _matmul_bindings(a_dtype: str, out_dtype: str, same: bool) -> list[str]:
+    """The header and bindings both matmul shaders share: meta, out, A (and B unless
+    ``same``: one buffer bound once)."""
+    t = STORAGE[a_dtype]
+    src = [header([a_dtype, out_dtype]), "@group(0) @binding(0) var<storage, read> pm: array<u32>;",
+           f"@group(0) @binding(1) var<storage, read_write> out: array<{STORAGE[out_dtype]}>;",
+           f"@group(0) @binding(2) var<storage, read> ina: array<{t}>;"]
+    if not same:
+        src.append(f"@group(0) @binding(3) var<storage, read> inb: array<{t}>;")
+    return src
+
+
 def matmul(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
     """C[b] = A[b] @ B[b]: a 64x64 output tile per workgroup of 16x16 invocations, each
     computing a 4x4 block in registers (four vec4 accumulators), the K dimension walked in
@@ -108,13 +120,8 @@ def matmul(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
     most 65535 in z). ``same``: A and B are one buffer (bound once)."""
     c = "i32" if a_dtype == "int32" else "f32"
     v = f"vec4<{c}>"
-    t = STORAGE[a_dtype]
     bsrc = "ina" if same else "inb"
-    src = [header([a_dtype, out_dtype]), "@group(0) @binding(0) var<storage, read> pm: array<u32>;",
-           f"@group(0) @binding(1) var<storage, read_write> out: array<{STORAGE[out_dtype]}>;",
-           f"@group(0) @binding(2) var<storage, read> ina: array<{t}>;"]
-    if not same:
-        src.append(f"@group(0) @binding(3) var<storage, read> inb: array<{t}>;")
+    src = _matmul_bindings(a_dtype, out_dtype, same)
     src.append(f"""var<workgroup> As: array<{v}, 256>;
 var<workgroup> Bs: array<{v}, 256>;
 var<private> M: u32; var<private> N: u32; var<private> K: u32;
@@ -290,13 +297,8 @@ def matvec(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
     workgroup memory. The 64x64 tiles of ``matmul`` would leave 63 of 64 rows idle there.
     Grid: (ceil(N / 8), M, batches). Meta as ``matmul``."""
     c = "i32" if a_dtype == "int32" else "f32"
-    t = STORAGE[a_dtype]
     bsrc = "ina" if same else "inb"
-    src = [header([a_dtype, out_dtype]), "@group(0) @binding(0) var<storage, read> pm: array<u32>;",
-           f"@group(0) @binding(1) var<storage, read_write> out: array<{STORAGE[out_dtype]}>;",
-           f"@group(0) @binding(2) var<storage, read> ina: array<{t}>;"]
-    if not same:
-        src.append(f"@group(0) @binding(3) var<storage, read> inb: array<{t}>;")
+    src = _matmul_bindings(a_dtype, out_dtype, same)
     src.append(f"""var<workgroup> sv: array<{c}, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {{
