@@ -188,9 +188,10 @@ class Hypervisor:
     def unregister_vm(self, vm_id: int) -> None:
         with self._lock:
             self._vm(vm_id)
-            self._reset_locked(vm_id, "the VM was unregistered")
+            why = f"VM {vm_id} was removed from pxos-hvd by the operator"
+            self._reset_locked(vm_id, why, error=E.VMGone)
             for t in self.scheduler.remove_vm(vm_id):  # nothing should be left; be exact anyway
-                self._fail_ticket(t, E.Cancelled("the VM was unregistered"))
+                self._fail_ticket(t, E.VMGone(why))
             self.memory.remove_vm(vm_id)
             self.classifier.forget(vm_id)
             del self._vms[vm_id]
@@ -453,10 +454,11 @@ class Hypervisor:
                     "an output must have a buffer of its own")
         return bound, buffers, scalars
 
-    def _cancel_queued(self, vm_id: int, predicate: Callable[[Ticket], bool], why: str) -> int:
+    def _cancel_queued(self, vm_id: int, predicate: Callable[[Ticket], bool], why: str,
+                       error: type[E.Cancelled] = E.Cancelled) -> int:
         tickets = self.scheduler.cancel(vm_id, predicate)
         for t in tickets:
-            self._fail_ticket(t, E.Cancelled(why))
+            self._fail_ticket(t, error(why))
         return len(tickets)
 
     def _fail_ticket(self, t: Ticket, error: E.PxosError) -> None:
@@ -528,10 +530,10 @@ class Hypervisor:
                    launches_cancelled=res.launches_cancelled)
         return res
 
-    def _reset_locked(self, vm_id: int, why: str) -> SessionCloseResult:
+    def _reset_locked(self, vm_id: int, why: str, error: type[E.Cancelled] = E.Cancelled) -> SessionCloseResult:
         vm = self._vms[vm_id]
         vm.generation += 1
-        cancelled = self._cancel_queued(vm_id, lambda t: True, why)
+        cancelled = self._cancel_queued(vm_id, lambda t: True, why, error)
         nbuf, nbytes = self.memory.release_vm(vm_id)
         self.memory.hold_after_reset(vm_id)  # usage is zero now, though a launch still runs
         self.models.close_all(vm_id)

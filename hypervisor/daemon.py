@@ -228,13 +228,18 @@ class Daemon:
             return info
 
     def remove_vm(self, vm_id: int) -> None:
+        """Unregister a VM and free everything it holds. A guest still connected is not cut
+        off (QEMU would leave its requests unanswered): its device answers every request,
+        and whatever it had in flight, with PXOS_S_VM_GONE until QEMU disconnects."""
         with self._lock:
             info = self.hv.vm_info(vm_id)
+            connected = False
             if info.socket and self.transport is not None:
-                self.transport.detach(vm_id)
+                connected = self.transport.retire(vm_id, f"VM {vm_id} was removed from pxos-hvd by the operator")
             self.hv.unregister_vm(vm_id)
             self.advisor.forget(vm_id)
-            log.info("VM %d removed", vm_id)
+            log.info("VM %d removed%s", vm_id,
+                     "; its connected guest now gets PXOS_S_VM_GONE for every request" if connected else "")
 
     def set_quota(self, vm_id: int, **kw) -> VMInfo:
         return self.hv.set_quota(vm_id, **kw)

@@ -111,6 +111,14 @@ class Cancelled(PxosError):
     status = "PXOS_S_CANCELLED"
 
 
+class VMGone(Cancelled):
+    """The operator removed the VM from pxos-hvd while its guest ran: what it had in flight
+    and everything it sends afterwards ends with this (wire ``PXOS_S_VM_GONE``, ABI 1.2), so
+    guest programs stop with a clear message instead of waiting on a device that is gone."""
+
+    status = "PXOS_S_VM_GONE"
+
+
 class Busy(PxosError):
     """A per-VM limit on requests in flight was reached; retry after one completes."""
 

@@ -305,6 +305,8 @@ int pxos_status_errno(u32 status)
 		return -ERANGE;
 	case PXOS_S_READ_ONLY:
 		return -EROFS;
+	case PXOS_S_VM_GONE:
+		return -ENODEV;
 	default: /* EXEC, INTERNAL and anything newer than this driver */
 		return -EIO;
 	}

@@ -14,7 +14,8 @@ ioctl numbers against the C compiler's)::
         print(c.read())
 
 Every failure raises PxosDeviceError (an OSError) carrying the device's status name and
-message; a rejected program raises CompileError with its diagnostics.
+message; a rejected program raises CompileError with its diagnostics, and a VM the
+operator removed from pxos-hvd raises VMGone at its next request.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ REAP_WAIT = 0x1
 
 STATUS_NAMES = ("OK", "INVALID", "NOT_FOUND", "QUOTA", "NO_DEVICE_MEMORY", "COMPILE", "BIND", "EXEC",
                 "CANCELLED", "BUSY", "TOO_LARGE", "UNSUPPORTED", "INTERNAL", "EXISTS", "RANGE",
-                "READ_ONLY")
+                "READ_ONLY", "VM_GONE")
 DTYPES = {1: np.dtype(np.float16), 2: np.dtype(np.float32), 3: np.dtype(np.float64),
           4: np.dtype(np.int32), 5: np.dtype(np.int64)}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
@@ -172,6 +173,17 @@ class PxosDeviceError(OSError):
         if self.status:
             text += f" [PXOS_S_{self.status}: {self.detail}]"
         super().__init__(err, text)
+
+
+class VMGone(PxosDeviceError):
+    """The operator removed this VM from pxos-hvd (PXOS_S_VM_GONE, ABI 1.2): nothing more will
+    run on this device; a program should stop, saying so."""
+
+
+def device_error(what: str, err: int, res: Result | None = None) -> PxosDeviceError:
+    """The exception for a failed ioctl: VMGone when the VM was removed, else PxosDeviceError."""
+    e = PxosDeviceError(what, err, res)
+    return VMGone(what, err, res) if e.status == "VM_GONE" else e
 
 
 @dataclass(frozen=True)
@@ -326,7 +338,7 @@ class Device:
         try:
             fcntl.ioctl(self.fd, IOCTLS[name], io)
         except OSError as e:
-            raise PxosDeviceError(what, e.errno, io.res) from None
+            raise device_error(what, e.errno, io.res) from None
         return io
 
     def _transfer(self, name: str, handle: int, offset: int, array: np.ndarray) -> None:
@@ -370,7 +382,7 @@ class Device:
                      for d in io.diags[: io.ndiags]]
             if e.errno == errno.EBADMSG:
                 raise CompileError("compile", e.errno, io.res, diags) from None
-            raise PxosDeviceError("compile", e.errno, io.res) from None
+            raise device_error("compile", e.errno, io.res) from None
         return {k.name.decode(): Kernel(self, k.kernel_id, k.name.decode()) for k in io.kernels[: io.nkernels]}
 
     @staticmethod
@@ -442,7 +454,7 @@ class Device:
             # EAGAIN: none finished yet; ENOENT for token 0: none submitted at all.
             if e.errno == errno.EAGAIN or (e.errno == errno.ENOENT and token == 0):
                 return None
-            raise PxosDeviceError("reap", e.errno, io.res) from None
+            raise device_error("reap", e.errno, io.res) from None
         return LaunchResult(io.launch_id, io.device_ns, io.queue_ns, io.total_ns, io.class_assigned, io.token)
 
     def poll(self, timeout_s: float | None = None) -> bool:

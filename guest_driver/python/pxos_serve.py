@@ -46,6 +46,8 @@ DEFAULT_MAX_TOKENS = 16
 MAX_WAITING = 64
 #: Connections open at once (a thread each); more are closed unanswered.
 MAX_CONNECTIONS = 256
+#: How often the server checks that its VM still exists (a removed VM ends it within this).
+WATCH_PERIOD_S = 0.5
 #: Seconds a connection may sit idle in a read or a write before it is dropped.
 CONNECTION_TIMEOUT_S = 120
 #: Marker on the console once the server listens (the host waits for it).
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         server = make_server(Engine(runner, args.model), args.host, args.port)
         host, port = server.server_address[:2]
+        gone: list[str] = []
+        threading.Thread(target=_watch_device, args=(dev, server, gone), name="pxos-watch", daemon=True).start()
         print(f"{MARK_SERVING} {host}:{port} model={args.model} ctx={runner.ctx} class={args.wclass}", flush=True)
         try:
             server.serve_forever()
@@ -302,7 +306,26 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.server_close()
             runner.close()
+        if gone:
+            print(f"pxos_serve: stopping: {gone[0]}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _watch_device(dev: px.Device, server: Server, gone: list[str]) -> None:
+    """Ask the device for its stats every WATCH_PERIOD_S: once the operator has removed the
+    VM (VMGone), stop serving, so the server exits within about a second, saying why,
+    instead of answering 503 for ever."""
+    while True:
+        time.sleep(WATCH_PERIOD_S)
+        try:
+            dev.stats()
+        except px.VMGone as e:
+            gone.append(str(e))
+            server.shutdown()
+            return
+        except px.PxosDeviceError:
+            pass  # busy or transient: the requests themselves report it
 
 
 if __name__ == "__main__":

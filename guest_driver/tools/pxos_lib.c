@@ -30,6 +30,7 @@ const char *px_status_name(uint32_t s)
 		"PXOS_S_NO_DEVICE_MEMORY", "PXOS_S_COMPILE", "PXOS_S_BIND", "PXOS_S_EXEC",
 		"PXOS_S_CANCELLED", "PXOS_S_BUSY", "PXOS_S_TOO_LARGE", "PXOS_S_UNSUPPORTED",
 		"PXOS_S_INTERNAL", "PXOS_S_EXISTS", "PXOS_S_RANGE", "PXOS_S_READ_ONLY",
+		"PXOS_S_VM_GONE",
 	};
 
 	return s < sizeof(names) / sizeof(names[0]) ? names[s] : "PXOS_S_?";

@@ -35,6 +35,7 @@ STATUS_TO_CODE: dict[str, grpc.StatusCode] = {
     "PXOS_S_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
     "PXOS_S_RANGE": grpc.StatusCode.OUT_OF_RANGE,
     "PXOS_S_READ_ONLY": grpc.StatusCode.FAILED_PRECONDITION,
+    "PXOS_S_VM_GONE": grpc.StatusCode.NOT_FOUND,
 }
 
 class WaitTimeout(E.PxosError):

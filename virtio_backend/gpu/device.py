@@ -30,12 +30,19 @@ hypervisor (``hv.reset_vm``: buffers, kernels, queued launches; usage back to ze
 the worker's next job: after anything of the old generation still running, before
 anything of the next driver, so the next driver's first request sees a clean device.
 
+When the operator removes the VM while its guest runs, the transport *retires* the device
+(``Retirement``) instead of dropping the connection (QEMU would then leave the guest's
+requests unanswered for ever): from then on every PXOS command is answered at once with
+``PXOS_S_VM_GONE``, any failure of what was in flight is reported as that status, and the
+device never calls the hypervisor again (the VM id may be registered anew meanwhile).
+
 The per-command counters have one ``unknown`` bucket for every type the device does
 not know (finding 4): a guest picks the type, the counters stay bounded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -78,14 +85,25 @@ KICK_BUDGET = 32
 UNKNOWN_COMMAND = "unknown"
 
 
+class Retirement:
+    """Set once (any thread) when the VM is removed under a connected guest: the message
+    every later PXOS command is answered with, as ``PXOS_S_VM_GONE``."""
+
+    __slots__ = ("message",)
+
+    def __init__(self) -> None:
+        self.message: str | None = None
+
+
 class GpuDevice:
     """One VM's virtio-gpu-pxos device, for one vhost-user connection."""
 
     num_queues = 2
 
     def __init__(self, hv: Hypervisor, vm_id: int, connection, stats: DeviceStats | None = None,
-                 worker: DeviceWorker | None = None):
+                 worker: DeviceWorker | None = None, retirement: Retirement | None = None):
         self.hv = hv
+        self.retirement = retirement if retirement is not None else Retirement()
         self.vm_id = vm_id
         self._connection = connection  # call_soon_threadsafe(fn, *args) onto the loop thread
         self.stats = stats if stats is not None else DeviceStats()
@@ -173,6 +191,8 @@ class GpuDevice:
         self._resume_scheduled.clear()
         self.display = HeadlessDisplay()
         self._close_display_fd()
+        if self.retirement.message is not None:  # removed: the hypervisor released it all
+            return
         if self._release_queued:  # one queued release covers any number of resets
             return
         self._release_queued = True
@@ -182,6 +202,8 @@ class GpuDevice:
     def _release_vm(self) -> None:
         """The worker's job after a reset: release the VM's state in the hypervisor."""
         self._release_queued = False
+        if self.retirement.message is not None:  # removed meanwhile: unregister released it
+            return
         try:
             res = self.hv.reset_vm(self.vm_id, "the guest's virtio-gpu device was reset")
         except NotFound:  # the VM was removed first (detach): nothing left to release
@@ -250,6 +272,11 @@ class GpuDevice:
         counts = self.stats.pxos_by_command
         name = _cmd_name(hdr)
         counts[name] = counts.get(name, 0) + 1
+        gone = self.retirement.message
+        if gone is not None:  # answered here: the VM no longer exists in the hypervisor
+            fits = req.writable_len >= response_size(hdr)
+            self._complete(queue, req, hdr, c.ErrorResp(PxosStatus.PXOS_S_VM_GONE, gone), header_only=not fits)
+            return
         try:
             cmd = decode_command(hdr, head, req)
         except BadRequest as exc:
@@ -284,7 +311,12 @@ class GpuDevice:
             if generation != self._generation:  # reset before it ran: never touch the VM
                 _release_views(cmd)
                 return
-            result = self._run(cmd, name)
+            gone = self.retirement.message
+            if gone is not None:  # removed before it ran: never touch the hypervisor
+                _release_views(cmd)
+                result = c.ErrorResp(PxosStatus.PXOS_S_VM_GONE, gone)
+            else:
+                result = self._run(cmd, name)
             with self._results_lock:
                 self._results.append((generation, queue, req, hdr, result))
 
@@ -349,6 +381,14 @@ class GpuDevice:
         kind = type(resp)
         if kind is c.ErrorResp or kind is c.LaunchResp:  # the only ones that carry a status
             status = resp.status
+            gone = self.retirement.message
+            if gone is not None and status != PxosStatus.PXOS_S_VM_GONE and (
+                    kind is c.LaunchResp or status != PxosStatus.PXOS_S_OK):
+                # In flight when the VM was removed (cancelled, its VM not found, or a launch
+                # whose outputs were freed with the VM): say why.
+                status = PxosStatus.PXOS_S_VM_GONE
+                resp = (dataclasses.replace(resp, status=status, message=gone) if kind is c.LaunchResp
+                        else c.ErrorResp(status, gone))
             if status != PxosStatus.PXOS_S_OK:
                 self.stats.count(self.stats.errors_by_status, PxosStatus(status).name)
                 self._note("%s -> %s: %s", _cmd_name(hdr), PxosStatus(status).name, resp.message)

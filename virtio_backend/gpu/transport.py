@@ -8,12 +8,19 @@ hypervisor never imports virtio_backend. It is built with the Hypervisor::
     transport.attach(vm_id, "/run/pxos/vm1.sock")   # listen; serve one QEMU at a time
     transport.status()                               # {vm_id: {...}}
     transport.detach(vm_id)                          # connection ended, device reset
+    transport.retire(vm_id, why)                     # the VM is being removed: see below
     transport.close()                                # every VM detached
 
 Each attached VM gets a ``VhostUserServer`` (its own loop thread) whose connections each
 build a ``GpuDevice`` for that VM, and a ``DeviceWorker`` (its own thread, started on first
 use) for the commands that may wait on the GPU. The VM's ``DeviceStats`` and worker
 outlive connections, so the counters of a VM survive a QEMU reconnect.
+
+A VM removed while its guest runs is *retired*, not detached: its socket goes at once, but
+the connected QEMU keeps being served by a device that answers every PXOS request with
+``PXOS_S_VM_GONE`` (device.py), so guest programs stop with a clear error rather than wait
+on requests QEMU never completes. The retired server ends when QEMU disconnects (the guest
+shuts down, or its VM is stopped); re-adding the VM serves a new socket meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 
 from hypervisor import Hypervisor
 from hypervisor.errors import AlreadyExists, NotFound
-from virtio_backend.gpu.device import GpuDevice
+from virtio_backend.gpu.device import GpuDevice, Retirement
 from virtio_backend.gpu.metrics import DeviceStats
 from virtio_backend.gpu.worker import DeviceWorker
 from virtio_backend.vhost_user import VhostUserServer
@@ -40,6 +47,7 @@ class _Attached:
     server: VhostUserServer
     stats: DeviceStats
     worker: DeviceWorker
+    retirement: Retirement
 
 
 class VhostUserTransport:
@@ -49,6 +57,7 @@ class VhostUserTransport:
         self.hv = hv
         self._lock = threading.Lock()
         self._vms: dict[int, _Attached] = {}
+        self._retired: list[VhostUserServer] = []  # still serving a removed VM's front-end
 
     def attach(self, vm_id: int, socket_path: str, *, mode: int = 0o600, gid: int | None = None) -> None:
         """Listen on ``socket_path`` for VM ``vm_id`` (which must be registered); the socket
@@ -59,14 +68,15 @@ class VhostUserTransport:
                 raise AlreadyExists(f"VM {vm_id} is already attached to {self._vms[vm_id].server.socket_path}")
             stats = DeviceStats()
             worker = DeviceWorker(f"vm{vm_id}-device")
+            retirement = Retirement()
             hv = self.hv
 
             def factory(connection) -> GpuDevice:
-                return GpuDevice(hv, vm_id, connection, stats, worker)
+                return GpuDevice(hv, vm_id, connection, stats, worker, retirement)
 
             server = VhostUserServer(socket_path, factory, name=f"vm{vm_id}:{socket_path}", mode=mode, gid=gid)
             server.start()  # ConfigError if the path is taken
-            self._vms[vm_id] = _Attached(vm_id, server, stats, worker)
+            self._vms[vm_id] = _Attached(vm_id, server, stats, worker, retirement)
         log.info("vm %d: virtio-gpu-pxos listening on %s", vm_id, socket_path)
 
     def detach(self, vm_id: int) -> None:
@@ -78,6 +88,29 @@ class VhostUserTransport:
         att.server.close()
         att.worker.close()
         log.info("vm %d: virtio-gpu-pxos detached", vm_id)
+
+    def retire(self, vm_id: int, why: str) -> bool:
+        """The VM is being removed (call before unregistering it): its socket goes now; a
+        connected front-end keeps being served, every PXOS request answered with
+        ``PXOS_S_VM_GONE`` and ``why``, until it disconnects. Returns whether one was
+        connected. Commands already on the VM's worker finish first, so nothing of this
+        device reaches the hypervisor once this returns."""
+        with self._lock:
+            att = self._vms.pop(vm_id, None)
+            self._retired = [s for s in self._retired if s.serving]
+        if att is None:
+            raise NotFound(f"VM {vm_id} is not attached")
+        att.retirement.message = why
+        connected = att.server.retire()
+        att.worker.close()  # runs what is queued (each answers VM_GONE at once), then ends
+        if connected:
+            with self._lock:
+                self._retired.append(att.server)
+            log.info("vm %d: removed under a connected guest: its requests now end with PXOS_S_VM_GONE "
+                     "until QEMU disconnects", vm_id)
+        else:
+            log.info("vm %d: virtio-gpu-pxos detached", vm_id)
+        return connected
 
     def status(self) -> dict[int, dict]:
         """Per VM: socket, connected, negotiated features, queue sizes and counters, requests
@@ -96,6 +129,9 @@ class VhostUserTransport:
     def close(self) -> None:
         with self._lock:
             vm_ids = list(self._vms)
+            retired, self._retired = self._retired, []
+        for server in retired:
+            server.close()
         for vm_id in vm_ids:
             try:
                 self.detach(vm_id)

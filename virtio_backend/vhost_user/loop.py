@@ -120,6 +120,10 @@ class EventLoop:
             except Exception:
                 log.exception("%s: callback %r failed", self.name, fn)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Release the selector and the wake eventfd (after ``run`` returned)."""
         with self._lock:

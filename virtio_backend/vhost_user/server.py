@@ -15,7 +15,10 @@ a live one or a non-socket file at the path is a ``ConfigError``. While a front-
 connected, another connecting one is accepted and closed at once (it fails fast instead of
 hanging in the backlog). After a disconnect the device is reset and the next front-end is
 served on the same socket. ``close()`` ends the connection, stops the thread and removes
-the socket file.
+the socket file. ``retire()`` removes the socket file and stops accepting, but keeps
+serving the connected front-end until it disconnects (a VM removed under a running guest:
+its device answers every request with an error instead of leaving QEMU waiting); the loop
+thread then ends by itself.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class VhostUserServer:
         self.last_close_reason = ""
         self._served_before = 0
         self._errors_before = 0
+        self._retired = False
 
     # -- life ---------------------------------------------------------------------------
     def start(self) -> VhostUserServer:
@@ -75,8 +79,11 @@ class VhostUserServer:
         finally:
             if self.connection is not None:
                 self.connection.close("server closed")
-            self.loop.remove_reader(self._listener.fileno())
-            self._listener.close()
+            if not self._retired:
+                self.loop.remove_reader(self._listener.fileno())
+                self._listener.close()
+            else:  # nobody joins a retired server's thread: it frees its loop itself
+                self.loop.close()
 
     def close(self, timeout: float = 5.0) -> None:
         """End any connection (device reset), stop the loop thread, remove the socket."""
@@ -89,11 +96,38 @@ class VhostUserServer:
             return
         self._thread = None
         self.loop.close()
-        try:
-            if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
-                os.unlink(self.socket_path)
-        except FileNotFoundError:
-            pass
+        if not self._retired:  # a retired one's path may be another server's by now
+            _unlink_socket(self.socket_path)
+
+    def retire(self, timeout: float = 5.0) -> bool:
+        """Stop accepting and remove the socket file now; keep serving the connected
+        front-end, if any, until it disconnects, then end the loop thread. Returns whether
+        a front-end was connected (False: the server is closed already)."""
+        if self._thread is None:
+            return False
+        box: list[bool] = []
+        done = threading.Event()
+
+        def on_loop() -> None:
+            self._retired = True
+            self.loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            _unlink_socket(self.socket_path)
+            connected = self.connection is not None and not self.connection.closed
+            if not connected:
+                self.loop.stop()
+            box.append(connected)
+            done.set()
+
+        if not self.call_soon_threadsafe(on_loop) or not done.wait(timeout):
+            self.close()  # the loop does not answer: end it the hard way
+            return False
+        return box[0]
+
+    @property
+    def serving(self) -> bool:
+        """Whether the loop thread still runs (a retired server: its front-end is connected)."""
+        return not self.loop.closed
 
     def __enter__(self) -> VhostUserServer:
         return self.start()
@@ -211,6 +245,17 @@ class VhostUserServer:
         if conn.close_reason.startswith("protocol error"):
             self._errors_before += 1
         self.last_close_reason = conn.close_reason
+        if self._retired:
+            log.info("%s: the front-end of the removed VM disconnected (%s)", self.name, conn.close_reason)
+            self.loop.stop()
+
+
+def _unlink_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _peer_gone(sock: socket.socket) -> bool:

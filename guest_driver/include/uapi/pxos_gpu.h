@@ -35,7 +35,7 @@
 /* PXOS_CDEF_BEGIN */
 
 #define PXOS_ABI_MAJOR 1
-#define PXOS_ABI_MINOR 1
+#define PXOS_ABI_MINOR 2
 #define PXOS_MAGIC 0x534f5850 /* "PXOS" read as a little-endian u32 */
 
 /* ---- Limits: every size a guest controls is capped by one of these. ---- */
@@ -89,6 +89,7 @@ enum pxos_status {
 	PXOS_S_EXISTS = 13,
 	PXOS_S_RANGE = 14,           /* a launch's runtime index or offset is out of range (1.1) */
 	PXOS_S_READ_ONLY = 15,       /* a write to a read-only buffer: a shared model's tensor (1.1) */
+	PXOS_S_VM_GONE = 16,         /* the operator removed this VM from pxos-hvd: nothing more will run (1.2) */
 };
 
 enum pxos_dtype {

@@ -47,6 +47,18 @@ def test_error_carries_the_device_status_and_message(pxos_guest):
     assert "PXOS_S_QUOTA: VM 2: over quota" in str(e)
 
 
+def test_a_removed_vm_raises_vm_gone_and_every_status_has_a_name(pxos_guest):
+    from virtio_backend.wire import PxosStatus
+
+    assert pxos_guest.STATUS_NAMES == tuple(s.name.removeprefix("PXOS_S_") for s in PxosStatus)
+    res = pxos_guest.Result(status=PxosStatus.PXOS_S_VM_GONE, message=b"VM 2 was removed from pxos-hvd")
+    e = pxos_guest.device_error("launch", errno.ENODEV, res)
+    assert isinstance(e, pxos_guest.VMGone) and isinstance(e, pxos_guest.PxosDeviceError)
+    assert "No such device [PXOS_S_VM_GONE: VM 2 was removed from pxos-hvd]" in str(e)
+    quota = pxos_guest.device_error("alloc", errno.EDQUOT, pxos_guest.Result(status=3, message=b"q"))
+    assert type(quota) is pxos_guest.PxosDeviceError
+
+
 def test_alloc_rejects_dtypes_the_wire_lacks(pxos_guest):
     dev = pxos_guest.Device.__new__(pxos_guest.Device)
     with pytest.raises(ValueError):
