@@ -101,6 +101,9 @@ class DaemonSection(_Model):
     backend: Literal["auto", "numpy", "cupy", "wgpu"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     socket_dir: str = Field(default="/run/pxos", description="VM sockets are created here and nowhere else")
+    state_file: str | None = Field(
+        default=None, description="where run-time VM changes (vm add/remove, quota set) are kept so a "
+                                  "restart keeps them; None: they last until the daemon stops")
     vm_socket_group: str | None = Field(
         default=None, description="group that may connect to VM sockets (QEMU's: kvm, libvirt-qemu); "
                                   "VM sockets become 0660 and owned by it. None: 0600, root's QEMU only")
@@ -250,6 +253,7 @@ backend = "auto"                          # auto | numpy | cupy | wgpu
 log_level = "info"
 socket_dir = "/run/pxos"                  # VM sockets live here and nowhere else (relative names too)
 # vm_socket_group = "kvm"                 # QEMU's group may connect to VM sockets (0660); default 0600
+state_file = "/var/lib/pxos/state.json"  # run-time vm add/remove and quota set survive a restart
 
 [memory]
 device_pool = "auto"      # bytes of device memory pxOS may use; auto = free memory - reserve

@@ -63,6 +63,10 @@ class Daemon:
         self._stopping = False
         self._stopped = threading.Event()
         self._ready = False  # start() finished: what /readyz reports with the dispatcher's state
+        from .state import RuntimeState
+
+        self.state = RuntimeState.load(config.daemon.state_file)  # run-time changes (state.py)
+        self._vm_configs: dict[int, VMConfig] = {}  # every registered VM as it is now
         # Mode and group of VM sockets, set on the socket before anyone can reach it.
         self._vm_socket_mode, self._vm_socket_gid = socket_access(config.daemon.vm_socket_group)
 
@@ -86,8 +90,21 @@ class Daemon:
         for m in self.config.model:
             info = self.hv.load_model(m.name, m.path, m.dtype)
             log.info("model %s: %d tensors, %d bytes (%s)", info.name, info.ntensors, info.nbytes, info.dtype)
-        for vm in self.config.vm:
-            self.add_vm(vm)
+        vms, notes = self.state.apply(self.config.vm)
+        for line in notes:
+            log.info("state file: %s", line)
+        from_file = {v.id: v for v in self.config.vm}
+        for vm in vms:
+            if vm is from_file.get(vm.id):
+                self._add_vm(vm)
+                continue
+            try:  # a run-time change that no longer fits (a share now taken): the file's table
+                self._add_vm(vm)
+            except E.PxosError as exc:
+                log.warning("state file: VM %d: cannot apply its run-time change (%s); using the config file", vm.id, exc)
+                self.state.forget(vm.id)
+                if vm.id in from_file:
+                    self._add_vm(from_file[vm.id])
         self.advisor.start()
         if self.config.advisor.mode != "off":
             a = self.config.advisor
@@ -117,12 +134,14 @@ class Daemon:
         return self
 
     def reload(self, config: DaemonConfig) -> list[str]:
-        """Apply a re-read config file (SIGHUP): the VMs the file names are added, changed
-        (quota, share, cap, class, advisor bounds) or removed to match it; VMs added at run
-        time over gRPC are left alone. A change one VM refuses (a quota below its usage, a
-        new socket) is logged and that VM keeps what it had; the rest still applies.
-        [daemon], [memory] and [[model]] changes need a restart: logged, not applied.
-        Returns one line per change or refusal."""
+        """Apply a re-read config file (SIGHUP). Only the VMs whose table the file changed
+        are touched: added, changed (quota, share, cap, class, advisor bounds) or removed to
+        match it, and the file decides them again (their run-time change, if any, is
+        dropped from the state file). VMs the file did not change keep what was done at run
+        time (`pxosctl vm add/remove`, `quota set`). A change one VM refuses (a quota below
+        its usage, a new socket) is logged and that VM keeps what it had; the rest still
+        applies. [daemon], [memory] and [[model]] changes need a restart: logged, not
+        applied. Returns one line per change or refusal."""
         out: list[str] = []
         with self._lock:
             if self._stopping:
@@ -131,45 +150,45 @@ class Daemon:
             new = {v.id: v for v in config.vm}
             if config.model_dump(exclude={"vm", "advisor"}) != self.config.model_dump(exclude={"vm", "advisor"}):
                 out.append("[daemon]/[memory]/[[model]] changed: they take effect at the next restart")
-            registered = {i.vm_id for i in self.hv.list_vms()}
-            for vm_id in sorted(set(old) - set(new)):
-                if vm_id in registered:
-                    try:
-                        self.remove_vm(vm_id)
-                        out.append(f"VM {vm_id}: removed (no longer in the file)")
-                    except E.PxosError as exc:
-                        out.append(f"VM {vm_id}: not removed: {exc}")
-            kept = []
-            for vm_id, vm in sorted(new.items()):
-                if vm_id not in registered:
-                    try:
-                        self.add_vm(vm)
-                        out.append(f"VM {vm_id}: added")
-                    except E.PxosError as exc:
-                        out.append(f"VM {vm_id}: not added: {exc}")
-                        continue
-                else:
-                    cur = old.get(vm_id)
-                    if cur is not None and (cur.socket != vm.socket or cur.name != vm.name):
-                        out.append(f"VM {vm_id}: a new socket or name needs `pxosctl vm remove` and add "
-                                   "(kept as it was)")
-                        kept.append(cur)
-                        continue
-                    if cur != vm:
-                        try:
-                            self.hv.set_quota(vm_id, memory_bytes=vm.memory, share_pct=vm.share, cap_pct=vm.cap,
-                                              default_class=vm.default_class)
-                            self.advisor.set_bounds(vm_id, self._vm_bounds(vm))
-                            out.append(f"VM {vm_id}: quota {vm.memory} bytes, share {vm.share:g}%"
-                                       + (f", cap {vm.cap:g}%" if vm.cap else ""))
-                        except E.PxosError as exc:
-                            out.append(f"VM {vm_id}: change refused, kept as it was: {exc}")
-                            if cur is not None:
-                                kept.append(cur)
-                            continue
-                kept.append(vm)
-            self.config = self.config.model_copy(update={"vm": kept})
+            kept = dict(old)
+            for vm_id in sorted(set(old) | set(new)):
+                if old.get(vm_id) == new.get(vm_id):
+                    continue  # the file did not change this VM
+                line, applied = self._reload_vm(vm_id, new.get(vm_id))
+                out.append(line)
+                if applied:
+                    self.state.forget(vm_id)
+                    if vm_id in new:
+                        kept[vm_id] = new[vm_id]
+                    else:
+                        kept.pop(vm_id, None)
+            self.config = self.config.model_copy(update={"vm": [kept[i] for i in sorted(kept)]})
         return out
+
+    def _reload_vm(self, vm_id: int, vm: VMConfig | None) -> tuple[str, bool]:
+        """Make VM ``vm_id`` what the file now says (None: not there). (log line, applied)."""
+        cur = self._vm_configs.get(vm_id)
+        try:
+            if vm is None:
+                if cur is None:
+                    return f"VM {vm_id}: no longer in the file (already removed)", True
+                self._remove_vm(vm_id)
+                return f"VM {vm_id}: removed (no longer in the file)", True
+            if cur is None:
+                self._add_vm(vm)
+                return f"VM {vm_id}: added", True
+            if cur.socket != vm.socket or cur.name != vm.name:
+                return (f"VM {vm_id}: a new socket or name needs `pxosctl vm remove` and add (kept as it was)",
+                        False)
+            self.hv.set_quota(vm_id, memory_bytes=vm.memory, share_pct=vm.share, cap_pct=vm.cap,
+                              default_class=vm.default_class)
+            self.advisor.set_bounds(vm_id, self._vm_bounds(vm))
+            self._vm_configs[vm_id] = vm
+            return (f"VM {vm_id}: quota {vm.memory} bytes, share {vm.share:g}%"
+                    + (f", cap {vm.cap:g}%" if vm.cap else ""), True)
+        except E.PxosError as exc:
+            verb = "removed" if vm is None else "added" if cur is None else "changed"
+            return f"VM {vm_id}: not {verb}, kept as it was: {exc}", False
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz: started, not stopping, and the dispatcher running."""
@@ -202,11 +221,45 @@ class Daemon:
     def wait(self) -> None:
         self._stopped.wait()
 
-    # ---- VMs (the gRPC service calls these) ----
+    # ---- VMs (the gRPC service calls these: run-time changes, kept in the state file) ----
     def add_vm(self, vm: VMConfig) -> VMInfo:
-        """Register a VM (config or AddVM). Its socket, if any, must lie inside socket_dir
-        (SocketPathRefused otherwise, before anything changes); it is made with its final
-        owner and mode (vm_socket_group) before it is reachable."""
+        """Register a VM at run time (AddVM); recorded in the state file."""
+        with self._lock:
+            info = self._add_vm(vm)
+            self.state.record(vm.id, self._file_vm(vm.id), vm)
+            return info
+
+    def remove_vm(self, vm_id: int) -> None:
+        """Remove a VM at run time (UnregisterVM); recorded in the state file."""
+        with self._lock:
+            self._remove_vm(vm_id)
+            self.state.record(vm_id, self._file_vm(vm_id), None)
+
+    def set_quota(self, vm_id: int, **kw) -> VMInfo:
+        """Change a VM's quota, share or cap at run time (SetQuota); recorded in the state file."""
+        with self._lock:
+            info = self.hv.set_quota(vm_id, **kw)
+            cur = self._vm_configs.get(vm_id)
+            if cur is not None:
+                update = {}
+                if kw.get("memory_bytes") is not None:
+                    update["memory"] = info.memory_quota
+                if kw.get("share_pct") is not None:
+                    update["share"] = kw["share_pct"]
+                if kw.get("cap_pct", False) is not False:
+                    update["cap"] = kw["cap_pct"]
+                now = cur.model_copy(update=update)
+                self._vm_configs[vm_id] = now
+                self.state.record(vm_id, self._file_vm(vm_id), now)
+            return info
+
+    def _file_vm(self, vm_id: int) -> VMConfig | None:
+        return next((v for v in self.config.vm if v.id == vm_id), None)
+
+    def _add_vm(self, vm: VMConfig) -> VMInfo:
+        """Register a VM (config, state file or AddVM). Its socket, if any, must lie inside
+        socket_dir (SocketPathRefused otherwise, before anything changes); it is made with
+        its final owner and mode (vm_socket_group) before it is reachable."""
         with self._lock:
             socket = resolve_vm_socket(vm.socket, self.config.daemon.socket_dir) if vm.socket else None
             if socket and self.transport is None:
@@ -225,9 +278,10 @@ class Daemon:
             log.info("VM %d (%s) registered: memory %d bytes, share %g%%%s%s", vm.id, info.name,
                      info.memory_quota, vm.share, f", cap {vm.cap:g}%" if vm.cap else "",
                      f", socket {socket}" if socket else "")
+            self._vm_configs[vm.id] = vm
             return info
 
-    def remove_vm(self, vm_id: int) -> None:
+    def _remove_vm(self, vm_id: int) -> None:
         """Unregister a VM and free everything it holds. A guest still connected is not cut
         off (QEMU would leave its requests unanswered): its device answers every request,
         and whatever it had in flight, with PXOS_S_VM_GONE until QEMU disconnects."""
@@ -238,11 +292,9 @@ class Daemon:
                 connected = self.transport.retire(vm_id, f"VM {vm_id} was removed from pxos-hvd by the operator")
             self.hv.unregister_vm(vm_id)
             self.advisor.forget(vm_id)
+            self._vm_configs.pop(vm_id, None)
             log.info("VM %d removed%s", vm_id,
                      "; its connected guest now gets PXOS_S_VM_GONE for every request" if connected else "")
-
-    def set_quota(self, vm_id: int, **kw) -> VMInfo:
-        return self.hv.set_quota(vm_id, **kw)
 
     def transport_status(self) -> dict[int, dict]:
         return self.transport.status() if self.transport is not None else {}

@@ -189,3 +189,70 @@ share = {share}
     assert proc.returncode == 0, out
     assert "SIGHUP: reloaded" in out and "VM 2: removed" in out and "VM 3: added" in out
     assert "is not valid, the running config is kept" in out
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "pxos.toml"
+    cfg.write_text(f"""
+[daemon]
+grpc_socket = "{tmp_path}/hvd.sock"
+socket_dir = "{tmp_path}"
+metrics_address = ""
+backend = "numpy"
+{extra}
+[[vm]]
+id = 1
+memory = "64Mi"
+share = 40
+socket = "vm1.sock"
+""")
+    return cfg
+
+
+def test_a_killed_daemon_restarts_with_the_run_time_changes(tmp_path):
+    """Issue 11, item 5: quota set and vm add survive SIGKILL and a restart (state_file)."""
+    cfg = _config(tmp_path, f'state_file = "{tmp_path}/state/state.json"')
+    sock = tmp_path / "hvd.sock"
+    proc, line = start(cfg)
+    try:
+        assert line == "ready\n", proc.communicate(timeout=10)[0]
+        with Client(socket_path=str(sock)) as c:
+            c.call("SetQuota", pb.SetQuotaRequest(vm_id=1, memory_bytes=32 << 20, share=25))
+            c.call("RegisterVM", pb.RegisterVMRequest(vm_id=5, memory_bytes=1 << 20, share=5, socket="vm5.sock"))
+        proc.kill()
+        proc.communicate(timeout=10)
+        proc, line = start(cfg)
+        assert line == "ready\n", proc.communicate(timeout=10)[0]
+        vms = _vms(sock)
+        assert sorted(vms) == [1, 5] and (vms[1].memory_quota, vms[1].share) == (32 << 20, 25)
+        assert (tmp_path / "vm5.sock").exists()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "state file: VM 1: kept as changed at run time" in out and "state file: VM 5: kept (added)" in out
+
+
+def test_sigint_stops_cleanly_and_a_closed_terminal_never_kills(tmp_path):
+    """Issue 11, item 1: SIGINT is a clean stop like SIGTERM; a daemon whose terminal went
+    away (its output pipe closed, then SIGHUP, then writes that hit EPIPE) keeps serving."""
+    cfg = _config(tmp_path)
+    sock = tmp_path / "hvd.sock"
+    proc, line = start(cfg, "--log-level", "debug")
+    try:
+        assert line == "ready\n"
+        proc.stdout.close()  # the terminal is gone: every later log line hits a broken pipe
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(20):  # work that logs
+            with Client(socket_path=str(sock)) as c:
+                c.call("SetQuota", pb.SetQuotaRequest(vm_id=1, share=30))
+        time.sleep(0.5)
+        assert proc.poll() is None and sorted(_vms(sock)) == [1]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert not sock.exists() and not (tmp_path / "vm1.sock").exists()
