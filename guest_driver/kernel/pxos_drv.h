@@ -20,6 +20,7 @@
 #include <linux/spinlock.h>
 #include <linux/virtio.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include "pxos_gpu.h"
 
@@ -43,6 +44,19 @@
 #define PXOS_PROBE_TIMEOUT_MS 15000   /* GET_INFO at probe: a slow TCG host still answers */
 #define PXOS_CALL_TIMEOUT_MS 60000    /* any command but LAUNCH */
 #define PXOS_CLOSE_TIMEOUT_MS 30000   /* release waits this long for its requests */
+
+/*
+ * The backend watch (pxos_req.c): pxos-hvd gone (killed, restarted: QEMU's vhost-user-gpu
+ * never reconnects) means requests that are never answered. When requests wait and
+ * nothing has completed for PXOS_STALL_MS, the driver pings the device (GET_INFO, answered
+ * even while launches run); no completion within PXOS_PING_TIMEOUT_MS and the device is
+ * lost: every waiting and later call fails with -EHOSTDOWN instead of hanging. The ping
+ * has ring space of its own: other requests leave PXOS_PING_DESCS descriptors free.
+ */
+#define PXOS_WATCH_PERIOD_MS 1000
+#define PXOS_STALL_MS 3000
+#define PXOS_PING_TIMEOUT_MS 5000
+#define PXOS_PING_DESCS 2
 
 struct pxos_data {
 	unsigned int nsegs;
@@ -75,6 +89,7 @@ struct pxos_req {
 	bool async;
 	bool abandoned;               /* nobody waits: free it when the device is done */
 	bool data_writable;           /* READ: the device fills data */
+	bool ping;                    /* the watch's ping: may use the reserved ring space */
 	int err;                      /* 0 if the device answered; -ENODEV if taken back */
 	u32 used_len;
 	u64 token;
@@ -99,7 +114,12 @@ struct pxos_dev {
 	struct virtqueue *ctrlq;
 	spinlock_t lock;
 	bool dead;                    /* removed or never probed: no new requests */
+	bool lost;                    /* the backend stopped answering: every call -EHOSTDOWN */
 	u64 completions;              /* bumped per interrupt; ring-space waiters watch it */
+	unsigned int inflight;        /* requests on the ring */
+	unsigned long last_done;      /* jiffies of the last completion (or of going busy) */
+	unsigned long ping_at;        /* jiffies the watch's ping was sent; 0: none out */
+	struct delayed_work watch;
 	wait_queue_head_t space_wq;
 	struct list_head sessions;
 	unsigned int nsessions;
@@ -137,6 +157,15 @@ int pxos_req_call(struct pxos_req **reqp, enum pxos_wait_mode mode, unsigned lon
 int pxos_req_result(struct pxos_req *req, u32 min_resp, struct pxos_ioc_result *res);
 void pxos_ctrlq_done(struct virtqueue *vq);
 void pxos_dev_drain(struct pxos_dev *dev);
+void pxos_watch(struct work_struct *work);
+
+/* -ENODEV once the device is removed, -EHOSTDOWN once its backend is lost, else 0. */
+static inline int pxos_dev_gone(struct pxos_dev *dev)
+{
+	if (READ_ONCE(dev->dead))
+		return -ENODEV;
+	return READ_ONCE(dev->lost) ? -EHOSTDOWN : 0;
+}
 int pxos_status_errno(u32 status);
 
 /* pxos_data.c */

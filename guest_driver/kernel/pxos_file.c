@@ -111,7 +111,7 @@ static int pxos_release(struct inode *inode, struct file *file)
 	list_splice_init(&sess->completed, &reaped);
 	list_for_each_entry(req, &sess->submitted, node)
 		req->abandoned = true;
-	dead = dev->dead;
+	dead = dev->dead || dev->lost;  /* lost: nothing will answer a SESSION_CLOSE */
 	spin_unlock_irqrestore(&dev->lock, flags);
 	list_for_each_entry_safe(req, tmp, &reaped, node) {
 		list_del(&req->node);
@@ -121,7 +121,7 @@ static int pxos_release(struct inode *inode, struct file *file)
 	if (!dead) {
 		pxos_session_close(sess);
 		/* The host cancelled what was queued; wait until the device gave it all back. */
-		if (!wait_event_timeout(sess->wq, READ_ONCE(sess->inflight) == 0 || READ_ONCE(dev->dead),
+		if (!wait_event_timeout(sess->wq, READ_ONCE(sess->inflight) == 0 || pxos_dev_gone(dev),
 					msecs_to_jiffies(PXOS_CLOSE_TIMEOUT_MS)))
 			pr_warn("%s: session %u: %u requests still with the device\n", dev->name,
 				sess->id, READ_ONCE(sess->inflight));
@@ -141,7 +141,7 @@ static __poll_t pxos_poll(struct file *file, poll_table *wait)
 	spin_lock_irqsave(&dev->lock, flags);
 	if (!list_empty(&sess->completed))
 		mask |= EPOLLIN | EPOLLRDNORM;
-	if (dev->dead)
+	if (dev->dead || dev->lost)
 		mask |= EPOLLHUP | EPOLLERR;
 	spin_unlock_irqrestore(&dev->lock, flags);
 	return mask;
@@ -183,8 +183,9 @@ static long pxos_ioctl(struct file *file, unsigned int cmd, unsigned long uarg)
 			break;
 	if (i == ARRAY_SIZE(pxos_ioctls))
 		return -ENOTTY;
-	if (READ_ONCE(sess->dev->dead))
-		return -ENODEV;
+	ret = pxos_dev_gone(sess->dev);
+	if (ret)
+		return ret;
 
 	karg = memdup_user(up, pxos_ioctls[i].size);
 	if (IS_ERR(karg))

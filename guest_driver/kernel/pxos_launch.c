@@ -192,12 +192,13 @@ long pxos_ioc_reap(struct pxos_session *sess, void *arg)
 			break;
 		if (!known)
 			return -ENOENT;         /* no such token, or nothing submitted */
-		if (READ_ONCE(dev->dead))
-			return -ENODEV;
+		err = pxos_dev_gone(dev);
+		if (err)
+			return err;
 		if (!(io->flags & PXOS_REAP_WAIT))
 			return -EAGAIN;
 		if (wait_event_interruptible(sess->wq, !list_empty(&sess->completed) ||
-					     READ_ONCE(dev->dead)))
+					     pxos_dev_gone(dev)))
 			return -EINTR;
 	}
 

@@ -120,6 +120,7 @@ static int pxos_probe(struct virtio_device *vdev)
 	spin_lock_init(&dev->lock);
 	init_waitqueue_head(&dev->space_wq);
 	INIT_LIST_HEAD(&dev->sessions);
+	INIT_DELAYED_WORK(&dev->watch, pxos_watch);
 	ida_init(&dev->sess_ida);
 	dev->index = -1;
 	dev->vdev = vdev;
@@ -149,6 +150,7 @@ static int pxos_probe(struct virtio_device *vdev)
 	if (err)
 		goto err_misc;
 
+	schedule_delayed_work(&dev->watch, msecs_to_jiffies(PXOS_WATCH_PERIOD_MS));
 	dev_info(&vdev->dev, "/dev/%s: pxOS ABI %u.%u, vm %u, %s on %s, quota %llu bytes\n",
 		 dev->name, le16_to_cpu(dev->info.abi_major), le16_to_cpu(dev->info.abi_minor),
 		 le32_to_cpu(dev->info.vm_id), dev->info.backend, dev->info.device_name,
@@ -174,6 +176,7 @@ static void pxos_remove(struct virtio_device *vdev)
 
 	/* No new opens; open files keep dev alive and get -ENODEV from now on. */
 	misc_deregister(&dev->misc);
+	cancel_delayed_work_sync(&dev->watch);
 	virtio_reset_device(vdev);
 	pxos_dev_drain(dev);
 	vdev->config->del_vqs(vdev);

@@ -82,6 +82,7 @@ static void pxos_req_finish(struct pxos_req *req, u32 len, int err, struct list_
 	req->used_len = min(len, req->resp_len + (req->data_writable ? (u32)req->data.len : 0));
 	req->err = err;
 	req->state = PXOS_REQ_DONE;
+	req->dev->inflight--;
 	if (err)
 		atomic64_inc(&req->dev->stats.requests_failed);
 	if (sess && !--sess->inflight)
@@ -123,6 +124,7 @@ void pxos_ctrlq_done(struct virtqueue *vq)
 			pxos_req_finish(req, len, 0, &to_free);
 	} while (!virtqueue_enable_cb(vq));
 	dev->completions++;
+	dev->last_done = jiffies;
 	spin_unlock_irqrestore(&dev->lock, flags);
 
 	wake_up_all(&dev->space_wq);
@@ -202,13 +204,20 @@ int pxos_req_send(struct pxos_req *req, enum pxos_wait_mode mode)
 	n = pxos_req_sgs(req, sgs, &nout);
 	for (;;) {
 		spin_lock_irqsave(&dev->lock, flags);
-		if (dev->dead) {
+		err = pxos_dev_gone(dev);
+		if (err) {
 			spin_unlock_irqrestore(&dev->lock, flags);
-			return -ENODEV;
+			return err;
 		}
-		err = virtqueue_add_sgs(dev->ctrlq, sgs, nout, n - nout, req, GFP_ATOMIC);
+		/* The last PXOS_PING_DESCS descriptors are the watch's: a full ring can be pinged. */
+		if (!req->ping && dev->ctrlq->num_free <= PXOS_PING_DESCS)
+			err = -ENOSPC;
+		else
+			err = virtqueue_add_sgs(dev->ctrlq, sgs, nout, n - nout, req, GFP_ATOMIC);
 		if (!err) {
 			req->state = PXOS_REQ_INFLIGHT;
+			if (!dev->inflight++)
+				dev->last_done = jiffies; /* busy from now: the stall clock starts */
 			if (req->sess)
 				req->sess->inflight++;
 			if (req->async)
@@ -222,7 +231,7 @@ int pxos_req_send(struct pxos_req *req, enum pxos_wait_mode mode)
 		}
 		seen = dev->completions;
 		spin_unlock_irqrestore(&dev->lock, flags);
-		if (err != -ENOSPC)
+		if (err != -ENOSPC || req->ping)
 			return err;
 		if (time_after(jiffies, deadline))
 			return -ETIMEDOUT;
@@ -230,37 +239,47 @@ int pxos_req_send(struct pxos_req *req, enum pxos_wait_mode mode)
 		/* The ring is full: wait for a completion (re-checked once a second). */
 		if (mode == PXOS_WAIT_UNINTERRUPTIBLE) {
 			wait_event_timeout(dev->space_wq,
-					   READ_ONCE(dev->completions) != seen || READ_ONCE(dev->dead), HZ);
+					   READ_ONCE(dev->completions) != seen || pxos_dev_gone(dev), HZ);
 		} else if (mode == PXOS_WAIT_KILLABLE) {
 			if (wait_event_killable_timeout(dev->space_wq, READ_ONCE(dev->completions) != seen ||
-							READ_ONCE(dev->dead), HZ) < 0)
+							pxos_dev_gone(dev), HZ) < 0)
 				return -EINTR;
 		} else {
 			if (wait_event_interruptible_timeout(dev->space_wq,
 							     READ_ONCE(dev->completions) != seen ||
-							     READ_ONCE(dev->dead), HZ) < 0)
+							     pxos_dev_gone(dev), HZ) < 0)
 				return -EINTR;
 		}
 	}
 }
 
 /*
- * Wait for a sent request. 0: it is done and the caller owns it. -EINTR / -ETIMEDOUT:
- * it is still with the device and now abandoned; the caller must not touch it again.
+ * Wait for a sent request. 0: it is done and the caller owns it. -EINTR / -ETIMEDOUT /
+ * -EHOSTDOWN (the backend was lost meanwhile): it is still with the device and now
+ * abandoned; the caller must not touch it again. Waits in slices of a second so that a
+ * lost backend ends the wait within one.
  */
 int pxos_req_wait(struct pxos_req *req, enum pxos_wait_mode mode, unsigned long timeout_ms)
 {
-	unsigned long timeout = msecs_to_jiffies(timeout_ms);
+	unsigned long timeout = msecs_to_jiffies(timeout_ms), slice;
 	struct pxos_dev *dev = req->dev;
 	unsigned long flags;
 	long left;
 
-	if (mode == PXOS_WAIT_UNINTERRUPTIBLE)
-		left = wait_for_completion_timeout(&req->done, timeout);
-	else if (mode == PXOS_WAIT_KILLABLE)
-		left = wait_for_completion_killable_timeout(&req->done, timeout);
-	else
-		left = wait_for_completion_interruptible_timeout(&req->done, timeout);
+	for (;;) {
+		slice = min_t(unsigned long, timeout, HZ);
+		if (mode == PXOS_WAIT_UNINTERRUPTIBLE)
+			left = wait_for_completion_timeout(&req->done, slice);
+		else if (mode == PXOS_WAIT_KILLABLE)
+			left = wait_for_completion_killable_timeout(&req->done, slice);
+		else
+			left = wait_for_completion_interruptible_timeout(&req->done, slice);
+		if (left != 0)
+			break;  /* done, or a signal */
+		timeout -= slice;
+		if (!timeout || READ_ONCE(dev->lost))
+			break;
+	}
 	if (left > 0)
 		return 0;
 
@@ -272,7 +291,74 @@ int pxos_req_wait(struct pxos_req *req, enum pxos_wait_mode mode, unsigned long 
 	req->abandoned = true;
 	spin_unlock_irqrestore(&dev->lock, flags);
 	atomic64_inc(&dev->stats.requests_failed);
-	return left == 0 ? -ETIMEDOUT : -EINTR;
+	if (left < 0)
+		return -EINTR;
+	return READ_ONCE(dev->lost) ? -EHOSTDOWN : -ETIMEDOUT;
+}
+
+/* The watch gives up on the backend: fail every waiter now and every call from now on. */
+static void pxos_dev_lose(struct pxos_dev *dev)
+{
+	struct pxos_session *sess;
+
+	/* dev->lock held */
+	dev->lost = true;
+	list_for_each_entry(sess, &dev->sessions, node)
+		wake_up_all(&sess->wq);
+	dev_err(&dev->vdev->dev,
+		"%s: pxos-hvd stopped answering (nothing completed in %u ms, no answer to a ping in %u ms): every call now fails with EHOSTDOWN; restart the VM once pxos-hvd is back\n",
+		dev->name, PXOS_STALL_MS, PXOS_PING_TIMEOUT_MS);
+}
+
+/*
+ * The backend watch, every PXOS_WATCH_PERIOD_MS while the device lives (see pxos_drv.h):
+ * requests waiting with no completion for PXOS_STALL_MS get the device pinged; any
+ * completion clears it; none for PXOS_PING_TIMEOUT_MS after the ping loses the device.
+ */
+void pxos_watch(struct work_struct *work)
+{
+	struct pxos_dev *dev = container_of(to_delayed_work(work), struct pxos_dev, watch);
+	struct pxos_cmd_get_info *cmd;
+	struct pxos_req *ping = NULL;
+	unsigned long flags, now = jiffies;
+	bool lost = false;
+
+	spin_lock_irqsave(&dev->lock, flags);
+	if (dev->dead || dev->lost) {
+		spin_unlock_irqrestore(&dev->lock, flags);
+		return;
+	}
+	if (!dev->inflight || time_before(now, dev->last_done + msecs_to_jiffies(PXOS_STALL_MS))) {
+		dev->ping_at = 0;  /* idle, or answering */
+	} else if (!dev->ping_at) {
+		dev->ping_at = now ? now : 1;
+		spin_unlock_irqrestore(&dev->lock, flags);
+		ping = pxos_req_alloc(dev, NULL, PXOS_CMD_GET_INFO, sizeof(*cmd), sizeof(struct pxos_resp_info));
+		spin_lock_irqsave(&dev->lock, flags);
+	} else if (time_after(now, dev->ping_at + msecs_to_jiffies(PXOS_PING_TIMEOUT_MS))) {
+		pxos_dev_lose(dev);
+		lost = true;
+	}
+	spin_unlock_irqrestore(&dev->lock, flags);
+
+	if (lost) {
+		wake_up_all(&dev->space_wq);
+		return;
+	}
+	if (ping) {
+		cmd = ping->cmd;
+		cmd->abi_major = cpu_to_le16(PXOS_ABI_MAJOR);
+		cmd->abi_minor = cpu_to_le16(PXOS_ABI_MINOR);
+		ping->ping = true;
+		ping->abandoned = true;  /* nobody waits: the completion path frees it */
+		if (pxos_req_send(ping, PXOS_WAIT_UNINTERRUPTIBLE)) {
+			pxos_req_free(ping);  /* never on the ring: the next round tries again */
+			spin_lock_irqsave(&dev->lock, flags);
+			dev->ping_at = 0;
+			spin_unlock_irqrestore(&dev->lock, flags);
+		}
+	}
+	schedule_delayed_work(&dev->watch, msecs_to_jiffies(PXOS_WATCH_PERIOD_MS));
 }
 
 int pxos_status_errno(u32 status)
