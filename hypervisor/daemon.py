@@ -404,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
         except E.ConfigError as exc:
             print(f"pxos-hvd: {exc}", file=sys.stderr)
             return 2
+        from .sockets import missing_socket_dirs
+
+        for vm_id, parent in missing_socket_dirs(cfg):
+            print(f"pxos-hvd: {args.config}: vm[id={vm_id}].socket: directory {parent} does not exist "
+                  "(pxos-hvd creates socket_dir itself and no directory below it)", file=sys.stderr)
+            return 2
         missing = [m.path for m in cfg.model if not os.path.isfile(m.path)]
         if missing:
             print(f"pxos-hvd: {args.config}: model file not found: {', '.join(missing)}", file=sys.stderr)

@@ -61,6 +61,20 @@ def resolve_vm_socket(path: str, socket_dir: str) -> str:
     return os.path.join(real_parent, os.path.basename(full))
 
 
+def missing_socket_dirs(cfg) -> list[tuple[int, str]]:
+    """(VM id, directory) for each configured VM socket whose directory does not exist and
+    is not socket_dir (which the daemon creates): what `--check-config` reports, since the
+    daemon would refuse to start on it."""
+    base = os.path.normpath(os.path.abspath(cfg.daemon.socket_dir))
+    out = []
+    for vm in cfg.vm:
+        if vm.socket:
+            parent = os.path.dirname(lexical_vm_socket(vm.socket, base))
+            if parent != base and not os.path.isdir(parent):
+                out.append((vm.id, parent))
+    return out
+
+
 def ensure_socket_dir(socket_dir: str) -> None:
     try:
         os.makedirs(socket_dir, mode=SOCKET_DIR_MODE, exist_ok=True)

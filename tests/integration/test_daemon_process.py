@@ -128,6 +128,21 @@ def test_check_config_checks_the_advisor_key(tmp_path):
     assert chk.returncode == 2 and "api_key_file" in chk.stderr and "Traceback" not in chk.stderr
 
 
+def test_check_config_refuses_a_socket_in_a_missing_directory(tmp_path):
+    """Issue 11, item 6: such a config passed --check-config, then the daemon refused it."""
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f"[daemon]\nsocket_dir = '{tmp_path}'\n[[vm]]\nid = 3\nmemory = '1G'\nshare = 5\n"
+                   f"socket = '{tmp_path}/missing/vm3.sock'\n")
+    chk = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--check-config", "--config", str(cfg)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert chk.returncode == 2, chk.stdout
+    assert f"vm[id=3].socket: directory {tmp_path}/missing does not exist" in chk.stderr
+    (tmp_path / "missing").mkdir()
+    ok = subprocess.run([sys.executable, "-m", "hypervisor.daemon", "--check-config", "--config", str(cfg)],
+                        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+
+
 def _vms(sock: Path) -> dict[int, pb.VMInfo]:
     with Client(socket_path=str(sock)) as c:
         return {v.vm_id: v for v in c.call("ListVMs", pb.ListVMsRequest()).vms}
