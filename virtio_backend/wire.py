@@ -73,6 +73,8 @@ STRUCT_SIZES: dict[str, int] = {
     "pxos_cmd_idle_hint": 32,
     "pxos_cmd_session_close": 24,
     "pxos_resp_session_close": 184,
+    "pxos_capset": 16,
+    "pxos_drm_submit": 24,
 }
 
 
@@ -163,6 +165,8 @@ PXOS_RESP: int = _lib.PXOS_RESP
 PXOS_PRIORITY_DEFAULT: int = _lib.PXOS_PRIORITY_DEFAULT
 PXOS_RANK_ANY: int = _lib.PXOS_RANK_ANY
 PXOS_DIM_SYMBOLIC: int = _lib.PXOS_DIM_SYMBOLIC
+PXOS_CAPSET_ID: int = _lib.PXOS_CAPSET_ID
+PXOS_CAPSET_VERSION: int = _lib.PXOS_CAPSET_VERSION
 
 # The vendor command range the header reserves (0x7000..0x70ff); docs/protocol.md says why.
 PXOS_CMD_FIRST = 0x7000

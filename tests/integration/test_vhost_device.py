@@ -224,26 +224,29 @@ def test_handles_of_another_vm_or_session_are_not_found(vm1, vm2, hv):
 
 
 def test_standard_virtio_gpu_commands_and_the_cursor_queue(vm1, transport):
+    fences = iter(range(77, 1000))  # one increasing timeline per device, as Linux emits them
+
     def ask(cmd: int, body: bytes = b"", size: int = 24) -> tuple[int, int]:
-        head = vm1.fe.submit(0, out=[CTRL_HDR.pack(cmd, 1, 77, 0, 0) + body], in_=[size])
+        fence_id = next(fences)
+        head = vm1.fe.submit(0, out=[CTRL_HDR.pack(cmd, 1, fence_id, 0, 0) + body], in_=[size])
         vm1.fe.kick(0, force=True)
         [used] = vm1.fe.wait_used(0)
         rtype, flags, fence, _, _ = CTRL_HDR.unpack_from(used.data)
-        assert (used.head, flags, fence) == (head, 1, 77)  # the fence signals, error or not
+        assert (used.head, flags, fence) == (head, 1, fence_id)  # the fence signals, error or not
         return rtype, used.len
 
     assert ask(V.VIRTIO_GPU_CMD_GET_DISPLAY_INFO, size=408) == (V.VIRTIO_GPU_RESP_OK_DISPLAY_INFO, 408)
     assert ask(V.VIRTIO_GPU_CMD_RESOURCE_CREATE_2D, struct.pack("<IIII", 1, 1, 64, 64))[0] == V.VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY
     assert ask(V.VIRTIO_GPU_CMD_SET_SCANOUT, bytes(16) + struct.pack("<II", 0, 1))[0] == V.VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID
     assert ask(V.VIRTIO_GPU_CMD_GET_EDID, bytes(8), size=1056) == (V.VIRTIO_GPU_RESP_OK_EDID, 1056)
-    assert ask(V.VIRTIO_GPU_CMD_CTX_CREATE, bytes(72))[0] == V.VIRTIO_GPU_RESP_ERR_UNSPEC
+    assert ask(V.VIRTIO_GPU_CMD_CTX_CREATE, bytes(72))[0] == V.VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID  # ctx 0
     for _ in range(3):
         vm1.fe.submit(1, out=[CTRL_HDR.pack(V.VIRTIO_GPU_CMD_MOVE_CURSOR, 0, 0, 0, 0) + bytes(32)])
     vm1.fe.kick(1, force=True)
     assert [u.len for u in vm1.fe.wait_used(1, 3)] == [0, 0, 0]
     dev = transport.status()[1]["device"]
     assert dev["cursor_total"] == 3 and dev["standard_by_command"]["VIRTIO_GPU_CMD_GET_DISPLAY_INFO"] == 1
-    assert struct.unpack("<IIII", vm1.fe.get_config()) == (0, 0, 1, 0)
+    assert struct.unpack("<IIII", vm1.fe.get_config()) == (0, 0, 1, 1)  # one capset: pxOS's (DRM transport)
 
 
 def test_a_host_bug_answers_internal_and_the_device_keeps_serving(vm1, hv, monkeypatch):

@@ -64,9 +64,12 @@ from virtio_backend.gpu.decode import (
     response_size,
 )
 from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
+from virtio_backend.gpu.drm_serve import DrmServing, DrmTarget
 from virtio_backend.gpu.encode import encode
+from virtio_backend.gpu.fences import FenceTimeline
 from virtio_backend.gpu.metrics import DeviceStats, LogLimiter
-from virtio_backend.gpu.virtio_gpu import VirtioGpuCtrlType, VirtioGpuFeature, VirtioGpuQueue
+from virtio_backend.gpu.virgl import NUM_CAPSETS, Virgl3D
+from virtio_backend.gpu.virtio_gpu import VirtioGpuCtrlType, VirtioGpuFeature, VirtioGpuFlag, VirtioGpuQueue
 from virtio_backend.gpu.worker import DeviceWorker
 from virtio_backend.wire import PxosCmdType, PxosStatus
 
@@ -95,7 +98,7 @@ class Retirement:
         self.message: str | None = None
 
 
-class GpuDevice:
+class GpuDevice(DrmServing):
     """One VM's virtio-gpu-pxos device, for one vhost-user connection."""
 
     num_queues = 2
@@ -107,8 +110,10 @@ class GpuDevice:
         self.vm_id = vm_id
         self._connection = connection  # call_soon_threadsafe(fn, *args) onto the loop thread
         self.stats = stats if stats is not None else DeviceStats()
-        self.display = HeadlessDisplay()
+        self.display = HeadlessDisplay(NUM_CAPSETS)
         self.control = PxosControl(hv, vm_id, DEFAULT_MAX_INFLIGHT)
+        self.virgl = Virgl3D()  # contexts and 3D resources: the DRM transport (drm_serve.py)
+        self.fences = FenceTimeline()
         self._generation = 0
         self._display_fd: int | None = None
         self._log = LogLimiter()
@@ -125,9 +130,11 @@ class GpuDevice:
 
     # ---- VirtioDevice: features and config ----------------------------------------------
     def device_features(self) -> int:
-        # Headless: no VIRGL, no blob resources; EDID offered (and answered "no monitor",
-        # see display.py) because QEMU's vhost-user-gpu asks for it by default.
-        return 1 << VirtioGpuFeature.VIRTIO_GPU_F_EDID
+        # Headless, no blob resources. EDID offered (and answered "no monitor", see
+        # display.py) because QEMU's vhost-user-gpu asks for it by default; VIRGL so that
+        # a guest's stock virtio_gpu driver allows its 3D ioctls, the DRM transport (no
+        # renderer runs: see virgl.py). QEMU passes on only VIRGL, EDID and RESOURCE_UUID.
+        return (1 << VirtioGpuFeature.VIRTIO_GPU_F_EDID) | (1 << VirtioGpuFeature.VIRTIO_GPU_F_VIRGL)
 
     def protocol_features(self) -> int:
         return 0  # CONFIG (mandatory for vhost-user-gpu) is among the library's own
@@ -189,7 +196,9 @@ class GpuDevice:
         self.stats.resets_total += 1
         self.stats.launches_inflight = 0
         self._resume_scheduled.clear()
-        self.display = HeadlessDisplay()
+        self.display = HeadlessDisplay(NUM_CAPSETS)
+        self.virgl.reset()
+        self.fences.reset()
         self._close_display_fd()
         if self.retirement.message is not None:  # removed: the hypervisor released it all
             return
@@ -254,19 +263,23 @@ class GpuDevice:
             if req.readable_len < HDR_SIZE:
                 self.stats.no_header_total += 1
                 self._note("chain of %d readable bytes holds no control header", req.readable_len)
-                queue.push(req, 0)
+                self._push(queue, req, 0)
                 return
             head = req.read(0, HEAD_BYTES)  # the fixed part, copied out of guest memory once
             hdr = decode_header(head)
-            if _PXOS_FIRST <= hdr.type <= _PXOS_LAST:
+            if hdr.flags & _FENCE and not self.fences.admit(req, hdr.fence_id):
+                self._refuse_fence(queue, req, hdr)
+            elif _PXOS_FIRST <= hdr.type <= _PXOS_LAST:
                 self._serve_pxos(queue, req, hdr, head)
+            elif hdr.type in _DRM_COMMANDS:
+                self._serve_drm(queue, req, hdr)
             else:
                 self._serve_standard(queue, req, hdr)
         except Exception:  # a host bug: answer it, count it, keep serving
             self.stats.internal_errors_total += 1
             log.exception("vm %d: internal error serving head %d", self.vm_id, req.head)
             if req.live:
-                queue.push(req, 0)
+                self._push(queue, req, 0)
 
     def _serve_pxos(self, queue, req, hdr: c.Header, head: bytes) -> None:
         counts = self.stats.pxos_by_command
@@ -361,7 +374,7 @@ class GpuDevice:
                 self.stats.internal_errors_total += 1
                 log.exception("vm %d: completing head %d failed", self.vm_id, req.head)
                 if req.live:
-                    queue.push(req, 0)
+                    self._push(queue, req, 0)
             if queue not in queues:
                 queues.append(queue)
         for queue in queues:
@@ -374,10 +387,30 @@ class GpuDevice:
         if resp_type >= VirtioGpuCtrlType.VIRTIO_GPU_RESP_ERR_UNSPEC:
             self.stats.count(self.stats.errors_by_status, VirtioGpuCtrlType(resp_type).name)
         written = req.write(0, memoryview(out)[: req.writable_len])
-        queue.push(req, written)
+        self._push(queue, req, written)
+
+    def _push(self, queue, req, written: int) -> None:
+        """Complete a chain: at once, or (fenced) when every earlier fence is complete."""
+        for q, r, n in self.fences.complete(queue, req, written):
+            q.push(r, n)
 
     def _complete(self, queue, req, hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> None:
-        """The one path that encodes a PXOS response and completes its chain."""
+        """The one path that encodes a PXOS response and completes its chain (a request
+        that came over the DRM transport is answered through ``_complete_drm``)."""
+        resp = self._account(hdr, resp)
+        if type(hdr) is DrmTarget:
+            self._complete_drm(queue, req, hdr, resp, header_only)
+            return
+        data = encode(hdr, resp, header_only=header_only)
+        if len(data) > req.writable_len:  # only an error in a chain too small for its header
+            data = memoryview(data)[: req.writable_len]
+        written = req.write(0, data)
+        if type(resp) is c.ReadResp:
+            written += resp.nbytes  # the data the handler placed after the header
+        self._push(queue, req, written)
+
+    def _account(self, hdr, resp: c.Response) -> c.Response:
+        """The response as sent (a VM removed meanwhile says so), its error counted."""
         kind = type(resp)
         if kind is c.ErrorResp or kind is c.LaunchResp:  # the only ones that carry a status
             status = resp.status
@@ -392,13 +425,7 @@ class GpuDevice:
             if status != PxosStatus.PXOS_S_OK:
                 self.stats.count(self.stats.errors_by_status, PxosStatus(status).name)
                 self._note("%s -> %s: %s", _cmd_name(hdr), PxosStatus(status).name, resp.message)
-        data = encode(hdr, resp, header_only=header_only)
-        if len(data) > req.writable_len:  # only an error in a chain too small for its header
-            data = memoryview(data)[: req.writable_len]
-        written = req.write(0, data)
-        if kind is c.ReadResp:
-            written += resp.nbytes  # the data the handler placed after the header
-        queue.push(req, written)
+        return resp
 
     # ---- LAUNCH: held until the work completes --------------------------------------------
     def _hold(self, queue, req, hdr: c.Header, completion: Completion) -> None:
@@ -424,14 +451,14 @@ class GpuDevice:
             self.stats.internal_errors_total += 1
             log.exception("vm %d: completing launch %d failed", self.vm_id, done.launch_id)
             if req.live:
-                queue.push(req, 0)
+                self._push(queue, req, 0)
         queue.notify()
 
     # ---- cursor queue -------------------------------------------------------------------
     def _serve_cursor(self, queue, req) -> None:
         # UPDATE_CURSOR / MOVE_CURSOR have no response (virtio spec 5.7.6.10): a headless
         # device has no cursor, so each chain is returned with nothing written.
-        queue.push(req, 0)
+        self._push(queue, req, 0)
         self.stats.cursor_total += 1
 
     def _note(self, fmt: str, *args) -> None:
@@ -440,6 +467,8 @@ class GpuDevice:
 
 
 _NAMES = {int(t): t.name for names in (VirtioGpuCtrlType, PxosCmdType) for t in names}
+_FENCE = int(VirtioGpuFlag.VIRTIO_GPU_FLAG_FENCE)
+_DRM_COMMANDS = DrmServing.COMMANDS
 
 
 def _cmd_name(hdr: c.Header) -> str:

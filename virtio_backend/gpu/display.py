@@ -1,8 +1,9 @@
 """The standard virtio-gpu control commands, answered as a headless device.
 
 pxOS's virtio-gpu has no display: one scanout that is never enabled and has no monitor
-behind it, no 2D resources, no 3D (``VIRTIO_GPU_F_VIRGL`` is not offered), no capability
-sets. ``VIRTIO_GPU_F_EDID`` is offered (QEMU's vhost-user-gpu asks for it by default and
+behind it, no 2D resources. (The 3D commands, capsets and the resource commands that can
+name a 3D resource are the DRM transport's: ``GpuDevice`` sends them to ``virgl.py``;
+this class's answers for them hold for a device without it.) ``VIRTIO_GPU_F_EDID`` is offered (QEMU's vhost-user-gpu asks for it by default and
 warns when a back-end lacks it), and GET_EDID answers truthfully that no monitor is there:
 an EDID of size 0. A guest's
 stock virtio-gpu DRM driver must still probe and run against it, so every command gets the
@@ -51,12 +52,13 @@ NUM_CAPSETS = 0
 class HeadlessDisplay:
     """Answers standard virtio-gpu control commands; holds only the config's event bits."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_capsets: int = NUM_CAPSETS) -> None:
         self.events_read = 0  # no display, so no display-change events are ever raised
+        self.num_capsets = num_capsets  # those the device serves elsewhere (virgl.py)
 
     # ---- config space (struct virtio_gpu_config) -----------------------------------------
     def config_bytes(self) -> bytes:
-        return CONFIG.pack(self.events_read, 0, NUM_SCANOUTS, NUM_CAPSETS)
+        return CONFIG.pack(self.events_read, 0, NUM_SCANOUTS, self.num_capsets)
 
     def write_config(self, offset: int, data: bytes) -> None:
         """Only ``events_clear`` (offset 4, 4 bytes) is writable by the driver."""

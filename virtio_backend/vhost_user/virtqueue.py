@@ -283,6 +283,11 @@ class Request:
         """False once pushed, or once its queue was stopped / its device reset."""
         return self._live
 
+    @property
+    def memory(self) -> GuestMemory:
+        """The memory table this request was popped with (to check guest addresses it names)."""
+        return self._memory
+
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         """Gather up to ``length`` bytes (default: to the end) from ``offset``."""
         self._check(offset)
@@ -333,6 +338,16 @@ class Request:
         """Memoryviews of the writable segments, in order (released when the request ends)."""
         self._check(0)
         return self._make_views(self._nread, self._nsegs)
+
+    def guest_views(self, ranges) -> list[memoryview]:
+        """Memoryviews of guest-physical ``(address, length)`` ranges outside the chain
+        (buffers the request names, e.g. a virtio-gpu resource's backing pages), through
+        the memory table the request was popped with; released when the request ends.
+        ``GuestMemoryError`` when a range is not inside one region of guest memory."""
+        self._check(0)
+        out = [self._memory.view(gpa, n) for gpa, n in ranges]
+        self._views.extend(out)
+        return out
 
     def _make_views(self, lo: int, hi: int) -> list[memoryview]:
         regions = self._memory.regions

@@ -352,6 +352,37 @@ struct pxos_cmd_model_close {
 	__le64 model_id;
 };
 
+/*
+ * The DRM transport (docs/protocol.md, "DRM transport"): the same requests, carried by
+ * Linux's in-tree virtio_gpu driver instead of pxos_gpu.ko. The device offers VIRGL and
+ * one capset, PXOS_CAPSET_ID, whose data is struct pxos_capset. A guest process opens
+ * /dev/dri/renderD128 (one virtio-gpu context = one pxOS session) and sends each request
+ * with DRM_IOCTL_VIRTGPU_EXECBUFFER, which reaches the device as VIRTIO_GPU_CMD_SUBMIT_3D:
+ * its bytes are struct pxos_drm_submit followed by the request exactly as on the control
+ * queue (struct pxos_ctrl_hdr with only `type` set, the command struct, its payload). The
+ * response (and READ data after it) is written into the backing pages of the 3D buffer
+ * resource reply_resource, from reply_offset, before the submit's fence signals.
+ */
+#define PXOS_CAPSET_ID 24            /* <= 31: 6.1 kernels build their capset mask in 32 bits */
+#define PXOS_CAPSET_VERSION 1
+
+struct pxos_capset {
+	__le32 magic;                /* PXOS_MAGIC */
+	__le16 abi_major;
+	__le16 abi_minor;
+	__le32 max_request_bytes;    /* PXOS_MAX_REQUEST_BYTES: the request after the envelope */
+	__le32 max_reply_bytes;      /* largest reply a resource needs room for (KERNEL_INFO or READ) */
+};
+
+struct pxos_drm_submit {
+	__le32 magic;                /* PXOS_MAGIC: anything else is not a pxOS submit */
+	__le16 abi_major;            /* PXOS_ABI_MAJOR of the sender */
+	__le16 abi_minor;
+	__le32 reply_resource;       /* resource id attached to this context, with backing */
+	__le32 padding;
+	__le64 reply_offset;         /* where in that resource the response starts */
+};
+
 /* PXOS_CDEF_END */
 
 #if defined(__KERNEL__) || defined(__STDC_VERSION__)
@@ -368,6 +399,8 @@ _Static_assert(sizeof(struct pxos_param_desc) == 144, "pxos_param_desc");
 _Static_assert(sizeof(struct pxos_cmd_model_open) == 24 + 64, "pxos_cmd_model_open");
 _Static_assert(sizeof(struct pxos_resp_model_open) == 160 + 40, "pxos_resp_model_open");
 _Static_assert(sizeof(struct pxos_cmd_model_close) == 32, "pxos_cmd_model_close");
+_Static_assert(sizeof(struct pxos_capset) == 16, "pxos_capset");
+_Static_assert(sizeof(struct pxos_drm_submit) == 24, "pxos_drm_submit");
 #endif
 
 /* ---- /dev/pxosN ioctls (guest user space <-> pxos_gpu.ko) follow below. ---- */

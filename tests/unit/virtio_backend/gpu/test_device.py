@@ -25,9 +25,9 @@ def device():
 
 
 def test_features_and_config(device):
-    assert device.device_features() == 1 << 1  # VIRTIO_GPU_F_EDID only
+    assert device.device_features() == 1 << 1 | 1 << 0  # VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_VIRGL (DRM transport)
     assert device.protocol_features() == 0
-    assert struct.unpack("<IIII", device.get_config(0, 16)) == (0, 0, 1, 0)
+    assert struct.unpack("<IIII", device.get_config(0, 16)) == (0, 0, 1, 1)  # one capset: pxOS's
     assert device.get_config(8, 4) == struct.pack("<I", 1)
     assert device.get_config(16, 8) == bytes(8)  # past the struct: zero
     with pytest.raises(ValueError):
