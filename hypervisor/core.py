@@ -199,10 +199,12 @@ class Hypervisor:
 
     def set_quota(self, vm_id: int, *, memory_bytes: int | None = None, share_pct: float | None = None,
                   cap_pct: float | None | bool = False,
-                  default_class: str | WorkloadClass | None | bool = False) -> VMInfo:
+                  default_class: str | WorkloadClass | None | bool = False, evict: bool = False) -> VMInfo:
         """Change a VM's quota, share, cap or default class at run time. ``cap_pct=None``
         removes the cap and ``default_class=None`` the class (launches are classified by
-        inference again); leaving either out (False) keeps the current one."""
+        inference again); leaving either out (False) keeps the current one. A memory quota
+        below the VM's usage is refused (QuotaBelowUsage) unless ``evict``: then its buffers
+        go to host RAM now and its launches keep running (MemoryManager.set_quota)."""
         wclass = False if default_class is False else class_of(default_class)
         with self._lock:
             vm = self._vm(vm_id)
@@ -212,7 +214,7 @@ class Hypervisor:
             if memory_bytes is not None:
                 _check_quota(memory_bytes)
                 used = self.memory.vm(vm_id).used
-                if memory_bytes < used:
+                if memory_bytes < used and not evict:
                     raise E.QuotaBelowUsage(vm_id, memory_bytes, used)
             if share_pct is not None or cap_pct is not False:
                 try:
@@ -221,13 +223,14 @@ class Hypervisor:
                     raise E.InvalidArgument(str(exc)) from exc
                 vm.share, vm.cap = share, cap
                 self.dispatcher.wake()  # a cap lifted or widened may make queued work eligible
+            moved = 0
             if memory_bytes is not None:
-                self.memory.set_quota(vm_id, memory_bytes)
+                moved = self.memory.set_quota(vm_id, memory_bytes, evict=evict)
             if wclass is not False:
                 vm.default_class = wclass
             info = self._vm_info(vm_id)
         self._emit("quota_changed", vm_id, memory_quota=info.memory_quota, share=info.share_pct,
-                   cap=info.cap_pct, default_class=info.default_class)
+                   cap=info.cap_pct, default_class=info.default_class, evicted_bytes=moved)
         return info
 
     def vm_info(self, vm_id: int) -> VMInfo:

@@ -2,7 +2,7 @@
 
     pxosctl [--socket PATH | --tcp HOST:PORT --tls-cert C --tls-key K --tls-ca CA] [--json] COMMAND ...
       vm list | vm show ID | vm add ID --memory 8G --share 30 [--cap 50] ... | vm remove ID
-      quota set VM [--memory 8G] [--share 30] [--cap 50 | --no-cap]
+      quota set VM [--memory 8G [--evict]] [--share 30] [--cap 50 | --no-cap]
       stats | top [--once] | events [--vm ID] [--kind K] | run --vm ID FILE --bind ...
       model add NAME FILE [--dtype float16] | model list | model remove NAME
       advice [--json] | advice accept VM | advice reject VM
@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     qset.add_argument("vm", type=_vm_id)
     qset.add_argument("--memory", type=_size_arg)
     qset.add_argument("--share", type=_percent)
+    qset.add_argument("--evict", action="store_true",
+                      help="with --memory below what the VM holds: move its buffers to host RAM (overcommit) "
+                           "instead of refusing; it allocates nothing new until it fits")
     capg = qset.add_mutually_exclusive_group()
     capg.add_argument("--cap", type=_percent)
     capg.add_argument("--no-cap", action="store_true", help="remove the hard cap")
@@ -246,8 +249,16 @@ def cmd_quota(c: Client, args) -> int:
         req.remove_cap = True
     if args.memory is None and args.share is None and args.cap is None and not args.no_cap:
         raise UsageError("quota set needs at least one of --memory, --share, --cap, --no-cap")
+    if args.evict:
+        if args.memory is None:
+            raise UsageError("--evict goes with --memory (a memory quota cut)")
+        req.evict = True
     info = c.call("SetQuota", req)
-    _print_info(info, args, f"VM {info.vm_id} quota set")
+    note = ""
+    if args.evict and info.memory_used > info.memory_quota:
+        note = (f"; its buffers went to host RAM and it allocates nothing new until it holds less than "
+                f"{size(info.memory_quota)} (holds {size(info.memory_used)})")
+    _print_info(info, args, f"VM {info.vm_id} quota set{note}")
     return EXIT_OK
 
 

@@ -45,7 +45,8 @@ class QuotaBelowUsage(InvalidArgument):
         self.vm_id, self.quota, self.usage = vm_id, quota, usage
         super().__init__(
             f"VM {vm_id} holds {usage} bytes now; a memory quota of {quota} bytes is below that "
-            f"(refused: the guest's next launches would fail; free buffers first, or cut to at least {usage})"
+            f"(refused: the guest's next launches would fail; free buffers first, cut to at least {usage}, "
+            "or evict its buffers to host RAM: quota set --evict)"
         )
 
 

@@ -86,6 +86,9 @@ class VMMemory:
     device_bytes: int = 0  # device copies of its buffers + its temporaries
     host_bytes: int = 0  # its buffers whose only copy is in host RAM
     idle: bool = False  # the VM said it is going idle
+    # After a quota cut with eviction: the quota its launches' temporaries are still
+    # checked against, until its buffers fit the new quota (0: none; docs/memory.md).
+    grace_quota: int = 0
     h2d_bytes: int = 0
     d2h_bytes: int = 0
     evictions: int = 0
@@ -96,6 +99,12 @@ class VMMemory:
     @property
     def used(self) -> int:
         return self.live_bytes + self.temp_bytes
+
+    @property
+    def launch_quota(self) -> int:
+        """What launch temporaries are checked against: the quota, or the one before an
+        evicting cut while the VM's buffers do not fit the new one yet."""
+        return self.grace_quota if self.live_bytes > self.quota else self.quota
 
 
 @dataclass(eq=False)
@@ -174,10 +183,34 @@ class MemoryManager(Placement):
             raise AlreadyExists(f"VM {vm_id} still holds memory (a running launch is finishing); retry")
         self._vms[vm_id] = VMMemory(quota=quota)
 
-    def set_quota(self, vm_id: int, quota: int) -> None:
-        """Takes effect at once; a quota below current usage refuses new allocations until
-        usage falls under it, and takes nothing away."""
-        self._vm(vm_id).quota = quota
+    def set_quota(self, vm_id: int, quota: int, *, evict: bool = False) -> int:
+        """Takes effect at once. A quota below current usage refuses new allocations until
+        usage falls under it and takes nothing away. With ``evict`` the VM's buffers also
+        leave the device for host RAM now (overcommit: needs host budget), and its launches
+        keep running, their temporaries checked against the old quota until its buffers fit
+        the new one. Returns the bytes moved off the device."""
+        vm = self._vm(vm_id)
+        if not evict or quota >= vm.live_bytes:
+            vm.quota, vm.grace_quota = quota, 0
+            return 0
+        if not self.host_budget:
+            raise InvalidArgument(
+                f"VM {vm_id}: evicting its buffers to host RAM needs overcommit ([memory] host_budget), "
+                "which is 0 on this daemon")
+        self.reap()
+        leaving = [b for b in vm.buffers.values() if b.device is not None and not b.read_only and b.movable]
+        need = sum(b.nbytes for b in leaving if b.host is None)
+        if not self.host_room(need):
+            raise OutOfDeviceMemory(
+                f"VM {vm_id}: evicting its buffers needs {need} bytes of host budget; "
+                f"{self.host_budget - self.host_used} of {self.host_budget} are free")
+        vm.grace_quota = vm.launch_quota
+        vm.quota = quota
+        moved = 0
+        for b in leaving:
+            if self.evict(b):  # room was made above: it succeeds
+                moved += b.nbytes
+        return moved
 
     def vm(self, vm_id: int) -> VMMemory:
         return self._vm(vm_id)
@@ -425,8 +458,8 @@ class MemoryManager(Placement):
         """A launch is queued: its buffers and temporaries must fit the pool on their own,
         and its temporaries beside everything committed (docs/memory.md, promise 2)."""
         vm = self._vm(vm_id)
-        if vm.live_bytes + temps > vm.quota:  # the running launch's temporaries will be gone
-            raise QuotaExceeded(vm_id, vm.quota, vm.live_bytes, temps, what="launch temporaries")
+        if vm.live_bytes + temps > vm.launch_quota:  # the running launch's temporaries will be gone
+            raise QuotaExceeded(vm_id, vm.launch_quota, vm.live_bytes, temps, what="launch temporaries")
         if buffers_bytes + temps > self.pool_bytes:
             raise OutOfDeviceMemory(
                 f"this launch needs {buffers_bytes + temps} bytes on the device at once ({buffers_bytes} of "
@@ -444,8 +477,8 @@ class MemoryManager(Placement):
 
     def check_temps(self, vm_id: int, nbytes: int) -> None:
         vm = self._vm(vm_id)
-        if vm.used + nbytes > vm.quota:
-            raise QuotaExceeded(vm_id, vm.quota, vm.used, nbytes, what="launch temporaries")
+        if vm.used + nbytes > vm.launch_quota:
+            raise QuotaExceeded(vm_id, vm.launch_quota, vm.used, nbytes, what="launch temporaries")
 
     def reserve_temps(self, vm_id: int, nbytes: int, launch_id: int) -> None:
         """The launch starts: its temporaries count against its VM and the pool (room was

@@ -175,18 +175,20 @@ class GetVMResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[VMInfo, _Mapping]] = ..., stats: _Optional[_Union[VMStats, _Mapping]] = ...) -> None: ...
 
 class SetQuotaRequest(_message.Message):
-    __slots__ = ("vm_id", "memory_bytes", "share", "cap", "remove_cap")
+    __slots__ = ("vm_id", "memory_bytes", "share", "cap", "remove_cap", "evict")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
     CAP_FIELD_NUMBER: _ClassVar[int]
     REMOVE_CAP_FIELD_NUMBER: _ClassVar[int]
+    EVICT_FIELD_NUMBER: _ClassVar[int]
     vm_id: int
     memory_bytes: int
     share: float
     cap: float
     remove_cap: bool
-    def __init__(self, vm_id: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., remove_cap: _Optional[bool] = ...) -> None: ...
+    evict: bool
+    def __init__(self, vm_id: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., remove_cap: _Optional[bool] = ..., evict: _Optional[bool] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

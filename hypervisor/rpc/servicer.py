@@ -125,6 +125,10 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
             kw["cap_pct"] = None
         if not kw:
             raise E.InvalidArgument("SetQuota changes nothing: give memory_bytes, share, cap or remove_cap")
+        if request.evict:
+            if "memory_bytes" not in kw:
+                raise E.InvalidArgument("evict goes with memory_bytes: it is about a memory quota cut")
+            kw["evict"] = True
         return convert.vm_info(self.daemon.set_quota(request.vm_id, **kw))
 
     @_rpc

@@ -151,6 +151,18 @@ def test_quota_set_at_run_time(ctl):
     assert code == EXIT_USAGE
 
 
+def test_quota_cut_below_usage_and_evict(ctl, daemon):
+    ctl("vm", "add", 3, "--memory", "1M", "--share", 10)
+    daemon.hv.alloc(3, "float32", (1000,))  # the VM holds 4000 bytes
+    code, _, err = ctl("quota", "set", 3, "--memory", "1000")
+    assert code == EXIT_FAILED and "VM 3 holds 4000 bytes now" in err and "quota set --evict" in err
+    code, _, err = ctl("quota", "set", 3, "--memory", "1000", "--evict")  # this daemon has no host budget
+    assert code == EXIT_FAILED and "needs overcommit ([memory] host_budget)" in err
+    code, _, err = ctl("quota", "set", 3, "--share", "5", "--evict")
+    assert code == EXIT_USAGE and "--evict goes with --memory" in err
+    assert ok_json(ctl, "vm", "show", 3)["info"]["memory_quota"] == 1_000_000
+
+
 def _write_inputs(tmp_path, b=4, i=5, o=3):
     rng = np.random.default_rng(7)
     x, w, bias = (rng.standard_normal(s).astype(np.float32) for s in ((b, i), (i, o), (o,)))
