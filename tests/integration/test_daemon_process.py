@@ -271,3 +271,28 @@ def test_sigint_stops_cleanly_and_a_closed_terminal_never_kills(tmp_path):
             proc.kill()
     assert proc.returncode == 0
     assert not sock.exists() and not (tmp_path / "vm1.sock").exists()
+
+
+def test_log_level_debug_shows_what_the_daemon_does(tmp_path):
+    """Issue 11, item 7: --log-level debug used to add nothing."""
+    cfg = _config(tmp_path)
+    sock = tmp_path / "hvd.sock"
+    proc, line = start(cfg, "--log-level", "debug")
+    try:
+        assert line == "ready\n"
+        from tests.support.vhost_frontend import VhostUserFrontend
+        from virtio_backend.gpu import guest as g
+
+        with VhostUserFrontend(str(tmp_path / "vm1.sock")) as fe:
+            fe.boot()
+            fe.submit(0, out=[g.get_info()], in_=[g.response_size(0x7000)])
+            fe.kick(0, force=True)
+            fe.wait_used(0)
+        assert sorted(_vms(sock)) == [1]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "DEBUG" in out and "<- SET_MEM_TABLE" in out and "GET_INFO -> PXOS_S_OK" in out, out[-3000:]
+    assert "device reset: 0 buffers" not in out

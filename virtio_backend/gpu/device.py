@@ -217,8 +217,12 @@ class GpuDevice(DrmServing):
             res = self.hv.reset_vm(self.vm_id, "the guest's virtio-gpu device was reset")
         except NotFound:  # the VM was removed first (detach): nothing left to release
             return
-        log.info("vm %d: device reset: %d buffers (%d bytes), %d kernels freed, %d launches cancelled",
-                 self.vm_id, res.buffers_freed, res.bytes_freed, res.kernels_freed, res.launches_cancelled)
+        # A reset is normal (the guest's driver starts, stops or is reloaded): info only when
+        # it released something, and worded as what it is.
+        level = logging.INFO if (res.buffers_freed or res.kernels_freed or res.launches_cancelled) else logging.DEBUG
+        log.log(level, "vm %d: the guest reset its device; released %d buffers (%d bytes), %d kernels, "
+                "%d queued launches", self.vm_id, res.buffers_freed, res.bytes_freed, res.kernels_freed,
+                res.launches_cancelled)
 
     def idle(self, timeout: float = 10.0) -> bool:
         """Wait until the worker ran every job queued so far (tests, detach)."""
@@ -412,6 +416,9 @@ class GpuDevice(DrmServing):
     def _account(self, hdr, resp: c.Response) -> c.Response:
         """The response as sent (a VM removed meanwhile says so), its error counted."""
         kind = type(resp)
+        if log.isEnabledFor(logging.DEBUG):  # --log-level debug: every PXOS answer
+            log.debug("vm %d: %s -> %s", self.vm_id, _cmd_name(hdr),
+                      PxosStatus(resp.status).name if kind is c.ErrorResp or kind is c.LaunchResp else "PXOS_S_OK")
         if kind is c.ErrorResp or kind is c.LaunchResp:  # the only ones that carry a status
             status = resp.status
             gone = self.retirement.message

@@ -234,6 +234,10 @@ class VhostUserConnection:
 
     def _dispatch(self, msg: Message) -> None:
         ok, reply = True, None
+        if log.isEnabledFor(logging.DEBUG):  # --log-level debug: every front-end message
+            log.debug("%s: <- %s%s", self.name, msg.request.name, " (reply wanted)" if msg.need_reply else "")
+        if log.isEnabledFor(logging.DEBUG):  # --log-level debug: every front-end message
+            log.debug("%s: <- %s%s", self.name, msg.request.name, " (reply wanted)" if msg.need_reply else "")
         try:
             if msg.request in DEVICE_REQUESTS:
                 reply = self._device_message(msg)
