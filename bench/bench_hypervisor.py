@@ -82,41 +82,49 @@ class Kernels:
 
 # ---------------------------------------------------------------------------- dispatch
 def dispatch(report: Report, backend: str, kernels: Kernels, plan: Plan) -> None:
+    """Overhead of going through the hypervisor, like against like (issue 14): a serial
+    caller (submit, wait, submit) against the executor called the same way, and a caller
+    keeping PIPELINE_DEPTH launches in flight against the executor kept as busy the same
+    way (DirectRun.pipelined)."""
     big = kernels(2 * MS)  # one launch of 1..5 ms: the issue's ">= 1 ms" case
     report.notes.append(f"dispatch: large kernel {big.describe()}, tiny kernel ADD of float[16]; pipelined = "
-                        f"{PIPELINE_DEPTH} launches kept in flight; figures are medians of {plan.rounds} "
-                        "interleaved rounds (other load on the machine hits all modes alike); cpu = process "
-                        "CPU time (all threads) per launch, robust to other load on the machine")
+                        f"{PIPELINE_DEPTH} launches kept in flight, compared with the executor kept "
+                        f"{PIPELINE_DEPTH} deep the same way; serial with the executor called serially; figures "
+                        f"are medians of {plan.rounds} interleaved rounds (other load on the machine hits all modes "
+                        "alike); cpu = process CPU time (all threads) per launch, robust to other load")
     n_big = max(20, int(plan.block_s / big.seconds))
     with Hypervisor(backend=backend) as hv:
         hv.register_vm(1, QUOTA_MB, 100)
         for key, source, n, unit in (("large", big.source, n_big, "ms"), ("tiny", TINY_SOURCE, plan.tiny_block, "us")):
             direct = DirectRun(hv.executor, source)
             kid, binds = install(hv, 1, source)
-            modes = {"direct": lambda n, d=direct: d.wall(n),
+            modes = {"direct_serial": lambda n, d=direct: d.wall(n),
+                     "direct_pipelined": lambda n, d=direct: d.pipelined(n, PIPELINE_DEPTH),
                      "serial": lambda n, k=kid, b=binds: _serial(hv, k, b, n),
                      "pipelined": lambda n, k=kid, b=binds: _pipelined(hv, k, b, n)}
             for fn in modes.values():  # warm up: caches, the classifier's estimate
                 fn(max(5, n // 5))
             wall: dict[str, list[float]] = {m: [] for m in modes}
             cpu: dict[str, list[float]] = {m: [] for m in modes}
-            for _ in range(plan.rounds):  # interleaved, so drift on a shared machine hits all three
+            for _ in range(plan.rounds):  # interleaved, so drift on a shared machine hits every mode
                 for mode, fn in modes.items():
                     c0, t0 = time.process_time(), time.perf_counter()
                     fn(n)
                     wall[mode].append((time.perf_counter() - t0) / n)
                     cpu[mode].append((time.process_time() - c0) / n)
             scale = 1e3 if unit == "ms" else 1e6
-            base = f"dispatch_{key}_direct_{unit}"
-            report.add(base, statistics.median(wall["direct"]) * scale, unit)
             med = {m: statistics.median(v) for m, v in wall.items()}
             med_cpu = {m: statistics.median(v) for m, v in cpu.items()}
             for mode in ("serial", "pipelined"):
-                extra, extra_cpu = med[mode] - med["direct"], med_cpu[mode] - med_cpu["direct"]
+                base = f"dispatch_{key}_direct_{mode}_{unit}"
+                report.add(base, med[f"direct_{mode}"] * scale, unit)
+                extra = med[mode] - med[f"direct_{mode}"]
+                extra_cpu = med_cpu[mode] - med_cpu[f"direct_{mode}"]
                 report.add(f"dispatch_{key}_{mode}_{unit}", med[mode] * scale, unit, baseline=base)
                 if key == "large":
-                    pct = 100 * extra / med["direct"]
-                    report.add(f"dispatch_large_{mode}_overhead_pct", pct, "%", goal="<= 3 %", ok=pct <= 3.0)
+                    pct = 100 * extra / med[f"direct_{mode}"]
+                    report.add(f"dispatch_large_{mode}_overhead_pct", pct, "%", goal="<= 3 %",
+                               ok=pct <= 3.0 if not plan.quick else None)
                 report.add(f"dispatch_{key}_{mode}_overhead_us", extra / US, "us")
                 report.add(f"dispatch_{key}_{mode}_cpu_overhead_us", extra_cpu / US, "us")
 

@@ -18,6 +18,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,6 +123,31 @@ class DirectRun:
         t0 = time.perf_counter()
         for _ in range(n):
             self.executor.run(self.bound, self.args)
+        return (time.perf_counter() - t0) / n
+
+    def pipelined(self, n: int, depth: int) -> float:
+        """Seconds per run with ``depth`` runs kept in flight, the way the hypervisor's
+        pipelined caller keeps them: on an asynchronous executor straight on its stream; on
+        a synchronous one through one worker thread (what the dispatcher thread is to the
+        hypervisor), so the caller's side overlaps the device's work on both sides of the
+        comparison (issue 14: compare pipelined with pipelined, serial with serial)."""
+        inflight: deque = deque()
+        t0 = time.perf_counter()
+        if self.executor.asynchronous:
+            for _ in range(n):
+                if len(inflight) == depth:
+                    inflight.popleft().wait()
+                inflight.append(self.executor.submit(self.bound, self.args))
+            for p in inflight:
+                p.wait()
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="direct-device") as pool:
+                for _ in range(n):
+                    if len(inflight) == depth:
+                        inflight.popleft().result()
+                    inflight.append(pool.submit(self.executor.run, self.bound, self.args))
+                for f in inflight:
+                    f.result()
         return (time.perf_counter() - t0) / n
 
     def median_wall(self, repeat: int) -> float:

@@ -11,7 +11,8 @@ import pytest
 
 from bench import bench_hypervisor
 
-DISPATCH = [f"dispatch_{k}_{m}" for k in ("large", "tiny") for m in ("direct", "serial", "pipelined")]
+DISPATCH = [f"dispatch_{k}_{m}" for k in ("large", "tiny")
+            for m in ("direct_serial", "direct_pipelined", "serial", "pipelined")]
 FAIRNESS = {"fair3_50_30_20": 3, "fair2_70_30_mixed": 2, "fair4_40_30_20_10_mixed": 4}
 ISOLATION = ["isolation_interactive_p50_alone_ms", "isolation_interactive_p99_alone_ms",
              "isolation_interactive_p50_beside_batch_ms", "isolation_interactive_p99_beside_batch_ms",
