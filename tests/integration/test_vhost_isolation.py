@@ -29,6 +29,11 @@ T, S = PxosCmdType, PxosStatus
 F32 = wire.PxosDtype.PXOS_DTYPE_FLOAT32
 REPO = Path(__file__).resolve().parents[2]
 
+#: A back-end that answers QEMU at once does so in microseconds; one that waits for the
+#: held device waits until the test releases it (never, within the test). Generous, so a
+#: loaded CI machine cannot flake it.
+ANSWERED_S = 3.0
+
 
 class GatedExecutor(NumpyExecutor):
     """A device whose next guest copy or allocation waits until released: what a GPU does
@@ -106,7 +111,7 @@ def test_qemu_is_answered_while_a_write_waits_on_the_device(gated):
     # answered at once (with the old design QEMU waited as long as the device did).
     t0 = time.monotonic()
     assert len(fe1.get_config()) == 16
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < ANSWERED_S
     # A later command of the same VM runs after the write, in ring order.
     i = send(fe1, g.get_info())
     time.sleep(0.2)
@@ -131,7 +136,7 @@ def test_qemu_is_answered_for_every_vm_while_one_vms_alloc_holds_the_hypervisor(
     for fe in (fe1, fe2):  # while both loops still answer their QEMU at once
         t0 = time.monotonic()
         assert len(fe.get_config()) == 16
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < ANSWERED_S
     ex.go.set()
     [used] = fe2.wait_used(0)
     assert used.head == info and g.parse_response(T.PXOS_CMD_GET_INFO, used.data)["vm_id"] == 2
@@ -146,7 +151,7 @@ def test_a_reset_while_an_alloc_waits_is_answered_at_once_and_leaves_the_vm_empt
     used_before = fe1.ring(0).used_idx()
     t0 = time.monotonic()
     fe1.stop()  # the driver unloads: GET_VRING_BASE is answered while the ALLOC still waits
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < ANSWERED_S
     ex.go.set()
     # The ALLOC finishes after the reset; the release queued behind it frees its buffer,
     # and its chain is never completed (the old driver's memory).

@@ -104,9 +104,9 @@ PATHOLOGICAL = {
 def test_pathological_64k_sources_finish_fast(name):
     source = PATHOLOGICAL[name]
     assert len(source.encode()) <= limits.MAX_SOURCE_BYTES
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: other load on the machine does not count (issue 14)
     outcome(source)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 2.0
 
 
 def test_parse_time_grows_linearly_with_the_source():
@@ -114,9 +114,9 @@ def test_parse_time_grows_linearly_with_the_source():
         src = "GPU_KERNEL k\nGPU_PARAM y float[2]\nGPU_THREAD_CODE:\n" + "ADD y 1 -> y\n" * n + "GPU_END\n"
         best = float("inf")
         for _ in range(3):
-            t0 = time.perf_counter()
+            t0 = time.process_time()  # CPU time: robust to other load on the machine
             outcome(src + f"# {time.perf_counter()}\n")  # never cached
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, time.process_time() - t0)
         return best
 
     small, large = timed(100), timed(1000)

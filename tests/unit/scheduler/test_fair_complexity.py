@@ -1,9 +1,8 @@
 """Cost of a decision does not grow with idle VMs and grows at most logarithmically with
-busy ones. Counted (heap sizes, VM look-ups per pick) and timed loosely (generous factors)."""
+busy ones, counted (heap sizes, VM look-ups per pick), never timed: the time of a decision
+against the number of VMs is bench/bench_scheduler.py's (issue 14: no timed assertions)."""
 
 from __future__ import annotations
-
-import time
 
 from scheduler import FairScheduler, LaunchCost, Ticket, WorkloadClass
 from scheduler.core import HEAP_SLACK
@@ -56,22 +55,3 @@ def test_heaps_stay_bounded_and_lookups_per_pick_stay_constant():
         heaps = [h for tier in engine.tiers for h in tier.ready] + [engine.throttled]
         assert max(len(h) for h in heaps) <= 2 * registered + HEAP_SLACK
         assert lookups / 5000 <= 12, (registered, busy, lookups / 5000)  # 4 class heaps, some stale
-
-
-def best_of(decide, n=2000, repeat=5) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            decide()
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
-
-
-def test_idle_vms_do_not_slow_a_decision_and_busy_ones_barely():
-    _, few = build(10, 10)
-    _, idle_many = build(1000, 10)
-    _, busy_many = build(1000, 1000)
-    base = best_of(few)
-    assert best_of(idle_many) < 2.5 * base
-    assert best_of(busy_many) < 4.0 * base
