@@ -246,6 +246,23 @@ def _prepare(root: Path, log: Callable[[str], None], run: Runner) -> GuestArtefa
                         str(_deb(debs, pk.image)), str(sysroot)], run)
         state.mark("netmods", key)
 
+    # The stock DRM driver and what it needs (the DRM transport, `pxos-vm --driver stock`):
+    # its own step too, for caches unpacked before it existed.
+    drm_mods = {"drm": modroot / "drivers/gpu/drm/drm.ko",
+                "drm_kms_helper": modroot / "drivers/gpu/drm/drm_kms_helper.ko",
+                "drm_shmem_helper": modroot / "drivers/gpu/drm/drm_shmem_helper.ko",
+                "virtio_dma_buf": modsrc / "virtio_dma_buf.ko",
+                "virtio_gpu": modroot / "drivers/gpu/drm/virtio/virtio-gpu.ko"}
+    if not state.done("drmmods", key, *drm_mods.values()):
+        log("unpack: the stock virtio-gpu DRM driver's modules")
+        _run("unpack", ["sh", "-c", 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" --wildcards '
+                        '"./lib/modules/*/kernel/drivers/gpu/drm/drm.ko" '
+                        '"./lib/modules/*/kernel/drivers/gpu/drm/drm_kms_helper.ko" '
+                        '"./lib/modules/*/kernel/drivers/gpu/drm/drm_shmem_helper.ko" '
+                        '"./lib/modules/*/kernel/drivers/gpu/drm/virtio/virtio-gpu.ko"', "sh",
+                        str(_deb(debs, pk.image)), str(sysroot)], run)
+        state.mark("drmmods", key)
+
     if not state.done("vmlinux", key, vmlinux):
         log("vmlinux: extracting the uncompressed kernel (PVH boot)")
         tmp = vmlinux.with_suffix(".tmp")
@@ -280,6 +297,7 @@ def _prepare(root: Path, log: Callable[[str], None], run: Runner) -> GuestArtefa
         mods["pxos_gpu"] = module
         mods.update(hostfs_mods)
         mods.update(net_mods)
+        mods.update(drm_mods)
         initramfs.write_archive(initrd, initramfs.base_entries(busybox, tool, mods))
         state.mark("initramfs", ikey)
 

@@ -22,10 +22,12 @@ _KVM_GET_API_VERSION = 0xAE00
 _KVM_CREATE_VM = 0xAE01
 _KVM_API_VERSION = 12
 
-#: Kernel arguments: the serial console, exit (not reboot) on panic, and the DRM
-#: virtio-gpu driver kept off device 16 in case a guest image has it.
-BASE_APPEND = ("console=ttyS0", "panic=-1", "modprobe.blacklist=virtio_gpu", "quiet",
-               "loglevel=4", "rdinit=/init")
+#: Kernel arguments: the serial console, exit (not reboot) on panic.
+BASE_APPEND = ("console=ttyS0", "panic=-1", "quiet", "loglevel=4", "rdinit=/init")
+#: The driver that must not bind device 16, by the one chosen (docs/operations.md, "Choosing
+#: the guest driver"): with pxos_gpu.ko the DRM virtio_gpu is kept off (a guest image may
+#: autoload it), with the stock driver pxos_gpu is.
+BLACKLIST = {"module": "modprobe.blacklist=virtio_gpu", "stock": "modprobe.blacklist=pxos_gpu"}
 
 
 def parse_mem(text: str) -> int:
@@ -90,6 +92,7 @@ class VmSpec:
     host_share: Path | None = None  # a host directory the guest mounts read-only at /host
     tap: str | None = None       # a tap (in the namespace QEMU runs in) for a virtio-net link
     mac: str | None = None
+    driver: str = "module"       # module: pxos_gpu.ko; stock: the kernel's virtio_gpu (DRM transport)
 
 
 def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
@@ -104,7 +107,7 @@ def qemu_argv(spec: VmSpec, qemu: str | None = None) -> list[str]:
         "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
         "-display", "none", "-vga", "none",
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
-        "-append", " ".join((*BASE_APPEND, *spec.append)),
+        "-append", " ".join((*BASE_APPEND, BLACKLIST[spec.driver], *spec.append)),
     ]
     if spec.socket is not None:
         argv += ["-chardev", f"socket,id=pxos,path={spec.socket}",

@@ -49,17 +49,17 @@ class Guest:
                  mem_mib: int = 256, accel: str = "tcg", files: dict[str, bytes] | None = None,
                  name: str = "pxos-guest", log_path: Path | None = None, echo: bool = False,
                  workdir: Path | None = None, host_share: Path | None = None,
-                 network: GuestNetwork | None = None, link: GuestLink | None = None):
+                 network: GuestNetwork | None = None, link: GuestLink | None = None, driver: str = "module"):
         if (network is None) != (link is None):
             raise LaunchError("a networked guest needs both its network and its link")
         self._tmp = tempfile.TemporaryDirectory(prefix="pxos-vm-", dir=workdir)
         initrd = initramfs.write_run_initrd(artefacts.initramfs, Path(self._tmp.name) / "initrd.gz",
                                             command, files, hostfs=host_share is not None,
-                                            net=link.cidr if link else None)
+                                            net=link.cidr if link else None, driver=driver)
         self.network, self.link = network, link
         self.spec = VmSpec(kernel=artefacts.vmlinux, initrd=initrd, socket=socket, mem_mib=mem_mib,
                            accel=accel, name=name, host_share=host_share, tap=link.tap if link else None,
-                           mac=link.mac if link else None)
+                           mac=link.mac if link else None, driver=driver)
         self.argv = qemu_argv(self.spec)
         self.console = Console()
         self.log_path = log_path

@@ -23,6 +23,14 @@ HOSTFS_MODULES = ("netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
 #: virtio-net and what it needs, loaded only when the run has a network link (pxos-vm --net).
 NET_MODULES = ("failover", "net_failover", "virtio_net")
 
+#: The stock driver instead of pxos_gpu (the DRM transport, pxos-vm --driver stock):
+#: Debian's unmodified virtio-gpu DRM driver and its dependencies, in load order.
+STOCK_MODULE_ORDER = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
+                      "drm", "drm_kms_helper", "drm_shmem_helper", "virtio_dma_buf", "virtio_gpu")
+DRM_MODULES = STOCK_MODULE_ORDER[5:]
+DRIVERS = ("module", "stock")
+RENDER_NODE = "/dev/dri/renderD128"
+
 #: Console markers the host side parses (qemu/console.py).
 MARK_INIT = "PXOS-INIT"
 MARK_DEVICE = "PXOS-DEVICE"
@@ -40,16 +48,24 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "{MARK_INIT} $(uname -r)"
-for m in {' '.join(MODULE_ORDER)}; do
+# Which driver binds the virtio-gpu device: pxos_gpu.ko (/dev/pxos0), or with
+# /etc/pxos/driver saying "stock", the kernel's own virtio_gpu (the render node).
+modules="{' '.join(MODULE_ORDER)}"
+node=/dev/pxos0
+if [ "$(cat /etc/pxos/driver 2>/dev/null)" = stock ]; then
+    modules="{' '.join(STOCK_MODULE_ORDER)}"
+    node={RENDER_NODE}
+fi
+for m in $modules; do
     insmod /lib/modules/$m.ko || echo "PXOS-INSMOD-FAILED $m"
 done
 i=0
-while [ ! -e /dev/pxos0 ] && [ $i -lt 10 ]; do sleep 0.1; i=$((i + 1)); done
-if [ -e /dev/pxos0 ]; then
-    echo "{MARK_DEVICE} /dev/pxos0"
+while [ ! -e $node ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+if [ -e $node ]; then
+    echo "{MARK_DEVICE} $node"
 else
     echo "{MARK_NO_DEVICE}"
-    dmesg | grep -i -E "pxos|virtio" | tail -n 5
+    dmesg | grep -i -E "pxos|virtio|drm" | tail -n 5
 fi
 if [ -f /etc/pxos/hostfs ]; then
     # A host directory shared read-only over virtio-9p, mounted at /host with this
@@ -138,7 +154,7 @@ def base_entries(busybox: Path, tool: Path, modules: dict[str, Path]) -> list[En
     entries.append(file_entry("bin/busybox", busybox.read_bytes(), executable=True))
     entries.append(file_entry("bin/pxos", tool.read_bytes(), executable=True))
     entries.append(file_entry("init", INIT_SCRIPT.encode(), executable=True))
-    for name in (*MODULE_ORDER, *(m for m in (*HOSTFS_MODULES, *NET_MODULES) if m in modules)):
+    for name in (*MODULE_ORDER, *(m for m in (*HOSTFS_MODULES, *NET_MODULES, *DRM_MODULES) if m in modules)):
         entries.append(file_entry(f"lib/modules/{name}.ko", modules[name].read_bytes()))
     return entries
 
@@ -150,10 +166,15 @@ def write_archive(path: Path, entries: list[Entry]) -> None:
 
 
 def run_overlay(command: str | None, files: dict[str, bytes] | None = None, hostfs: bool = False,
-                net: str | None = None) -> bytes:
+                net: str | None = None, driver: str = "module") -> bytes:
     """The small second archive of one run: /etc/pxos/cmd, the host-share switch, the
-    network address (``net``, an IPv4 interface such as 10.97.0.2/24) and any extra files."""
+    network address (``net``, an IPv4 interface such as 10.97.0.2/24), the guest driver
+    (``module``: pxos_gpu.ko; ``stock``: the kernel's virtio_gpu) and any extra files."""
+    if driver not in DRIVERS:
+        raise ValueError(f"driver {driver!r}: one of {', '.join(DRIVERS)}")
     entries: list[Entry] = []
+    if driver != "module":
+        entries.append(file_entry("etc/pxos/driver", driver.encode() + b"\n"))
     if command is not None:
         entries.append(file_entry("etc/pxos/cmd", command.encode() + b"\n"))
     if hostfs:
@@ -171,6 +192,7 @@ def run_overlay(command: str | None, files: dict[str, bytes] | None = None, host
 
 
 def write_run_initrd(base: Path, out: Path, command: str | None,
-                     files: dict[str, bytes] | None = None, hostfs: bool = False, net: str | None = None) -> Path:
-    out.write_bytes(base.read_bytes() + run_overlay(command, files, hostfs, net))
+                     files: dict[str, bytes] | None = None, hostfs: bool = False, net: str | None = None,
+                     driver: str = "module") -> Path:
+    out.write_bytes(base.read_bytes() + run_overlay(command, files, hostfs, net, driver))
     return out

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--host-share", type=Path, metavar="DIR",
                        help="share a host directory read-only; the guest mounts it at /host")
         r.add_argument("--bzimage", action="store_true", help="boot the compressed bzImage, not vmlinux")
+        r.add_argument("--driver", choices=initramfs.DRIVERS, default="module",
+                       help="what binds the guest's virtio-gpu: module (pxos_gpu.ko, /dev/pxos0; default) or "
+                            "stock (the kernel's own virtio_gpu, /dev/dri/renderD128: the DRM transport)")
         if name == "run":
             r.add_argument("--timeout", type=float, default=600.0, help="seconds for --cmd (default 600)")
             r.add_argument("--log", type=Path, help="append the raw console here")
@@ -174,7 +177,7 @@ def cmd_cmdline(args) -> int:
     a = _artefacts(args)
     spec = VmSpec(kernel=a.vmlinux, initrd=a.initramfs, socket=args.socket, mem_mib=parse_mem(args.mem),
                   accel=choose_accel(args.accel), name=args.name, interactive=args.cmd is None,
-                  host_share=args.host_share)
+                  host_share=args.host_share, driver=args.driver)
     print(shlex.join(qemu_argv(spec)))
     return 0
 
@@ -198,10 +201,11 @@ def _run_guest(args, a, accel, mem, files, net, link) -> int:
     if args.cmd is None:
         with tempfile.TemporaryDirectory(prefix="pxos-vm-") as tmp:
             initrd = initramfs.write_run_initrd(a.initramfs, Path(tmp) / "initrd.gz", None, files,
-                                                hostfs=args.host_share is not None, net=link.cidr if link else None)
+                                                hostfs=args.host_share is not None, net=link.cidr if link else None,
+                                                driver=args.driver)
             spec = VmSpec(kernel=a.vmlinux, initrd=initrd, socket=args.socket, mem_mib=mem, accel=accel,
                           name=args.name, interactive=True, host_share=args.host_share,
-                          tap=link.tap if link else None, mac=link.mac if link else None)
+                          tap=link.tap if link else None, mac=link.mac if link else None, driver=args.driver)
             argv = qemu_argv(spec)
             # QEMU reads the initrd at start-up; keep the directory until it exits.
             import subprocess
@@ -211,7 +215,7 @@ def _run_guest(args, a, accel, mem, files, net, link) -> int:
             return subprocess.call(argv)
     with Guest(a, args.socket, args.cmd, mem_mib=mem, accel=accel, files=files, name=args.name,
                log_path=args.log, echo=not args.quiet, host_share=args.host_share, network=net,
-               link=link) as guest:
+               link=link, driver=args.driver) as guest:
         result = guest.wait(args.timeout)
     if result.exit_status is None:
         if result.total_s < args.timeout:

@@ -316,17 +316,54 @@ class PreparedLaunch:
             raise ValueError(f"{name} is bound to a buffer, not a scalar")
 
 
-class Device:
-    """One session of /dev/pxosN (the file's lifetime is the session's)."""
+def choose_transport(transport: str | None = None) -> str:
+    """"module" (/dev/pxosN of pxos_gpu.ko) or "drm" (the stock virtio_gpu driver's render
+    node): as asked (argument, else $PXOS_TRANSPORT), or "auto": the module's device when
+    it exists, else a render node that offers the pxOS capset."""
+    want = transport or os.environ.get("PXOS_TRANSPORT", "auto")
+    if want not in ("auto", "module", "drm"):
+        raise ValueError(f"transport {want!r}: auto, module or drm")
+    if want != "auto":
+        return want
+    if os.path.exists(os.environ.get("PXOS_DEVICE", "/dev/pxos0")):
+        return "module"
+    import pxos_drm
 
-    def __init__(self, path: str | None = None):
-        self.path = path or os.environ.get("PXOS_DEVICE", "/dev/pxos0")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+    return "drm" if pxos_drm.is_pxos_render_node(os.environ.get("PXOS_DRM_DEVICE", pxos_drm.RENDER_NODE)) \
+        else "module"
+
+
+class Device:
+    """One session of pxOS: an open file of /dev/pxosN, or of the render node (the DRM
+    transport, ``pxos_drm``); the file's lifetime is the session's. ``transport``: see
+    ``choose_transport``; ``path`` names the device file of that transport."""
+
+    def __init__(self, path: str | None = None, transport: str | None = None):
+        self.transport = choose_transport(transport)
+        self._drm = None
+        if self.transport == "drm":
+            import pxos_drm
+
+            self._drm = pxos_drm.DrmTransport(path)
+            self.path, self.fd = self._drm.path, self._drm.fd
+        else:
+            self.path = path or os.environ.get("PXOS_DEVICE", "/dev/pxos0")
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
 
     def close(self) -> None:
+        if self._drm is not None:
+            self._drm.close()
+            self._drm, self.fd = None, -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _ioctl(self, name: str, io: C.Structure) -> None:
+        """One /dev/pxosN ioctl, or its DRM transport's rendering of it (same errnos)."""
+        if self._drm is not None:
+            self._drm.ioctl(name, io)
+        else:
+            fcntl.ioctl(self.fd, IOCTLS[name], io)
 
     def __enter__(self) -> Device:
         return self
@@ -336,7 +373,7 @@ class Device:
 
     def _call(self, name: str, io: C.Structure, what: str) -> C.Structure:
         try:
-            fcntl.ioctl(self.fd, IOCTLS[name], io)
+            self._ioctl(name, io)
         except OSError as e:
             raise device_error(what, e.errno, io.res) from None
         return io
@@ -376,7 +413,7 @@ class Device:
         text = C.create_string_buffer(data, len(data))
         io = IocCompile(source_ptr=C.addressof(text), source_len=len(data))
         try:
-            fcntl.ioctl(self.fd, IOCTLS["COMPILE"], io)
+            self._ioctl("COMPILE", io)
         except OSError as e:
             diags = [Diagnostic(d.line, d.column, d.code.decode(), d.message.decode())
                      for d in io.diags[: io.ndiags]]
@@ -449,7 +486,7 @@ class Device:
         finished and wait is False. A launch that failed raises, as launch() does."""
         io = IocReap(token=token, flags=REAP_WAIT if wait else 0)
         try:
-            fcntl.ioctl(self.fd, IOCTLS["REAP"], io)
+            self._ioctl("REAP", io)
         except OSError as e:
             # EAGAIN: none finished yet; ENOENT for token 0: none submitted at all.
             if e.errno == errno.EAGAIN or (e.errno == errno.ENOENT and token == 0):
@@ -459,6 +496,8 @@ class Device:
 
     def poll(self, timeout_s: float | None = None) -> bool:
         """True when a submitted launch finished (ready to reap)."""
+        if self._drm is not None:
+            return self._drm.poll(None if timeout_s is None else int(timeout_s * 1000))
         p = select.poll()
         p.register(self.fd, select.POLLIN)
         return bool(p.poll(None if timeout_s is None else int(timeout_s * 1000)))

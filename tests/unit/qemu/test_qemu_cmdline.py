@@ -44,6 +44,11 @@ def test_kernel_arguments_blacklist_drm_virtio_gpu():
     assert append[-1] == "pxos.debug=1"
 
 
+def test_the_stock_driver_keeps_pxos_gpu_off_instead():
+    append = opt(qemu_argv(spec(driver="stock"), qemu="qemu"), "-append")[0].split()
+    assert "modprobe.blacklist=pxos_gpu" in append and "modprobe.blacklist=virtio_gpu" not in append
+
+
 def test_console_stdio_for_tests_and_mux_for_people():
     batch = qemu_argv(spec(), qemu="qemu")
     assert opt(batch, "-serial") == ["chardev:con"] and opt(batch, "-monitor") == ["none"]

@@ -58,7 +58,22 @@ def test_init_loads_pxos_before_virtio_pci_and_never_drm():
     order = initramfs.MODULE_ORDER
     assert order.index("pxos_gpu") < order.index("virtio_pci")
     assert order.index("virtio_ring") < order.index("virtio") < order.index("pxos_gpu")
-    assert "virtio-gpu" not in initramfs.INIT_SCRIPT and "virtio_gpu" not in order
+    assert "virtio_gpu" not in order and "drm" not in order
+
+
+def test_stock_driver_is_a_choice_of_the_run_and_never_beside_the_module():
+    stock = initramfs.STOCK_MODULE_ORDER
+    assert "pxos_gpu" not in stock and stock[-1] == "virtio_gpu"
+    assert stock.index("drm") < stock.index("drm_shmem_helper") < stock.index("virtio_gpu")
+    script = initramfs.INIT_SCRIPT
+    # The DRM modules are named only in the branch /etc/pxos/driver = stock takes.
+    branch = script[script.index('= stock ]; then'):script.index("fi", script.index('= stock ]; then'))]
+    assert " ".join(stock) in branch and script.count(" ".join(stock)) == 1
+    files = {n: b for n, _, b, _ in read_newc(gzip.decompress(initramfs.run_overlay("true", driver="stock")))}
+    assert files["etc/pxos/driver"] == b"stock\n"
+    assert "etc/pxos/driver" not in {n for n, *_ in read_newc(gzip.decompress(initramfs.run_overlay("true")))}
+    with pytest.raises(ValueError):
+        initramfs.run_overlay("true", driver="both")
 
 
 def test_base_archive_has_init_busybox_tool_modules(tmp_path):
