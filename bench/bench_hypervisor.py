@@ -220,6 +220,18 @@ def fairness(report: Report, backend: str, kernels: Kernels, plan: Plan) -> None
         err = max(errs)
         report.add(f"{key}_max_err_pp", err, "pp", goal=f"<= 1 pp over {plan.fair_s:g} s",
                    ok=None if plan.quick else err <= 1.0)
+        # Independent of the device time the scheduler is charged with (issue 14): the
+        # launches each VM completed in the interval times its kernel's cost measured
+        # straight on the executor before the run (Kernel.seconds).
+        work = {vm_id: sum(1 for r in rec.records if r.vm_id == vm_id and t0 <= r.ended <= t1) * k.seconds
+                for vm_id, (_, k, _) in enumerate(vms, start=1)}
+        total_work = sum(work.values()) or 1.0
+        werrs = []
+        for vm_id, (share, _, _) in enumerate(vms, start=1):
+            ws = 100 * work[vm_id] / total_work
+            report.add(f"{key}_vm{vm_id}_work_share_pct", ws, "%", baseline=f"{key}_vm{vm_id}_target_pct")
+            werrs.append(abs(ws - share))
+        report.add(f"{key}_work_max_err_pp", max(werrs), "pp")
         busy = sum(r.device_s for r in rec.records if t0 <= r.started and r.ended <= t1)
         report.add(f"{key}_device_busy_pct", 100 * busy / (t1 - t0), "%")
         report.add(f"{key}_all_backlogged_pct", rec.backlogged_pct(t0, t1), "%")
@@ -229,7 +241,9 @@ def fairness(report: Report, backend: str, kernels: Kernels, plan: Plan) -> None
     report.notes.append("fairness: VMs are primed first (launches one at a time until the hypervisor's "
                         "estimate is within 1.5x of the measured time), then each refills its queue from its completion callbacks (saturated by "
                         "construction); share = the VM's part of the device time in the measured interval "
-                        "(launches straddling its ends pro rata); all_backlogged = launches chosen while "
+                        "(launches straddling its ends pro rata); work_share = the VM's completed launches in "
+                        "the interval times its kernel's directly measured cost, over all VMs' (a measure the "
+                        "scheduler's charging never sees); all_backlogged = launches chosen while "
                         "every VM had work queued")
     if plan.quick:
         report.notes.append(f"--quick: {plan.fair_s:g} s per scenario, fairness goals not judged")

@@ -67,6 +67,7 @@ COMPUTE_OVER_COPY = 1.25
 # Copy-bound case: this many times fewer rows than the compute-bound batch.
 COPY_BOUND_DIVISOR = 8
 HIDDEN_GOAL, H2D_GOAL, SPEEDUP_GOAL = 90.0, 85.0, 1.5
+HIDDEN_SLACK_PP = 5.0  # noise allowed around 0-100 % before a hidden figure is out of range
 # Host budget beyond the bytes a benchmark VM allocates, in layers: the capacity check
 # keeps room free to move buffers (docs/memory.md) and a launch's temporaries beside them.
 HOST_SLACK_LAYERS = 4
@@ -174,6 +175,8 @@ def streaming(report: Report, backend: str, bench_ex: Executor, plan: Plan, case
                 t[case, "copy"].append(serial_copy_seconds(bench_ex, hosts))
                 t[case, "sync_direct"].append(
                     statistics.mean(direct[case].offload_pass(hosts) for _ in range(plan.passes)))
+                t[case, "resident_direct"].append(
+                    statistics.mean(direct[case].resident_pass(hosts) for _ in range(plan.passes)))
                 for mode in MODES:
                     stack, clock = stacks[case, mode], clocks.get((case, mode))
                     c0 = stack.counters()
@@ -206,7 +209,8 @@ def streaming(report: Report, backend: str, bench_ex: Executor, plan: Plan, case
         f"{plan.rounds} interleaved rounds of {plan.passes} passes per mode after a warm-up pass; times are medians "
         f"over rounds, hidden, compute_over_copy and speed-ups medians of each round's own figure; "
         f"copy = one pass's weights copied host->device alone, back to back from the same host memory; "
-        f"hidden = 1 - (T_mode - T_resident) / T_copy; h2d_of_peak = bytes copied per pass / T_mode, "
+        f"hidden = 1 - (T_mode - T_floor) / T_copy, T_floor = the fastest hypervisor pass of the round "
+        f"(sync_direct: the executor's own resident pass), each checked to lie in 0-100 %; h2d_of_peak = bytes copied per pass / T_mode, "
         f"copy_rate_of_peak = bytes / time the copies themselves took on the copy stream")
 
 
@@ -235,13 +239,32 @@ def _stream_figures(report: Report, plan: Plan, case: str, cal: Calibration, t, 
     report.add(f"{s}_compute_over_copy", ratio, "x")
     for mode in ("sync_direct", "sync_offload", "demand_paging", "prefetch"):
         report.add(f"{s}_{mode}_pass_ms", med[case, mode] * 1e3, "ms", baseline=f"{s}_resident_pass_ms")
+    # The floor (issue 14): "resident" was slower than prefetch on NumPy, where a copy into
+    # the "device" also brings the weight into the CPU's caches, so hidden came out at
+    # 120-144 %. The floor of each round is now the fastest hypervisor pass of that round
+    # (resident, or a mode that beat it), and how much the fastest beat resident is shown;
+    # sync_direct, written on the executor without the hypervisor, is judged against its
+    # own floor (the executor running every layer resident, no copies).
+    floor = lambda r: min(r["resident"], r["demand_paging"], r["prefetch"], r["sync_offload"])  # noqa: E731
+    report.add(f"{s}_resident_over_floor", _paired(t, case, lambda r: r["resident"] / floor(r)), "x")
+    in_range = True
     for mode in ("sync_direct", "sync_offload", "demand_paging", "prefetch"):
-        hidden = _paired(t, case, lambda r, m=mode: 100 * (1 - (r[m] - r["resident"]) / r["copy"]))
+        if mode == "sync_direct":
+            fn = lambda r: 100 * (1 - (r["sync_direct"] - r["resident_direct"]) / r["copy"])  # noqa: E731
+        else:
+            fn = lambda r, m=mode: 100 * (1 - (r[m] - floor(r)) / r["copy"])  # noqa: E731
+        hidden = _paired(t, case, fn)
+        in_range &= -HIDDEN_SLACK_PP <= hidden <= 100 + HIDDEN_SLACK_PP
         if mode == "prefetch" and ratio >= 1:
             report.add(f"{s}_{mode}_hidden_pct", hidden, "%", goal=f">= {HIDDEN_GOAL:g} % (measured compute >= copy)",
                        ok=hidden >= HIDDEN_GOAL if judge else None)
         else:
             report.add(f"{s}_{mode}_hidden_pct", hidden, "%")
+    # Every hidden figure must lie in 0-100 % (within HIDDEN_SLACK_PP of noise): one outside
+    # means its floor is not a floor, or a mode paid more than its copies (per-launch host
+    # costs larger than the copies themselves: --quick's small layers).
+    report.add(f"{s}_hidden_in_range", float(in_range), "", goal="every hidden figure in 0-100 %",
+               ok=in_range if judge else None)
     report.add(f"{s}_weight_bytes_per_pass", pass_bytes, "B")
     for mode in MODES:
         acc = tot[case, mode]
