@@ -195,3 +195,35 @@ def test_the_load_generator_against_the_server(served):
     assert abs(sum(v["fraction_of_tokens"] for v in result["vms"].values()) - 1) < 1e-3
     bad = Target("bad", "127.0.0.1", port, concurrency=1, max_tokens=100000)  # the server refuses it
     assert run_load([bad], duration=0.5)["vms"]["bad"]["errors"] > 0
+
+
+def test_the_server_stops_within_a_second_once_its_vm_is_removed(monkeypatch):
+    """Issue 11, item 3: a removed VM (VMGone) ends pxos_serve instead of a 503 for ever."""
+    import errno
+
+    import pxos_guest as px
+
+    class Device:
+        calls = 0
+
+        def stats(self):
+            Device.calls += 1
+            if Device.calls >= 2:
+                res = px.Result(status=px.STATUS_NAMES.index("VM_GONE"), message=b"VM 2 was removed")
+                raise px.device_error("stats", errno.ENODEV, res)
+            return {}
+
+    class Server:
+        stopped = threading.Event()
+
+        def shutdown(self):
+            self.stopped.set()
+
+    monkeypatch.setattr(pxos_serve, "WATCH_PERIOD_S", 0.05)
+    gone: list[str] = []
+    server = Server()
+    t0 = time.monotonic()
+    threading.Thread(target=pxos_serve._watch_device, args=(Device(), server, gone), daemon=True).start()
+    assert server.stopped.wait(5)
+    assert time.monotonic() - t0 < 3.0  # two watch periods of 0.05 s, with room for a loaded machine
+    assert "PXOS_S_VM_GONE: VM 2 was removed" in gone[0]
