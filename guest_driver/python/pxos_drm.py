@@ -348,6 +348,7 @@ class DrmTransport:
 
     def _ioc_reap(self, io) -> None:
         wanted = [p for p in self._submitted if io.token in (0, p.token)]
+        io.pending = len(self._submitted)
         if not wanted:
             raise OSError(errno.ENOENT, "no such submit")
         while True:
@@ -358,7 +359,7 @@ class DrmTransport:
                 raise OSError(errno.EAGAIN, "not finished")
             self.poll(None, wanted)
         self._submitted.remove(ready)
-        io.token = ready.token
+        io.token, io.pending = ready.token, len(self._submitted)
         self._launch_done(ready, io)
 
     def poll(self, timeout_ms: int | None, pending: list[_Pending] | None = None) -> bool:

@@ -34,7 +34,9 @@ static int usage(void)
 		"       pxos workload [N]\n"
 		"       pxos bench [N] [--json]\n"
 		"       pxos load SECONDS [--depth D] [--size N]\n"
-		"device: $PXOS_DEVICE or /dev/pxos0\n");
+		"options: --transport module|drm|auto (default $PXOS_TRANSPORT or auto)\n"
+		"device: $PXOS_DEVICE or /dev/pxos0 (module); $PXOS_DRM_DEVICE or /dev/dri/renderD128\n"
+		"        (drm: the stock virtio_gpu driver); auto: the module's if present\n");
 	return 2;
 }
 
@@ -379,6 +381,15 @@ int main(int argc, char **argv)
 	int json = 0, fd, rc;
 	const char *cmd;
 
+	/* --transport X, anywhere: taken out before the command's own arguments are read. */
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--transport") == 0 && i + 1 < argc) {
+			px_transport = argv[i + 1];
+			memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 1) * sizeof(*argv));
+			argc -= 2;
+			i--;
+		}
+	}
 	if (argc < 2)
 		return usage();
 	cmd = argv[1];
@@ -389,7 +400,8 @@ int main(int argc, char **argv)
 		return usage(), 0;
 	fd = px_open();
 	if (fd < 0) {
-		fprintf(stderr, "pxos: %s: %s\n", getenv("PXOS_DEVICE") ? getenv("PXOS_DEVICE") : "/dev/pxos0",
+		fprintf(stderr, "pxos: %s: %s\n", px_transport && strcmp(px_transport, "drm") == 0 ?
+			"the render node (DRM transport)" : getenv("PXOS_DEVICE") ? getenv("PXOS_DEVICE") : "/dev/pxos0",
 			strerror(-fd));
 		return 1;
 	}
@@ -419,6 +431,6 @@ int main(int argc, char **argv)
 		rc = px_bench(fd, argc > 2 && argv[2][0] != '-' ? atoi(argv[2]) : 50, json);
 	else
 		rc = usage();
-	close(fd);
+	px_close_device(fd);
 	return rc;
 }

@@ -13,14 +13,52 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <poll.h>
+
+#include "pxos_drm.h"
 #include "pxos_lib.h"
+
+const char *px_transport; /* --transport: "module", "drm", "auto"; NULL: $PXOS_TRANSPORT or auto */
 
 int px_open(void)
 {
 	const char *path = getenv("PXOS_DEVICE");
-	int fd = open(path ? path : "/dev/pxos0", O_RDWR | O_CLOEXEC);
+	const char *node = getenv("PXOS_DRM_DEVICE");
+	const char *want = px_transport ? px_transport : getenv("PXOS_TRANSPORT");
+	int fd;
 
+	if (!path)
+		path = "/dev/pxos0";
+	if (!node)
+		node = PXD_RENDER_NODE;
+	if (!want || !*want)
+		want = "auto";
+	if (strcmp(want, "drm") == 0 ||
+	    (strcmp(want, "auto") == 0 && access(path, F_OK) != 0 && pxd_probe(node)))
+		return pxd_open(node);
+	if (strcmp(want, "module") != 0 && strcmp(want, "auto") != 0)
+		return -EINVAL;
+	fd = open(path, O_RDWR | O_CLOEXEC);
 	return fd < 0 ? -errno : fd;
+}
+
+void px_close_device(int fd)
+{
+	if (pxd_is(fd))
+		pxd_close(fd);
+	else if (fd >= 0)
+		close(fd);
+}
+
+int px_poll(int fd, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int n;
+
+	if (pxd_is(fd))
+		return pxd_poll(timeout_ms);
+	n = poll(&p, 1, timeout_ms);
+	return n == 1 && (p.revents & POLLIN);
 }
 
 const char *px_status_name(uint32_t s)
@@ -195,6 +233,8 @@ void px_report(const char *what, int err, const struct pxos_ioc_result *res)
 
 static int px_ioctl(int fd, unsigned long cmd, void *arg)
 {
+	if (pxd_is(fd))
+		return pxd_ioctl(fd, cmd, arg);
 	return ioctl(fd, cmd, arg) < 0 ? -errno : 0;
 }
 

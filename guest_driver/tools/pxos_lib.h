@@ -19,7 +19,17 @@ struct px_type {
 	uint64_t dims[PXOS_MAX_RANK];
 };
 
-int px_open(void);           /* $PXOS_DEVICE or /dev/pxos0; -errno on failure */
+/*
+ * px_open: the module's device ($PXOS_DEVICE or /dev/pxos0), or the DRM transport over the
+ * stock virtio_gpu driver's render node ($PXOS_DRM_DEVICE or /dev/dri/renderD128), as
+ * px_transport or $PXOS_TRANSPORT say ("module", "drm"; "auto", the default: the module's
+ * device if it exists, else a render node offering the pxOS capset). -errno on failure.
+ * Every wrapper below works on either; close with px_close_device, wait for submits with px_poll.
+ */
+extern const char *px_transport;
+int px_open(void);
+void px_close_device(int fd);
+int px_poll(int fd, int timeout_ms);  /* 1: a submitted launch finished, 0: none in time */
 const char *px_status_name(uint32_t status);
 const char *px_dtype_name(uint32_t dtype);
 size_t px_dtype_size(uint32_t dtype);

@@ -6,7 +6,6 @@
  */
 #include <errno.h>
 #include <math.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,10 +251,8 @@ static int check_async(struct px_ctx *c)
 		goto out;
 	}
 	while (reaped < PX_ASYNC) {
-		struct pollfd p = { .fd = c->fd, .events = POLLIN };
-
-		if (poll(&p, 1, 120000) != 1 || !(p.revents & POLLIN)) {
-			snprintf(c->detail, PX_DETAIL, "poll: no completion (revents 0x%x)", p.revents);
+		if (!px_poll(c->fd, 120000)) {
+			snprintf(c->detail, PX_DETAIL, "poll: no completion in 120 s");
 			goto out;
 		}
 		while ((err = px_reap(c->fd, 0, 0, &r)) != -EAGAIN) {

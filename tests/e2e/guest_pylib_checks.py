@@ -47,7 +47,7 @@ def check_info():
     info = dev.info()
     assert info["abi_major"] == 1 and info["ioctl_version"] == px.IOCTL_VERSION, info
     assert info["session_id"] > 0 and info["memory_quota"] > 0
-    return f"vm {info['vm_id']} session {info['session_id']} {info['backend']}"
+    return f"vm {info['vm_id']} session {info['session_id']} {info['backend']} transport {dev.transport}"
 
 
 def check_round_trip():

@@ -32,15 +32,18 @@ def _check_pylib(r, name: str) -> None:
     assert "PXOS_S_QUOTA" in r.console and "PXOS_S_NOT_FOUND" in r.console
 
 
-def test_stock_kernel_runs_the_python_library_over_drm(guest_artefacts, hvd_factory, tmp_path):
+def test_stock_kernel_runs_the_tool_and_the_python_library_over_drm(guest_artefacts, hvd_factory, tmp_path):
     hvd = hvd_factory({1: 64 << 20})
-    cmd = _pylib_cmd("drm")
+    cmd = f"pxos --transport drm selftest && pxos info && {_pylib_cmd('auto')}"
     with Guest(guest_artefacts, hvd.sockets[1], cmd, name="stock", host_share=Path("/"), driver="stock",
                log_path=tmp_path / "stock.log") as g:
         r = g.wait(600)
     assert "PXOS-DEVICE /dev/dri/renderD128" in r.console, r.console[-3000:]
     assert "pxos_gpu" not in r.console.split("PXOS-DEVICE")[0]  # the module was never loaded
+    assert re.search(r"^selftest: (\d+)/\1 passed$", r.console, re.M), r.console[-5000:]
+    assert re.search(r"^pxOS ABI \d+\.\d+ .*vm 1, session \d+$", r.console, re.M)  # auto chose DRM
     _check_pylib(r, "pylib")
+    assert re.search(r"^pylib check_info: ok: .* transport drm$", r.console, re.M)  # auto chose DRM
     assert hvd.wait_usage(1, lambda used: used == 0)["memory_used"] == 0
 
 
