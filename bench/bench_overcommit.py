@@ -231,6 +231,8 @@ def _stream_figures(report: Report, plan: Plan, case: str, cal: Calibration, t, 
     report.add(f"{s}_direct_compute_over_copy", cal.ratio, "x")
     report.add(f"{s}_copy_pass_ms", med[case, "copy"] * 1e3, "ms")
     report.add(f"{s}_resident_pass_ms", med[case, "resident"] * 1e3, "ms")
+    report.add(f"{s}_resident_direct_pass_ms", med[case, "resident_direct"] * 1e3, "ms",
+               baseline=f"{s}_resident_pass_ms")
     for mode in MODES:  # what the device did not spend computing or stalled: the host's part
         acc = tot[case, mode]
         gap = (med[case, mode] - (acc["device_s"] + acc["stall_s"]) / acc["passes"]) / plan.layers
