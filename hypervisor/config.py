@@ -55,6 +55,8 @@ class VMConfig(_Model):
     cap: float | None = Field(default=None, gt=0, le=100, description="hard cap, percent of wall time")
     default_class: WorkloadClassName | None = None
     socket: str | None = Field(default=None, description="vhost-user socket path QEMU connects to")
+    domain: str | None = Field(default=None, min_length=1, max_length=255,
+                               description="libvirt domain (name or UUID) whose pxos-vhost-gpu this VM serves")
     description: str = Field(default="", max_length=1000, description="free text the LLM advisor reads")
     share_min: float | None = Field(default=None, ge=0, le=100, description="least share the advisor may set")
     share_max: float | None = Field(default=None, ge=0, le=100, description="most share the advisor may set")
@@ -75,6 +77,13 @@ class VMConfig(_Model):
             if self.cap is not None and not self.cap_min <= self.cap <= self.cap_max:
                 raise ValueError(f"cap {self.cap:g} must lie within [cap_min, cap_max] = "
                                  f"[{self.cap_min:g}, {self.cap_max:g}]")
+        return self
+
+    @model_validator(mode="after")
+    def _socket_or_domain(self) -> VMConfig:
+        if self.socket and self.domain:
+            raise ValueError("give socket (QEMU connects there) or domain (libvirt's pxos-vhost-gpu hands the "
+                             "connection over), not both")
         return self
 
     def share_bounds(self) -> tuple[float, float]:
@@ -117,6 +126,24 @@ class DaemonSection(_Model):
                 raise ValueError(f"grpc_tcp is set but {', '.join(missing)} is not: pxos-hvd serves TCP only "
                                  "with mutual TLS (docs/operations.md, 'Remote control over TCP')")
         return self
+
+
+class LibvirtSection(_Model):
+    """libvirt's native vhost-user GPU (docs/operations.md, "libvirt"): pxos-vhost-gpu, the
+    per-VM process libvirt starts, hands its connection to pxos-hvd over ``handoff_socket``."""
+
+    handoff_socket: str | None = Field(
+        default=None, description="where pxos-vhost-gpu hands libvirt's connections over (inside "
+                                  "socket_dir; mode and group as VM sockets); None: no handoff")
+    auto_register: bool = Field(default=False, description="a domain no [[vm]] names gets a VM with the "
+                                                           "defaults below; False: it is refused")
+    default_memory: Size = Field(default=parse_size("1Gi"), description="memory quota of such a VM")
+    default_share: float = Field(default=0.0, ge=0, le=100, description="its compute share, percent")
+    default_cap: float | None = Field(default=None, gt=0, le=100, description="its hard cap, percent")
+    first_auto_id: int = Field(default=1000, gt=0, lt=2**32, description="such VMs get the first free id "
+                                                                        "from here on")
+    identity_timeout_seconds: float = Field(default=10.0, gt=0, le=300,
+                                            description="how long to wait for libvirt's record of the domain")
 
 
 class MemorySection(_Model):
@@ -168,6 +195,7 @@ class DaemonConfig(_Model):
     memory: MemorySection = MemorySection()
     scheduler: SchedulerSection = SchedulerSection()
     advisor: AdvisorSection = AdvisorSection()
+    libvirt: LibvirtSection = LibvirtSection()
     vm: list[VMConfig] = Field(default_factory=list)
     model: list[ModelConfig] = Field(default_factory=list)
 
@@ -181,10 +209,15 @@ class DaemonConfig(_Model):
 
         try:
             sockets = [lexical_vm_socket(v.socket, self.daemon.socket_dir) for v in self.vm if v.socket]
+            if self.libvirt.handoff_socket:
+                sockets.append(lexical_vm_socket(self.libvirt.handoff_socket, self.daemon.socket_dir))
         except SocketPathRefused as exc:
             raise ValueError(str(exc)) from None
         if len(sockets) != len(set(sockets)):
-            raise ValueError("two VMs name the same socket")
+            raise ValueError("two VMs (or a VM and [libvirt] handoff_socket) name the same socket")
+        domains = [v.domain.lower() for v in self.vm if v.domain]
+        if len(domains) != len(set(domains)):
+            raise ValueError("two VMs name the same libvirt domain")
         names = [m.name for m in self.model]
         if len(names) != len(set(names)):
             raise ValueError(f"model names must be unique, got {names}")
@@ -265,6 +298,13 @@ prefetch = true           # bring in what queued launches need ahead of time (do
 window_seconds = 1.0      # window over which caps and achieved shares are measured
 lookahead = 8             # launches the scheduler plans ahead (memory prefetch reads it)
 
+[libvirt]                 # libvirt's own vhost-user GPU: <driver name='vhostuser'/> (docs/operations.md)
+# handoff_socket = "/run/pxos/vhost-user-gpu.sock"  # pxos-vhost-gpu hands libvirt's connections here
+# auto_register = false   # a domain no [[vm]] names (domain = ...) gets a VM with these defaults:
+# default_memory = "1Gi"
+# default_share = 0
+# first_auto_id = 1000
+
 [advisor]                 # an LLM that suggests classes and shares (docs/advisor.md)
 mode = "off"              # off | suggest (pxosctl advice accept/reject) | apply
 # endpoint = "http://127.0.0.1:8080/v1"   # any OpenAI-compatible server (llama.cpp, vLLM, Ollama)
@@ -294,6 +334,7 @@ mode = "off"              # off | suggest (pxosctl advice accept/reject) | apply
 # cap = 80
 # default_class = "BATCH"
 # socket = "/run/pxos/vm1.sock"
+# domain = "train-vm"     # or: the libvirt domain (name or UUID) whose GPU this VM is
 # description = "nightly fine-tuning job"   # read by the advisor
 # share_min = 30          # the advisor may move the share within [share_min, share_max]
 # share_max = 60          # (neither given: it may not change the share)

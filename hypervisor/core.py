@@ -197,6 +197,11 @@ class Hypervisor:
             del self._vms[vm_id]
         self._emit("vm_unregistered", vm_id)
 
+    def set_domain(self, vm_id: int, domain: str | None) -> None:
+        """Record which libvirt domain the VM serves now (None: none); shown by vm list."""
+        with self._lock:
+            self._vm(vm_id).domain = domain
+
     def set_quota(self, vm_id: int, *, memory_bytes: int | None = None, share_pct: float | None = None,
                   cap_pct: float | None | bool = False,
                   default_class: str | WorkloadClass | None | bool = False, evict: bool = False) -> VMInfo:
@@ -244,7 +249,7 @@ class Hypervisor:
     def _vm_info(self, vm_id: int) -> VMInfo:
         vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
         return VMInfo(vm_id, vm.name, mem.quota, mem.used, vm.share, vm.cap,
-                      vm.default_class.name if vm.default_class is not None else None, vm.socket)
+                      vm.default_class.name if vm.default_class is not None else None, vm.socket, vm.domain)
 
     def _vm(self, vm_id: int) -> VMRecord:
         try:

@@ -166,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _vm_rows(vms) -> list[list[str]]:
     return [[str(v.vm_id), v.name, size(v.memory_used), size(v.memory_quota), pct(v.share, 0),
-             pct(v.cap, 0) if v.HasField("cap") else "-", v.default_class or "auto", v.socket or "-"] for v in vms]
+             pct(v.cap, 0) if v.HasField("cap") else "-", v.default_class or "auto", v.socket or "-", v.domain or "-"] for v in vms]
 
 
-_VM_HEADERS = ["ID", "NAME", "USED", "QUOTA", "SHARE", "CAP", "CLASS", "SOCKET"]
+_VM_HEADERS = ["ID", "NAME", "USED", "QUOTA", "SHARE", "CAP", "CLASS", "SOCKET", "DOMAIN"]
 
 
 def cmd_vm(c: Client, args) -> int:
@@ -226,6 +226,7 @@ def _print_vm(resp) -> None:
         ("switches in", str(s.vm_switches_in)),
         ("buffers", f"{s.buffers}; kernels {s.kernels}; idle {'yes' if s.idle else 'no'}"),
         ("socket", i.socket or "-"),
+        ("domain", i.domain or "-"),
     ]
     if s.transport.present:
         t = s.transport

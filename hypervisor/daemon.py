@@ -57,6 +57,7 @@ class Daemon:
         self.advisor = Advisor(hypervisor, config.advisor, {v.id: self._vm_bounds(v) for v in config.vm})
         self._transport_name = transport_name
         self.transport = None
+        self.domains = None  # DomainHandoffs when [libvirt] handoff_socket is set
         self.grpc = None
         self.metrics = None
         self._lock = threading.RLock()  # reload() holds it across add_vm/remove_vm
@@ -80,7 +81,8 @@ class Daemon:
     # ---- lifecycle ----
     def start(self, *, grpc: bool = True, metrics: bool = True) -> Daemon:
         self.hv.start()
-        if self._transport_name and (any(v.socket for v in self.config.vm) or grpc):
+        if self._transport_name and (any(v.socket for v in self.config.vm) or grpc
+                                     or self.config.libvirt.handoff_socket):
             try:
                 self.transport = load_transport(self._transport_name)(self.hv)
             except E.ConfigError:
@@ -105,6 +107,14 @@ class Daemon:
                 self.state.forget(vm.id)
                 if vm.id in from_file:
                     self._add_vm(from_file[vm.id])
+        if self.config.libvirt.handoff_socket:
+            if self.transport is None:
+                raise E.ConfigError("[libvirt] handoff_socket needs the vhost-user transport, which is not available")
+            from .domains import DomainHandoffs
+
+            path = resolve_vm_socket(self.config.libvirt.handoff_socket, self.config.daemon.socket_dir)
+            self.domains = DomainHandoffs(self, self.config.libvirt, path, mode=self._vm_socket_mode,
+                                          gid=self._vm_socket_gid).start()
         self.advisor.start()
         if self.config.advisor.mode != "off":
             a = self.config.advisor
@@ -209,6 +219,8 @@ class Daemon:
             self._stopping = True
         if self.grpc is not None:
             self.grpc.stop(grace)
+        if self.domains is not None:
+            self.domains.close()
         if self.transport is not None:
             self.transport.close()
         self.advisor.stop()
@@ -290,6 +302,11 @@ class Daemon:
             connected = False
             if info.socket and self.transport is not None:
                 connected = self.transport.retire(vm_id, f"VM {vm_id} was removed from pxos-hvd by the operator")
+            elif info.domain and self.transport is not None:
+                try:  # a handed-over connection ends with the VM (the shim is told, and exits)
+                    self.transport.detach(vm_id)
+                except E.NotFound:
+                    pass  # a handoff that ended meanwhile
             self.hv.unregister_vm(vm_id)
             self.advisor.forget(vm_id)
             self._vm_configs.pop(vm_id, None)
@@ -380,8 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "install-libvirt":
+        from .libvirt import install_main
+
+        return install_main(argv[1:])
     p = argparse.ArgumentParser(prog="pxos-hvd", description="pxOS GPU hypervisor daemon "
-                                "(`pxos-hvd demo --help` for the demo)")
+                                "(`pxos-hvd demo --help` for the demo, `pxos-hvd install-libvirt --help` "
+                                "for libvirt's backend description)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", metavar="FILE", help="TOML config (see --print-default-config)")
     p.add_argument("--print-default-config", action="store_true", help="print a commented default config")

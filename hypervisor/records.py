@@ -82,6 +82,7 @@ class VMRecord:
     cap: float | None
     default_class: WorkloadClass | None
     socket: str | None = None
+    domain: str | None = None  # the libvirt domain whose connection is served now (handoff)
     kernels: dict[int, KernelRecord] = field(default_factory=dict)
     inflight: int = 0
     launches_total: int = 0

@@ -29,6 +29,7 @@ class VMInfo:
     cap_pct: float | None
     default_class: str | None
     socket: str | None = None
+    domain: str | None = None  # libvirt domain served now (pxos-vhost-gpu handoff), else None
 
 
 @dataclass(frozen=True)

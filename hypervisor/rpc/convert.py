@@ -16,7 +16,8 @@ from . import pxos_pb2 as pb
 def vm_info(info: T.VMInfo) -> pb.VMInfo:
     msg = pb.VMInfo(vm_id=info.vm_id, name=info.name, memory_quota=info.memory_quota,
                     memory_used=max(info.memory_used, 0), share=info.share_pct,
-                    default_class=info.default_class or "", socket=info.socket or "")
+                    default_class=info.default_class or "", socket=info.socket or "",
+                    domain=info.domain or "")
     if info.cap_pct is not None:
         msg.cap = info.cap_pct
     return msg

@@ -59,7 +59,7 @@ class RegisterVMRequest(_message.Message):
     def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ...) -> None: ...
 
 class VMInfo(_message.Message):
-    __slots__ = ("vm_id", "name", "memory_quota", "memory_used", "share", "cap", "default_class", "socket")
+    __slots__ = ("vm_id", "name", "memory_quota", "memory_used", "share", "cap", "default_class", "socket", "domain")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MEMORY_QUOTA_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class VMInfo(_message.Message):
     CAP_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CLASS_FIELD_NUMBER: _ClassVar[int]
     SOCKET_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     vm_id: int
     name: str
     memory_quota: int
@@ -76,7 +77,8 @@ class VMInfo(_message.Message):
     cap: float
     default_class: str
     socket: str
-    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_quota: _Optional[int] = ..., memory_used: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ...) -> None: ...
+    domain: str
+    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_quota: _Optional[int] = ..., memory_used: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ..., domain: _Optional[str] = ...) -> None: ...
 
 class ListVMsRequest(_message.Message):
     __slots__ = ()

@@ -6,6 +6,7 @@ hypervisor never imports virtio_backend. It is built with the Hypervisor::
 
     transport = VhostUserTransport(hv)
     transport.attach(vm_id, "/run/pxos/vm1.sock")   # listen; serve one QEMU at a time
+    transport.adopt(vm_id, sock, on_end)             # serve a connection handed over (libvirt)
     transport.status()                               # {vm_id: {...}}
     transport.detach(vm_id)                          # connection ended, device reset
     transport.retire(vm_id, why)                     # the VM is being removed: see below
@@ -35,6 +36,7 @@ from virtio_backend.gpu.device import GpuDevice, Retirement
 from virtio_backend.gpu.metrics import DeviceStats
 from virtio_backend.gpu.worker import DeviceWorker
 from virtio_backend.vhost_user import VhostUserServer
+from virtio_backend.vhost_user.peer import VhostUserPeer
 
 log = logging.getLogger("pxos.virtio.gpu")
 
@@ -44,7 +46,7 @@ STATUS_TIMEOUT_S = 2.0  # how long status() waits for a VM's loop thread to answ
 @dataclass
 class _Attached:
     vm_id: int
-    server: VhostUserServer
+    server: VhostUserServer | VhostUserPeer
     stats: DeviceStats
     worker: DeviceWorker
     retirement: Retirement
@@ -78,6 +80,32 @@ class VhostUserTransport:
             server.start()  # ConfigError if the path is taken
             self._vms[vm_id] = _Attached(vm_id, server, stats, worker, retirement)
         log.info("vm %d: virtio-gpu-pxos listening on %s", vm_id, socket_path)
+
+    def adopt(self, vm_id: int, sock, on_end=None) -> None:
+        """Serve VM ``vm_id`` (registered) on ``sock``, a front-end connection someone else
+        made (libvirt's socketpair, handed over by pxos-vhost-gpu). When it ends,
+        ``on_end(reason)`` is called once from the VM's loop thread; ``detach`` still has to
+        be called (from another thread) to release the rest."""
+        self.hv.vm_info(vm_id)
+        with self._lock:
+            if vm_id in self._vms:
+                raise AlreadyExists(f"VM {vm_id} is already attached to {self._vms[vm_id].server.socket_path}")
+            stats = DeviceStats()
+            worker = DeviceWorker(f"vm{vm_id}-device")
+            retirement = Retirement()
+            hv = self.hv
+
+            def factory(connection) -> GpuDevice:
+                return GpuDevice(hv, vm_id, connection, stats, worker, retirement)
+
+            peer = VhostUserPeer(sock, factory, name=f"vm{vm_id}:handed-over", on_end=on_end)
+            try:
+                peer.start()
+            except Exception:
+                worker.close()
+                raise
+            self._vms[vm_id] = _Attached(vm_id, peer, stats, worker, retirement)
+        log.info("vm %d: virtio-gpu-pxos serving a handed-over connection", vm_id)
 
     def detach(self, vm_id: int) -> None:
         """Stop serving ``vm_id``: its connection ends (device reset), the socket goes."""
