@@ -85,6 +85,10 @@ class EventLoop:
             if next_tick:
                 timeout = max(0.0, min(next_tick.values()) - time.monotonic())
             for key, _ in self._sel.select(timeout):
+                if self._sel.get_map().get(key.fd) is not key:
+                    # Removed (or replaced) by a handler earlier in this pass: the readiness was
+                    # the old file's (a hung-up connection a new front-end's accept just ended).
+                    continue
                 try:
                     key.data()
                 except Exception:
