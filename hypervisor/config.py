@@ -40,6 +40,7 @@ def parse_size(value: int | str) -> int:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+MAX_DEVICES = 64  # devices one daemon shares (an 8-GPU host is the common case)
 WorkloadClassName = Literal["REALTIME", "INTERACTIVE", "THROUGHPUT", "BATCH"]
 
 
@@ -57,6 +58,8 @@ class VMConfig(_Model):
     socket: str | None = Field(default=None, description="vhost-user socket path QEMU connects to")
     domain: str | None = Field(default=None, min_length=1, max_length=255,
                                description="libvirt domain (name or UUID) whose pxos-vhost-gpu this VM serves")
+    device: int | None = Field(default=None, ge=0, lt=1024,
+                               description="pin to this device (an id of [daemon] devices); None: placed")
     description: str = Field(default="", max_length=1000, description="free text the LLM advisor reads")
     share_min: float | None = Field(default=None, ge=0, le=100, description="least share the advisor may set")
     share_max: float | None = Field(default=None, ge=0, le=100, description="most share the advisor may set")
@@ -108,6 +111,15 @@ class DaemonSection(_Model):
                                                                 "present a certificate one of them signed")
     metrics_address: str | None = "127.0.0.1:9464"
     backend: Literal["auto", "numpy", "cupy", "wgpu"] = "auto"
+    devices: Literal["all"] | Annotated[int, Field(ge=1, le=MAX_DEVICES)] | list[
+        Annotated[int, Field(ge=0, lt=1024)]] | None = Field(
+        default=None, description="the devices pxOS shares: 'all', a list of CUDA device ids, or (NumPy, "
+                                  "wgpu) a number of devices; None: the first device only")
+    rebalance_seconds: float = Field(default=0.0, ge=0, le=86400,
+                                     description="how often the rebalancer looks at the devices; 0: off")
+    rebalance_dwell_seconds: float = Field(default=60.0, ge=0, le=86400,
+                                           description="an imbalance must stand this long before a move, "
+                                                       "and a VM moved stays at least this long")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     socket_dir: str = Field(default="/run/pxos", description="VM sockets are created here and nowhere else")
     state_file: str | None = Field(
@@ -117,6 +129,25 @@ class DaemonSection(_Model):
         default=None, description="group that may connect to VM sockets (QEMU's: kvm, libvirt-qemu); "
                                   "VM sockets become 0660 and owned by it. None: 0600, root's QEMU only")
 
+
+    def device_ids(self) -> list[int] | None:
+        """The device ids the file names, or None for 'all' (known once the backend is up)."""
+        if self.devices is None:
+            return [0]
+        if self.devices == "all":
+            return None
+        if isinstance(self.devices, int):
+            return list(range(self.devices))
+        return list(self.devices)
+
+    @model_validator(mode="after")
+    def _devices_distinct(self) -> DaemonSection:
+        if isinstance(self.devices, list):
+            if not 1 <= len(self.devices) <= MAX_DEVICES:
+                raise ValueError(f"devices lists 1..{MAX_DEVICES} device ids (MAX_DEVICES), got {len(self.devices)}")
+            if len(set(self.devices)) != len(self.devices):
+                raise ValueError(f"devices names a device twice: {self.devices}")
+        return self
 
     @model_validator(mode="after")
     def _tcp_needs_mutual_tls(self) -> DaemonSection:
@@ -221,9 +252,20 @@ class DaemonConfig(_Model):
         names = [m.name for m in self.model]
         if len(names) != len(set(names)):
             raise ValueError(f"model names must be unique, got {names}")
-        total = sum(v.share for v in self.vm)
-        if total > 100:
-            raise ValueError(f"VM shares sum to {total:g}%, more than 100%")
+        ids = self.daemon.device_ids()
+        for v in self.vm:
+            if v.device is not None and ids is not None and v.device not in ids:
+                raise ValueError(f"VM {v.id} is pinned to device {v.device}, which [daemon] devices does not "
+                                 f"name ({ids})")
+        if ids is not None and len(ids) == 1:
+            total = sum(v.share for v in self.vm)
+            if total > 100:
+                raise ValueError(f"VM shares sum to {total:g}%, more than 100%")
+        else:  # shares are of the device a VM is placed on: each pinned device's sum is known now
+            for d in sorted({v.device for v in self.vm if v.device is not None}):
+                total = sum(v.share for v in self.vm if v.device == d)
+                if total > 100:
+                    raise ValueError(f"the shares of the VMs pinned to device {d} sum to {total:g}%, more than 100%")
         return self
 
 
@@ -283,6 +325,9 @@ grpc_socket = "/run/pxos/pxos-hvd.sock"   # pxosctl talks here (mode 0600)
 # tls_client_ca = "/etc/pxos/tls/ca.crt"  # clients must present a certificate this CA signed
 metrics_address = "127.0.0.1:9464"        # Prometheus /metrics
 backend = "auto"                          # auto | numpy | cupy | wgpu
+# devices = "all"                         # or CUDA ids [0, 2, 5]; NumPy/wgpu: a count (default: device 0)
+# rebalance_seconds = 0                   # >0: move VMs off a busier device (docs/scheduling.md)
+# rebalance_dwell_seconds = 60            # an imbalance must stand this long; a moved VM stays this long
 log_level = "info"
 socket_dir = "/run/pxos"                  # VM sockets live here and nowhere else (relative names too)
 # vm_socket_group = "kvm"                 # QEMU's group may connect to VM sockets (0660); default 0600
@@ -335,6 +380,7 @@ mode = "off"              # off | suggest (pxosctl advice accept/reject) | apply
 # default_class = "BATCH"
 # socket = "/run/pxos/vm1.sock"
 # domain = "train-vm"     # or: the libvirt domain (name or UUID) whose GPU this VM is
+# device = 0              # pin to this device (an id of [daemon] devices); else placed automatically
 # description = "nightly fine-tuning job"   # read by the advisor
 # share_min = 30          # the advisor may move the share within [share_min, share_max]
 # share_max = 60          # (neither given: it may not change the share)

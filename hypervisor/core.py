@@ -86,16 +86,32 @@ def _check_quota(quota: int) -> None:
                                 f"(MAX_MEMORY_QUOTA_BYTES), got {quota}")
 
 
+class SharedIds:
+    """What the devices of one host share: the lock and the id counters."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.handles = itertools.count(1)
+        self.kernel_ids = itertools.count(1)
+        self.launch_ids = itertools.count(1)
+
+
 class Hypervisor:
     """Shares one device between VMs. ``start()`` runs the dispatcher; ``stop()`` ends it."""
 
     def __init__(self, *, backend: str | Executor = "auto", device_pool_bytes: int | None = None,
                  host_budget_bytes: int = 0, window_seconds: float = 1.0, lookahead_depth: int = 8,
-                 prefetch: bool = True, clock: Callable[[], float] = time.monotonic):
+                 prefetch: bool = True, clock: Callable[[], float] = time.monotonic,
+                 device_id: int = 0, shared: SharedIds | None = None):
         self.executor = backend if isinstance(backend, Executor) else make_executor(backend)
         pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(self.executor)
-        self._lock = threading.RLock()
-        self.memory = MemoryManager(self.executor, pool, host_budget_bytes)
+        # One device of a DeviceSet (devices.py) shares its lock and its id counters with
+        # the others, so handles, kernel and launch ids stay unique across the host and a
+        # VM moves between devices under one lock.
+        shared = shared if shared is not None else SharedIds()
+        self.device_id = device_id
+        self._lock = shared.lock
+        self.memory = MemoryManager(self.executor, pool, host_budget_bytes, handles=shared.handles)
         self.scheduler = FairScheduler(window_seconds=window_seconds, clock=clock)
         dev = peaks(self.executor)
         self.classifier = Classifier(peak_flops=dev.flops_per_s, peak_bytes_per_s=dev.bytes_per_s,
@@ -103,8 +119,8 @@ class Hypervisor:
         self.clock = clock
         self.prefetch = PrefetchState.initial(lookahead_depth, pool, enabled=prefetch)
         self._vms: dict[int, VMRecord] = {}
-        self._kernel_ids = itertools.count(1)
-        self._launch_ids = itertools.count(1)
+        self._kernel_ids = shared.kernel_ids
+        self._launch_ids = shared.launch_ids
         self._subscribers: list[Callable[[Event], None]] = []
         self._info = self.executor.info()
         self.models = ModelStore(self._lock, self.memory, self._emit)
@@ -157,7 +173,9 @@ class Hypervisor:
     def register_vm(self, vm_id: int, memory_quota_mb: float, compute_quota_percent: float, *,
                     name: str | None = None, cap_percent: float | None = None,
                     default_class: str | WorkloadClass | None = None, socket: str | None = None,
-                    memory_quota_bytes: int | None = None) -> VMInfo:
+                    memory_quota_bytes: int | None = None, device: int | None = None) -> VMInfo:
+        if device is not None and device != self.device_id:
+            raise E.InvalidArgument(f"no device {device}; this daemon has device {self.device_id} only")
         if not isinstance(vm_id, int) or not 0 < vm_id <= MAX_VM_ID:
             raise E.InvalidArgument(f"VM id must be an integer in 1..{MAX_VM_ID}, got {vm_id!r}")
         quota = memory_quota_bytes if memory_quota_bytes is not None else int(memory_quota_mb * 1_000_000)
@@ -249,7 +267,8 @@ class Hypervisor:
     def _vm_info(self, vm_id: int) -> VMInfo:
         vm, mem = self._vm(vm_id), self.memory.vm(vm_id)
         return VMInfo(vm_id, vm.name, mem.quota, mem.used, vm.share, vm.cap,
-                      vm.default_class.name if vm.default_class is not None else None, vm.socket, vm.domain)
+                      vm.default_class.name if vm.default_class is not None else None, vm.socket, vm.domain,
+                      self.device_id)
 
     def _vm(self, vm_id: int) -> VMRecord:
         try:
@@ -418,8 +437,12 @@ class Hypervisor:
                       completion, wclass, self.clock(), est_seconds=est)
             for buf, writes in buffers.values():
                 self.memory.pin(buf, writes)
-            self.scheduler.submit(Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est,
-                                         job.enqueued_at, job))
+            ticket = Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est,
+                            job.enqueued_at, job)
+            if vm.held is not None:  # the VM is moving to another device: it runs there (devices.py)
+                vm.held.append(ticket)
+            else:
+                self.scheduler.submit(ticket)
             vm.inflight += 1
         self.dispatcher.wake()
         return completion
@@ -583,7 +606,7 @@ class Hypervisor:
             launches_failed=vm.launches_failed, launches_by_class=dict(vm.by_class),
             queue_depth=per.queue_depth, inflight=vm.inflight,
             buffers=mem.live_buffers, kernels=len(vm.kernels),
-            vm_switches_in=vm.switches_in, idle=vm.idle,
+            vm_switches_in=vm.switches_in, idle=vm.idle, device=self.device_id,
             extra={**self.memory.vm_extra(vm_id), "kernel_host_bytes": vm.kernel_host_bytes,
                    "lookahead_depth": self.prefetch.depth,
                    "prefetch_inflight_bytes": self.memory.inflight_bytes},

@@ -47,10 +47,15 @@ class Daemon:
         mem = config.memory
         if hypervisor is None:
             pool = None if mem.device_pool == "auto" else mem.device_pool
-            hypervisor = Hypervisor(backend=config.daemon.backend, device_pool_bytes=pool,
-                                    host_budget_bytes=mem.host_budget, prefetch=mem.prefetch,
-                                    window_seconds=config.scheduler.window_seconds,
-                                    lookahead_depth=config.scheduler.lookahead)
+            kw = dict(device_pool_bytes=pool, host_budget_bytes=mem.host_budget, prefetch=mem.prefetch,
+                      window_seconds=config.scheduler.window_seconds, lookahead_depth=config.scheduler.lookahead)
+            from .devices import DeviceSet, resolve_device_ids
+
+            ids = resolve_device_ids(config.daemon.backend, config.daemon.devices)
+            if ids == [0]:  # one device: the Hypervisor itself, as before [daemon] devices existed
+                hypervisor = Hypervisor(backend=config.daemon.backend, **kw)
+            else:  # many: one Hypervisor per device, VMs placed and moved (devices.py)
+                hypervisor = DeviceSet(config.daemon.backend, ids, **kw)
         self.hv = hypervisor
         from .advisor import Advisor
 
@@ -139,7 +144,7 @@ class Daemon:
             log.info("gRPC on unix:%s%s", d.grpc_socket, f" and {d.grpc_tcp} (mutual TLS)" if d.grpc_tcp else "")
         self._ready = True
         log.info("pxos-hvd up: backend %s (%s), device pool %d bytes, %d VMs",
-                 self.hv.executor.name, self.hv.device_info().device_name, self.hv.memory.pool_bytes,
+                 self.hv.executor.name, self.hv.device_info().device_name, self.hv.device_info().pool_bytes,
                  len(self.config.vm))
         return self
 
@@ -278,7 +283,8 @@ class Daemon:
                 raise E.ConfigError("VM sockets need the vhost-user transport, which is not available")
             info = self.hv.register_vm(vm.id, 0, vm.share, name=vm.name, cap_percent=vm.cap,
                                        default_class=vm.default_class, socket=socket,
-                                       memory_quota_bytes=vm.memory)
+                                       memory_quota_bytes=vm.memory,
+                                       **({"device": vm.device} if vm.device is not None else {}))
             self.advisor.set_bounds(vm.id, self._vm_bounds(vm))
             if socket:
                 try:

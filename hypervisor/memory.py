@@ -121,7 +121,7 @@ class MemoryManager(Placement):
     """Not thread-safe: the hypervisor calls it with its lock held, except the data copies
     of write()/read_into(), which run on a buffer pinned by begin_transfer()."""
 
-    def __init__(self, executor: Executor, pool_bytes: int, host_budget: int = 0):
+    def __init__(self, executor: Executor, pool_bytes: int, host_budget: int = 0, *, handles=None):
         if pool_bytes <= 0:
             raise InvalidArgument(f"device pool must be positive, got {pool_bytes} bytes")
         if host_budget < 0:
@@ -141,7 +141,7 @@ class MemoryManager(Placement):
         self._launch_temps: dict[int, _LaunchTemps] = {}  # started launches' temporaries, by launch
         self._sizes: Counter[int] = Counter()  # sizes of live buffers (for the swap reserve)
         self._idle_vms: set[int] = set()
-        self._handles = itertools.count(1)
+        self._handles = handles if handles is not None else itertools.count(1)  # shared by a host's devices
         self._clock = itertools.count(1)
 
     @property
@@ -250,7 +250,8 @@ class MemoryManager(Placement):
         return vm is not None and vm.idle
 
     # ---- buffers ----
-    def alloc(self, vm_id: int, session: int, spec: TensorSpec) -> Buffer:
+    def alloc(self, vm_id: int, session: int, spec: TensorSpec, *, handle: int | None = None) -> Buffer:
+        """A zeroed buffer. ``handle``: keep the one it had on another device (a VM move)."""
         vm = self._vm(vm_id)
         n = spec.nbytes
         if n > MAX_BUFFER_BYTES:
@@ -278,7 +279,8 @@ class MemoryManager(Placement):
                 storage.fill(0)
         except Exception as exc:  # the backend's own out-of-memory, never a false one of ours
             raise OutOfDeviceMemory(f"the {'device' if on_device else 'host'} could not allocate {n} bytes: {exc}") from exc
-        buf = Buffer(next(self._handles), vm_id, session, spec, n, last_use=next(self._clock))
+        buf = Buffer(handle if handle is not None else next(self._handles), vm_id, session, spec, n,
+                     last_use=next(self._clock))
         if on_device:
             buf.device = storage
             self.pool_used += n

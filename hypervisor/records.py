@@ -100,6 +100,8 @@ class VMRecord:
     bytes_total: int = 0
     kernel_mix: dict = field(default_factory=dict)
     queue_waits_ns: deque = field(default_factory=lambda: deque(maxlen=QUEUE_WAIT_SAMPLES))
+    # While the VM moves to another device (devices.py): its launches wait here, not queued.
+    held: list | None = None
 
     def keep_kernels(self, records: list[KernelRecord]) -> None:
         """Keep newly compiled kernels, or refuse them all (HostLimitExceeded) when their

@@ -30,6 +30,7 @@ class VMInfo:
     default_class: str | None
     socket: str | None = None
     domain: str | None = None  # libvirt domain served now (pxos-vhost-gpu handoff), else None
+    device: int = 0  # the device it is placed on (its id in [daemon] devices)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class VMStats:
     vm_switches_in: int
     idle: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    device: int = 0  # the device it is placed on
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,203 @@
+"""Moving a VM from one device of a DeviceSet to another (``pxosctl vm move``).
+
+1. Checked first, nothing changed on refusal: the target exists and differs, the VM's
+   share fits the target's free share, its buffers fit the target's pool (and host
+   budget), it has no shared model open (model tensors are per device; their handles
+   would change).
+2. Pause: the VM's queued launches leave the source scheduler uncancelled and wait in
+   ``VMRecord.held``; launches it submits meanwhile wait there too. The move waits (the
+   lock released) until its running launch, its guest transfers and its buffers' copies
+   in flight are done.
+3. Under the lock: every buffer (freed ones a waiting launch still reads included) is
+   read to host memory and written into a buffer of the same handle on the target; the
+   target's scheduler and memory accounts take the VM (share, cap, quota, counters), the
+   VMRecord (kernels, statistics) moves, the source lets go of everything, and the
+   waiting launches are queued on the target with their buffers re-bound.
+   A failure here (the backend's own out-of-memory) undoes the target side and queues
+   the waiting launches on the source again: the VM stays where it was, unchanged.
+
+The pause (from step 2 to the end) is reported with the bytes moved and their rate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from . import errors as E
+from .memory import Buffer
+
+if TYPE_CHECKING:
+    from .core import Hypervisor
+    from .devices import DeviceSet
+
+MOVE_HISTORY = 32  # reports kept for `pxosctl vm moves` / stats
+_POLL_S = 0.0005
+
+
+def _open_models(hv: Hypervisor, vm_id: int) -> list[str]:
+    return sorted(m.name for m in hv.models._models.values() if any(k[0] == vm_id for k in m.opens))
+
+
+def _check_fits(src: Hypervisor, dst: Hypervisor, vm_id: int) -> int:
+    """Refuse (typed, nothing changed) a move the target cannot take; the bytes to move."""
+    vm, mem = src._vm(vm_id), src.memory.vm(vm_id)
+    used = sum(v.share for v in dst._vms.values())
+    if used + vm.share > 100 + 1e-9:
+        raise E.InvalidArgument(f"VM {vm_id} (share {vm.share:g}%) does not fit device {dst.device_id}: "
+                                f"{100 - used:g}% of its share is free")
+    models = _open_models(src, vm_id)
+    if models:
+        raise E.Busy(f"VM {vm_id} has shared model(s) {', '.join(models)} open; a move would change their "
+                     "handles: close them first")
+    need = sum(b.nbytes for b in mem.buffers.values() if not b.reset_held)
+    d = dst.memory
+    if d.committed + need + d.max_queued_temps() + d.swap_reserve(max((b.nbytes for b in mem.buffers.values()),
+                                                                      default=0)) > d.capacity:
+        raise E.OutOfDeviceMemory(
+            f"VM {vm_id}: its {need} bytes of buffers do not fit device {dst.device_id} "
+            f"({d.committed} of {d.capacity} bytes hold buffers there)")
+    return need
+
+
+def _quiet(src: Hypervisor, vm_id: int) -> bool:
+    """Nothing of the VM runs or copies: its launches all wait in ``held``."""
+    vm, mem = src._vms[vm_id], src.memory.vm(vm_id)
+    if vm.inflight != len(vm.held) or mem.temp_bytes or mem.held_bytes:
+        return False
+    src.memory.reap()
+    return not any(b.active or b.transfers or b.arriving is not None or b.leaving is not None
+                   for b in mem.buffers.values())
+
+
+def _requeue(hv: Hypervisor, vm_id: int, held: list) -> None:
+    """Queue waiting launches on ``hv`` (lock held): their buffers pinned, temps admitted."""
+    mem = hv.memory
+    for t in held:
+        job = t.payload
+        unique = {b.handle: b.nbytes for b, _ in job.buffers.values()}
+        mem.admit_launch(vm_id, job.temp_bytes, sum(unique.values()))
+        for buf, writes in job.buffers.values():
+            mem.pin(buf, writes)
+        hv.scheduler.submit(replace(t))
+
+
+def _unqueue(hv: Hypervisor, held: list) -> None:
+    mem = hv.memory
+    for t in held:
+        job = t.payload
+        mem.retire_launch(job.temp_bytes)
+        for buf, writes in job.buffers.values():
+            mem.unpin(buf, writes)  # a freed buffer stays: the move holds it in `buffers`
+
+
+def _read_all(src: Hypervisor, buf: Buffer) -> bytearray:
+    """The buffer's bytes (its device copy is the newest where it has one; no copy is in
+    flight and nothing runs on it: _quiet). Waiting launches keep their pins meanwhile."""
+    out = bytearray(buf.nbytes)
+    on_device = buf.device is not None
+    src.memory.copy_out(buf.device if on_device else buf.host, on_device, 0, [memoryview(out)])
+    return out
+
+
+def _write_all(dst: Hypervisor, buf: Buffer, data: bytearray) -> None:
+    target, on_device, waits = dst.memory.begin_transfer(buf, True)
+    try:
+        for f in waits:
+            f.wait()
+        dst.memory.copy_in(target, on_device, 0, [memoryview(data)])
+    finally:
+        dst.memory.end_transfer(buf)
+
+
+def move_vm(ds: DeviceSet, vm_id: int, target: int, *, timeout: float) -> dict:
+    t0 = time.perf_counter()
+    with ds._lock:
+        src_id = ds.device_of(vm_id)
+        if target not in ds.devices:
+            raise E.InvalidArgument(f"no device {target}; this daemon has devices {sorted(ds.devices)}")
+        if target == src_id:
+            raise E.InvalidArgument(f"VM {vm_id} is already on device {target}")
+        src, dst = ds.devices[src_id], ds.devices[target]
+        vm = src._vm(vm_id)
+        if vm.held is not None:
+            raise E.Busy(f"VM {vm_id} is already moving")
+        _check_fits(src, dst, vm_id)
+        vm.held = src.scheduler.cancel(vm_id, lambda t: True)  # taken out, not failed
+    deadline = time.monotonic() + timeout
+    while True:
+        with ds._lock:
+            if _quiet(src, vm_id):
+                t_drained = time.perf_counter()
+                try:
+                    report = _move_locked(ds, src, dst, vm_id)
+                except BaseException:
+                    held, vm.held = vm.held, None
+                    for t in held:
+                        src.scheduler.submit(t)
+                    src.dispatcher.wake()
+                    raise
+                break
+            if time.monotonic() > deadline:
+                held, vm.held = vm.held, None
+                for t in held:
+                    src.scheduler.submit(t)
+                src.dispatcher.wake()
+                raise E.Busy(f"VM {vm_id}: its running launch or transfers did not finish within {timeout:g} s; "
+                             "not moved")
+        time.sleep(_POLL_S)
+    end = time.perf_counter()
+    pause = end - t0
+    report.update(vm_id=vm_id, from_device=src_id, to_device=target, pause_seconds=pause,
+                  drain_seconds=t_drained - t0, copy_seconds=end - t_drained,
+                  mb_per_s=report["bytes"] / 1e6 / (end - t_drained) if end > t_drained else 0.0)
+    ds.moves.append(report)
+    del ds.moves[:-MOVE_HISTORY]
+    ds._emit("vm_moved", vm_id, **{k: v for k, v in report.items() if k != "vm_id"})
+    return report
+
+
+def _move_locked(ds: DeviceSet, src: Hypervisor, dst: Hypervisor, vm_id: int) -> dict:
+    vm, smem = src._vms[vm_id], src.memory.vm(vm_id)
+    _check_fits(src, dst, vm_id)  # again: the target may have changed while we waited
+    held = vm.held  # queued before the move, and submitted while it waited
+    buffers = sorted(smem.buffers.values(), key=lambda b: b.handle)
+    freed = [b.handle for b in buffers if b.freed]  # by the guest; a waiting launch still reads it
+    datas = [_read_all(src, b) for b in buffers]
+    try:
+        dst.scheduler.add_vm(vm_id, vm.share, vm.cap)
+    except ValueError as exc:
+        raise E.InvalidArgument(str(exc)) from exc
+    try:
+        dst.memory.add_vm(vm_id, max(smem.quota, smem.live_bytes))
+        dmem = dst.memory.vm(vm_id)
+        new: dict[int, Buffer] = {}
+        for b, data in zip(buffers, datas, strict=True):
+            nb = dst.memory.alloc(vm_id, b.session, b.spec, handle=b.handle)
+            _write_all(dst, nb, data)
+            new[b.handle] = nb
+    except BaseException:
+        dst.memory.remove_vm(vm_id)
+        dst.scheduler.remove_vm(vm_id)
+        raise
+    # Nothing can fail from here on: the source lets go, the target holds the VM.
+    dmem.quota, dmem.grace_quota, dmem.idle = smem.quota, smem.grace_quota, smem.idle
+    for k in ("h2d_bytes", "d2h_bytes", "evictions", "prefetch_hits", "prefetch_misses", "stall_seconds"):
+        setattr(dmem, k, getattr(smem, k))
+    _unqueue(src, held)
+    for t in held:
+        t.payload.buffers = {n: (new[b.handle], w) for n, (b, w) in t.payload.buffers.items()}
+    src.scheduler.remove_vm(vm_id)
+    src.memory.remove_vm(vm_id)
+    src.classifier.forget(vm_id)
+    del src._vms[vm_id]
+    dst._vms[vm_id] = vm
+    dst.memory.idle_hint(vm_id, vm.idle)
+    vm.held = None
+    _requeue(dst, vm_id, held)
+    for h in freed:  # freed on the target too: it goes when its last launch lets go of it
+        dst.memory._release(new[h])
+    ds._where[vm_id] = dst.device_id
+    dst.dispatcher.wake()
+    return {"bytes": sum(b.nbytes for b in buffers), "buffers": len(buffers), "launches_waited": len(held)}

@@ -1,0 +1,240 @@
+"""Many devices on one host (issue 16): placement, pinning, per-device fairness, moves.
+
+Every rule runs on NumPy devices (one executor, pool and dispatcher per device), so it is
+tested without a GPU."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hv_kernels import AXPY
+
+from hypervisor import errors as E
+from hypervisor.devices import DeviceSet
+from hypervisor.types import Scalar
+from tests.support.programs import heavy
+
+MB = 1 << 20
+
+
+@pytest.fixture
+def ds():
+    d = DeviceSet("numpy", 3, device_pool_bytes=64 * MB).start()
+    yield d
+    d.stop()
+
+
+def test_placement_spreads_by_free_share_and_memory_and_pins(ds):
+    # Empty devices tie: the lowest id; then each new VM goes where most is free.
+    assert ds.register_vm(1, 0, 40, memory_quota_bytes=8 * MB).device == 0
+    assert ds.register_vm(2, 0, 40, memory_quota_bytes=8 * MB).device == 1
+    assert ds.register_vm(3, 0, 10, memory_quota_bytes=8 * MB).device == 2
+    # Device 2 has the most free share (90%) and memory: it takes the next one too.
+    assert ds.register_vm(4, 0, 10, memory_quota_bytes=8 * MB).device == 2
+    assert ds.register_vm(5, 0, 70, memory_quota_bytes=MB).device == 2  # 70% fits on device 2 only
+    # Same free share on 0 and 1 (60%); device 1 has more free memory once 0 holds more quota.
+    ds.set_quota(1, memory_bytes=32 * MB)
+    assert ds.register_vm(6, 0, 5, memory_quota_bytes=MB).device == 1
+    # Pinning wins over the rule; a pinned VM must fit its device's share.
+    assert ds.register_vm(7, 0, 10, memory_quota_bytes=MB, device=0).device == 0
+    with pytest.raises(E.InvalidArgument, match="100"):
+            ds.register_vm(8, 0, 60, memory_quota_bytes=MB, device=1)
+    with pytest.raises(E.InvalidArgument, match="no device 9"):
+        ds.register_vm(8, 0, 1, memory_quota_bytes=MB, device=9)
+    with pytest.raises(E.InvalidArgument, match="no device has 95% of share free"):
+        ds.register_vm(8, 0, 95, memory_quota_bytes=MB)
+    with pytest.raises(E.AlreadyExists):
+        ds.register_vm(1, 0, 1, memory_quota_bytes=MB)
+    assert [(v.vm_id, v.device) for v in ds.list_vms()] == [(1, 0), (2, 1), (3, 2), (4, 2), (5, 2), (6, 1), (7, 0)]
+    assert [s.device for s in ds.all_stats()] == [0, 1, 2, 2, 2, 1, 0]
+    ds.unregister_vm(6)
+    assert ds.register_vm(6, 0, 50, memory_quota_bytes=MB).device == 1
+    with pytest.raises(E.NotFound):
+        ds.stats(99)
+
+
+def test_each_device_has_its_own_pool_and_handles_stay_unique(ds):
+    ds.register_vm(1, 0, 50, memory_quota_bytes=16 * MB, device=0)
+    ds.register_vm(2, 0, 50, memory_quota_bytes=16 * MB, device=1)
+    a = ds.alloc(1, "float32", (1024,))
+    b = ds.alloc(2, "float32", (2048,))
+    assert a.handle != b.handle
+    pools = {i: info.pool_used for i, info, _ in ds.device_list()}
+    assert pools == {0: 4096, 1: 8192, 2: 0}
+    with pytest.raises(E.NotFound):  # another VM's handle, even on another device: not found
+        ds.read(1, b.handle)
+    assert ds.device_info().pool_bytes == 3 * 64 * MB and ds.device_info().pool_used == 4096 + 8192
+
+
+def _heavy(ds, vm, n=96):
+    k = ds.compile(vm, heavy(4))[0]
+    a = ds.alloc(vm, "float32", (n, n))
+    c = ds.alloc(vm, "float32", (n, n))
+    ds.write(vm, a.handle, 0, (np.eye(n, dtype=np.float32) * 0.5).tobytes())
+    return k, {"a": a.handle, "c": c.handle}
+
+
+def test_fairness_is_per_device(ds):
+    """Shares are of the device a VM is on: 60/20 on device 0 split it 3:1 while both are
+    backlogged; a 20% VM alone on device 1 gets all of device 1."""
+    ds.register_vm(1, 0, 60, memory_quota_bytes=16 * MB, device=0)
+    ds.register_vm(2, 0, 20, memory_quota_bytes=16 * MB, device=0)
+    ds.register_vm(3, 0, 20, memory_quota_bytes=16 * MB, device=1)
+    jobs = {vm: _heavy(ds, vm) for vm in (1, 2, 3)}
+    done = {1: 0, 2: 0, 3: 0}
+    at_a_finish: dict[str, int] = {}
+    lock = threading.Lock()
+    n = 30
+
+    def finished(vm):
+        def cb(_c):
+            with lock:
+                done[vm] += 1
+                if vm == 1 and done[1] == n:
+                    at_a_finish["b"] = done[2]
+        return cb
+
+    comps = []
+    for _ in range(n):
+        for vm in (1, 2, 3):
+            k, binds = jobs[vm]
+            c = ds.launch(vm, k.kernel_id, binds)
+            c.add_done_callback(finished(vm))
+            comps.append(c)
+    for c in comps:
+        assert c.wait(120).ok
+    # While VM 1 ran its 30 launches, VM 2 (a third of its share) ran about 10.
+    assert 3 <= at_a_finish["b"] <= 18, at_a_finish
+    st = {s.vm_id: s for s in ds.all_stats()}
+    assert st[3].achieved_share == pytest.approx(1.0, abs=0.02)  # device 1 is VM 3's alone
+    assert st[1].device == st[2].device == 0 and st[3].device == 1
+
+
+def _axpy_chain(hv_like, vm, steps, x0, y0, *, move=None):
+    """y <- alpha*x + y, `steps` times in order. With ``move``: the first third runs, then
+    the rest is queued and the VM moved before any of it starts (the lock held meanwhile,
+    so the dispatcher cannot pick one), so the move takes every one of them along."""
+    k = hv_like.compile(vm, AXPY)[0]
+    x = hv_like.alloc(vm, "float32", (x0.size,))
+    y = hv_like.alloc(vm, "float32", (y0.size,))
+    hv_like.write(vm, x.handle, 0, x0.tobytes())
+    hv_like.write(vm, y.handle, 0, y0.tobytes())
+
+    def go(i):
+        return hv_like.launch(vm, k.kernel_id, {"alpha": Scalar(1.0 + i / 7), "x": x.handle, "y": y.handle})
+
+    first = steps // 3 if move else steps
+    assert all(go(i).wait(120).ok for i in range(first))
+    report = None
+    if move:
+        with hv_like._lock:
+            comps = [go(i) for i in range(first, steps)]
+            report = move()
+        assert all(c.wait(120).ok for c in comps)
+    return hv_like.read(vm, y.handle), report, (x, y)
+
+
+def test_move_under_load_is_bit_identical_and_accounting_exact(ds):
+    rng = np.random.default_rng(7)
+    x0 = rng.standard_normal(200_000).astype(np.float32)
+    y0 = rng.standard_normal(200_000).astype(np.float32)
+    ds.register_vm(1, 0, 50, memory_quota_bytes=16 * MB, device=0)
+    ds.register_vm(2, 0, 50, memory_quota_bytes=16 * MB, device=0)  # a neighbour that stays
+    ds.register_vm(9, 0, 50, memory_quota_bytes=16 * MB, device=2)  # the reference: never moves
+    ref, _, _ = _axpy_chain(ds, 9, 40, x0, y0)
+    keep = ds.alloc(2, "float32", (100,))
+    got, report, (x, y) = _axpy_chain(ds, 1, 40, x0, y0, move=lambda: ds.move_vm(1, 1))
+    assert got == ref  # bit for bit
+    assert report["from_device"] == 0 and report["to_device"] == 1
+    assert report["bytes"] == 2 * 800_000 and report["buffers"] == 2 and report["pause_seconds"] > 0
+    assert report["launches_waited"] == 40 - 40 // 3  # queued ones waited and ran on device 1
+    assert ds.vm_info(1).device == 1 and ds.stats(1).device == 1
+    # Accounting: device 0 gave back exactly the VM's buffers; device 1 holds exactly them.
+    assert ds.devices[0].memory.pool_used == 400  # VM 2's buffer alone
+    assert ds.devices[1].memory.pool_used == 2 * 800_000
+    assert ds.devices[1].memory.committed == 2 * 800_000
+    st = ds.stats(1)
+    assert st.memory_used == 2 * 800_000 and st.launches_total == 40 and st.launches_failed == 0
+    assert st.buffers == 2 and st.kernels == 1
+    assert ds.devices[0].scheduler.vm_stats(2) is not None
+    with pytest.raises(E.NotFound):
+        ds.devices[0].memory.vm(1)
+    # Same handles after the move; the VM keeps working there.
+    assert ds.buffer_info(1, y.handle).nbytes == 800_000
+    ds.free(1, x.handle)
+    assert ds.devices[1].memory.pool_used == 800_000
+    assert ds.read(2, keep.handle) == bytes(400)
+
+
+def test_a_move_the_target_cannot_take_leaves_the_vm_where_it_was(ds):
+    ds.register_vm(1, 0, 30, memory_quota_bytes=40 * MB, device=0)
+    ds.register_vm(2, 0, 80, memory_quota_bytes=64 * MB, device=1)
+    ds.register_vm(3, 0, 10, memory_quota_bytes=64 * MB, device=2)
+    data = np.arange(4 * MB // 4, dtype=np.float32)
+    b = ds.alloc(1, "float32", (data.size,))
+    ds.write(1, b.handle, 0, data.tobytes())
+    ds.alloc(3, "float32", (62 * MB // 4,))  # device 2 is nearly full
+    before = {i: (info.pool_used, hv.memory.committed) for i, info, hv in ds.device_list()}
+    with pytest.raises(E.InvalidArgument, match="share"):
+        ds.move_vm(1, 1)  # 30% does not fit beside 80%
+    with pytest.raises(E.OutOfDeviceMemory, match="do not fit device 2"):
+        ds.move_vm(1, 2)
+    with pytest.raises(E.InvalidArgument, match="already on device 0"):
+        ds.move_vm(1, 0)
+    with pytest.raises(E.InvalidArgument, match="no device 7"):
+        ds.move_vm(1, 7)
+    assert {i: (info.pool_used, hv.memory.committed) for i, info, hv in ds.device_list()} == before
+    assert ds.vm_info(1).device == 0 and ds.read(1, b.handle) == data.tobytes()
+    k = ds.compile(1, AXPY)[0]
+    y = ds.alloc(1, "float32", (data.size,))
+    assert ds.launch(1, k.kernel_id, {"alpha": Scalar(2.0), "x": b.handle, "y": y.handle}).wait(30).ok
+    assert np.array_equal(np.frombuffer(ds.read(1, y.handle), np.float32), data * 2)
+
+
+def test_daemon_with_devices_places_pinned_and_free_vms(tmp_path):
+    from hypervisor.config import parse_config
+    from hypervisor.daemon import Daemon
+
+    cfg = parse_config({
+        "daemon": {"backend": "numpy", "devices": 2, "grpc_socket": str(tmp_path / "g.sock"),
+                   "socket_dir": str(tmp_path), "metrics_address": None},
+        "memory": {"device_pool": "32Mi"},
+        "vm": [{"id": 1, "memory": "4M", "share": 70, "device": 1},
+               {"id": 2, "memory": "4M", "share": 70},  # fits device 0 only
+               {"id": 3, "memory": "4M", "share": 20}],  # 30% free on each
+    })
+    dm = Daemon(cfg).start(grpc=False, metrics=False)
+    try:
+        assert isinstance(dm.hv, DeviceSet) and sorted(dm.hv.devices) == [0, 1]
+        where = {v.vm_id: v.device for v in dm.hv.list_vms()}
+        assert where == {1: 1, 2: 0, 3: 0}  # VM 3: a tie (30% and 4M free on each): the lowest id
+        assert dm.readiness() == (True, "ready")
+        assert dm.hv.device_info().pool_bytes == 2 * (32 << 20)
+    finally:
+        dm.stop()
+
+
+def test_devices_config_is_checked():
+    from hypervisor.config import parse_config
+    from hypervisor.errors import ConfigError
+
+    assert parse_config({}).daemon.device_ids() == [0]
+    assert parse_config({"daemon": {"devices": 3}}).daemon.device_ids() == [0, 1, 2]
+    assert parse_config({"daemon": {"devices": [0, 5]}}).daemon.device_ids() == [0, 5]
+    assert parse_config({"daemon": {"devices": "all"}}).daemon.device_ids() is None
+    # Shares are of a device: 60 + 60 is fine on two devices, not when both are pinned to one.
+    two = {"daemon": {"devices": 2}, "vm": [{"id": 1, "memory": 1, "share": 60}, {"id": 2, "memory": 1, "share": 60}]}
+    parse_config(two)
+    for bad, msg in (
+        ({"daemon": {"devices": [1, 1]}}, "twice"),
+        ({"daemon": {"devices": 0}}, "greater than or equal to 1"),
+        ({"daemon": {"devices": 2}, "vm": [{"id": 1, "memory": 1, "share": 1, "device": 2}]}, "does not name"),
+        ({"vm": [{"id": 1, "memory": 1, "share": 1, "device": 1}]}, "does not name"),
+        ({"daemon": {"devices": 2}, "vm": [{"id": 1, "memory": 1, "share": 60, "device": 1},
+                                           {"id": 2, "memory": 1, "share": 60, "device": 1}]}, "pinned to device 1"),
+        ({"vm": [{"id": 1, "memory": 1, "share": 60}, {"id": 2, "memory": 1, "share": 60}]}, "more than 100"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            parse_config(bad)
