@@ -28,7 +28,7 @@ from primitive_lang import BoundKernel
 from scheduler import LaunchCost, WorkloadClass
 
 from . import errors as E
-from .executor import Pending, RunTiming
+from .executor import Pending, RunTiming, Steps
 from .records import KERNEL_MIX_MAX
 from .residency import LaunchResidency, NotReady
 from .types import Completion, LaunchResult, Scalar
@@ -59,6 +59,11 @@ HOLD_FRACTION = 0.75
 NOT_READY_WARN_S = 2.0
 # Bytes of idle VMs' dirty buffers written back per launch, at most.
 WRITEBACK_PER_LAUNCH = 64 << 20
+# Preemption at op boundaries (docs/scheduling.md, "Preemption"): on an executor that can
+# run a launch as bounded steps (NumPy), the running launch checks after each slice of
+# this many seconds whether a more urgent launch of another VM waits, and yields to it.
+# Ops estimated longer than a slice are tiled (executor/tiling.py). 0 turns it off.
+DEFAULT_TIME_SLICE_S = 0.001
 
 
 @dataclass
@@ -84,6 +89,10 @@ class Job:
     est_seconds: float = 0.0  # the classifier's estimate of its device time
     submitted_at: float = 0.0  # perf_counter when handed to the device
     error: E.PxosError | None = None
+    steps: Steps | None = None  # run as bounded steps (preemptible), instead of pending
+    yields: int = 0  # times it gave the device to a more urgent launch
+    no_yield: bool = False  # finish without yielding again
+    completed: bool = False
 
     def unique_buffers(self) -> list[Buffer]:
         return list({b.handle: b for b, _ in self.buffers.values()}.values())
@@ -110,6 +119,9 @@ class Dispatcher:
         self._wake = threading.Event()  # set only to stop: interrupts a hold
         self._work = threading.Event()  # set when work may be ready
         self.before_run: list[Callable[[Job], None]] = []  # test hooks, outside the lock
+        self.time_slice_s = DEFAULT_TIME_SLICE_S
+        self.preemptions = 0  # times a running launch yielded to a more urgent one
+        self._parked: Job | None = None  # the launch that yielded, while others run
 
     def start(self) -> None:
         if self._thread is not None:
@@ -276,6 +288,8 @@ class Dispatcher:
             if retry_now:
                 self._complete_inflight()
                 self.flush_completions()
+            elif self._parked is not None:
+                self._finish_parked()
             else:
                 time.sleep(NOT_READY_RETRY_S)
 
@@ -294,7 +308,12 @@ class Dispatcher:
             for n, s in job.scalars.items():
                 args[n] = hv.executor.scalar(s.value, job.bound.shapes[n])
             job.submitted_at = time.perf_counter()
-            job.pending = hv.executor.submit(job.bound, args, job.residency.fences if job.residency else ())
+            fences = job.residency.fences if job.residency else ()
+            ex = hv.executor
+            if self.time_slice_s > 0 and self._parked is None and not ex.asynchronous:
+                job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s)
+            if job.steps is None:
+                job.pending = ex.submit(job.bound, args, fences)
         except Exception as exc:
             job.error = self._launch_error(job, exc)
         return True
@@ -305,10 +324,85 @@ class Dispatcher:
         log.exception("launch %d of VM %d failed in the executor", job.launch_id, job.vm_id, exc_info=exc)
         return E.LaunchFailed(f"the executor failed: {type(exc).__name__}: {exc}")
 
+    # ---- preemption at op boundaries (docs/scheduling.md, "Preemption") ----------------
+
+    def _run_steps(self, job: Job) -> RunTiming:
+        """Run a stepped launch to its end, yielding the device between slices to the more
+        urgent launches of other VMs that the scheduler says should go first."""
+        hv, steps = self.hv, job.steps
+        assert steps is not None
+        while not steps.advance(self.time_slice_s):
+            if job.no_yield or self._stopping:
+                continue
+            with hv._lock:
+                urgent = hv.scheduler.preempts(job.vm_id, job.wclass, steps.device_s)
+            if urgent:
+                self._yield_to_urgent(job)
+                if job.completed:
+                    break
+        return steps.timing()
+
+    def _yield_to_urgent(self, job: Job) -> None:
+        """``job`` stays where it is (its state in its Steps, its buffers pinned, its pick
+        uncharged) while the launches the scheduler picks now run to completion; its VM is
+        parked meanwhile, so none of its later launches overtakes it."""
+        hv = self.hv
+        self.preemptions += 1
+        job.yields += 1
+        with hv._lock:
+            hv.scheduler.park(job.vm_id)
+            self.running = None
+        self._parked = job
+        try:
+            while not self._stopping and not job.completed:
+                with hv._lock:
+                    ticket = hv.scheduler.pick()
+                if ticket is None:
+                    break
+                other = ticket.payload
+                if self._prepare(other) and self._submit(other):
+                    self._complete(other)
+                self.flush_completions()
+                if job.completed:
+                    break
+                with hv._lock:
+                    if not hv.scheduler.preempts(job.vm_id, job.wclass, job.steps.device_s):
+                        break
+        finally:
+            self._resume(job)
+
+    def _resume(self, job: Job) -> None:
+        if self._parked is not job:
+            return
+        self._parked = None
+        with self.hv._lock:
+            self.hv.scheduler.unpark(job.vm_id)
+            self.running = job
+            self._last_vm = job.vm_id
+
+    def _finish_parked(self) -> None:
+        """A launch picked while another is parked waits for memory the parked one may
+        hold: finish the parked launch now (no more yielding), then retry."""
+        job = self._parked
+        if job is None:
+            return
+        self._resume(job)
+        job.no_yield = True
+        self._complete(job)
+        self.flush_completions()
+
     def _complete(self, job: Job) -> None:
         hv = self.hv
         timing = RunTiming(0.0, 0.0)
-        if job.pending is not None:
+        if job.steps is not None:
+            try:
+                timing = self._run_steps(job)
+            except Exception as exc:
+                job.error = self._launch_error(job, exc)
+            if job.completed:
+                return  # finished and completed while it was parked (_finish_parked)
+            self._last_complete = time.perf_counter()
+        elif job.pending is not None:
             try:
                 timing = job.pending.wait()
             except Exception as exc:
@@ -385,6 +479,7 @@ class Dispatcher:
                                                                 job.temp_bytes), device_s)
                 else:
                     vm.launches_failed += 1
+        job.completed = True
         if gap is not None and hv._subscribers:
             hv._emit("vm_switch", job.vm_id, from_vm=job.switch_from, gap_seconds=gap)
         self._deliver(job.completion, result)

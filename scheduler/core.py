@@ -24,7 +24,9 @@ from scheduler.window import TIME_EPS, UsageWindow
 from scheduler.workload import WorkloadClass
 
 #: Where a VM is. TAKEN: its heap entry was just popped by a pick and it is being re-placed.
-IDLE, READY, THROTTLED, WAITING, TAKEN = range(5)
+#: PARKED: its running launch yielded the device (preempted at an op boundary); its queue
+#: waits until that launch resumes, so the VM's launches keep their order.
+IDLE, READY, THROTTLED, WAITING, TAKEN, PARKED = range(6)
 
 #: Tier 0 holds the VMs with a share; tier 1 the share-0 VMs, which run only when no tier-0
 #: VM is eligible ("idle time only") and share that idle time equally (weight 1).
@@ -42,7 +44,7 @@ class VMState:
 
     __slots__ = ("vm_id", "share_pct", "cap_pct", "cap_limit", "cap_frac", "weight", "tier",
                  "queue", "vruntime", "gen", "where", "entry", "inflight", "reserved",
-                 "usage", "blocked_until", "device_seconds", "picks", "last_launch_id")
+                 "usage", "blocked_until", "device_seconds", "picks", "last_launch_id", "parked")
 
     def __init__(self, vm_id: int) -> None:
         self.vm_id = vm_id
@@ -64,6 +66,7 @@ class VMState:
         self.device_seconds = 0.0
         self.picks = 0
         self.last_launch_id: int | None = None
+        self.parked = False
 
     def clone(self, depth: int) -> VMState:
         """A copy a look-ahead may change: the first ``depth`` queued tickets (all it can
@@ -73,7 +76,7 @@ class VMState:
         o.cap_frac, o.weight, o.tier, o.vruntime = self.cap_frac, self.weight, self.tier, self.vruntime
         o.gen, o.where, o.entry, o.reserved = self.gen, self.where, self.entry, self.reserved
         o.blocked_until, o.device_seconds, o.picks = self.blocked_until, self.device_seconds, self.picks
-        o.last_launch_id = self.last_launch_id
+        o.last_launch_id, o.parked = self.last_launch_id, self.parked
         o.queue = deque(itertools.islice(self.queue, depth))
         o.inflight = deque(self.inflight)
         o.usage = self.usage.copy() if self.cap_limit is not None else UsageWindow()
@@ -142,6 +145,9 @@ class Engine:
         if not vm.queue:
             if vm.where != IDLE:
                 vm.gen, vm.where, vm.entry = next(_GEN), IDLE, None
+            return
+        if vm.parked:
+            vm.gen, vm.where, vm.entry = next(_GEN), PARKED, None
             return
         head = vm.queue[0]
         if vm.cap_limit is not None:
@@ -227,6 +233,38 @@ class Engine:
                         tier.vclock = best
                     return vm
         return None
+
+    def _live_top(self, heap: list, skip: int) -> float:
+        """The smallest live key in ``heap`` of a VM other than ``skip`` (inf: none); stale
+        tops are dropped as select() drops them."""
+        get = self.get
+        while heap:
+            key, gen, vm_id = heap[0]
+            vm = get(vm_id)
+            if vm is not None and vm.gen == gen:
+                break
+            heappop(heap)
+        if not heap:
+            return math.inf
+        if heap[0][2] != skip:
+            return heap[0][0]
+        return min((k for k, g, v in heap[1:] if v != skip and (o := get(v)) is not None and o.gen == g),
+                   default=math.inf)
+
+    def urgent_waiting(self, running: VMState, wclass: int, ran: float, now: float) -> bool:
+        """Whether a head of another VM would be picked ahead of the launch ``running`` has
+        had on the device for ``ran`` seconds (docs/scheduling.md, "Preemption"): a head of
+        a share VM while a share-0 launch runs, or a head of a strictly more urgent class
+        whose key is within CLASS_LAG of the smallest key, the running launch's VM counted
+        where it is now (its virtual time plus the time this launch ran)."""
+        self.release(now)
+        heaps = self.tiers[NORMAL_TIER].ready
+        me = running.vm_id
+        if running.tier == IDLE_TIER:
+            return any(self._live_top(h, me) < math.inf for h in heaps)
+        tops = [self._live_top(h, me) for h in heaps]
+        best = min(min(tops), running.vruntime + ran / running.weight)
+        return any(tops[c] <= best + self.class_lag for c in range(wclass))
 
     def pick(self, now: float):
         self.release(now)

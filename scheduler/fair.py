@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from scheduler.core import IDLE_TIER, NORMAL_TIER, THROTTLED, WAITING, Engine, VMState
+from scheduler.core import IDLE_TIER, NORMAL_TIER, PARKED, TAKEN, THROTTLED, WAITING, Engine, VMState
 from scheduler.errors import (
     DuplicateVM,
     InvalidCharge,
@@ -210,6 +210,33 @@ class FairScheduler:
             if not keep or keep[0] is not head:
                 self._engine.place(vm, self._clock())
         return dropped
+
+    # -- preemption at op boundaries (docs/scheduling.md, "Preemption") -------------------
+
+    def preempts(self, vm_id: int, wclass: int, ran_seconds: float) -> bool:
+        """Whether a waiting launch of another VM should take the device from ``vm_id``'s
+        running launch of class ``wclass``, which has run ``ran_seconds`` so far. Reads the
+        scheduler; changes nothing but the release of cap-held VMs whose time has come."""
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            return False
+        return self._engine.urgent_waiting(vm, int(wclass), max(0.0, float(ran_seconds)), self._clock())
+
+    def park(self, vm_id: int) -> None:
+        """``vm_id``'s running launch yields the device: its queued launches are not picked
+        until ``unpark`` (a VM's launches run in order). Its picked launch stays reserved."""
+        vm = self._vm(vm_id)
+        vm.parked = True
+        self._engine.place(vm, self._clock())
+
+    def unpark(self, vm_id: int) -> None:
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            return  # removed while parked
+        vm.parked = False
+        if vm.where == PARKED:
+            vm.where = TAKEN  # its launch ran on: no wake-up floor (it was never idle)
+        self._engine.place(vm, self._clock())
 
     def lookahead(self, n: int) -> list[Ticket]:
         """The next ``n`` tickets ``pick`` would return if nothing else arrived and each ran

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hypervisor.errors import ConfigError, UnsupportedDtype
 
-from .base import DonePending, Executor, ExecutorInfo, Fence, Pending, RunTiming
+from .base import DonePending, Executor, ExecutorInfo, Fence, Pending, RunTiming, Steps
 from .cupy_backend import cupy_unavailable_reason
 from .numpy_backend import NumpyExecutor
 
@@ -40,4 +40,4 @@ def make_executor(backend: str = "auto") -> Executor:
     return NumpyExecutor()
 
 
-__all__ = ["BACKENDS", "DonePending", "Pending", "Executor", "ExecutorInfo", "Fence", "NumpyExecutor", "RunTiming", "UnsupportedDtype", "make_executor"]
+__all__ = ["BACKENDS", "DonePending", "Pending", "Executor", "ExecutorInfo", "Fence", "NumpyExecutor", "RunTiming", "Steps", "UnsupportedDtype", "make_executor"]

@@ -59,6 +59,21 @@ class DonePending(Pending):
         return True
 
 
+class Steps(ABC):
+    """A launch run as bounded steps (issue 14): ``advance`` runs steps until ``budget_s``
+    of wall time has passed or the launch is done; between two calls the device is free
+    for other launches and this one's state (its locals, the interpreter's place) is kept.
+    ``timing()`` once done: device time = the time its steps ran, nothing else."""
+
+    @abstractmethod
+    def advance(self, budget_s: float) -> bool:
+        """Run steps for about ``budget_s`` (at least one); True once the launch is done.
+        Raises the launch's error (the launch is then over)."""
+
+    @abstractmethod
+    def timing(self) -> RunTiming: ...
+
+
 class Fence(ABC):
     """Completion of one asynchronous copy on the copy stream (or copy thread)."""
 
@@ -184,6 +199,13 @@ class Executor(ABC):
         param to its array (outputs are written in place), or a scalar param to what
         ``scalar()`` made. A runtime index out of range raises ``IndexOutOfRange``, from
         submit() or, where the device found it, from the Pending's wait()."""
+
+    def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
+                    slice_s: float = 0.001) -> Steps | None:
+        """The launch as bounded steps of about ``slice_s`` (ops tiled to fit), to be run by
+        ``Steps.advance``; None where the executor cannot stop a launch between ops (then
+        the dispatcher uses submit()). Same arguments and errors as submit()."""
+        return None
 
     def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:
         """Run one bound kernel to completion: its device time and the stall before it."""

@@ -43,6 +43,7 @@ from primitive_lang.ops import OPS, OpKind
 
 from . import array_ops as ops
 from .base import HostScalar
+from .tiling import TILEABLE
 
 SUPPORTED_OPS = frozenset(ops.BINARY) | frozenset(ops.UNARY) | frozenset(ops.REDUCE) | {
     "SOFTMAX", "FILL", "GATHER", "RESHAPE", "PERMUTE", "SLICE", "SLICE_WRITE", "CONCAT", "CAST",
@@ -136,25 +137,38 @@ class Interpreter:
         self._fresh = itertools.count()
 
     def run(self) -> None:
+        for _ in self.steps():
+            pass
+
+    def steps(self, tiler=None):
+        """Run the kernel as a generator that yields after each statement (an op boundary)
+        and, with a ``tiler`` (tiling.Tiler), between the tiles of an op it splits: the
+        caller may stop between two steps and resume later; the state (locals, views) stays
+        here. The prechecks run before the first step."""
         for st, name in self.plan.prechecks:
             if st.op == "GATHER":
                 self._id(st, self._index(name))
             else:
                 self._start(st, self._index(name), self._window_shape(st))
-        self._block(self.bound.kernel.ast.body)
+        yield from self._block(self.bound.kernel.ast.body, tiler)
 
     # ---- statements --------------------------------------------------------------------
 
-    def _block(self, stmts) -> None:
+    def _block(self, stmts, tiler):
         for st in stmts:
             if isinstance(st, Repeat):
                 for _ in range(st.count):
-                    self._block(st.body)
-            elif st.op == "SLICE_WRITE":
+                    yield from self._block(st.body, tiler)
+                continue
+            if st.op == "SLICE_WRITE":
                 self._slice_write(st)
+            elif tiler is not None and st.op in TILEABLE:
+                value, root = yield from tiler.eval(self, st)
+                self._store(st, value, root)
             else:
                 value, root = self._eval(st)
                 self._store(st, value, root)
+            yield
 
     def _eval(self, st: OpStmt) -> tuple[Any, object]:
         """The statement's value, and the storage it may share (None: a new array)."""

@@ -26,12 +26,14 @@ from .base import (
     HostScalar,
     Pending,
     RunTiming,
+    Steps,
     byte_view,
     check_range,
     copy_chunks_in,
     copy_chunks_out,
 )
 from .interpret import Interpreter
+from .tiling import CostModel, Tiler
 
 
 def _cpu_name() -> str:
@@ -73,6 +75,7 @@ class NumpyExecutor(Executor):
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pxos-copy")
         self._last_end: float | None = None
         self._consts: dict = {}  # the interpreter's cache across launches (RoPE frequencies)
+        self.cost_model = CostModel()  # this CPU's measured speed, for tiling (start_steps)
 
     def info(self) -> ExecutorInfo:
         total = _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -116,6 +119,12 @@ class NumpyExecutor(Executor):
             self._last_end = time.perf_counter()
         return DonePending(RunTiming(time.thread_time() - t0, stall, None if gap is None else gap + stall))
 
+    def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
+                    slice_s: float = 0.001) -> Steps | None:
+        if type(self).submit is not NumpyExecutor.submit:
+            return None  # a subclass that changes submit() (a wrapper, a test's gate) keeps it
+        return _NumpySteps(self, bound, args, wait_for, slice_s)
+
     def host_empty(self, nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)
 
@@ -130,3 +139,46 @@ class NumpyExecutor(Executor):
 
     def close(self) -> None:
         self._copier.shutdown(wait=True)
+
+
+class _NumpySteps(Steps):
+    """A launch on the NumPy device as an interpreter generator: each step is one op or one
+    tile (tiling.py); device time is the dispatcher thread's CPU time inside advance()."""
+
+    def __init__(self, ex: NumpyExecutor, bound: BoundKernel, args: Mapping[str, Any],
+                 wait_for: Sequence[Fence], slice_s: float):
+        self.ex = ex
+        begin = time.perf_counter()
+        self.gap = begin - ex._last_end if ex._last_end is not None else None
+        self.stall = sum(f.wait() for f in wait_for)
+        self.tiler = Tiler(slice_s, ex.cost_model)
+        self.interp = Interpreter(np, bound, dict(args), consts=ex._consts)
+        self.gen = self.interp.steps(self.tiler)
+        self.device_s = 0.0
+        self.slices = 0  # advance() calls that ran
+        self.done = False
+
+    def advance(self, budget_s: float) -> bool:
+        if self.done:
+            return True
+        t0, c0 = time.perf_counter(), time.thread_time()
+        end = t0 + budget_s
+        try:
+            with np.errstate(all="ignore"):
+                while True:
+                    next(self.gen)
+                    if time.perf_counter() >= end:
+                        break
+        except StopIteration:
+            self.done = True
+        except BaseException:
+            self.done = True
+            raise
+        finally:
+            self.device_s += time.thread_time() - c0
+            self.slices += 1
+            self.ex._last_end = time.perf_counter()
+        return self.done
+
+    def timing(self) -> RunTiming:
+        return RunTiming(self.device_s, self.stall, None if self.gap is None else self.gap + self.stall)

@@ -1,0 +1,144 @@
+"""Bounded steps (issue 14, docs/scheduling.md "Preemption"): a launch runs as a sequence
+of steps, one op each, so that the dispatcher can hand the device to a more urgent launch
+between two steps. An op whose estimated time exceeds the time slice is split into tiles,
+each a step of its own:
+
+- PARALLEL_MATMUL and LINEAR by rows of the left operand (``a[..., r0:r1, :] @ b``), in
+  tiles of at least ``MIN_TILE_ROWS`` rows (BLAS takes another code path for a handful of
+  rows, whose rounding may differ);
+- REDUCE_SUM / REDUCE_MAX / REDUCE_MEAN / ARGMAX by chunks of an axis that is *not*
+  reduced, so each output element is reduced over the same values in the same order.
+
+Every tile computes exactly what the whole op computes for its part of the output: the
+results are bit-identical to the untiled op (tests/unit/hypervisor/test_preempt.py checks
+it). The estimate comes from ``CostModel``, which learns the executor's speed for each
+kind from the ops it runs (CPU time of the running thread).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+
+from primitive_lang.ast import Name
+
+#: Smallest tile of a matmul, in rows of the left operand.
+MIN_TILE_ROWS = 32
+#: Smallest chunk of a reduction, along the axis it is split on.
+MIN_CHUNK = 16
+#: Most tiles one op is split into (bounds the per-tile overhead of a huge op).
+MAX_TILES = 4096
+MATMULS = frozenset({"PARALLEL_MATMUL", "LINEAR"})
+REDUCES = frozenset({"REDUCE_SUM", "REDUCE_MAX", "REDUCE_MEAN", "ARGMAX"})
+TILEABLE = MATMULS | REDUCES
+# Weight of a new observation in the speed estimates (exponential moving average).
+_ALPHA = 0.25
+
+
+class CostModel:
+    """The executor's measured speed per kind of tileable op: matmul flop/s, reduction
+    elements/s. Starts from deliberately low guesses (an op is tiled too finely at first,
+    never too coarsely) and moves toward what the ops measure."""
+
+    def __init__(self, matmul_flops_per_s: float = 5e9, reduce_elems_per_s: float = 5e8):
+        self.rate = {"matmul": matmul_flops_per_s, "reduce": reduce_elems_per_s}
+
+    def seconds(self, kind: str, work: float) -> float:
+        return work / self.rate[kind]
+
+    def observe(self, kind: str, work: float, seconds: float) -> None:
+        if seconds <= 1e-5 or work <= 0:  # too short to measure: timer resolution
+            return
+        self.rate[kind] += _ALPHA * (work / seconds - self.rate[kind])
+
+
+def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    step, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + step + (1 if i < extra else 0)
+        out.append((start, end))
+        start = end
+    return out
+
+
+class Tiler:
+    """Splits an interpreter's tileable ops into steps of at most ``slice_s`` (estimated)."""
+
+    def __init__(self, slice_s: float, model: CostModel):
+        self.slice_s = slice_s
+        self.model = model
+        self.tiled_ops = 0  # ops split into more than one tile (tests, figures)
+        self.tiles = 0
+
+    def parts(self, kind: str, work: float, limit: int) -> int:
+        est = self.model.seconds(kind, work)
+        return max(1, min(math.ceil(est / self.slice_s) if self.slice_s > 0 else 1, limit, MAX_TILES))
+
+    def eval(self, interp, st) -> Generator[None, None, tuple[Any, object]]:
+        """The op's value (and the storage it shares, as Interpreter._eval returns), with a
+        yield between tiles."""
+        if st.op in MATMULS and all(isinstance(a, Name) for a in st.args):
+            return (yield from self._matmul(interp, st))
+        if st.op in REDUCES and st.axis is not None:
+            return (yield from self._reduce(interp, st))
+        return interp._eval(st)
+
+    def _matmul(self, interp, st):
+        xp, fn = interp.xp, interp.ops.BINARY[st.op]
+        a, b = interp.env[st.args[0].name], interp.env[st.args[1].name]
+        if a.ndim < 2 or b.ndim < 2:
+            return interp._eval(st)
+        m, k = a.shape[-2], a.shape[-1]
+        n = b.shape[-2] if st.op == "LINEAR" else b.shape[-1]
+        batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+        flops = 2.0 * m * k * n * batch
+        parts = self.parts("matmul", flops, m // MIN_TILE_ROWS)
+        if parts == 1:
+            t0 = time.thread_time()
+            value = interp._eval(st)
+            self.model.observe("matmul", flops, time.thread_time() - t0)
+            return value
+        self.tiled_ops += 1
+        out = None
+        for i, (r0, r1) in enumerate(_bounds(m, parts)):
+            if i:
+                yield
+            t0 = time.thread_time()
+            tile = fn(xp, a[..., r0:r1, :], b)
+            if out is None:
+                out = xp.empty(tile.shape[:-2] + (m, tile.shape[-1]), dtype=tile.dtype)
+            out[..., r0:r1, :] = tile
+            self.model.observe("matmul", flops * (r1 - r0) / m, time.thread_time() - t0)
+            self.tiles += 1
+        return out, None
+
+    def _reduce(self, interp, st):
+        xp, fn = interp.xp, interp.ops.REDUCE[st.op]
+        a = interp.env[st.args[0].name]
+        if a.ndim < 2:
+            return interp._eval(st)
+        axis = st.axis % a.ndim
+        split = next(d for d in range(a.ndim) if d != axis)  # the outermost axis kept
+        parts = self.parts("reduce", float(a.size), a.shape[split] // MIN_CHUNK)
+        if parts == 1:
+            t0 = time.thread_time()
+            value = interp._eval(st)
+            self.model.observe("reduce", float(a.size), time.thread_time() - t0)
+            return value
+        self.tiled_ops += 1
+        pieces = []
+        lead = (slice(None),) * split
+        for i, (c0, c1) in enumerate(_bounds(a.shape[split], parts)):
+            if i:
+                yield
+            t0 = time.thread_time()
+            chunk = a[lead + (slice(c0, c1),)]
+            pieces.append(fn(xp, chunk, axis))
+            self.model.observe("reduce", float(chunk.size), time.thread_time() - t0)
+            self.tiles += 1
+        return xp.concatenate(pieces, axis=split if split < axis else split - 1), None
