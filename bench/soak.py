@@ -303,7 +303,8 @@ class Soak:
 
 
 def run(seconds: float, *, seed: int = 1, warmup: float | None = None, every: float | None = None,
-        think: float = 0.02, operator_every: float = 0.5, sample_every: float = 1.0) -> dict:
+        think: float = 0.02, operator_every: float = 0.5, sample_every: float = 1.0,
+        keep_log: str | None = None) -> dict:
     """Run the soak; returns the summary (``verdict`` lists what failed; empty: passed)."""
     warmup = min(10.0, seconds / 4) if warmup is None else warmup
     every = max((seconds - warmup) / 4, 5.0) if every is None else every
@@ -321,6 +322,8 @@ def run(seconds: float, *, seed: int = 1, warmup: float | None = None, every: fl
             if not soak.stop.is_set():
                 soak.checkpoint(f"t+{time.monotonic() - t0:.0f}s")
         rc, log = soak.finish()
+        if keep_log:
+            Path(keep_log).write_text(log)
         return summarize(soak, rc, log, time.monotonic() - t0, seconds)
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -342,6 +345,7 @@ def summarize(soak: Soak, rc: int, log: str, elapsed: float, seconds: float) -> 
     base, last = (cps[1] if len(cps) > 1 else cps[0]), cps[-1]
     rest_drift = sum(c["drift_bytes"] for c in cps)
     tracebacks = log.count("Traceback")
+    levels = {lv: [ln for ln in log.splitlines() if f" {lv} " in ln] for lv in ("ERROR", "CRITICAL", "WARNING")}
     excerpt = ""
     if tracebacks:
         at = log.index("Traceback")
@@ -364,7 +368,10 @@ def summarize(soak: Soak, rc: int, log: str, elapsed: float, seconds: float) -> 
                         for c in cps],
         "series": _decimate([{"t": round(x["t"] - s[0]["t"], 1), "rss_mib": round(x["rss"] / MIB, 1), "fds": x["fds"],
                               "threads": x["threads"]} for x in s], 120) if s else [],
-        "log_tracebacks": tracebacks, "log_excerpt": excerpt, "errors": errors[:20], "connect_error_samples": connect_errors[:5],
+        "log_tracebacks": tracebacks, "log_excerpt": excerpt,
+        "log_errors": len(levels["ERROR"]) + len(levels["CRITICAL"]), "log_warnings": len(levels["WARNING"]),
+        "log_error_samples": (levels["ERROR"] + levels["CRITICAL"])[:5],
+        "log_warning_kinds": _kinds(levels["WARNING"]), "errors": errors[:20], "connect_error_samples": connect_errors[:5],
     }
     out["verdict"] = verdict(out, soak.died)
     return out
@@ -387,8 +394,8 @@ def verdict(o: dict, died: str | None) -> list[str]:
         bad.append(f"{o['connect_errors']} connections to a present VM failed")
     if o["errors"]:
         bad.append(f"{len(o['errors'])}+ errors (see errors)")
-    if o["log_tracebacks"]:
-        bad.append(f"{o['log_tracebacks']} tracebacks in the daemon's log")
+    if o["log_tracebacks"] or o.get("log_errors"):
+        bad.append(f"{o.get('log_errors', 0)} ERROR lines, {o['log_tracebacks']} tracebacks in the daemon's log")
     if o["memfd_maps_at_rest"]:
         bad.append(f"{o['memfd_maps_at_rest']} guest-RAM mappings kept with no guest connected")
     if o["fds"]["end"] - o["fds"]["baseline"] > FD_SLACK:
@@ -399,6 +406,16 @@ def verdict(o: dict, died: str | None) -> list[str]:
     if (rss["end"] - rss["baseline"]) * MIB > max(RSS_SLACK[0], RSS_SLACK[1] * rss["baseline"] * MIB):
         bad.append(f"RSS grew at rest: {rss['baseline']:.1f} -> {rss['end']:.1f} MiB")
     return bad
+
+
+def _kinds(lines: list[str], n: int = 8) -> dict[str, int]:
+    """Warning lines grouped by what they say (numbers and names of sockets blanked)."""
+    out: dict[str, int] = {}
+    for ln in lines:
+        msg = ln.split(" WARNING ", 1)[-1]
+        msg = re.sub(r"/tmp/\S+|\d+", "#", msg)[:110]
+        out[msg] = out.get(msg, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:n])
 
 
 def _decimate(rows: list, n: int) -> list:
@@ -437,9 +454,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--think", type=float, default=0.02, help="a guest's pause between rounds, at most (s)")
     p.add_argument("--sample-every", type=float, default=1.0, help="seconds between /proc samples")
+    p.add_argument("--keep-log", metavar="PATH", help="copy the daemon's log here")
     a = p.parse_args(argv)
     seconds = min(a.seconds, 20.0) if a.quick else a.seconds
-    o = run(seconds, seed=a.seed, warmup=a.warmup, every=a.checkpoint, think=a.think, sample_every=a.sample_every)
+    o = run(seconds, seed=a.seed, warmup=a.warmup, every=a.checkpoint, think=a.think, sample_every=a.sample_every,
+            keep_log=a.keep_log)
     r = report(o)
     if a.json:
         import json
