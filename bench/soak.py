@@ -25,6 +25,7 @@ beyond ``FD_SLACK``, ``THREAD_SLACK`` and ``RSS_SLACK``.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -209,6 +210,35 @@ class Operator(threading.Thread):
         self.errors.append(f"hostile {method}({req}) was accepted")
 
 
+class LaunchEvents(threading.Thread):
+    """Every ``launch_completed`` event of the daemon (gRPC WatchEvents, as ``pxosctl events``):
+    the device time of each launch as the dispatcher charged it, abandoned ones included."""
+
+    def __init__(self, socket_path: str):
+        super().__init__(name="soak-events", daemon=True)
+        self.client = Client(socket_path=socket_path, timeout=None)
+        self.ns: dict[int, int] = {}  # launch_id -> device_ns, since the last checkpoint
+        self.count = self.total_ns = 0  # over the whole run
+        self.dropped = 0
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        stream = self.client.watch_events(kinds=["launch_completed"])
+        self.ready.set()
+        try:
+            for ev in stream:
+                d = json.loads(ev.detail_json)
+                self.ns[int(d["launch_id"])] = int(d["device_ns"])
+                self.count += 1
+                self.total_ns += int(d["device_ns"])
+                self.dropped = ev.dropped
+        except RpcFailure:
+            pass  # the channel closed at the end of the soak
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class Soak:
     """The daemon, its guests, the operator and the sampler, and the checks between them."""
 
@@ -225,12 +255,16 @@ class Soak:
                        for i in range(1, VMS + 1)]
         self.operator = Operator(self.client, self.present, seed=seed, stop=self.stop, pause=self.pause,
                                  every=operator_every)
+        self.events = LaunchEvents(f"{d}/hvd.sock")
+        self.ledger = {"launches": 0, "events_ns": 0, "busy_drift_ns": 0, "guest_mismatch": 0, "checked": 0}
         self.samples: list[dict] = []
         self.checkpoints: list[dict] = []
         self.died: str | None = None
         self._sampler = threading.Thread(target=self._sample_loop, name="soak-sampler", daemon=True)
 
     def start(self) -> None:
+        self.events.start()
+        self.events.ready.wait(10)
         self._sampler.start()
         self.operator.start()
         for gw in self.guests:
@@ -262,7 +296,7 @@ class Soak:
         b = [gw.books for gw in self.guests]
         print(f"soak {label}: at rest fds {rest['fds']} threads {rest['threads']} RSS {rest['rss'] / MIB:.1f} MiB "
               f"memfd {rest['memfd_maps']} held {rest['drift_bytes']} B; answered {sum(x.answered for x in b)} "
-              f"lost {sum(x.lost for x in b)} drift_ns {sum(x.drift_ns for x in b)} "
+              f"lost {sum(x.lost for x in b)} drift_ns {sum(x.drift_ns for x in b)} ledger {self.ledger} "
               f"errors {sum(len(x.errors) for x in b) + len(self.operator.errors)}", file=sys.stderr, flush=True)
         return rest
 
@@ -282,7 +316,31 @@ class Soak:
                  vm_used={v.vm_id: v.memory_used for v in st.vms if v.memory_used},
                  busy_seconds=st.scheduler.busy_seconds, launches=st.scheduler.launches)
         s["drift_bytes"] = st.device.pool_used + st.device.host_used + sum(v.memory_used for v in st.vms)
+        self._check_ledger(st, deadline)
         return s
+
+    def _check_ledger(self, st, deadline: float) -> None:
+        """At rest: the dispatcher's busy time is the sum of every launch's device_ns (to the
+        ns each was truncated to), and each launch a guest was answered was charged exactly
+        the device_ns its answer said."""
+        ev = self.events
+        if not ev.is_alive():
+            return  # before start
+        while ev.count < st.scheduler.launches and time.monotonic() < deadline and not ev.dropped:
+            time.sleep(0.05)
+        if ev.dropped:
+            return  # a slow reader lost events: nothing exact to say (reported as events_dropped)
+        busy = round(st.scheduler.busy_seconds * 1e9)
+        self.ledger.update(launches=ev.count, scheduler_launches=st.scheduler.launches, events_ns=ev.total_ns)
+        if abs(busy - ev.total_ns) > ev.count + 1:
+            self.ledger["busy_drift_ns"] = abs(busy - ev.total_ns)
+        charged, ev.ns = ev.ns, {}  # nothing runs at rest: no event arrives meanwhile
+        for gw in self.guests:
+            answered, gw.books.launch_ns = gw.books.launch_ns, {}
+            for lid, ns in answered.items():
+                self.ledger["checked"] += 1
+                if charged.get(lid) != ns:
+                    self.ledger["guest_mismatch"] += 1
 
     def finish(self) -> tuple[int, str]:
         """Stop the guests and the operator, then the daemon with SIGTERM: (exit code, log)."""
@@ -291,6 +349,7 @@ class Soak:
             w.join(timeout=300)
         self._sampler.join(timeout=10)
         self.client.close()
+        self.events.close()
         rc = self.proc.poll()
         if rc is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -356,7 +415,9 @@ def summarize(soak: Soak, rc: int, log: str, elapsed: float, seconds: float) -> 
         **tot, "launches_ok": sum(by_size.values()), "launches_by_size": by_size,
         "requests_per_second": tot["answered"] / elapsed if elapsed else 0.0,
         "operator": dict(soak.operator.counts), "connect_errors": len(connect_errors),
-        "accounting_drift": tot["drift_ns"] + tot["usage_drift"] + rest_drift + tot["undercharged"],
+        "ledger": dict(soak.ledger), "events_dropped": soak.events.dropped,
+        "accounting_drift": tot["drift_ns"] + tot["usage_drift"] + rest_drift + tot["undercharged"]
+        + soak.ledger["busy_drift_ns"] + soak.ledger["guest_mismatch"],
         "rest_drift_bytes": rest_drift,
         "fds": {"baseline": base["fds"], "end": last["fds"], "max": max((x["fds"] for x in s), default=0)},
         "threads": {"baseline": base["threads"], "end": last["threads"],
@@ -384,8 +445,11 @@ def verdict(o: dict, died: str | None) -> list[str]:
     if o["lost"]:
         bad.append(f"{o['lost']} completions lost")
     if o["accounting_drift"]:
-        bad.append(f"accounting drift: {o['drift_ns']} ns of device time, {o['usage_drift']} bytes after sessions "
-                   f"freed all, {o['rest_drift_bytes']} bytes held at rest, {o['undercharged']} sessions undercharged")
+        led = o.get("ledger", {})
+        bad.append(f"accounting drift: {o['drift_ns']} ns of device time in sessions, {led.get('busy_drift_ns', 0)} "
+                   f"ns between busy time and the launches' sum, {led.get('guest_mismatch', 0)} launches charged "
+                   f"other than answered, {o['usage_drift']} bytes after sessions freed all, "
+                   f"{o['rest_drift_bytes']} bytes held at rest, {o['undercharged']} sessions undercharged")
     if o["internal"]:
         bad.append(f"{o['internal']} requests answered PXOS_S_INTERNAL")
     if o["hostile_accepted"] or o["operator"]["hostile_accepted"]:

@@ -67,6 +67,7 @@ class Books:
     device_ns: int = 0         # summed over answered launches
     checked_sessions: int = 0  # graceful sessions whose accounting was compared
     drift_ns: int = 0          # |charged - sum of launch device_ns| beyond integer-ns rounding
+    launch_ns: dict[int, int] = field(default_factory=dict)  # launch_id -> device_ns answered (since a checkpoint)
     usage_drift: int = 0       # bytes still charged to the VM after a graceful session freed all
     undercharged: int = 0      # sessions charged less device time than their launches reported
     connect_errors: list[str] = field(default_factory=list)  # unexpected: the VM was present
@@ -292,6 +293,8 @@ class GuestWorker(threading.Thread):
                     state["launch_ns"] += r["device_ns"]
                     state["launches"] += 1
                     self.books.device_ns += r["device_ns"]
+                    if r.get("launch_id"):
+                        self.books.launch_ns[r["launch_id"]] = r["device_ns"]
                 if ok:
                     self.books.launches[item[2]] = self.books.launches.get(item[2], 0) + 1
                 else:

@@ -10,7 +10,7 @@ from bench import soak
 
 CLEAN = {"daemon_exit": 0, "lost": 0, "accounting_drift": 0, "drift_ns": 0, "usage_drift": 0,
          "rest_drift_bytes": 0, "undercharged": 0, "internal": 0, "hostile_accepted": 0,
-         "operator": {"hostile_accepted": 0}, "connect_errors": 0, "errors": [], "log_tracebacks": 0,
+         "operator": {"hostile_accepted": 0}, "connect_errors": 0, "errors": [], "log_tracebacks": 0, "log_errors": 0,
          "memfd_maps_at_rest": 0, "fds": {"baseline": 34, "end": 34}, "threads": {"baseline": 27, "end": 27},
          "rss_mib": {"baseline": 140.0, "end": 150.0}}
 
@@ -30,6 +30,8 @@ def test_a_clean_run_passes():
     (("threads", "end"), 27 + soak.THREAD_SLACK + 1, "threads grew"),
     (("rss_mib", "end"), 140.0 + 64 + 71, "RSS grew"),
     (("operator", "hostile_accepted"), 1, "hostile requests accepted"),
+    (("log_errors",), 1, "ERROR lines"),
+    (("log_tracebacks",), 1, "tracebacks"),
 ])
 def test_each_failure_fails_the_run(path, value, needle):
     o = copy.deepcopy(CLEAN)
