@@ -44,6 +44,7 @@ from .types import (
     BufferInfo,
     Completion,
     DeviceInfo,
+    DeviceUse,
     Event,
     KernelInfo,
     LaunchResult,
@@ -282,6 +283,23 @@ class Hypervisor:
             i = self._info
             return DeviceInfo(self.executor.name, i.device_name, m.pool_bytes, m.pool_used,
                               m.host_budget, m.host_used, i.vendor, i.api, i.time_source)
+
+    def device_stats(self) -> list[DeviceUse]:
+        """This device's use (a DeviceSet lists one per device)."""
+        info = self.device_info()
+        with self._lock:
+            st = self.scheduler.stats()
+            share = sum(v.share for v in self._vms.values())
+            queued = sum(r.queue_depth for r in st.vms)
+        util = min(st.busy_seconds_window / st.window_seconds, 1.0) if st.window_seconds else 0.0
+        d = self.dispatcher
+        return [DeviceUse(self.device_id, info, len(st.vms), share, util, d.busy_seconds, d.launches, queued)]
+
+    def move_vm(self, vm_id: int, device: int, **_kw) -> dict:
+        """One device: nowhere to move to (a DeviceSet moves VMs; devices.py)."""
+        with self._lock:
+            self._vm(vm_id)
+        raise E.InvalidArgument(f"this daemon has one device ({self.device_id}); [daemon] devices names more")
 
     # ------------------------------------------------------------------ buffers
     def alloc(self, vm_id: int, dtype: DType | str, shape: Sequence[int], *, session: int = 0) -> BufferInfo:

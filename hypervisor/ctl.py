@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vhost-user socket for the VM's QEMU, inside the daemon's socket_dir (a bare name "
                           "is placed there); --socket alone makes vm<ID>.sock there; without --socket the VM "
                           "has no socket and is driven over gRPC only")
+    add.add_argument("--device", type=int, help="pin to this device (default: placed where most is free)")
+    move = vm.add_parser("move", parents=[common], help="move a VM to another device (a pause, nothing lost)")
+    move.add_argument("vm", type=_vm_id)
+    move.add_argument("--device", type=int, required=True, help="the target device's id")
     remove = vm.add_parser("remove", parents=[common], help="unregister a VM (frees all it holds)")
     remove.add_argument("vm", type=_vm_id)
 
@@ -166,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _vm_rows(vms) -> list[list[str]]:
     return [[str(v.vm_id), v.name, size(v.memory_used), size(v.memory_quota), pct(v.share, 0),
-             pct(v.cap, 0) if v.HasField("cap") else "-", v.default_class or "auto", v.socket or "-", v.domain or "-"] for v in vms]
+             pct(v.cap, 0) if v.HasField("cap") else "-", v.default_class or "auto", v.socket or "-", v.domain or "-",
+             str(v.device)] for v in vms]
 
 
-_VM_HEADERS = ["ID", "NAME", "USED", "QUOTA", "SHARE", "CAP", "CLASS", "SOCKET", "DOMAIN"]
+_VM_HEADERS = ["ID", "NAME", "USED", "QUOTA", "SHARE", "CAP", "CLASS", "SOCKET", "DOMAIN", "DEVICE"]
 
 
 def cmd_vm(c: Client, args) -> int:
@@ -190,8 +195,18 @@ def cmd_vm(c: Client, args) -> int:
                                    default_class=args.wclass or "", socket=_socket_name(args))
         if args.cap is not None:
             req.cap = args.cap
+        if args.device is not None:
+            req.device = args.device
         info = c.call("RegisterVM", req)
         _print_info(info, args, f"VM {info.vm_id} ({info.name}) registered")
+    elif args.vm_command == "move":
+        r = c.call("MoveVM", pb.MoveVMRequest(vm_id=args.vm, device=args.device), timeout=max(args.timeout, 90.0))
+        if args.json:
+            print_json(message_json(r))
+        else:
+            print(f"VM {args.vm} moved from device {r.from_device} to device {r.info.device}: paused "
+                  f"{1e3 * r.pause_seconds:.1f} ms, {size(r.bytes)} in {r.buffers} buffers "
+                  f"({r.mb_per_s:.0f} MB/s), {r.launches_waited} queued launches waited")
     elif args.vm_command == "remove":
         c.call("UnregisterVM", pb.VMRef(vm_id=args.vm))
         if args.json:
@@ -213,6 +228,7 @@ def _print_vm(resp) -> None:
     i, s = resp.info, resp.stats
     lines = [
         ("VM", f"{i.vm_id} ({i.name})"),
+        ("device", str(i.device)),
         ("memory", f"{size(i.memory_used)} used of {size(i.memory_quota)} "
                    f"(device {size(s.memory_device_bytes)}, host {size(s.memory_host_bytes)})"),
         ("share", f"{pct(i.share, 0)} target, {pct(100 * s.achieved_share)} achieved"
@@ -277,12 +293,17 @@ def cmd_stats(c: Client, args) -> int:
     print(f"sched    busy {s.busy_seconds:.3f} s, {s.launches} launches, {s.vm_switches} VM switches "
           f"(p50 {1e6 * s.switch_p50_seconds:.1f} us, p99 {1e6 * s.switch_p99_seconds:.1f} us), "
           f"look-ahead {len(s.lookahead)}/{s.lookahead_depth}")
+    if len(resp.devices) > 1:
+        for u in resp.devices:
+            print(f"device {u.id}  {u.device_name}: {u.vms} VMs, shares {pct(u.share_used, 0)}, busy "
+                  f"{pct(100 * u.utilisation)}, pool {size(u.pool_used)} of {size(u.pool_bytes)}, "
+                  f"{u.launches} launches, {u.queue_depth} queued")
     rows = [[str(v.vm_id), v.name, pct(v.share, 0), pct(100 * v.achieved_share), size(v.memory_used),
              size(v.memory_quota), str(v.queue_depth), str(v.launches_total), str(v.launches_failed),
              f"{v.device_seconds_total:.3f}", f"{v.latency_p50_ms:.3f}", f"{v.latency_p99_ms:.3f}",
-             str(v.vm_switches_in)] for v in resp.vms]
+             str(v.vm_switches_in), str(v.device)] for v in resp.vms]
     print(table(["ID", "NAME", "SHARE", "ACHIEVED", "USED", "QUOTA", "QUEUE", "LAUNCHES", "FAILED",
-                 "DEVICE_S", "P50_MS", "P99_MS", "SWITCHES"], rows, left=2))
+                 "DEVICE_S", "P50_MS", "P99_MS", "SWITCHES", "DEV"], rows, left=2))
     return EXIT_OK
 
 

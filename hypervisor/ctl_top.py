@@ -18,7 +18,7 @@ from .rpc.client import Client
 
 _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 _BOLD, _RESET = "\x1b[1m", "\x1b[0m"
-HEADERS = ["VM", "NAME", "SHARE", "ACHIEVED", "MEM USED/QUOTA", "DEVICE/POOL", "QUEUE", "P50 ms", "P99 ms",
+HEADERS = ["VM", "NAME", "DEV", "SHARE", "ACHIEVED", "MEM USED/QUOTA", "DEVICE/POOL", "QUEUE", "P50 ms", "P99 ms",
            "SWITCHES", "HIT", "STALL s"]
 
 
@@ -34,14 +34,16 @@ def frame_data(resp: pb.StatsResponse) -> dict:
     also has carries the same name, unit and meaning there (vm_id, share in percent,
     achieved_share 0..1, latency_p50_ms, switch_p50_seconds, ...); the rest are top's own."""
     d, s = resp.device, resp.scheduler
+    pools = {u.id: u.pool_bytes for u in resp.devices}  # a VM's pool is its own device's
     vms = []
     for v in resp.vms:
+        pool = pools.get(v.device, d.pool_bytes)
         vms.append({
-            "vm_id": v.vm_id, "name": v.name, "share": v.share, "achieved_share": v.achieved_share,
-            "cap": v.cap if v.HasField("cap") else None,
+            "vm_id": v.vm_id, "name": v.name, "device": v.device, "share": v.share,
+            "achieved_share": v.achieved_share, "cap": v.cap if v.HasField("cap") else None,
             "memory_used": v.memory_used, "memory_quota": v.memory_quota,
-            "memory_device_bytes": v.memory_device_bytes, "device_pool": d.pool_bytes,
-            "device_use": v.memory_device_bytes / d.pool_bytes if d.pool_bytes else None,
+            "memory_device_bytes": v.memory_device_bytes, "device_pool": pool,
+            "device_use": v.memory_device_bytes / pool if pool else None,
             "queue_depth": v.queue_depth, "inflight": v.inflight,
             "latency_p50_ms": v.latency_p50_ms, "latency_p99_ms": v.latency_p99_ms,
             "vm_switches_in": v.vm_switches_in, "launches_total": v.launches_total,
@@ -57,6 +59,9 @@ def frame_data(resp: pb.StatsResponse) -> dict:
                       "switch_p50_seconds": s.switch_p50_seconds, "switch_p99_seconds": s.switch_p99_seconds,
                       "lookahead_planned": len(s.lookahead), "lookahead_depth": s.lookahead_depth},
         "vms": vms,
+        "devices": [{"id": u.id, "device_name": u.device_name, "vms": u.vms, "share_used": u.share_used,
+                     "utilisation": u.utilisation, "pool_used": u.pool_used, "pool_bytes": u.pool_bytes,
+                     "launches": u.launches, "queue_depth": u.queue_depth} for u in resp.devices],
     }
 
 
@@ -69,11 +74,14 @@ def render(frame: dict, ansi: bool) -> str:
     sched = (f"busy {s['busy_seconds']:.2f} s  launches {s['launches']}  VM switches {s['vm_switches']} "
              f"(p50 {1e6 * s['switch_p50_seconds']:.1f} us, p99 {1e6 * s['switch_p99_seconds']:.1f} us)  "
              f"look-ahead {s['lookahead_planned']}/{s['lookahead_depth']}")
+    for u in frame.get("devices", []) if len(frame.get("devices", [])) > 1 else []:
+        sched += (f"\ndevice {u['id']}  busy {pct(100 * u['utilisation'])}  shares {pct(u['share_used'], 0)}  "
+                  f"{u['vms']} VMs  pool {size(u['pool_used'])}/{size(u['pool_bytes'])}  queued {u['queue_depth']}")
     rows = []
     for v in frame["vms"]:
         use = "-" if v["device_use"] is None else pct(100 * v["device_use"])
         rows.append([
-            str(v["vm_id"]), v["name"], pct(v["share"], 0) + (f" (cap {v['cap']:g})" if v["cap"] else ""),
+            str(v["vm_id"]), v["name"], str(v["device"]), pct(v["share"], 0) + (f" (cap {v['cap']:g})" if v["cap"] else ""),
             pct(100 * v["achieved_share"]), f"{size(v['memory_used'])}/{size(v['memory_quota'])}",
             f"{size(v['memory_device_bytes'])} {use}", str(v["queue_depth"]), f"{v['latency_p50_ms']:.3f}",
             f"{v['latency_p99_ms']:.3f}", str(v["vm_switches_in"]),

@@ -270,6 +270,21 @@ class Daemon:
                 self.state.record(vm_id, self._file_vm(vm_id), now)
             return info
 
+    def move_vm(self, vm_id: int, device: int) -> dict:
+        """Move a VM to another device (MoveVM; devices.py). Recorded in the state file as
+        its new pin, so a restart puts it back there."""
+        with self._lock:
+            report = self.hv.move_vm(vm_id, device)
+            log.info("VM %d moved from device %d to %d: %d bytes, paused %.3f s (%d launches waited)", vm_id,
+                     report["from_device"], device, report["bytes"], report["pause_seconds"],
+                     report["launches_waited"])
+            cur = self._vm_configs.get(vm_id)
+            if cur is not None:
+                now = cur.model_copy(update={"device": device})
+                self._vm_configs[vm_id] = now
+                self.state.record(vm_id, self._file_vm(vm_id), now)
+            return report
+
     def _file_vm(self, vm_id: int) -> VMConfig | None:
         return next((v for v in self.config.vm if v.id == vm_id), None)
 

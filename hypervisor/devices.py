@@ -31,7 +31,7 @@ from . import errors as E
 from .core import Hypervisor, SharedIds, _default_pool
 from .executor import Executor, make_executor
 from .models import ModelInfo, ModelOpen
-from .types import DeviceInfo, Event, VMInfo, VMStats
+from .types import DeviceInfo, DeviceUse, Event, VMInfo, VMStats
 
 log = logging.getLogger("pxos.devices")
 
@@ -252,6 +252,9 @@ class DeviceSet:
         return DeviceInfo(first.backend, f"{len(infos)} x {' / '.join(names)}", sum(i.pool_bytes for i in infos),
                           sum(i.pool_used for i in infos), sum(i.host_budget for i in infos),
                           sum(i.host_used for i in infos), first.vendor, first.api, first.time_source)
+
+    def device_stats(self) -> list[DeviceUse]:
+        return [u for hv in self.devices.values() for u in hv.device_stats()]
 
     def device_list(self) -> list[tuple[int, DeviceInfo, Hypervisor]]:
         return [(i, hv.device_info(), hv) for i, hv in self.devices.items()]

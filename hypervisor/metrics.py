@@ -105,6 +105,7 @@ class _HypervisorCollector(Collector):
             "kernels": gauge("pxos_vm_kernels", "Compiled kernels the VM holds"),
             "idle": gauge("pxos_vm_idle", "1 while the VM has said it is idle"),
             "extra": gauge("pxos_vm_extra", "Other figures the hypervisor reports per VM", ("vm", "key")),
+            "on_device": gauge("pxos_vm_device", "The id of the device the VM is placed on ([daemon] devices)"),
         }
         extra_fams = {
             key: (counter(name.removesuffix("_total"), doc) if kind == "counter" else gauge(name, doc))
@@ -123,6 +124,19 @@ class _HypervisorCollector(Collector):
             "info": GaugeMetricFamily("pxos_device_info", "The executor backend and device (always 1)",
                                       labels=["backend", "device", "vendor", "api", "time_source"]),
         }
+        per_dev = {
+            "pool": gauge("pxos_devices_pool_bytes", "Device memory pxOS may use, per device", ("device",)),
+            "pool_used": gauge("pxos_devices_pool_used_bytes", "Device memory in use, per device", ("device",)),
+            "util": gauge("pxos_devices_utilisation_ratio", "Busy fraction of the device over the scheduler "
+                          "window, 0..1", ("device",)),
+            "share": gauge("pxos_devices_share_ratio", "Shares of the VMs placed on the device, summed, 0..1",
+                           ("device",)),
+            "vms": gauge("pxos_devices_vms", "VMs placed on the device", ("device",)),
+            "queue": gauge("pxos_devices_queue_depth", "Launches queued on the device", ("device",)),
+            "busy": counter("pxos_devices_busy_seconds", "Device time of the launches it ran, seconds", ("device",)),
+            "launches": counter("pxos_devices_launches", "Launches the device ran", ("device",)),
+        }
+        device.update({f"per_{k}": v for k, v in per_dev.items()})
         sched = {
             "busy": CounterMetricFamily("pxos_scheduler_busy_seconds", "Device time of all launches, seconds"),
             "launches": CounterMetricFamily("pxos_scheduler_launches", "Launches run by the dispatcher"),
@@ -182,6 +196,7 @@ class _HypervisorCollector(Collector):
             fam["buffers"].add_metric(vm, s.buffers)
             fam["kernels"].add_metric(vm, s.kernels)
             fam["idle"].add_metric(vm, 1.0 if s.idle else 0.0)
+            fam["on_device"].add_metric(vm, s.device)
             for key, value in s.extra.items():
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     continue
@@ -201,6 +216,16 @@ class _HypervisorCollector(Collector):
         device["host_budget"].add_metric([], d.host_budget)
         device["host_used"].add_metric([], d.host_used)
         device["info"].add_metric([d.backend, d.device_name, d.vendor, d.api, d.time_source], 1.0)
+        for u in hv.device_stats():
+            dev = [str(u.device)]
+            device["per_pool"].add_metric(dev, u.info.pool_bytes)
+            device["per_pool_used"].add_metric(dev, u.info.pool_used)
+            device["per_util"].add_metric(dev, u.utilisation)
+            device["per_share"].add_metric(dev, u.share_used / 100.0)
+            device["per_vms"].add_metric(dev, u.vms)
+            device["per_queue"].add_metric(dev, u.queue_depth)
+            device["per_busy"].add_metric(dev, u.busy_seconds)
+            device["per_launches"].add_metric(dev, u.launches)
         disp = hv.dispatcher
         sched["busy"].add_metric([], disp.busy_seconds)
         sched["launches"].add_metric([], disp.launches)
@@ -258,8 +283,10 @@ def share_entitlements(stats) -> dict[int, float]:
     VMs that had work in it (used the device or have launches queued). A VM with no work is
     entitled to nothing: the scheduler is work-conserving and gives its part to the others."""
     active = [s for s in stats if s.achieved_share > 0 or s.queue_depth > 0]
-    total = sum(s.share_pct for s in active)
-    return {s.vm_id: (s.share_pct / total if total > 0 else 0.0) for s in active}
+    total: dict[int, float] = {}  # shares are of a device: entitlements too, per device
+    for s in active:
+        total[s.device] = total.get(s.device, 0.0) + s.share_pct
+    return {s.vm_id: (s.share_pct / total[s.device] if total[s.device] > 0 else 0.0) for s in active}
 
 
 class MetricsExporter:

@@ -47,6 +47,20 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class DeviceUse:
+    """One device of the daemon as `pxosctl stats` and /metrics show it (devices.py)."""
+
+    device: int  # its id in [daemon] devices
+    info: DeviceInfo
+    vms: int  # VMs placed on it
+    share_used: float  # their shares, percent
+    utilisation: float  # busy fraction over the scheduler's window (0..1)
+    busy_seconds: float  # device time of every launch run on it, in total
+    launches: int  # launches run on it, in total
+    queue_depth: int  # launches queued on it now
+
+
+@dataclass(frozen=True)
 class BufferInfo:
     handle: int
     nbytes: int

@@ -17,7 +17,7 @@ def vm_info(info: T.VMInfo) -> pb.VMInfo:
     msg = pb.VMInfo(vm_id=info.vm_id, name=info.name, memory_quota=info.memory_quota,
                     memory_used=max(info.memory_used, 0), share=info.share_pct,
                     default_class=info.default_class or "", socket=info.socket or "",
-                    domain=info.domain or "")
+                    domain=info.domain or "", device=info.device)
     if info.cap_pct is not None:
         msg.cap = info.cap_pct
     return msg
@@ -48,7 +48,7 @@ def vm_stats(s: T.VMStats, transport_status: dict | None = None) -> pb.VMStats:
         latency_p50_ms=s.latency_p50_ms, latency_p99_ms=s.latency_p99_ms,
         vm_switches_in=s.vm_switches_in, idle=s.idle,
         extra={k: float(v) for k, v in s.extra.items() if _is_number(v)},
-        transport=transport(transport_status),
+        transport=transport(transport_status), device=s.device,
     )
     if s.cap_pct is not None:
         msg.cap = s.cap_pct
@@ -63,6 +63,13 @@ def device(d: T.DeviceInfo) -> pb.DeviceStats:
     return pb.DeviceStats(backend=d.backend, device_name=d.device_name, pool_bytes=d.pool_bytes,
                           pool_used=max(d.pool_used, 0), host_budget=d.host_budget,
                           host_used=max(d.host_used, 0), vendor=d.vendor, api=d.api, time_source=d.time_source)
+
+
+def device_use(u: T.DeviceUse) -> pb.DeviceStats:
+    msg = device(u.info)
+    msg.id, msg.vms, msg.share_used, msg.utilisation = u.device, u.vms, u.share_used, u.utilisation
+    msg.busy_seconds, msg.launches, msg.queue_depth = u.busy_seconds, u.launches, u.queue_depth
+    return msg
 
 
 def buffer_info(b: T.BufferInfo) -> pb.BufferInfo:

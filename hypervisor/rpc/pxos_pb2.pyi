@@ -41,7 +41,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, status: _Optional[str] = ..., message: _Optional[str] = ..., diagnostics: _Optional[_Iterable[_Union[Diagnostic, _Mapping]]] = ..., error_type: _Optional[str] = ...) -> None: ...
 
 class RegisterVMRequest(_message.Message):
-    __slots__ = ("vm_id", "name", "memory_bytes", "share", "cap", "default_class", "socket")
+    __slots__ = ("vm_id", "name", "memory_bytes", "share", "cap", "default_class", "socket", "device")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class RegisterVMRequest(_message.Message):
     CAP_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_CLASS_FIELD_NUMBER: _ClassVar[int]
     SOCKET_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     vm_id: int
     name: str
     memory_bytes: int
@@ -56,10 +57,11 @@ class RegisterVMRequest(_message.Message):
     cap: float
     default_class: str
     socket: str
-    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ...) -> None: ...
+    device: int
+    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ..., device: _Optional[int] = ...) -> None: ...
 
 class VMInfo(_message.Message):
-    __slots__ = ("vm_id", "name", "memory_quota", "memory_used", "share", "cap", "default_class", "socket", "domain")
+    __slots__ = ("vm_id", "name", "memory_quota", "memory_used", "share", "cap", "default_class", "socket", "domain", "device")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MEMORY_QUOTA_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +71,7 @@ class VMInfo(_message.Message):
     DEFAULT_CLASS_FIELD_NUMBER: _ClassVar[int]
     SOCKET_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     vm_id: int
     name: str
     memory_quota: int
@@ -78,7 +81,8 @@ class VMInfo(_message.Message):
     default_class: str
     socket: str
     domain: str
-    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_quota: _Optional[int] = ..., memory_used: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ..., domain: _Optional[str] = ...) -> None: ...
+    device: int
+    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_quota: _Optional[int] = ..., memory_used: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ..., domain: _Optional[str] = ..., device: _Optional[int] = ...) -> None: ...
 
 class ListVMsRequest(_message.Message):
     __slots__ = ()
@@ -105,7 +109,7 @@ class TransportStatus(_message.Message):
     def __init__(self, present: _Optional[bool] = ..., connected: _Optional[bool] = ..., features: _Optional[int] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ...) -> None: ...
 
 class VMStats(_message.Message):
-    __slots__ = ("vm_id", "name", "memory_quota", "memory_used", "memory_device_bytes", "memory_host_bytes", "share", "cap", "achieved_share", "device_seconds_total", "launches_total", "launches_failed", "launches_by_class", "queue_depth", "inflight", "buffers", "kernels", "latency_p50_ms", "latency_p99_ms", "vm_switches_in", "idle", "extra", "transport")
+    __slots__ = ("vm_id", "name", "memory_quota", "memory_used", "memory_device_bytes", "memory_host_bytes", "share", "cap", "achieved_share", "device_seconds_total", "launches_total", "launches_failed", "launches_by_class", "queue_depth", "inflight", "buffers", "kernels", "latency_p50_ms", "latency_p99_ms", "vm_switches_in", "idle", "extra", "transport", "device")
     class LaunchesByClassEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +147,7 @@ class VMStats(_message.Message):
     IDLE_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     vm_id: int
     name: str
     memory_quota: int
@@ -166,7 +171,8 @@ class VMStats(_message.Message):
     idle: bool
     extra: _containers.ScalarMap[str, float]
     transport: TransportStatus
-    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_quota: _Optional[int] = ..., memory_used: _Optional[int] = ..., memory_device_bytes: _Optional[int] = ..., memory_host_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., achieved_share: _Optional[float] = ..., device_seconds_total: _Optional[float] = ..., launches_total: _Optional[int] = ..., launches_failed: _Optional[int] = ..., launches_by_class: _Optional[_Mapping[str, int]] = ..., queue_depth: _Optional[int] = ..., inflight: _Optional[int] = ..., buffers: _Optional[int] = ..., kernels: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., vm_switches_in: _Optional[int] = ..., idle: _Optional[bool] = ..., extra: _Optional[_Mapping[str, float]] = ..., transport: _Optional[_Union[TransportStatus, _Mapping]] = ...) -> None: ...
+    device: int
+    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_quota: _Optional[int] = ..., memory_used: _Optional[int] = ..., memory_device_bytes: _Optional[int] = ..., memory_host_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., achieved_share: _Optional[float] = ..., device_seconds_total: _Optional[float] = ..., launches_total: _Optional[int] = ..., launches_failed: _Optional[int] = ..., launches_by_class: _Optional[_Mapping[str, int]] = ..., queue_depth: _Optional[int] = ..., inflight: _Optional[int] = ..., buffers: _Optional[int] = ..., kernels: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., vm_switches_in: _Optional[int] = ..., idle: _Optional[bool] = ..., extra: _Optional[_Mapping[str, float]] = ..., transport: _Optional[_Union[TransportStatus, _Mapping]] = ..., device: _Optional[int] = ...) -> None: ...
 
 class GetVMResponse(_message.Message):
     __slots__ = ("info", "stats")
@@ -197,7 +203,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DeviceStats(_message.Message):
-    __slots__ = ("backend", "device_name", "pool_bytes", "pool_used", "host_budget", "host_used", "vendor", "api", "time_source")
+    __slots__ = ("backend", "device_name", "pool_bytes", "pool_used", "host_budget", "host_used", "vendor", "api", "time_source", "id", "vms", "share_used", "utilisation", "busy_seconds", "launches", "queue_depth")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     POOL_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +213,13 @@ class DeviceStats(_message.Message):
     VENDOR_FIELD_NUMBER: _ClassVar[int]
     API_FIELD_NUMBER: _ClassVar[int]
     TIME_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_USED_FIELD_NUMBER: _ClassVar[int]
+    UTILISATION_FIELD_NUMBER: _ClassVar[int]
+    BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     backend: str
     device_name: str
     pool_bytes: int
@@ -216,7 +229,14 @@ class DeviceStats(_message.Message):
     vendor: str
     api: str
     time_source: str
-    def __init__(self, backend: _Optional[str] = ..., device_name: _Optional[str] = ..., pool_bytes: _Optional[int] = ..., pool_used: _Optional[int] = ..., host_budget: _Optional[int] = ..., host_used: _Optional[int] = ..., vendor: _Optional[str] = ..., api: _Optional[str] = ..., time_source: _Optional[str] = ...) -> None: ...
+    id: int
+    vms: int
+    share_used: float
+    utilisation: float
+    busy_seconds: float
+    launches: int
+    queue_depth: int
+    def __init__(self, backend: _Optional[str] = ..., device_name: _Optional[str] = ..., pool_bytes: _Optional[int] = ..., pool_used: _Optional[int] = ..., host_budget: _Optional[int] = ..., host_used: _Optional[int] = ..., vendor: _Optional[str] = ..., api: _Optional[str] = ..., time_source: _Optional[str] = ..., id: _Optional[int] = ..., vms: _Optional[int] = ..., share_used: _Optional[float] = ..., utilisation: _Optional[float] = ..., busy_seconds: _Optional[float] = ..., launches: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
 
 class PlannedLaunch(_message.Message):
     __slots__ = ("vm_id", "launch_id", "wclass")
@@ -247,16 +267,44 @@ class SchedulerStats(_message.Message):
     def __init__(self, busy_seconds: _Optional[float] = ..., launches: _Optional[int] = ..., vm_switches: _Optional[int] = ..., switch_p50_seconds: _Optional[float] = ..., switch_p99_seconds: _Optional[float] = ..., lookahead_depth: _Optional[int] = ..., lookahead: _Optional[_Iterable[_Union[PlannedLaunch, _Mapping]]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("vms", "device", "scheduler", "time")
+    __slots__ = ("vms", "device", "scheduler", "time", "devices")
     VMS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     vms: _containers.RepeatedCompositeFieldContainer[VMStats]
     device: DeviceStats
     scheduler: SchedulerStats
     time: float
-    def __init__(self, vms: _Optional[_Iterable[_Union[VMStats, _Mapping]]] = ..., device: _Optional[_Union[DeviceStats, _Mapping]] = ..., scheduler: _Optional[_Union[SchedulerStats, _Mapping]] = ..., time: _Optional[float] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceStats]
+    def __init__(self, vms: _Optional[_Iterable[_Union[VMStats, _Mapping]]] = ..., device: _Optional[_Union[DeviceStats, _Mapping]] = ..., scheduler: _Optional[_Union[SchedulerStats, _Mapping]] = ..., time: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[DeviceStats, _Mapping]]] = ...) -> None: ...
+
+class MoveVMRequest(_message.Message):
+    __slots__ = ("vm_id", "device")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: int
+    device: int
+    def __init__(self, vm_id: _Optional[int] = ..., device: _Optional[int] = ...) -> None: ...
+
+class MoveVMResponse(_message.Message):
+    __slots__ = ("info", "from_device", "pause_seconds", "bytes", "buffers", "launches_waited", "mb_per_s")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    FROM_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_WAITED_FIELD_NUMBER: _ClassVar[int]
+    MB_PER_S_FIELD_NUMBER: _ClassVar[int]
+    info: VMInfo
+    from_device: int
+    pause_seconds: float
+    bytes: int
+    buffers: int
+    launches_waited: int
+    mb_per_s: float
+    def __init__(self, info: _Optional[_Union[VMInfo, _Mapping]] = ..., from_device: _Optional[int] = ..., pause_seconds: _Optional[float] = ..., bytes: _Optional[int] = ..., buffers: _Optional[int] = ..., launches_waited: _Optional[int] = ..., mb_per_s: _Optional[float] = ...) -> None: ...
 
 class CompileRequest(_message.Message):
     __slots__ = ("vm_id", "source")

@@ -59,6 +59,11 @@ class HypervisorStub:
                 request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.SetQuotaRequest.SerializeToString,
                 response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.VMInfo.FromString,
                 _registered_method=True)
+        self.MoveVM = channel.unary_unary(
+                '/pxos.v1.Hypervisor/MoveVM',
+                request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.MoveVMRequest.SerializeToString,
+                response_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.MoveVMResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/pxos.v1.Hypervisor/Stats',
                 request_serializer=hypervisor_dot_rpc_dot_pxos__pb2.StatsRequest.SerializeToString,
@@ -166,6 +171,13 @@ class HypervisorServicer:
 
     def SetQuota(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveVM(self, request, context):
+        """Move a VM to another device (several devices: [daemon] devices); answers once it runs there.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -297,6 +309,11 @@ def add_HypervisorServicer_to_server(servicer, server):
                     servicer.SetQuota,
                     request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.SetQuotaRequest.FromString,
                     response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.VMInfo.SerializeToString,
+            ),
+            'MoveVM': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveVM,
+                    request_deserializer=hypervisor_dot_rpc_dot_pxos__pb2.MoveVMRequest.FromString,
+                    response_serializer=hypervisor_dot_rpc_dot_pxos__pb2.MoveVMResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -509,6 +526,33 @@ class Hypervisor:
             '/pxos.v1.Hypervisor/SetQuota',
             hypervisor_dot_rpc_dot_pxos__pb2.SetQuotaRequest.SerializeToString,
             hypervisor_dot_rpc_dot_pxos__pb2.VMInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveVM(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pxos.v1.Hypervisor/MoveVM',
+            hypervisor_dot_rpc_dot_pxos__pb2.MoveVMRequest.SerializeToString,
+            hypervisor_dot_rpc_dot_pxos__pb2.MoveVMResponse.FromString,
             options,
             channel_credentials,
             insecure,

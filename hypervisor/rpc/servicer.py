@@ -90,7 +90,8 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
     def RegisterVM(self, request, context):
         vm = VMConfig(id=request.vm_id, name=request.name or None, memory=request.memory_bytes,
                       share=request.share, cap=request.cap if request.HasField("cap") else None,
-                      default_class=request.default_class.upper() or None, socket=request.socket or None)
+                      default_class=request.default_class.upper() or None, socket=request.socket or None,
+                      device=request.device if request.HasField("device") else None)
         return convert.vm_info(self.daemon.add_vm(vm))
 
     @_rpc
@@ -132,6 +133,13 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
         return convert.vm_info(self.daemon.set_quota(request.vm_id, **kw))
 
     @_rpc
+    def MoveVM(self, request, context):
+        r = self.daemon.move_vm(request.vm_id, request.device)
+        return pb.MoveVMResponse(info=convert.vm_info(self.hv.vm_info(request.vm_id)), from_device=r["from_device"],
+                                 pause_seconds=r["pause_seconds"], bytes=r["bytes"], buffers=r["buffers"],
+                                 launches_waited=r["launches_waited"], mb_per_s=r["mb_per_s"])
+
+    @_rpc
     def Stats(self, request, context):
         hv = self.hv
         transports = self._transport()
@@ -149,7 +157,7 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
                                   switch_p99_seconds=_percentile(gaps, 99),
                                   lookahead_depth=hv.lookahead_depth, lookahead=planned)
         return pb.StatsResponse(vms=vms, device=convert.device(hv.device_info()), scheduler=sched,
-                                time=time.time())
+                                time=time.time(), devices=[convert.device_use(u) for u in hv.device_stats()])
 
     # ---------------------------------------------------------------- kernels, buffers
     @_rpc
