@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -38,20 +37,16 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import Report, parser
+from bench.common import parser
 from bench.soak_guest import GuestWorker
+from bench.soak_operator import VMS, Operator
+from bench.soak_report import report, summarize
 from hypervisor.rpc import pxos_pb2 as pb
 from hypervisor.rpc.client import Client
 from hypervisor.rpc.status import RpcFailure
 
 REPO = Path(__file__).resolve().parents[1]
-VMS = 8
 MIB = 1 << 20
-QUOTA_MIB = (8, 96)  # the operator sets quotas in this range; 32 MiB at start
-SHARES = (5, 12)     # eight VMs: at most 96 % together
-FD_SLACK = 4         # fds more at rest than at the baseline: a leak beyond this
-THREAD_SLACK = 2     # threads likewise (gRPC's pool grows on demand, up to its size)
-RSS_SLACK = (64 * MIB, 0.5)  # bytes, and a fraction of the baseline's RSS: whichever is larger
 
 
 def config_text(d: str) -> str:
@@ -100,114 +95,6 @@ def sample(pid: int) -> dict:
     with open(f"/proc/{pid}/maps") as f:
         memfds = sum(1 for line in f if "memfd:" in line)
     return {"t": time.monotonic(), "rss": rss, "fds": fds, "threads": threads, "memfd_maps": memfds}
-
-
-def refused(e: RpcFailure) -> bool:
-    """A typed refusal (what the request deserved), not a host failure or a dead daemon."""
-    return e.code not in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED")
-
-
-class Operator(threading.Thread):
-    """What an operator does with ``pxosctl`` while guests run, one action every ``every`` s."""
-
-    def __init__(self, client: Client, present: dict, *, seed: int, stop: threading.Event,
-                 pause: threading.Event, every: float):
-        super().__init__(name="soak-operator", daemon=True)
-        self.c, self.present, self.rng = client, present, random.Random(seed)
-        self.stop, self.pause, self.every = stop, pause, every
-        self.quota = {i: 32 * MIB for i in present}
-        self.share = {i: 10.0 for i in present}
-        self.counts = {"quota_set": 0, "quota_refused": 0, "share_set": 0, "vm_removed": 0, "vm_added": 0,
-                       "hostile_rejected": 0, "hostile_accepted": 0}
-        self.errors: list[str] = []
-        self.idle = threading.Event()
-        self.idle.set()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.idle.clear()  # before looking at pause (see GuestWorker.run)
-            if self.pause.is_set():
-                self.idle.set()
-                time.sleep(0.05)
-                continue
-            try:
-                self.act()
-            except Exception as e:  # shown in the report
-                self.errors.append(f"{type(e).__name__}: {e}")
-            time.sleep(self.every * (0.5 + self.rng.random()))
-        self.idle.set()
-
-    def act(self) -> None:
-        rng, vm = self.rng, self.rng.randint(1, VMS)
-        roll = rng.random()
-        if roll < 0.4:
-            # One cut in four is deep: below what a busy guest holds (refused, usage named) or,
-            # when accepted, the guest's next allocs and launches meet PXOS_S_QUOTA.
-            mem = rng.randint(1, 4) * MIB if rng.random() < 0.25 else rng.randint(*QUOTA_MIB) * MIB
-            try:
-                self.c.call("SetQuota", pb.SetQuotaRequest(vm_id=vm, memory_bytes=mem))
-                self.quota[vm] = mem
-                self.counts["quota_set"] += 1
-            except RpcFailure as e:
-                if not refused(e):
-                    raise
-                self.counts["quota_refused"] += 1
-        elif roll < 0.6:
-            share = float(rng.randint(*SHARES))
-            req = pb.SetQuotaRequest(vm_id=vm, share=share)
-            if rng.random() < 0.5:
-                req.cap = float(rng.randint(int(share) + 10, 100))
-            else:
-                req.remove_cap = True
-            try:
-                self.c.call("SetQuota", req)
-                self.share[vm] = share
-                self.counts["share_set"] += 1
-            except RpcFailure as e:
-                if not refused(e):
-                    raise
-        elif roll < 0.75:
-            self.remove_and_add(vm, rng.uniform(0.2, 2.0))
-        else:
-            self.hostile(vm)
-
-    def remove_and_add(self, vm: int, away: float) -> None:
-        self.present[vm].clear()
-        self.c.call("UnregisterVM", pb.VMRef(vm_id=vm))
-        self.counts["vm_removed"] += 1
-        time.sleep(away)
-        self.add(vm)
-
-    def add(self, vm: int) -> None:
-        self.c.call("RegisterVM", pb.RegisterVMRequest(vm_id=vm, name=f"soak{vm}", memory_bytes=self.quota[vm],
-                                                       share=self.share[vm], socket=f"vm{vm}.sock"))
-        self.counts["vm_added"] += 1
-        self.present[vm].set()
-
-    def hostile(self, vm: int) -> None:
-        calls = [
-            ("SetQuota", pb.SetQuotaRequest(vm_id=4000 + vm, memory_bytes=MIB)),
-            ("SetQuota", pb.SetQuotaRequest(vm_id=vm, memory_bytes=(1 << 64) - 1)),
-            ("SetQuota", pb.SetQuotaRequest(vm_id=vm, memory_bytes=0)),
-            ("SetQuota", pb.SetQuotaRequest(vm_id=vm, share=1000.0)),
-            ("SetQuota", pb.SetQuotaRequest(vm_id=vm, share=float("nan"))),
-            ("RegisterVM", pb.RegisterVMRequest(vm_id=vm, memory_bytes=MIB, share=1, socket="again.sock")),
-            ("RegisterVM", pb.RegisterVMRequest(vm_id=100 + vm, memory_bytes=MIB, share=1,
-                                                socket="/etc/pxos-soak.sock")),
-            ("RegisterVM", pb.RegisterVMRequest(vm_id=100 + vm, memory_bytes=MIB, share=90)),
-            ("UnregisterVM", pb.VMRef(vm_id=4000 + vm)),
-            ("GetVM", pb.VMRef(vm_id=0)),
-        ]
-        method, req = self.rng.choice(calls)
-        try:
-            self.c.call(method, req)
-        except RpcFailure as e:
-            if not refused(e):
-                raise
-            self.counts["hostile_rejected"] += 1
-            return
-        self.counts["hostile_accepted"] += 1
-        self.errors.append(f"hostile {method}({req}) was accepted")
 
 
 class LaunchEvents(threading.Thread):
@@ -386,128 +273,6 @@ def run(seconds: float, *, seed: int = 1, warmup: float | None = None, every: fl
         return summarize(soak, rc, log, time.monotonic() - t0, seconds)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def summarize(soak: Soak, rc: int, log: str, elapsed: float, seconds: float) -> dict:
-    books = [gw.books for gw in soak.guests]
-    tot = {k: sum(getattr(b, k) for b in books) for k in
-           ("requests", "answered", "lost", "abandoned", "internal", "hostile", "hostile_accepted", "vm_gone",
-            "launch_errors", "device_ns", "checked_sessions", "drift_ns", "usage_drift", "undercharged")}
-    sessions = {k: sum(b.sessions[k] for b in books) for k in ("graceful", "abrupt", "reset")}
-    by_size: dict[str, int] = {}
-    for b in books:
-        for k, n in b.launches.items():
-            by_size[k] = by_size.get(k, 0) + n
-    errors = [e for b in books for e in b.errors] + soak.operator.errors
-    connect_errors = [e for b in books for e in b.connect_errors]
-    cps = soak.checkpoints
-    base, last = (cps[1] if len(cps) > 1 else cps[0]), cps[-1]
-    rest_drift = sum(c["drift_bytes"] for c in cps)
-    tracebacks = log.count("Traceback")
-    levels = {lv: [ln for ln in log.splitlines() if f" {lv} " in ln] for lv in ("ERROR", "CRITICAL", "WARNING")}
-    excerpt = ""
-    if tracebacks:
-        at = log.index("Traceback")
-        excerpt = log[max(at - 600, 0):at + 3000]
-    s = soak.samples
-    out = {
-        "seconds": round(elapsed, 1), "asked_seconds": seconds, "daemon_exit": rc, "sessions": sessions,
-        **tot, "launches_ok": sum(by_size.values()), "launches_by_size": by_size,
-        "requests_per_second": tot["answered"] / elapsed if elapsed else 0.0,
-        "operator": dict(soak.operator.counts), "connect_errors": len(connect_errors),
-        "ledger": dict(soak.ledger), "events_dropped": soak.events.dropped,
-        "accounting_drift": tot["drift_ns"] + tot["usage_drift"] + rest_drift + tot["undercharged"]
-        + soak.ledger["busy_drift_ns"] + soak.ledger["guest_mismatch"],
-        "rest_drift_bytes": rest_drift,
-        "fds": {"baseline": base["fds"], "end": last["fds"], "max": max((x["fds"] for x in s), default=0)},
-        "threads": {"baseline": base["threads"], "end": last["threads"],
-                    "max": max((x["threads"] for x in s), default=0)},
-        "rss_mib": {"baseline": base["rss"] / MIB, "end": last["rss"] / MIB,
-                    "max": max((x["rss"] for x in s), default=0) / MIB},
-        "memfd_maps_at_rest": max(c["memfd_maps"] for c in cps),
-        "checkpoints": [{k: c[k] for k in ("label", "rss", "fds", "threads", "memfd_maps", "drift_bytes", "launches")}
-                        for c in cps],
-        "series": _decimate([{"t": round(x["t"] - s[0]["t"], 1), "rss_mib": round(x["rss"] / MIB, 1), "fds": x["fds"],
-                              "threads": x["threads"]} for x in s], 120) if s else [],
-        "log_tracebacks": tracebacks, "log_excerpt": excerpt,
-        "log_errors": len(levels["ERROR"]) + len(levels["CRITICAL"]), "log_warnings": len(levels["WARNING"]),
-        "log_error_samples": (levels["ERROR"] + levels["CRITICAL"])[:5],
-        "log_warning_kinds": _kinds(levels["WARNING"]), "errors": errors[:20], "connect_error_samples": connect_errors[:5],
-    }
-    out["verdict"] = verdict(out, soak.died)
-    return out
-
-
-def verdict(o: dict, died: str | None) -> list[str]:
-    bad = []
-    if died or o["daemon_exit"] != 0:
-        bad.append(died or f"pxos-hvd exited {o['daemon_exit']} on SIGTERM")
-    if o["lost"]:
-        bad.append(f"{o['lost']} completions lost")
-    if o["accounting_drift"]:
-        led = o.get("ledger", {})
-        bad.append(f"accounting drift: {o['drift_ns']} ns of device time in sessions, {led.get('busy_drift_ns', 0)} "
-                   f"ns between busy time and the launches' sum, {led.get('guest_mismatch', 0)} launches charged "
-                   f"other than answered, {o['usage_drift']} bytes after sessions freed all, "
-                   f"{o['rest_drift_bytes']} bytes held at rest, {o['undercharged']} sessions undercharged")
-    if o["internal"]:
-        bad.append(f"{o['internal']} requests answered PXOS_S_INTERNAL")
-    if o["hostile_accepted"] or o["operator"]["hostile_accepted"]:
-        bad.append("hostile requests accepted")
-    if o["connect_errors"]:
-        bad.append(f"{o['connect_errors']} connections to a present VM failed")
-    if o["errors"]:
-        bad.append(f"{len(o['errors'])}+ errors (see errors)")
-    if o["log_tracebacks"] or o.get("log_errors"):
-        bad.append(f"{o.get('log_errors', 0)} ERROR lines, {o['log_tracebacks']} tracebacks in the daemon's log")
-    if o["memfd_maps_at_rest"]:
-        bad.append(f"{o['memfd_maps_at_rest']} guest-RAM mappings kept with no guest connected")
-    if o["fds"]["end"] - o["fds"]["baseline"] > FD_SLACK:
-        bad.append(f"fds grew at rest: {o['fds']['baseline']} -> {o['fds']['end']}")
-    if o["threads"]["end"] - o["threads"]["baseline"] > THREAD_SLACK:
-        bad.append(f"threads grew at rest: {o['threads']['baseline']} -> {o['threads']['end']}")
-    rss = o["rss_mib"]
-    if (rss["end"] - rss["baseline"]) * MIB > max(RSS_SLACK[0], RSS_SLACK[1] * rss["baseline"] * MIB):
-        bad.append(f"RSS grew at rest: {rss['baseline']:.1f} -> {rss['end']:.1f} MiB")
-    return bad
-
-
-def _kinds(lines: list[str], n: int = 8) -> dict[str, int]:
-    """Warning lines grouped by what they say (numbers and names of sockets blanked)."""
-    out: dict[str, int] = {}
-    for ln in lines:
-        msg = ln.split(" WARNING ", 1)[-1]
-        msg = re.sub(r"/tmp/\S+|\d+", "#", msg)[:110]
-        out[msg] = out.get(msg, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:n])
-
-
-def _decimate(rows: list, n: int) -> list:
-    step = max(1, len(rows) // n)
-    return rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
-
-
-def report(o: dict) -> Report:
-    r = Report("soak")
-    r.add("requests_answered", o["answered"], "req")
-    r.add("completions_lost", o["lost"], "req", goal="0", ok=o["lost"] == 0)
-    r.add("lost_per_request", o["lost"] / max(o["requests"] - o["abandoned"], 1), "ratio", goal="0", ok=o["lost"] == 0)
-    r.add("accounting_drift", o["accounting_drift"], "ns+B", goal="0", ok=o["accounting_drift"] == 0)
-    r.add("launch_device_seconds", o["device_ns"] / 1e9, "s")
-    r.add("launches_ok", o["launches_ok"], "launch")
-    r.add("requests_per_second", o["requests_per_second"], "req/s")
-    r.add("hostile_refused", o["hostile"] + o["operator"]["hostile_rejected"], "req")
-    for k in ("fds", "threads", "rss_mib"):
-        r.add(f"{k}_baseline", o[k]["baseline"], "MiB" if k == "rss_mib" else "")
-        r.add(f"{k}_end", o[k]["end"], "MiB" if k == "rss_mib" else "", baseline=f"{k}_baseline")
-        r.add(f"{k}_max", o[k]["max"], "MiB" if k == "rss_mib" else "", baseline=f"{k}_baseline")
-    r.notes.append(f"{o['seconds']} s; sessions {o['sessions']}; operator {o['operator']}; "
-                   f"abandoned on purpose {o['abandoned']}; VM_GONE answers {o['vm_gone']}")
-    r.notes.append("launches by size: " + ", ".join(f"{k} {v}" for k, v in sorted(o["launches_by_size"].items())))
-    r.notes.append("at rest (fds/threads/RSS MiB): " + "; ".join(
-        f"{c['label']} {c['fds']}/{c['threads']}/{c['rss'] / MIB:.0f}" for c in o["checkpoints"]))
-    r.notes.append("verdict: " + ("pass" if not o["verdict"] else "FAIL: " + "; ".join(o["verdict"])))
-    return r
 
 
 def main(argv=None) -> int:

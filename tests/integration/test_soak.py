@@ -6,7 +6,7 @@ threads at rest at the end than after warm-up."""
 
 from __future__ import annotations
 
-from bench import soak
+from bench import soak, soak_report
 from bench.soak_guest import LAUNCH_SIZES
 
 
@@ -15,8 +15,8 @@ def test_short_soak_loses_nothing_drifts_nothing_and_leaks_nothing():
     assert o["verdict"] == [], (o["verdict"], o["errors"])
     assert o["lost"] == 0 and o["internal"] == 0
     assert o["accounting_drift"] == 0 and o["rest_drift_bytes"] == 0
-    assert o["fds"]["end"] - o["fds"]["baseline"] <= soak.FD_SLACK
-    assert o["threads"]["end"] - o["threads"]["baseline"] <= soak.THREAD_SLACK
+    assert o["fds"]["end"] - o["fds"]["baseline"] <= soak_report.FD_SLACK
+    assert o["threads"]["end"] - o["threads"]["baseline"] <= soak_report.THREAD_SLACK
     assert o["memfd_maps_at_rest"] == 0 and o["daemon_exit"] == 0
     # It was a soak, not a quiet run: every kind of churn happened and was answered.
     assert all(n > 0 for n in o["sessions"].values()), o["sessions"]

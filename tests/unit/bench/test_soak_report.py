@@ -1,4 +1,4 @@
-"""bench/soak.py's verdict: each kind of failure the soak looks for fails the run."""
+"""bench/soak_report.py's verdict (bench/soak.py): each kind of failure the soak looks for fails the run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from bench import soak
+from bench import soak_report as soak
 
 CLEAN = {"daemon_exit": 0, "lost": 0, "accounting_drift": 0, "drift_ns": 0, "usage_drift": 0,
          "rest_drift_bytes": 0, "undercharged": 0, "internal": 0, "hostile_accepted": 0,
