@@ -3,6 +3,8 @@
 # Installs what pxOS needs on a Debian 12 host and is missing; safe to run again.
 #   - Debian packages: python3 (venv, headers), gcc, make, cpio, and QEMU 10 from
 #     bookworm-backports (Debian 12's own QEMU 7.2 refuses vhost-user-gpu without KVM).
+#   - libvirt (libvirtd with the QEMU driver, virsh) from bookworm-backports: the native
+#     vhost-user GPU path (pxos-vhost-gpu) and its test.
 #   - Mesa's Vulkan drivers (lavapipe, a CPU Vulkan driver) and the Vulkan loader: the wgpu
 #     executor runs its tests on them in CI, and on a real GPU's Vulkan driver where there is one.
 #   - A virtual environment in .venv with the project installed (editable, with dev tools);
@@ -80,6 +82,21 @@ if [ ${#need_pkgs[@]} -gt 0 ] || ! qemu_ok; then
     if ! qemu_ok; then
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
             -t bookworm-backports qemu-system-x86
+    fi
+fi
+
+# libvirt (its native vhost-user GPU, docs/operations.md "libvirt"; tests/e2e/test_libvirt.py
+# starts a private libvirtd): the daemon with its QEMU driver, and virsh. From bookworm-backports
+# like QEMU: libvirt 11 knows QEMU 10 (Debian 12's own libvirt is 9.0).
+libvirt_ok() { have_cmd libvirtd && have_cmd virsh && [ -f /etc/libvirt/qemu.conf ]; }
+if ! libvirt_ok; then
+    if have_cmd apt-get; then
+        add_backports
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            -t bookworm-backports libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+    else
+        echo "setup: libvirt (libvirtd, virsh) is missing and there is no apt-get: install it by hand" >&2
     fi
 fi
 
