@@ -540,6 +540,10 @@ class Hypervisor:
     def list_models(self) -> list[ModelInfo]:
         return self.models.list()
 
+    def model_devices(self, name: str) -> list[int]:
+        """[this device] if it holds model ``name`` (a DeviceSet asks each device)."""
+        return [self.device_id] if any(m.name == name for m in self.models.list()) else []
+
     def open_model(self, vm_id: int, name: str, *, session: int = 0) -> ModelOpen:
         with self._lock:
             self._vm(vm_id)

@@ -21,6 +21,7 @@ the target. A move the target cannot take (share, memory, backend) changes nothi
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import threading
 import time
 from collections.abc import Callable
@@ -219,6 +220,7 @@ class DeviceSet:
         with self._lock:
             self.hv_of(vm_id).unregister_vm(vm_id)
             del self._where[vm_id]
+        self._sweep_models()
 
     # ------------------------------------------------------------------ the host as one
     def list_vms(self) -> list[VMInfo]:
@@ -268,8 +270,10 @@ class DeviceSet:
 
     # ------------------------------------------------------------------ shared models
     def load_model(self, name: str, path: str, dtype: str = "float32") -> ModelInfo:
-        """Known to every device; loaded (held) on a device when a VM there first opens it.
-        Loaded once on the first device now, so a bad file is refused at once."""
+        """Known to every device from now on. Loaded now on the first device (which keeps
+        it: a bad file is refused at once, and the first device's copy is the one
+        `model list` reports); on any other device when a VM placed there first opens it,
+        and let go there when the last VM there closes it."""
         with self._model_load:
             info = self._first.load_model(name, path, dtype)
             self._models[name] = (path, dtype)
@@ -279,30 +283,66 @@ class DeviceSet:
         with self._model_load:
             if name not in self._models:
                 raise E.NotFound(f"no model {name!r}")
-            for hv in self.devices.values():
-                if any(m.name == name for m in hv.list_models()):
-                    hv.remove_model(name)
+            holders = [hv for hv in self.devices.values() if hv.model_devices(name)]
+            for hv in holders:  # in use anywhere: refused before any copy goes
+                info = next(m for m in hv.list_models() if m.name == name)
+                if info.opens:
+                    raise E.ModelInUse(f"model {name!r} is open on device {hv.device_id} by VM(s) "
+                                       f"{', '.join(map(str, info.users))}")
+            for hv in holders:
+                hv.remove_model(name)
             del self._models[name]
 
     def list_models(self) -> list[ModelInfo]:
+        """Each model once: the first device's copy's figures, its users and opens on every device."""
         seen: dict[str, ModelInfo] = {}
         for hv in self.devices.values():
             for m in hv.list_models():
-                seen.setdefault(m.name, m)
+                if m.name in seen:
+                    first = seen[m.name]
+                    m = replace(first, users=tuple(sorted(set(first.users) | set(m.users))),
+                                opens=first.opens + m.opens)
+                seen[m.name] = m
         return [seen[n] for n in sorted(seen)]
 
     def model_devices(self, name: str) -> list[int]:
-        """The devices that hold model ``name`` now."""
-        return [i for i, hv in self.devices.items() if any(m.name == name for m in hv.list_models())]
+        """The devices that hold model ``name`` now (each holds it once)."""
+        return [i for i, hv in self.devices.items() if hv.model_devices(name)]
 
     def open_model(self, vm_id: int, name: str, *, session: int = 0) -> ModelOpen:
-        hv = self.hv_of(vm_id)
-        if name in self._models and not any(m.name == name for m in hv.list_models()):
-            with self._model_load:  # first VM on this device to open it: load it here (seconds)
-                if not any(m.name == name for m in hv.list_models()):
-                    path, dtype = self._models[name]
-                    hv.load_model(name, path, dtype)
-        return hv.open_model(vm_id, name, session=session)
+        with self._model_load:  # never beside a sweep that would let this device's copy go
+            hv = self.hv_of(vm_id)
+            if name in self._models and not hv.model_devices(name):
+                path, dtype = self._models[name]  # the first VM here to open it: load it here (seconds)
+                hv.load_model(name, path, dtype)
+            return hv.open_model(vm_id, name, session=session)
+
+    def _sweep_models(self) -> None:
+        """Let go of models on devices (not the first) where no VM has them open now."""
+        with self._model_load:
+            for hv in self.devices.values():
+                if hv is self._first:
+                    continue
+                for m in hv.list_models():
+                    if not m.opens:
+                        try:
+                            hv.remove_model(m.name)
+                        except (E.ModelInUse, E.NotFound):
+                            pass
+
+    def close_model(self, vm_id: int, model_id: int, *, session: int = 0) -> None:
+        self.__getattr__("close_model")(vm_id, model_id, session=session)
+        self._sweep_models()
+
+    def close_session(self, vm_id: int, session: int):
+        res = self.__getattr__("close_session")(vm_id, session)
+        self._sweep_models()
+        return res
+
+    def reset_vm(self, vm_id: int, why: str = "the device was reset"):
+        res = self.__getattr__("reset_vm")(vm_id, why)
+        self._sweep_models()
+        return res
 
     # ------------------------------------------------------------------ moves
     def move_vm(self, vm_id: int, device: int, *, timeout: float = MOVE_DRAIN_TIMEOUT_S) -> dict:

@@ -152,6 +152,8 @@ class _HypervisorCollector(Collector):
             "users": gauge("pxos_model_users", "VMs that have a shared model open", ("model",)),
             "opens": gauge("pxos_model_open_sessions", "Guest sessions that have a shared model open",
                            ("model",)),
+            "devices": gauge("pxos_model_devices", "Devices holding a copy of the shared model (one each)",
+                             ("model",)),
         }
         errors = CounterMetricFamily("pxos_exporter_errors", "Scrapes that could not read the hypervisor")
         try:
@@ -161,6 +163,7 @@ class _HypervisorCollector(Collector):
                 models["device"].add_metric([m.name], m.device_bytes)
                 models["users"].add_metric([m.name], len(m.users))
                 models["opens"].add_metric([m.name], m.opens)
+                models["devices"].add_metric([m.name], len(self.hv.model_devices(m.name)))
         except Exception:  # a failing read must not take the whole /metrics down
             self.errors += 1
             log.exception("reading the hypervisor for /metrics failed")

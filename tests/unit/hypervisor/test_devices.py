@@ -238,3 +238,34 @@ def test_devices_config_is_checked():
     ):
         with pytest.raises(ConfigError, match=msg):
             parse_config(bad)
+
+
+def test_a_shared_model_is_held_once_per_device_that_uses_it(ds, tmp_path):
+    from tests.support.tiny_gguf import write_tiny_llama
+
+    path = str(write_tiny_llama(tmp_path / "tiny.gguf"))
+    for vm, dev in ((1, 0), (2, 1), (3, 1), (4, 2)):
+        ds.register_vm(vm, 0, 20, memory_quota_bytes=MB, device=dev)
+    pools = lambda: [info.pool_used for _, info, _ in ds.device_list()]  # noqa: E731
+    info = ds.load_model("tiny", path)
+    assert pools() == [info.nbytes, 0, 0] and ds.model_devices("tiny") == [0]
+    a = ds.open_model(2, "tiny", session=1)
+    b = ds.open_model(3, "tiny", session=1)
+    here = ds.devices[1].list_models()[0].nbytes  # its metadata names its own model id: a few bytes differ
+    assert abs(here - info.nbytes) < 64
+    assert pools() == [info.nbytes, here, 0]  # once on device 1 for its two VMs
+    assert ds.model_devices("tiny") == [0, 1] and a.meta_handle == b.meta_handle
+    assert ds.read(2, a.meta_handle, 0, a.meta_bytes, session=1) == ds.read(3, b.meta_handle, 0, b.meta_bytes,
+                                                                            session=1)
+    assert ds.list_models()[0].users == (2, 3) and ds.list_models()[0].opens == 2
+    with pytest.raises(E.Busy, match="model"):
+        ds.move_vm(2, 2)  # its model tensors' handles are of device 1
+    with pytest.raises(E.ModelInUse):
+        ds.remove_model("tiny")
+    ds.close_model(2, a.model_id, session=1)
+    assert pools() == [info.nbytes, here, 0]  # VM 3 still has it open there
+    ds.close_session(3, 1)
+    assert pools() == [info.nbytes, 0, 0] and ds.model_devices("tiny") == [0]  # let go on device 1
+    ds.move_vm(2, 2)
+    ds.remove_model("tiny")
+    assert pools() == [0, 0, 0] and ds.list_models() == []
