@@ -21,10 +21,10 @@ the target. A move the target cannot take (share, memory, backend) changes nothi
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from scheduler import Ticket
 
