@@ -20,6 +20,7 @@ BENCHMARKS = {
     "vhost": ["bench.bench_vhost"],
     "isolation": ["bench.bench_isolation"],
     "guest_roundtrip": ["bench.bench_guest_roundtrip"],
+    "guest_transports": ["bench.bench_guest_transports"],  # pxos_gpu.ko vs the stock DRM driver
     "tokenizer": ["bench.bench_tokenizer"],
     "llm": ["bench.bench_llm"],
     "advisor": ["bench.bench_advisor"],  # starts llama.cpp's server with SmolLM2 on 127.0.0.1

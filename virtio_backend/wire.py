@@ -74,7 +74,7 @@ STRUCT_SIZES: dict[str, int] = {
     "pxos_cmd_session_close": 24,
     "pxos_resp_session_close": 184,
     "pxos_capset": 16,
-    "pxos_drm_submit": 24,
+    "pxos_drm_submit": 32,
 }
 
 

@@ -58,7 +58,7 @@ _FENCE_FD_OUT = 0x02
 _PARAM_3D_FEATURES = 1
 _HDR = struct.Struct("<IIQIB3x")
 _RESP = struct.Struct("<IIQIB3xII128s")
-_ENVELOPE = struct.Struct("<IHHIIQ")
+_ENVELOPE = struct.Struct("<IHHIIQQ")  # struct pxos_drm_submit
 _TRANSFER = struct.Struct("<QQQ")
 
 
@@ -153,6 +153,7 @@ class DrmTransport:
             os.close(self.fd)
             raise
         self._big: _Bo | None = None
+        self._data: _Bo | None = None  # WRITE's bytes, mapped: the device reads them from its pages
         self._free_slots = list(range(MAX_SUBMITTED - 1, -1, -1))
         self._submitted: list[_Pending] = []   # SUBMIT tokens not reaped, oldest first
         self._orphans: list[_Pending] = []     # timed-out LAUNCHes: their slot is freed when done
@@ -163,19 +164,21 @@ class DrmTransport:
     def close(self) -> None:
         for p in self._submitted + self._orphans:
             p.close()
-        for bo in (self._small, self._slots, self._big):
+        for bo in (self._small, self._slots, self._big, self._data):
             if bo is not None:
                 bo.close()
         os.close(self.fd)  # the context goes: the device closes the session
 
     # ---- one request --------------------------------------------------------------------
-    def _send(self, body: bytes, bo: _Bo, offset: int = 0) -> _Pending:
+    def _send(self, body: bytes, bo: _Bo, offset: int = 0, data: _Bo | None = None) -> _Pending:
         bo.map[offset:offset + RESP_HDR] = bytes(RESP_HDR)  # cleared: an untouched reply means none came
-        cmd = _ENVELOPE.pack(MAGIC, ABI_MAJOR, ABI_MINOR, bo.res_handle, 0, offset) + body
+        cmd = _ENVELOPE.pack(MAGIC, ABI_MAJOR, ABI_MINOR, bo.res_handle, data.res_handle if data else 0,
+                             offset, 0) + body
         buf = C.create_string_buffer(cmd, len(cmd))
-        handles = (C.c_uint32 * 1)(bo.handle)
+        # The kernel holds these resources until the submit's fence signals.
+        handles = (C.c_uint32 * 2)(bo.handle, data.handle if data else 0)
         args = bytearray(struct.pack("<IIQQIiII", _FENCE_FD_OUT, len(cmd), C.addressof(buf),
-                                     C.addressof(handles), 1, -1, 0, 0))
+                                     C.addressof(handles), 2 if data else 1, -1, 0, 0))
         _ioctl(self.fd, _EXECBUFFER, args)
         self.counters["requests_total"] += 1
         return _Pending(bo, offset, struct.unpack_from("<i", args, 28)[0], struct.unpack_from("<I", body)[0])
@@ -196,7 +199,8 @@ class DrmTransport:
             raise OSError(_ERRNO.get(status, errno.EIO), os.strerror(_ERRNO.get(status, errno.EIO)))
         return raw
 
-    def call(self, body: bytes, res, size: int = SMALL_REPLY, timeout_ms: int | None = None) -> memoryview:
+    def call(self, body: bytes, res, size: int = SMALL_REPLY, timeout_ms: int | None = None,
+             data: _Bo | None = None) -> memoryview:
         """Send ``body``, wait for its reply (up to ``size`` bytes) and return it."""
         bo = self._small
         if size > SMALL_REPLY:
@@ -205,7 +209,7 @@ class DrmTransport:
                     self._big.close()
                 self._big = _Bo(self.fd, size)
             bo = self._big
-        p = self._send(body, bo)
+        p = self._send(body, bo, 0, data)
         p.wait(timeout_ms)
         self._finish(p, res)
         return memoryview(bo.map)[:size]
@@ -237,9 +241,13 @@ class DrmTransport:
         io.done = 0
         while io.done < io.length:
             n = min(io.length - io.done, MAX_TRANSFER)
-            data = C.string_at(io.user_ptr + io.done, n)
-            body = _HDR.pack(WRITE, 0, 0, 0, 0) + _TRANSFER.pack(io.handle, io.offset + io.done, n) + data
-            self.call(body, io.res)
+            if self._data is None or self._data.size < n:
+                if self._data is not None:
+                    self._data.close()
+                self._data = _Bo(self.fd, n)
+            C.memmove(C.addressof(C.c_char.from_buffer(self._data.map)), io.user_ptr + io.done, n)
+            body = _HDR.pack(WRITE, 0, 0, 0, 0) + _TRANSFER.pack(io.handle, io.offset + io.done, n)
+            self.call(body, io.res, data=self._data)
             io.done += n
             self.counters["bytes_written"] += n
 

@@ -2,7 +2,9 @@
 /*
  * pxos_bench.c - `pxos bench [N] [--json]`: round trips timed in the guest around each
  * ioctl (CLOCK_MONOTONIC): GET_INFO (the transport alone), an empty launch and a 32x32
- * matmul, next to the host's own figures from each LAUNCH response (total, queue, device).
+ * matmul, next to the host's own figures from each LAUNCH response (total, queue, device),
+ * and 1 MiB WRITEs (throughput). Either transport (--transport module|drm):
+ * bench/bench_guest_transports.py runs it on both, side by side.
  * bench/bench_guest_roundtrip.py runs it and splits guest + emulator from backend time.
  */
 #include <errno.h>
@@ -18,6 +20,41 @@ static int cmp_u64(const void *a, const void *b)
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
 	return x < y ? -1 : x > y;
+}
+
+/* 1 MiB WRITEs into one buffer: the bulk path (the module copies into its own pages; the
+ * DRM transport into the EXECBUFFER). */
+static int px_bench_write(int fd, int iters, int json)
+{
+	enum { MIB = 1 << 20 };
+	struct px_type t = { PXOS_DTYPE_FLOAT32, 1, { MIB / 4 } };
+	struct pxos_ioc_result res;
+	uint64_t h = 0, *g = calloc((size_t)iters, 8);
+	char *buf = calloc(1, MIB);
+	int err = !g || !buf ? -ENOMEM : px_tensor(fd, &t, NULL, &h, &res);
+
+	for (int i = -3; !err && i < iters; i++) {
+		uint64_t t0 = px_now_ns();
+
+		buf[i & (MIB - 1)] = (char)i;
+		err = px_write(fd, h, 0, buf, MIB, &res);
+		if (i >= 0)
+			g[i] = px_now_ns() - t0;
+	}
+	if (err) {
+		px_report("write_1MiB", err, &res);
+	} else {
+		qsort(g, (size_t)iters, 8, cmp_u64);
+		printf(json ? "{\"bench\": \"write_1MiB\", \"n\": %d, \"guest_roundtrip_us_median\": %.1f, "
+			      "\"guest_roundtrip_us_p90\": %.1f, \"mib_per_s\": %.1f}\n"
+			    : "write_1MiB: n=%d guest round trip median %.1f us (p90 %.1f), %.1f MiB/s\n",
+		       iters, g[iters / 2] / 1e3, g[iters * 9 / 10] / 1e3, 1e9 / (double)g[iters / 2]);
+	}
+	if (h)
+		px_free(fd, h, NULL);
+	free(g);
+	free(buf);
+	return err ? 1 : 0;
 }
 
 int px_bench(int fd, int iters, int json)
@@ -116,7 +153,7 @@ int px_bench(int fd, int iters, int json)
 		if (err)
 			return 1;
 	}
-	return 0;
+	return px_bench_write(fd, iters, json);
 }
 
 /*

@@ -158,15 +158,18 @@ void pxd_close(int fd)
 	pxd_bo_free(&pxd.small);
 	pxd_bo_free(&pxd.slots);
 	pxd_bo_free(&pxd.big);
+	pxd_bo_free(&pxd.data);
 	close(pxd.fd);              /* the context goes: the device closes the session */
 	memset(&pxd, 0, sizeof(pxd));
 	pxd.fd = -1;
 }
 
-/* Send one request (head, then data) with its reply at bo + off; *fence: its sync_file. */
+/* Send one request (head, then data) with its reply at bo + off, WRITE data in data_bo
+ * (NULL: none, or inline); *fence: its sync_file. */
 int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struct pxd_bo *bo,
-		    __u32 off, int *fence)
+		    __u32 off, const struct pxd_bo *data_bo, int *fence)
 {
+	__u32 handles[2] = { bo->handle, data_bo ? data_bo->handle : 0 };
 	size_t total = sizeof(struct pxos_drm_submit) + hlen + dlen;
 	struct pxos_drm_submit *env = malloc(total);
 	struct pxd_execbuffer eb = { 0 };
@@ -178,8 +181,9 @@ int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struc
 	env->abi_major = PXOS_ABI_MAJOR;
 	env->abi_minor = PXOS_ABI_MINOR;
 	env->reply_resource = bo->res;
-	env->padding = 0;
+	env->data_resource = data_bo ? data_bo->res : 0;
 	env->reply_offset = off;
+	env->data_offset = 0;
 	memcpy(env + 1, head, hlen);
 	if (dlen)
 		memcpy((char *)(env + 1) + hlen, data, dlen);
@@ -187,8 +191,8 @@ int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struc
 	eb.flags = PXD_EXECBUF_FENCE_FD_OUT;
 	eb.size = (__u32)total;
 	eb.command = (__u64)(uintptr_t)env;
-	eb.bo_handles = (__u64)(uintptr_t)&bo->handle;
-	eb.num_bo_handles = 1;
+	eb.bo_handles = (__u64)(uintptr_t)handles;  /* held by the kernel until the fence */
+	eb.num_bo_handles = data_bo ? 2 : 1;
 	eb.fence_fd = -1;
 	err = pxd_ioctl_raw(pxd.fd, PXD_IOCTL_EXECBUFFER, &eb);
 	free(env);
@@ -245,6 +249,12 @@ int pxd_result(const struct pxd_bo *bo, __u32 off, struct pxos_ioc_result *res)
 int pxd_call(const void *head, size_t hlen, const void *data, size_t dlen, size_t need,
 		    struct pxos_ioc_result *res, const unsigned char **reply)
 {
+	return pxd_call_data(head, hlen, data, dlen, NULL, need, res, reply);
+}
+
+int pxd_call_data(const void *head, size_t hlen, const void *data, size_t dlen, const struct pxd_bo *data_bo,
+		  size_t need, struct pxos_ioc_result *res, const unsigned char **reply)
+{
 	struct pxd_bo *bo = &pxd.small;
 	int fence, err;
 
@@ -257,7 +267,7 @@ int pxd_call(const void *head, size_t hlen, const void *data, size_t dlen, size_
 		}
 		bo = &pxd.big;
 	}
-	err = pxd_send(head, hlen, data, dlen, bo, 0, &fence);
+	err = pxd_send(head, hlen, data, dlen, bo, 0, data_bo, &fence);
 	if (err)
 		return err;
 	pxd_wait(fence, -1);

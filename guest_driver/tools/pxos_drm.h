@@ -31,7 +31,7 @@ struct pxd_pending { int fence; unsigned int slot; __u64 token; };
 
 struct pxd_state {
 	int fd;
-	struct pxd_bo small, slots, big;
+	struct pxd_bo small, slots, big, data;  /* data: WRITE's bytes, mapped (no copy into the submit) */
 	unsigned int free_slots[PXOS_MAX_SUBMITTED], nfree;
 	struct pxd_pending sub[PXOS_MAX_SUBMITTED], orphan[PXOS_MAX_SUBMITTED];
 	unsigned int nsub, norphan;
@@ -43,11 +43,13 @@ extern struct pxd_state pxd;
 int pxd_bo_new(struct pxd_bo *bo, __u32 size);
 void pxd_bo_free(struct pxd_bo *bo);
 int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struct pxd_bo *bo, __u32 off,
-	     int *fence);
+	     const struct pxd_bo *data_bo, int *fence);
 int pxd_wait(int fence, int timeout_ms);
 int pxd_result(const struct pxd_bo *bo, __u32 off, struct pxos_ioc_result *res);
 int pxd_call(const void *head, size_t hlen, const void *data, size_t dlen, size_t need,
 	     struct pxos_ioc_result *res, const unsigned char **reply);
+int pxd_call_data(const void *head, size_t hlen, const void *data, size_t dlen, const struct pxd_bo *data_bo,
+		  size_t need, struct pxos_ioc_result *res, const unsigned char **reply);
 int pxd_info(struct pxos_ioc_info *io);
 
 #define PXD_HDR(cmd, t) do { memset(&(cmd), 0, sizeof(cmd)); (cmd).hdr.type = (t); } while (0)

@@ -85,8 +85,16 @@ static int pxd_transfer(struct pxos_ioc_transfer *io, int write)
 		cmd.offset = io->offset + io->done;
 		cmd.length = n;
 		if (write) {
-			err = pxd_call(&cmd, sizeof(cmd), ubuf + io->done, n, sizeof(struct pxos_resp_hdr),
-				       &io->res, NULL);
+			/* The data goes into a mapped resource the device reads: one copy in the guest. */
+			if (pxd.data.size < n) {
+				pxd_bo_free(&pxd.data);
+				err = pxd_bo_new(&pxd.data, (__u32)n);
+				if (err)
+					return err;
+			}
+			memcpy(pxd.data.map, ubuf + io->done, n);
+			err = pxd_call_data(&cmd, sizeof(cmd), NULL, 0, &pxd.data, sizeof(struct pxos_resp_hdr),
+					    &io->res, NULL);
 		} else {
 			err = pxd_call(&cmd, sizeof(cmd), NULL, 0, sizeof(struct pxos_resp_hdr) + n, &io->res, &p);
 			if (!err && ((const struct pxos_resp_hdr *)p)->payload_len != n)
@@ -204,7 +212,7 @@ static int pxd_launch_send(const struct pxos_ioc_launch *io, struct pxd_pending 
 	cmd.class_hint = io->class_hint;
 	out->slot = pxd.free_slots[--pxd.nfree];
 	err = pxd_send(&cmd, sizeof(cmd), b, io->nbindings * sizeof(*b), &pxd.slots, out->slot * PXD_SLOT,
-		       &out->fence);
+		       NULL, &out->fence);
 	if (err)
 		pxd.free_slots[pxd.nfree++] = out->slot;
 	return err;

@@ -246,3 +246,30 @@ def test_bad_resources_and_backing(guest, what, want):
         a = guest.create_3d(5, PAGE)
     assert a.type == want
     assert guest.ctx_create(2).type == V.VIRTIO_GPU_RESP_OK_NODATA  # still serving
+
+
+def test_write_data_from_a_resource(guest, hv):
+    """WRITE's data left in a mapped resource (no copy into the submit): read from its pages."""
+    guest.ctx_create(1)
+    guest.ctx_create(2)
+    r, data = guest.buffer(1, npages=4), guest.buffer(1, npages=4)
+    other = guest.buffer(2, npages=4)
+    n = 3000  # 12000 bytes from offset 100: across three of the data resource's scattered pages
+    x = np.arange(n, dtype=np.float32)
+    h = guest.call(1, g.alloc(F32, [n]), r)["handle"]
+    guest.fill(data, x.tobytes(), 100)
+    write = g.transfer_struct(T.PXOS_CMD_WRITE, h, 0, 4 * n)
+    assert guest.call(1, write, r, data=data, data_offset=100)["status"] == S.PXOS_S_OK
+    got = guest.call(1, g.read(h, 0, 4 * n), r, read_length=4 * n)
+    np.testing.assert_array_equal(np.frombuffer(got["payload"], np.float32), x)
+    # Refused at the virtio level, nothing written: another context's resource, data past
+    # the resource's end, a data resource with anything but a bare WRITE.
+    for kw, req, want in (({"data": other}, write, V.VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID),
+                          ({"data": data, "data_offset": 4 * PAGE - 100}, write, V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER),
+                          ({"data": data}, g.write(h, 0, x[:4].tobytes()), V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER),
+                          ({"data": data}, g.get_info(), V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER)):
+        head = guest.submit(1, req, r, **kw)
+        [a] = guest.answers()
+        assert (a.head, a.type) == (head, want), kw
+    bad = guest.call(1, write, r, data_offset=8)
+    assert bad["status"] == S.PXOS_S_INVALID and "data_offset" in bad["message"]

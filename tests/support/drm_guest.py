@@ -104,23 +104,31 @@ class DrmGuest:
         data = b"".join(bytes(self.fe.mem[p:p + PAGE]) for p in buf.pages)
         return data[offset:] if length is None else data[offset:offset + length]
 
+    def fill(self, buf: Buffer, data: bytes, offset: int = 0) -> None:
+        """Write ``data`` into the buffer's pages from ``offset`` (what a mapped bo gets)."""
+        for i, p in enumerate(buf.pages):
+            lo, hi = max(offset, i * PAGE), min(offset + len(data), (i + 1) * PAGE)
+            if lo < hi:
+                self.fe.mem[p + lo - i * PAGE:p + hi - i * PAGE] = data[lo - offset:hi - offset]
+
     def clear(self, buf: Buffer) -> None:
         for p in buf.pages:
             self.fe.mem[p:p + PAGE] = bytes(PAGE)
 
     def submit(self, ctx: int, request: bytes, reply: Buffer | int, *, reply_offset: int = 0,
                magic: int = wire.PXOS_MAGIC, major: int = wire.PXOS_ABI_MAJOR, fence: int | None = -1,
-               size: int | None = None) -> int:
+               size: int | None = None, data: Buffer | int = 0, data_offset: int = 0) -> int:
         """Send one SUBMIT_3D (fenced with the next fence id unless ``fence`` is given)."""
         rid = reply.rid if isinstance(reply, Buffer) else reply
-        payload = ENVELOPE.pack(magic, major, wire.PXOS_ABI_MINOR, rid, 0, reply_offset) + request
+        data_rid = data.rid if isinstance(data, Buffer) else data
+        payload = ENVELOPE.pack(magic, major, wire.PXOS_ABI_MINOR, rid, data_rid, reply_offset, data_offset) + request
         body = struct.pack("<I4x", len(payload) if size is None else size) + payload
         return self.send(V.VIRTIO_GPU_CMD_SUBMIT_3D, body, ctx=ctx, fence=self.next_fence() if fence == -1 else fence)
 
-    def call(self, ctx: int, request: bytes, reply: Buffer, *, read_length: int = 0) -> dict:
+    def call(self, ctx: int, request: bytes, reply: Buffer, *, read_length: int = 0, **kw) -> dict:
         """A submit and its reply, parsed (the reply resource is cleared first)."""
         self.clear(reply)
-        head = self.submit(ctx, request, reply)
+        head = self.submit(ctx, request, reply, **kw)
         [a] = self.answers()
         assert (a.head, a.type, a.flags) == (head, V.VIRTIO_GPU_RESP_OK_NODATA, 1)
         cmd_type = struct.unpack_from("<I", request)[0]

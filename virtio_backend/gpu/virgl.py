@@ -64,6 +64,9 @@ _CAPSET_REQ = struct.Struct("<24xII")               # capset_id, capset_version
 _CAPSET_INFO_BODY = struct.Struct("<IIII")          # capset_id, max_version, max_size, padding
 _ENVELOPE = wire.layout("pxos_drm_submit")
 _CAPSET = wire.layout("pxos_capset")
+_WRITE_SIZE = wire.sizeof("pxos_cmd_transfer")
+_WRITE_LENGTH = struct.Struct("<40xQ")  # pxos_cmd_transfer.length (after hdr, handle, offset)
+assert wire.layout("pxos_cmd_transfer", ("handle", "offset", "length")).offset + 16 == _WRITE_LENGTH.size - 8
 #: The largest reply a request can need: KERNEL_INFO's struct, or a READ's header + data.
 MAX_REPLY_BYTES = max(wire.sizeof("pxos_resp_kernel_info"), RESP_HDR_SIZE + wire.PXOS_MAX_TRANSFER_BYTES)
 CAPSET_DATA = _CAPSET.struct.pack(wire.PXOS_MAGIC, wire.PXOS_ABI_MAJOR, wire.PXOS_ABI_MINOR,
@@ -269,11 +272,11 @@ class Virgl3D:
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
                              f"size {size} outside {SUBMIT_SIZE + HDR_SIZE}..{MAX_SUBMIT_BYTES}: not a pxOS submit")
         env = req.read(_SUBMIT.size, SUBMIT_SIZE)
-        magic, major, _minor, rid, padding, reply_offset = _ENVELOPE.struct.unpack(env)
+        magic, major, _minor, rid, data_rid, reply_offset, data_offset = _ENVELOPE.struct.unpack(env)
         if magic != wire.PXOS_MAGIC:
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER, f"magic {magic:#x}: not a pxOS submit")
-        if major != wire.PXOS_ABI_MAJOR or padding:
-            raise VirglError(V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER, f"pxOS ABI {major} (padding {padding})")
+        if major != wire.PXOS_ABI_MAJOR:
+            raise VirglError(V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER, f"pxOS ABI {major}")
         res = self._usable(hdr.ctx_id, rid)
         limit = min(res.size, res.backing_len)
         if reply_offset > limit - RESP_HDR_SIZE:
@@ -281,19 +284,37 @@ class Virgl3D:
                              f"reply at {reply_offset} leaves under {RESP_HDR_SIZE} bytes of resource {rid}")
         inner = _SUBMIT.size + SUBMIT_SIZE
         views = slice_views(req.readable_views(), inner, size - SUBMIT_SIZE)
+        head = Segments(views).read(0, HEAD_BYTES)
+        itype, flags, fence_id, ctx_id, ring_idx = _INNER_HDR.unpack_from(head)
+        error = None
+        if data_rid:  # a WRITE whose data is in a resource: the chain goes on in its pages
+            views = list(views) + self._data_views(hdr.ctx_id, req, data_rid, data_offset, itype, head, size)
+        elif data_offset:
+            error = "data_offset without a data_resource"
         try:
             reply = req.guest_views(_ranges(res.backing, reply_offset, limit - reply_offset))
         except GuestMemoryError as exc:  # the memory table changed since ATTACH_BACKING
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_UNSPEC, f"resource {rid}'s backing: {exc}") from None
-        chain = Segments(views, reply)
-        head = chain.read(0, HEAD_BYTES)
-        itype, flags, fence_id, ctx_id, ring_idx = _INNER_HDR.unpack_from(head)
         # The inner header's other fields are the device's to fill: the session is the context.
-        error = None
         if flags or fence_id or ctx_id or ring_idx:
             error = (f"the request's header carries flags {flags}, fence {fence_id}, ctx {ctx_id}, ring {ring_idx}: "
                      "over DRM only its type is set (the device fills the rest)")
-        return Submit(c.Header(itype, 0, 0, hdr.ctx_id, 0), head, chain, rid, error)
+        return Submit(c.Header(itype, 0, 0, hdr.ctx_id, 0), head, Segments(views, reply), rid, error)
+
+    def _data_views(self, ctx_id: int, req, rid: int, offset: int, itype: int, head: bytes, size: int) -> list:
+        """The pages of a WRITE's data held in resource ``rid`` (the length is the WRITE's)."""
+        if itype != wire.PxosCmdType.PXOS_CMD_WRITE or size - SUBMIT_SIZE != _WRITE_SIZE:
+            raise VirglError(V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+                             "data_resource is for a WRITE whose request ends with its struct")
+        (length,) = _WRITE_LENGTH.unpack_from(head)
+        res = self._usable(ctx_id, rid)
+        if length > wire.PXOS_MAX_TRANSFER_BYTES or offset + length > min(res.size, res.backing_len):
+            raise VirglError(V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
+                             f"data [{offset}, +{length}) outside resource {rid} (or over PXOS_MAX_TRANSFER_BYTES)")
+        try:
+            return req.guest_views(_ranges(res.backing, offset, length))
+        except GuestMemoryError as exc:
+            raise VirglError(V.VIRTIO_GPU_RESP_ERR_UNSPEC, f"resource {rid}'s backing: {exc}") from None
 
     def reset(self) -> None:
         self.contexts.clear()

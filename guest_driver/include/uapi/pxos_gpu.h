@@ -361,7 +361,9 @@ struct pxos_cmd_model_close {
  * its bytes are struct pxos_drm_submit followed by the request exactly as on the control
  * queue (struct pxos_ctrl_hdr with only `type` set, the command struct, its payload). The
  * response (and READ data after it) is written into the backing pages of the 3D buffer
- * resource reply_resource, from reply_offset, before the submit's fence signals.
+ * resource reply_resource, from reply_offset, before the submit's fence signals. A WRITE
+ * may instead leave its data in the resource data_resource (from data_offset): the
+ * request then ends with its struct, and the device reads the data from those pages.
  */
 #define PXOS_CAPSET_ID 24            /* <= 31: 6.1 kernels build their capset mask in 32 bits */
 #define PXOS_CAPSET_VERSION 1
@@ -379,8 +381,9 @@ struct pxos_drm_submit {
 	__le16 abi_major;            /* PXOS_ABI_MAJOR of the sender */
 	__le16 abi_minor;
 	__le32 reply_resource;       /* resource id attached to this context, with backing */
-	__le32 padding;
-	__le64 reply_offset;         /* where in that resource the response starts */
+	__le32 data_resource;        /* 0, or (WRITE only) the resource holding the data */
+	__le64 reply_offset;         /* where in reply_resource the response starts */
+	__le64 data_offset;          /* where in data_resource the data starts */
 };
 
 /* PXOS_CDEF_END */
@@ -400,7 +403,7 @@ _Static_assert(sizeof(struct pxos_cmd_model_open) == 24 + 64, "pxos_cmd_model_op
 _Static_assert(sizeof(struct pxos_resp_model_open) == 160 + 40, "pxos_resp_model_open");
 _Static_assert(sizeof(struct pxos_cmd_model_close) == 32, "pxos_cmd_model_close");
 _Static_assert(sizeof(struct pxos_capset) == 16, "pxos_capset");
-_Static_assert(sizeof(struct pxos_drm_submit) == 24, "pxos_drm_submit");
+_Static_assert(sizeof(struct pxos_drm_submit) == 32, "pxos_drm_submit");
 #endif
 
 /* ---- /dev/pxosN ioctls (guest user space <-> pxos_gpu.ko) follow below. ---- */
