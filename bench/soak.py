@@ -141,6 +141,7 @@ class Soak:
                                    pause=self.pause, present=self.present[i], think=think)
                        for i in range(1, VMS + 1)]
         self.operator = Operator(self.client, self.present, seed=seed, stop=self.stop, pause=self.pause,
+                                 hup=lambda: self.proc.send_signal(signal.SIGHUP),
                                  every=operator_every)
         self.events = LaunchEvents(f"{d}/hvd.sock")
         self.ledger = {"launches": 0, "events_ns": 0, "busy_drift_ns": 0, "guest_mismatch": 0, "checked": 0}
@@ -203,6 +204,7 @@ class Soak:
                  vm_used={v.vm_id: v.memory_used for v in st.vms if v.memory_used},
                  busy_seconds=st.scheduler.busy_seconds, launches=st.scheduler.launches)
         s["drift_bytes"] = st.device.pool_used + st.device.host_used + sum(v.memory_used for v in st.vms)
+        s["settings_lost"] = self.operator.mismatches(st.vms)  # nothing undid what the operator set
         self._check_ledger(st, deadline)
         return s
 

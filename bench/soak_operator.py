@@ -29,14 +29,15 @@ class Operator(threading.Thread):
     """What an operator does with ``pxosctl`` while guests run, one action every ``every`` s."""
 
     def __init__(self, client: Client, present: dict, *, seed: int, stop: threading.Event,
-                 pause: threading.Event, every: float):
+                 pause: threading.Event, every: float, hup=None):
         super().__init__(name="soak-operator", daemon=True)
         self.c, self.present, self.rng = client, present, random.Random(seed)
-        self.stop, self.pause, self.every = stop, pause, every
+        self.stop, self.pause, self.every, self.hup = stop, pause, every, hup
         self.quota = {i: 32 * MIB for i in present}
         self.share = {i: 10.0 for i in present}
+        self.cap: dict[int, float | None] = {i: None for i in present}
         self.counts = {"quota_set": 0, "quota_refused": 0, "share_set": 0, "vm_removed": 0, "vm_added": 0,
-                       "hostile_rejected": 0, "hostile_accepted": 0}
+                       "sighup": 0, "hostile_rejected": 0, "hostile_accepted": 0}
         self.errors: list[str] = []
         self.idle = threading.Event()
         self.idle.set()
@@ -61,7 +62,7 @@ class Operator(threading.Thread):
         if roll < 0.4:
             # One cut in four is deep: below what a busy guest holds (refused, usage named) or,
             # when accepted, the guest's next allocs and launches meet PXOS_S_QUOTA.
-            mem = rng.randint(1, 4) * MIB if rng.random() < 0.25 else rng.randint(*QUOTA_MIB) * MIB
+            mem = rng.choice([64 << 10, 256 << 10]) if rng.random() < 0.25 else rng.randint(*QUOTA_MIB) * MIB
             try:
                 self.c.call("SetQuota", pb.SetQuotaRequest(vm_id=vm, memory_bytes=mem))
                 self.quota[vm] = mem
@@ -73,19 +74,23 @@ class Operator(threading.Thread):
         elif roll < 0.6:
             share = float(rng.randint(*SHARES))
             req = pb.SetQuotaRequest(vm_id=vm, share=share)
-            if rng.random() < 0.5:
-                req.cap = float(rng.randint(int(share) + 10, 100))
-            else:
+            cap = float(rng.randint(int(share) + 10, 100)) if rng.random() < 0.5 else None
+            if cap is None:
                 req.remove_cap = True
+            else:
+                req.cap = cap
             try:
                 self.c.call("SetQuota", req)
-                self.share[vm] = share
+                self.share[vm], self.cap[vm] = share, cap
                 self.counts["share_set"] += 1
             except RpcFailure as e:
                 if not refused(e):
                     raise
-        elif roll < 0.75:
+        elif roll < 0.7:
             self.remove_and_add(vm, rng.uniform(0.2, 2.0))
+        elif (roll < 0.75 or not self.counts["sighup"]) and self.hup is not None:
+            self.hup()  # SIGHUP, the config file unchanged: the run-time changes above must stay
+            self.counts["sighup"] += 1
         else:
             self.hostile(vm)
 
@@ -97,10 +102,23 @@ class Operator(threading.Thread):
         self.add(vm)
 
     def add(self, vm: int) -> None:
+        self.cap[vm] = None
         self.c.call("RegisterVM", pb.RegisterVMRequest(vm_id=vm, name=f"soak{vm}", memory_bytes=self.quota[vm],
                                                        share=self.share[vm], socket=f"vm{vm}.sock"))
         self.counts["vm_added"] += 1
         self.present[vm].set()
+
+    def mismatches(self, vms) -> list[str]:
+        """VMs (``VMInfo``/``VMStats`` with quota, share, cap) whose settings differ from what
+        this operator set last: a run-time change lost (e.g. by a SIGHUP)."""
+        out = []
+        for v in vms:
+            quota = getattr(v, "memory_quota", None)
+            cap = v.cap if v.HasField("cap") else None
+            want = (self.quota[v.vm_id], self.share[v.vm_id], self.cap[v.vm_id])
+            if (quota, v.share, cap) != want:
+                out.append(f"VM {v.vm_id}: quota/share/cap {(quota, v.share, cap)}, set {want}")
+        return out
 
     def hostile(self, vm: int) -> None:
         calls = [

@@ -8,6 +8,7 @@ import re
 from bench.common import Report
 
 MIB = 1 << 20
+VMS = 8
 FD_SLACK = 4         # fds more at rest than at the baseline: a leak beyond this
 THREAD_SLACK = 2     # threads likewise (gRPC's pool grows on demand, up to its size)
 RSS_SLACK = (64 * MIB, 0.5)  # bytes, and a fraction of the baseline's RSS: whichever is larger
@@ -44,6 +45,8 @@ def summarize(soak, rc: int, log: str, elapsed: float, seconds: float) -> dict:
         "accounting_drift": tot["drift_ns"] + tot["usage_drift"] + rest_drift + tot["undercharged"]
         + soak.ledger["busy_drift_ns"] + soak.ledger["guest_mismatch"],
         "rest_drift_bytes": rest_drift,
+        "vms_missing_at_rest": sum(VMS - c["vms"] for c in cps),
+        "settings_lost": [m for c in cps for m in c["settings_lost"]][:10],
         "fds": {"baseline": base["fds"], "end": last["fds"], "max": max((x["fds"] for x in s), default=0)},
         "threads": {"baseline": base["threads"], "end": last["threads"],
                     "max": max((x["threads"] for x in s), default=0)},
@@ -79,6 +82,9 @@ def verdict(o: dict, died: str | None) -> list[str]:
         bad.append(f"{o['internal']} requests answered PXOS_S_INTERNAL")
     if o["hostile_accepted"] or o["operator"]["hostile_accepted"]:
         bad.append("hostile requests accepted")
+    if o.get("vms_missing_at_rest") or o.get("settings_lost"):
+        bad.append(f"the operator's changes did not hold: {o.get('vms_missing_at_rest', 0)} VMs missing at rest; "
+                   + "; ".join(o.get("settings_lost", [])[:3]))
     if o["connect_errors"]:
         bad.append(f"{o['connect_errors']} connections to a present VM failed")
     if o["errors"]:

@@ -25,5 +25,6 @@ def test_short_soak_loses_nothing_drifts_nothing_and_leaks_nothing():
     ops = o["operator"]
     assert ops["vm_removed"] > 0 and ops["vm_added"] == ops["vm_removed"]
     assert ops["quota_set"] + ops["quota_refused"] > 0 and ops["hostile_rejected"] > 0
+    assert ops["sighup"] > 0 and o["vms_missing_at_rest"] == 0 and o["settings_lost"] == []  # SIGHUPs kept run-time changes
     assert set(o["launches_by_size"]) == {f"{n}:{s}" for n, s in LAUNCH_SIZES}
     assert len(o["checkpoints"]) >= 4  # start, baseline, at least one in the run, the end

@@ -32,6 +32,8 @@ def test_a_clean_run_passes():
     (("operator", "hostile_accepted"), 1, "hostile requests accepted"),
     (("log_errors",), 1, "ERROR lines"),
     (("log_tracebacks",), 1, "tracebacks"),
+    (("vms_missing_at_rest",), 1, "VMs missing at rest"),
+    (("settings_lost",), ["VM 2: quota/share/cap (1, 10.0, None), set (2, 10.0, None)"], "did not hold"),
 ])
 def test_each_failure_fails_the_run(path, value, needle):
     o = copy.deepcopy(CLEAN)
