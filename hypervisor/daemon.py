@@ -120,6 +120,13 @@ class Daemon:
             path = resolve_vm_socket(self.config.libvirt.handoff_socket, self.config.daemon.socket_dir)
             self.domains = DomainHandoffs(self, self.config.libvirt, path, mode=self._vm_socket_mode,
                                           gid=self._vm_socket_gid).start()
+        d = self.config.daemon
+        if d.rebalance_seconds > 0:
+            if hasattr(self.hv, "start_rebalancer"):
+                self.hv.start_rebalancer(d.rebalance_seconds, d.rebalance_dwell_seconds)
+                log.info("rebalancer: every %g s, dwell %g s", d.rebalance_seconds, d.rebalance_dwell_seconds)
+            else:
+                log.warning("rebalance_seconds is set but this daemon has one device: nothing to rebalance")
         self.advisor.start()
         if self.config.advisor.mode != "off":
             a = self.config.advisor

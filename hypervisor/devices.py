@@ -345,7 +345,15 @@ class DeviceSet:
         return res
 
     # ------------------------------------------------------------------ moves
-    def move_vm(self, vm_id: int, device: int, *, timeout: float = MOVE_DRAIN_TIMEOUT_S) -> dict:
+    def move_vm(self, vm_id: int, device: int, *, timeout: float = MOVE_DRAIN_TIMEOUT_S,
+                by: str = "operator") -> dict:
         from .moving import move_vm
 
-        return move_vm(self, vm_id, device, timeout=timeout)
+        return move_vm(self, vm_id, device, timeout=timeout, by=by)
+
+    def start_rebalancer(self, interval: float, dwell: float, **kw):
+        """Move VMs off a busier device from now on (hypervisor/rebalance.py); off unless called."""
+        from .rebalance import Rebalancer
+
+        self.rebalancer = Rebalancer(self, interval, dwell, **kw).start()
+        return self.rebalancer

@@ -111,7 +111,7 @@ def _write_all(dst: Hypervisor, buf: Buffer, data: bytearray) -> None:
         dst.memory.end_transfer(buf)
 
 
-def move_vm(ds: DeviceSet, vm_id: int, target: int, *, timeout: float) -> dict:
+def move_vm(ds: DeviceSet, vm_id: int, target: int, *, timeout: float, by: str = "operator") -> dict:
     t0 = time.perf_counter()
     with ds._lock:
         src_id = ds.device_of(vm_id)
@@ -149,7 +149,7 @@ def move_vm(ds: DeviceSet, vm_id: int, target: int, *, timeout: float) -> dict:
         time.sleep(_POLL_S)
     end = time.perf_counter()
     pause = end - t0
-    report.update(vm_id=vm_id, from_device=src_id, to_device=target, pause_seconds=pause,
+    report.update(vm_id=vm_id, from_device=src_id, to_device=target, by=by, pause_seconds=pause,
                   drain_seconds=t_drained - t0, copy_seconds=end - t_drained,
                   mb_per_s=report["bytes"] / 1e6 / (end - t_drained) if end > t_drained else 0.0)
     ds.moves.append(report)
