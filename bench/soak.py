@@ -257,7 +257,7 @@ def run(seconds: float, *, seed: int = 1, warmup: float | None = None, every: fl
     warmup = min(10.0, seconds / 4) if warmup is None else warmup
     every = max((seconds - warmup) / 4, 5.0) if every is None else every
     d = tempfile.mkdtemp(prefix="pxsoak-", dir="/tmp")  # short: unix socket paths fit in 108 bytes
-    t0 = time.monotonic()
+    t0, soak = time.monotonic(), None
     try:
         soak = Soak(d, seed=seed, think=think, operator_every=operator_every, sample_every=sample_every)
         soak.checkpoint("start")
@@ -274,6 +274,10 @@ def run(seconds: float, *, seed: int = 1, warmup: float | None = None, every: fl
             Path(keep_log).write_text(log)
         return summarize(soak, rc, log, time.monotonic() - t0, seconds)
     finally:
+        if soak is not None and soak.proc.poll() is None:  # interrupted: never leave the daemon behind
+            soak.stop.set()
+            soak.proc.kill()
+            soak.proc.wait()
         shutil.rmtree(d, ignore_errors=True)
 
 
