@@ -130,7 +130,7 @@ class Soak:
     """The daemon, its guests, the operator and the sampler, and the checks between them."""
 
     def __init__(self, d: str, *, seed: int, think: float, operator_every: float, sample_every: float):
-        self.d, self.sample_every = d, sample_every
+        self.d, self.sample_every, self.t0 = d, sample_every, time.monotonic()
         self.proc = start_daemon(d)
         self.client = Client(socket_path=f"{d}/hvd.sock", timeout=60)
         self.stop, self.pause = threading.Event(), threading.Event()
@@ -179,7 +179,7 @@ class Soak:
                 raise TimeoutError(f"{w.name} did not pause within {timeout} s")
         rest = self._at_rest(deadline)
         self.pause.clear()
-        rest["label"] = label
+        rest["label"], rest["t"] = label, round(time.monotonic() - self.t0, 1)
         self.checkpoints.append(rest)
         b = [gw.books for gw in self.guests]
         print(f"soak {label}: at rest fds {rest['fds']} threads {rest['threads']} RSS {rest['rss'] / MIB:.1f} MiB "

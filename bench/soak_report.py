@@ -53,7 +53,9 @@ def summarize(soak, rc: int, log: str, elapsed: float, seconds: float) -> dict:
         "rss_mib": {"baseline": base["rss"] / MIB, "end": last["rss"] / MIB,
                     "max": max((x["rss"] for x in s), default=0) / MIB},
         "memfd_maps_at_rest": max(c["memfd_maps"] for c in cps),
-        "checkpoints": [{k: c[k] for k in ("label", "rss", "fds", "threads", "memfd_maps", "drift_bytes", "launches")}
+        "rss_slope_mib_per_hour": _slope([(c["t"], c["rss"] / MIB) for c in cps[1:]]) * 3600,
+        "checkpoints": [{k: c[k] for k in ("label", "t", "rss", "fds", "threads", "memfd_maps", "drift_bytes",
+                                           "launches")}
                         for c in cps],
         "series": _decimate([{"t": round(x["t"] - s[0]["t"], 1), "rss_mib": round(x["rss"] / MIB, 1), "fds": x["fds"],
                               "threads": x["threads"]} for x in s], 120) if s else [],
@@ -113,6 +115,16 @@ def _kinds(lines: list[str], n: int = 8) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:n])
 
 
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x (0 for fewer than three points): RSS at rest over time."""
+    if len(points) < 3:
+        return 0.0
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    den = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / den if den else 0.0
+
+
 def _decimate(rows: list, n: int) -> list:
     step = max(1, len(rows) // n)
     return rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
@@ -132,6 +144,7 @@ def report(o: dict) -> Report:
         r.add(f"{k}_baseline", o[k]["baseline"], "MiB" if k == "rss_mib" else "")
         r.add(f"{k}_end", o[k]["end"], "MiB" if k == "rss_mib" else "", baseline=f"{k}_baseline")
         r.add(f"{k}_max", o[k]["max"], "MiB" if k == "rss_mib" else "", baseline=f"{k}_baseline")
+    r.add("rss_at_rest_slope", o["rss_slope_mib_per_hour"], "MiB/h")
     r.notes.append(f"{o['seconds']} s; sessions {o['sessions']}; operator {o['operator']}; "
                    f"abandoned on purpose {o['abandoned']}; VM_GONE answers {o['vm_gone']}")
     r.notes.append("launches by size: " + ", ".join(f"{k} {v}" for k, v in sorted(o["launches_by_size"].items())))

@@ -46,3 +46,8 @@ def test_each_failure_fails_the_run(path, value, needle):
 
 def test_a_daemon_that_died_fails_the_run():
     assert soak.verdict(CLEAN, "pxos-hvd exited with -11 during the soak") == ["pxos-hvd exited with -11 during the soak"]
+
+
+def test_rss_slope_is_a_least_squares_fit():
+    assert soak._slope([(0, 100.0), (10, 101.0), (20, 102.0)]) == pytest.approx(0.1)
+    assert soak._slope([(0, 100.0), (10, 130.0)]) == 0.0  # too few points to call it a trend
