@@ -187,6 +187,7 @@ class HandoffListener:
         self._lock = threading.Lock()
         self._live: dict[object, socket.socket] = {}  # token -> control connection
         self._ended_early: set = set()  # end() before the handoff was registered
+        self._hung_up: set = set()  # hung up, end() not called yet
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="pxos-handoff", daemon=True)
@@ -269,6 +270,7 @@ class HandoffListener:
             if self._live.pop(token, None) is None:
                 return
             self._sel.unregister(control)
+            self._hung_up.add(token)
         control.close()
         self._on_hangup(token)
 
@@ -277,7 +279,10 @@ class HandoffListener:
         with self._lock:
             control = self._live.pop(token, None)
             if control is None:
-                self._ended_early.add(token)
+                if token in self._hung_up:
+                    self._hung_up.discard(token)
+                else:
+                    self._ended_early.add(token)
                 return
             try:
                 self._sel.unregister(control)

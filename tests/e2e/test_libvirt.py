@@ -224,3 +224,10 @@ def test_libvirt_domains_get_their_gpu_from_pxos_hvd(guest_artefacts, libvirt, h
     c = read_console(again)
     assert c.exit_status() == 0 and SELFTEST_OK.search(c.text()), c.text()[-3000:]
     assert "refused" not in hvd.log_text()
+    wait_for(lambda: libvirt.domstate("pxos-lv-alpha") == "shut off", 60, "alpha shut off", diag)
+
+    # Without pxos-hvd the domain does not start, and its shim does not linger.
+    hvd.stop()
+    r = libvirt.virsh("start", "pxos-lv-alpha", check=False)
+    assert r.returncode != 0 and "vhost" in r.stderr, r.stderr
+    wait_for(lambda: shim_pids() == set(), 30, "no shim left", diag)

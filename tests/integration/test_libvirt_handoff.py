@@ -122,6 +122,8 @@ def test_configured_vm_serves_its_domain_and_qemu_leaving_ends_it(daemons, shims
     assert "VM 1 (alpha) serves domain dom-a" in err
     wait_until(lambda: d.hv.vm_info(1).domain is None, WAIT_S)
     assert d.hv.vm_info(1).memory_used == 0 and 1 not in d.transport.status()
+    lst = d.domains.listener
+    assert lst.live() == [] and not lst._hung_up and not lst._ended_early
     # The VM takes the domain's next start.
     again = shims(d.domains.listener.path, "--name", "dom-a")
     again.fe.boot()
@@ -149,6 +151,9 @@ def test_auto_registered_domain_and_the_shim_killed_ends_it(daemons, shims, caps
     assert s.fe.sock.recv(1) == b""
     assert d.hv.vm_info(1001).domain == "other"  # the other domain is untouched
     assert Guest(s2.fe).alloc(10)
+    lst = d.domains.listener
+    wait_until(lambda: not lst._hung_up and not lst._ended_early, WAIT_S)  # nothing kept of ended handoffs
+    assert lst.live() and len(lst.live()) == 1
 
 
 def test_unknown_domain_is_refused_with_the_reason(daemons, shims):
