@@ -169,7 +169,8 @@ class LibvirtSection(_Model):
     auto_register: bool = Field(default=False, description="a domain no [[vm]] names gets a VM with the "
                                                            "defaults below; False: it is refused")
     default_memory: Size = Field(default=parse_size("1Gi"), description="memory quota of such a VM")
-    default_share: float = Field(default=0.0, ge=0, le=100, description="its compute share, percent")
+    default_share: float = Field(default=0.0, ge=0, le=100, description="its compute share, percent (0: idle "
+                                                                        "time only, docs/scheduling.md)")
     default_cap: float | None = Field(default=None, gt=0, le=100, description="its hard cap, percent")
     first_auto_id: int = Field(default=1000, gt=0, lt=2**32, description="such VMs get the first free id "
                                                                         "from here on")
@@ -347,7 +348,7 @@ lookahead = 8             # launches the scheduler plans ahead (memory prefetch 
 # handoff_socket = "/run/pxos/vhost-user-gpu.sock"  # pxos-vhost-gpu hands libvirt's connections here
 # auto_register = false   # a domain no [[vm]] names (domain = ...) gets a VM with these defaults:
 # default_memory = "1Gi"
-# default_share = 0
+# default_share = 0       # 0: idle time only, after every VM with a share (docs/scheduling.md)
 # first_auto_id = 1000
 
 [advisor]                 # an LLM that suggests classes and shares (docs/advisor.md)

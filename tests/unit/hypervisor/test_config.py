@@ -108,3 +108,22 @@ def test_vm_cap_bounds_validate():
                        ({"cap_min": 90, "cap_max": 80}, "above")]:
         with pytest.raises(ConfigError, match=msg):
             parse_config({"vm": [{**vm, **extra}]})
+
+
+def test_libvirt_section_and_vm_domains():
+    cfg = parse_config({"libvirt": {"handoff_socket": "vhost-user-gpu.sock", "auto_register": True,
+                                    "default_memory": "2Gi", "default_share": 5},
+                        "vm": [{"id": 1, "memory": "1G", "share": 30, "domain": "web-1"}]})
+    assert (cfg.libvirt.default_memory, cfg.libvirt.default_share, cfg.vm[0].domain) == (2 << 30, 5, "web-1")
+    assert parse_config({}).libvirt.handoff_socket is None  # off unless set
+    vm = {"memory": "1G", "share": 10}
+    for bad, match in [
+        ({"vm": [{"id": 1, **vm, "domain": "a", "socket": "vm1.sock"}]}, "not both"),
+        ({"vm": [{"id": 1, **vm, "domain": "A-UUID"}, {"id": 2, **vm, "domain": "a-uuid"}]}, "same libvirt domain"),
+        ({"libvirt": {"handoff_socket": "/elsewhere/h.sock"}}, "outside socket_dir"),
+        ({"libvirt": {"handoff_socket": "vm1.sock"}, "vm": [{"id": 1, **vm, "socket": "vm1.sock"}]},
+         "name the same socket"),
+        ({"libvirt": {"first_auto_id": 0}}, "first_auto_id"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            parse_config(bad)
