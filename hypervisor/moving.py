@@ -92,23 +92,21 @@ def _unqueue(hv: Hypervisor, held: list) -> None:
             mem.unpin(buf, writes)  # a freed buffer stays: the move holds it in `buffers`
 
 
-def _read_all(src: Hypervisor, buf: Buffer) -> bytearray:
-    """The buffer's bytes (its device copy is the newest where it has one; no copy is in
-    flight and nothing runs on it: _quiet). Waiting launches keep their pins meanwhile."""
-    out = bytearray(buf.nbytes)
-    on_device = buf.device is not None
-    src.memory.copy_out(buf.device if on_device else buf.host, on_device, 0, [memoryview(out)])
-    return out
-
-
-def _write_all(dst: Hypervisor, buf: Buffer, data: bytearray) -> None:
-    target, on_device, waits = dst.memory.begin_transfer(buf, True)
+def _copy(src: Hypervisor, buf: Buffer, dst: Hypervisor, new: Buffer) -> None:
+    """The buffer's bytes into its new buffer in one pass through host memory: the target's
+    fill hands a host view (its own bytes on NumPy, pinned staging on a GPU) that the
+    source's copy-out fills. Its device copy is the newest where it has one; no copy is in
+    flight and nothing runs on it (_quiet); waiting launches keep their pins meanwhile."""
+    on_src = buf.device is not None
+    source = buf.device if on_src else buf.host
+    target, on_dst, waits = dst.memory.begin_transfer(new, True)
     try:
         for f in waits:
             f.wait()
-        dst.memory.copy_in(target, on_device, 0, [memoryview(data)])
+        dst.memory.fill_in(target, on_dst, 0, buf.nbytes,
+                           lambda view: src.memory.copy_out(source, on_src, 0, [view]))
     finally:
-        dst.memory.end_transfer(buf)
+        dst.memory.end_transfer(new)
 
 
 def move_vm(ds: DeviceSet, vm_id: int, target: int, *, timeout: float, by: str = "operator") -> dict:
@@ -164,7 +162,6 @@ def _move_locked(ds: DeviceSet, src: Hypervisor, dst: Hypervisor, vm_id: int) ->
     held = vm.held  # queued before the move, and submitted while it waited
     buffers = sorted(smem.buffers.values(), key=lambda b: b.handle)
     freed = [b.handle for b in buffers if b.freed]  # by the guest; a waiting launch still reads it
-    datas = [_read_all(src, b) for b in buffers]
     try:
         dst.scheduler.add_vm(vm_id, vm.share, vm.cap)
     except ValueError as exc:
@@ -173,10 +170,10 @@ def _move_locked(ds: DeviceSet, src: Hypervisor, dst: Hypervisor, vm_id: int) ->
         dst.memory.add_vm(vm_id, max(smem.quota, smem.live_bytes))
         dmem = dst.memory.vm(vm_id)
         new: dict[int, Buffer] = {}
-        for b, data in zip(buffers, datas, strict=True):
+        for b in buffers:
             nb = dst.memory.alloc(vm_id, b.session, b.spec, handle=b.handle)
-            _write_all(dst, nb, data)
             new[b.handle] = nb
+            _copy(src, b, dst, nb)
     except BaseException:
         dst.memory.remove_vm(vm_id)
         dst.scheduler.remove_vm(vm_id)
