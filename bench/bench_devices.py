@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "wgpu"])
     p.add_argument("--devices", default=None, help="'all', a count, or ids like 0,1 (default: 2 for NumPy/wgpu, "
                                                    "all for cupy)")
+    p.add_argument("--sizes", help="comma-separated resident MB to move (default 1,16,64[,256])")
+    p.add_argument("--launches", type=int, help="launches per VM in the throughput runs")
+    p.add_argument("--size", type=int, help="matrix side of the throughput runs' kernel")
     args = p.parse_args(argv)
     spec = args.devices
     if spec is None:
@@ -103,12 +106,15 @@ def main(argv: list[str] | None = None) -> None:
     report = Report("devices")
     report.notes.append(f"backend {args.backend}, devices {ids}")
     sizes = [1, 16, 64] if args.quick else [1, 16, 64, 256]
+    if args.sizes:
+        sizes = [int(x) for x in args.sizes.split(",")]
     repeat = 3 if args.quick else 7
     if len(ids) >= 2:
         move_pauses(args.backend, ids, sizes, repeat, report)
     else:
         report.notes.append("one device: no move figures (a move needs two)")
     launches, size = (8, 320) if args.quick else (24, 384)
+    launches, size = args.launches or launches, args.size or size
     for n in sorted({1, min(2, len(ids)), len(ids)}):
         one = throughput(args.backend, ids, n, launches, size, spread=False)
         report.add(f"aggregate_{n}vm_one_device", one, "launch/s")

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "primitive_lang": ["bench.bench_primitive_lang"],
     "scheduler": ["bench.bench_scheduler"],
     "hypervisor": ["bench.bench_hypervisor"],
+    "devices": ["bench.bench_devices"],  # many devices: moves, N VMs on N devices (issue 16)
     "overcommit": ["bench.bench_overcommit"],
     "wgpu": ["bench.bench_wgpu"],  # the wgpu executor against CuPy (a GPU) or NumPy (lavapipe)
     "vhost": ["bench.bench_vhost"],
