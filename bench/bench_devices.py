@@ -113,15 +113,22 @@ def main(argv: list[str] | None = None) -> None:
         move_pauses(args.backend, ids, sizes, repeat, report)
     else:
         report.notes.append("one device: no move figures (a move needs two)")
-    launches, size = (8, 320) if args.quick else (24, 384)
+    launches, size = (6, 320) if args.quick else (12, 384)
     launches, size = args.launches or launches, args.size or size
-    for n in sorted({1, min(2, len(ids)), len(ids)}):
-        one = throughput(args.backend, ids, n, launches, size, spread=False)
-        report.add(f"aggregate_{n}vm_one_device", one, "launch/s")
+    rounds = 2 if args.quick else 3
+    counts = sorted({1, min(2, len(ids)), len(ids)})
+    best: dict[str, float] = {}
+    for _ in range(rounds):  # the configurations take turns; each keeps its best round
+        for n in counts:
+            for spread in (False, True) if n > 1 else (False,):
+                key = f"aggregate_{n}vm_{n}_devices" if spread else f"aggregate_{n}vm_one_device"
+                best[key] = max(best.get(key, 0.0), throughput(args.backend, ids, n, launches, size, spread))
+    for n in counts:
+        report.add(f"aggregate_{n}vm_one_device", best[f"aggregate_{n}vm_one_device"], "launch/s")
         if n > 1:
-            spread = throughput(args.backend, ids, n, launches, size, spread=True)
+            spread = best[f"aggregate_{n}vm_{n}_devices"]
             report.add(f"aggregate_{n}vm_{n}_devices", spread, "launch/s", baseline=f"aggregate_{n}vm_one_device")
-            report.add(f"scaling_{n}_devices", spread / report.figures["aggregate_1vm_one_device"]["value"], "x",
+            report.add(f"scaling_{n}_devices", spread / best["aggregate_1vm_one_device"], "x",
                        goal=f"near {n} (x of one VM alone on one device)")
     report.emit(args.json)
 
