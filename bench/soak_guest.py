@@ -6,7 +6,8 @@ A session: boot the device, then rounds of up to ``DEPTH`` requests published to
 (allocs, writes, reads, compiles, launches of every size from a 16-element AXPY to a 512 x 512
 matmul and a slow matmul chain, stats) with hostile requests mixed in (unknown commands,
 truncated and garbage bytes, sizes over the ``PXOS_MAX_*`` caps and over quota, foreign
-handles, bad programs and bindings, a response buffer too small for the answer). It ends in
+handles, bad programs and bindings, a response buffer too small for the answer, descriptors
+outside guest RAM or running past its end: completed empty, the queue goes on). It ends in
 one of three ways, as a real guest's QEMU would:
 
 - ``graceful``: wait for every answer, free everything, check the VM's usage is back to zero
@@ -38,6 +39,7 @@ from virtio_backend.wire import PxosCmdType, PxosStatus
 
 T, S = PxosCmdType, PxosStatus
 F32 = wire.PxosDtype.PXOS_DTYPE_FLOAT32
+VRING_DESC_F_WRITE = 2
 DEPTH = 6             # requests published together (one kick)
 ANSWER_TIMEOUT = 120  # seconds one round may wait for its answers: a slow launch on a loaded host
 RAM = 48 << 20        # guest RAM of one front-end: room for 8 MiB transfers and the rings
@@ -227,7 +229,9 @@ class GuestWorker(threading.Thread):
         return ("launch", name, size)  # shaped buffers first: see _call
 
     def _hostile(self, rng, bufs) -> tuple:
-        kind = rng.randrange(10)
+        kind = rng.randrange(11)
+        if kind == 10:  # a chain outside guest RAM (the hole below 768 KiB) or running past its end
+            return (b"", "hostile", rng.choice([(0xA0000, 16, 0), (RAM - 8, 4096, VRING_DESC_F_WRITE)]))
         if kind == 0:
             req = g.raw_header(0x7FF0 + rng.randrange(15))
         elif kind == 1:
@@ -304,7 +308,11 @@ class GuestWorker(threading.Thread):
         heads = []
         for item in batch:
             req = item[0]
-            if not isinstance(req, bytes):
+            if item[1] == "hostile" and len(item) > 2:  # a raw descriptor: answered empty, the queue goes on
+                ring = fe.ring(0)
+                idx = ring.free[-1]
+                heads.append(ring.add_raw({idx: (*item[2], 0)}, head=idx))
+                self.books.requests += 1
                 continue
             ctype = struct.unpack_from("<I", req.ljust(4, b"\0"))[0]
             small = item[1] == "hostile" and self.rng.random() < 0.1  # response buffer too small
