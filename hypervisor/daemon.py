@@ -162,7 +162,7 @@ class Daemon:
         dropped from the state file). VMs the file did not change keep what was done at run
         time (`pxosctl vm add/remove`, `quota set`). A change one VM refuses (a quota below
         its usage, a new socket) is logged and that VM keeps what it had; the rest still
-        applies. [daemon], [memory] and [[model]] changes need a restart: logged, not
+        applies. [daemon], [memory], [libvirt] and [[model]] changes need a restart: logged, not
         applied. Returns one line per change or refusal."""
         out: list[str] = []
         with self._lock:
@@ -171,7 +171,7 @@ class Daemon:
             old = {v.id: v for v in self.config.vm}
             new = {v.id: v for v in config.vm}
             if config.model_dump(exclude={"vm", "advisor"}) != self.config.model_dump(exclude={"vm", "advisor"}):
-                out.append("[daemon]/[memory]/[[model]] changed: they take effect at the next restart")
+                out.append("[daemon]/[memory]/[libvirt]/[[model]] changed: they take effect at the next restart")
             kept = dict(old)
             for vm_id in sorted(set(old) | set(new)):
                 if old.get(vm_id) == new.get(vm_id):
@@ -328,11 +328,9 @@ class Daemon:
         with self._lock:
             info = self.hv.vm_info(vm_id)
             connected = False
-            if info.socket and self.transport is not None:
-                connected = self.transport.retire(vm_id, f"VM {vm_id} was removed from pxos-hvd by the operator")
-            elif info.domain and self.transport is not None:
-                try:  # a handed-over connection ends with the VM (the shim is told, and exits)
-                    self.transport.detach(vm_id)
+            if (info.socket or info.domain) and self.transport is not None:
+                try:  # a libvirt handoff (domain) is retired the same way; it ends when QEMU goes
+                    connected = self.transport.retire(vm_id, f"VM {vm_id} was removed from pxos-hvd by the operator")
                 except E.NotFound:
                     pass  # a handoff that ended meanwhile
             self.hv.unregister_vm(vm_id)

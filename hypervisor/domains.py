@@ -63,11 +63,11 @@ class DomainHandoffs:
         with d._lock, self._lock:
             if self._closing:
                 raise E.Busy("pxos-hvd is stopping")
-            vm = next((v for v in d.config.vm if v.domain and ident.matches(v.domain)), None)
+            # Every registered VM as it is now: the file's, changed at run time or not.
+            vm = next((v for v in d._vm_configs.values() if v.domain and ident.matches(v.domain)), None)
             auto = vm is None
             if vm is not None:
                 vm_id = vm.id
-                d.hv.vm_info(vm_id)  # NotFound if it was removed at run time
                 if vm_id in self._by_vm:
                     raise E.AlreadyExists(f"VM {vm_id} already serves domain {self._by_vm[vm_id].identity.name} "
                                           f"(shim pid {self._by_vm[vm_id].shim_pid})")
@@ -120,17 +120,24 @@ class DomainHandoffs:
                 return
             del self._by_vm[h.vm_id]
         d = self.daemon
-        try:
-            d.transport.detach(h.vm_id)
-        except E.NotFound:
-            pass
-        try:
-            if h.auto:
-                d._remove_vm(h.vm_id)  # run-time VMs of a domain are not kept in the state file
-            else:
-                d.hv.set_domain(h.vm_id, None)
-        except E.PxosError as exc:
-            log.warning("VM %d: after domain %s ended: %s", h.vm_id, h.identity.name, exc)
+        with d._lock:
+            try:
+                d.transport.detach(h.vm_id)
+            except E.NotFound:
+                pass  # retired (the operator removed the VM) or detached already
+            try:
+                # The VM may have been removed by the operator meanwhile, and maybe added
+                # again (then it is not this domain's any more): leave such a VM alone.
+                still_ours = d.hv.vm_info(h.vm_id).domain == h.identity.name
+            except E.NotFound:
+                still_ours = False
+            try:
+                if still_ours and h.auto:
+                    d._remove_vm(h.vm_id)  # run-time VMs of a domain are not kept in the state file
+                elif still_ours:
+                    d.hv.set_domain(h.vm_id, None)
+            except E.PxosError as exc:
+                log.warning("VM %d: after domain %s ended: %s", h.vm_id, h.identity.name, exc)
         if self.listener is not None:
             self.listener.end(h)
         log.info("libvirt domain %s: VM %d released: %s", h.identity.name, h.vm_id, why)

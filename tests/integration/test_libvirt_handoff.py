@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hypervisor import Hypervisor, ctl
-from hypervisor.config import DaemonConfig
+from hypervisor.config import DaemonConfig, VMConfig
 from hypervisor.daemon import Daemon
 from tests.integration.test_vhost_device import Guest
 from tests.support.vhost_frontend import VhostUserFrontend, wait_until
@@ -221,3 +221,27 @@ def test_a_pidfile_of_another_process_is_refused(daemons, shims, tmp_path):
     rc, err = s.wait()
     assert rc == 1 and "not the backend libvirt started" in err
     assert d.hv.list_vms() == []
+
+
+def test_a_served_vm_removed_by_the_operator_is_retired_until_qemu_goes(daemons, shims):
+    from virtio_backend.gpu import guest as g
+    from virtio_backend.wire import PxosStatus
+
+    d = daemons(vms=[{"id": 2, "memory": 4 * MiB, "share": 50, "domain": "dom-a"}])
+    s = shims(d.domains.listener.path, "--name", "dom-a")
+    guest = Guest(s.fe.boot())
+    guest.alloc(100)
+    d.remove_vm(2)  # pxosctl vm remove 2, the domain still running
+    r = guest.call(g.stats())
+    assert r["status"] == PxosStatus.PXOS_S_VM_GONE and "VM 2 was removed" in r["message"], r
+    assert s.proc.poll() is None  # the shim lives as long as QEMU's connection
+    # The id is added again meanwhile; the old connection ending must not touch it.
+    d.add_vm(VMConfig(id=2, memory=4 * MiB, share=50, domain="dom-a"))
+    s.fe.disconnect()
+    rc, err = s.wait()
+    assert rc == 0, err
+    wait_until(lambda: not d.domains.status(), WAIT_S)
+    assert d.hv.vm_info(2).memory_quota == 4 * MiB and d.hv.vm_info(2).domain is None
+    # The domain's next start is served by the new VM.
+    again = shims(d.domains.listener.path, "--name", "dom-a")
+    assert Guest(again.fe.boot()).alloc(10) and d.hv.vm_info(2).domain == "dom-a"

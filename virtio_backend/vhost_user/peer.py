@@ -39,6 +39,7 @@ class VhostUserPeer:
         self.connection: VhostUserConnection | None = None
         self.last_close_reason = ""
         self._ended = False
+        self._retired = False
 
     def start(self) -> VhostUserPeer:
         self._sock.setblocking(True)
@@ -57,9 +58,14 @@ class VhostUserPeer:
         finally:
             if self.connection is not None:
                 self.connection.close("back-end closed")
+            if self._retired:  # nobody joins a retired peer's thread: it frees its loop itself
+                self.loop.close()
 
     def _on_closed(self, conn: VhostUserConnection) -> None:
         self.last_close_reason = conn.close_reason
+        if self._retired:
+            log.info("%s: the front-end of the removed VM disconnected (%s)", self.name, conn.close_reason)
+            self.loop.stop()
         if not self._ended:
             self._ended = True
             if self._on_end is not None:
@@ -74,6 +80,33 @@ class VhostUserPeer:
 
     def call_soon_threadsafe(self, fn: Callable, *args) -> bool:
         return self.loop.call_soon_threadsafe(fn, *args)
+
+    def retire(self, timeout: float = 5.0) -> bool:
+        """Keep serving the front-end until it disconnects (its VM was removed: the device
+        answers with an error), then end the loop thread by itself. Returns whether it was
+        still connected (False: the peer is closed already)."""
+        if self._thread is None:
+            return False
+        box: list[bool] = []
+        done = threading.Event()
+
+        def on_loop() -> None:
+            self._retired = True
+            connected = self.connection is not None and not self.connection.closed
+            if not connected:
+                self.loop.stop()
+            box.append(connected)
+            done.set()
+
+        if not self.call_soon_threadsafe(on_loop) or not done.wait(timeout):
+            self.close()  # the loop does not answer: end it the hard way
+            return False
+        return box[0]
+
+    @property
+    def serving(self) -> bool:
+        """Whether the loop thread still runs (a retired peer: its front-end is connected)."""
+        return not self.loop.closed
 
     def close(self, timeout: float = 5.0) -> None:
         """End the connection (device reset), stop the loop thread."""
