@@ -16,6 +16,7 @@ BENCHMARKS = {
     "scheduler": ["bench.bench_scheduler"],
     "hypervisor": ["bench.bench_hypervisor"],
     "devices": ["bench.bench_devices"],  # many devices: moves, N VMs on N devices (issue 16)
+    "preempt": ["bench.bench_preempt"],  # issue 14: latency isolation, preemption off and on
     "overcommit": ["bench.bench_overcommit"],
     "wgpu": ["bench.bench_wgpu"],  # the wgpu executor against CuPy (a GPU) or NumPy (lavapipe)
     "vhost": ["bench.bench_vhost"],

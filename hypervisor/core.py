@@ -426,10 +426,11 @@ class Hypervisor:
     # ------------------------------------------------------------------ launches
     def launch(self, vm_id: int, kernel_id: int, bindings: Mapping[str, int | Scalar], *,
                priority: int | None = None, class_hint: str | WorkloadClass | None = None,
-               session: int = 0) -> Completion:
+               session: int = 0, run_here: bool = False) -> Completion:
         """Queue a kernel with its params bound to this VM's buffers (by handle) or to
         scalars. Problems with the request raise here; the run's outcome arrives on the
-        returned Completion."""
+        returned Completion. ``run_here``: a caller about to wait for it (a serial caller)
+        lets it run on its own thread when the device is idle (launch_wait)."""
         if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 100):
             raise E.InvalidArgument(f"priority must be an integer 0..100, got {priority!r}")
         hint = class_of(class_hint)
@@ -462,8 +463,16 @@ class Hypervisor:
             else:
                 self.scheduler.submit(ticket)
             vm.inflight += 1
-        self.dispatcher.wake()
+        if not (run_here and self.dispatcher.run_here(completion)):
+            self.dispatcher.wake()
         return completion
+
+    def launch_wait(self, vm_id: int, kernel_id: int, bindings: Mapping[str, int | Scalar], *,
+                    timeout: float | None = None, **kw) -> LaunchResult:
+        """launch() and wait for the result, for a serial caller: when the device is idle
+        and the VM eligible, the launch runs on this thread, without the two thread
+        hand-offs of the dispatch thread (docs/scheduling.md, "Serial fast path")."""
+        return self.launch(vm_id, kernel_id, bindings, run_here=True, **kw).wait(timeout)
 
     def _bind(self, vm_id: int, session: int, record: KernelRecord, bindings: Mapping[str, int | Scalar]):
         kernel = record.info.checked

@@ -64,6 +64,13 @@ WRITEBACK_PER_LAUNCH = 64 << 20
 # this many seconds whether a more urgent launch of another VM waits, and yields to it.
 # Ops estimated longer than a slice are tiled (executor/tiling.py). 0 turns it off.
 DEFAULT_TIME_SLICE_S = 0.001
+# Tiling costs throughput (each tile of a matmul is a BLAS call of its own, which packs the
+# right operand again: +4-6 % per extra tile of a 5 ms product on a CPU), so a launch's ops
+# are tiled only while a VM of a more urgent class than the launch's ran a launch within
+# this many seconds: latency-sensitive work is about. Op boundaries are yield points always.
+URGENT_RECENT_S = 0.5
+# Launches a caller's thread runs at most on the serial fast path (Dispatcher.run_here).
+RUN_HERE_MAX = 4
 
 
 @dataclass
@@ -122,6 +129,12 @@ class Dispatcher:
         self.time_slice_s = DEFAULT_TIME_SLICE_S
         self.preemptions = 0  # times a running launch yielded to a more urgent one
         self._parked: Job | None = None  # the launch that yielded, while others run
+        self._ran_at: list[dict[int, float]] = [{} for _ in WorkloadClass]  # class -> VM -> last run
+        # The device token: whoever runs launches holds it — the dispatch thread (it lets go
+        # only while it waits for work, nothing in flight) or a caller on the serial fast
+        # path (run_here). Picking under the token keeps one launch at a time and VM order.
+        self._device = threading.Lock()
+        self.ran_here = 0  # launches run on a caller's thread (the serial fast path)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -168,7 +181,39 @@ class Dispatcher:
                       kernel=result.kernel, wclass=result.wclass, device_ns=result.device_ns,
                       queue_ns=result.queue_ns, total_ns=result.total_ns)
 
+    def run_here(self, completion: Completion) -> bool:
+        """The serial fast path (issue 14): when the device is idle (the dispatch thread is
+        waiting for work), run what the scheduler picks now on the caller's thread — no
+        hand-off to the dispatch thread and back, and the completion is delivered on this
+        thread — until ``completion`` is done (at most RUN_HERE_MAX launches; the VM may
+        not be eligible, or another VM's head may come first). False when the device was
+        busy or the launch is still queued: the dispatch thread then runs it."""
+        if self._thread is None or self._stopping or not self._device.acquire(blocking=False):
+            return False
+        try:
+            for _ in range(RUN_HERE_MAX):
+                if self._inflight is not None or self._parked is not None:
+                    break
+                with self.hv._lock:
+                    ticket = self.hv.scheduler.pick()
+                if ticket is None:
+                    break
+                job = ticket.payload
+                self.ran_here += 1
+                if self._prepare(job) and self._submit(job):
+                    self._complete(job)
+                self.flush_completions()
+                if completion.done():
+                    break
+        finally:
+            self._device.release()
+        return completion.done()
+
     def _loop(self) -> None:
+        with self._device:
+            self._loop_holding()
+
+    def _loop_holding(self) -> None:
         """Keep the device fed. On an asynchronous device (a GPU stream) the next launch is
         picked, made resident and submitted before waiting for the current one, so the
         device never idles while the host does bookkeeping; on the NumPy device, where
@@ -223,7 +268,11 @@ class Dispatcher:
                 if not block:
                     return None
                 wait = hv.scheduler.next_eligible_in()
-            self._work.wait(timeout=wait)
+            self._device.release()  # nothing in flight: a caller may run a launch meanwhile
+            try:
+                self._work.wait(timeout=wait)
+            finally:
+                self._device.acquire()
         return None
 
     def wake(self) -> None:
@@ -311,7 +360,9 @@ class Dispatcher:
             fences = job.residency.fences if job.residency else ()
             ex = hv.executor
             if self.time_slice_s > 0 and self._parked is None and not ex.asynchronous:
-                job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s)
+                job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s,
+                                           tile=self._urgent_recently(job))
+            self._note_ran(job)
             if job.steps is None:
                 job.pending = ex.submit(job.bound, args, fences)
         except Exception as exc:
@@ -341,6 +392,19 @@ class Dispatcher:
                 if job.completed:
                     break
         return steps.timing()
+
+    def _note_ran(self, job: Job) -> None:
+        seen = self._ran_at[int(job.wclass)]
+        seen[job.vm_id] = job.submitted_at
+        if len(seen) > 256:  # forget VMs long quiet
+            for vm_id in [v for v, t in seen.items() if job.submitted_at - t > URGENT_RECENT_S]:
+                del seen[vm_id]
+
+    def _urgent_recently(self, job: Job) -> bool:
+        """Whether another VM ran a launch of a more urgent class than ``job``'s lately."""
+        now = job.submitted_at
+        return any(vm_id != job.vm_id and now - t < URGENT_RECENT_S
+                   for seen in self._ran_at[:int(job.wclass)] for vm_id, t in seen.items())
 
     def _yield_to_urgent(self, job: Job) -> None:
         """``job`` stays where it is (its state in its Steps, its buffers pinned, its pick

@@ -201,10 +201,11 @@ class Executor(ABC):
         submit() or, where the device found it, from the Pending's wait()."""
 
     def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
-                    slice_s: float = 0.001) -> Steps | None:
-        """The launch as bounded steps of about ``slice_s`` (ops tiled to fit), to be run by
-        ``Steps.advance``; None where the executor cannot stop a launch between ops (then
-        the dispatcher uses submit()). Same arguments and errors as submit()."""
+                    slice_s: float = 0.001, *, tile: bool = True) -> Steps | None:
+        """The launch as steps, to be run by ``Steps.advance``: one op each, and with
+        ``tile`` the ops estimated over ``slice_s`` split to fit (executor/tiling.py); None
+        where the executor cannot stop a launch between ops (then the dispatcher uses
+        submit()). Same arguments and errors as submit()."""
         return None
 
     def run(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> RunTiming:

@@ -120,10 +120,10 @@ class NumpyExecutor(Executor):
         return DonePending(RunTiming(time.thread_time() - t0, stall, None if gap is None else gap + stall))
 
     def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
-                    slice_s: float = 0.001) -> Steps | None:
+                    slice_s: float = 0.001, *, tile: bool = True) -> Steps | None:
         if type(self).submit is not NumpyExecutor.submit:
             return None  # a subclass that changes submit() (a wrapper, a test's gate) keeps it
-        return _NumpySteps(self, bound, args, wait_for, slice_s)
+        return _NumpySteps(self, bound, args, wait_for, slice_s if tile else 0.0)
 
     def host_empty(self, nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import primitive_lang
-from hypervisor import Hypervisor
+from hypervisor import Hypervisor, dispatch
 from hypervisor.executor import NumpyExecutor
 from hypervisor.executor.interpret import Interpreter
 from hypervisor.executor.tiling import MIN_TILE_ROWS, CostModel, Tiler
@@ -195,7 +195,8 @@ def _install(hv, vm, source, seed):
     return k.kernel_id, handles, data
 
 
-def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly():
+def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly(monkeypatch):
+    monkeypatch.setattr(dispatch, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
     hv = Hypervisor(backend="numpy").start()
     hv.dispatcher.time_slice_s = 1e-9  # every step is a slice: a yield point after each
     try:
@@ -233,8 +234,10 @@ def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly():
         out = np.frombuffer(hv.read(1, h1["c"]), dtype=np.float32).reshape(256, 256)
     finally:
         hv.stop()
-    job1 = jobs[(1, first.launch_id)]
+    job1, job2 = jobs[(1, first.launch_id)], jobs[(1, second.launch_id)]
     assert job1.yields >= 1 and hv.dispatcher.preemptions >= 1
+    # Ops are tiled only once a more urgent VM has been about: the second launch, not the first.
+    assert job1.steps.tiler.tiled_ops == 0 and job2.steps.tiler.tiled_ops >= 1
     assert order.index((2, urgent.launch_id)) < order.index((1, first.launch_id))  # it went first
     assert order.index((1, first.launch_id)) < order.index((1, second.launch_id))  # VM order kept
     # Charged exactly the time its own steps ran (not the urgent launch's), once per launch.

@@ -1,0 +1,321 @@
+"""Latency isolation and launch overhead (issue 14): the issue's table in one run, each
+figure against a baseline taken in the same run.
+``python -m bench.bench_preempt [--json] [--quick] [--backend auto|numpy|cupy]``
+
+- isolation: an INTERACTIVE VM's launches (a ~100 µs kernel, one at a time, 2-8 ms think
+  time) alone, then beside a saturating BATCH VM (~5 ms launches) with preemption off
+  (``Dispatcher.time_slice_s = 0``: it waits for the running launch) and on (the default
+  slice): p99 latency against alone, goal <= x1.2;
+- batch: a BATCH VM saturating the device alone, preemption off and on, rounds
+  interleaved: the throughput the slicing and tiling cost (goal <= 5 %); and beside the
+  INTERACTIVE VM, how much less the BATCH VM completed with preemption on than off;
+- shares: two saturated VMs 70/30 (BATCH ~5 ms, INTERACTIVE ~1 ms launches), preemption
+  on: the device-time share error (goal <= 0.5 pp), and an independent one (completed
+  launches x each kernel's directly measured cost);
+- overhead: a serial caller of ~2 ms launches against the executor called serially
+  (goal <= 3 %), through launch().wait() (two thread hand-offs) and through the serial
+  fast path (launch_wait: on the caller's thread when the device is idle); and the host
+  overhead of a tiny launch, serial and pipelined, against the executor called the same
+  way (goal <= 30 µs).
+On an executor that cannot step launches (CuPy, wgpu) "on" equals "off": the figures
+then say so (preemptions 0).
+"""
+
+from __future__ import annotations
+
+# First: importing hypervisor pins BLAS to one thread, which works only before NumPy loads.
+import hypervisor  # noqa: F401
+
+# isort: split
+import os
+import random
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from bench.common import Report, parser, percentile
+from bench.hv_load import TINY_SOURCE, CallbackLoad, DirectRun, GuestThread, Recorder, install, sized_kernel
+from hypervisor import Hypervisor
+from hypervisor.dispatch import DEFAULT_TIME_SLICE_S
+from hypervisor.errors import ConfigError
+from hypervisor.executor import BACKENDS, make_executor
+
+MS, US = 1e-3, 1e-6
+QUOTA_MB = 4000
+DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    iso_s: float  # seconds of interactive launches per mode
+    warmup_s: float
+    batch_rounds: int
+    batch_s: float  # seconds per batch throughput block
+    share_s: float
+    overhead_rounds: int
+    tiny_n: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(True, 1.0, 0.3, 2, 0.5, 2.0, 3, 200)
+        return cls(False, 4.0, 1.0, 5, 2.0, 10.0, 9, 1000)
+
+
+def _hv(backend: str, slice_s: float) -> Hypervisor:
+    hv = Hypervisor(backend=backend).start()
+    hv.dispatcher.time_slice_s = slice_s
+    return hv
+
+
+def _check(res) -> None:
+    if not res.ok:
+        raise RuntimeError(f"launch {res.launch_id} failed: {res.status} {res.error}")
+
+
+# ---------------------------------------------------------------------------- isolation
+def isolation(report: Report, backend: str, small, batch, plan: Plan) -> None:
+    lat: dict[str, list[float]] = {}
+    done: dict[str, float] = {}
+    preempted: dict[str, int] = {}
+    for mode, slice_s in (("off", 0.0), ("on", DEFAULT_TIME_SLICE_S)):
+        rnd = random.Random(3)
+        hv = _hv(backend, slice_s)
+        try:
+            hv.register_vm(1, QUOTA_MB, 50, default_class="BATCH")
+            hv.register_vm(2, QUOTA_MB, 50, default_class="INTERACTIVE")
+            kid, binds = install(hv, 2, small.source)
+            _interactive(hv, kid, binds, rnd, min(0.3, plan.warmup_s))
+            if mode == "off":
+                lat["alone"] = _interactive(hv, kid, binds, rnd, plan.iso_s)
+            vm1 = GuestThread(hv, 1, batch)
+            vm1.prime()
+            rec = Recorder(hv, [1])
+            vm1.start()
+            try:
+                time.sleep(plan.warmup_s)
+                t0, p0 = hv.clock(), hv.dispatcher.preemptions
+                lat[mode] = _interactive(hv, kid, binds, rnd, plan.iso_s)
+                t1 = hv.clock()
+                preempted[mode] = hv.dispatcher.preemptions - p0
+            finally:
+                vm1.finish()
+            done[mode] = sum(1 for r in rec.records if r.vm_id == 1 and t0 <= r.ended <= t1) / (t1 - t0)
+        finally:
+            hv.stop()
+    report.add("iso_interactive_p50_alone_ms", percentile(lat["alone"], 50) / MS, "ms")
+    report.add("iso_interactive_p99_alone_ms", percentile(lat["alone"], 99) / MS, "ms")
+    for mode in ("off", "on"):
+        report.add(f"iso_interactive_p50_beside_batch_{mode}_ms", percentile(lat[mode], 50) / MS, "ms",
+                   baseline="iso_interactive_p50_alone_ms")
+        p99 = percentile(lat[mode], 99) / MS
+        ratio = p99 / (percentile(lat["alone"], 99) / MS)
+        report.add(f"iso_interactive_p99_beside_batch_{mode}_ms", p99, "ms", baseline="iso_interactive_p99_alone_ms",
+                   goal="<= x1.2 of alone" if mode == "on" else None,
+                   ok=(ratio <= 1.2 if not plan.quick else None) if mode == "on" else None)
+        report.add(f"iso_preemptions_{mode}", preempted[mode], "")
+        report.add(f"iso_batch_launches_per_s_beside_{mode}", done[mode], "1/s",
+                   baseline="iso_batch_launches_per_s_beside_off" if mode == "on" else None)
+    report.notes.append(f"isolation: INTERACTIVE {small.describe()}, one at a time, 2-8 ms think time "
+                        f"({len(lat['alone'])} alone, {len(lat['off'])} off, {len(lat['on'])} on); BATCH "
+                        f"{batch.describe()} saturating (a guest thread); preemption on = time slice "
+                        f"{DEFAULT_TIME_SLICE_S * 1e3:g} ms; latency = launch() to wait() in the client")
+
+
+def _interactive(hv: Hypervisor, kid: int, binds: dict[str, int], rnd: random.Random, seconds: float) -> list[float]:
+    """Client latencies of VM 2's launches one at a time, with think time between (so
+    arrivals fall anywhere in a running batch launch)."""
+    out, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        res = hv.launch(2, kid, binds).wait()
+        out.append(time.perf_counter() - t0)
+        _check(res)
+        time.sleep(rnd.uniform(2 * MS, 8 * MS))
+    return out
+
+
+# ---------------------------------------------------------------------------- batch throughput
+def batch_throughput(report: Report, backend: str, batch, plan: Plan) -> None:
+    hvs = {"off": _hv(backend, 0.0), "on": _hv(backend, DEFAULT_TIME_SLICE_S)}
+    rates: dict[str, list[float]] = {m: [] for m in hvs}
+    device: dict[str, list[float]] = {m: [] for m in hvs}
+    try:
+        kids = {}
+        for mode, hv in hvs.items():
+            hv.register_vm(1, QUOTA_MB, 100, default_class="BATCH")
+            kids[mode] = install(hv, 1, batch.source)
+        n = max(20, int(plan.batch_s / batch.seconds))
+        for mode, hv in hvs.items():  # warm-up
+            _pipelined(hv, *kids[mode], n // 5)
+        for _ in range(plan.batch_rounds):  # interleaved: drift on the machine hits both
+            for mode, hv in hvs.items():
+                t0 = time.perf_counter()
+                device[mode].append(_pipelined(hv, *kids[mode], n) / n)
+                rates[mode].append(n / (time.perf_counter() - t0))
+    finally:
+        for hv in hvs.values():
+            hv.stop()
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    report.add("batch_alone_launches_per_s_off", off, "1/s")
+    report.add("batch_alone_launches_per_s_on", on, "1/s", baseline="batch_alone_launches_per_s_off")
+    report.add("batch_alone_wall_lost_pct", 100 * (1 - on / off), "%")
+    d_off, d_on = statistics.median(device["off"]), statistics.median(device["on"])
+    report.add("batch_alone_device_ms_per_launch_off", d_off / MS, "ms")
+    report.add("batch_alone_device_ms_per_launch_on", d_on / MS, "ms", baseline="batch_alone_device_ms_per_launch_off")
+    lost = 100 * (1 - d_off / d_on)
+    report.add("batch_throughput_lost_to_preemption_pct", lost, "%", goal="<= 5 %",
+               ok=lost <= 5.0 if not plan.quick else None)
+    report.notes.append(f"batch: {batch.describe()}, {DEPTH} in flight, medians of {plan.batch_rounds} interleaved "
+                        "rounds; on = launches run as steps (checks after each slice; ops tiled only while a more urgent VM "
+                        "is about: not here); lost = 1 - device time per launch off / on (the device time "
+                        "charged: CPU time of the dispatcher thread on NumPy, robust to other load; the wall "
+                        "rate moves with the machine's load)")
+
+
+def _pipelined(hv: Hypervisor, kernel_id: int, bindings: dict[str, int], n: int) -> float:
+    """n launches of VM 1, DEPTH in flight; returns their device seconds (as charged)."""
+    q: deque = deque()
+    device = 0.0
+
+    def settle(c) -> float:
+        res = c.wait()
+        _check(res)
+        return res.device_ns * 1e-9
+
+    for _ in range(n):
+        if len(q) == DEPTH:
+            device += settle(q.popleft())
+        q.append(hv.launch(1, kernel_id, bindings))
+    return device + sum(settle(c) for c in q)
+
+
+# ---------------------------------------------------------------------------- shares
+def shares(report: Report, backend: str, batch, mid, plan: Plan) -> None:
+    vms = [(70, batch, "BATCH"), (30, mid, "INTERACTIVE")]
+    hv = _hv(backend, DEFAULT_TIME_SLICE_S)
+    loads = []
+    try:
+        for vm_id, (share, k, wclass) in enumerate(vms, start=1):
+            hv.register_vm(vm_id, QUOTA_MB, share, default_class=wclass)
+            loads.append(CallbackLoad(hv, vm_id, k))
+        for ld in loads:
+            ld.prime()
+        rec = Recorder(hv, [1, 2])
+        for ld in loads:
+            ld.start()
+        time.sleep(plan.warmup_s)
+        t0, p0 = hv.clock(), hv.dispatcher.preemptions
+        time.sleep(plan.share_s)
+        t1, p1 = hv.clock(), hv.dispatcher.preemptions
+        for ld in loads:
+            ld.finish()
+    finally:
+        for ld in loads:
+            ld.stop_flag.set()
+        hv.stop()
+    achieved = rec.device_share(t0, t1)
+    work = {v: sum(1 for r in rec.records if r.vm_id == v and t0 <= r.ended <= t1) * k.seconds
+            for v, (_, k, _) in enumerate(vms, start=1)}
+    total = sum(work.values()) or 1.0
+    errs, werrs = [], []
+    for v, (share, _, _) in enumerate(vms, start=1):
+        report.add(f"share_vm{v}_target_pct", share, "%")
+        report.add(f"share_vm{v}_achieved_pct", achieved[v], "%", baseline=f"share_vm{v}_target_pct")
+        report.add(f"share_vm{v}_work_pct", 100 * work[v] / total, "%", baseline=f"share_vm{v}_target_pct")
+        errs.append(abs(achieved[v] - share))
+        werrs.append(abs(100 * work[v] / total - share))
+    report.add("share_max_err_pp", max(errs), "pp", goal="<= 0.5 pp", ok=max(errs) <= 0.5 if not plan.quick else None)
+    report.add("share_work_max_err_pp", max(werrs), "pp")
+    report.add("share_preemptions", p1 - p0, "")
+    report.notes.append(f"shares: VM1 70 % BATCH {batch.describe()}, VM2 30 % INTERACTIVE {mid.describe()}, both "
+                        f"saturated (completion callbacks), {plan.share_s:g} s, preemption on; work = completed "
+                        "launches x the kernel's directly measured time (the scheduler never sees it)")
+
+
+# ---------------------------------------------------------------------------- overhead
+def overhead(report: Report, backend: str, big, plan: Plan) -> None:
+    hv = _hv(backend, DEFAULT_TIME_SLICE_S)
+    try:
+        hv.register_vm(1, QUOTA_MB, 100)
+        for key, source, n in (("large", big.source, max(20, int(0.1 / big.seconds))),
+                               ("tiny", TINY_SOURCE, plan.tiny_n)):
+            direct = DirectRun(hv.executor, source)
+            kid, binds = install(hv, 1, source)
+            modes = {"direct_serial": lambda n, d=direct: d.wall(n),
+                     "direct_pipelined": lambda n, d=direct: d.pipelined(n, DEPTH),
+                     "serial": lambda n, k=kid, b=binds: _serial(hv, k, b, n),
+                     "serial_here": lambda n, k=kid, b=binds: _serial_here(hv, k, b, n),
+                     "pipelined": lambda n, k=kid, b=binds: _pipelined(hv, k, b, n)}
+            for fn in modes.values():
+                fn(max(5, n // 5))
+            wall: dict[str, list[float]] = {m: [] for m in modes}
+            for _ in range(plan.overhead_rounds):
+                for mode, fn in modes.items():
+                    t0 = time.perf_counter()
+                    fn(n)
+                    wall[mode].append((time.perf_counter() - t0) / n)
+            med = {m: statistics.median(v) for m, v in wall.items()}
+            for mode in ("serial", "serial_here", "pipelined"):
+                ref = "direct_serial" if mode.startswith("serial") else "direct_pipelined"
+                if key == "large":
+                    report.add(f"overhead_large_{ref}_ms", med[ref] / MS, "ms")
+                    report.add(f"overhead_large_{mode}_ms", med[mode] / MS, "ms", baseline=f"overhead_large_{ref}_ms")
+                    if mode != "pipelined":
+                        pct = 100 * (med[mode] - med[ref]) / med[ref]
+                        report.add(f"overhead_large_{mode}_pct", pct, "%", goal="<= 3 %",
+                                   ok=pct <= 3.0 if not plan.quick else None)
+                else:
+                    report.add(f"overhead_tiny_{ref}_us", med[ref] / US, "us")
+                    extra = (med[mode] - med[ref]) / US
+                    report.add(f"overhead_tiny_{mode}_us", extra, "us", goal="<= 30 us",
+                               ok=extra <= 30.0 if not plan.quick else None)
+        report.notes.append(f"overhead: large {big.describe()}, tiny ADD of float[16]; serial against the executor "
+                            f"called serially (serial = launch().wait(), serial_here = launch_wait, the fast path), pipelined ({DEPTH} in flight) against the executor kept as deep; "
+                            f"medians of {plan.overhead_rounds} interleaved rounds; preemption on")
+    finally:
+        hv.stop()
+
+
+def _serial(hv: Hypervisor, kernel_id: int, bindings: dict[str, int], n: int) -> None:
+    for _ in range(n):
+        _check(hv.launch(1, kernel_id, bindings).wait())
+
+
+def _serial_here(hv: Hypervisor, kernel_id: int, bindings: dict[str, int], n: int) -> None:
+    """The serial fast path: launch_wait runs the launch on this thread when the device is idle."""
+    for _ in range(n):
+        _check(hv.launch_wait(1, kernel_id, bindings))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("Latency isolation and launch overhead (issue 14): preemption off and on, in one run")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="executor backend (default auto)")
+    args = p.parse_args(argv)
+    try:
+        executor = make_executor(args.backend)
+    except ConfigError as exc:
+        p.error(str(exc))
+    plan = Plan.make(args.quick)
+    report = Report("preempt")
+    report.notes.append(f"backend {executor.name} ({executor.info().device_name}); load average at start "
+                        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    started = time.perf_counter()
+    small, mid = sized_kernel(executor, 100 * US), sized_kernel(executor, 1 * MS)
+    big, batch = sized_kernel(executor, 2 * MS), sized_kernel(executor, 5 * MS)
+    name = executor.name
+    executor.close()
+    isolation(report, name, small, batch, plan)
+    batch_throughput(report, name, batch, plan)
+    shares(report, name, batch, mid, plan)
+    overhead(report, name, big, plan)
+    if plan.quick:
+        report.notes.append("--quick: short runs, goals shown but not judged")
+    report.notes.append(f"ran in {time.perf_counter() - started:.1f} s")
+    report.emit(args.json)
+
+
+if __name__ == "__main__":
+    main()

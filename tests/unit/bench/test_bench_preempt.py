@@ -1,0 +1,31 @@
+"""Smoke test of bench/bench_preempt.py: a --quick run on NumPy completes and emits the
+issue's table as one JSON object. Figures are not judged (benchmarks are not timed
+assertions); what does not depend on timing is checked."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import bench_preempt
+
+KEYS = ["iso_interactive_p99_alone_ms", "iso_interactive_p99_beside_batch_off_ms",
+        "iso_interactive_p99_beside_batch_on_ms", "batch_throughput_lost_to_preemption_pct",
+        "share_max_err_pp", "share_work_max_err_pp", "overhead_large_serial_pct", "overhead_large_serial_here_pct", "overhead_tiny_serial_us",
+        "overhead_tiny_serial_here_us",
+        "overhead_tiny_pipelined_us"]
+
+
+@pytest.mark.slow
+def test_quick_run_emits_the_issue_table(capsys):
+    bench_preempt.main(["--quick", "--json", "--backend", "numpy"])
+    out = json.loads(capsys.readouterr().out)
+    figs = out["figures"]
+    for key in KEYS:
+        assert math.isfinite(figs[key]["value"]), key
+    assert figs["iso_interactive_p99_beside_batch_on_ms"]["baseline"] == "iso_interactive_p99_alone_ms"
+    assert figs["iso_preemptions_off"]["value"] == 0  # slice 0: launches run whole
+    assert figs["share_vm1_achieved_pct"]["value"] + figs["share_vm2_achieved_pct"]["value"] == pytest.approx(100)
+    assert all("ok" not in f for f in figs.values())  # --quick: goals shown, not judged

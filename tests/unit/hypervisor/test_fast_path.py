@@ -1,0 +1,85 @@
+"""The serial fast path (issue 14): Hypervisor.launch_wait runs a launch on the caller's
+thread when the device is idle, and hands it to the dispatch thread when it is not; either
+way the result, the VM's order and the charging are those of the dispatch thread's path."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from hypervisor import Hypervisor
+
+WAIT_S = 60
+ADD = """GPU_KERNEL add
+GPU_PARAM a float[64]
+GPU_PARAM b float[64]
+GPU_PARAM c float[64]
+GPU_THREAD_CODE:
+    ADD a b -> c
+GPU_END
+"""
+
+
+def _setup(hv, vm):
+    hv.register_vm(vm, 16, 50)
+    (k,) = hv.compile(vm, ADD)
+    h = {}
+    for i, name in enumerate("abc"):
+        h[name] = hv.alloc(vm, "float32", (64,)).handle
+        hv.write(vm, h[name], 0, np.full(64, i + 1, np.float32).tobytes())
+    return k.kernel_id, h
+
+
+def test_launch_wait_runs_on_the_callers_thread_when_the_device_is_idle():
+    with Hypervisor(backend="numpy") as hv:
+        kid, h = _setup(hv, 1)
+        threads = []
+        hv.subscribe(lambda ev: threads.append(threading.get_ident()) if ev.kind == "launch_completed" else None)
+        res = hv.launch_wait(1, kid, h, timeout=WAIT_S)
+        assert res.ok and res.device_ns > 0
+        assert hv.dispatcher.ran_here == 1
+        assert threads == [threading.get_ident()]  # delivered here: no hop through another thread
+        out = np.frombuffer(hv.read(1, h["c"]), np.float32)
+        assert np.array_equal(out, np.full(64, 3, np.float32))
+        assert hv.stats(1).launches_total == 1
+
+
+def test_launch_wait_hands_over_when_the_device_is_busy():
+    with Hypervisor(backend="numpy") as hv:
+        kid, h = _setup(hv, 1)
+        kid2, h2 = _setup(hv, 2)
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold(job):
+            if job.vm_id == 2:
+                entered.set()
+                assert gate.wait(WAIT_S)
+
+        hv.dispatcher.before_run.append(hold)
+        busy = hv.launch(2, kid2, h2)  # the dispatch thread runs it and stops inside
+        assert entered.wait(WAIT_S)
+        results = []
+        t = threading.Thread(target=lambda: results.append(hv.launch_wait(1, kid, h, timeout=WAIT_S)))
+        t.start()
+        # The device token is held by the dispatch thread: VM 1's launch is queued for it.
+        assert not hv.dispatcher.run_here(busy)
+        gate.set()
+        t.join(WAIT_S)
+        assert busy.wait(WAIT_S).ok and results and results[0].ok
+        assert hv.dispatcher.ran_here == 0
+
+
+def test_a_vms_order_holds_with_the_fast_path():
+    with Hypervisor(backend="numpy") as hv:
+        kid, h = _setup(hv, 1)
+        order = []
+        queued = [hv.launch(1, kid, h) for _ in range(5)]  # the dispatch thread's
+        for c in queued:
+            c.add_done_callback(lambda c: order.append(c.launch_id))
+        last = hv.launch(1, kid, h, run_here=True)
+        last.add_done_callback(lambda c: order.append(c.launch_id))
+        assert last.wait(WAIT_S).ok
+        for c in queued:
+            assert c.wait(WAIT_S).ok
+        assert order == sorted(order) and len(order) == 6
