@@ -134,7 +134,8 @@ class Daemon:
         if metrics and self.config.daemon.metrics_address:
             from .metrics import MetricsExporter
 
-            self.metrics = MetricsExporter(self.hv, transport_status=self.transport_status, advisor=self.advisor)
+            self.metrics = MetricsExporter(self.hv, transport_status=self.transport_status, advisor=self.advisor,
+                                           handoff_stats=self.handoff_stats)
             host, port = self.metrics.serve(self.config.daemon.metrics_address, ready=self.readiness)
             log.info("metrics on http://%s:%d/metrics", host, port)
         if grpc:
@@ -338,6 +339,10 @@ class Daemon:
             self._vm_configs.pop(vm_id, None)
             log.info("VM %d removed%s", vm_id,
                      "; its connected guest now gets PXOS_S_VM_GONE for every request" if connected else "")
+
+    def handoff_stats(self) -> dict | None:
+        """libvirt handoff counters for /metrics; None when handoffs are off."""
+        return self.domains.stats() if self.domains is not None else None
 
     def transport_status(self) -> dict[int, dict]:
         return self.transport.status() if self.transport is not None else {}

@@ -142,6 +142,14 @@ class DomainHandoffs:
             self.listener.end(h)
         log.info("libvirt domain %s: VM %d released: %s", h.identity.name, h.vm_id, why)
 
+    def stats(self) -> dict:
+        """Counters for /metrics: handoffs accepted and refused, domains served now."""
+        lst = self.listener
+        with self._lock:
+            domains = len(self._by_vm)
+        return {"accepted": lst.handoffs_total if lst else 0, "refused": lst.refused_total if lst else 0,
+                "domains": domains}
+
     def status(self) -> dict[int, dict]:
         with self._lock:
             return {vm_id: {"domain": h.identity.name, "uuid": h.identity.uuid, "libvirt_id": h.identity.libvirt_id,

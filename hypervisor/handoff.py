@@ -233,7 +233,8 @@ class HandoffListener:
             token, reply = self._on_hello(hello, conn, pid)
             conn = None  # the transport owns it now
         except (E.PxosError, OSError) as exc:
-            self.refused_total += 1
+            with self._lock:
+                self.refused_total += 1
             log.warning("handoff refused: %s", exc)
             send_json(control, {"ok": False, "error": str(exc)})
             control.close()
@@ -242,7 +243,8 @@ class HandoffListener:
             return
         finally:
             self._pending.release()
-        self.handoffs_total += 1
+        with self._lock:
+            self.handoffs_total += 1
         send_json(control, {"ok": True, **reply})
         with self._lock:
             over = self._stopping or token in self._ended_early

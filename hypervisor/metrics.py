@@ -281,6 +281,25 @@ class _AdvisorCollector(Collector):
         yield mode
 
 
+class _HandoffCollector(Collector):
+    """libvirt handoffs (hypervisor/domains.py ``stats``); all zero where the daemon takes
+    none ([libvirt] handoff_socket unset), so the series always exist."""
+
+    def __init__(self, handoff_stats: Callable[[], dict | None] | None = None) -> None:
+        self.handoff_stats = handoff_stats
+
+    def collect(self):
+        st = self.handoff_stats() if self.handoff_stats is not None else None
+        st = st or {"accepted": 0, "refused": 0, "domains": 0}
+        total = CounterMetricFamily("pxos_libvirt_handoffs", "Connections pxos-vhost-gpu handed over, by result "
+                                    "(accepted, refused)", labels=["result"])
+        total.add_metric(["accepted"], st["accepted"])
+        total.add_metric(["refused"], st["refused"])
+        yield total
+        yield GaugeMetricFamily("pxos_libvirt_domains", "libvirt domains served now (one VM each)",
+                                value=st["domains"])
+
+
 def share_entitlements(stats) -> dict[int, float]:
     """What each VM is entitled to (0..1) over the scheduler window: its share among the
     VMs that had work in it (used the device or have launches queued). A VM with no work is
@@ -298,12 +317,14 @@ class MetricsExporter:
     over HTTP (port 0 picks a free port), ``stop()`` ends both."""
 
     def __init__(self, hv, registry: CollectorRegistry | None = None, *,
-                 transport_status: Callable[[], dict[int, dict]] | None = None, advisor=None):
+                 transport_status: Callable[[], dict[int, dict]] | None = None, advisor=None,
+                 handoff_stats: Callable[[], dict | None] | None = None):
         self.hv = hv
         self.registry = registry if registry is not None else CollectorRegistry()
         self.collector = _HypervisorCollector(hv, transport_status)
         self.registry.register(self.collector)
         self.registry.register(_AdvisorCollector(advisor))
+        self.registry.register(_HandoffCollector(handoff_stats))
         self.launches = Counter("pxos_vm_launches", "Completed launches of the VM, by class and status",
                                 ["vm", "class", "status"], registry=self.registry)
         self.latency = Histogram("pxos_launch_latency_seconds",

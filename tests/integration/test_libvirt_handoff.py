@@ -164,6 +164,20 @@ def test_unknown_domain_is_refused_with_the_reason(daemons, shims):
     assert "no [[vm]] has it as domain" in err and "auto_register is off" in err
     assert s.fe.sock.recv(1) == b""  # QEMU's end sees the back-end gone
     assert [v.vm_id for v in d.hv.list_vms()] == [1]
+    ok = shims(d.domains.listener.path, "--name", "dom-a")
+    ok.fe.boot()
+    from prometheus_client import generate_latest
+
+    from hypervisor.metrics import MetricsExporter
+
+    m = MetricsExporter(d.hv, handoff_stats=d.handoff_stats)
+    try:
+        text = generate_latest(m.registry).decode()
+    finally:
+        m.stop()
+    assert 'pxos_libvirt_handoffs_total{result="refused"} 1.0' in text
+    assert 'pxos_libvirt_handoffs_total{result="accepted"} 1.0' in text
+    assert "pxos_libvirt_domains 1.0" in text
 
 
 def test_one_connection_per_vm(daemons, shims):
