@@ -45,6 +45,11 @@ have_cmd apt-get && { have_pkg ca-certificates || need_pkgs+=(ca-certificates); 
 if have_cmd dpkg-query; then
     have_pkg libvulkan1 || need_pkgs+=(libvulkan1)
     have_pkg mesa-vulkan-drivers || need_pkgs+=(mesa-vulkan-drivers)
+    # The DRM transport's Mesa check (a guest GL program probing the device as virgl):
+    # GBM, EGL, GLES and Mesa's DRI drivers (virtio_gpu_dri.so, llvmpipe).
+    for p in libgbm1 libegl1 libegl-mesa0 libgles2 libgl1-mesa-dri; do
+        have_pkg "$p" || need_pkgs+=("$p")
+    done
 fi
 
 qemu_ok() {

@@ -70,3 +70,85 @@ def test_two_guests_one_per_transport_side_by_side(guest_artefacts, hvd_factory,
     assert lines["module"] == lines["stock"]
     for vm in (1, 2):
         assert hvd.wait_usage(vm, lambda used: used == 0)["memory_used"] == 0
+
+
+LIFECYCLE = """
+set -u
+export PXOS_TRANSPORT=drm
+dev=$(basename $(readlink /sys/bus/virtio/drivers/virtio_gpu/virtio*))
+wait_node() { i=0; while [ ! -e /dev/dri/renderD128 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; }
+pxos alloc float[262144] --hold 600 > /dev/null &
+pxos workload 400 > /tmp/bg.log 2>&1 &
+work=$!
+sleep 2
+pxos info --json | sed 's/^/DURING /'
+# The device taken from the driver with work in flight: the processes get ENODEV.
+echo $dev > /sys/bus/virtio/drivers/virtio_gpu/unbind
+wait $work
+echo "BG-EXIT $?"
+kill -9 $(jobs -p) 2>/dev/null; wait 2>/dev/null
+rmmod virtio_gpu && insmod /lib/modules/virtio_gpu.ko && wait_node
+pxos info --json | sed 's/^/AFTER-UNBIND /'
+dmesg -c > /tmp/phase1.log
+echo "CYCLES"
+for i in 1 2 3; do
+    pxos alloc float[262144] --hold 600 > /dev/null &
+    pxos workload 400 > /dev/null 2>&1 &
+    sleep 1
+    kill -9 $(jobs -p); wait 2>/dev/null
+    rmmod virtio_gpu || echo "CYCLE-FAIL rmmod $i"
+    insmod /lib/modules/virtio_gpu.ko || echo "CYCLE-FAIL insmod $i"
+    wait_node
+    pxos info --json | sed "s/^/AFTER-CYCLE /"
+done
+pxos selftest | tail -n 1
+dmesg | grep -i -E "bug|warn|oops|protection" | tail -n 20
+"""
+
+
+def test_driver_unbind_and_reload_with_work_in_flight_leave_usage_at_zero(guest_artefacts, hvd_factory, tmp_path):
+    hvd = hvd_factory({1: 64 << 20})
+    with Guest(guest_artefacts, hvd.sockets[1], LIFECYCLE, name="stock-life", driver="stock",
+               log_path=tmp_path / "life.log") as g:
+        r = g.wait(600)
+    out = r.console
+    assert r.exit_status == 0, out[-5000:]
+    used = [int(m) for m in re.findall(r'^DURING \{"abi".*"memory_used": (\d+)', out, re.M)]
+    assert used and used[0] > 1 << 20, out  # the held buffer and the workload's were there
+    bg = re.search(r"^BG-EXIT (\d+)$", out, re.M)
+    assert bg and bg.group(1) != "0", out  # the workload saw its device go
+    # Unbound with work in flight, then reloaded: the host released everything (device reset).
+    assert re.findall(r'^AFTER-UNBIND \{"abi".*"memory_used": (\d+)', out, re.M) == ["0"], out
+    # Killed with buffers held and launches in flight, the driver unloaded and reloaded: nothing left.
+    assert re.findall(r'^AFTER-CYCLE \{"abi".*"memory_used": (\d+)', out, re.M) == ["0"] * 3, out
+    assert "CYCLE-FAIL" not in out, out
+    assert re.search(r"^selftest: (\d+)/\1 passed$", out, re.M), out
+    tail = out[out.index("\nCYCLES"):]
+    assert not re.search(r"BUG|Oops|WARNING|general protection", tail), tail[-5000:]
+    assert hvd.proc.poll() is None, "pxos-hvd died"
+    assert hvd.wait_usage(1, lambda u: u == 0)["memory_used"] == 0
+
+
+def test_mesa_probing_the_device_falls_back_to_software_cleanly(guest_artefacts, hvd_factory, tmp_path):
+    """A guest with Mesa (the host's, through the chroot) opens the render node as any GL
+    program would: virgl finds no virgl capset, Mesa renders in software (llvmpipe), the
+    VM and pxOS carry on (Mesa's loader is also forced onto virtio_gpu, as a misconfigured
+    guest might be)."""
+    hvd = hvd_factory({1: 64 << 20})
+    probe = Path(__file__).with_name("guest_mesa_probe.py")
+    cmd = (f"chroot /host /usr/bin/python3 {probe} 2>/dev/null; echo PROBE-EXIT $?; "
+           f"chroot /host /usr/bin/env MESA_LOADER_DRIVER_OVERRIDE=virtio_gpu /usr/bin/python3 {probe} "
+           f"2>/dev/null; echo PROBE-EXIT $?; pxos --transport drm selftest | tail -n 1; "
+           f"dmesg | grep -i -E 'bug|oops|protection|response 0x' | tail -n 5")
+    with Guest(guest_artefacts, hvd.sockets[1], cmd, name="mesa", host_share=Path("/"), driver="stock",
+               log_path=tmp_path / "mesa.log") as g:
+        r = g.wait(600)
+    out = r.console
+    assert r.exit_status == 0, out[-5000:]
+    assert re.findall(r"^PROBE-EXIT (\d+)$", out, re.M) == ["0", "0"], out[-5000:]
+    renderers = re.findall(r"^MESA renderer (.*)$", out, re.M)
+    assert len(renderers) == 2 and all("llvmpipe" in x or "softpipe" in x for x in renderers), out[-5000:]
+    assert "virgl" not in out.lower(), out[-5000:]
+    assert re.search(r"^selftest: (\d+)/\1 passed$", out, re.M), out[-5000:]
+    assert not re.search(r"BUG|Oops|general protection", out), out[-5000:]
+    assert hvd.proc.poll() is None and "internal error" not in hvd.log_text()
