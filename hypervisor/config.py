@@ -174,6 +174,8 @@ class LibvirtSection(_Model):
     default_cap: float | None = Field(default=None, gt=0, le=100, description="its hard cap, percent")
     first_auto_id: int = Field(default=1000, gt=0, lt=2**32, description="such VMs get the first free id "
                                                                         "from here on")
+    state_dir: str = Field(default="/run/libvirt/qemu", min_length=1,
+                           description="libvirt's QEMU state directory (its pidfiles and domain status files)")
     identity_timeout_seconds: float = Field(default=10.0, gt=0, le=300,
                                             description="how long to wait for libvirt's record of the domain")
 
@@ -350,6 +352,7 @@ lookahead = 8             # launches the scheduler plans ahead (memory prefetch 
 # default_memory = "1Gi"
 # default_share = 0       # 0: idle time only, after every VM with a share (docs/scheduling.md)
 # first_auto_id = 1000
+# state_dir = "/run/libvirt/qemu"  # libvirt's pidfiles and domain status files
 
 [advisor]                 # an LLM that suggests classes and shares (docs/advisor.md)
 mode = "off"              # off | suggest (pxosctl advice accept/reject) | apply

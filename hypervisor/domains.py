@@ -52,7 +52,8 @@ class DomainHandoffs:
     # ---- a handoff arrives (its own thread) ----
     def _identify(self, hello: Hello, pid: int) -> DomainIdentity:
         if hello.libvirt_pidfile:
-            return identify(hello.libvirt_pidfile, pid, timeout=self.cfg.identity_timeout_seconds)
+            return identify(hello.libvirt_pidfile, pid, state_dir=self.cfg.state_dir,
+                            timeout=self.cfg.identity_timeout_seconds)
         return DomainIdentity(check_domain_name(hello.name), source="named by pxos-vhost-gpu --name")
 
     def _on_hello(self, hello: Hello, conn, pid: int) -> tuple[Handoff, dict]:

@@ -6,8 +6,9 @@ src/qemu/qemu_vhost_user_gpu.c and src/util/vircommand.c): libvirt starts the ba
 daemonized, with a pidfile ``<state dir>/<id>-<short name>-<alias>-vhost-user-gpu.pid``
 that the process itself holds open and locked (the descriptor is inherited on purpose, so
 libvirt can tell the process is alive). pxos-vhost-gpu reports that path; pxos-hvd checks
-that the file holds the pid of the process on the other end of the handoff socket
-(SO_PEERCRED), which only the process libvirt started can satisfy. The short name is cut to
+that the file lies in libvirt's state directory, is root's, and holds the pid of the
+process on the other end of the handoff socket (SO_PEERCRED), which only the process
+libvirt started can satisfy. The short name is cut to
 20 characters, so the full name and the UUID come from the domain's status file
 ``<state dir>/<name>.xml`` (``<domstatus><domain id='N'>``), which libvirt writes before
 QEMU opens the device and keeps 0600 root: reading it needs pxos-hvd to run as root.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from pathlib import Path
 
 from . import errors as E
 
+#: Where the system libvirtd keeps its QEMU driver's pidfiles and domain status files.
+DEFAULT_STATE_DIR = "/run/libvirt/qemu"
 #: libvirt's backend pidfile, as qemuVhostUserGPUCreatePidFilename names it.
 PIDFILE_RE = re.compile(r"^(?P<id>\d{1,10})-(?P<rest>.+)-vhost-user-gpu\.pid$")
 #: libvirt cuts the name in the short name to this many characters (VIR_DOMAIN_SHORT_NAME_MAX).
@@ -70,15 +74,40 @@ def parse_pidfile_name(path: str) -> tuple[int, str]:
     return int(m.group("id")), m.group("rest")
 
 
-def identify(pidfile: str, peer_pid: int, *, timeout: float = 10.0, poll: float = 0.1) -> DomainIdentity:
-    """The domain whose backend is ``peer_pid``, given the pidfile it holds (see the module
-    docstring). IdentityError names what did not hold."""
-    dom_id, rest = parse_pidfile_name(pidfile)
+def _owners() -> frozenset[int]:
+    """Who may have written libvirt's files: root (the system libvirtd), or pxos-hvd's user."""
+    return frozenset({0, os.geteuid()})
+
+
+def _read_owned(path: str | Path, limit: int) -> bytes | None:
+    """``path``'s first ``limit`` bytes if it is a regular file (not a symlink) owned by
+    root or by us; None otherwise. Whoever can hand over could also write files elsewhere
+    (libvirt's state dir belongs to its QEMU user): only libvirt's own files count."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        with open(pidfile, "rb") as f:
-            text = f.read(64)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in _owners() or st.st_mode & stat.S_IWOTH:
+            return None
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def identify(pidfile: str, peer_pid: int, *, state_dir: str = DEFAULT_STATE_DIR, timeout: float = 10.0,
+             poll: float = 0.1) -> DomainIdentity:
+    """The domain whose backend is ``peer_pid``, given the pidfile it holds (see the module
+    docstring); the pidfile must lie in libvirt's ``state_dir``. IdentityError names what
+    did not hold."""
+    dom_id, rest = parse_pidfile_name(pidfile)
+    if os.path.dirname(os.path.normpath(pidfile)) != os.path.normpath(state_dir):
+        raise IdentityError(f"{pidfile} is not in libvirt's state directory {state_dir} "
+                            "([libvirt] state_dir)")
+    try:
+        text = _read_owned(pidfile, 64)
     except OSError as exc:
         raise IdentityError(f"cannot read libvirt's pidfile {pidfile}: {exc.strerror or exc}") from exc
+    if text is None:
+        raise IdentityError(f"{pidfile} is not libvirt's: not a regular file owned by root")
     try:
         pid = int(text.strip() or b"-1")
     except ValueError:
@@ -108,9 +137,10 @@ def _status_of(state_dir: Path, dom_id: int, rest: str) -> DomainIdentity | None
         if i >= MAX_STATUS_FILES:
             break
         try:
-            if path.stat().st_size > MAX_STATUS_BYTES:
-                continue
-            root = ET.parse(path).getroot()
+            data = _read_owned(path, MAX_STATUS_BYTES + 1)
+            if data is None or len(data) > MAX_STATUS_BYTES:
+                continue  # not libvirt's (owner), or too big to be a status file
+            root = ET.fromstring(data)
         except PermissionError:
             raise
         except (OSError, ET.ParseError):

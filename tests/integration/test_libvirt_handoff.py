@@ -215,7 +215,8 @@ def _libvirt_state(tmp: Path, dom_id: int, name: str, uuid: str) -> Path:
 
 def test_libvirt_identity_from_the_pidfile_the_shim_holds(daemons, shims, tmp_path, capsys):
     name, uuid = "a-domain-with-a-rather-long-name", "9de2e6b2-035a-44c6-bc3d-fa02adb6b3d2"
-    d = daemons(vms=[{"id": 3, "memory": 4 * MiB, "share": 50, "domain": uuid.upper()}])
+    d = daemons(vms=[{"id": 3, "memory": 4 * MiB, "share": 50, "domain": uuid.upper()}],
+                state_dir=str(tmp_path / "qemu"))
     state = _libvirt_state(tmp_path, 7, name, uuid)
     pidfile = state / f"7-{name[:20]}-video0-vhost-user-gpu.pid"
     # What libvirt's daemonized child does: write its pid, keep the file open, exec.
@@ -227,7 +228,7 @@ def test_libvirt_identity_from_the_pidfile_the_shim_holds(daemons, shims, tmp_pa
 
 
 def test_a_pidfile_of_another_process_is_refused(daemons, shims, tmp_path):
-    d = daemons(auto_register=True)
+    d = daemons(auto_register=True, state_dir=str(tmp_path / "qemu"))
     state = _libvirt_state(tmp_path, 7, "victim", "9de2e6b2-035a-44c6-bc3d-fa02adb6b3d2")
     pidfile = state / "7-victim-video0-vhost-user-gpu.pid"
     pidfile.write_text("1\n")  # someone else's pid: this process is not libvirt's backend

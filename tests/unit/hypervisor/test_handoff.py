@@ -99,13 +99,26 @@ def test_identity_needs_the_status_of_that_domain(tmp_path):
     (tmp_path / "stale.xml").write_text("<domstatus><domain id='4'><name>zzz</name></domain></domstatus>")
     (tmp_path / "junk.xml").write_text("<<<")
     with pytest.raises(L.IdentityError, match="no status file names it"):
-        L.identify(str(pidfile), os.getpid(), timeout=0.2)
+        L.identify(str(pidfile), os.getpid(), state_dir=str(tmp_path), timeout=0.2)
     (tmp_path / "dom.xml").write_text("<domstatus><domain id='4'><name>dom</name>"
                                       "<uuid>not-a-uuid</uuid></domain></domstatus>")
-    ident = L.identify(str(pidfile), os.getpid(), timeout=0.2)
+    ident = L.identify(str(pidfile), os.getpid(), state_dir=str(tmp_path), timeout=0.2)
     assert (ident.name, ident.uuid, ident.libvirt_id) == ("dom", None, 4)
     with pytest.raises(L.IdentityError, match="names pid"):
-        L.identify(str(pidfile), os.getpid() + 1, timeout=0.2)
+        L.identify(str(pidfile), os.getpid() + 1, state_dir=str(tmp_path), timeout=0.2)
+    # Only libvirt's state dir, and only root's files there.
+    with pytest.raises(L.IdentityError, match="not in libvirt's state directory"):
+        L.identify(str(pidfile), os.getpid(), state_dir="/run/libvirt/qemu", timeout=0.2)
+    os.chown(tmp_path / "dom.xml", 65534, 65534)
+    with pytest.raises(L.IdentityError, match="no status file names it"):
+        L.identify(str(pidfile), os.getpid(), state_dir=str(tmp_path), timeout=0.2)
+    os.chown(pidfile, 65534, 65534)
+    with pytest.raises(L.IdentityError, match="not libvirt's"):
+        L.identify(str(pidfile), os.getpid(), state_dir=str(tmp_path), timeout=0.2)
+    link = tmp_path / "5-dom-video0-vhost-user-gpu.pid"
+    link.symlink_to(pidfile)
+    with pytest.raises(L.IdentityError, match="cannot read"):
+        L.identify(str(link), os.getpid(), state_dir=str(tmp_path), timeout=0.2)
 
 
 def test_description_and_install(tmp_path):
