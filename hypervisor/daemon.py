@@ -203,12 +203,16 @@ class Daemon:
             if cur.socket != vm.socket or cur.name != vm.name:
                 return (f"VM {vm_id}: a new socket or name needs `pxosctl vm remove` and add (kept as it was)",
                         False)
+            moved = ""
+            if vm.device is not None and vm.device != self.hv.vm_info(vm_id).device:
+                r = self.hv.move_vm(vm_id, vm.device)  # a new pin: the VM moves there (refused: kept)
+                moved = f", moved to device {vm.device} (paused {r['pause_seconds']:.3f} s)"
             self.hv.set_quota(vm_id, memory_bytes=vm.memory, share_pct=vm.share, cap_pct=vm.cap,
                               default_class=vm.default_class)
             self.advisor.set_bounds(vm_id, self._vm_bounds(vm))
             self._vm_configs[vm_id] = vm
             return (f"VM {vm_id}: quota {vm.memory} bytes, share {vm.share:g}%"
-                    + (f", cap {vm.cap:g}%" if vm.cap else ""), True)
+                    + (f", cap {vm.cap:g}%" if vm.cap else "") + moved, True)
         except E.PxosError as exc:
             verb = "removed" if vm is None else "added" if cur is None else "changed"
             return f"VM {vm_id}: not {verb}, kept as it was: {exc}", False

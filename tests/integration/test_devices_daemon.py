@@ -94,3 +94,15 @@ def test_vm_list_stats_metrics_and_move(daemon, ctl):
     # The move is kept as the VM's pin in the state file: a restart puts it back there.
     state = json.loads(open(daemon.config.daemon.state_file).read())
     assert "2" in json.dumps(state) and '"device": 0' in json.dumps(state)
+
+
+def test_reload_with_a_new_pin_moves_the_vm(daemon):
+    cfg = daemon.config.model_copy(update={"vm": [daemon.config.vm[0].model_copy(update={"device": 1}),
+                                                  daemon.config.vm[1]]})
+    lines = daemon.reload(cfg)
+    assert any("VM 1" in line and "moved to device 1" in line for line in lines), lines
+    assert daemon.hv.vm_info(1).device == 1
+    both = cfg.model_copy(update={"vm": [cfg.vm[0], cfg.vm[1].model_copy(update={"device": 1})]})
+    lines = daemon.reload(both)  # 60% beside 60% on device 1: refused, VM 2 stays
+    assert any("VM 2: not changed" in line for line in lines), lines
+    assert daemon.hv.vm_info(2).device == 0

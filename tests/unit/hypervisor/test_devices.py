@@ -168,6 +168,23 @@ def test_move_under_load_is_bit_identical_and_accounting_exact(ds):
     assert ds.read(2, keep.handle) == bytes(400)
 
 
+@pytest.mark.wgpu
+def test_wgpu_devices_place_and_move_bit_identically():
+    """The same on wgpu (lavapipe in CI): one executor per device on the one adapter."""
+    with DeviceSet("wgpu", 2, device_pool_bytes=64 * MB) as wds:
+        rng = np.random.default_rng(11)
+        x0, y0 = rng.standard_normal(20_000).astype(np.float32), rng.standard_normal(20_000).astype(np.float32)
+        assert wds.register_vm(1, 0, 50, memory_quota_bytes=8 * MB).device == 0
+        assert wds.register_vm(9, 0, 50, memory_quota_bytes=8 * MB).device == 1
+        ref, _, _ = _axpy_chain(wds, 9, 12, x0, y0)
+        wds.register_vm(2, 0, 40, memory_quota_bytes=8 * MB, device=1)
+        wds.unregister_vm(9)
+        got, report, _ = _axpy_chain(wds, 1, 12, x0, y0, move=lambda: wds.move_vm(1, 1))
+        assert got == ref and report["launches_waited"] == 12 - 12 // 3
+        assert wds.vm_info(1).device == 1 and wds.devices[0].memory.pool_used == 0
+        assert wds.devices[1].memory.pool_used == 2 * x0.nbytes
+
+
 def test_a_move_the_target_cannot_take_leaves_the_vm_where_it_was(ds):
     ds.register_vm(1, 0, 30, memory_quota_bytes=40 * MB, device=0)
     ds.register_vm(2, 0, 80, memory_quota_bytes=64 * MB, device=1)
@@ -269,3 +286,48 @@ def test_a_shared_model_is_held_once_per_device_that_uses_it(ds, tmp_path):
     ds.move_vm(2, 2)
     ds.remove_model("tiny")
     assert pools() == [0, 0, 0] and ds.list_models() == []
+
+
+def test_launches_submitted_during_a_move_wait_and_run_on_the_target(ds):
+    """The move waits for the VM's guest transfer in progress (here: one held open); the
+    launches the guest submits meanwhile are held, not queued on the old device, and run
+    on the new one in order, after the transfer's bytes arrived there."""
+    import time as _time
+
+    ds.register_vm(1, 0, 50, memory_quota_bytes=32 * MB, device=0)
+    ds.register_vm(9, 0, 50, memory_quota_bytes=32 * MB, device=2)
+    rng = np.random.default_rng(3)
+    x0, y0 = rng.standard_normal(50_000).astype(np.float32), rng.standard_normal(50_000).astype(np.float32)
+    ref, _, _ = _axpy_chain(ds, 9, 12, x0, y0)
+    k = ds.compile(1, AXPY)[0]
+    x, y = ds.alloc(1, "float32", (x0.size,)), ds.alloc(1, "float32", (y0.size,))
+    ds.write(1, y.handle, 0, y0.tobytes())
+    in_fill, go = threading.Event(), threading.Event()
+
+    def fill(view):
+        in_fill.set()
+        assert go.wait(60)
+        view[:] = x0.tobytes()
+
+    writer = threading.Thread(target=lambda: ds.write_from(1, x.handle, 0, x0.nbytes, fill))
+    writer.start()
+    assert in_fill.wait(60)  # the guest's WRITE of x is in progress
+    report = {}
+    mover = threading.Thread(target=lambda: report.update(ds.move_vm(1, 1)))
+    mover.start()
+    vm = ds.devices[0]._vms[1]
+    deadline = _time.monotonic() + 60
+    while vm.held is None and _time.monotonic() < deadline:  # the move waits for the transfer
+        _time.sleep(0.001)
+    assert vm.held == [] and ds.vm_info(1).device == 0
+    comps = [ds.launch(1, k.kernel_id, {"alpha": Scalar(1.0 + i / 7), "x": x.handle, "y": y.handle})
+             for i in range(12)]
+    assert len(vm.held) == 12 and ds.devices[0].scheduler.vm_stats(1).queue_depth == 0
+    go.set()
+    writer.join(60)
+    mover.join(120)
+    assert all(c.wait(60).ok for c in comps)
+    assert report["to_device"] == 1 and report["launches_waited"] == 12
+    assert ds.read(1, y.handle) == ref  # bit for bit
+    assert ds.stats(1).launches_total == 12 and ds.devices[0].memory.pool_used == 0
+    assert ds.devices[1].memory.pool_used == 2 * x0.nbytes
