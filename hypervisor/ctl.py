@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "is placed there); --socket alone makes vm<ID>.sock there; without --socket the VM "
                           "has no socket and is driven over gRPC only")
     add.add_argument("--device", type=int, help="pin to this device (default: placed where most is free)")
+    add.add_argument("--domain", metavar="NAME|UUID", help="the libvirt domain this VM serves (its pxos-vhost-gpu "
+                                                          "hands the connection over; not with --socket)")
     move = vm.add_parser("move", parents=[common], help="move a VM to another device (a pause, nothing lost)")
     move.add_argument("vm", type=_vm_id)
     move.add_argument("--device", type=int, required=True, help="the target device's id")
@@ -192,7 +194,8 @@ def cmd_vm(c: Client, args) -> int:
             _print_vm(resp)
     elif args.vm_command == "add":
         req = pb.RegisterVMRequest(vm_id=args.vm, name=args.name or "", memory_bytes=args.memory, share=args.share,
-                                   default_class=args.wclass or "", socket=_socket_name(args))
+                                   default_class=args.wclass or "", socket=_socket_name(args),
+                                   domain=args.domain or "")
         if args.cap is not None:
             req.cap = args.cap
         if args.device is not None:

@@ -41,7 +41,7 @@ class ErrorDetail(_message.Message):
     def __init__(self, status: _Optional[str] = ..., message: _Optional[str] = ..., diagnostics: _Optional[_Iterable[_Union[Diagnostic, _Mapping]]] = ..., error_type: _Optional[str] = ...) -> None: ...
 
 class RegisterVMRequest(_message.Message):
-    __slots__ = ("vm_id", "name", "memory_bytes", "share", "cap", "default_class", "socket", "device")
+    __slots__ = ("vm_id", "name", "memory_bytes", "share", "cap", "default_class", "socket", "device", "domain")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class RegisterVMRequest(_message.Message):
     DEFAULT_CLASS_FIELD_NUMBER: _ClassVar[int]
     SOCKET_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     vm_id: int
     name: str
     memory_bytes: int
@@ -58,7 +59,8 @@ class RegisterVMRequest(_message.Message):
     default_class: str
     socket: str
     device: int
-    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ..., device: _Optional[int] = ...) -> None: ...
+    domain: str
+    def __init__(self, vm_id: _Optional[int] = ..., name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., share: _Optional[float] = ..., cap: _Optional[float] = ..., default_class: _Optional[str] = ..., socket: _Optional[str] = ..., device: _Optional[int] = ..., domain: _Optional[str] = ...) -> None: ...
 
 class VMInfo(_message.Message):
     __slots__ = ("vm_id", "name", "memory_quota", "memory_used", "share", "cap", "default_class", "socket", "domain", "device")

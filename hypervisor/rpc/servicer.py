@@ -91,7 +91,8 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
         vm = VMConfig(id=request.vm_id, name=request.name or None, memory=request.memory_bytes,
                       share=request.share, cap=request.cap if request.HasField("cap") else None,
                       default_class=request.default_class.upper() or None, socket=request.socket or None,
-                      device=request.device if request.HasField("device") else None)
+                      device=request.device if request.HasField("device") else None,
+                      domain=request.domain or None)
         return convert.vm_info(self.daemon.add_vm(vm))
 
     @_rpc

@@ -260,3 +260,17 @@ def test_a_served_vm_removed_by_the_operator_is_retired_until_qemu_goes(daemons,
     # The domain's next start is served by the new VM.
     again = shims(d.domains.listener.path, "--name", "dom-a")
     assert Guest(again.fe.boot()).alloc(10) and d.hv.vm_info(2).domain == "dom-a"
+
+
+def test_a_vm_added_at_run_time_serves_its_domain(daemons, shims, capsys):
+    d = daemons()
+    sock = d.config.daemon.grpc_socket
+    assert ctl.main(["--socket", sock, "vm", "add", "5", "--memory", "4Mi", "--share", "20",
+                     "--domain", "late-dom"]) == 0
+    s = shims(d.domains.listener.path, "--name", "late-dom")
+    s.fe.boot()
+    assert d.hv.vm_info(5).domain == "late-dom"
+    capsys.readouterr()
+    assert ctl.main(["--socket", sock, "vm", "add", "6", "--memory", "4Mi", "--share", "20",
+                     "--domain", "x", "--socket"]) != 0  # a socket or a domain, not both
+    assert "not both" in capsys.readouterr().err
