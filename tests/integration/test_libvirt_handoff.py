@@ -36,10 +36,10 @@ def sockdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def make_daemon(sockdir: str, vms=(), **libvirt) -> Daemon:
+def make_daemon(sockdir: str, vms=(), daemon: dict | None = None, **libvirt) -> Daemon:
     cfg = DaemonConfig.model_validate({
         "daemon": {"grpc_socket": os.path.join(sockdir, "hvd.sock"), "metrics_address": None,
-                   "backend": "numpy", "socket_dir": os.path.join(sockdir, "vms")},
+                   "backend": "numpy", "socket_dir": os.path.join(sockdir, "vms"), **(daemon or {})},
         "libvirt": {"handoff_socket": "vhost-user-gpu.sock", "identity_timeout_seconds": 5, **libvirt},
         "vm": list(vms)})
     return Daemon(cfg, hypervisor=Hypervisor(backend="numpy", device_pool_bytes=64 << 20)).start(metrics=False)
@@ -49,8 +49,8 @@ def make_daemon(sockdir: str, vms=(), **libvirt) -> Daemon:
 def daemons(sockdir):
     started: list[Daemon] = []
 
-    def make(vms=(), **libvirt) -> Daemon:
-        started.append(make_daemon(sockdir, vms, **libvirt))
+    def make(vms=(), daemon=None, **libvirt) -> Daemon:
+        started.append(make_daemon(sockdir, vms, daemon, **libvirt))
         return started[-1]
 
     yield make
@@ -274,3 +274,29 @@ def test_a_vm_added_at_run_time_serves_its_domain(daemons, shims, capsys):
     assert ctl.main(["--socket", sock, "vm", "add", "6", "--memory", "4Mi", "--share", "20",
                      "--domain", "x", "--socket"]) != 0  # a socket or a domain, not both
     assert "not both" in capsys.readouterr().err
+
+
+def test_the_handoff_socket_is_made_like_a_vm_socket(daemons):
+    import grp
+    import stat
+
+    d = daemons(daemon={"vm_socket_group": "kvm"} if _has_group("kvm") else {})
+    st = os.stat(d.domains.listener.path)
+    assert stat.S_ISSOCK(st.st_mode)
+    if _has_group("kvm"):  # what libvirt's QEMU user (libvirt-qemu, group kvm) needs
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, grp.getgrnam("kvm").gr_gid)
+    else:
+        assert stat.S_IMODE(st.st_mode) == 0o600
+    path = d.domains.listener.path
+    d.stop(grace=1.0)
+    assert not os.path.exists(path)  # removed when the daemon stops
+
+
+def _has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
