@@ -331,3 +331,18 @@ def test_launches_submitted_during_a_move_wait_and_run_on_the_target(ds):
     assert ds.read(1, y.handle) == ref  # bit for bit
     assert ds.stats(1).launches_total == 12 and ds.devices[0].memory.pool_used == 0
     assert ds.devices[1].memory.pool_used == 2 * x0.nbytes
+
+
+def test_a_one_device_hypervisor_has_nowhere_to_move_to():
+    from hypervisor import Hypervisor
+
+    with Hypervisor(backend="numpy", device_pool_bytes=16 * MB) as hv:
+        info = hv.register_vm(1, 0, 50, memory_quota_bytes=MB)
+        assert info.device == 0 and hv.stats(1).device == 0
+        assert [u.device for u in hv.device_stats()] == [0] and hv.device_stats()[0].share_used == 50
+        with pytest.raises(E.InvalidArgument, match="one device"):
+            hv.move_vm(1, 1)
+        with pytest.raises(E.NotFound):
+            hv.move_vm(2, 1)
+        with pytest.raises(E.InvalidArgument, match="no device 1"):
+            hv.register_vm(2, 0, 10, memory_quota_bytes=MB, device=1)
