@@ -12,6 +12,8 @@ figure against a baseline taken in the same run.
 - shares: two saturated VMs 70/30 (BATCH ~5 ms, INTERACTIVE ~1 ms launches), preemption
   on: the device-time share error (goal <= 0.5 pp), and an independent one (completed
   launches x each kernel's directly measured cost);
+- compiles: VM 1's tiny launches while VM 2 compiles new ~20 KiB sources in a loop,
+  before (GIL switch interval 5 ms, no compile budget) and now (hypervisor/compiling.py);
 - overhead: a serial caller of ~2 ms launches against the executor called serially
   (goal <= 3 %), through launch().wait() (two thread hand-offs) and through the serial
   fast path (launch_wait: on the caller's thread when the device is idle); and the host
@@ -30,6 +32,8 @@ import hypervisor  # noqa: F401
 import os
 import random
 import statistics
+import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -290,6 +294,76 @@ def _serial_here(hv: Hypervisor, kernel_id: int, bindings: dict[str, int], n: in
         _check(hv.launch_wait(1, kernel_id, bindings))
 
 
+# ---------------------------------------------------------------------------- compiles
+def big_source(tag: int) -> str:
+    """About 20 KiB: 16 kernels of 61 statements, named by ``tag`` (a new source each time:
+    the compile cache never hits)."""
+    body = "".join(f"    ADD a b -> t{i}\n    MUL t{i} a -> t{i}\n" for i in range(30))
+    return "".join(f"GPU_KERNEL k{tag}_{k}\nGPU_PARAM a float[64]\nGPU_PARAM b float[64]\nGPU_PARAM c float[64]\n"
+                   f"GPU_THREAD_CODE:\n{body}    COPY t0 -> c\nGPU_END\n" for k in range(16))
+
+
+def compiles(report: Report, backend: str, plan: Plan) -> None:
+    """VM 1's tiny launches, one at a time, while VM 2 compiles new sources in a loop:
+    before (the default 5 ms GIL switch interval, no compile budget) and now."""
+    lat: dict[str, list[float]] = {}
+    rate: dict[str, float] = {}
+    hv = _hv(backend, DEFAULT_TIME_SLICE_S)
+    now_switch = sys.getswitchinterval()
+    budget = hv.compiles.budget_s
+    try:
+        hv.register_vm(1, QUOTA_MB, 50)
+        hv.register_vm(2, QUOTA_MB, 50)
+        kid, binds = install(hv, 1, TINY_SOURCE)
+        tag = [0]
+        for mode in ("quiet", "before", "now"):
+            sys.setswitchinterval(0.005 if mode == "before" else now_switch)
+            hv.compiles.budget_s = float("inf") if mode == "before" else budget
+            stop = threading.Event()
+            done = [0]
+
+            def compiler(stop=stop, done=done) -> None:
+                while not stop.is_set():
+                    tag[0] += 1
+                    for k in hv.compile(2, big_source(tag[0])):  # freed: VM 2 stays under its limits
+                        hv.free_kernel(2, k.kernel_id)
+                    done[0] += 1
+
+            t = threading.Thread(target=compiler, daemon=True) if mode != "quiet" else None
+            if t:
+                t.start()
+            t0 = time.perf_counter()
+            lat[mode] = _tiny_serial(hv, kid, binds, plan.iso_s)
+            rate[mode] = done[0] / (time.perf_counter() - t0)
+            stop.set()
+            if t:
+                t.join()
+    finally:
+        sys.setswitchinterval(now_switch)
+        hv.stop()
+    for p in (50, 99):
+        report.add(f"compile_tiny_p{p}_quiet_ms", percentile(lat["quiet"], p) / MS, "ms")
+        for mode in ("before", "now"):
+            report.add(f"compile_tiny_p{p}_beside_{mode}_ms", percentile(lat[mode], p) / MS, "ms",
+                       baseline=f"compile_tiny_p{p}_quiet_ms")
+    for mode in ("before", "now"):
+        report.add(f"compile_vm2_sources_per_s_{mode}", rate[mode], "1/s")
+    report.notes.append(f"compiles: VM 1 tiny launches one at a time (2 ms apart) while VM 2 compiles new "
+                        f"{len(big_source(0)) // 1024} KiB sources in a loop; before = GIL switch interval 5 ms "
+                        f"and no compile budget, now = {now_switch * 1e3:g} ms and {budget:g} s of compile CPU per "
+                        "VM per second")
+
+
+def _tiny_serial(hv: Hypervisor, kid: int, binds: dict[str, int], seconds: float) -> list[float]:
+    out, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        _check(hv.launch(1, kid, binds).wait())
+        out.append(time.perf_counter() - t0)
+        time.sleep(2 * MS)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser("Latency isolation and launch overhead (issue 14): preemption off and on, in one run")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="executor backend (default auto)")
@@ -311,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     batch_throughput(report, name, batch, plan)
     shares(report, name, batch, mid, plan)
     overhead(report, name, big, plan)
+    compiles(report, name, plan)
     if plan.quick:
         report.notes.append("--quick: short runs, goals shown but not judged")
     report.notes.append(f"ran in {time.perf_counter() - started:.1f} s")

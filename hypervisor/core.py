@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from scheduler import Classifier, FairScheduler, LaunchCost, Ticket, WorkloadCla
 
 from . import errors as E
 from .calibrate import peaks
+from .compiling import GIL_SWITCH_S, CompileBudget
 from .dispatch import Dispatcher, Job
 from .executor import Executor, make_executor
 from .memory import Buffer, MemoryManager
@@ -126,9 +128,14 @@ class Hypervisor:
         self._info = self.executor.info()
         self.models = ModelStore(self._lock, self.memory, self._emit)
         self.dispatcher = Dispatcher(self)
+        self.compiles = CompileBudget()  # per-VM compile CPU budget (compiling.py)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Hypervisor:
+        # A thread that wants the GIL waits for the holder's switch interval: keep it short
+        # so a compile (pure Python) cannot stall the dispatcher for 5 ms at a time.
+        if sys.getswitchinterval() > GIL_SWITCH_S:
+            sys.setswitchinterval(GIL_SWITCH_S)
         self.dispatcher.start()
         return self
 
@@ -208,6 +215,7 @@ class Hypervisor:
         with self._lock:
             self._vm(vm_id)
             why = f"VM {vm_id} was removed from pxos-hvd by the operator"
+            self.compiles.forget(vm_id)
             self._reset_locked(vm_id, why, error=E.VMGone)
             for t in self.scheduler.remove_vm(vm_id):  # nothing should be left; be exact anyway
                 self._fail_ticket(t, E.VMGone(why))
@@ -394,8 +402,11 @@ class Hypervisor:
 
     # ------------------------------------------------------------------ kernels
     def compile(self, vm_id: int, source: str | bytes, *, session: int = 0) -> list[KernelInfo]:
+        with self._lock:
+            self._vm(vm_id)
         try:
-            program = primitive_lang.compile_source(source)
+            with self.compiles.turn(vm_id):  # one at a time per VM, within its CPU budget
+                program = primitive_lang.compile_source(source)
         except primitive_lang.PrimitiveError as exc:
             raise E.PrimitiveError(str(exc), exc.diagnostics) from exc
         with self._lock:
