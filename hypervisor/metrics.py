@@ -41,6 +41,9 @@ LATENCY_BUCKETS = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e
 SWITCH_BUCKETS = (1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3,
                   5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3)
 
+# A VM's move between devices: a millisecond for a few MB, seconds for many GB.
+MOVE_BUCKETS = (1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
 # VMStats.extra keys (filled by the memory manager once overcommit lands) with their own
 # metric: key -> (name, "counter" | "gauge", help). Any other key is exported as
 # pxos_vm_extra{vm,key} so nothing the hypervisor reports is lost.
@@ -333,6 +336,11 @@ class MetricsExporter:
         self.vm_switch = Histogram("pxos_vm_switch_seconds",
                                    "Device idle gap when it goes from one VM's launch to another's",
                                    buckets=SWITCH_BUCKETS, registry=self.registry)
+        self.move_pause = Histogram("pxos_vm_move_pause_seconds",
+                                    "Pause of a VM moved to another device: its launches held until queued there",
+                                    ["by"], buckets=MOVE_BUCKETS, registry=self.registry)
+        self.move_bytes = Counter("pxos_vm_move_bytes", "Bytes of VMs' buffers moved between devices",
+                                  registry=self.registry)
         self._lock = threading.Lock()  # guards the label bookkeeping below
         self._launch_labels: set[tuple[str, str, str]] = set()
         self._httpd = None
@@ -352,6 +360,10 @@ class MetricsExporter:
                     self.latency.labels(vm).observe(ev.detail.get("total_ns", 0) / 1e9)
         elif ev.kind == "vm_switch":
             self.vm_switch.observe(float(ev.detail.get("gap_seconds", 0.0)))
+        elif ev.kind == "vm_moved":
+            self.move_pause.labels(str(ev.detail.get("by", "operator"))).observe(
+                float(ev.detail.get("pause_seconds", 0.0)))
+            self.move_bytes.inc(int(ev.detail.get("bytes", 0)))
         elif ev.kind == "vm_unregistered" and ev.vm_id is not None:
             self._forget_vm(str(ev.vm_id))
 

@@ -91,6 +91,8 @@ def test_vm_list_stats_metrics_and_move(daemon, ctl):
     assert samples['pxos_devices_pool_used_bytes{device="0"}'] == data.nbytes
     assert samples['pxos_devices_share_ratio{device="1"}'] == pytest.approx(0.3)
     assert samples['pxos_devices_vms{device="2"}'] == 1
+    assert samples['pxos_vm_move_pause_seconds_count{by="operator"}'] == 2  # the two moves that happened
+    assert samples["pxos_vm_move_bytes_total"] == 2 * data.nbytes
     # The move is kept as the VM's pin in the state file: a restart puts it back there.
     state = json.loads(open(daemon.config.daemon.state_file).read())
     assert "2" in json.dumps(state) and '"device": 0' in json.dumps(state)

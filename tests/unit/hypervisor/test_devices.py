@@ -346,3 +346,27 @@ def test_a_one_device_hypervisor_has_nowhere_to_move_to():
             hv.move_vm(2, 1)
         with pytest.raises(E.InvalidArgument, match="no device 1"):
             hv.register_vm(2, 0, 10, memory_quota_bytes=MB, device=1)
+
+
+def test_a_vm_with_buffers_in_host_ram_moves_with_them():
+    """Overcommit: buffers evicted to host RAM move too (from their host copy), and both
+    devices' pools and host budgets come out exact."""
+    with DeviceSet("numpy", 2, device_pool_bytes=16 * MB, host_budget_bytes=16 * MB) as d:
+        d.register_vm(1, 0, 50, memory_quota_bytes=8 * MB, device=0)
+        data = [np.full(MB // 4, i + 0.25, np.float32) for i in range(3)]
+        bufs = [d.alloc(1, "float32", (MB // 4,)) for _ in data]
+        for b, a in zip(bufs, data, strict=True):
+            d.write(1, b.handle, 0, a.tobytes())
+        d.set_quota(1, memory_bytes=MB, evict=True)  # its buffers go to host RAM now
+        src = d.devices[0].memory
+        assert src.host_used == 3 * MB and src.pool_used == 0
+        d.set_quota(1, memory_bytes=8 * MB)
+        report = d.move_vm(1, 1)
+        assert report["bytes"] == 3 * MB
+        assert (src.pool_used, src.host_used, src.committed) == (0, 0, 0)
+        dst = d.devices[1].memory
+        assert dst.committed == 3 * MB and dst.pool_used + dst.host_used == 3 * MB
+        for b, a in zip(bufs, data, strict=True):
+            assert d.read(1, b.handle) == a.tobytes()
+        st = d.stats(1)
+        assert st.memory_used == 3 * MB and st.memory_device_bytes + st.memory_host_bytes == 3 * MB
