@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "pxos_drm.h"
+#include "pxos_lib.h"
 
 /* The virtio_gpu DRM uapi (include/uapi/drm/virtgpu_drm.h), the parts used here. */
 struct pxd_map { __u64 offset; __u32 handle, pad; };
@@ -35,12 +36,15 @@ struct pxd_resource_create {
 };
 struct pxd_get_caps { __u32 cap_set_id, cap_set_ver; __u64 addr; __u32 size, pad; };
 struct pxd_gem_close { __u32 handle, pad; };
+struct pxd_wait_bo { __u32 handle, flags; };
 #define PXD_IOCTL_MAP _IOWR('d', 0x41, struct pxd_map)
 #define PXD_IOCTL_EXECBUFFER _IOWR('d', 0x42, struct pxd_execbuffer)
 #define PXD_IOCTL_RESOURCE_CREATE _IOWR('d', 0x44, struct pxd_resource_create)
+#define PXD_IOCTL_WAIT _IOWR('d', 0x48, struct pxd_wait_bo)
 #define PXD_IOCTL_GET_CAPS _IOWR('d', 0x49, struct pxd_get_caps)
 #define PXD_IOCTL_GEM_CLOSE _IOW('d', 0x09, struct pxd_gem_close)
 #define PXD_EXECBUF_FENCE_FD_OUT 0x02
+#define PXD_WAIT_NOWAIT 0x01
 _Static_assert(sizeof(struct pxd_execbuffer) == 40, "drm_virtgpu_execbuffer");
 _Static_assert(sizeof(struct pxd_resource_create) == 56, "drm_virtgpu_resource_create");
 
@@ -153,19 +157,18 @@ void pxd_close(int fd)
 		return;
 	for (unsigned int i = 0; i < pxd.nsub; i++)
 		close(pxd.sub[i].fence);
-	for (unsigned int i = 0; i < pxd.norphan; i++)
-		close(pxd.orphan[i].fence);
 	pxd_bo_free(&pxd.small);
 	pxd_bo_free(&pxd.slots);
 	pxd_bo_free(&pxd.big);
 	pxd_bo_free(&pxd.data);
+	pxd_bo_free(&pxd.launch);
 	close(pxd.fd);              /* the context goes: the device closes the session */
 	memset(&pxd, 0, sizeof(pxd));
 	pxd.fd = -1;
 }
 
 /* Send one request (head, then data) with its reply at bo + off, WRITE data in data_bo
- * (NULL: none, or inline); *fence: its sync_file. */
+ * (NULL: none, or inline); *fence: its sync_file (fence NULL: none, wait on bo instead). */
 int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struct pxd_bo *bo,
 		    __u32 off, const struct pxd_bo *data_bo, int *fence)
 {
@@ -188,7 +191,7 @@ int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struc
 	if (dlen)
 		memcpy((char *)(env + 1) + hlen, data, dlen);
 	memset(bo->map + off, 0, sizeof(struct pxos_resp_hdr)); /* untouched after: no reply came */
-	eb.flags = PXD_EXECBUF_FENCE_FD_OUT;
+	eb.flags = fence ? PXD_EXECBUF_FENCE_FD_OUT : 0;
 	eb.size = (__u32)total;
 	eb.command = (__u64)(uintptr_t)env;
 	eb.bo_handles = (__u64)(uintptr_t)handles;  /* held by the kernel until the fence */
@@ -199,8 +202,31 @@ int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struc
 	if (err)
 		return err;
 	pxd.requests_total++;
-	*fence = eb.fence_fd;
+	if (fence)
+		*fence = eb.fence_fd;
 	return 0;
+}
+
+/* 0 once every fence on bo signalled (a submit's reply is there), -ETIMEDOUT past
+ * deadline_ns (CLOCK_MONOTONIC), or -errno: VIRTGPU_WAIT, no sync_file to make. The
+ * kernel's wait gives up after 15 s (EBUSY); closer to the deadline it is polled. */
+int pxd_wait_bo(const struct pxd_bo *bo, __u64 deadline_ns)
+{
+	for (;;) {
+		__u64 now = px_now_ns();
+		struct pxd_wait_bo w = { bo->handle, 0 };
+		int err;
+
+		if (deadline_ns <= now || deadline_ns - now < 16000000000ull)
+			w.flags = PXD_WAIT_NOWAIT;  /* the kernel's own wait could overshoot */
+		err = pxd_ioctl_raw(pxd.fd, PXD_IOCTL_WAIT, &w);
+		if (err != -EBUSY && err != -EINTR && err != -ERESTART)
+			return err;
+		if (px_now_ns() >= deadline_ns)
+			return -ETIMEDOUT;
+		if (w.flags)
+			usleep(200);
+	}
 }
 
 /* 1 when the fence signalled within timeout_ms (-1: wait for ever). */
@@ -256,7 +282,7 @@ int pxd_call_data(const void *head, size_t hlen, const void *data, size_t dlen, 
 		  size_t need, struct pxos_ioc_result *res, const unsigned char **reply)
 {
 	struct pxd_bo *bo = &pxd.small;
-	int fence, err;
+	int err;
 
 	if (need > PXD_SMALL) {
 		if (pxd.big.size < need) {
@@ -267,11 +293,12 @@ int pxd_call_data(const void *head, size_t hlen, const void *data, size_t dlen, 
 		}
 		bo = &pxd.big;
 	}
-	err = pxd_send(head, hlen, data, dlen, bo, 0, data_bo, &fence);
+	err = pxd_send(head, hlen, data, dlen, bo, 0, data_bo, NULL);
 	if (err)
 		return err;
-	pxd_wait(fence, -1);
-	close(fence);
+	err = pxd_wait_bo(bo, UINT64_MAX);
+	if (err)
+		return err;
 	if (reply)
 		*reply = bo->map;
 	return pxd_result(bo, 0, res);

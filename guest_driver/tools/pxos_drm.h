@@ -32,9 +32,10 @@ struct pxd_pending { int fence; unsigned int slot; __u64 token; };
 struct pxd_state {
 	int fd;
 	struct pxd_bo small, slots, big, data;  /* data: WRITE's bytes, mapped (no copy into the submit) */
+	struct pxd_bo launch;                   /* a blocking LAUNCH's reply */
 	unsigned int free_slots[PXOS_MAX_SUBMITTED], nfree;
-	struct pxd_pending sub[PXOS_MAX_SUBMITTED], orphan[PXOS_MAX_SUBMITTED];
-	unsigned int nsub, norphan;
+	struct pxd_pending sub[PXOS_MAX_SUBMITTED];
+	unsigned int nsub;
 	__u64 next_token, requests_total, requests_failed, bytes_written, bytes_read;
 	__u32 session;
 };
@@ -45,6 +46,7 @@ void pxd_bo_free(struct pxd_bo *bo);
 int pxd_send(const void *head, size_t hlen, const void *data, size_t dlen, struct pxd_bo *bo, __u32 off,
 	     const struct pxd_bo *data_bo, int *fence);
 int pxd_wait(int fence, int timeout_ms);
+int pxd_wait_bo(const struct pxd_bo *bo, __u64 deadline_ns);
 int pxd_result(const struct pxd_bo *bo, __u32 off, struct pxos_ioc_result *res);
 int pxd_call(const void *head, size_t hlen, const void *data, size_t dlen, size_t need,
 	     struct pxos_ioc_result *res, const unsigned char **reply);

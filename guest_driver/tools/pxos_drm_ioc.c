@@ -2,8 +2,9 @@
 /*
  * pxos_drm_ioc.c - each /dev/pxosN ioctl over the DRM transport (pxos_drm.c): the same
  * checks before sending, the same wire request, the same results and errnos as the
- * module's pxos_ioctl.c and pxos_launch.c. LAUNCH and SUBMIT replies each get a slot of
- * their own in one mapped resource; a submit's completion is its fence fd.
+ * module's pxos_ioctl.c and pxos_launch.c. A blocking LAUNCH waits on its reply resource;
+ * each SUBMIT gets a reply slot of its own in one mapped resource and is completed when
+ * its fence fd (a sync_file) signals.
  */
 #include <errno.h>
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "pxos_drm.h"
+#include "pxos_lib.h"
 
 static size_t pxd_dtype_size(__u32 dtype)
 {
@@ -174,25 +176,10 @@ static int pxd_binding_ok(const struct pxos_binding *b)
 	return 0;
 }
 
-/* Slots of finished LAUNCHes whose caller stopped waiting (timed out) come back here. */
-static void pxd_reclaim_orphans(void)
-{
-	for (unsigned int i = 0; i < pxd.norphan;) {
-		if (pxd_wait(pxd.orphan[i].fence, 0)) {
-			close(pxd.orphan[i].fence);
-			pxd.free_slots[pxd.nfree++] = pxd.orphan[i].slot;
-			pxd.orphan[i] = pxd.orphan[--pxd.norphan];
-		} else {
-			i++;
-		}
-	}
-}
-
-static int pxd_launch_send(const struct pxos_ioc_launch *io, struct pxd_pending *out)
+/* The module's checks of a LAUNCH/SUBMIT, and its wire struct. */
+static int pxd_launch_cmd(const struct pxos_ioc_launch *io, struct pxos_cmd_launch *cmd)
 {
 	const struct pxos_binding *b = (const void *)(uintptr_t)io->bindings_ptr;
-	struct pxos_cmd_launch cmd;
-	int err;
 
 	if (io->nbindings > PXOS_MAX_BINDINGS)
 		return -E2BIG;
@@ -202,14 +189,24 @@ static int pxd_launch_send(const struct pxos_ioc_launch *io, struct pxd_pending 
 	for (unsigned int i = 0; i < io->nbindings; i++)
 		if (!pxd_binding_ok(&b[i]))
 			return -EINVAL;
-	pxd_reclaim_orphans();
+	PXD_HDR(*cmd, PXOS_CMD_LAUNCH);
+	cmd->kernel_id = io->kernel_id;
+	cmd->nbindings = io->nbindings;
+	cmd->priority = io->priority;
+	cmd->class_hint = io->class_hint;
+	return 0;
+}
+
+static int pxd_launch_send(const struct pxos_ioc_launch *io, struct pxd_pending *out)
+{
+	const struct pxos_binding *b = (const void *)(uintptr_t)io->bindings_ptr;
+	struct pxos_cmd_launch cmd;
+	int err = pxd_launch_cmd(io, &cmd);
+
+	if (err)
+		return err;
 	if (!pxd.nfree)
 		return -EBUSY;
-	PXD_HDR(cmd, PXOS_CMD_LAUNCH);
-	cmd.kernel_id = io->kernel_id;
-	cmd.nbindings = io->nbindings;
-	cmd.priority = io->priority;
-	cmd.class_hint = io->class_hint;
 	out->slot = pxd.free_slots[--pxd.nfree];
 	err = pxd_send(&cmd, sizeof(cmd), b, io->nbindings * sizeof(*b), &pxd.slots, out->slot * PXD_SLOT,
 		       NULL, &out->fence);
@@ -218,14 +215,14 @@ static int pxd_launch_send(const struct pxos_ioc_launch *io, struct pxd_pending 
 	return err;
 }
 
-/* A finished launch's outcome into the caller's fields; its slot freed. */
-static int pxd_launch_done(const struct pxd_pending *pl, struct pxos_ioc_result *res, __u64 *launch_id,
-			   __u64 *device_ns, __u64 *queue_ns, __u64 *total_ns, __u32 *class_assigned)
+/* A finished launch's outcome into the caller's fields; a slot's fence closed, slot freed. */
+static int pxd_launch_done(const struct pxd_pending *pl, const struct pxd_bo *bo, struct pxos_ioc_result *res,
+			   __u64 *launch_id, __u64 *device_ns, __u64 *queue_ns, __u64 *total_ns,
+			   __u32 *class_assigned)
 {
-	const struct pxos_resp_launch *r = (const void *)(pxd.slots.map + pl->slot * PXD_SLOT);
-	int err = pxd_result(&pxd.slots, pl->slot * PXD_SLOT, res);
+	const struct pxos_resp_launch *r = (const void *)(bo->map + pl->slot * PXD_SLOT);
+	int err = pxd_result(bo, pl->slot * PXD_SLOT, res);
 
-	close(pl->fence);
 	if (err != -EPROTO) {  /* a failed launch still reports its id and timings */
 		*launch_id = r->launch_id;
 		*device_ns = r->device_ns;
@@ -233,24 +230,41 @@ static int pxd_launch_done(const struct pxd_pending *pl, struct pxos_ioc_result 
 		*total_ns = r->total_ns;
 		*class_assigned = r->class_assigned;
 	}
-	pxd.free_slots[pxd.nfree++] = pl->slot;
+	if (pl->fence >= 0) {
+		close(pl->fence);
+		pxd.free_slots[pxd.nfree++] = pl->slot;
+	}
 	return err;
 }
 
+/* A blocking LAUNCH: its reply in a resource of its own, waited for with VIRTGPU_WAIT
+ * (no sync_file per launch). Timed out, that resource is let go with the launch: the
+ * kernel keeps its pages until the fence, and the next LAUNCH makes a new one. */
 static int pxd_launch(struct pxos_ioc_launch *io)
 {
+	const struct pxos_binding *b = (const void *)(uintptr_t)io->bindings_ptr;
+	__u32 ms = io->timeout_ms ? io->timeout_ms : PXOS_LAUNCH_TIMEOUT_DEFAULT_MS;
+	struct pxos_cmd_launch cmd;
 	struct pxd_pending pl;
-	int err = pxd_launch_send(io, &pl);
+	int err = pxd_launch_cmd(io, &cmd);
 
 	if (err)
 		return err;
-	if (!pxd_wait(pl.fence, io->timeout_ms ? (int)io->timeout_ms : PXOS_LAUNCH_TIMEOUT_DEFAULT_MS)) {
-		pxd.orphan[pxd.norphan++] = pl;  /* it may still run: its slot waits for it */
+	if (!pxd.launch.map && (err = pxd_bo_new(&pxd.launch, 4096)))
+		return err;
+	err = pxd_send(&cmd, sizeof(cmd), b, io->nbindings * sizeof(*b), &pxd.launch, 0, NULL, NULL);
+	if (!err)
+		err = pxd_wait_bo(&pxd.launch, px_now_ns() + (__u64)ms * 1000000);
+	if (err == -ETIMEDOUT) {
+		pxd_bo_free(&pxd.launch);
 		snprintf(io->res.message, sizeof(io->res.message), "timed out; the launch may still run");
-		return -ETIMEDOUT;
 	}
-	return pxd_launch_done(&pl, &io->res, &io->launch_id, &io->device_ns, &io->queue_ns, &io->total_ns,
-			       &io->class_assigned);
+	if (err)
+		return err;
+	pl.fence = -1;
+	pl.slot = 0;
+	return pxd_launch_done(&pl, &pxd.launch, &io->res, &io->launch_id, &io->device_ns, &io->queue_ns,
+			       &io->total_ns, &io->class_assigned);
 }
 
 static int pxd_submit(struct pxos_ioc_launch *io)
@@ -312,7 +326,7 @@ static int pxd_reap(struct pxos_ioc_reap *io)
 	memmove(&pxd.sub[i], &pxd.sub[i + 1], (pxd.nsub - i - 1) * sizeof(pl)); /* oldest first */
 	io->pending = --pxd.nsub;
 	io->token = pl.token;
-	return pxd_launch_done(&pl, &io->res, &io->launch_id, &io->device_ns, &io->queue_ns, &io->total_ns,
+	return pxd_launch_done(&pl, &pxd.slots, &io->res, &io->launch_id, &io->device_ns, &io->queue_ns, &io->total_ns,
 			       &io->class_assigned);
 }
 
