@@ -209,7 +209,8 @@ def cmd_vm(c: Client, args) -> int:
         else:
             print(f"VM {args.vm} moved from device {r.from_device} to device {r.info.device}: paused "
                   f"{1e3 * r.pause_seconds:.1f} ms, {size(r.bytes)} in {r.buffers} buffers "
-                  f"({r.mb_per_s:.0f} MB/s), {r.launches_waited} queued launches waited")
+                  f"({r.mb_per_s:.0f} MB/s{', peer to peer' if r.peer_bytes else ''}), "
+                  f"{r.launches_waited} queued launches waited")
     elif args.vm_command == "remove":
         c.call("UnregisterVM", pb.VMRef(vm_id=args.vm))
         if args.json:

@@ -21,6 +21,7 @@ The pause (from step 2 to the end) is reported with the bytes moved and their ra
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -31,6 +32,8 @@ from .memory import Buffer
 if TYPE_CHECKING:
     from .core import Hypervisor
     from .devices import DeviceSet
+
+log = logging.getLogger("pxos.moving")
 
 MOVE_HISTORY = 32  # reports kept for `pxosctl vm moves` / stats
 _POLL_S = 0.0005
@@ -92,12 +95,22 @@ def _unqueue(hv: Hypervisor, held: list) -> None:
             mem.unpin(buf, writes)  # a freed buffer stays: the move holds it in `buffers`
 
 
-def _copy(src: Hypervisor, buf: Buffer, dst: Hypervisor, new: Buffer) -> None:
-    """The buffer's bytes into its new buffer in one pass through host memory: the target's
-    fill hands a host view (its own bytes on NumPy, pinned staging on a GPU) that the
-    source's copy-out fills. Its device copy is the newest where it has one; no copy is in
-    flight and nothing runs on it (_quiet); waiting launches keep their pins meanwhile."""
+def _copy(src: Hypervisor, buf: Buffer, dst: Hypervisor, new: Buffer) -> bool:
+    """The buffer's bytes into its new buffer: GPU to GPU where the two reach each other
+    (the executor's ``peer_copy``, CuPy), else in one pass through host memory: the
+    target's fill hands a host view (its own bytes on NumPy, pinned staging on a GPU) that
+    the source's copy-out fills. Its device copy is the newest where it has one; no copy is
+    in flight and nothing runs on it (_quiet); waiting launches keep their pins meanwhile.
+    True when it went peer to peer."""
     on_src = buf.device is not None
+    peer = getattr(src.executor, "peer_copy", None)
+    if on_src and new.device is not None and peer is not None:
+        try:
+            if peer(buf.device, dst.executor, new.device):
+                return True
+        except Exception:  # a peer path that fails: the host path below still moves it
+            log.warning("peer copy from device %d to %d failed; copying through host memory",
+                        src.device_id, dst.device_id, exc_info=True)
     source = buf.device if on_src else buf.host
     target, on_dst, waits = dst.memory.begin_transfer(new, True)
     try:
@@ -107,6 +120,7 @@ def _copy(src: Hypervisor, buf: Buffer, dst: Hypervisor, new: Buffer) -> None:
                            lambda view: src.memory.copy_out(source, on_src, 0, [view]))
     finally:
         dst.memory.end_transfer(new)
+    return False
 
 
 def move_vm(ds: DeviceSet, vm_id: int, target: int, *, timeout: float, by: str = "operator") -> dict:
@@ -170,10 +184,12 @@ def _move_locked(ds: DeviceSet, src: Hypervisor, dst: Hypervisor, vm_id: int) ->
         dst.memory.add_vm(vm_id, max(smem.quota, smem.live_bytes))
         dmem = dst.memory.vm(vm_id)
         new: dict[int, Buffer] = {}
+        peer_bytes = 0
         for b in buffers:
             nb = dst.memory.alloc(vm_id, b.session, b.spec, handle=b.handle)
             new[b.handle] = nb
-            _copy(src, b, dst, nb)
+            if _copy(src, b, dst, nb):
+                peer_bytes += b.nbytes
     except BaseException:
         dst.memory.remove_vm(vm_id)
         dst.scheduler.remove_vm(vm_id)
@@ -197,4 +213,5 @@ def _move_locked(ds: DeviceSet, src: Hypervisor, dst: Hypervisor, vm_id: int) ->
         dst.memory._release(new[h])
     ds._where[vm_id] = dst.device_id
     dst.dispatcher.wake()
-    return {"bytes": sum(b.nbytes for b in buffers), "buffers": len(buffers), "launches_waited": len(held)}
+    return {"bytes": sum(b.nbytes for b in buffers), "buffers": len(buffers), "launches_waited": len(held),
+            "peer_bytes": peer_bytes}

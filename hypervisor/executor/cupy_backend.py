@@ -129,8 +129,12 @@ class CupyExecutor(Executor):
         self._last_end = None  # end event of the previous launch on the compute stream
         self._consts: dict = {}  # the interpreter's cache across launches (RoPE frequencies)
 
+    # Every call that touches the device runs with this executor's device current: a host
+    # with several GPUs has one executor per device (hypervisor/devices.py), called from
+    # any thread, and CUDA's current device is per thread.
     def info(self) -> ExecutorInfo:
-        free, total = self.cp.cuda.runtime.memGetInfo()
+        with self.device:
+            free, total = self.cp.cuda.runtime.memGetInfo()
         return ExecutorInfo(self.name, self._device_name, int(total), int(free), vendor="NVIDIA", api="CUDA",
                             time_source="cuda-events")
 
@@ -140,14 +144,14 @@ class CupyExecutor(Executor):
     # block is itself ordered after that copy on the same stream. Temporaries are
     # allocated on the compute stream and never reuse buffer blocks.
     def empty(self, spec: TensorSpec):
-        with self.copy:
+        with self.device, self.copy:
             return self.cp.empty(spec.shape, dtype=spec.dtype.value)
 
     def device_empty(self, spec: TensorSpec):
         return self.empty(spec)
 
     def zeros(self, spec: TensorSpec):
-        with self.copy:
+        with self.device, self.copy:
             a = self.cp.zeros(spec.shape, dtype=spec.dtype.value)
         self.copy.synchronize()
         return a
@@ -157,26 +161,28 @@ class CupyExecutor(Executor):
         return np.frombuffer(mem, dtype=np.uint8, count=nbytes)
 
     def h2d_async(self, host: np.ndarray, device) -> Fence:
-        flat = byte_view(self.cp, device)
-        if flat.size:
-            self.cp.cuda.runtime.memcpyAsync(flat.data.ptr, host.ctypes.data, flat.size,
-                                             self.cp.cuda.runtime.memcpyHostToDevice, self.copy.ptr)
-        ev = self.cp.cuda.Event(disable_timing=True)
-        ev.record(self.copy)
+        with self.device:
+            flat = byte_view(self.cp, device)
+            if flat.size:
+                self.cp.cuda.runtime.memcpyAsync(flat.data.ptr, host.ctypes.data, flat.size,
+                                                 self.cp.cuda.runtime.memcpyHostToDevice, self.copy.ptr)
+            ev = self.cp.cuda.Event(disable_timing=True)
+            ev.record(self.copy)
         return _EventFence(ev)
 
     def d2h_async(self, device, host: np.ndarray) -> Fence:
-        flat = byte_view(self.cp, device)
-        # Launches are complete when the dispatcher moves on (it waits for their end event),
-        # so the device copy is final; order the copy after any compute anyway.
-        done = self.cp.cuda.Event(disable_timing=True)
-        done.record(self.compute)
-        self.copy.wait_event(done)
-        if flat.size:
-            self.cp.cuda.runtime.memcpyAsync(host.ctypes.data, flat.data.ptr, flat.size,
-                                             self.cp.cuda.runtime.memcpyDeviceToHost, self.copy.ptr)
-        ev = self.cp.cuda.Event(disable_timing=True)
-        ev.record(self.copy)
+        with self.device:
+            flat = byte_view(self.cp, device)
+            # Launches are complete when the dispatcher moves on (it waits for their end event),
+            # so the device copy is final; order the copy after any compute anyway.
+            done = self.cp.cuda.Event(disable_timing=True)
+            done.record(self.compute)
+            self.copy.wait_event(done)
+            if flat.size:
+                self.cp.cuda.runtime.memcpyAsync(host.ctypes.data, flat.data.ptr, flat.size,
+                                                 self.cp.cuda.runtime.memcpyDeviceToHost, self.copy.ptr)
+            ev = self.cp.cuda.Event(disable_timing=True)
+            ev.record(self.copy)
         return _EventFence(ev)
 
     def _make_slot(self) -> _StagingSlot:
@@ -252,16 +258,19 @@ class CupyExecutor(Executor):
         return total
 
     def to_host(self, array) -> np.ndarray:
-        return self.cp.asnumpy(array, stream=self.copy, blocking=True)
+        with self.device:
+            return self.cp.asnumpy(array, stream=self.copy, blocking=True)
 
     def scalar(self, value: float | int, spec: TensorSpec) -> HostScalar:
-        return HostScalar(value, self.cp.asarray(value, dtype=spec.dtype.value))
+        with self.device:
+            return HostScalar(value, self.cp.asarray(value, dtype=spec.dtype.value))
 
     def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
         cp = self.cp
         env = dict(args)
-        waiting, start, end = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
-        with self.compute:
+        with self.device:
+            waiting, start, end = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
+        with self.device, self.compute:
             waiting.record(self.compute)
             for f in wait_for:  # the GPU waits for this launch's own buffers; the CPU does not
                 self.compute.wait_event(f.event)
@@ -274,12 +283,34 @@ class CupyExecutor(Executor):
         self._last_end = end
         return pending
 
+    def peer_copy(self, array, dst_executor, dst_array) -> bool:
+        """Copy a device array straight into another GPU's array, no host memory, where the
+        two GPUs reach each other (NVLink, PCIe P2P); False where they do not (the caller
+        goes through host memory). Used when a VM moves between devices (hypervisor/moving.py)."""
+        if not isinstance(dst_executor, CupyExecutor):
+            return False
+        rt = self.cp.cuda.runtime
+        src_id, dst_id = self.device.id, dst_executor.device.id
+        if src_id == dst_id or not rt.deviceCanAccessPeer(dst_id, src_id):
+            return False
+        a, b = byte_view(self.cp, array), byte_view(self.cp, dst_array)
+        check_range(b.size, 0, a.size)
+        with self.device:
+            done = self.cp.cuda.Event(disable_timing=True)
+            done.record(self.compute)  # after any launch that wrote it
+            self.copy.wait_event(done)
+            if a.size:
+                rt.memcpyPeerAsync(b.data.ptr, dst_id, a.data.ptr, src_id, a.size, self.copy.ptr)
+            self.copy.synchronize()
+        return True
+
     def release(self, array) -> None:
         del array  # CuPy's pool reuses the block once the last reference goes
 
     def close(self) -> None:
-        self.compute.synchronize()
-        self.copy.synchronize()
-        for slot in self._staging.drain():
-            slot.stream.synchronize()
-        self.cp.get_default_memory_pool().free_all_blocks()
+        with self.device:
+            self.compute.synchronize()
+            self.copy.synchronize()
+            for slot in self._staging.drain():
+                slot.stream.synchronize()
+            self.cp.get_default_memory_pool().free_all_blocks()

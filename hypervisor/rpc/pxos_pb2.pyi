@@ -291,7 +291,7 @@ class MoveVMRequest(_message.Message):
     def __init__(self, vm_id: _Optional[int] = ..., device: _Optional[int] = ...) -> None: ...
 
 class MoveVMResponse(_message.Message):
-    __slots__ = ("info", "from_device", "pause_seconds", "bytes", "buffers", "launches_waited", "mb_per_s")
+    __slots__ = ("info", "from_device", "pause_seconds", "bytes", "buffers", "launches_waited", "mb_per_s", "peer_bytes")
     INFO_FIELD_NUMBER: _ClassVar[int]
     FROM_DEVICE_FIELD_NUMBER: _ClassVar[int]
     PAUSE_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +299,7 @@ class MoveVMResponse(_message.Message):
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
     LAUNCHES_WAITED_FIELD_NUMBER: _ClassVar[int]
     MB_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PEER_BYTES_FIELD_NUMBER: _ClassVar[int]
     info: VMInfo
     from_device: int
     pause_seconds: float
@@ -306,7 +307,8 @@ class MoveVMResponse(_message.Message):
     buffers: int
     launches_waited: int
     mb_per_s: float
-    def __init__(self, info: _Optional[_Union[VMInfo, _Mapping]] = ..., from_device: _Optional[int] = ..., pause_seconds: _Optional[float] = ..., bytes: _Optional[int] = ..., buffers: _Optional[int] = ..., launches_waited: _Optional[int] = ..., mb_per_s: _Optional[float] = ...) -> None: ...
+    peer_bytes: int
+    def __init__(self, info: _Optional[_Union[VMInfo, _Mapping]] = ..., from_device: _Optional[int] = ..., pause_seconds: _Optional[float] = ..., bytes: _Optional[int] = ..., buffers: _Optional[int] = ..., launches_waited: _Optional[int] = ..., mb_per_s: _Optional[float] = ..., peer_bytes: _Optional[int] = ...) -> None: ...
 
 class CompileRequest(_message.Message):
     __slots__ = ("vm_id", "source")

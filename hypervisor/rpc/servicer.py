@@ -138,7 +138,8 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
         r = self.daemon.move_vm(request.vm_id, request.device)
         return pb.MoveVMResponse(info=convert.vm_info(self.hv.vm_info(request.vm_id)), from_device=r["from_device"],
                                  pause_seconds=r["pause_seconds"], bytes=r["bytes"], buffers=r["buffers"],
-                                 launches_waited=r["launches_waited"], mb_per_s=r["mb_per_s"])
+                                 launches_waited=r["launches_waited"], mb_per_s=r["mb_per_s"],
+                                 peer_bytes=r.get("peer_bytes", 0))
 
     @_rpc
     def Stats(self, request, context):

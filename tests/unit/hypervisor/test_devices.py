@@ -147,7 +147,7 @@ def test_move_under_load_is_bit_identical_and_accounting_exact(ds):
     keep = ds.alloc(2, "float32", (100,))
     got, report, (x, y) = _axpy_chain(ds, 1, 40, x0, y0, move=lambda: ds.move_vm(1, 1))
     assert got == ref  # bit for bit
-    assert report["from_device"] == 0 and report["to_device"] == 1
+    assert report["from_device"] == 0 and report["to_device"] == 1 and report["peer_bytes"] == 0  # NumPy: host
     assert report["bytes"] == 2 * 800_000 and report["buffers"] == 2 and report["pause_seconds"] > 0
     assert report["launches_waited"] == 40 - 40 // 3  # queued ones waited and ran on device 1
     assert ds.vm_info(1).device == 1 and ds.stats(1).device == 1
@@ -183,6 +183,31 @@ def test_wgpu_devices_place_and_move_bit_identically():
         assert got == ref and report["launches_waited"] == 12 - 12 // 3
         assert wds.vm_info(1).device == 1 and wds.devices[0].memory.pool_used == 0
         assert wds.devices[1].memory.pool_used == 2 * x0.nbytes
+
+
+@pytest.mark.gpu
+def test_cuda_devices_place_and_move_bit_identically():
+    """Every CUDA device of the host (one executor each, its own device current in every
+    call). With two or more: a move under load, peer to peer where the GPUs reach each
+    other, bit for bit. A one-GPU host checks placement and work on its device only."""
+    import cupy
+
+    n = cupy.cuda.runtime.getDeviceCount()
+    ids = list(range(min(n, 4)))
+    rng = np.random.default_rng(13)
+    x0, y0 = rng.standard_normal(1 << 20).astype(np.float32), rng.standard_normal(1 << 20).astype(np.float32)
+    with DeviceSet("cupy", ids, device_pool_bytes=256 * MB) as cds:
+        for i in ids:
+            assert cds.register_vm(10 + i, 0, 40, memory_quota_bytes=64 * MB).device == i  # spread
+        ref, _, _ = _axpy_chain(cds, 10 + ids[-1], 12, x0, y0)
+        if len(ids) == 1:
+            got, _, _ = _axpy_chain(cds, 10, 12, x0, y0)
+            assert got == ref
+            return
+        got, report, _ = _axpy_chain(cds, 10, 12, x0, y0, move=lambda: cds.move_vm(10, ids[1]))
+        assert got == ref and report["launches_waited"] == 12 - 12 // 3
+        assert report["peer_bytes"] in (0, report["bytes"])
+        assert cds.devices[0].memory.pool_used == 0 and cds.vm_info(10).device == ids[1]
 
 
 def test_a_move_the_target_cannot_take_leaves_the_vm_where_it_was(ds):
