@@ -190,6 +190,7 @@ class MemorySection(_Model):
 class SchedulerSection(_Model):
     window_seconds: float = Field(default=1.0, gt=0, le=3600)
     lookahead: int = Field(default=8, ge=1, le=256)
+    time_slice_ms: float = Field(default=1.0, ge=0, le=1000)  # preemption at op boundaries; 0 = off
 
 
 class AdvisorSection(_Model):
@@ -345,6 +346,7 @@ prefetch = true           # bring in what queued launches need ahead of time (do
 [scheduler]
 window_seconds = 1.0      # window over which caps and achieved shares are measured
 lookahead = 8             # launches the scheduler plans ahead (memory prefetch reads it)
+time_slice_ms = 1.0       # a running launch may yield to a more urgent VM's after each slice (0 = never)
 
 [libvirt]                 # libvirt's own vhost-user GPU: <driver name='vhostuser'/> (docs/operations.md)
 # handoff_socket = "/run/pxos/vhost-user-gpu.sock"  # pxos-vhost-gpu hands libvirt's connections here

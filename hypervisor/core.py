@@ -105,7 +105,7 @@ class Hypervisor:
     def __init__(self, *, backend: str | Executor = "auto", device_pool_bytes: int | None = None,
                  host_budget_bytes: int = 0, window_seconds: float = 1.0, lookahead_depth: int = 8,
                  prefetch: bool = True, clock: Callable[[], float] = time.monotonic,
-                 device_id: int = 0, shared: SharedIds | None = None):
+                 device_id: int = 0, shared: SharedIds | None = None, time_slice_s: float | None = None):
         self.executor = backend if isinstance(backend, Executor) else make_executor(backend)
         pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(self.executor)
         # One device of a DeviceSet (devices.py) shares its lock and its id counters with
@@ -129,6 +129,10 @@ class Hypervisor:
         self.models = ModelStore(self._lock, self.memory, self._emit)
         self.dispatcher = Dispatcher(self)
         self.compiles = CompileBudget()  # per-VM compile CPU budget (compiling.py)
+        if time_slice_s is not None:  # preemption at op boundaries (docs/scheduling.md); 0 = off
+            if not 0 <= time_slice_s <= 1:
+                raise E.InvalidArgument(f"time_slice_s must be in [0, 1] seconds, got {time_slice_s!r}")
+            self.dispatcher.time_slice_s = float(time_slice_s)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Hypervisor:

@@ -48,7 +48,8 @@ class Daemon:
         if hypervisor is None:
             pool = None if mem.device_pool == "auto" else mem.device_pool
             kw = dict(device_pool_bytes=pool, host_budget_bytes=mem.host_budget, prefetch=mem.prefetch,
-                      window_seconds=config.scheduler.window_seconds, lookahead_depth=config.scheduler.lookahead)
+                      window_seconds=config.scheduler.window_seconds, lookahead_depth=config.scheduler.lookahead,
+                      time_slice_s=config.scheduler.time_slice_ms / 1000)
             from .devices import DeviceSet, resolve_device_ids
 
             ids = resolve_device_ids(config.daemon.backend, config.daemon.devices)

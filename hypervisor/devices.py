@@ -98,7 +98,7 @@ class _Dispatchers:
 
 
 _ROUTED = ("alloc", "free", "buffer_info", "write", "write_from", "vm_usage", "read_into", "read", "compile",
-           "kernel_info", "free_kernel", "launch", "close_model", "close_session", "reset_vm", "idle_hint",
+           "kernel_info", "free_kernel", "launch", "launch_wait", "close_model", "close_session", "reset_vm", "idle_hint",
            "stats", "vm_info", "set_quota", "set_domain")
 
 
@@ -108,7 +108,7 @@ class DeviceSet:
     def __init__(self, backend: str = "numpy", device_ids: list[int] | int = 2, *,
                  device_pool_bytes: int | None = None, host_budget_bytes: int = 0, window_seconds: float = 1.0,
                  lookahead_depth: int = 8, prefetch: bool = True, clock: Callable[[], float] = time.monotonic,
-                 executors: list[Executor] | None = None):
+                 executors: list[Executor] | None = None, time_slice_s: float | None = None):
         ids = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
         if not ids or len(set(ids)) != len(ids):
             raise E.InvalidArgument(f"a device set needs distinct device ids, got {ids}")
@@ -121,7 +121,8 @@ class DeviceSet:
             pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(ex)
             self.devices[i] = Hypervisor(backend=ex, device_pool_bytes=pool, host_budget_bytes=host_budget_bytes,
                                          window_seconds=window_seconds, lookahead_depth=lookahead_depth,
-                                         prefetch=prefetch, clock=clock, device_id=i, shared=self._shared)
+                                         prefetch=prefetch, clock=clock, device_id=i, shared=self._shared,
+                                         time_slice_s=time_slice_s)
         self._first = self.devices[ids[0]]
         self.executor = self._first.executor
         self.dispatcher = _Dispatchers(list(self.devices.values()))

@@ -265,3 +265,20 @@ def test_preemption_off_runs_whole_launches():
     finally:
         hv.stop()
     assert seen[0].steps is None and seen[0].pending is not None
+
+
+def test_time_slice_is_configured():
+    import tomllib
+
+    from hypervisor.config import DEFAULT_CONFIG_TOML, parse_config
+    from hypervisor.errors import ConfigError, InvalidArgument
+
+    assert parse_config(tomllib.loads(DEFAULT_CONFIG_TOML)).scheduler.time_slice_ms == 1.0
+    assert parse_config({"scheduler": {"time_slice_ms": 0}}).scheduler.time_slice_ms == 0
+    with pytest.raises(ConfigError):
+        parse_config({"scheduler": {"time_slice_ms": -1}})
+    hv = Hypervisor(backend="numpy", time_slice_s=0.002)
+    assert hv.dispatcher.time_slice_s == 0.002
+    hv.stop()
+    with pytest.raises(InvalidArgument):
+        Hypervisor(backend="numpy", time_slice_s=5)
