@@ -1,8 +1,11 @@
-"""pxos_guest: the guest's Python library for /dev/pxosN (standard library + NumPy only).
+"""pxos_guest: the guest's Python library for pxOS (standard library + NumPy only).
 
 It wraps the ioctls of guest_driver/include/uapi/pxos_gpu.h (the ctypes structures below
 mirror that header field for field; tests/unit/guest_driver checks sizes, offsets and
-ioctl numbers against the C compiler's)::
+ioctl numbers against the C compiler's). They go to /dev/pxosN (pxos_gpu.ko), or, on a
+guest with only the stock virtio_gpu driver, through its render node (pxos_drm.py, the
+DRM transport: copy it beside this file): ``Device(transport="auto"|"module"|"drm")`` or
+$PXOS_TRANSPORT; programs do not change::
 
     import numpy as np, pxos_guest as px
     with px.Device() as dev:
@@ -327,10 +330,20 @@ def choose_transport(transport: str | None = None) -> str:
         return want
     if os.path.exists(os.environ.get("PXOS_DEVICE", "/dev/pxos0")):
         return "module"
-    import pxos_drm
+    drm = _pxos_drm()
+    return "drm" if drm.is_pxos_render_node(os.environ.get("PXOS_DRM_DEVICE", drm.RENDER_NODE)) else "module"
 
-    return "drm" if pxos_drm.is_pxos_render_node(os.environ.get("PXOS_DRM_DEVICE", pxos_drm.RENDER_NODE)) \
-        else "module"
+
+def _pxos_drm():
+    """The DRM transport, pxos_drm.py: beside this file (copy both into a guest)."""
+    try:
+        import pxos_drm
+    except ImportError:
+        import sys
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import pxos_drm
+    return pxos_drm
 
 
 class Device:
@@ -342,9 +355,7 @@ class Device:
         self.transport = choose_transport(transport)
         self._drm = None
         if self.transport == "drm":
-            import pxos_drm
-
-            self._drm = pxos_drm.DrmTransport(path)
+            self._drm = _pxos_drm().DrmTransport(path)
             self.path, self.fd = self._drm.path, self._drm.fd
         else:
             self.path = path or os.environ.get("PXOS_DEVICE", "/dev/pxos0")
