@@ -118,6 +118,10 @@ class _HypervisorCollector(Collector):
             "connected": gauge("pxos_transport_connected", "1 while the VM's QEMU is connected"),
             "requests": counter("pxos_transport_requests", "Requests the VM's device has handled"),
             "errors": counter("pxos_transport_errors", "Requests of the VM's device that failed"),
+            "drm_contexts": gauge("pxos_transport_drm_contexts",
+                                  "Contexts open on the VM's device (DRM transport: one per render-node session)"),
+            "fence_waits": counter("pxos_transport_fence_waits",
+                                   "Fenced answers the VM's device held until an earlier fence completed"),
         }
         device = {
             "pool": GaugeMetricFamily("pxos_device_pool_bytes", "Device memory pxOS may use"),
@@ -216,6 +220,9 @@ class _HypervisorCollector(Collector):
                 transport["connected"].add_metric(vm, 1.0 if st.get("connected") else 0.0)
                 transport["requests"].add_metric(vm, st.get("requests_served", st.get("requests", 0)) or 0)
                 transport["errors"].add_metric(vm, st.get("errors", 0) or 0)
+                dev = st.get("device") or {}
+                transport["drm_contexts"].add_metric(vm, dev.get("drm_contexts", 0) or 0)
+                transport["fence_waits"].add_metric(vm, dev.get("fence_waits_total", 0) or 0)
         d = hv.device_info()
         device["pool"].add_metric([], d.pool_bytes)
         device["pool_used"].add_metric([], d.pool_used)

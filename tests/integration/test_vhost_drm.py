@@ -51,7 +51,9 @@ def guest(hv, tmp_path):
     t.attach(1, str(tmp_path / "vm1.sock"))
     with VhostUserFrontend(str(tmp_path / "vm1.sock")) as fe:
         fe.boot()
-        yield DrmGuest(fe)
+        g = DrmGuest(fe)
+        g.transport = t  # the device's counters: g.transport.status()
+        yield g
     t.close()
 
 
@@ -142,6 +144,8 @@ def test_fences_complete_in_order_while_work_runs_out_of_order(guest, hv, monkey
     gate.set()
     answers = guest.answers(2)
     assert [(a.head, a.fence_id) for a in answers] == [(first, guest.fence - 1), (second, guest.fence)]
+    dev = guest.transport.status()[1]["device"]
+    assert dev["fence_waits_total"] >= 1 and dev["drm_contexts"] == 2 and dev["drm_resources"] == 2
     assert g.parse_response(T.PXOS_CMD_LAUNCH, guest.read_buffer(r1, 0, 200))["status"] == S.PXOS_S_OK
 
 

@@ -198,6 +198,7 @@ class GpuDevice(DrmServing):
         self._resume_scheduled.clear()
         self.display = HeadlessDisplay(NUM_CAPSETS)
         self.virgl.reset()
+        self.stats.drm_contexts = self.stats.drm_resources = 0
         self.fences.reset()
         self._close_display_fd()
         if self.retirement.message is not None:  # removed: the hypervisor released it all
@@ -397,6 +398,7 @@ class GpuDevice(DrmServing):
         """Complete a chain: at once, or (fenced) when every earlier fence is complete."""
         for q, r, n in self.fences.complete(queue, req, written):
             q.push(r, n)
+        self.stats.fence_waits_total = self.fences.held_total
 
     def _complete(self, queue, req, hdr: c.Header, resp: c.Response, *, header_only: bool = False) -> None:
         """The one path that encodes a PXOS response and completes its chain (a request

@@ -73,7 +73,8 @@ class DrmServing:
         self.stats.count(self.stats.standard_by_command, _name(hdr.type))
         if hdr.type == V.VIRTIO_GPU_CMD_SUBMIT_3D:
             self._serve_submit(queue, req, hdr)
-        elif hdr.type == V.VIRTIO_GPU_CMD_CTX_DESTROY:
+            return
+        if hdr.type == V.VIRTIO_GPU_CMD_CTX_DESTROY:
             self._serve_ctx_destroy(queue, req, hdr)
         else:
             n = _ATTACH_BYTES if hdr.type == V.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING else MAX_VIRGL_REQUEST
@@ -81,6 +82,7 @@ class DrmServing:
             if resp_type >= V.VIRTIO_GPU_RESP_ERR_UNSPEC:
                 self._note("%s -> %s", _name(hdr.type), V(resp_type).name)
             self._answer_virtio(queue, req, hdr, resp_type, body)
+        self.stats.drm_contexts, self.stats.drm_resources = len(self.virgl.contexts), len(self.virgl.resources)
 
     def _serve_ctx_destroy(self, queue, req, hdr: c.Header) -> None:
         if not self.virgl.destroy_context(hdr.ctx_id):

@@ -27,6 +27,9 @@ class DeviceStats:
     launches_inflight: int = 0  # LAUNCH chains held until their work completes
     late_completions_dropped: int = 0  # completions that arrived after a reset
     resets_total: int = 0
+    drm_contexts: int = 0  # contexts open (DRM transport: one per render-node session)
+    drm_resources: int = 0  # 3D buffer resources the guest's driver made
+    fence_waits_total: int = 0  # fenced answers held until an earlier fence completed
 
     def count(self, table: dict[str, int], key: str) -> None:
         table[key] = table.get(key, 0) + 1

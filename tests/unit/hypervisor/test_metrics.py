@@ -214,12 +214,15 @@ def test_a_failing_read_does_not_break_the_scrape(hv, exporter, monkeypatch):
 
 def test_transport_status_per_vm(hv):
     # what VhostUserTransport.status() reports for an attached VM (the far end of QEMU's socket)
-    status = {3: {"socket": "/run/pxos/vm3.sock", "connected": True, "requests_served": 41, "errors": 2}}
+    status = {3: {"socket": "/run/pxos/vm3.sock", "connected": True, "requests_served": 41, "errors": 2,
+                  "device": {"drm_contexts": 2, "fence_waits_total": 5}}}
     m = MetricsExporter(hv, transport_status=lambda: status)
     s, _ = parse(m.render())
     assert value(s, "pxos_transport_connected", vm="3") == 1
     assert value(s, "pxos_transport_requests_total", vm="3") == 41
     assert value(s, "pxos_transport_errors_total", vm="3") == 2
+    assert value(s, "pxos_transport_drm_contexts", vm="3") == 2  # DRM transport (issue 12)
+    assert value(s, "pxos_transport_fence_waits_total", vm="3") == 5
     m.stop()
 
 
