@@ -554,9 +554,10 @@ class Hypervisor:
         self.dispatcher.complete_later(job.completion, res)
 
     # ------------------------------------------------------------------ shared models
-    def load_model(self, name: str, path: str, dtype: str = "float32") -> ModelInfo:
-        """Load a GGUF file as a shared read-only model (seconds; other VMs keep running)."""
-        return self.models.load(name, path, dtype)
+    def load_model(self, name: str, path: str, dtype: str = "float32", *, plan=None) -> ModelInfo:
+        """Load a GGUF file as a shared read-only model (seconds; other VMs keep running).
+        ``plan``: the ids and handles of its copy on another device (devices.py)."""
+        return self.models.load(name, path, dtype, plan=plan)
 
     def remove_model(self, name: str) -> None:
         self.models.remove(name)

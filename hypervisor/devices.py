@@ -127,8 +127,9 @@ class DeviceSet:
         self.executor = self._first.executor
         self.dispatcher = _Dispatchers(list(self.devices.values()))
         self._where: dict[int, int] = {}  # VM -> device id
-        self._models: dict[str, tuple[str, str]] = {}  # name -> (path, dtype), loaded where opened
-        self._model_load = threading.Lock()
+        self._models: dict[str, tuple] = {}  # name -> (path, dtype, ModelPlan, ModelInfo as first loaded)
+        self._model_load = threading.RLock()
+        self._reserved: set[tuple[int, str]] = set()  # (device, model) a move is bringing there
         self.moves: list[dict] = []  # the last moves' reports (MOVE_HISTORY)
         self.rebalancer = None
 
@@ -271,19 +272,23 @@ class DeviceSet:
 
     # ------------------------------------------------------------------ shared models
     def load_model(self, name: str, path: str, dtype: str = "float32") -> ModelInfo:
-        """Known to every device from now on. Loaded now on the first device (which keeps
-        it: a bad file is refused at once, and the first device's copy is the one
-        `model list` reports); on any other device when a VM placed there first opens it,
-        and let go there when the last VM there closes it."""
+        """Known to every device from now on, held by none until a VM opens it: each device
+        loads it when a VM placed there first opens it (or moves there with it open) and
+        lets it go when no VM there has it open. Loaded once now on the first device, to
+        refuse a bad file at once and fix the model's id and buffer handles, which every
+        device's copy shares (a guest's handles hold wherever its VM runs); then let go."""
         with self._model_load:
+            if name in self._models:
+                raise E.AlreadyExists(f"a model named {name} is already loaded")
             info = self._first.load_model(name, path, dtype)
-            self._models[name] = (path, dtype)
-            return info
+            self._models[name] = (path, dtype, self._first.models.plan(name), info)
+        self._sweep_models()
+        return info
 
     def remove_model(self, name: str) -> None:
         with self._model_load:
             if name not in self._models:
-                raise E.NotFound(f"no model {name!r}")
+                raise E.NotFound(f"no model named {name!r}")
             holders = [hv for hv in self.devices.values() if hv.model_devices(name)]
             for hv in holders:  # in use anywhere: refused before any copy goes
                 info = next(m for m in hv.list_models() if m.name == name)
@@ -295,37 +300,45 @@ class DeviceSet:
             del self._models[name]
 
     def list_models(self) -> list[ModelInfo]:
-        """Each model once: the first device's copy's figures, its users and opens on every device."""
+        """Each known model once: the figures of one copy (none held: its size as loaded,
+        nothing resident), users and open sessions of every device."""
+        with self._model_load:
+            known = {n: rec[3] for n, rec in self._models.items()}
         seen: dict[str, ModelInfo] = {}
         for hv in self.devices.values():
             for m in hv.list_models():
                 if m.name in seen:
                     first = seen[m.name]
                     m = replace(first, users=tuple(sorted(set(first.users) | set(m.users))),
-                                opens=first.opens + m.opens)
+                                opens=first.opens + m.opens, device_bytes=first.device_bytes + m.device_bytes,
+                                host_bytes=first.host_bytes + m.host_bytes)
                 seen[m.name] = m
+        for n, info in known.items():
+            seen.setdefault(n, replace(info, device_bytes=0, host_bytes=0, users=(), opens=0))
         return [seen[n] for n in sorted(seen)]
 
     def model_devices(self, name: str) -> list[int]:
         """The devices that hold model ``name`` now (each holds it once)."""
         return [i for i, hv in self.devices.items() if hv.model_devices(name)]
 
+    def _ensure_model(self, hv: Hypervisor, name: str) -> None:
+        """Model ``name`` loaded on ``hv`` (``_model_load`` held; seconds when it is not)."""
+        if name in self._models and not hv.model_devices(name):
+            path, dtype, plan, _ = self._models[name]
+            hv.load_model(name, path, dtype, plan=plan)
+
     def open_model(self, vm_id: int, name: str, *, session: int = 0) -> ModelOpen:
         with self._model_load:  # never beside a sweep that would let this device's copy go
             hv = self.hv_of(vm_id)
-            if name in self._models and not hv.model_devices(name):
-                path, dtype = self._models[name]  # the first VM here to open it: load it here (seconds)
-                hv.load_model(name, path, dtype)
+            self._ensure_model(hv, name)
             return hv.open_model(vm_id, name, session=session)
 
     def _sweep_models(self) -> None:
-        """Let go of models on devices (not the first) where no VM has them open now."""
+        """Let go of the models no VM on their device has open (and no move is bringing)."""
         with self._model_load:
-            for hv in self.devices.values():
-                if hv is self._first:
-                    continue
+            for i, hv in self.devices.items():
                 for m in hv.list_models():
-                    if not m.opens:
+                    if not m.opens and (i, m.name) not in self._reserved:
                         try:
                             hv.remove_model(m.name)
                         except (E.ModelInUse, E.NotFound):
@@ -348,9 +361,30 @@ class DeviceSet:
     # ------------------------------------------------------------------ moves
     def move_vm(self, vm_id: int, device: int, *, timeout: float = MOVE_DRAIN_TIMEOUT_S,
                 by: str = "operator") -> dict:
+        """Move a VM to ``device`` (hypervisor/moving.py). The shared models it has open are
+        loaded on the target first (seconds, before the pause), held there for the move."""
         from .moving import move_vm
 
-        return move_vm(self, vm_id, device, timeout=timeout, by=by)
+        src = self.hv_of(vm_id)
+        if device not in self.devices:
+            raise E.InvalidArgument(f"no device {device}; this daemon has devices {sorted(self.devices)}")
+        with self._model_load:
+            with self._lock:
+                names = sorted(src.models.opens_of(vm_id))
+            for name in names:
+                self._reserved.add((device, name))
+            try:
+                for name in names:
+                    self._ensure_model(self.devices[device], name)
+            except BaseException:
+                self._reserved.difference_update((device, n) for n in names)
+                raise
+        try:
+            return move_vm(self, vm_id, device, timeout=timeout, by=by)
+        finally:
+            with self._model_load:
+                self._reserved.difference_update((device, n) for n in names)
+            self._sweep_models()
 
     def start_rebalancer(self, interval: float, dwell: float, **kw):
         """Move VMs off a busier device from now on (hypervisor/rebalance.py); off unless called."""

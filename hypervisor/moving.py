@@ -2,17 +2,19 @@
 
 1. Checked first, nothing changed on refusal: the target exists and differs, the VM's
    share fits the target's free share, its buffers fit the target's pool (and host
-   budget), it has no shared model open (model tensors are per device; their handles
-   would change).
+   budget); the shared models it has open are on the target (DeviceSet.move_vm loads
+   them there first: every device's copy has the same handles).
 2. Pause: the VM's queued launches leave the source scheduler uncancelled and wait in
    ``VMRecord.held``; launches it submits meanwhile wait there too. The move waits (the
    lock released) until its running launch, its guest transfers and its buffers' copies
    in flight are done.
 3. Under the lock: every buffer (freed ones a waiting launch still reads included) is
-   read to host memory and written into a buffer of the same handle on the target; the
+   copied (peer to peer between GPUs that allow it, else through host memory) into a
+   buffer of the same handle on the target; the
    target's scheduler and memory accounts take the VM (share, cap, quota, counters), the
-   VMRecord (kernels, statistics) moves, the source lets go of everything, and the
-   waiting launches are queued on the target with their buffers re-bound.
+   VMRecord (kernels, statistics) and its open models move, the source lets go of
+   everything, and the waiting launches are queued on the target with their buffers
+   (and model tensors) re-bound.
    A failure here (the backend's own out-of-memory) undoes the target side and queues
    the waiting launches on the source again: the VM stays where it was, unchanged.
 
@@ -39,10 +41,6 @@ MOVE_HISTORY = 32  # reports kept for `pxosctl vm moves` / stats
 _POLL_S = 0.0005
 
 
-def _open_models(hv: Hypervisor, vm_id: int) -> list[str]:
-    return sorted(m.name for m in hv.models._models.values() if any(k[0] == vm_id for k in m.opens))
-
-
 def _check_fits(src: Hypervisor, dst: Hypervisor, vm_id: int) -> int:
     """Refuse (typed, nothing changed) a move the target cannot take; the bytes to move."""
     vm, mem = src._vm(vm_id), src.memory.vm(vm_id)
@@ -50,10 +48,10 @@ def _check_fits(src: Hypervisor, dst: Hypervisor, vm_id: int) -> int:
     if used + vm.share > 100 + 1e-9:
         raise E.InvalidArgument(f"VM {vm_id} (share {vm.share:g}%) does not fit device {dst.device_id}: "
                                 f"{100 - used:g}% of its share is free")
-    models = _open_models(src, vm_id)
-    if models:
-        raise E.Busy(f"VM {vm_id} has shared model(s) {', '.join(models)} open; a move would change their "
-                     "handles: close them first")
+    missing = [n for n in src.models.opens_of(vm_id) if not dst.model_devices(n)]
+    if missing:  # DeviceSet.move_vm loads them on the target first
+        raise E.Busy(f"VM {vm_id} has shared model(s) {', '.join(sorted(missing))} open, not loaded on device "
+                     f"{dst.device_id}; retry")
     need = sum(b.nbytes for b in mem.buffers.values() if not b.reset_held)
     d = dst.memory
     if d.committed + need + d.max_queued_temps() + d.swap_reserve(max((b.nbytes for b in mem.buffers.values()),
@@ -198,9 +196,13 @@ def _move_locked(ds: DeviceSet, src: Hypervisor, dst: Hypervisor, vm_id: int) ->
     dmem.quota, dmem.grace_quota, dmem.idle = smem.quota, smem.grace_quota, smem.idle
     for k in ("h2d_bytes", "d2h_bytes", "evictions", "prefetch_hits", "prefetch_misses", "stall_seconds"):
         setattr(dmem, k, getattr(smem, k))
+    opens = src.models.opens_of(vm_id)
     _unqueue(src, held)
-    for t in held:
-        t.payload.buffers = {n: (new[b.handle], w) for n, (b, w) in t.payload.buffers.items()}
+    for t in held:  # its own buffers, and shared models' tensors: the target's copy (same handles)
+        t.payload.buffers = {n: (new[b.handle] if b.handle in new else dst.models.tensor(b.handle), w)
+                             for n, (b, w) in t.payload.buffers.items()}
+    src.models.close_all(vm_id)
+    dst.models.adopt_opens(vm_id, opens)
     src.scheduler.remove_vm(vm_id)
     src.memory.remove_vm(vm_id)
     src.classifier.forget(vm_id)

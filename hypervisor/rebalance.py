@@ -6,7 +6,7 @@ scheduler window). When the busiest and the least busy device differ by at least
 without a break, it moves one VM from the busiest to the least busy: a VM with work there
 (it used the device in the window or has launches queued), not moved in the last
 ``dwell`` seconds, whose part of the busy device's time evens the two out best; a VM the
-target cannot take (share, memory, a model open) is passed over for the next. The busy
+target cannot take (share, memory) is passed over for the next. The busy
 device must have at least two VMs with work (moving its only one moves the load, and
 would move it back). After a move the imbalance must stand a whole dwell again before the
 next, so nothing flaps. Moves go through DeviceSet.move_vm (hypervisor/moving.py) and are

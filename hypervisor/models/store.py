@@ -85,6 +85,15 @@ class ModelOpen:
     ntensors: int
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """A model's id and buffer handles, which every device's copy of it shares."""
+
+    model_id: int
+    handles: dict[str, int]  # tensor name -> handle
+    meta_handle: int
+
+
 @dataclass(eq=False)
 class _Model:
     model_id: int
@@ -124,8 +133,11 @@ class ModelStore:
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ operator side
-    def load(self, name: str, path: str, dtype: DType | str = DType.FLOAT32) -> ModelInfo:
-        """Read a GGUF file into read-only buffers; the name must be new."""
+    def load(self, name: str, path: str, dtype: DType | str = DType.FLOAT32, *,
+             plan: ModelPlan | None = None) -> ModelInfo:
+        """Read a GGUF file into read-only buffers; the name must be new. With ``plan``
+        (another device's copy of the same model: hypervisor/devices.py) the copy takes the
+        same model id and buffer handles, so a guest's handles hold on either device."""
         check_model_name(name)
         try:
             dt = DType(dtype)
@@ -139,14 +151,17 @@ class ModelStore:
                 raise E.AlreadyExists(f"a model named {name} is already loaded")
             if len(self._models) + len(self._loading) >= MAX_MODELS:
                 raise E.InvalidArgument(f"{MAX_MODELS} models are loaded, the limit; remove one first")
-            self._loading.add(name)
-            model_id = next(self._ids)
+            model_id = next(self._ids) if plan is None else plan.model_id
+            if any(m.model_id == model_id for m in self._models.values()):
+                raise E.AlreadyExists(f"model id {model_id} is taken on this device")
             self._memory.add_vm(-model_id, _NO_QUOTA)
+            self._loading.add(name)
         t0 = time.monotonic()
         try:
             mf = open_gguf(path)
-            tensors = self._load_tensors(model_id, mf, dt)
-            meta, meta_bytes = self._write_metadata(model_id, name, mf, dt, tensors)
+            tensors = self._load_tensors(model_id, mf, dt, plan)
+            meta, meta_bytes = self._write_metadata(model_id, name, mf, dt, tensors,
+                                                    plan.meta_handle if plan is not None else None)
         except BaseException:
             with self._lock:
                 self._loading.discard(name)
@@ -167,12 +182,12 @@ class ModelStore:
         self._emit("model_added", None, model=name, nbytes=info.nbytes, tensors=len(tensors))
         return info
 
-    def _put(self, model_id: int, spec: TensorSpec, data: np.ndarray) -> Buffer:
+    def _put(self, model_id: int, spec: TensorSpec, data: np.ndarray, handle: int | None = None) -> Buffer:
         """A new buffer of the model's account holding ``data`` (copied without the lock,
         the buffer pinned by a transfer so nothing moves it meanwhile)."""
         mem = self._memory
         with self._lock:
-            buf = mem.alloc(-model_id, 0, spec)
+            buf = mem.alloc(-model_id, 0, spec, handle=handle)
             target, on_device, waits = mem.begin_transfer(buf, writing=True)
         try:
             for fence in waits:
@@ -183,14 +198,21 @@ class ModelStore:
                 mem.end_transfer(buf)
         return buf
 
-    def _load_tensors(self, model_id: int, mf: ModelFile, dtype: DType) -> dict[str, Buffer]:
+    def _load_tensors(self, model_id: int, mf: ModelFile, dtype: DType,
+                      plan: ModelPlan | None = None) -> dict[str, Buffer]:
         out: dict[str, Buffer] = {}
         for entry, arr in mf.arrays(np.dtype(dtype.value)):
-            out[entry.name] = self._put(model_id, TensorSpec(dtype, entry.shape), arr)
+            handle = None
+            if plan is not None:
+                handle = plan.handles.get(entry.name)
+                if handle is None:
+                    raise E.ModelError(f"{mf.path}: tensor {entry.name} is not in the model's other copies "
+                                       "(the file changed since it was first loaded)")
+            out[entry.name] = self._put(model_id, TensorSpec(dtype, entry.shape), arr, handle)
         return out
 
     def _write_metadata(self, model_id: int, name: str, mf: ModelFile, dtype: DType,
-                        tensors: dict[str, Buffer]) -> tuple[Buffer, int]:
+                        tensors: dict[str, Buffer], handle: int | None = None) -> tuple[Buffer, int]:
         meta = {
             "format": METADATA_FORMAT, "model_id": model_id, "name": name, "architecture": mf.architecture,
             "general_name": mf.name, "dtype": dtype.value, "config": mf.config, "tokenizer": mf.tokenizer,
@@ -203,7 +225,7 @@ class ModelStore:
                                f"{MAX_METADATA_BYTES} (one READ)")
         words = np.zeros(max(math.ceil(len(data) / 4), 1), dtype=np.int32)
         words.view(np.uint8)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-        return self._put(model_id, TensorSpec(DType.INT32, words.shape), words), len(data)
+        return self._put(model_id, TensorSpec(DType.INT32, words.shape), words, handle), len(data)
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -222,6 +244,32 @@ class ModelStore:
             self._memory.remove_vm(model.account)
         log.info("model %s removed", name)
         self._emit("model_removed", None, model=name)
+
+    def plan(self, name: str) -> ModelPlan:
+        """What another device's copy of model ``name`` must match (ids and handles)."""
+        with self._lock:
+            m = self._get(name)
+            return ModelPlan(m.model_id, {n: b.handle for n, b in m.tensors.items()}, m.meta.handle)
+
+    def tensor(self, handle: int) -> Buffer:
+        """The buffer of a loaded model's tensor (or metadata) by handle (lock held)."""
+        return self._by_handle[handle].by_handle[handle]
+
+    def opens_of(self, vm_id: int) -> dict[str, dict[int, int]]:
+        """The models VM ``vm_id`` has open: name -> {session: times opened} (lock held)."""
+        out: dict[str, dict[int, int]] = {}
+        for m in self._models.values():
+            for (vm, session), n in m.opens.items():
+                if vm == vm_id:
+                    out.setdefault(m.name, {})[session] = n
+        return out
+
+    def adopt_opens(self, vm_id: int, opens: dict[str, dict[int, int]]) -> None:
+        """The VM moved here with these models open (lock held; each is loaded here)."""
+        for name, sessions in opens.items():
+            m = self._get(name)
+            for session, n in sessions.items():
+                m.opens[(vm_id, session)] += n
 
     def list(self) -> list[ModelInfo]:
         with self._lock:

@@ -283,34 +283,52 @@ def test_devices_config_is_checked():
 
 
 def test_a_shared_model_is_held_once_per_device_that_uses_it(ds, tmp_path):
+    """Held by a device while a VM placed there has it open, once however many; every
+    copy has the same handles, so a VM moves with its model open and its launches that
+    read the model's tensors run on the target's copy."""
+    import json
+
     from tests.support.tiny_gguf import write_tiny_llama
 
+    copy = "GPU_KERNEL cp\nGPU_PARAM w float[]\nGPU_PARAM o float[]\nGPU_THREAD_CODE:\n    COPY w -> o\nGPU_END\n"
     path = str(write_tiny_llama(tmp_path / "tiny.gguf"))
     for vm, dev in ((1, 0), (2, 1), (3, 1), (4, 2)):
         ds.register_vm(vm, 0, 20, memory_quota_bytes=MB, device=dev)
     pools = lambda: [info.pool_used for _, info, _ in ds.device_list()]  # noqa: E731
-    info = ds.load_model("tiny", path)
-    assert pools() == [info.nbytes, 0, 0] and ds.model_devices("tiny") == [0]
+    info = ds.load_model("tiny", path)  # checked on device 0, then held nowhere: no VM uses it
+    assert pools() == [0, 0, 0] and ds.model_devices("tiny") == []
+    [listed] = ds.list_models()
+    assert (listed.name, listed.nbytes, listed.device_bytes, listed.users) == ("tiny", info.nbytes, 0, ())
     a = ds.open_model(2, "tiny", session=1)
     b = ds.open_model(3, "tiny", session=1)
-    here = ds.devices[1].list_models()[0].nbytes  # its metadata names its own model id: a few bytes differ
-    assert abs(here - info.nbytes) < 64
-    assert pools() == [info.nbytes, here, 0]  # once on device 1 for its two VMs
-    assert ds.model_devices("tiny") == [0, 1] and a.meta_handle == b.meta_handle
-    assert ds.read(2, a.meta_handle, 0, a.meta_bytes, session=1) == ds.read(3, b.meta_handle, 0, b.meta_bytes,
-                                                                            session=1)
+    assert pools() == [0, info.nbytes, 0] and ds.model_devices("tiny") == [1]  # once for its two VMs
+    assert a.meta_handle == b.meta_handle and a.model_id == b.model_id == info.model_id
+    meta = json.loads(ds.read(2, a.meta_handle, 0, a.meta_bytes, session=1))
+    [(tname, t)] = list(meta["tensors"].items())[:1]
+    n = int(np.prod(t["shape"]))
+    want = ds.read(2, t["handle"], session=1)
     assert ds.list_models()[0].users == (2, 3) and ds.list_models()[0].opens == 2
-    with pytest.raises(E.Busy, match="model"):
-        ds.move_vm(2, 2)  # its model tensors' handles are of device 1
     with pytest.raises(E.ModelInUse):
         ds.remove_model("tiny")
-    ds.close_model(2, a.model_id, session=1)
-    assert pools() == [info.nbytes, here, 0]  # VM 3 still has it open there
+    # VM 2 moves to device 2 with the model open, a launch reading a tensor queued meanwhile.
+    k = ds.compile(2, copy, session=1)[0]
+    out = ds.alloc(2, "float32", tuple(t["shape"]), session=1)
+    with ds._lock:
+        c = ds.launch(2, k.kernel_id, {"w": t["handle"], "o": out.handle}, session=1)
+        report = ds.move_vm(2, 2)
+    assert c.wait(30).ok and report["launches_waited"] == 1
+    assert ds.read(2, out.handle, session=1) == want  # read from device 2's copy
+    assert ds.read(2, t["handle"], session=1) == want and ds.model_devices("tiny") == [1, 2]
+    assert json.loads(ds.read(2, a.meta_handle, 0, a.meta_bytes, session=1)) == meta  # same handles there
+    assert pools() == [0, info.nbytes, info.nbytes + 4 * n]
     ds.close_session(3, 1)
-    assert pools() == [info.nbytes, 0, 0] and ds.model_devices("tiny") == [0]  # let go on device 1
-    ds.move_vm(2, 2)
+    assert pools() == [0, 0, info.nbytes + 4 * n]  # let go on device 1: no VM there has it open
+    ds.close_model(2, a.model_id, session=1)
+    assert pools() == [0, 0, 4 * n] and ds.model_devices("tiny") == []
+    with pytest.raises(E.NotFound):
+        ds.read(2, t["handle"], session=1)
     ds.remove_model("tiny")
-    assert pools() == [0, 0, 0] and ds.list_models() == []
+    assert ds.list_models() == []
 
 
 def test_launches_submitted_during_a_move_wait_and_run_on_the_target(ds):
