@@ -108,3 +108,24 @@ def test_reload_with_a_new_pin_moves_the_vm(daemon):
     lines = daemon.reload(both)  # 60% beside 60% on device 1: refused, VM 2 stays
     assert any("VM 2: not changed" in line for line in lines), lines
     assert daemon.hv.vm_info(2).device == 0
+
+
+def test_models_of_the_config_on_a_daemon_with_devices(tmp_path):
+    from hypervisor.daemon import Daemon
+    from tests.support.tiny_gguf import write_tiny_llama
+
+    path = str(write_tiny_llama(tmp_path / "tiny.gguf"))
+    cfg = DaemonConfig.model_validate({
+        "daemon": {"grpc_socket": str(tmp_path / "g.sock"), "metrics_address": None, "backend": "numpy",
+                   "socket_dir": str(tmp_path), "devices": 2},
+        "memory": {"device_pool": "16Mi"},
+        "model": [{"name": "tiny", "path": path}],
+        "vm": [{"id": 1, "memory": "1M", "share": 50, "device": 1}],
+    })
+    dm = Daemon(cfg).start(grpc=False, metrics=False)
+    try:
+        assert [m.name for m in dm.hv.list_models()] == ["tiny"] and dm.hv.model_devices("tiny") == []
+        opened = dm.hv.open_model(1, "tiny", session=3)
+        assert dm.hv.model_devices("tiny") == [1] and opened.meta_bytes > 0
+    finally:
+        dm.stop()
