@@ -90,11 +90,11 @@ class Generation:
 def generate_in_guest(socket: Path, prompts: list[str], max_tokens: int, *, accel: str = "auto",
                       model: str = DEFAULT_MODEL, timeout: float = 900.0, echo: bool = False,
                       log_path: Path | None = None, name: str = "generate", ignore_eos: bool = False,
-                      ctx: int = 0) -> Generation:
+                      ctx: int = 0, driver: str = "module") -> Generation:
     a = art.prepare(log=lambda s: print(f"pxos-vm: {s}", file=sys.stderr))
     cmd = guest_command(prompts, max_tokens, model=model, ignore_eos=ignore_eos, ctx=ctx)
     with Guest(a, socket, cmd, mem_mib=GENERATE_MEM_MIB, accel=choose_accel(accel), name=name,
-               host_share=Path("/"), echo=echo, log_path=log_path) as g:
+               host_share=Path("/"), echo=echo, log_path=log_path, driver=driver) as g:
         r = g.wait(timeout)
     if r.exit_status != 0:
         tail = "\n".join(r.console.splitlines()[-25:])
