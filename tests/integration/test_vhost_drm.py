@@ -277,3 +277,35 @@ def test_write_data_from_a_resource(guest, hv):
         assert (a.head, a.type) == (head, want), kw
     bad = guest.call(1, write, r, data_offset=8)
     assert bad["status"] == S.PXOS_S_INVALID and "data_offset" in bad["message"]
+
+
+def test_random_submits_and_3d_commands_never_break_the_device(guest):
+    """Seeded garbage where a guest controls bytes: the SUBMIT_3D body, the envelope's
+    fields, the pxOS request inside, and the 3D commands' bodies. Each gets an answer;
+    nothing is a host error; the device serves a good request after."""
+    import random
+
+    rng = random.Random(1212)
+    guest.ctx_create(1)
+    r = guest.buffer(1, npages=2)
+    kinds = sorted(int(t) for t in V if 0x0200 <= t <= 0x0209 and t != V.VIRTIO_GPU_CMD_CTX_DESTROY)
+    for i in range(300):
+        roll = rng.random()
+        if roll < 0.35:  # a well-formed envelope around random request bytes
+            req = struct.pack("<I", rng.choice([*range(0x7000, 0x700E), rng.getrandbits(32)])) + \
+                rng.randbytes(rng.randrange(0, 200))
+            guest.submit(1, req.ljust(24, b"\0"), r, reply_offset=rng.choice([0, 8, 4096, 8000]),
+                         data=rng.choice([0, 0, r.rid, 999]), data_offset=rng.choice([0, 0, 16, 1 << 40]))
+        elif roll < 0.7:  # a random SUBMIT_3D body, size field and all
+            body = rng.randbytes(rng.randrange(0, 300))
+            guest.send(V.VIRTIO_GPU_CMD_SUBMIT_3D, body, ctx=rng.choice([0, 1, 2]), fence=guest.next_fence())
+        else:  # a random 3D command
+            guest.send(rng.choice(kinds), rng.randbytes(rng.randrange(0, 120)), ctx=rng.choice([0, 1, 2]),
+                       fence=guest.next_fence() if rng.random() < 0.5 else None)
+        [a] = guest.answers()
+        assert V(a.type).name.startswith("VIRTIO_GPU_RESP_"), (i, hex(a.type))
+    dev = guest.transport.status()[1]["device"]
+    assert dev["internal_errors_total"] == 0
+    guest.ctx_create(5)
+    r5 = guest.buffer(5, npages=2)
+    assert guest.call(5, g.get_info(), r5)["status"] == S.PXOS_S_OK
