@@ -52,6 +52,7 @@ _MAP = _drm_iowr(0x41, 16)                     # drm_virtgpu_map
 _EXECBUFFER = _drm_iowr(0x42, 40)              # drm_virtgpu_execbuffer
 _GETPARAM = _drm_iowr(0x43, 16)
 _RESOURCE_CREATE = _drm_iowr(0x44, 56)
+_WAIT = _drm_iowr(0x48, 8)                     # drm_virtgpu_3d_wait
 _GET_CAPS = _drm_iowr(0x49, 24)
 _GEM_CLOSE = (1 << 30) | (8 << 16) | (ord("d") << 8) | 0x09
 _FENCE_FD_OUT = 0x02
@@ -170,14 +171,15 @@ class DrmTransport:
         os.close(self.fd)  # the context goes: the device closes the session
 
     # ---- one request --------------------------------------------------------------------
-    def _send(self, body: bytes, bo: _Bo, offset: int = 0, data: _Bo | None = None) -> _Pending:
+    def _send(self, body: bytes, bo: _Bo, offset: int = 0, data: _Bo | None = None, *,
+              fence: bool = True) -> _Pending:
         bo.map[offset:offset + RESP_HDR] = bytes(RESP_HDR)  # cleared: an untouched reply means none came
         cmd = _ENVELOPE.pack(MAGIC, ABI_MAJOR, ABI_MINOR, bo.res_handle, data.res_handle if data else 0,
                              offset, 0) + body
         buf = C.create_string_buffer(cmd, len(cmd))
         # The kernel holds these resources until the submit's fence signals.
         handles = (C.c_uint32 * 2)(bo.handle, data.handle if data else 0)
-        args = bytearray(struct.pack("<IIQQIiII", _FENCE_FD_OUT, len(cmd), C.addressof(buf),
+        args = bytearray(struct.pack("<IIQQIiII", _FENCE_FD_OUT if fence else 0, len(cmd), C.addressof(buf),
                                      C.addressof(handles), 2 if data else 1, -1, 0, 0))
         _ioctl(self.fd, _EXECBUFFER, args)
         self.counters["requests_total"] += 1
@@ -199,8 +201,7 @@ class DrmTransport:
             raise OSError(_ERRNO.get(status, errno.EIO), os.strerror(_ERRNO.get(status, errno.EIO)))
         return raw
 
-    def call(self, body: bytes, res, size: int = SMALL_REPLY, timeout_ms: int | None = None,
-             data: _Bo | None = None) -> memoryview:
+    def call(self, body: bytes, res, size: int = SMALL_REPLY, data: _Bo | None = None) -> memoryview:
         """Send ``body``, wait for its reply (up to ``size`` bytes) and return it."""
         bo = self._small
         if size > SMALL_REPLY:
@@ -209,10 +210,22 @@ class DrmTransport:
                     self._big.close()
                 self._big = _Bo(self.fd, size)
             bo = self._big
-        p = self._send(body, bo, 0, data)
-        p.wait(timeout_ms)
+        p = self._send(body, bo, 0, data, fence=False)
+        p.fence_fd = -1
+        self._wait_bo(bo)
         self._finish(p, res)
         return memoryview(bo.map)[:size]
+
+    def _wait_bo(self, bo: _Bo) -> None:
+        """Until every fence on ``bo`` signalled (VIRTGPU_WAIT: no sync_file per request;
+        the kernel gives up after 15 s with EBUSY, so ask again)."""
+        while True:
+            try:
+                _ioctl(self.fd, _WAIT, bytearray(struct.pack("<II", bo.handle, 0)))
+                return
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.EINTR):
+                    raise
 
     # ---- the module's ioctls ------------------------------------------------------------
     def ioctl(self, name: str, io) -> None:

@@ -152,3 +152,28 @@ def test_mesa_probing_the_device_falls_back_to_software_cleanly(guest_artefacts,
     assert re.search(r"^selftest: (\d+)/\1 passed$", out, re.M), out[-5000:]
     assert not re.search(r"BUG|Oops|general protection", out), out[-5000:]
     assert hvd.proc.poll() is None and "internal error" not in hvd.log_text()
+
+
+def test_many_processes_and_a_timed_out_launch_over_drm(guest_artefacts, hvd_factory, tmp_path):
+    """Four processes with 48 launches each in flight on the one fence timeline (more than
+    the control queue holds), every result checked; then a LAUNCH that outlives its timeout:
+    ETIMEDOUT at once, the launch finishes on the host, and nothing is left behind."""
+    from tests.e2e.test_guest_module import SLOW
+
+    hvd = hvd_factory({1: 64 << 20})
+    cmd = ("export PXOS_TRANSPORT=drm; for i in 1 2 3 4; do pxos selftest > /tmp/s$i.log 2>&1 & done; wait; "
+           "cat /tmp/s*.log; "
+           "pxos run /root/slow.pxp --timeout 1 --bind a=float[384,384]:random --bind c=float[384,384]; "
+           "echo \"TIMEOUT-RC $?\"; pxos info --json; pxos selftest | tail -n 1")
+    with Guest(guest_artefacts, hvd.sockets[1], cmd, name="stock-many", driver="stock",
+               files={"/root/slow.pxp": SLOW}, log_path=tmp_path / "many.log") as g:
+        r = g.wait(600)
+    out = r.console
+    assert r.exit_status == 0, out[-4000:]
+    assert len(re.findall(r"^selftest: (\d+)/\1 passed$", out, re.M)) == 5, out[-6000:]
+    assert len(re.findall(r"async_poll_reap\s+ok: 48 launches in flight", out)) == 4
+    assert re.search(r"pxos: slow: Connection timed out \(timed out; the launch may still run\)", out), out[-3000:]
+    assert "TIMEOUT-RC 1" in out
+    assert re.search(r'"memory_used": 0,', out), out[-3000:]
+    assert not re.search(r"BUG|Oops|WARNING", out)
+    assert hvd.wait_usage(1, lambda u: u == 0)["memory_used"] == 0
