@@ -513,10 +513,6 @@ class Dispatcher:
                 log.debug("launch %d of VM %d (%s, %s): %s, device %.3f ms, queued %.3f ms", job.launch_id,
                           job.vm_id, job.bound.kernel.name, job.wclass.name, result.status, device_s * 1e3,
                           result.queue_ns / 1e6)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("launch %d of VM %d (%s, %s): %s, device %.3f ms, queued %.3f ms", job.launch_id,
-                          job.vm_id, job.bound.kernel.name, job.wclass.name, result.status, device_s * 1e3,
-                          result.queue_ns / 1e6)
             acct = mem._vms.get(job.vm_id)
             if acct is not None and res is not None:
                 acct.stall_seconds += stall_s
