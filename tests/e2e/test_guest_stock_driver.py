@@ -48,11 +48,12 @@ def test_stock_kernel_runs_the_tool_and_the_python_library_over_drm(guest_artefa
 
 
 def test_two_guests_one_per_transport_side_by_side(guest_artefacts, hvd_factory, tmp_path):
-    hvd = hvd_factory({1: 64 << 20, 2: 64 << 20})
+    hvd = hvd_factory({1: 64 << 20, 2: 48 << 20}, shares={1: 70, 2: 30})
     results = {}
 
     def run(vm: int, driver: str, transport: str) -> None:
-        with Guest(guest_artefacts, hvd.sockets[vm], _pylib_cmd(transport), name=f"vm{vm}-{driver}",
+        cmd = f"pxos info --json && {_pylib_cmd(transport)}"  # the tool on "auto": each guest's own
+        with Guest(guest_artefacts, hvd.sockets[vm], cmd, name=f"vm{vm}-{driver}",
                    host_share=Path("/"), driver=driver, log_path=tmp_path / f"vm{vm}.log") as g:
             results[driver] = g.wait(600)
 
@@ -68,6 +69,10 @@ def test_two_guests_one_per_transport_side_by_side(guest_artefacts, hvd_factory,
     # The same checks gave the same outcome on either transport, line for line.
     lines = {d: sorted(re.findall(r"^pylib (\w+): (ok|FAIL)", r.console, re.M)) for d, r in results.items()}
     assert lines["module"] == lines["stock"]
+    # Each VM's own quota and share, as the daemon has them, whatever the transport.
+    for driver, (quota, share) in {"module": (64 << 20, 70), "stock": (48 << 20, 30)}.items():
+        info = re.search(r'^\{"abi".*"memory_quota": (\d+).*"compute_share_pct": (\d+)', results[driver].console, re.M)
+        assert info and (int(info.group(1)), int(info.group(2))) == (quota, share), results[driver].console[-3000:]
     for vm in (1, 2):
         assert hvd.wait_usage(vm, lambda used: used == 0)["memory_used"] == 0
 
