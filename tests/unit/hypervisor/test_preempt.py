@@ -282,3 +282,50 @@ def test_time_slice_is_configured():
     hv.stop()
     with pytest.raises(InvalidArgument):
         Hypervisor(backend="numpy", time_slice_s=5)
+
+
+SQUARE_ADD = _kernel("    ADD a b -> c\n", {"a": (256, 256), "b": (256, 256), "c": (256, 256)})
+
+
+def test_a_launch_that_needs_the_parked_launchs_memory_finishes_it_first(monkeypatch):
+    # The pool holds VM 1's working set and its temporaries, not VM 2's beside it: VM 2's
+    # urgent launch, picked while VM 1's launch is parked, cannot be made resident until the
+    # parked launch ends. The dispatcher finishes the parked one (no more yields), then VM 2's.
+    kib = 256 * 1024
+    hv = Hypervisor(backend="numpy", device_pool_bytes=5 * kib, host_budget_bytes=64 * kib).start()
+    hv.dispatcher.time_slice_s = 1e-9
+    try:
+        hv.register_vm(1, 64, 50, default_class="BATCH")
+        hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
+        k1, h1, data1 = _install(hv, 1, LONG, 1)
+        k2, h2, data2 = _install(hv, 2, SQUARE_ADD, 2)
+        jobs, order = {}, []
+        started, queued = threading.Event(), threading.Event()
+
+        def hook(job):
+            jobs[job.vm_id] = job
+            if job.vm_id == 1 and not started.is_set():
+                started.set()
+                assert queued.wait(WAIT_S)
+
+        hv.dispatcher.before_run.append(hook)
+        first = hv.launch(1, k1, h1)
+        first.add_done_callback(lambda c: order.append(1))
+        assert started.wait(WAIT_S)
+        urgent = hv.launch(2, k2, h2)
+        urgent.add_done_callback(lambda c: order.append(2))
+        queued.set()
+        r1, r2 = first.wait(WAIT_S), urgent.wait(WAIT_S)
+        assert r1.ok and r2.ok, (r1, r2)
+        out1 = np.frombuffer(hv.read(1, h1["c"]), dtype=np.float32).reshape(256, 256)
+        out2 = np.frombuffer(hv.read(2, h2["c"]), dtype=np.float32).reshape(256, 256)
+    finally:
+        hv.stop()
+    assert jobs[1].yields >= 1 and jobs[1].no_yield  # it yielded, then was finished first
+    assert order == [1, 2]
+    ex = NumpyExecutor()
+    bound, _ = _bind(LONG)
+    direct = {n: x.copy() for n, x in data1.items()}
+    ex.run(bound, direct)
+    assert np.array_equal(out1, direct["c"])
+    assert np.array_equal(out2, data2["a"] + data2["b"])
