@@ -226,6 +226,7 @@ class Hypervisor:
             self.memory.remove_vm(vm_id)
             self.classifier.forget(vm_id)
             del self._vms[vm_id]
+        self.dispatcher.flush_completions()  # its cancelled launches are answered now, as on a reset
         self._emit("vm_unregistered", vm_id)
 
     def set_domain(self, vm_id: int, domain: str | None) -> None:
@@ -530,6 +531,10 @@ class Hypervisor:
     def _cancel_queued(self, vm_id: int, predicate: Callable[[Ticket], bool], why: str,
                        error: type[E.Cancelled] = E.Cancelled) -> int:
         tickets = self.scheduler.cancel(vm_id, predicate)
+        vm = self._vms.get(vm_id)
+        if vm is not None and vm.held:  # launches waiting for a move to another device: queued too
+            tickets += [t for t in vm.held if predicate(t)]
+            vm.held[:] = [t for t in vm.held if not predicate(t)]
         for t in tickets:
             self._fail_ticket(t, error(why))
         return len(tickets)

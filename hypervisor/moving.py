@@ -138,6 +138,8 @@ def move_vm(ds: DeviceSet, vm_id: int, target: int, *, timeout: float, by: str =
     deadline = time.monotonic() + timeout
     while True:
         with ds._lock:
+            if src._vms.get(vm_id) is not vm:  # removed meanwhile: its held launches failed with it
+                raise E.NotFound(f"VM {vm_id} was removed while it was moving")
             if _quiet(src, vm_id):
                 t_drained = time.perf_counter()
                 try:

@@ -413,3 +413,49 @@ def test_a_vm_with_buffers_in_host_ram_moves_with_them():
             assert d.read(1, b.handle) == a.tobytes()
         st = d.stats(1)
         assert st.memory_used == 3 * MB and st.memory_device_bytes + st.memory_host_bytes == 3 * MB
+
+
+def test_a_reset_or_removal_during_a_move_fails_the_held_launches(ds):
+    """Launches held for a move are queued launches: a session close, a reset or the VM's
+    removal cancels them (answered, never left hanging); a removal ends the move."""
+    import time as _time
+
+    ds.register_vm(1, 0, 50, memory_quota_bytes=8 * MB, device=0)
+    k = ds.compile(1, AXPY)[0]
+    x, y = ds.alloc(1, "float32", (1000,)), ds.alloc(1, "float32", (1000,))
+    in_fill, go = threading.Event(), threading.Event()
+
+    def fill(view):
+        in_fill.set()
+        assert go.wait(60)
+        view[:] = bytes(len(view))
+
+    writer = threading.Thread(target=lambda: ds.write_from(1, x.handle, 0, 4000, fill))
+    writer.start()
+    assert in_fill.wait(60)
+    outcome = {}
+
+    def move():
+        try:
+            outcome["report"] = ds.move_vm(1, 1)
+        except E.PxosError as exc:
+            outcome["error"] = exc
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    vm = ds.devices[0]._vms[1]
+    deadline = _time.monotonic() + 60
+    while vm.held is None and _time.monotonic() < deadline:
+        _time.sleep(0.001)
+    comps = [ds.launch(1, k.kernel_id, {"alpha": Scalar(1.0), "x": x.handle, "y": y.handle}) for _ in range(3)]
+    assert len(vm.held) == 3
+    ds.unregister_vm(1)
+    for c in comps:
+        assert c.wait(10).status == "PXOS_S_VM_GONE"
+    go.set()
+    writer.join(60)
+    mover.join(60)
+    assert isinstance(outcome.get("error"), E.NotFound) and "removed while it was moving" in str(outcome["error"])
+    assert [i.pool_used for _, i, _ in ds.device_list()] == [0, 0, 0]
+    with pytest.raises(E.NotFound):
+        ds.vm_info(1)
