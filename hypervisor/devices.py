@@ -88,13 +88,16 @@ class _Dispatchers:
     def alive(self) -> bool:
         return all(d.alive() for d in self._d)
 
+    _SUMMED = frozenset({"busy_seconds", "stall_seconds", "launches", "switches", "preemptions"})
+    _JOINED = frozenset({"switch_gaps", "same_vm_gaps"})
+
     def __getattr__(self, name: str):
         vals = [getattr(d, name) for d in self._d]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+        if name in self._SUMMED:  # counters: the host's total
             return sum(vals)
-        if name in ("switch_gaps", "same_vm_gaps"):
+        if name in self._JOINED:  # samples: every device's
             return [x for v in vals for x in v]
-        return vals[0]
+        return vals[0]  # settings (time_slice_s, ...): the same on every device
 
 
 _ROUTED = ("alloc", "free", "buffer_info", "write", "write_from", "vm_usage", "read_into", "read", "compile",
