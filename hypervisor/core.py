@@ -469,7 +469,7 @@ class Hypervisor:
             launch_id = next(self._launch_ids)
             completion = Completion(launch_id, vm_id, session)
             job = Job(launch_id, vm_id, session, vm.generation, bound, buffers, scalars, temp,
-                      completion, wclass, self.clock(), est_seconds=est)
+                      completion, wclass, self.clock(), est_seconds=est, cost=cost)
             for buf, writes in buffers.values():
                 self.memory.pin(buf, writes)
             ticket = Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est,

@@ -96,6 +96,7 @@ class Job:
     est_seconds: float = 0.0  # the classifier's estimate of its device time
     submitted_at: float = 0.0  # perf_counter when handed to the device
     error: E.PxosError | None = None
+    cost: LaunchCost | None = None  # what the classifier was told at launch (observed again at the end)
     steps: Steps | None = None  # run as bounded steps (preemptible), instead of pending
     yields: int = 0  # times it gave the device to a more urgent launch
     no_yield: bool = False  # finish without yielding again
@@ -535,8 +536,8 @@ class Dispatcher:
                     mix, k = vm.kernel_mix, job.bound.kernel
                     if k in mix or len(mix) < KERNEL_MIX_MAX:
                         mix[k] = mix.get(k, 0) + 1
-                    hv.classifier.observe(job.vm_id, LaunchCost(c.flops, c.bytes_read, c.bytes_written,
-                                                                job.temp_bytes), device_s)
+                    cost = job.cost or LaunchCost(c.flops, c.bytes_read, c.bytes_written, job.temp_bytes)
+                    hv.classifier.observe(job.vm_id, cost, device_s)
                 else:
                     vm.launches_failed += 1
         job.completed = True
