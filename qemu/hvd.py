@@ -80,7 +80,7 @@ class HvdProcess:
 
 def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy",
                 shares: dict[int, float] | None = None, models: dict[str, str] | None = None,
-                pool: str = "512Mi", host_budget: str | int = 0) -> str:
+                pool: str = "512Mi", host_budget: str | int = 0, devices: int | None = None) -> str:
     text = textwrap.dedent(f"""\
         [daemon]
         grpc_socket = "{workdir / 'hvd.sock'}"
@@ -88,6 +88,7 @@ def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy",
         backend = "{backend}"
         log_level = "info"
         socket_dir = "{workdir}"
+        {f"devices = {devices}" if devices else ""}
 
         [memory]
         device_pool = "{pool}"
@@ -109,11 +110,13 @@ def config_toml(workdir: Path, vms: dict[int, int], backend: str = "numpy",
 
 def start_hvd(workdir: Path, vms: dict[int, int], backend: str = "numpy",
               shares: dict[int, float] | None = None, models: dict[str, str] | None = None,
-              pool: str = "512Mi", host_budget: str | int = 0) -> HvdProcess:
+              pool: str = "512Mi", host_budget: str | int = 0, devices: int | None = None) -> HvdProcess:
     """pxos-hvd with one VM per {vm_id: memory quota in bytes} (equal compute shares unless
-    given) and the shared models {name: GGUF path}, up and listening."""
+    given) and the shared models {name: GGUF path}, up and listening; ``devices``: that many
+    devices ([daemon] devices), else one."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "hvd.toml").write_text(config_toml(workdir, vms, backend, shares, models, pool, host_budget))
+    (workdir / "hvd.toml").write_text(config_toml(workdir, vms, backend, shares, models, pool, host_budget,
+                                                  devices))
     log = workdir / "hvd.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypervisor.daemon", "--config", str(workdir / "hvd.toml")],
