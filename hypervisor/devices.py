@@ -130,6 +130,7 @@ class DeviceSet:
         self.executor = self._first.executor
         self.dispatcher = _Dispatchers(list(self.devices.values()))
         self._where: dict[int, int] = {}  # VM -> device id
+        self._placing = threading.RLock()  # one registration or removal at a time
         self._models: dict[str, tuple] = {}  # name -> (path, dtype, ModelPlan, ModelInfo as first loaded)
         self._model_load = threading.RLock()
         self._reserved: set[tuple[int, str]] = set()  # (device, model) a move is bringing there
@@ -212,19 +213,35 @@ class DeviceSet:
     def register_vm(self, vm_id: int, memory_quota_mb: float, compute_quota_percent: float, *,
                     device: int | None = None, memory_quota_bytes: int | None = None, **kw) -> VMInfo:
         quota = memory_quota_bytes if memory_quota_bytes is not None else int(memory_quota_mb * 1_000_000)
-        with self._lock:
-            if vm_id in self._where:
-                raise E.AlreadyExists(f"VM {vm_id} is already registered")
-            dev = self.place(compute_quota_percent, quota, device)
+        # Placement and registration as one step (the placing lock), but not under the
+        # hypervisor lock: the device emits its event after letting go of that, as ever.
+        with self._placing:
+            with self._lock:
+                if vm_id in self._where:
+                    raise E.AlreadyExists(f"VM {vm_id} is already registered")
+                dev = self.place(compute_quota_percent, quota, device)
             info = self.devices[dev].register_vm(vm_id, memory_quota_mb, compute_quota_percent,
                                                  memory_quota_bytes=memory_quota_bytes, **kw)
-            self._where[vm_id] = dev
+            with self._lock:
+                self._where[vm_id] = dev
             return info
 
     def unregister_vm(self, vm_id: int) -> None:
-        with self._lock:
-            self.hv_of(vm_id).unregister_vm(vm_id)
-            del self._where[vm_id]
+        with self._placing:
+            for _ in range(8):  # a move in between: it goes from its new device
+                dev = self.device_of(vm_id)
+                try:
+                    self.devices[dev].unregister_vm(vm_id)  # answers its cancelled launches: not under the lock
+                except E.NotFound:
+                    with self._lock:
+                        if self._where.get(vm_id) == dev:
+                            raise
+                    continue
+                with self._lock:
+                    self._where.pop(vm_id, None)
+                break
+            else:
+                raise E.Busy(f"VM {vm_id} keeps moving between devices; retry")
         self._sweep_models()
 
     # ------------------------------------------------------------------ the host as one
