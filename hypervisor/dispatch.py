@@ -412,11 +412,12 @@ class Dispatcher:
         uncharged) while the launches the scheduler picks now run to completion; its VM is
         parked meanwhile, so none of its later launches overtakes it."""
         hv = self.hv
+        with hv._lock:
+            if not hv.scheduler.park(job.vm_id):
+                return  # its VM left the scheduler meanwhile (removed, moving): run on
+            self.running = None
         self.preemptions += 1
         job.yields += 1
-        with hv._lock:
-            hv.scheduler.park(job.vm_id)
-            self.running = None
         self._parked = job
         try:
             while not self._stopping and not job.completed:

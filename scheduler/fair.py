@@ -222,12 +222,16 @@ class FairScheduler:
             return False
         return self._engine.urgent_waiting(vm, int(wclass), max(0.0, float(ran_seconds)), self._clock())
 
-    def park(self, vm_id: int) -> None:
+    def park(self, vm_id: int) -> bool:
         """``vm_id``'s running launch yields the device: its queued launches are not picked
-        until ``unpark`` (a VM's launches run in order). Its picked launch stays reserved."""
-        vm = self._vm(vm_id)
+        until ``unpark`` (a VM's launches run in order). Its picked launch stays reserved.
+        False (nothing done) for a VM no longer registered: its launch does not yield."""
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            return False
         vm.parked = True
         self._engine.place(vm, self._clock())
+        return True
 
     def unpark(self, vm_id: int) -> None:
         vm = self._vms.get(vm_id)

@@ -329,3 +329,12 @@ def test_a_launch_that_needs_the_parked_launchs_memory_finishes_it_first(monkeyp
     ex.run(bound, direct)
     assert np.array_equal(out1, direct["c"])
     assert np.array_equal(out2, data2["a"] + data2["b"])
+
+
+def test_park_and_preempts_ignore_a_vm_that_left():
+    s = FairScheduler(clock=lambda: 0.0)
+    s.add_vm(1, 50)
+    s.remove_vm(1)
+    assert not s.preempts(1, WorkloadClass.BATCH, 0.0)
+    assert s.park(1) is False
+    s.unpark(1)  # nothing to do, no error
