@@ -26,6 +26,8 @@ import numpy as np
 
 from primitive_lang.ast import Name
 
+from . import array_ops
+
 #: Smallest tile of a matmul, in rows of the left operand.
 MIN_TILE_ROWS = 32
 #: Smallest chunk of a reduction, along the axis it is split on.
@@ -81,7 +83,10 @@ class Tiler:
 
     def eval(self, interp, st) -> Generator[None, None, tuple[Any, object]]:
         """The op's value (and the storage it shares, as Interpreter._eval returns), with a
-        yield between tiles."""
+        yield between tiles. Only over array_ops (NumPy, CuPy): an executor's own op table
+        (wgpu) runs its ops whole."""
+        if interp.ops is not array_ops:
+            return interp._eval(st)
         if st.op in MATMULS and all(isinstance(a, Name) for a in st.args):
             return (yield from self._matmul(interp, st))
         if st.op in REDUCES and st.axis is not None:
@@ -89,7 +94,7 @@ class Tiler:
         return interp._eval(st)
 
     def _matmul(self, interp, st):
-        xp, fn = interp.xp, interp.ops.BINARY[st.op]
+        xp = interp.xp
         a, b = interp.env[st.args[0].name], interp.env[st.args[1].name]
         if a.ndim < 2 or b.ndim < 2:
             return interp._eval(st)
@@ -104,15 +109,16 @@ class Tiler:
             self.model.observe("matmul", flops, time.thread_time() - t0)
             return value
         self.tiled_ops += 1
-        out = None
+        # array_ops' PARALLEL_MATMUL and LINEAR, row by row: xp.matmul(a, b) and
+        # xp.matmul(a, swapaxes(w)). Each tile is written straight into its rows of the result (no tile-sized temporary
+        # beside it: the launch's temporaries stay what the cost model accounted for).
+        right = xp.swapaxes(b, -1, -2) if st.op == "LINEAR" else b
+        out = xp.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n), dtype=xp.result_type(a, b))
         for i, (r0, r1) in enumerate(_bounds(m, parts)):
             if i:
                 yield
             t0 = time.thread_time()
-            tile = fn(xp, a[..., r0:r1, :], b)
-            if out is None:
-                out = xp.empty(tile.shape[:-2] + (m, tile.shape[-1]), dtype=tile.dtype)
-            out[..., r0:r1, :] = tile
+            xp.matmul(a[..., r0:r1, :], right, out=out[..., r0:r1, :])
             self.model.observe("matmul", flops * (r1 - r0) / m, time.thread_time() - t0)
             self.tiles += 1
         return out, None
