@@ -25,7 +25,7 @@ import struct
 
 RENDER_NODE = "/dev/dri/renderD128"
 CAPSET_ID, CAPSET_VERSION = 24, 1                       # PXOS_CAPSET_ID, PXOS_CAPSET_VERSION
-MAGIC, ABI_MAJOR, ABI_MINOR = 0x534F5850, 1, 2
+MAGIC, ABI_MAJOR, ABI_MINOR = 0x534F5850, 1, 3     # PXOS_MAGIC, the ABI (1.3: DRM transport)
 MAX_TRANSFER = 8 << 20                                   # PXOS_MAX_TRANSFER_BYTES
 MAX_SUBMITTED = 64                                       # PXOS_MAX_SUBMITTED
 RESP_HDR = 160

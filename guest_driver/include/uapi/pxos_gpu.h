@@ -35,7 +35,7 @@
 /* PXOS_CDEF_BEGIN */
 
 #define PXOS_ABI_MAJOR 1
-#define PXOS_ABI_MINOR 2
+#define PXOS_ABI_MINOR 3
 #define PXOS_MAGIC 0x534f5850 /* "PXOS" read as a little-endian u32 */
 
 /* ---- Limits: every size a guest controls is capped by one of these. ---- */
