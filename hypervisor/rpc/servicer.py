@@ -222,10 +222,13 @@ class HypervisorServicer(pb_grpc.HypervisorServicer):
         # The timeout covers the whole call, queueing included: measured from here, not from
         # after launch() returns (a busy host may run much of the launch in between).
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
+        # Without a deadline this thread only waits for the result: it may run the launch
+        # itself when the device is idle (the serial fast path, docs/scheduling.md); with
+        # one it must stay free to answer DEADLINE_EXCEEDED on time.
         completion = self.hv.launch(
             request.vm_id, request.kernel_id, bindings,
             priority=request.priority if request.HasField("priority") else None,
-            class_hint=request.class_hint or None, session=RPC_SESSION)
+            class_hint=request.class_hint or None, session=RPC_SESSION, run_here=not request.timeout_seconds)
         while not completion.done():
             if not context.is_active() or self._closing.is_set():
                 raise E.Cancelled(f"stopped waiting for launch {completion.launch_id}; it runs to completion "
