@@ -7,7 +7,9 @@ each a step of its own:
   tiles of at least ``MIN_TILE_ROWS`` rows (BLAS takes another code path for a handful of
   rows, whose rounding may differ);
 - REDUCE_SUM / REDUCE_MAX / REDUCE_MEAN / ARGMAX by chunks of an axis that is *not*
-  reduced, so each output element is reduced over the same values in the same order.
+  reduced, so each output element is reduced over the same values in the same order;
+- the elementwise ops and SOFTMAX (along another axis than the first) by rows of the
+  result, an operand without those rows broadcast whole.
 
 Every tile computes exactly what the whole op computes for its part of the output: the
 results are bit-identical to the untiled op (tests/unit/hypervisor/test_preempt.py checks
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from primitive_lang.ast import Name
+from primitive_lang.ast import Name, Number
 
 from . import array_ops
 
@@ -36,7 +38,10 @@ MIN_CHUNK = 16
 MAX_TILES = 4096
 MATMULS = frozenset({"PARALLEL_MATMUL", "LINEAR"})
 REDUCES = frozenset({"REDUCE_SUM", "REDUCE_MAX", "REDUCE_MEAN", "ARGMAX"})
-TILEABLE = MATMULS | REDUCES
+# Elementwise ops (and SOFTMAX along an axis other than the first): split by rows of the
+# result, each operand sliced where it has those rows and broadcast whole where it has not.
+ELEMENTWISE = (frozenset(array_ops.UNARY) - {"TRANSPOSE"}) | (frozenset(array_ops.BINARY) - MATMULS) | {"SOFTMAX"}
+TILEABLE = MATMULS | REDUCES | ELEMENTWISE
 # Weight of a new observation in the speed estimates (exponential moving average).
 _ALPHA = 0.25
 
@@ -47,7 +52,8 @@ class CostModel:
     never too coarsely) and moves toward what the ops measure."""
 
     def __init__(self, matmul_flops_per_s: float = 5e9, reduce_elems_per_s: float = 5e8):
-        self.rate = {"matmul": matmul_flops_per_s, "reduce": reduce_elems_per_s}
+        self.rate = {"matmul": matmul_flops_per_s, "reduce": reduce_elems_per_s,
+                     "elementwise": reduce_elems_per_s}
 
     def seconds(self, kind: str, work: float) -> float:
         return work / self.rate[kind]
@@ -91,7 +97,49 @@ class Tiler:
             return (yield from self._matmul(interp, st))
         if st.op in REDUCES and st.axis is not None:
             return (yield from self._reduce(interp, st))
+        if st.op in ELEMENTWISE:
+            return (yield from self._rows(interp, st))
         return interp._eval(st)
+
+    def _rows(self, interp, st):
+        xp = interp.xp
+        shape = interp.bound.shapes[st.dest.name].shape
+        names = [a for a in st.args if isinstance(a, Name)]
+        if not shape or not names or (st.op == "SOFTMAX" and (-1 if st.axis is None else st.axis) % len(shape) == 0):
+            return interp._eval(st)
+        work = float(math.prod(shape))
+        parts = self.parts("elementwise", work, shape[0] // MIN_CHUNK)
+        if parts == 1:
+            t0 = time.thread_time()
+            value = interp._eval(st)
+            self.model.observe("elementwise", work, time.thread_time() - t0)
+            return value
+        self.tiled_ops += 1
+        like = interp.env[names[0].name]
+
+        def rows(arg, r0: int, r1: int):
+            if isinstance(arg, Number):
+                return like.dtype.type(arg.value)  # as Interpreter._operand: the tensor's dtype
+            x = interp.env[arg.name]
+            return x[r0:r1] if x.ndim == len(shape) and x.shape[0] == shape[0] else x  # else broadcast whole
+
+        out = None
+        for i, (r0, r1) in enumerate(_bounds(shape[0], parts)):
+            if i:
+                yield
+            t0 = time.thread_time()
+            if st.op == "SOFTMAX":
+                value = interp.ops.softmax(xp, rows(st.args[0], r0, r1), -1 if st.axis is None else st.axis)
+            elif st.op in interp.ops.UNARY:
+                value = interp.ops.UNARY[st.op](xp, rows(st.args[0], r0, r1))
+            else:
+                value = interp.ops.BINARY[st.op](xp, rows(st.args[0], r0, r1), rows(st.args[1], r0, r1))
+            if out is None:
+                out = xp.empty(shape, dtype=value.dtype)
+            out[r0:r1] = value
+            self.model.observe("elementwise", work * (r1 - r0) / shape[0], time.thread_time() - t0)
+            self.tiles += 1
+        return out, None
 
     def _matmul(self, interp, st):
         xp = interp.xp

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from hypervisor.executor import UnsupportedDtype, make_executor
+from hypervisor.executor import DonePending, NumpyExecutor, UnsupportedDtype, make_executor
+from hypervisor.executor.numpy_backend import _NumpySteps
 from primitive_lang import TensorSpec, compile_source
 from primitive_lang.ast import DType
 
 EXECUTORS = [
     pytest.param("numpy", id="numpy"),
+    # NumPy with every launch run as bounded steps and every tileable op split as finely as
+    # tiling allows (issue 14, executor/tiling.py): the same answers, op for op.
+    pytest.param("numpy-tiled", id="numpy-tiled"),
     pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
     pytest.param("wgpu", id="wgpu", marks=pytest.mark.wgpu),
 ]
@@ -46,7 +50,20 @@ def expect_refusal(backend: str, fn, *args, **kwargs) -> None:
 
 
 def make(name: str):
+    if name == "numpy-tiled":
+        return TiledNumpy()
     return make_executor(name)
+
+
+class TiledNumpy(NumpyExecutor):
+    """Every launch through ``start_steps`` with a vanishing slice: one step per advance,
+    every matmul, reduction and elementwise op tiled (docs/scheduling.md "Preemption")."""
+
+    def submit(self, bound, args, wait_for=()):
+        steps = _NumpySteps(self, bound, args, wait_for, 1e-9)
+        while not steps.advance(1e-9):
+            pass
+        return DonePending(steps.timing())
 
 
 @dataclass(frozen=True)

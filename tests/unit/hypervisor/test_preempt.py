@@ -54,6 +54,12 @@ CASES = {
     "sum_first": ("    REDUCE_SUM a axis=0 -> c\n", {"a": (333, 400), "c": (400,)}),
     "max_mid": ("    REDUCE_MAX a axis=1 -> c\n", {"a": (40, 70, 50), "c": (40, 50)}),
     "mean_last": ("    REDUCE_MEAN a axis=-1 -> c\n", {"a": (64, 1000), "c": (64,)}),
+    "tanh": ("    TANH a -> c\n", {"a": (400, 300), "c": (400, 300)}),
+    "gelu_3d": ("    GELU a -> c\n", {"a": (50, 20, 30), "c": (50, 20, 30)}),
+    "add_broadcast": ("    ADD a b -> c\n", {"a": (300, 64), "b": (64,), "c": (300, 64)}),
+    "mul_literal": ("    MUL a 2.5 -> c\n", {"a": (300, 64), "c": (300, 64)}),
+    "sub_rows": ("    SUB a b -> c\n", {"a": (300, 64), "b": (300, 64), "c": (300, 64)}),
+    "softmax": ("    SOFTMAX a -> c\n", {"a": (200, 77), "c": (200, 77)}),
     "chain": ("    PARALLEL_MATMUL a w -> h\n    TANH h -> h\n    PARALLEL_MATMUL h w -> c\n",
               {"a": (256, 128), "w": (128, 128), "c": (256, 128)}),
 }
