@@ -39,6 +39,10 @@ MAX_CONTEXTS = 1024
 MAX_RESOURCES = 4096
 #: Backing entries of one ATTACH_BACKING: QEMU's own cap (16384), 64 MiB in 4 KiB pages.
 MAX_BACKING_ENTRIES = 16384
+#: Backing entries of all of a device's resources together: the host keeps each as a small
+#: tuple, so this bounds what a guest's backing lists cost the host (tens of MB) at 1 GiB
+#: of guest pages in 4 KiB entries; MAX_RESOURCES x MAX_BACKING_ENTRIES would be gigabytes.
+MAX_DEVICE_BACKING_ENTRIES = 1 << 18
 #: Bytes of one resource (its width): a reply holds at most a READ of
 #: PXOS_MAX_TRANSFER_BYTES after its header, so 64 MiB leaves room and bounds the rest.
 MAX_RESOURCE_BYTES = 64 << 20
@@ -115,6 +119,7 @@ class Virgl3D:
     def __init__(self) -> None:
         self.contexts: dict[int, Context] = {}
         self.resources: dict[int, Resource] = {}
+        self.backing_entries = 0  # of all resources, capped by MAX_DEVICE_BACKING_ENTRIES
 
     def handle(self, hdr: c.Header, request: bytes, memory) -> tuple[int, bytes]:
         """(response type, body) for a standard 3D / capset / resource command."""
@@ -202,7 +207,7 @@ class Virgl3D:
 
     def _unref(self, hdr, request, memory):
         (rid,) = _RESOURCE_U32.unpack_from(request)
-        self._resource(rid)
+        self.backing_entries -= len(self._resource(rid).backing)
         del self.resources[rid]
         for ctx in self.contexts.values():
             ctx.resources.discard(rid)
@@ -215,6 +220,9 @@ class Virgl3D:
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_UNSPEC, f"resource {rid} already has backing")
         if not 0 < n <= MAX_BACKING_ENTRIES:
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER, f"{n} backing entries, 1..{MAX_BACKING_ENTRIES}")
+        if self.backing_entries + n > MAX_DEVICE_BACKING_ENTRIES:
+            raise VirglError(V.VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY,
+                             f"over {MAX_DEVICE_BACKING_ENTRIES} backing entries on this device")
         need = _ATTACH.size + n * _MEM_ENTRY.size
         if len(request) < need:
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_UNSPEC, f"{len(request)} bytes hold fewer than {n} entries")
@@ -229,6 +237,7 @@ class Virgl3D:
         if total < res.size:
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_UNSPEC, f"backing of {total} bytes for a {res.size}-byte resource")
         res.backing, res.backing_len = tuple(entries), total
+        self.backing_entries += n
         return V.VIRTIO_GPU_RESP_OK_NODATA, b""
 
     def _detach_backing(self, hdr, request, memory):
@@ -236,6 +245,7 @@ class Virgl3D:
         res = self._resource(rid)
         if not res.backing:
             raise VirglError(V.VIRTIO_GPU_RESP_ERR_UNSPEC, f"resource {rid} has no backing")
+        self.backing_entries -= len(res.backing)
         res.backing, res.backing_len = (), 0
         return V.VIRTIO_GPU_RESP_OK_NODATA, b""
 
@@ -319,6 +329,7 @@ class Virgl3D:
     def reset(self) -> None:
         self.contexts.clear()
         self.resources.clear()
+        self.backing_entries = 0
 
 
 def _ranges(backing, offset: int, length: int) -> list[tuple[int, int]]:

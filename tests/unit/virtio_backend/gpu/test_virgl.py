@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from hypervisor.errors import GuestMemoryError
 from virtio_backend import wire
 from virtio_backend.gpu.decode import decode_header
-from virtio_backend.gpu.virgl import CAPSET_DATA, MAX_CONTEXTS, VIRGL_COMMANDS, Virgl3D
+from virtio_backend.gpu.virgl import (
+    CAPSET_DATA,
+    MAX_BACKING_ENTRIES,
+    MAX_CONTEXTS,
+    MAX_DEVICE_BACKING_ENTRIES,
+    VIRGL_COMMANDS,
+    Virgl3D,
+)
 from virtio_backend.gpu.virtio_gpu import CTRL_HDR, VirtioGpuCtrlType
 
 V = VirtioGpuCtrlType
@@ -64,6 +71,23 @@ def test_contexts_are_capped():
     for i in range(1, MAX_CONTEXTS + 1):
         assert ask(v, V.VIRTIO_GPU_CMD_CTX_CREATE, bytes(72), ctx=i) == V.VIRTIO_GPU_RESP_OK_NODATA
     assert ask(v, V.VIRTIO_GPU_CMD_CTX_CREATE, bytes(72), ctx=MAX_CONTEXTS + 1) == V.VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY
+
+
+def test_backing_entries_of_all_resources_are_capped():
+    v = Virgl3D()
+    entries = struct.pack("<QI4x", 0, 4096) * MAX_BACKING_ENTRIES
+    n = MAX_DEVICE_BACKING_ENTRIES // MAX_BACKING_ENTRIES
+    for rid in range(1, n + 2):
+        body = struct.pack("<IIIIIIIIIII4x", rid, 0, 64, 0, 4096, 1, 1, 1, 0, 0, 0)
+        assert ask(v, V.VIRTIO_GPU_CMD_RESOURCE_CREATE_3D, body) == V.VIRTIO_GPU_RESP_OK_NODATA
+    for rid in range(1, n + 1):
+        attach = struct.pack("<II", rid, MAX_BACKING_ENTRIES) + entries
+        assert ask(v, V.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING, attach) == V.VIRTIO_GPU_RESP_OK_NODATA
+    attach = struct.pack("<II", n + 1, 1) + entries[:16]
+    assert ask(v, V.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING, attach) == V.VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY
+    assert ask(v, V.VIRTIO_GPU_CMD_RESOURCE_UNREF, struct.pack("<I4x", 1)) == V.VIRTIO_GPU_RESP_OK_NODATA
+    assert ask(v, V.VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING, attach) == V.VIRTIO_GPU_RESP_OK_NODATA  # room again
+    assert v.backing_entries == MAX_DEVICE_BACKING_ENTRIES - MAX_BACKING_ENTRIES + 1
 
 
 @settings(max_examples=300, deadline=None)
