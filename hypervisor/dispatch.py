@@ -126,6 +126,7 @@ class Dispatcher:
         self._last_complete = 0.0  # perf_counter when the last launch was completed
         self._wake = threading.Event()  # set only to stop: interrupts a hold
         self._work = threading.Event()  # set when work may be ready
+        self._arrived = threading.Event()  # the same, for a stepped launch to look (cleared there only)
         self.before_run: list[Callable[[Job], None]] = []  # test hooks, outside the lock
         self.time_slice_s = DEFAULT_TIME_SLICE_S
         self.preemptions = 0  # times a running launch yielded to a more urgent one
@@ -279,6 +280,7 @@ class Dispatcher:
     def wake(self) -> None:
         """New work may be ready (a launch was queued, a cap or share changed)."""
         self._work.set()
+        self._arrived.set()
 
     def _prepare(self, job: Job) -> bool:
         """Make the job's memory ready and note a VM switch. False if the job failed."""
@@ -383,9 +385,12 @@ class Dispatcher:
         urgent launches of other VMs that the scheduler says should go first."""
         hv, steps = self.hv, job.steps
         assert steps is not None
-        while not steps.advance(self.time_slice_s):
+        # A launch arriving sets _arrived (wake): the running launch stops at its next step
+        # boundary, not at the end of its slice, and the scheduler is asked at once.
+        while not steps.advance(self.time_slice_s, self._arrived):
             if job.no_yield or self._stopping:
                 continue
+            self._arrived.clear()  # before the look: an arrival after it sets it again
             with hv._lock:
                 urgent = hv.scheduler.preempts(job.vm_id, job.wclass, steps.device_s)
             if urgent:

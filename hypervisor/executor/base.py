@@ -66,9 +66,10 @@ class Steps(ABC):
     ``timing()`` once done: device time = the time its steps ran, nothing else."""
 
     @abstractmethod
-    def advance(self, budget_s: float) -> bool:
-        """Run steps for about ``budget_s`` (at least one); True once the launch is done.
-        Raises the launch's error (the launch is then over)."""
+    def advance(self, budget_s: float, interrupt: threading.Event | None = None) -> bool:
+        """Run steps for about ``budget_s`` (at least one), or until ``interrupt`` is set
+        (new work arrived: the caller looks at once); True once the launch is done. Raises
+        the launch's error (the launch is then over)."""
 
     @abstractmethod
     def timing(self) -> RunTiming: ...

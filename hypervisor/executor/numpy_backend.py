@@ -8,6 +8,7 @@ pins BLAS to one thread (OPENBLAS_NUM_THREADS etc.) so that this is the launch's
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -158,7 +159,7 @@ class _NumpySteps(Steps):
         self.slices = 0  # advance() calls that ran
         self.done = False
 
-    def advance(self, budget_s: float) -> bool:
+    def advance(self, budget_s: float, interrupt: threading.Event | None = None) -> bool:
         if self.done:
             return True
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -167,7 +168,7 @@ class _NumpySteps(Steps):
             with np.errstate(all="ignore"):
                 while True:
                     next(self.gen)
-                    if time.perf_counter() >= end:
+                    if time.perf_counter() >= end or (interrupt is not None and interrupt.is_set()):
                         break
         except StopIteration:
             self.done = True
