@@ -364,7 +364,7 @@ class Dispatcher:
             ex = hv.executor
             if self.time_slice_s > 0 and self._parked is None and not ex.asynchronous:
                 job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s,
-                                           tile=self._urgent_recently(job))
+                                           tile=lambda j=job: self._urgent_recently(j))
             self._note_ran(job)
             if job.steps is None:
                 job.pending = ex.submit(job.bound, args, fences)
@@ -407,8 +407,9 @@ class Dispatcher:
                 del seen[vm_id]
 
     def _urgent_recently(self, job: Job) -> bool:
-        """Whether another VM ran a launch of a more urgent class than ``job``'s lately."""
-        now = job.submitted_at
+        """Whether another VM ran a launch of a more urgent class than ``job``'s lately
+        (asked before each tileable op of a stepped launch)."""
+        now = time.perf_counter()
         return any(vm_id != job.vm_id and now - t < URGENT_RECENT_S
                    for seen in self._ran_at[:int(job.wclass)] for vm_id, t in seen.items())
 

@@ -202,9 +202,10 @@ class Executor(ABC):
         submit() or, where the device found it, from the Pending's wait()."""
 
     def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
-                    slice_s: float = 0.001, *, tile: bool = True) -> Steps | None:
+                    slice_s: float = 0.001, *, tile: bool | Callable[[], bool] = True) -> Steps | None:
         """The launch as steps, to be run by ``Steps.advance``: one op each, and with
-        ``tile`` the ops estimated over ``slice_s`` split to fit (executor/tiling.py); None
+        ``tile`` (or while ``tile()`` says so, asked at each op) the ops estimated over
+        ``slice_s`` split to fit (executor/tiling.py); None
         where the executor cannot stop a launch between ops (then the dispatcher uses
         submit()). Same arguments and errors as submit()."""
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -121,10 +121,12 @@ class NumpyExecutor(Executor):
         return DonePending(RunTiming(time.thread_time() - t0, stall, None if gap is None else gap + stall))
 
     def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
-                    slice_s: float = 0.001, *, tile: bool = True) -> Steps | None:
+                    slice_s: float = 0.001, *, tile: bool | Callable[[], bool] = True) -> Steps | None:
         if type(self).submit is not NumpyExecutor.submit:
             return None  # a subclass that changes submit() (a wrapper, a test's gate) keeps it
-        return _NumpySteps(self, bound, args, wait_for, slice_s if tile else 0.0)
+        if tile is False:
+            slice_s = 0.0
+        return _NumpySteps(self, bound, args, wait_for, slice_s, None if isinstance(tile, bool) else tile)
 
     def host_empty(self, nbytes: int) -> np.ndarray:
         return np.empty(nbytes, dtype=np.uint8)
@@ -147,12 +149,12 @@ class _NumpySteps(Steps):
     tile (tiling.py); device time is the dispatcher thread's CPU time inside advance()."""
 
     def __init__(self, ex: NumpyExecutor, bound: BoundKernel, args: Mapping[str, Any],
-                 wait_for: Sequence[Fence], slice_s: float):
+                 wait_for: Sequence[Fence], slice_s: float, active: Callable[[], bool] | None = None):
         self.ex = ex
         begin = time.perf_counter()
         self.gap = begin - ex._last_end if ex._last_end is not None else None
         self.stall = sum(f.wait() for f in wait_for)
-        self.tiler = Tiler(slice_s, ex.cost_model)
+        self.tiler = Tiler(slice_s, ex.cost_model, active)
         self.interp = Interpreter(np, bound, dict(args), consts=ex._consts)
         self.gen = self.interp.steps(self.tiler)
         self.device_s = 0.0

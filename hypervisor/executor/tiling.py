@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -77,13 +77,16 @@ def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
 class Tiler:
     """Splits an interpreter's tileable ops into steps of at most ``slice_s`` (estimated)."""
 
-    def __init__(self, slice_s: float, model: CostModel):
+    def __init__(self, slice_s: float, model: CostModel, active: Callable[[], bool] | None = None):
         self.slice_s = slice_s
         self.model = model
+        self.active = active  # asked before each tileable op: tile it now? (None: always)
         self.tiled_ops = 0  # ops split into more than one tile (tests, figures)
         self.tiles = 0
 
     def parts(self, kind: str, work: float, limit: int) -> int:
+        if self.active is not None and not self.active():
+            return 1
         est = self.model.seconds(kind, work)
         return max(1, min(math.ceil(est / self.slice_s) if self.slice_s > 0 else 1, limit, MAX_TILES))
 

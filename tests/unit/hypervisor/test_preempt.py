@@ -242,8 +242,9 @@ def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly(monkeypatch)
         hv.stop()
     job1, job2 = jobs[(1, first.launch_id)], jobs[(1, second.launch_id)]
     assert job1.yields >= 1 and hv.dispatcher.preemptions >= 1
-    # Ops are tiled only once a more urgent VM has been about: the second launch, not the first.
-    assert job1.steps.tiler.tiled_ops == 0 and job2.steps.tiler.tiled_ops >= 1
+    # Ops are tiled once a more urgent VM has run: the first launch's ops after it yielded
+    # (the decision is taken op by op), the second launch's all.
+    assert 1 <= job1.steps.tiler.tiled_ops < 13 and job2.steps.tiler.tiled_ops == 13  # 12 products, a COPY
     assert order.index((2, urgent.launch_id)) < order.index((1, first.launch_id))  # it went first
     assert order.index((1, first.launch_id)) < order.index((1, second.launch_id))  # VM order kept
     # Charged exactly the time its own steps ran (not the urgent launch's), once per launch.
@@ -257,6 +258,23 @@ def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly(monkeypatch)
     ex.run(bound, direct)
     ex.run(bound, direct)
     assert np.array_equal(out, direct["c"])
+
+
+def test_a_launch_is_not_tiled_without_a_more_urgent_vm_about():
+    hv = Hypervisor(backend="numpy").start()
+    hv.dispatcher.time_slice_s = 1e-9
+    try:
+        hv.register_vm(1, 64, 50, default_class="BATCH")
+        hv.register_vm(2, 64, 50, default_class="BATCH")  # another VM, not more urgent
+        k1, h1, _ = _install(hv, 1, LONG, 1)
+        k2, h2, _ = _install(hv, 2, LONG, 2)
+        seen = []
+        hv.dispatcher.before_run.append(seen.append)
+        for c in [hv.launch(1, k1, h1), hv.launch(2, k2, h2), hv.launch(1, k1, h1)]:
+            assert c.wait(WAIT_S).ok
+    finally:
+        hv.stop()
+    assert len(seen) == 3 and all(j.steps.tiler.tiled_ops == 0 for j in seen)
 
 
 def test_preemption_off_runs_whole_launches():
