@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import primitive_lang
-from hypervisor import Hypervisor, dispatch
+from hypervisor import Hypervisor, preemption
 from hypervisor.executor import NumpyExecutor
 from hypervisor.executor.interpret import Interpreter
 from hypervisor.executor.tiling import MIN_TILE_ROWS, CostModel, Tiler
@@ -202,7 +202,7 @@ def _install(hv, vm, source, seed):
 
 
 def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly(monkeypatch):
-    monkeypatch.setattr(dispatch, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
+    monkeypatch.setattr(preemption, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
     hv = Hypervisor(backend="numpy").start()
     hv.dispatcher.time_slice_s = 1e-9  # every step is a slice: a yield point after each
     try:
