@@ -362,3 +362,35 @@ def test_park_and_preempts_ignore_a_vm_that_left():
     assert not s.preempts(1, WorkloadClass.BATCH, 0.0)
     assert s.park(1) is False
     s.unpark(1)  # nothing to do, no error
+
+
+def test_an_arrival_interrupts_a_slice_at_the_next_step():
+    # A 60 s slice: without the interrupt the BATCH launch would run its 13 steps in one
+    # slice and never look. VM 2's launch arriving makes it look at the next step boundary.
+    hv = Hypervisor(backend="numpy").start()
+    hv.dispatcher.time_slice_s = 60.0
+    try:
+        hv.register_vm(1, 64, 50, default_class="BATCH")
+        hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
+        k1, h1, _ = _install(hv, 1, LONG, 1)
+        k2, h2, _ = _install(hv, 2, TINY, 2)
+        jobs, order = {}, []
+        started, queued = threading.Event(), threading.Event()
+
+        def hook(job):
+            jobs[job.vm_id] = job
+            if job.vm_id == 1 and not started.is_set():
+                started.set()
+                assert queued.wait(WAIT_S)
+
+        hv.dispatcher.before_run.append(hook)
+        first = hv.launch(1, k1, h1)
+        first.add_done_callback(lambda c: order.append(1))
+        assert started.wait(WAIT_S)
+        urgent = hv.launch(2, k2, h2)
+        urgent.add_done_callback(lambda c: order.append(2))
+        queued.set()
+        assert first.wait(WAIT_S).ok and urgent.wait(WAIT_S).ok
+    finally:
+        hv.stop()
+    assert jobs[1].yields >= 1 and order == [2, 1]
