@@ -148,6 +148,8 @@ class _HypervisorCollector(Collector):
             "busy": CounterMetricFamily("pxos_scheduler_busy_seconds", "Device time of all launches, seconds"),
             "launches": CounterMetricFamily("pxos_scheduler_launches", "Launches run by the dispatcher"),
             "switches": CounterMetricFamily("pxos_scheduler_vm_switches", "Times the device went from one VM to another"),
+            "preemptions": CounterMetricFamily("pxos_scheduler_preemptions",
+                                               "Times a running launch yielded to a more urgent VM's at an op boundary"),
             "lookahead": GaugeMetricFamily("pxos_scheduler_lookahead_depth",
                                            "Launches the scheduler plans ahead (prefetch reads them; adapted)"),
         }
@@ -243,6 +245,7 @@ class _HypervisorCollector(Collector):
         sched["busy"].add_metric([], disp.busy_seconds)
         sched["launches"].add_metric([], disp.launches)
         sched["switches"].add_metric([], disp.switches)
+        sched["preemptions"].add_metric([], disp.preemptions)
         sched["lookahead"].add_metric([], hv.lookahead_depth)
 
 
