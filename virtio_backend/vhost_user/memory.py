@@ -31,6 +31,7 @@ import logging
 import mmap
 import os
 import stat
+import time
 from collections.abc import Sequence
 
 from hypervisor.errors import GuestMemoryError, ProtocolError
@@ -39,6 +40,9 @@ from virtio_backend.vhost_user.protocol import MemoryRegion
 
 log = logging.getLogger(__name__)
 
+#: A guest memory region still mapped this long after its table closed is logged as a warning.
+LINGER_WARN_S = 60.0
+
 _U64_MAX = (1 << 64) - 1
 _lingering: list[MappedRegion] = []
 
@@ -46,12 +50,14 @@ _lingering: list[MappedRegion] = []
 class MappedRegion:
     """One region of guest memory, mapped read-write and shared, watched by the guard."""
 
-    __slots__ = ("gpa", "size", "qva", "mmap_offset", "host", "view", "sealed", "_mm", "_anchor", "_guard")
+    __slots__ = ("gpa", "size", "qva", "mmap_offset", "host", "view", "sealed", "_mm", "_anchor", "_guard",
+                 "lingering_since", "lingering_warned")
 
     def __init__(self, desc: MemoryRegion):
         self.gpa, self.size = desc.guest_phys_addr, desc.memory_size
         self.qva, self.mmap_offset = desc.userspace_addr, desc.mmap_offset
         self._mm = self._anchor = None
+        self.lingering_since, self.lingering_warned = 0.0, False
         self._guard = -1
         if self.size == 0:
             raise ProtocolError("memory region of size 0")
@@ -214,7 +220,11 @@ class GuestMemory:
         ok = True
         for r in self.regions:
             if not r.try_unmap():
-                log.warning("guest memory region %#x+%#x still exported; unmapping later", r.gpa, r.size)
+                # Normal after a front-end left mid-request (a copy still holds a view): the
+                # loop's reaper unmaps it within a second. Only one that lingers is a warning.
+                log.info("guest memory region %#x+%#x still in use by a request; unmapping it shortly",
+                         r.gpa, r.size)
+                r.lingering_since = time.monotonic()
                 _lingering.append(r)
                 ok = False
         self.regions = []
@@ -222,8 +232,16 @@ class GuestMemory:
 
 
 def reap() -> int:
-    """Retry unmapping lingering regions; returns how many still linger."""
+    """Retry unmapping lingering regions; returns how many still linger. One still mapped
+    LINGER_WARN_S after its table closed is logged once as a warning."""
     _lingering[:] = [r for r in _lingering if not r.try_unmap()]
+    now = time.monotonic()
+    for r in _lingering:
+        since = r.lingering_since
+        if now - since > LINGER_WARN_S and not r.lingering_warned:
+            r.lingering_warned = True
+            log.warning("guest memory region %#x+%#x still mapped %.0f s after its front-end left", r.gpa, r.size,
+                        now - since)
     return len(_lingering)
 
 

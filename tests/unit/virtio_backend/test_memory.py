@@ -197,3 +197,30 @@ def test_a_lingering_region_stays_guarded_until_unmapped(ram_fd):
     kept.release()
     memory.reap()
     assert lib.pxq_guard_active() == before
+
+
+def test_a_region_left_mapped_is_info_at_first_and_a_warning_only_if_it_lingers(monkeypatch, caplog):
+    """Issue 11, item 7 (found by the soak): a region still in use when its front-end left is
+    normal (unmapped within a reap period); only one mapped LINGER_WARN_S later is a warning."""
+    import logging
+    import time
+
+    from virtio_backend.vhost_user import memory as m
+
+    class Region:
+        gpa, size, lingering_warned = 0x1000, 0x2000, False
+        lingering_since = time.monotonic()
+
+        def try_unmap(self):
+            return False
+
+    r = Region()
+    monkeypatch.setattr(m, "_lingering", [r])
+    with caplog.at_level(logging.INFO, logger=m.log.name):
+        assert m.reap() == 1
+        assert not [x for x in caplog.records if x.levelno >= logging.WARNING]
+        r.lingering_since -= m.LINGER_WARN_S + 1
+        m.reap()
+        m.reap()
+    warnings = [x for x in caplog.records if x.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "still mapped" in warnings[0].getMessage()
