@@ -83,7 +83,7 @@ export PXOS_TRANSPORT=drm
 dev=$(basename $(readlink /sys/bus/virtio/drivers/virtio_gpu/virtio*))
 wait_node() { i=0; while [ ! -e /dev/dri/renderD128 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; }
 pxos alloc float[262144] --hold 600 > /dev/null &
-pxos workload 400 > /tmp/bg.log 2>&1 &
+pxos load 120 --depth 4 --size 128 > /tmp/bg.log 2>&1 &
 work=$!
 sleep 2
 pxos info --json | sed 's/^/DURING /'
