@@ -68,14 +68,7 @@ class VhostUserTransport:
         with self._lock:
             if vm_id in self._vms:
                 raise AlreadyExists(f"VM {vm_id} is already attached to {self._vms[vm_id].server.socket_path}")
-            stats = DeviceStats()
-            worker = DeviceWorker(f"vm{vm_id}-device")
-            retirement = Retirement()
-            hv = self.hv
-
-            def factory(connection) -> GpuDevice:
-                return GpuDevice(hv, vm_id, connection, stats, worker, retirement)
-
+            stats, worker, retirement, factory = self._device_parts(vm_id)
             server = VhostUserServer(socket_path, factory, name=f"vm{vm_id}:{socket_path}", mode=mode, gid=gid)
             server.start()  # ConfigError if the path is taken
             self._vms[vm_id] = _Attached(vm_id, server, stats, worker, retirement)
@@ -90,13 +83,7 @@ class VhostUserTransport:
         with self._lock:
             if vm_id in self._vms:
                 raise AlreadyExists(f"VM {vm_id} is already attached to {self._vms[vm_id].server.socket_path}")
-            stats = DeviceStats()
-            worker = DeviceWorker(f"vm{vm_id}-device")
-            retirement = Retirement()
-            hv = self.hv
-
-            def factory(connection) -> GpuDevice:
-                return GpuDevice(hv, vm_id, connection, stats, worker, retirement)
+            stats, worker, retirement, factory = self._device_parts(vm_id)
 
             peer = VhostUserPeer(sock, factory, name=f"vm{vm_id}:handed-over", on_end=on_end)
             try:
@@ -166,15 +153,17 @@ class VhostUserTransport:
             except NotFound:
                 pass  # detached meanwhile
 
+    def _device_parts(self, vm_id: int):
+        """What every connection of VM ``vm_id`` shares (counters, worker, retirement) and
+        the factory that builds its device for a connection."""
+        stats, worker, retirement, hv = DeviceStats(), DeviceWorker(f"vm{vm_id}-device"), Retirement(), self.hv
+
+        def factory(connection) -> GpuDevice:
+            return GpuDevice(hv, vm_id, connection, stats, worker, retirement)
+
+        return stats, worker, retirement, factory
+
     def _device_stats(self, att: _Attached) -> dict:
         # The counters change on the VM's loop thread: copy them there.
-        box: list[dict] = []
-        done = threading.Event()
-
-        def take() -> None:
-            box.append(att.stats.as_dict())
-            done.set()
-
-        if att.server.call_soon_threadsafe(take) and done.wait(STATUS_TIMEOUT_S):
-            return box[0]
-        return {"error": "loop not responding"}
+        ran, st = att.server.loop.call_and_wait(att.stats.as_dict, STATUS_TIMEOUT_S)
+        return st if ran else {"error": "loop not responding"}

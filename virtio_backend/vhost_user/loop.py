@@ -16,6 +16,7 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,20 @@ class EventLoop:
             self._callbacks.append((fn, args))
             os.eventfd_write(self._wake_fd, 1)
         return True
+
+    def call_and_wait(self, fn: Callable[[], Any], timeout: float) -> tuple[bool, Any]:
+        """Run ``fn()`` on the loop thread and wait for it: (True, its result), or (False,
+        None) when the loop is closed or did not run it within ``timeout`` seconds."""
+        box: list = []
+        done = threading.Event()
+
+        def run() -> None:
+            box.append(fn())
+            done.set()
+
+        if not self.call_soon_threadsafe(run) or not done.wait(timeout):
+            return False, None
+        return True, box[0]
 
     def stop(self) -> None:
         """Ask ``run`` to return (thread-safe)."""

@@ -87,21 +87,19 @@ class VhostUserPeer:
         still connected (False: the peer is closed already)."""
         if self._thread is None:
             return False
-        box: list[bool] = []
-        done = threading.Event()
 
-        def on_loop() -> None:
+        def on_loop() -> bool:
             self._retired = True
             connected = self.connection is not None and not self.connection.closed
             if not connected:
                 self.loop.stop()
-            box.append(connected)
-            done.set()
+            return connected
 
-        if not self.call_soon_threadsafe(on_loop) or not done.wait(timeout):
+        ran, connected = self.loop.call_and_wait(on_loop, timeout)
+        if not ran:
             self.close()  # the loop does not answer: end it the hard way
             return False
-        return box[0]
+        return connected
 
     @property
     def serving(self) -> bool:
@@ -125,16 +123,8 @@ class VhostUserPeer:
     def status(self, timeout: float = 2.0) -> dict:
         if self._thread is None or threading.get_ident() == self.loop.thread_id:
             return self._status()
-        box: list[dict] = []
-        done = threading.Event()
-
-        def take() -> None:
-            box.append(self._status())
-            done.set()
-
-        if not self.call_soon_threadsafe(take) or not done.wait(timeout):
-            return {"socket": self.socket_path, "connected": False, "error": "loop not responding"}
-        return box[0]
+        ran, st = self.loop.call_and_wait(self._status, timeout)
+        return st if ran else {"socket": self.socket_path, "connected": False, "error": "loop not responding"}
 
     def _status(self) -> dict:
         conn = self.connection if self.connection is not None and not self.connection.closed else None

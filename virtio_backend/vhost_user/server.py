@@ -105,10 +105,8 @@ class VhostUserServer:
         a front-end was connected (False: the server is closed already)."""
         if self._thread is None:
             return False
-        box: list[bool] = []
-        done = threading.Event()
 
-        def on_loop() -> None:
+        def on_loop() -> bool:
             self._retired = True
             self.loop.remove_reader(self._listener.fileno())
             self._listener.close()
@@ -116,13 +114,13 @@ class VhostUserServer:
             connected = self.connection is not None and not self.connection.closed
             if not connected:
                 self.loop.stop()
-            box.append(connected)
-            done.set()
+            return connected
 
-        if not self.call_soon_threadsafe(on_loop) or not done.wait(timeout):
+        ran, connected = self.loop.call_and_wait(on_loop, timeout)
+        if not ran:
             self.close()  # the loop does not answer: end it the hard way
             return False
-        return box[0]
+        return connected
 
     @property
     def serving(self) -> bool:
@@ -143,16 +141,8 @@ class VhostUserServer:
         """Connected, negotiated features, queue sizes and counters (thread-safe)."""
         if self._thread is None or threading.get_ident() == self.loop.thread_id:
             return self._status()
-        box: list[dict] = []
-        done = threading.Event()
-
-        def take() -> None:
-            box.append(self._status())
-            done.set()
-
-        if not self.call_soon_threadsafe(take) or not done.wait(timeout):
-            return {"socket": self.socket_path, "connected": False, "error": "loop not responding"}
-        return box[0]
+        ran, st = self.loop.call_and_wait(self._status, timeout)
+        return st if ran else {"socket": self.socket_path, "connected": False, "error": "loop not responding"}
 
     def _status(self) -> dict:
         conn = self.connection if self.connection is not None and not self.connection.closed else None
