@@ -135,7 +135,7 @@ class Load:
                         s.ttft = now - s.start
                 if "usage" in obj:
                     s.tokens = int(obj["usage"]["completion_tokens"])
-            if not done:
+            if not done and not self.stopping.is_set():  # stop() cuts streams still open: not an error
                 s.error = "the stream ended without [DONE]"
             else:
                 s.end = time.monotonic()
