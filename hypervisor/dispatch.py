@@ -29,7 +29,7 @@ from scheduler import LaunchCost, WorkloadClass
 
 from . import errors as E
 from .executor import Pending, RunTiming, Steps
-from .preemption import DEFAULT_TIME_SLICE_S, Preemption
+from .preemption import DEFAULT_TIME_SLICE_S, SHORT_SLICES, Preemption
 from .records import KERNEL_MIX_MAX
 from .residency import LaunchResidency, NotReady
 from .types import Completion, LaunchResult, Scalar
@@ -194,11 +194,18 @@ class Dispatcher(Preemption):
             self.flush_completions()
             if self._inflight is not None:
                 self._complete_inflight()
+            if submitted and job.steps is not None and self.hv.executor.asynchronous:
+                # A stepped launch on a GPU: its first steps went with the submit (queued
+                # behind the launch just completed); the rest are issued now, a slice ahead
+                # of the device, yielding to more urgent launches (preemption.py). Its last
+                # steps then run while the next launch is picked and its first steps queued.
+                self._issue_steps(job)
+                submitted = not job.completed
             if submitted:
                 self._inflight = job
                 if not self.hv.executor.asynchronous:
                     self._complete_inflight()
-                else:
+                elif job.steps is None:
                     self._hold(job)
             self.flush_completions()
 
@@ -323,7 +330,10 @@ class Dispatcher(Preemption):
             job.submitted_at = time.perf_counter()
             fences = job.residency.fences if job.residency else ()
             ex = hv.executor
-            if self.time_slice_s > 0 and self._parked is None and not ex.asynchronous:
+            # On a GPU a launch estimated well under a slice is submitted whole: stepping it
+            # would cost host time per step and shorten no wait (preemption.py, SHORT_SLICES).
+            if self.time_slice_s > 0 and self._parked is None and not (
+                    ex.asynchronous and 0 < job.est_seconds < SHORT_SLICES * self.time_slice_s):
                 job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s,
                                            tile=lambda j=job: self._urgent_recently(j))
             self._note_ran(job)
@@ -345,8 +355,9 @@ class Dispatcher(Preemption):
         if job.steps is not None:
             try:
                 timing = self._run_steps(job)
-            except Exception as exc:
-                job.error = self._launch_error(job, exc)
+            except Exception as exc:  # an error the device found: the steps that ran are charged
+                job.error = job.error or self._launch_error(job, exc)
+                timing = job.steps.timing()
             if job.completed:
                 return  # finished and completed while it was parked (_finish_parked)
             self._last_complete = time.perf_counter()

@@ -29,6 +29,10 @@ DEFAULT_TIME_SLICE_S = 0.001
 # are tiled only while a VM of a more urgent class than the launch's ran a launch within
 # this many seconds: latency-sensitive work is about. Op boundaries are yield points always.
 URGENT_RECENT_S = 0.5
+# On an asynchronous device (a GPU) a launch the classifier estimates under this many time
+# slices is submitted whole, not stepped: it is over sooner than a slice's worth of queued
+# steps would be, and stepping costs host time per step (executor/stepping.py).
+SHORT_SLICES = 0.25
 # Launches a caller's thread runs at most on the serial fast path (Dispatcher.run_here).
 RUN_HERE_MAX = 4
 
@@ -69,21 +73,29 @@ class Preemption:
     def _run_steps(self, job: Job) -> RunTiming:
         """Run a stepped launch to its end, yielding the device between slices to the more
         urgent launches of other VMs that the scheduler says should go first."""
+        self._issue_steps(job)
+        return job.steps.timing()
+
+    def _issue_steps(self, job: Job) -> None:
+        """Advance a stepped launch until every step is issued (on NumPy: has run; on a GPU
+        the last ones, at most a slice, may still run), yielding between slices."""
         hv, steps = self.hv, job.steps
         assert steps is not None
         # A launch arriving sets _arrived (wake): the running launch stops at its next step
         # boundary, not at the end of its slice, and the scheduler is asked at once.
-        while not steps.advance(self.time_slice_s, self._arrived):
-            if job.no_yield or self._stopping:
-                continue
-            self._arrived.clear()  # before the look: an arrival after it sets it again
-            with hv._lock:
-                urgent = hv.scheduler.preempts(job.vm_id, job.wclass, steps.device_s)
-            if urgent:
-                self._yield_to_urgent(job)
-                if job.completed:
-                    break
-        return steps.timing()
+        try:
+            while not steps.advance(self.time_slice_s, None if job.no_yield or self._stopping else self._arrived):
+                if job.no_yield or self._stopping:
+                    continue
+                self._arrived.clear()  # before the look: an arrival after it sets it again
+                with hv._lock:
+                    urgent = hv.scheduler.preempts(job.vm_id, job.wclass, steps.device_s)
+                if urgent:
+                    self._yield_to_urgent(job)
+                    if job.completed:
+                        break
+        except Exception as exc:
+            job.error = self._launch_error(job, exc)
 
     def _note_ran(self, job: Job) -> None:
         seen = self._ran_at[int(job.wclass)]

@@ -14,7 +14,8 @@ lock; none can see another's bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ from .base import (
     check_range,
 )
 from .interpret import Interpreter
+from .stepping import Chunk, DeviceSteps
+from .tiling import CostModel
 
 # One staging slot: pinned host memory for host<->device copies of guest data; larger
 # transfers go in pieces of this size (a guest WRITE is at most PXOS_MAX_TRANSFER_BYTES,
@@ -42,6 +45,11 @@ STAGING_BYTES = 8 << 20
 # however many VM threads and gRPC workers transfer at once; a transfer finding every slot
 # taken waits for one (transfers are a memcpy each, so the wait is short).
 STAGING_SLOTS = 8
+# Stepped launches (executor/stepping.py): cuBLAS and CuPy's kernels work in blocks of
+# 128 rows, so a matmul's row tiles are multiples of it (each output element is then
+# computed by the same kind of kernel, summing over K in the same order, as in the whole
+# product: tests/gpu/test_cupy_steps.py checks the tiles are bit-identical on the GPU).
+TILE_ROWS = 128
 
 
 def cupy_unavailable_reason() -> str | None:
@@ -128,6 +136,9 @@ class CupyExecutor(Executor):
         self._staging = StagingPool(self._make_slot, STAGING_SLOTS)
         self._last_end = None  # end event of the previous launch on the compute stream
         self._consts: dict = {}  # the interpreter's cache across launches (RoPE frequencies)
+        # The GPU's speed for step estimates and tiling: low first guesses (tiles too fine
+        # rather than too coarse at first), corrected by every chunk's CUDA-event time.
+        self.cost_model = CostModel(matmul_flops_per_s=2e12, reduce_elems_per_s=5e10, steps_per_s=2e5)
 
     # Every call that touches the device runs with this executor's device current: a host
     # with several GPUs has one executor per device (hypervisor/devices.py), called from
@@ -283,6 +294,23 @@ class CupyExecutor(Executor):
         self._last_end = end
         return pending
 
+    def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
+                    slice_s: float = 0.001, *, tile: bool | Callable[[], bool] = True) -> DeviceSteps:
+        """The launch as steps on the compute stream (executor/stepping.py): each chunk of
+        steps between two CUDA events, its first steps issued now."""
+        cp = self.cp
+        with self.device:
+            waiting = cp.cuda.Event()
+        with self.device, self.compute:
+            waiting.record(self.compute)
+            for f in wait_for:  # the GPU waits for this launch's own buffers; the CPU does not
+                self.compute.wait_event(f.event)
+        interp = Interpreter(cp, bound, dict(args), consts=self._consts, defer_checks=True)
+        steps = _CupySteps(self, interp, slice_s if tile is not False else 0.0,
+                           None if isinstance(tile, bool) else tile, waiting, bool(wait_for))
+        steps.prime()
+        return steps
+
     def peer_copy(self, array, dst_executor, dst_array) -> bool:
         """Copy a device array straight into another GPU's array, no host memory, where the
         two GPUs reach each other (NVLink, PCIe P2P); False where they do not (the caller
@@ -314,3 +342,72 @@ class CupyExecutor(Executor):
             for slot in self._staging.drain():
                 slot.stream.synchronize()
             self.cp.get_default_memory_pool().free_all_blocks()
+
+
+class _EventChunk(Chunk):
+    __slots__ = ("cp", "end", "est", "start")
+
+    def __init__(self, cp, start, end):
+        self.cp, self.start, self.end = cp, start, end
+
+    def done(self) -> bool:
+        return self.end.done
+
+    def wait(self) -> float:
+        self.end.synchronize()
+        return self.cp.cuda.get_elapsed_time(self.start, self.end) / 1000.0
+
+
+class _CupySteps(DeviceSteps):
+    """A launch on the compute stream as chunks of steps, each between two CUDA events
+    (stepping.py). The ops are issued with the executor's device and stream current; a
+    GATHER's ids are checked on the device and read once the last chunk is done."""
+
+    def __init__(self, ex: CupyExecutor, interp: Interpreter, slice_s: float, active, waiting, waited: bool):
+        # slice_s 0 (no tiling wanted): the chunks still bound what is queued, by the default slice
+        super().__init__(interp, ex.cost_model, slice_s or 0.001, active, TILE_ROWS)
+        if not slice_s:
+            self.tiler.slice_s = 0.0
+        self.ex, self.cp = ex, ex.cp
+        self.waiting, self.waited = waiting, waited
+        self.prev_end = ex._last_end
+        self.first_start = None
+        self.checks = None
+        self._start = None
+
+    def _issuing(self) -> ExitStack:
+        stack = ExitStack()
+        stack.enter_context(self.ex.device)
+        stack.enter_context(self.ex.compute)
+        return stack
+
+    def _open(self) -> None:
+        self._start = self.cp.cuda.Event()
+        self._start.record(self.ex.compute)
+        if self.first_start is None:
+            self.first_start = self._start
+
+    def _close(self, est: dict[str, float], last: bool) -> Chunk:
+        if last:
+            self.checks = self.interp.deferred_checks()
+        end = self.cp.cuda.Event()
+        end.record(self.ex.compute)
+        self.ex._last_end = end
+        return _EventChunk(self.cp, self._start, end)
+
+    def timing(self) -> RunTiming:
+        if self._timing is None and self.first_start is not None:
+            self._close_open()
+            while self.queue:
+                self._retire()
+            elapsed = self.cp.cuda.get_elapsed_time
+            if self.waited:
+                self.stall = elapsed(self.waiting, self.first_start) / 1000.0
+            if self.prev_end is not None:
+                self.gap = max(elapsed(self.prev_end, self.first_start) / 1000.0, 0.0)
+        return super().timing()
+
+    def _check(self) -> None:
+        if self.checks is not None:  # the stream is done: a small copy, no wait
+            checks, self.checks = self.checks, None
+            self.interp.check_deferred(self.cp.asnumpy(checks))

@@ -144,7 +144,8 @@ class Interpreter:
         """Run the kernel as a generator that yields after each statement (an op boundary)
         and, with a ``tiler`` (tiling.Tiler), between the tiles of an op it splits: the
         caller may stop between two steps and resume later; the state (locals, views) stays
-        here. The prechecks run before the first step."""
+        here. The prechecks run before the first step. Each yield gives the statement just
+        run (whole, or the tile ``tiler.part`` says: executor/stepping.py estimates it)."""
         for st, name in self.plan.prechecks:
             if st.op == "GATHER":
                 self._id(st, self._index(name))
@@ -168,7 +169,7 @@ class Interpreter:
             else:
                 value, root = self._eval(st)
                 self._store(st, value, root)
-            yield
+            yield st
 
     def _eval(self, st: OpStmt) -> tuple[Any, object]:
         """The statement's value, and the storage it may share (None: a new array)."""

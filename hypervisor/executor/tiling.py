@@ -51,12 +51,27 @@ class CostModel:
     elements/s. Starts from deliberately low guesses (an op is tiled too finely at first,
     never too coarsely) and moves toward what the ops measure."""
 
-    def __init__(self, matmul_flops_per_s: float = 5e9, reduce_elems_per_s: float = 5e8):
+    def __init__(self, matmul_flops_per_s: float = 5e9, reduce_elems_per_s: float = 5e8,
+                 steps_per_s: float = 1e6):
+        # "step": the fixed cost of one step on the device (a kernel launch, a dispatch),
+        # learned on the asynchronous devices only (executor/stepping.py).
         self.rate = {"matmul": matmul_flops_per_s, "reduce": reduce_elems_per_s,
-                     "elementwise": reduce_elems_per_s}
+                     "elementwise": reduce_elems_per_s, "step": steps_per_s}
 
     def seconds(self, kind: str, work: float) -> float:
         return work / self.rate[kind]
+
+    def observe_chunk(self, estimated: dict[str, float], seconds: float) -> None:
+        """A chunk of steps whose estimate per kind was ``estimated`` (seconds) took
+        ``seconds`` on the device (events, timestamps): each kind's speed moves by the
+        error, in proportion to its part of the estimate (executor/stepping.py)."""
+        total = sum(estimated.values())
+        if total <= 0 or seconds <= 0:
+            return
+        ratio = min(max(seconds / total, 0.05), 20.0)
+        for kind, est in estimated.items():
+            if est > 0:
+                self.rate[kind] /= ratio ** (2 * _ALPHA * est / total)
 
     def observe(self, kind: str, work: float, seconds: float) -> None:
         if seconds <= 1e-5 or work <= 0:  # too short to measure: timer resolution
@@ -74,15 +89,37 @@ def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
+def _row_tiles(m: int, parts: int, min_rows: int) -> list[tuple[int, int]]:
+    """Row tiles of a matmul: ``parts`` (at most m // min_rows) about equal tiles; where
+    ``min_rows`` is above the CPU's 32 (a GPU's BLAS, the WGSL shader: their kernels work
+    in row blocks of that size) every tile starts on a multiple of it and has at least
+    that many rows (the last one takes the rest)."""
+    if min_rows <= MIN_TILE_ROWS:
+        return _bounds(m, parts)
+    tiles = [(b0 * min_rows, b1 * min_rows) for b0, b1 in _bounds(m // min_rows, parts)]
+    tiles[-1] = (tiles[-1][0], m)
+    return tiles
+
+
 class Tiler:
     """Splits an interpreter's tileable ops into steps of at most ``slice_s`` (estimated)."""
 
-    def __init__(self, slice_s: float, model: CostModel, active: Callable[[], bool] | None = None):
+    def __init__(self, slice_s: float, model: CostModel, active: Callable[[], bool] | None = None, *,
+                 min_rows: int = MIN_TILE_ROWS, timed: bool = True):
         self.slice_s = slice_s
         self.model = model
         self.active = active  # asked before each tileable op: tile it now? (None: always)
+        self.min_rows = min_rows  # smallest matmul tile (rows of the left operand)
+        # timed: the op runs while the thread waits (NumPy), so the thread's CPU time is the
+        # op's time; an asynchronous device learns from its chunks' device time instead.
+        self.timed = timed
         self.tiled_ops = 0  # ops split into more than one tile (tests, figures)
         self.tiles = 0
+        self.part: float | None = None  # the fraction of its op the last tile computed
+
+    def _observe(self, kind: str, work: float, t0: float) -> None:
+        if self.timed:
+            self.model.observe(kind, work, time.thread_time() - t0)
 
     def parts(self, kind: str, work: float, limit: int) -> int:
         if self.active is not None and not self.active():
@@ -92,11 +129,16 @@ class Tiler:
 
     def eval(self, interp, st) -> Generator[None, None, tuple[Any, object]]:
         """The op's value (and the storage it shares, as Interpreter._eval returns), with a
-        yield between tiles. Only over array_ops (NumPy, CuPy): an executor's own op table
-        (wgpu) runs its ops whole."""
+        yield of ``st`` between tiles (``part``: the fraction of the op the tile just run
+        computed). Over array_ops (NumPy, CuPy); with an executor's own op table (wgpu) only
+        the matmuls tile, where its array module says so (``tiles_matmul``)."""
+        self.part = None
+        matmul = st.op in MATMULS and all(isinstance(a, Name) for a in st.args)
         if interp.ops is not array_ops:
+            if matmul and getattr(interp.xp, "tiles_matmul", False):
+                return (yield from self._matmul(interp, st))
             return interp._eval(st)
-        if st.op in MATMULS and all(isinstance(a, Name) for a in st.args):
+        if matmul:
             return (yield from self._matmul(interp, st))
         if st.op in REDUCES and st.axis is not None:
             return (yield from self._reduce(interp, st))
@@ -115,7 +157,7 @@ class Tiler:
         if parts == 1:
             t0 = time.thread_time()
             value = interp._eval(st)
-            self.model.observe("elementwise", work, time.thread_time() - t0)
+            self._observe("elementwise", work, t0)
             return value
         self.tiled_ops += 1
         like = interp.env[names[0].name]
@@ -129,7 +171,7 @@ class Tiler:
         out = None
         for i, (r0, r1) in enumerate(_bounds(shape[0], parts)):
             if i:
-                yield
+                yield st
             t0 = time.thread_time()
             if st.op == "SOFTMAX":
                 value = interp.ops.softmax(xp, rows(st.args[0], r0, r1), -1 if st.axis is None else st.axis)
@@ -140,8 +182,9 @@ class Tiler:
             if out is None:
                 out = xp.empty(shape, dtype=value.dtype)
             out[r0:r1] = value
-            self.model.observe("elementwise", work * (r1 - r0) / shape[0], time.thread_time() - t0)
+            self._observe("elementwise", work * (r1 - r0) / shape[0], t0)
             self.tiles += 1
+            self.part = (r1 - r0) / shape[0]
         return out, None
 
     def _matmul(self, interp, st):
@@ -153,11 +196,11 @@ class Tiler:
         n = b.shape[-2] if st.op == "LINEAR" else b.shape[-1]
         batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
         flops = 2.0 * m * k * n * batch
-        parts = self.parts("matmul", flops, m // MIN_TILE_ROWS)
+        parts = self.parts("matmul", flops, m // self.min_rows)
         if parts == 1:
             t0 = time.thread_time()
             value = interp._eval(st)
-            self.model.observe("matmul", flops, time.thread_time() - t0)
+            self._observe("matmul", flops, t0)
             return value
         self.tiled_ops += 1
         # array_ops' PARALLEL_MATMUL and LINEAR, row by row: xp.matmul(a, b) and
@@ -165,13 +208,14 @@ class Tiler:
         # beside it: the launch's temporaries stay what the cost model accounted for).
         right = xp.swapaxes(b, -1, -2) if st.op == "LINEAR" else b
         out = xp.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n), dtype=xp.result_type(a, b))
-        for i, (r0, r1) in enumerate(_bounds(m, parts)):
+        for i, (r0, r1) in enumerate(_row_tiles(m, parts, self.min_rows)):
             if i:
-                yield
+                yield st
             t0 = time.thread_time()
             xp.matmul(a[..., r0:r1, :], right, out=out[..., r0:r1, :])
-            self.model.observe("matmul", flops * (r1 - r0) / m, time.thread_time() - t0)
+            self._observe("matmul", flops * (r1 - r0) / m, t0)
             self.tiles += 1
+            self.part = (r1 - r0) / m
         return out, None
 
     def _reduce(self, interp, st):
@@ -185,17 +229,18 @@ class Tiler:
         if parts == 1:
             t0 = time.thread_time()
             value = interp._eval(st)
-            self.model.observe("reduce", float(a.size), time.thread_time() - t0)
+            self._observe("reduce", float(a.size), t0)
             return value
         self.tiled_ops += 1
         pieces = []
         lead = (slice(None),) * split
         for i, (c0, c1) in enumerate(_bounds(a.shape[split], parts)):
             if i:
-                yield
+                yield st
             t0 = time.thread_time()
             chunk = a[lead + (slice(c0, c1),)]
             pieces.append(fn(xp, chunk, axis))
-            self.model.observe("reduce", float(chunk.size), time.thread_time() - t0)
+            self._observe("reduce", float(chunk.size), t0)
             self.tiles += 1
+            self.part = (c1 - c0) / a.shape[split]
         return xp.concatenate(pieces, axis=split if split < axis else split - 1), None

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +49,8 @@ from .base import (
     check_range,
 )
 from .interpret import Interpreter
+from .stepping import Chunk, DeviceSteps
+from .tiling import CostModel
 from .wgpu_array import WgpuArray, check_dtype
 from .wgpu_runtime import Runtime, SharedDevice
 
@@ -163,6 +165,10 @@ class WgpuExecutor(Executor):
         self._staging = StagingPool(self._make_staging, STAGING_SLOTS)
         self._last_end: float | None = None
         self._consts: dict = {}
+        # The device's speed for step estimates and tiling (executor/stepping.py): low first
+        # guesses, corrected by every chunk's measured device time.
+        self.cost_model = CostModel(steps_per_s=5e4) if self.on_cpu else CostModel(
+            matmul_flops_per_s=5e11, reduce_elems_per_s=2e10, steps_per_s=1e5)
         self._edge_lock = threading.Lock()  # unaligned transfers: read-modify-write of their end words
 
     # ---- identity ------------------------------------------------------------------------
@@ -280,13 +286,19 @@ class WgpuExecutor(Executor):
         return array.array.get() if isinstance(array, HostScalar) else array.get()
 
     # ---- launches ------------------------------------------------------------------------
-    def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
+    def _begin(self, bound: BoundKernel, wait_for: Sequence[Fence]) -> tuple[float, float | None]:
+        """A launch's stall (its buffers' copies, waited for on the host) and gap; refuses a
+        64-bit tensor before anything runs."""
         begin = time.perf_counter()
         gap = begin - self._last_end if self._last_end is not None else None
         stall = sum(f.wait() for f in wait_for)
         for spec in bound.shapes.values():
             if spec.shape or spec.dtype.value not in ("int64", "float64"):
                 check_dtype(spec.dtype.value, self.rt.has_f16)
+        return stall, None if gap is None else gap + stall
+
+    def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
+        stall, gap = self._begin(bound, wait_for)
         env = dict(args)
         rt = self.rt
         rt.submitted = []
@@ -296,7 +308,19 @@ class WgpuExecutor(Executor):
             rt.flush()  # also what ran before a failing statement: it was recorded and must run
             segments, rt.submitted = rt.submitted, []
             self._last_end = time.perf_counter()
-        return _SegmentPending(segments, stall, None if gap is None else gap + stall)
+        return _SegmentPending(segments, stall, gap)
+
+    def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
+                    slice_s: float = 0.001, *, tile: bool | Callable[[], bool] = True) -> DeviceSteps:
+        """The launch as steps (executor/stepping.py): each chunk of steps one submission,
+        timed like a launch (timestamp queries around its pass, or the host clock); its
+        first steps are submitted now."""
+        stall, gap = self._begin(bound, wait_for)
+        interp = Interpreter(self.xp, bound, dict(args), consts=self._consts, ops_table=wgpu_ops)
+        steps = _WgpuSteps(self, interp, slice_s if tile is not False else 0.0,
+                           None if isinstance(tile, bool) else tile, stall, gap)
+        steps.prime()
+        return steps
 
     # ---- residency copies ----------------------------------------------------------------
     def _h2d(self, host: np.ndarray, device: WgpuArray) -> None:
@@ -324,6 +348,47 @@ class WgpuExecutor(Executor):
             self.rt._clock.shutdown(wait=True)
         for buf in self._staging.drain():
             buf.destroy()
+
+
+class _SegmentChunk(Chunk):
+    __slots__ = ("est", "segments")
+
+    def __init__(self, segments):
+        self.segments = segments
+
+    def done(self) -> bool:
+        return all(s.done() for s in self.segments)
+
+    def wait(self) -> float:
+        return sum(s.wait() for s in self.segments)
+
+
+class _WgpuSteps(DeviceSteps):
+    """A launch as chunks of steps, each chunk the submissions (segments) its dispatches
+    went in (stepping.py). Elementwise ops stay lazy across steps and chunks as in a whole
+    launch (a value is computed where it is needed or stored), so a chunk's estimate may
+    include work a later chunk does: the estimates are corrected on average only."""
+
+    POLL_S = 200e-6  # on lavapipe the device is the host's CPU: poll gently
+
+    def __init__(self, ex: WgpuExecutor, interp: Interpreter, slice_s: float, active, stall: float,
+                 gap: float | None):
+        super().__init__(interp, ex.cost_model, slice_s or 0.001, active, ex.xp.TILE_ROWS, stall, gap)
+        if not slice_s:
+            self.tiler.slice_s = 0.0
+        self.ex, self.rt = ex, ex.rt
+
+    def _open(self) -> None:
+        self.rt.submitted = []
+
+    def _close(self, est: dict[str, float], last: bool) -> Chunk:
+        rt = self.rt
+        try:
+            rt.flush()  # also what ran before a failing statement: it was recorded and must run
+        finally:
+            segments, rt.submitted = rt.submitted, []
+            self.ex._last_end = time.perf_counter()
+        return _SegmentChunk(segments)
 
 
 __all__ = ["UnsupportedDtype", "WgpuExecutor", "wgpu_unavailable_reason"]

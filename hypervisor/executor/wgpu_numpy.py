@@ -237,7 +237,19 @@ class WgpuNumpy:
                                 (a, np.int32(pos)), a.shape, out=out, collapse=False)
 
     # ---- matmul --------------------------------------------------------------------------
-    def matmul(self, a: WgpuArray, b: WgpuArray) -> WgpuArray:
+    #: Matmuls may be tiled by rows (executor/tiling.py, in blocks of TILE_ROWS: the
+    #: shader's 64-row output tile; each output element sums over K in the same order
+    #: whatever the rows around it, so a tile computes exactly its rows of the product).
+    tiles_matmul = True
+    TILE_ROWS = 64
+
+    def result_type(self, a: WgpuArray, b: WgpuArray):
+        return np.result_type(a.dtype, b.dtype)
+
+    def matmul(self, a: WgpuArray, b: WgpuArray, out: WgpuArray | None = None) -> WgpuArray:
+        if out is not None:  # a tile's rows of a larger result (tiling.py)
+            self.copyto(out, self.matmul(a, b))
+            return out
         a.device(), b.device()
         (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
         assert k == k2, (a.shape, b.shape)

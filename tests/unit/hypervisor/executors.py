@@ -26,10 +26,14 @@ EXECUTORS = [
     pytest.param("numpy-tiled", id="numpy-tiled"),
     pytest.param("cupy", id="cupy", marks=pytest.mark.gpu),
     pytest.param("wgpu", id="wgpu", marks=pytest.mark.wgpu),
+    # The GPU executors with every launch run as steps (executor/stepping.py): one step per
+    # chunk, every tileable op tiled as finely as the device's row blocks allow.
+    pytest.param("cupy-stepped", id="cupy-stepped", marks=pytest.mark.gpu),
+    pytest.param("wgpu-stepped", id="wgpu-stepped", marks=pytest.mark.wgpu),
 ]
 
 #: Dtypes each backend cannot hold (a bind of them raises UnsupportedDtype: WGSL has no 64-bit types).
-UNSUPPORTED = {"wgpu": {"float64", "int64"}}
+UNSUPPORTED = {"wgpu": {"float64", "int64"}, "wgpu-stepped": {"float64", "int64"}}
 
 
 def unsupported(backend: str, values: Mapping) -> set[str]:
@@ -52,7 +56,24 @@ def expect_refusal(backend: str, fn, *args, **kwargs) -> None:
 def make(name: str):
     if name == "numpy-tiled":
         return TiledNumpy()
+    if name.endswith("-stepped"):
+        return stepped(make_executor(name.removesuffix("-stepped")))
     return make_executor(name)
+
+
+def stepped(ex):
+    """``ex`` (a GPU executor) with submit() running each launch through start_steps with a
+    vanishing slice: every step a chunk of its own, every tileable op tiled as finely as
+    allowed, a wait for the device between two steps (the queue is always full)."""
+
+    def submit(bound, args, wait_for=()):
+        steps = ex.start_steps(bound, args, wait_for, 1e-9)
+        while not steps.advance(1e-9):
+            pass
+        return DonePending(steps.timing())
+
+    ex.submit = submit
+    return ex
 
 
 class TiledNumpy(NumpyExecutor):

@@ -1,0 +1,266 @@
+"""Bounded steps on an asynchronous device (issue 14; docs/scheduling.md, "Preemption"):
+a launch on a GPU stream (CuPy) or queue (wgpu) run as the one interpreter's steps
+(interpret.Interpreter.steps: an op, or a tile of an op that tiling.py splits), issued to
+the device ahead of time but never much more than a time slice ahead.
+
+Steps are issued in **chunks**: the steps issued one after another between two marks on
+the device (CUDA events on the compute stream; a wgpu submission with timestamp queries
+around its pass). A chunk is closed, and so on its way to the device, once its estimate
+reaches half the ahead bound, before the host waits, and whenever ``advance`` returns. The
+device time of a launch is the sum of its own chunks' device time: chunks run one after
+another on one stream, so another launch's work (a more urgent one run while this one is
+parked) is never inside them, and the device idling between two chunks (the host late)
+is not charged either.
+
+``advance`` keeps the device fed and bounded: it issues the next step while the work
+queued behind the running chunk is estimated under ``ahead_s``; past that it waits for
+the oldest chunk (polling, so that an arriving launch, ``interrupt``, is seen at once).
+So a more urgent launch queued when this one yields waits for what is already on the
+device: the rest of the running chunk and at most ``ahead_s`` of estimated work behind it
+(plus a step whose estimate alone exceeds that: an op that does not tile).
+
+The estimates are each statement's work (flops of a matmul, elements otherwise, and a
+fixed cost per step) over the speeds of the executor's ``CostModel``, which each
+completed chunk corrects (``CostModel.observe_chunk``): the device tells us how long the
+chunk took, not each op. ``tiling.Tiler`` splits an op estimated over the slice as on
+NumPy, with the row blocks of the device's kernels (``min_rows``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from weakref import WeakKeyDictionary
+
+import numpy as np
+
+from primitive_lang import BoundKernel
+from primitive_lang.ast import Name, OpStmt
+from primitive_lang.ops import OPS, OpKind
+
+from .base import RunTiming, Steps
+from .tiling import MATMULS, REDUCES, CostModel, Tiler
+
+#: The work queued on the device behind the running chunk, at most (estimated seconds), as
+#: a fraction of the time slice: one slice (docs/scheduling.md, "Preemption").
+AHEAD_SLICES = 1.0
+#: A launch's first steps are issued when it is submitted (start_steps), up to this much
+#: estimated work or wall time, so that the device has them queued while the dispatcher
+#: completes the launch before it (pipelining: the device does not idle between launches).
+PRIME_SLICES = 0.5
+PRIME_WALL_S = 0.0005
+# Ops that only make a view (no device work); their step costs the fixed part only.
+_VIEWS = frozenset({OpKind.RESHAPE, OpKind.PERMUTE, OpKind.SLICE})
+
+_WORK: WeakKeyDictionary[BoundKernel, dict[int, tuple[str, float]]] = WeakKeyDictionary()
+
+
+def step_work(bound: BoundKernel, st: OpStmt) -> tuple[str, float]:
+    """The kind of work a statement does and how much (CostModel's units: flops of a
+    matmul, elements read by a reduction, elements written otherwise; 0 for a view)."""
+    table = _WORK.get(bound)
+    if table is None:
+        table = _WORK[bound] = {}
+    hit = table.get(id(st))
+    if hit is None:
+        hit = table[id(st)] = _work(bound, st)
+    return hit
+
+
+def _work(bound: BoundKernel, st: OpStmt) -> tuple[str, float]:
+    shapes = bound.shapes
+    dest = shapes[st.dest.name].shape
+    if st.op in MATMULS and all(isinstance(a, Name) for a in st.args):
+        a, b = shapes[st.args[0].name].shape, shapes[st.args[1].name].shape
+        if len(a) >= 2 and len(b) >= 2:
+            n = b[-2] if st.op == "LINEAR" else b[-1]
+            batch = int(np.prod(np.broadcast_shapes(a[:-2], b[:-2]), dtype=np.int64))
+            return "matmul", 2.0 * a[-2] * a[-1] * n * batch
+    if st.op in REDUCES or st.op in ("SOFTMAX", "RMSNORM"):
+        return "reduce", float(np.prod(shapes[st.args[0].name].shape, dtype=np.int64))
+    spec = OPS.get(st.op)
+    if spec is not None and spec.kind in _VIEWS:
+        return "elementwise", 0.0
+    if st.op == "SLICE_WRITE":
+        return "elementwise", float(np.prod(shapes[st.args[0].name].shape, dtype=np.int64))
+    return "elementwise", float(np.prod(dest, dtype=np.int64))
+
+
+class Chunk(ABC):
+    """Steps issued together and timed on the device as one."""
+
+    est: dict[str, float]  # estimated seconds by CostModel kind
+
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @abstractmethod
+    def wait(self) -> float:
+        """Block until the device has run it; its device seconds (called once)."""
+
+
+class DeviceSteps(Steps):
+    """A launch as bounded steps on an asynchronous device (see above). A backend supplies
+    ``_issuing`` (the context its ops are issued in), ``_open`` (a mark before a chunk's
+    first step), ``_close`` (the mark after its last step: the chunk, now on its way to
+    the device) and ``_check`` (errors found on the device, once all chunks are done)."""
+
+    #: How often the host looks at the oldest chunk while it waits for it (seconds).
+    POLL_S = 50e-6
+
+    def __init__(self, interp, model: CostModel, slice_s: float, active: Callable[[], bool] | None,
+                 min_rows: int, stall: float = 0.0, gap: float | None = None):
+        self.interp = interp
+        self.model = model
+        self.tiler = Tiler(slice_s, model, active, min_rows=min_rows, timed=False)
+        self.gen = interp.steps(self.tiler)
+        self.ahead_s = max(slice_s, 1e-5) * AHEAD_SLICES
+        self.chunk_s = self.ahead_s / 2
+        self.queue: deque[Chunk] = deque()  # closed chunks not yet retired, oldest first
+        self.open_est: dict[str, float] | None = None  # the chunk being issued, if any
+        self.device_s = 0.0  # device time of the retired chunks
+        self.stall, self.gap = stall, gap
+        self.chunks = 0  # closed so far (tests, figures)
+        self.steps_issued = 0
+        self.issued = False  # every step issued (or the launch failed)
+        self._timing: RunTiming | None = None
+        self._queued_s = 0.0  # estimate of the closed chunks in the queue
+        self._failed: BaseException | None = None  # raised by prime(), re-raised by advance()
+
+    # ---- backend hooks ----------------------------------------------------------------------
+    def _issuing(self) -> AbstractContextManager:
+        return nullcontext()
+
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _close(self, est: dict[str, float], last: bool) -> Chunk: ...
+
+    def _check(self) -> None:
+        """Raise an error the device found (a deferred index check), after the last chunk."""
+
+    # ---- stepping ---------------------------------------------------------------------------
+    def prime(self) -> None:
+        """Issue the first steps now (see PRIME_SLICES); errors wait for advance/timing."""
+        try:
+            self._run(PRIME_WALL_S, None, self.ahead_s * PRIME_SLICES)
+        except Exception as exc:  # the launch failed: advance() raises it again
+            self._failed = exc
+
+    def advance(self, budget_s: float, interrupt: threading.Event | None = None) -> bool:
+        """Issue steps for about ``budget_s`` of wall time (at least one, unless the
+        device's queue is full), waiting for the device when the queue holds ``ahead_s``;
+        returns early when ``interrupt`` is set. True once every step is issued (the last
+        ones may still run: ``timing()`` waits for them)."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
+        if self.issued:
+            return True
+        self._run(budget_s, interrupt, None)
+        return self.issued
+
+    def _run(self, budget_s: float, interrupt: threading.Event | None, stop_est: float | None) -> None:
+        end = time.perf_counter() + budget_s
+        with self._issuing():
+            try:
+                while True:
+                    self._retire_done()
+                    if self._full():
+                        self._close_open()
+                        if not self._wait_oldest(interrupt, end):
+                            return
+                        continue
+                    if self.open_est is None:
+                        self._open()
+                        self.open_est = {}
+                    try:
+                        st = next(self.gen)
+                    except StopIteration:
+                        self.issued = True
+                        return
+                    self._account(st)
+                    if sum(self.open_est.values()) >= self.chunk_s:
+                        self._close_open()
+                    if stop_est is not None and self._queued_s + self._open_sum() >= stop_est:
+                        return
+                    if time.perf_counter() >= end or (interrupt is not None and interrupt.is_set()):
+                        return
+            except BaseException:
+                self.issued = True  # what ran before the failing step is closed and timed below
+                raise
+            finally:
+                self._close_open()
+
+    def _account(self, st: OpStmt) -> None:
+        part = self.tiler.part
+        self.tiler.part = None
+        kind, work = step_work(self.interp.bound, st)
+        est = self.open_est
+        m = self.model
+        if work:
+            est[kind] = est.get(kind, 0.0) + m.seconds(kind, work) * (1.0 if part is None else part)
+        est["step"] = est.get("step", 0.0) + m.seconds("step", 1.0)
+        self.steps_issued += 1
+
+    def _open_sum(self) -> float:
+        return sum(self.open_est.values()) if self.open_est is not None else 0.0
+
+    def _full(self) -> bool:
+        """More than ``ahead_s`` queued behind the oldest chunk (the one running)."""
+        if not self.queue:
+            return False
+        return self._queued_s - sum(self.queue[0].est.values()) + self._open_sum() >= self.ahead_s
+
+    def _close_open(self) -> None:
+        if self.open_est is None:
+            return
+        est, self.open_est = self.open_est, None
+        chunk = self._close(est, self.issued)
+        chunk.est = est
+        self.queue.append(chunk)
+        self._queued_s += sum(est.values())
+        self.chunks += 1
+
+    def _retire(self) -> None:
+        chunk = self.queue.popleft()
+        self._queued_s -= sum(chunk.est.values())
+        seconds = chunk.wait()
+        self.device_s += seconds
+        self.model.observe_chunk(chunk.est, seconds)
+
+    def _retire_done(self) -> None:
+        while self.queue and self.queue[0].done():
+            self._retire()
+
+    def _wait_oldest(self, interrupt: threading.Event | None, end: float) -> bool:
+        """Wait for the oldest chunk; False when the wait was cut short (an arrival, the
+        budget spent): the caller looks at the scheduler and calls advance again."""
+        chunk = self.queue[0]
+        while not chunk.done():
+            if interrupt is not None and interrupt.is_set():
+                return False
+            if time.perf_counter() >= end:
+                return False
+            if interrupt is not None:
+                interrupt.wait(self.POLL_S)
+            else:
+                time.sleep(self.POLL_S)
+        self._retire()
+        return True
+
+    def timing(self) -> RunTiming:
+        """Wait for every chunk still on the device; the launch's timing (raises, once, an
+        error the device found)."""
+        if self._timing is None:
+            self._close_open()
+            while self.queue:
+                self._retire()
+            self._timing = RunTiming(self.device_s, self.stall, self.gap)
+            self._check()
+        return self._timing

@@ -1,0 +1,187 @@
+"""Preemption at op boundaries on the asynchronous executors (issue 14; executor/stepping.py,
+docs/scheduling.md "Preemption"): wgpu (lavapipe in CI) and CuPy (`gpu`, on a GPU host).
+A launch runs as chunks of steps issued at most a slice ahead of the device; it yields
+to a more urgent launch of another VM, resumes, is charged the device time of its own
+chunks once, keeps its VM's order and computes bit-identical results. No timed
+assertions: the order of events is forced with the dispatcher's test hook and a slice so
+short that every step is a chunk of its own."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from test_preempt import LONG, TINY, WAIT_S, _bind, _inputs, _install
+
+from hypervisor import Hypervisor, preemption
+from hypervisor.executor import make_executor
+from hypervisor.executor import stepping as stepping_mod
+
+BACKENDS = [pytest.param("wgpu", marks=pytest.mark.wgpu), pytest.param("cupy", marks=pytest.mark.gpu)]
+
+# Matmuls, a softmax, a reduction along a kept axis and an elementwise op, repeated.
+MIXED = """GPU_KERNEL mixed
+GPU_PARAM h float[256, 256]
+GPU_PARAM w float[256, 256]
+GPU_PARAM c float[256, 256]
+GPU_THREAD_CODE:
+    REPEAT 4:
+        PARALLEL_MATMUL h w -> h
+        SOFTMAX h -> h
+    END_REPEAT
+    REDUCE_MAX h axis=1 -> m
+    RESHAPE m shape=[256, 1] -> m2
+    SUB h m2 -> h
+    MUL h h -> c
+GPU_END
+"""
+
+
+def _load(ex, data):
+    out = {}
+    for name, x in data.items():
+        from primitive_lang import TensorSpec
+        from primitive_lang.ast import DType
+
+        out[name] = ex.empty(TensorSpec(DType("float32"), x.shape))
+        ex.write(out[name], 0, [x.tobytes()])
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("source", [LONG, MIXED], ids=["matmuls", "mixed"])
+def test_stepped_launch_is_bit_identical_and_charged_its_chunks(backend, source, monkeypatch):
+    ex = make_executor(backend)
+    try:
+        bound, specs = _bind(source)
+        data = _inputs(specs, 1)
+        whole = _load(ex, data)
+        ex.run(bound, whole)
+        chunk_s, queue_max = [], [0]
+        close = stepping_mod.DeviceSteps._close_open
+
+        def spy_close(self):
+            close(self)
+            queue_max[0] = max(queue_max[0], len(self.queue))
+
+        retire = stepping_mod.DeviceSteps._retire
+
+        def spy_retire(self):
+            before = self.device_s
+            retire(self)
+            chunk_s.append(self.device_s - before)
+
+        monkeypatch.setattr(stepping_mod.DeviceSteps, "_close_open", spy_close)
+        monkeypatch.setattr(stepping_mod.DeviceSteps, "_retire", spy_retire)
+        args = _load(ex, data)
+        steps = ex.start_steps(bound, args, (), 1e-9)  # every tileable op tiled as finely as allowed
+        assert steps.steps_issued >= 1  # its first steps are on the device already
+        advances = 0
+        while not steps.advance(1e-9):
+            advances += 1
+        timing = steps.timing()
+        assert steps.tiler.tiled_ops >= 4 and steps.tiler.tiles > steps.tiler.tiled_ops
+        assert advances >= 1 and steps.chunks >= steps.steps_issued // 2
+        # Never more than the running chunk and one behind it (the slice is below any step).
+        assert queue_max[0] <= 2
+        # Charged exactly the device time of its own chunks, each measured on the device.
+        assert len(chunk_s) == steps.chunks and timing.device_s == pytest.approx(sum(chunk_s), abs=1e-12)
+        assert timing.device_s > 0
+        for name in data:
+            assert np.array_equal(ex.to_host(args[name]), ex.to_host(whole[name])), name
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_urgent_launch_preempts_a_stepped_launch_on_the_device(backend, monkeypatch):
+    monkeypatch.setattr(preemption, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
+    hv = Hypervisor(backend=backend).start()
+    hv.dispatcher.time_slice_s = 1e-9  # every step a slice: a yield point after each
+    try:
+        hv.register_vm(1, 64, 50, default_class="BATCH")
+        hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
+        k1, h1, data1 = _install(hv, 1, LONG, 1)
+        k2, h2, data2 = _install(hv, 2, TINY, 2)
+        jobs, order, charges = {}, [], []
+        started, queued = threading.Event(), threading.Event()
+
+        def hook(job):
+            jobs[(job.vm_id, job.launch_id)] = job
+            if job.vm_id == 1 and not started.is_set():
+                started.set()
+                assert queued.wait(WAIT_S)  # VM 2's launch is queued before VM 1's runs
+
+        hv.dispatcher.before_run.append(hook)
+        charge = hv.scheduler.charge
+
+        def spy(vm_id, seconds, *, started, ended):
+            charges.append((vm_id, seconds))
+            charge(vm_id, seconds, started=started, ended=ended)
+
+        hv.scheduler.charge = spy
+        first = hv.launch(1, k1, h1)
+        second = hv.launch(1, k1, h1)  # same VM: must run after the first, whatever happens
+        for c in (first, second):
+            c.add_done_callback(lambda c: order.append((1, c.launch_id)))
+        assert started.wait(WAIT_S)
+        urgent = hv.launch(2, k2, h2)
+        urgent.add_done_callback(lambda c: order.append((2, c.launch_id)))
+        queued.set()
+        results = [c.wait(WAIT_S) for c in (first, second, urgent)]
+        assert all(r.ok for r in results), results
+        out = np.frombuffer(hv.read(1, h1["c"]), dtype=np.float32).reshape(256, 256)
+        out2 = np.frombuffer(hv.read(2, h2["c"]), dtype=np.float32)
+    finally:
+        hv.stop()
+    job1, job2 = jobs[(1, first.launch_id)], jobs[(1, second.launch_id)]
+    assert job1.steps is not None and job1.yields >= 1 and hv.dispatcher.preemptions >= 1
+    assert job2.steps.tiler.tiled_ops == 12  # tiled once a more urgent VM has run
+    assert order.index((2, urgent.launch_id)) < order.index((1, first.launch_id))  # it went first
+    assert order.index((1, first.launch_id)) < order.index((1, second.launch_id))  # VM order kept
+    # Charged once each, the device time of its own chunks (the urgent launch's not in it).
+    assert len(charges) == 3
+    assert [s for v, s in charges if v == 1][0] == job1.steps.device_s > 0
+    assert results[0].device_ns == int(job1.steps.device_s * 1e9)
+    # Bit-identical to the same two launches run whole, straight on an executor.
+    ex = make_executor(backend)
+    try:
+        bound, _ = _bind(LONG)
+        direct = _load(ex, data1)
+        ex.run(bound, direct)
+        ex.run(bound, direct)
+        assert np.array_equal(out, ex.to_host(direct["c"]))
+    finally:
+        ex.close()
+    assert np.array_equal(out2, data2["a"] + data2["b"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_stepped_launch_reports_its_error(backend):
+    src = """GPU_KERNEL g
+GPU_PARAM t float[8, 4]
+GPU_PARAM ids int32[2]
+GPU_PARAM o float[2, 4]
+GPU_THREAD_CODE:
+    COPY t -> u
+    GATHER u ids -> o
+GPU_END
+"""
+    hv = Hypervisor(backend=backend).start()
+    hv.dispatcher.time_slice_s = 1e-9
+    try:
+        hv.register_vm(1, 64, 50)
+        (k,) = hv.compile(1, src)
+        h = {n: hv.alloc(1, dt, shape).handle for n, dt, shape in
+             (("t", "float32", (8, 4)), ("ids", "int32", (2,)), ("o", "float32", (2, 4)))}
+        hv.write(1, h["ids"], 0, np.array([1, 99], np.int32).tobytes())
+        seen = []
+        hv.dispatcher.before_run.append(seen.append)
+        res = hv.launch(1, k.kernel_id, h).wait(WAIT_S)
+        assert not res.ok and res.status == "PXOS_S_RANGE", res
+        hv.write(1, h["ids"], 0, np.array([1, 2], np.int32).tobytes())
+        assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok  # the VM goes on
+    finally:
+        hv.stop()
+    assert seen[0].steps is not None
