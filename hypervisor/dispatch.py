@@ -207,6 +207,8 @@ class Dispatcher(Preemption):
                     self._complete_inflight()
                 elif job.steps is None:
                     self._hold(job)
+                else:
+                    self._hold_steps(job)
             self.flush_completions()
 
     def _hold(self, job: Job) -> None:
@@ -219,6 +221,17 @@ class Dispatcher(Preemption):
             if left <= 0:
                 return
             self._wake.wait(min(left, HOLD_POLL_S))
+
+    def _hold_steps(self, job: Job) -> None:
+        """The same for a stepped launch whose steps are all issued: hold while the work it
+        still has queued (its chunks' estimates, corrected by the time the oldest has
+        run) is more than the lead needed to pick and prime the next launch."""
+        steps = job.steps
+        while not self._stopping:
+            left = steps.remaining_s()
+            if HOLD_FRACTION * left - PIPELINE_LEAD_S <= 0:
+                return
+            self._wake.wait(HOLD_POLL_S)
 
     def _complete_inflight(self) -> None:
         job, self._inflight = self._inflight, None

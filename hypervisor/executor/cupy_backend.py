@@ -45,11 +45,13 @@ STAGING_BYTES = 8 << 20
 # however many VM threads and gRPC workers transfer at once; a transfer finding every slot
 # taken waits for one (transfers are a memcpy each, so the wait is short).
 STAGING_SLOTS = 8
-# Stepped launches (executor/stepping.py): cuBLAS and CuPy's kernels work in blocks of
-# 128 rows, so a matmul's row tiles are multiples of it (each output element is then
-# computed by the same kind of kernel, summing over K in the same order, as in the whole
-# product: tests/gpu/test_cupy_steps.py checks the tiles are bit-identical on the GPU).
+# Stepped launches (executor/stepping.py): a matmul's row tiles are multiples of 128 rows
+# (cuBLAS's output tiles), so that each output element is computed as in the whole product;
+# cuBLAS chooses its kernel by shape, so this is checked, not assumed:
+# tests/unit/hypervisor/test_preempt_device.py (gpu) compares tiles with whole ops at the
+# sizes the benchmarks use. TILE_KINDS: the kinds of op the tiler may split on this device.
 TILE_ROWS = 128
+TILE_KINDS = frozenset({"matmul", "reduce", "elementwise"})
 
 
 def cupy_unavailable_reason() -> str | None:
@@ -365,7 +367,7 @@ class _CupySteps(DeviceSteps):
 
     def __init__(self, ex: CupyExecutor, interp: Interpreter, slice_s: float, active, waiting, waited: bool):
         # slice_s 0 (no tiling wanted): the chunks still bound what is queued, by the default slice
-        super().__init__(interp, ex.cost_model, slice_s or 0.001, active, TILE_ROWS)
+        super().__init__(interp, ex.cost_model, slice_s or 0.001, active, TILE_ROWS, kinds=TILE_KINDS)
         if not slice_s:
             self.tiler.slice_s = 0.0
         self.ex, self.cp = ex, ex.cp

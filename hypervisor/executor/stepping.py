@@ -113,10 +113,11 @@ class DeviceSteps(Steps):
     POLL_S = 50e-6
 
     def __init__(self, interp, model: CostModel, slice_s: float, active: Callable[[], bool] | None,
-                 min_rows: int, stall: float = 0.0, gap: float | None = None):
+                 min_rows: int, stall: float = 0.0, gap: float | None = None,
+                 kinds: frozenset[str] = frozenset({"matmul", "reduce", "elementwise"})):
         self.interp = interp
         self.model = model
-        self.tiler = Tiler(slice_s, model, active, min_rows=min_rows, timed=False)
+        self.tiler = Tiler(slice_s, model, active, min_rows=min_rows, timed=False, kinds=kinds)
         self.gen = interp.steps(self.tiler)
         self.ahead_s = max(slice_s, 1e-5) * AHEAD_SLICES
         self.chunk_s = self.ahead_s / 2
@@ -130,6 +131,7 @@ class DeviceSteps(Steps):
         self._timing: RunTiming | None = None
         self._queued_s = 0.0  # estimate of the closed chunks in the queue
         self._failed: BaseException | None = None  # raised by prime(), re-raised by advance()
+        self._head_since = 0.0  # when the oldest chunk in the queue became the oldest
 
     # ---- backend hooks ----------------------------------------------------------------------
     def _issuing(self) -> AbstractContextManager:
@@ -223,6 +225,8 @@ class DeviceSteps(Steps):
         est, self.open_est = self.open_est, None
         chunk = self._close(est, self.issued)
         chunk.est = est
+        if not self.queue:
+            self._head_since = time.perf_counter()
         self.queue.append(chunk)
         self._queued_s += sum(est.values())
         self.chunks += 1
@@ -231,12 +235,23 @@ class DeviceSteps(Steps):
         chunk = self.queue.popleft()
         self._queued_s -= sum(chunk.est.values())
         seconds = chunk.wait()
+        self._head_since = time.perf_counter()
         self.device_s += seconds
         self.model.observe_chunk(chunk.est, seconds)
 
     def _retire_done(self) -> None:
         while self.queue and self.queue[0].done():
             self._retire()
+
+    def remaining_s(self) -> float:
+        """Estimated device seconds left of what this launch has queued (0 once it is all
+        done): what the dispatcher's hold waits for before it picks the next launch."""
+        self._retire_done()
+        if not self.queue:
+            return 0.0
+        head = sum(self.queue[0].est.values())
+        left = max(head - (time.perf_counter() - self._head_since), 0.0)
+        return left + self._queued_s - head
 
     def _wait_oldest(self, interrupt: threading.Event | None, end: float) -> bool:
         """Wait for the oldest chunk; False when the wait was cut short (an arrival, the

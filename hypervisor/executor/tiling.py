@@ -105,7 +105,8 @@ class Tiler:
     """Splits an interpreter's tileable ops into steps of at most ``slice_s`` (estimated)."""
 
     def __init__(self, slice_s: float, model: CostModel, active: Callable[[], bool] | None = None, *,
-                 min_rows: int = MIN_TILE_ROWS, timed: bool = True):
+                 min_rows: int = MIN_TILE_ROWS, timed: bool = True,
+                 kinds: frozenset[str] = frozenset({"matmul", "reduce", "elementwise"})):
         self.slice_s = slice_s
         self.model = model
         self.active = active  # asked before each tileable op: tile it now? (None: always)
@@ -113,6 +114,7 @@ class Tiler:
         # timed: the op runs while the thread waits (NumPy), so the thread's CPU time is the
         # op's time; an asynchronous device learns from its chunks' device time instead.
         self.timed = timed
+        self.kinds = kinds  # the kinds of op it may split (an executor may rule some out)
         self.tiled_ops = 0  # ops split into more than one tile (tests, figures)
         self.tiles = 0
         self.part: float | None = None  # the fraction of its op the last tile computed
@@ -122,7 +124,7 @@ class Tiler:
             self.model.observe(kind, work, time.thread_time() - t0)
 
     def parts(self, kind: str, work: float, limit: int) -> int:
-        if self.active is not None and not self.active():
+        if kind not in self.kinds or (self.active is not None and not self.active()):
             return 1
         est = self.model.seconds(kind, work)
         return max(1, min(math.ceil(est / self.slice_s) if self.slice_s > 0 else 1, limit, MAX_TILES))

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_preempt import LONG, TINY, WAIT_S, _bind, _inputs, _install
+from test_preempt import CASES, LONG, TINY, WAIT_S, _bind, _inputs, _install, _kernel
 
 from hypervisor import Hypervisor, preemption
 from hypervisor.executor import make_executor
@@ -185,3 +185,58 @@ GPU_END
     finally:
         hv.stop()
     assert seen[0].steps is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_tiled_ops_on_the_device_are_bit_identical_to_whole_ops(backend, case):
+    body, params = CASES[case]
+    source = _kernel(body, params)
+    bound, specs = _bind(source)
+    if any(spec.dtype.value in ("int64", "float64") for spec in specs.values()) and backend == "wgpu":
+        pytest.skip("64-bit tensors: wgpu refuses them (UnsupportedDtype), tested elsewhere")
+    ex = make_executor(backend)
+    try:
+        data = _inputs(specs, 5)
+        whole = _load(ex, data)
+        ex.run(bound, whole)
+        args = _load(ex, data)
+        steps = ex.start_steps(bound, args, (), 1e-9)  # tiles as fine as the device's row blocks allow
+        while not steps.advance(1e-9):
+            pass
+        steps.timing()
+        for name in data:
+            assert np.array_equal(ex.to_host(args[name]), ex.to_host(whole[name])), name
+    finally:
+        ex.close()
+
+
+# Matmul sizes of the benchmarks (bench_preempt's BATCH and INTERACTIVE kernels on an H100/
+# H200, a decoder's projections): cuBLAS picks its kernel by shape, so whether a row tile
+# computes exactly its rows of the whole product is checked here at each tile size, and
+# every size that differs is named.
+GPU_SHAPES = [(256, 256, 256), (1000, 1024, 4096), (2048, 2048, 2048), (4736, 4736, 4736), (4096, 576, 1536),
+              (8192, 1024, 1024)]
+
+
+@pytest.mark.gpu
+def test_cupy_row_tiles_of_a_matmul_are_bit_identical():
+    import cupy as cp
+
+    from hypervisor.executor import cupy_backend
+
+    rng = np.random.default_rng(0)
+    bad = []
+    for m, k, n in GPU_SHAPES:
+        a = cp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+        b = cp.asarray((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32))
+        whole = cp.matmul(a, b)
+        for rows in (cupy_backend.TILE_ROWS, 256, 512, 1024):
+            if rows >= m:
+                continue
+            out = cp.empty_like(whole)
+            for r0 in range(0, m, rows):
+                cp.matmul(a[r0:r0 + rows], b, out=out[r0:r0 + rows])
+            if not bool(cp.array_equal(out, whole)):
+                bad.append(f"{m}x{k}x{n} in tiles of {rows} rows")
+    assert not bad, "row tiles differ from the whole product: " + ", ".join(bad)
