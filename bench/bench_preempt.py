@@ -1,6 +1,6 @@
 """Latency isolation and launch overhead (issue 14): the issue's table in one run, each
 figure against a baseline taken in the same run.
-``python -m bench.bench_preempt [--json] [--quick] [--backend auto|numpy|cupy]``
+``python -m bench.bench_preempt [--json] [--quick] [--backend auto|numpy|cupy|wgpu] [--slice-ms MS]``
 
 - isolation: an INTERACTIVE VM's launches (a ~100 µs kernel, one at a time, 2-8 ms think
   time) alone, then beside a saturating BATCH VM (~5 ms launches) with preemption off
@@ -19,8 +19,10 @@ figure against a baseline taken in the same run.
   fast path (launch_wait: on the caller's thread when the device is idle); and the host
   overhead of a tiny launch, serial and pipelined, against the executor called the same
   way (goal <= 30 µs).
-On an executor that cannot step launches (CuPy, wgpu) "on" equals "off": the figures
-then say so (preemptions 0).
+Every executor steps launches (NumPy through the interpreter on the dispatcher's thread;
+CuPy and wgpu as chunks of steps kept at most half a slice ahead of the device,
+executor/stepping.py). ``--slice-ms`` sets the slice of the "on" runs (default: the
+hypervisor's, 1 ms), to measure the isolation a shorter slice buys and what it costs.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from dataclasses import dataclass
 
 from bench.common import Report, parser, percentile
 from bench.hv_load import TINY_SOURCE, CallbackLoad, DirectRun, GuestThread, Recorder, install, sized_kernel
-from hypervisor import Hypervisor
-from hypervisor.dispatch import DEFAULT_TIME_SLICE_S
+from hypervisor import Hypervisor, dispatch
 from hypervisor.errors import ConfigError
 from hypervisor.executor import BACKENDS, make_executor
 
 MS, US = 1e-3, 1e-6
+SLICE_S = dispatch.DEFAULT_TIME_SLICE_S  # the "on" runs' time slice (--slice-ms)
 QUOTA_MB = 4000
 DEPTH = 8
 
@@ -85,7 +87,7 @@ def isolation(report: Report, backend: str, small, batch, plan: Plan) -> None:
     queued: dict[str, list[float]] = {"off": [], "on": []}
     done: dict[str, float] = {}
     preempted: dict[str, int] = {}
-    for mode, slice_s in (("off", 0.0), ("on", DEFAULT_TIME_SLICE_S)):
+    for mode, slice_s in (("off", 0.0), ("on", SLICE_S)):
         rnd = random.Random(3)
         hv = _hv(backend, slice_s)
         try:
@@ -128,7 +130,7 @@ def isolation(report: Report, backend: str, small, batch, plan: Plan) -> None:
     report.notes.append(f"isolation: INTERACTIVE {small.describe()}, one at a time, 2-8 ms think time "
                         f"({len(lat['alone'])} alone, {len(lat['off'])} off, {len(lat['on'])} on); BATCH "
                         f"{batch.describe()} saturating (a guest thread); preemption on = time slice "
-                        f"{DEFAULT_TIME_SLICE_S * 1e3:g} ms; latency = launch() to wait() in the client")
+                        f"{SLICE_S * 1e3:g} ms; latency = launch() to wait() in the client")
 
 
 def _interactive(hv: Hypervisor, kid: int, binds: dict[str, int], rnd: random.Random, seconds: float,
@@ -150,7 +152,7 @@ def _interactive(hv: Hypervisor, kid: int, binds: dict[str, int], rnd: random.Ra
 
 # ---------------------------------------------------------------------------- batch throughput
 def batch_throughput(report: Report, backend: str, batch, plan: Plan) -> None:
-    hvs = {"off": _hv(backend, 0.0), "on": _hv(backend, DEFAULT_TIME_SLICE_S)}
+    hvs = {"off": _hv(backend, 0.0), "on": _hv(backend, SLICE_S)}
     rates: dict[str, list[float]] = {m: [] for m in hvs}
     device: dict[str, list[float]] = {m: [] for m in hvs}
     try:
@@ -206,7 +208,7 @@ def _pipelined(hv: Hypervisor, kernel_id: int, bindings: dict[str, int], n: int)
 # ---------------------------------------------------------------------------- shares
 def shares(report: Report, backend: str, kernel, plan: Plan) -> None:
     vms = [(70, kernel, "BATCH"), (30, kernel, "INTERACTIVE")]
-    hv = _hv(backend, DEFAULT_TIME_SLICE_S)
+    hv = _hv(backend, SLICE_S)
     loads = []
     try:
         for vm_id, (share, k, wclass) in enumerate(vms, start=1):
@@ -249,7 +251,7 @@ def shares(report: Report, backend: str, kernel, plan: Plan) -> None:
 
 # ---------------------------------------------------------------------------- overhead
 def overhead(report: Report, backend: str, big, plan: Plan) -> None:
-    hv = _hv(backend, DEFAULT_TIME_SLICE_S)
+    hv = _hv(backend, SLICE_S)
     try:
         hv.register_vm(1, QUOTA_MB, 100)
         for key, source, n in (("large", big.source, max(20, int(0.1 / big.seconds))),
@@ -316,7 +318,7 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
     before (the default 5 ms GIL switch interval, no compile budget) and now."""
     lat: dict[str, list[float]] = {}
     rate: dict[str, float] = {}
-    hv = _hv(backend, DEFAULT_TIME_SLICE_S)
+    hv = _hv(backend, SLICE_S)
     now_switch = sys.getswitchinterval()
     budget = hv.compiles.budget_s
     try:
@@ -375,7 +377,14 @@ def _tiny_serial(hv: Hypervisor, kid: int, binds: dict[str, int], seconds: float
 def main(argv: list[str] | None = None) -> None:
     p = parser("Latency isolation and launch overhead (issue 14): preemption off and on, in one run")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="executor backend (default auto)")
+    p.add_argument("--slice-ms", type=float, default=None,
+                   help="time slice of the runs with preemption on (default: the hypervisor's)")
     args = p.parse_args(argv)
+    if args.slice_ms is not None:
+        if not 0 < args.slice_ms <= 1000:
+            p.error("--slice-ms must lie in (0, 1000]")
+        global SLICE_S
+        SLICE_S = args.slice_ms * MS
     try:
         executor = make_executor(args.backend)
     except ConfigError as exc:

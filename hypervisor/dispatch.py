@@ -50,6 +50,9 @@ NOT_READY_RETRY_S = 0.0005
 # work. Long enough to pick, prepare and issue a launch; launches shorter than this are
 # simply pipelined back to back.
 PIPELINE_LEAD_S = 0.001
+# A stepped launch's queued work is bounded by half a slice (executor/stepping.py): the
+# next launch is picked when that much is left, but never with less than this left.
+STEPS_LEAD_MIN_S = 0.0002
 # While holding, look at the running launch's completion this often (a launch that ends
 # early is noticed within this; the device then idles for it plus one pick).
 HOLD_POLL_S = 0.0001
@@ -227,9 +230,10 @@ class Dispatcher(Preemption):
         still has queued (its chunks' estimates, corrected by the time the oldest has
         run) is more than the lead needed to pick and prime the next launch."""
         steps = job.steps
+        lead = min(PIPELINE_LEAD_S, max(0.5 * self.time_slice_s, STEPS_LEAD_MIN_S))
         while not self._stopping:
             left = steps.remaining_s()
-            if HOLD_FRACTION * left - PIPELINE_LEAD_S <= 0:
+            if HOLD_FRACTION * left - lead <= 0:
                 return
             self._wake.wait(HOLD_POLL_S)
 

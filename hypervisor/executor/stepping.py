@@ -45,9 +45,11 @@ from primitive_lang.ops import OPS, OpKind
 from .base import RunTiming, Steps
 from .tiling import MATMULS, REDUCES, CostModel, Tiler
 
-#: The work queued on the device behind the running chunk, at most (estimated seconds), as
-#: a fraction of the time slice: one slice (docs/scheduling.md, "Preemption").
-AHEAD_SLICES = 1.0
+#: The work queued on the device behind the running chunk, at most (estimated seconds), and
+#: the largest tile, as fractions of the time slice: half a slice each, so that a launch
+#: queued when this one yields waits about one slice (docs/scheduling.md, "Preemption").
+AHEAD_SLICES = 0.5
+TILE_SLICES = 0.5
 #: A launch's first steps are issued when it is submitted (start_steps), up to this much
 #: estimated work or wall time, so that the device has them queued while the dispatcher
 #: completes the launch before it (pipelining: the device does not idle between launches).
@@ -117,7 +119,7 @@ class DeviceSteps(Steps):
                  kinds: frozenset[str] = frozenset({"matmul", "reduce", "elementwise"})):
         self.interp = interp
         self.model = model
-        self.tiler = Tiler(slice_s, model, active, min_rows=min_rows, timed=False, kinds=kinds)
+        self.tiler = Tiler(slice_s * TILE_SLICES, model, active, min_rows=min_rows, timed=False, kinds=kinds)
         self.gen = interp.steps(self.tiler)
         self.ahead_s = max(slice_s, 1e-5) * AHEAD_SLICES
         self.chunk_s = self.ahead_s / 2
