@@ -19,15 +19,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import primitive_lang
-from primitive_lang import BoundKernel, Direction, TensorSpec
 from primitive_lang.ast import DType
-from scheduler import Classifier, FairScheduler, LaunchCost, Ticket, WorkloadClass
+from scheduler import Classifier, FairScheduler, Ticket, WorkloadClass
 
 from . import errors as E
 from .calibrate import peaks
 from .compiling import GIL_SWITCH_S, CompileBudget
 from .dispatch import Dispatcher, Job
 from .executor import Executor, make_executor
+from .launch_plan import plan_launch
 from .memory import Buffer, MemoryManager
 from .models import ModelInfo, ModelOpen, ModelStore
 from .prefetch import PrefetchState
@@ -35,7 +35,6 @@ from .records import (
     KernelRecord,
     VMRecord,
     buffer_info,
-    check_scalar,
     check_share,
     class_of,
     kernel_host_bytes,
@@ -451,29 +450,29 @@ class Hypervisor:
             raise E.InvalidArgument(f"priority must be an integer 0..100, got {priority!r}")
         hint = class_of(class_hint)
         with self._lock:
-            vm = self._vm(vm_id)
+            vm = self._vms.get(vm_id)
+            if vm is None:
+                raise E.NotFound(f"no VM {vm_id}")
             record = self._kernel(vm_id, kernel_id, session)
-            kernel = record.info.checked
-            bound, buffers, scalars = self._bind(vm_id, session, record, bindings)
+            plan, bound, buffers = plan_launch(vm, record, session, bindings,
+                                               lambda h: self._lookup(vm_id, session, h))
             if vm.inflight >= MAX_INFLIGHT_PER_VM:
                 raise E.Busy(f"VM {vm_id} has {vm.inflight} launches in flight, the limit; wait for one")
-            temp = bound.cost.peak_temp_bytes
-            unique = {b.handle: b.nbytes for b, _ in buffers.values()}
-            self.memory.admit_launch(vm_id, temp, sum(unique.values()))
-            c = bound.cost
-            cost = LaunchCost(c.flops, c.bytes_read, c.bytes_written, temp)
-            hint = hint if hint is not None else class_of(kernel.class_hint.value if kernel.class_hint else None)
-            prio = priority if priority is not None else kernel.priority
-            wclass, est = self.classifier.classify(vm_id, hint=hint, priority=prio, cost=cost,
-                                                   default=vm.default_class)
+            temp = plan.temp_bytes
+            self.memory.admit_launch(vm_id, temp, plan.unique_bytes)
+            cost = plan.cost
+            prio = priority if priority is not None else plan.priority
+            wclass, est = self.classifier.classify(vm_id, hint=hint if hint is not None else plan.hint,
+                                                   priority=prio, cost=cost, default=vm.default_class)
             launch_id = next(self._launch_ids)
             completion = Completion(launch_id, vm_id, session)
-            job = Job(launch_id, vm_id, session, vm.generation, bound, buffers, scalars, temp,
-                      completion, wclass, self.clock(), est_seconds=est, cost=cost)
+            now = self.clock()
+            job = Job(launch_id, vm_id, session, vm.generation, bound, buffers, plan.scalars, temp,
+                      completion, wclass, now, est_seconds=est, cost=cost)
+            pin = self.memory.pin
             for buf, writes in buffers.values():
-                self.memory.pin(buf, writes)
-            ticket = Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est,
-                            job.enqueued_at, job)
+                pin(buf, writes)
+            ticket = Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est, now, job)
             if vm.held is not None:  # the VM is moving to another device: it runs there (devices.py)
                 vm.held.append(ticket)
             else:
@@ -489,44 +488,6 @@ class Hypervisor:
         and the VM eligible, the launch runs on this thread, without the two thread
         hand-offs of the dispatch thread (docs/scheduling.md, "Serial fast path")."""
         return self.launch(vm_id, kernel_id, bindings, run_here=True, **kw).wait(timeout)
-
-    def _bind(self, vm_id: int, session: int, record: KernelRecord, bindings: Mapping[str, int | Scalar]):
-        kernel = record.info.checked
-        if len(bindings) > primitive_lang.limits.MAX_PARAMS:
-            raise E.InvalidArgument(f"{len(bindings)} bindings; a kernel has at most {primitive_lang.limits.MAX_PARAMS} params")
-        declared = {p.name: p for p in kernel.params}
-        specs: dict[str, TensorSpec] = {}
-        buffers: dict[str, tuple[Buffer, bool]] = {}
-        scalars: dict[str, Scalar] = {}
-        by_handle: dict[int, list[str]] = {}
-        for name, value in bindings.items():
-            if isinstance(value, Scalar):
-                param = declared.get(name)
-                dtype = value.dtype or (param.type.dtype if param is not None else DType.FLOAT64)
-                check_scalar(name, value.value, dtype)
-                specs[name] = TensorSpec(dtype, ())
-                scalars[name] = Scalar(value.value, dtype)
-            elif isinstance(value, int) and not isinstance(value, bool):
-                buf = self._lookup(vm_id, session, value)
-                specs[name] = buf.spec
-                writes = kernel.directions.get(name, Direction.IN) != Direction.IN
-                if writes and buf.read_only:
-                    raise E.ReadOnly(f"param {name} is written by kernel {kernel.name}, but buffer {value} is "
-                                     "a shared model's tensor (read-only)")
-                buffers[name] = (buf, writes)
-                by_handle.setdefault(value, []).append(name)
-            else:
-                raise E.InvalidArgument(f"binding {name!r} must be a buffer handle or a Scalar")
-        try:
-            bound: BoundKernel = record.bind(specs)
-        except primitive_lang.PrimitiveError as exc:
-            raise E.BindError(str(exc), exc.diagnostics) from exc
-        for handle, names in by_handle.items():
-            if len(names) > 1 and any(buffers[n][1] for n in names):
-                raise E.BindError(
-                    f"buffer {handle} is bound to {', '.join(sorted(names))}, and one of them is written; "
-                    "an output must have a buffer of its own")
-        return bound, buffers, scalars
 
     def _cancel_queued(self, vm_id: int, predicate: Callable[[Ticket], bool], why: str,
                        error: type[E.Cancelled] = E.Cancelled) -> int:

@@ -61,11 +61,15 @@ HOLD_POLL_S = 0.0001
 HOLD_FRACTION = 0.75
 # Say so in the log when a launch has waited this long for memory (a stuck transfer?).
 NOT_READY_WARN_S = 2.0
+# A launch estimated at most this long (or a quarter of the time slice, if less) runs whole,
+# as one step: stepping it costs more host time than the wait it could save an urgent
+# launch (docs/scheduling.md, "Preemption").
+UNSTEPPED_MAX_S = 0.0001
 # Bytes of idle VMs' dirty buffers written back per launch, at most.
 WRITEBACK_PER_LAUNCH = 64 << 20
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     launch_id: int
     vm_id: int
@@ -95,6 +99,8 @@ class Job:
     completed: bool = False
 
     def unique_buffers(self) -> list[Buffer]:
+        if len(self.buffers) == 1:
+            return [b for b, _ in self.buffers.values()]
         return list({b.handle: b for b, _ in self.buffers.values()}.values())
 
 
@@ -166,14 +172,16 @@ class Dispatcher(Preemption):
             self._deliver(completion, result)
 
     def _deliver(self, completion: Completion, result: LaunchResult) -> None:
-        for cb in completion._finish(result):
+        cbs = completion._finish(result)
+        for cb in cbs:
             try:
                 cb(completion)
             except Exception:
                 log.exception("completion callback of launch %d failed", completion.launch_id)
-        self.hv._emit("launch_completed", result.vm_id, launch_id=result.launch_id, status=result.status,
-                      kernel=result.kernel, wclass=result.wclass, device_ns=result.device_ns,
-                      queue_ns=result.queue_ns, total_ns=result.total_ns)
+        if self.hv._subscribers:
+            self.hv._emit("launch_completed", result.vm_id, launch_id=result.launch_id, status=result.status,
+                          kernel=result.kernel, wclass=result.wclass, device_ns=result.device_ns,
+                          queue_ns=result.queue_ns, total_ns=result.total_ns)
 
     def _loop(self) -> None:
         with self._device:
@@ -341,16 +349,21 @@ class Dispatcher(Preemption):
         try:
             for hook in self.before_run:
                 hook(job)
-            args = dict(job.args)
-            for n, s in job.scalars.items():
-                args[n] = hv.executor.scalar(s.value, job.bound.shapes[n])
+            args = job.args
+            ex = hv.executor
+            if job.scalars:
+                args = dict(args)
+                for n, s in job.scalars.items():
+                    args[n] = ex.scalar(s.value, job.bound.shapes[n])
             job.submitted_at = time.perf_counter()
             fences = job.residency.fences if job.residency else ()
-            ex = hv.executor
-            # On a GPU a launch estimated well under a slice is submitted whole: stepping it
-            # would cost host time per step and shorten no wait (preemption.py, SHORT_SLICES).
-            if self.time_slice_s > 0 and self._parked is None and not (
-                    ex.asynchronous and 0 < job.est_seconds < SHORT_SLICES * self.time_slice_s):
+            slice_s = self.time_slice_s
+            # A launch estimated well under a slice is run whole: stepping it would cost host
+            # time per step and shorten no wait (on a GPU, preemption.py's SHORT_SLICES; on
+            # the host, UNSTEPPED_MAX_S or a quarter of the slice, whichever is less).
+            if slice_s > 0 and self._parked is None and not (
+                    (ex.asynchronous and 0 < job.est_seconds < SHORT_SLICES * slice_s)
+                    or (not ex.asynchronous and job.est_seconds <= min(UNSTEPPED_MAX_S, slice_s / 4))):
                 job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s,
                                            tile=lambda j=job: self._urgent_recently(j))
             self._note_ran(job)
@@ -391,11 +404,7 @@ class Dispatcher(Preemption):
             if self.running is job:
                 self.running = None
             mem = hv.memory
-            mem.finish_launch(job.buffers.values())
-            mem.release_temps(job.launch_id)
-            mem.retire_launch(job.temp_bytes)
-            for buf, writes in job.buffers.values():
-                mem.unpin(buf, writes)
+            mem.end_launch(job.buffers.values(), job.launch_id, job.temp_bytes)
             hv.scheduler.charge(job.vm_id, device_s, started=job.started, ended=ended)
             gap = None
             if job.prev_vm is not None:
@@ -413,7 +422,7 @@ class Dispatcher(Preemption):
             self.stall_seconds += stall_s
             self.launches += 1
             res = job.residency
-            if res is not None:
+            if res is not None and (res.hit_bytes or res.miss_bytes or stall_s):  # else it learns nothing
                 hv.prefetch.observe(res.hit_bytes, res.miss_bytes, stall_s, device_s, mem.wasted_prefetches,
                                     job.covered)
             total_ns = int((ended - job.enqueued_at) * 1e9)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,6 +332,28 @@ class MemoryManager(Placement):
             buf.readers -= 1
         self.touch(buf)
         self.maybe_drop(buf)
+
+    def end_launch(self, buffers: Iterable[tuple[Buffer, bool]], launch_id: int, temps: int) -> None:
+        """A started launch is over: finish_launch, release_temps, retire_launch and unpin
+        of each of its buffers, in that order, in one call (the dispatcher's hot path)."""
+        seen: set[int] = set()
+        for b, writes in buffers:
+            if b.handle not in seen:
+                seen.add(b.handle)
+                b.active -= 1
+            if writes:
+                b.dirty = b.host is not None
+        self.release_temps(launch_id)
+        self.retire_launch(temps)
+        clock = self._clock
+        for b, writes in buffers:
+            if writes:
+                b.writers -= 1
+            else:
+                b.readers -= 1
+            b.last_use = next(clock)
+            if b.freed and not b.busy:
+                self._drop(b)
 
     def maybe_drop(self, buf: Buffer) -> None:
         if buf.freed and not buf.busy:

@@ -102,6 +102,8 @@ class VMRecord:
     queue_waits_ns: deque = field(default_factory=lambda: deque(maxlen=QUEUE_WAIT_SAMPLES))
     # While the VM moves to another device (devices.py): its launches wait here, not queued.
     held: list | None = None
+    # Launch plans by (kernel id, session, bindings) (launch_plan.py), at most PLANS_PER_VM.
+    plans: dict = field(default_factory=dict)
 
     def keep_kernels(self, records: list[KernelRecord]) -> None:
         """Keep newly compiled kernels, or refuse them all (HostLimitExceeded) when their
@@ -122,6 +124,7 @@ class VMRecord:
     def drop_all_kernels(self) -> int:
         n = len(self.kernels)
         self.kernels.clear()
+        self.plans.clear()
         self.kernel_host_bytes = 0
         return n
 

@@ -101,40 +101,63 @@ class LaunchResult:
         return self.status == "PXOS_S_OK"
 
 
-class Completion:
-    """The outcome of one launch, filled in by the dispatcher thread."""
+# Guards every Completion's state changes (a few bytecodes each; one lock for all of them
+# instead of a lock and an Event per launch: issue 14, the lean launch path).
+_GUARD = threading.Lock()
 
-    __slots__ = ("_callbacks", "_done", "_lock", "launch_id", "result", "session", "vm_id")
+
+class Completion:
+    """The outcome of one launch, filled in by whichever thread completed it (the dispatch
+    thread, or a serial caller's on the fast path). A waiter that comes before the result
+    blocks on a latch (a lock made by the first such waiter, released by ``_finish``); a
+    result delivered before anyone waits costs no synchronisation object at all."""
+
+    __slots__ = ("_callbacks", "_latch", "launch_id", "result", "session", "vm_id")
 
     def __init__(self, launch_id: int, vm_id: int, session: int):
         self.launch_id, self.vm_id, self.session = launch_id, vm_id, session
         self.result: LaunchResult | None = None
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[Completion], None]] = []
+        self._latch: threading.Lock | None = None
+        self._callbacks: list[Callable[[Completion], None]] | None = None
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self.result is not None
 
     def wait(self, timeout: float | None = None) -> LaunchResult:
-        if not self._done.wait(timeout):
+        result = self.result
+        if result is not None:
+            return result
+        with _GUARD:
+            if self.result is not None:
+                return self.result
+            latch = self._latch
+            if latch is None:
+                latch = self._latch = threading.Lock()
+                latch.acquire()
+        if not latch.acquire(True, -1 if timeout is None else max(0.0, timeout)):
             raise TimeoutError(f"launch {self.launch_id} not complete after {timeout} s")
+        latch.release()  # the next waiter, if any, passes too
         assert self.result is not None
         return self.result
 
     def add_done_callback(self, fn: Callable[[Completion], None]) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._callbacks.append(fn)
+        with _GUARD:
+            if self.result is None:
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
                 return
         fn(self)
 
     def _finish(self, result: LaunchResult) -> list[Callable[[Completion], None]]:
-        with self._lock:
+        with _GUARD:
             self.result = result
-            self._done.set()
-            cbs, self._callbacks = self._callbacks, []
-        return cbs
+            cbs, self._callbacks = self._callbacks, None
+            latch, self._latch = self._latch, None
+        if latch is not None:
+            latch.release()
+        return cbs if cbs is not None else []
 
 
 @dataclass(frozen=True)

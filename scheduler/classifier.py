@@ -92,6 +92,19 @@ class Classifier:
                  default: WC | None) -> tuple[WC, float]:
         """-> (class, estimated device seconds). Hint first, then the VM's default class,
         then inference from the estimate, the intensity and the VM's duty."""
+        if not (type(cost) is LaunchCost and (hint is None or type(hint) is WC)
+                and (default is None or type(default) is WC)
+                and (priority is None or (type(priority) is int and MIN_PRIORITY <= priority <= MAX_PRIORITY))):
+            self._check_classify(hint, priority, cost, default)  # raises, saying what is wrong
+        est = self.estimate(vm_id, cost)
+        if hint is not None:
+            return hint, est
+        if default is not None:
+            return default, est
+        return self._infer(vm_id, cost, est, DEFAULT_PRIORITY if priority is None else priority), est
+
+    @staticmethod
+    def _check_classify(hint, priority, cost, default) -> None:
         for name, value in (("hint", hint), ("default", default)):
             if value is not None and not isinstance(value, WC):
                 raise InvalidTicket(f"{name} must be a WorkloadClass or None, got {value!r}")
@@ -100,12 +113,6 @@ class Classifier:
             raise InvalidTicket(f"priority must be an int in {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority!r}")
         if not isinstance(cost, LaunchCost):
             raise InvalidCost(f"cost must be a LaunchCost, got {type(cost).__name__}")
-        est = self.estimate(vm_id, cost)
-        if hint is not None:
-            return hint, est
-        if default is not None:
-            return default, est
-        return self._infer(vm_id, cost, est, DEFAULT_PRIORITY if priority is None else priority), est
 
     def _infer(self, vm_id: int, cost: LaunchCost, est: float, priority: int) -> WC:
         if est <= INTERACTIVE_MAX_SECONDS and self.duty(vm_id) < INTERACTIVE_MAX_DUTY:
@@ -123,11 +130,12 @@ class Classifier:
 
     def observe(self, vm_id: int, cost: LaunchCost, device_seconds: float) -> None:
         """Learn from one finished launch of ``vm_id``: its measured device seconds."""
-        if not isinstance(cost, LaunchCost):
-            raise InvalidCost(f"cost must be a LaunchCost, got {type(cost).__name__}")
-        if (not isinstance(device_seconds, (int, float)) or isinstance(device_seconds, bool)
-                or not math.isfinite(device_seconds) or device_seconds < 0):
-            raise InvalidCharge(f"device_seconds must be finite and >= 0, got {device_seconds!r}")
+        if not (type(cost) is LaunchCost and type(device_seconds) is float and 0.0 <= device_seconds < math.inf):
+            if not isinstance(cost, LaunchCost):
+                raise InvalidCost(f"cost must be a LaunchCost, got {type(cost).__name__}")
+            if (not isinstance(device_seconds, (int, float)) or isinstance(device_seconds, bool)
+                    or not math.isfinite(device_seconds) or device_seconds < 0):
+                raise InvalidCharge(f"device_seconds must be finite and >= 0, got {device_seconds!r}")
         now = self._clock()
         h = self._vms.get(vm_id)
         if h is None:

@@ -89,6 +89,14 @@ class Ticket:
     payload: object = None
 
     def __post_init__(self) -> None:
+        # The common case in plain types first (the hypervisor's own tickets, every launch);
+        # anything else goes through the full checks below, which say what is wrong.
+        est = self.est_seconds
+        if (type(self.vm_id) is int and type(self.launch_id) is int and type(self.wclass) is WorkloadClass
+                and type(self.priority) is int and MIN_PRIORITY <= self.priority <= MAX_PRIORITY
+                and type(self.cost) is LaunchCost and type(est) is float and 0.0 <= est <= MAX_EST_SECONDS
+                and type(self.enqueued_at) is float and math.isfinite(self.enqueued_at)):
+            return
         if not isinstance(self.vm_id, int) or isinstance(self.vm_id, bool):
             raise InvalidTicket(f"vm_id must be an int, got {self.vm_id!r}")
         if not isinstance(self.launch_id, int) or isinstance(self.launch_id, bool):
@@ -101,7 +109,6 @@ class Ticket:
                                 f"got {self.priority!r}")
         if not isinstance(self.cost, LaunchCost):
             raise InvalidTicket(f"cost must be a LaunchCost, got {type(self.cost).__name__}")
-        est = self.est_seconds
         if (not isinstance(est, (int, float)) or isinstance(est, bool) or not math.isfinite(est)
                 or not 0.0 <= est <= MAX_EST_SECONDS):
             raise InvalidTicket(f"est_seconds must be finite and in 0..{MAX_EST_SECONDS}, got {est!r}")

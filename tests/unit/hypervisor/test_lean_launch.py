@@ -1,0 +1,199 @@
+"""The lean launch path (issue 14): launch plans cached per kernel and bindings, the
+lighter Completion, and short launches run whole. Each keeps what the full path did: the
+same typed errors for bad bindings, no buffer kept alive, exact results and counts."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import numpy as np
+import pytest
+
+from hypervisor import Hypervisor, launch_plan
+from hypervisor import errors as E
+from hypervisor.dispatch import UNSTEPPED_MAX_S
+from hypervisor.memory import Buffer
+from hypervisor.records import BIND_CACHE_SIZE
+from hypervisor.types import Completion, LaunchResult, Scalar
+
+WAIT_S = 60
+ADD = """GPU_KERNEL add
+GPU_PARAM a float[64]
+GPU_PARAM b float[64]
+GPU_PARAM c float[64]
+GPU_THREAD_CODE:
+    ADD a b -> c
+GPU_END
+"""
+SCALE = """GPU_KERNEL scale
+GPU_PARAM a float[64]
+GPU_PARAM s float
+GPU_PARAM c float[64]
+GPU_THREAD_CODE:
+    MUL a s -> c
+GPU_END
+"""
+
+
+@pytest.fixture
+def hv():
+    h = Hypervisor(backend="numpy").start()
+    h.register_vm(1, 16, 50)
+    yield h
+    h.stop()
+
+
+def _buf(hv, value, n=64):
+    h = hv.alloc(1, "float32", (n,)).handle
+    hv.write(1, h, 0, np.full(n, value, np.float32).tobytes())
+    return h
+
+
+def _out(hv, h):
+    return np.frombuffer(hv.read(1, h), np.float32)
+
+
+def test_a_plan_is_reused_and_gives_the_same_results(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    for i in range(3):
+        assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+        hv.write(1, h["a"], 0, np.full(64, i + 2, np.float32).tobytes())
+    assert len(hv._vms[1].plans) == 1
+    assert np.array_equal(_out(hv, h["c"]), np.full(64, 5, np.float32))  # a = 3 on the third launch
+    assert hv.stats(1).launches_total == 3
+
+
+def test_a_freed_buffer_fails_a_cached_plan_with_not_found(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    hv.free(1, h["b"])
+    with pytest.raises(E.NotFound):
+        hv.launch(1, k.kernel_id, h)
+    assert hv.stats(1).inflight == 0
+
+
+def test_a_plan_keeps_no_buffer_alive(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    (plan,) = hv._vms[1].plans.values()
+    held = gc.get_referents(plan) + [x for part in plan.buffers for x in part]
+    assert not any(isinstance(x, Buffer | np.ndarray) for x in held)  # handles and specs only
+    assert sorted(h for _, h, _, _ in plan.buffers) == sorted(h.values())
+
+
+def test_a_bool_is_no_handle_even_where_a_plan_for_that_number_exists(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    assert h["a"] == 1  # a fresh host's first handle: True == 1 as a dict key
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    with pytest.raises(E.InvalidArgument, match="buffer handle or a Scalar"):
+        hv.launch(1, k.kernel_id, dict(h, a=True))
+
+
+def test_an_output_bound_twice_is_refused_with_or_without_a_plan(hv):
+    (k,) = hv.compile(1, ADD)
+    a, c = _buf(hv, 1), _buf(hv, 0)
+    for _ in range(2):
+        with pytest.raises(E.BindError, match="an output must have a buffer of its own"):
+            hv.launch(1, k.kernel_id, {"a": a, "b": c, "c": c})
+    assert hv.launch(1, k.kernel_id, {"a": a, "b": a, "c": c}).wait(WAIT_S).ok  # inputs may share
+    assert hv.launch(1, k.kernel_id, {"a": a, "b": a, "c": c}).wait(WAIT_S).ok
+    assert np.array_equal(_out(hv, c), np.full(64, 2, np.float32))
+
+
+def test_scalars_are_part_of_the_plan_key(hv):
+    (k,) = hv.compile(1, SCALE)
+    a, c = _buf(hv, 3), _buf(hv, 0)
+    for s in (2.0, 5.0, 2.0):
+        assert hv.launch(1, k.kernel_id, {"a": a, "s": Scalar(s), "c": c}).wait(WAIT_S).ok
+        assert np.array_equal(_out(hv, c), np.full(64, 3 * s, np.float32))
+    with pytest.raises(E.BindError, match="must be a number"):
+        hv.launch(1, k.kernel_id, {"a": a, "s": Scalar(True), "c": c})
+
+
+def test_a_buffer_of_another_shape_under_the_same_name_rebinds(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    with pytest.raises(E.BindError):
+        hv.launch(1, k.kernel_id, dict(h, a=_buf(hv, 1, n=32)))
+
+
+def test_plans_are_bounded_and_hold_no_bound_kernel(hv, monkeypatch):
+    monkeypatch.setattr(launch_plan, "PLANS_PER_VM", 4)
+    src = ADD.replace("float[64]", "float[]")  # any length: one bound kernel per length
+    (k,) = hv.compile(1, src)
+    rec = hv._vms[1].kernels[k.kernel_id]
+    for n in range(1, BIND_CACHE_SIZE + 4):
+        h = {"a": _buf(hv, 1, n), "b": _buf(hv, 2, n), "c": _buf(hv, 0, n)}
+        assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+        assert len(hv._vms[1].plans) <= 4 and len(rec.bound) <= BIND_CACHE_SIZE
+    gc.collect()
+    live = [p.bound_ref() for p in hv._vms[1].plans.values()]
+    assert all(b is None or any(b is c for c in rec.bound.values()) for b in live)
+
+
+def test_a_plan_whose_bound_kernel_went_is_made_again(hv):
+    src = ADD.replace("float[64]", "float[]")
+    (k,) = hv.compile(1, src)
+    first = {"a": _buf(hv, 1, 1), "b": _buf(hv, 2, 1), "c": _buf(hv, 0, 1)}
+    assert hv.launch(1, k.kernel_id, first).wait(WAIT_S).ok
+    (key,) = hv._vms[1].plans
+    for n in range(2, BIND_CACHE_SIZE + 3):  # the bind cache lets the first bound kernel go
+        h = {"a": _buf(hv, 1, n), "b": _buf(hv, 2, n), "c": _buf(hv, 0, n)}
+        assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    gc.collect()
+    assert hv._vms[1].plans[key].bound_ref() is None
+    hv.write(1, first["a"], 0, np.full(1, 5, np.float32).tobytes())
+    assert hv.launch(1, k.kernel_id, first).wait(WAIT_S).ok
+    assert hv._vms[1].plans[key].bound_ref() is not None
+    assert np.array_equal(_out(hv, first["c"]), np.full(1, 7, np.float32))
+
+
+def test_a_reset_drops_the_plans(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    hv.reset_vm(1)
+    assert hv._vms[1].plans == {}
+    with pytest.raises(E.NotFound):
+        hv.launch(1, k.kernel_id, h)
+
+
+def test_completion_waiters_callbacks_and_timeouts():
+    c = Completion(7, 1, 0)
+    assert not c.done()
+    with pytest.raises(TimeoutError):
+        c.wait(0.01)
+    with pytest.raises(TimeoutError):
+        c.wait(-1)  # a negative timeout does not wait
+    seen, got = [], []
+    c.add_done_callback(seen.append)
+    waiters = [threading.Thread(target=lambda: got.append(c.wait(WAIT_S))) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    res = LaunchResult(7, 1, "PXOS_S_OK", None, 1, 2, 3, "BATCH", "k")
+    assert c._finish(res) == [seen.append]
+    for t in waiters:
+        t.join(WAIT_S)
+    assert got == [res] * 3 and c.done() and c.wait(0) is res
+    c.add_done_callback(seen.append)  # after the result: called at once
+    assert seen == [c]
+    assert c._finish(res) == []  # a second finish releases nothing twice
+
+
+def test_short_launches_run_whole_and_long_ones_in_steps(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    seen = []
+    hv.dispatcher.before_run.append(seen.append)
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    job = seen[-1]
+    assert job.est_seconds <= UNSTEPPED_MAX_S and job.steps is None and job.pending is not None
+    hv.dispatcher.time_slice_s = 1e-9  # a slice shorter than any launch: every launch steps
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    assert seen[-1].steps is not None
