@@ -48,6 +48,7 @@ from hypervisor.executor import BACKENDS, make_executor
 
 MS, US = 1e-3, 1e-6
 SLICE_S = dispatch.DEFAULT_TIME_SLICE_S  # the "on" runs' time slice (--slice-ms)
+PRIORITY_STREAM = False  # --priority-stream: urgent launches on CuPy's priority stream when "on"
 QUOTA_MB = 4000
 DEPTH = 8
 
@@ -73,6 +74,8 @@ class Plan:
 def _hv(backend: str, slice_s: float) -> Hypervisor:
     hv = Hypervisor(backend=backend).start()
     hv.dispatcher.time_slice_s = slice_s
+    if PRIORITY_STREAM and slice_s > 0:
+        hv.executor.priority_stream = True
     return hv
 
 
@@ -379,7 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="executor backend (default auto)")
     p.add_argument("--slice-ms", type=float, default=None,
                    help="time slice of the runs with preemption on (default: the hypervisor's)")
+    p.add_argument("--priority-stream", action="store_true",
+                   help="CuPy: with preemption on, urgent launches go on a priority stream (an experiment)")
     args = p.parse_args(argv)
+    if args.priority_stream:
+        if args.backend != "cupy":
+            p.error("--priority-stream needs --backend cupy")
+        global PRIORITY_STREAM
+        PRIORITY_STREAM = True
     if args.slice_ms is not None:
         if not 0 < args.slice_ms <= 1000:
             p.error("--slice-ms must lie in (0, 1000]")
@@ -391,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(exc))
     plan = Plan.make(args.quick)
     report = Report("preempt")
+    if PRIORITY_STREAM or args.slice_ms is not None:
+        report.notes.append(f"preemption on: time slice {SLICE_S * 1e3:g} ms"
+                            + (", urgent launches on CuPy's priority stream" if PRIORITY_STREAM else ""))
     report.notes.append(f"backend {executor.name} ({executor.info().device_name}); load average at start "
                         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     started = time.perf_counter()

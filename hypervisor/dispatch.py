@@ -368,7 +368,10 @@ class Dispatcher(Preemption):
                                            tile=lambda j=job: self._urgent_recently(j))
             self._note_ran(job)
             if job.steps is None:
-                job.pending = ex.submit(job.bound, args, fences)
+                if self._parked is not None and getattr(ex, "priority_stream", False):
+                    job.pending = ex.submit_urgent(job.bound, args, fences)  # (CuPy, an experiment)
+                else:
+                    job.pending = ex.submit(job.bound, args, fences)
         except Exception as exc:
             job.error = self._launch_error(job, exc)
         return True

@@ -14,6 +14,7 @@ lock; none can see another's bytes.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
@@ -138,6 +139,9 @@ class CupyExecutor(Executor):
         self._staging = StagingPool(self._make_slot, STAGING_SLOTS)
         self._last_end = None  # end event of the previous launch on the compute stream
         self._consts: dict = {}  # the interpreter's cache across launches (RoPE frequencies)
+        self._urgent = None  # the priority stream, made on first use (priority_stream)
+        self._urgent_spans: deque = deque(maxlen=64)  # (start, end) events of its recent launches
+        self._urgent_last = None  # the end event of its last launch
         # The GPU's speed for step estimates and tiling: low first guesses (tiles too fine
         # rather than too coarse at first), corrected by every chunk's CUDA-event time.
         self.cost_model = CostModel(matmul_flops_per_s=2e12, reduce_elems_per_s=5e10, steps_per_s=2e5)
@@ -191,6 +195,8 @@ class CupyExecutor(Executor):
             done = self.cp.cuda.Event(disable_timing=True)
             done.record(self.compute)
             self.copy.wait_event(done)
+            if self._urgent_last is not None:
+                self.copy.wait_event(self._urgent_last)
             if flat.size:
                 self.cp.cuda.runtime.memcpyAsync(host.ctypes.data, flat.data.ptr, flat.size,
                                                  self.cp.cuda.runtime.memcpyDeviceToHost, self.copy.ptr)
@@ -279,22 +285,61 @@ class CupyExecutor(Executor):
             return HostScalar(value, self.cp.asarray(value, dtype=spec.dtype.value))
 
     def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
+        return self._submit_on(self.compute, bound, args, wait_for)
+
+    def _submit_on(self, stream, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence]):
         cp = self.cp
         env = dict(args)
         with self.device:
             waiting, start, end = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
-        with self.device, self.compute:
-            waiting.record(self.compute)
+        with self.device, stream:
+            waiting.record(stream)
             for f in wait_for:  # the GPU waits for this launch's own buffers; the CPU does not
-                self.compute.wait_event(f.event)
-            start.record(self.compute)
+                stream.wait_event(f.event)
+            start.record(stream)
             interp = Interpreter(cp, bound, env, consts=self._consts, defer_checks=True)
             interp.run()
             checks = interp.deferred_checks()
-            end.record(self.compute)
+            end.record(stream)
         pending = _StreamPending(cp, waiting, start, end, self._last_end, bool(wait_for), interp, checks)
         self._last_end = end
         return pending
+
+    # ---- the priority stream (an experiment, off by default: docs/scheduling.md) ----------
+    #: When True, a launch run while a stepped launch is parked (a more urgent one) goes on a
+    #: stream of the highest priority: the GPU gives it SMs as the parked launch's queued
+    #: kernels free them, instead of after those kernels. Their device time then overlaps;
+    #: the overlap is charged to the urgent launch (the parked launch's chunks are charged
+    #: their time less the overlap), so every device second is still charged once.
+    priority_stream = False
+
+    def submit_urgent(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
+        """submit() on the priority stream (see priority_stream); its span is remembered for
+        the overlap correction of the chunks it overtook."""
+        if self._urgent is None:
+            with self.device:  # CUDA clamps a priority beyond its range to the greatest one
+                self._urgent = self.cp.cuda.Stream(non_blocking=True, priority=-1000)
+        pending = self._submit_on(self._urgent, bound, args, wait_for)
+        self._urgent_spans.append((pending.start, pending.end))
+        self._urgent_last = pending.end
+        return pending
+
+    def _overlap_s(self, start, end) -> float:
+        """Seconds of [start, end] (events of a chunk on the compute stream, done) during
+        which a launch on the priority stream ran; spans wholly before the chunk are dropped."""
+        elapsed = self.cp.cuda.get_elapsed_time
+        total, c = 0.0, elapsed(start, end)
+        for span in list(self._urgent_spans):
+            us, ue = span
+            ue.synchronize()
+            a, b = elapsed(start, us), elapsed(start, ue)
+            if b <= 0:
+                self._urgent_spans.remove(span)
+                continue
+            lo, hi = max(a, 0.0), min(b, c)
+            if hi > lo:
+                total += hi - lo
+        return total / 1000.0
 
     def start_steps(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = (),
                     slice_s: float = 0.001, *, tile: bool | Callable[[], bool] = True) -> DeviceSteps:
@@ -329,6 +374,8 @@ class CupyExecutor(Executor):
             done = self.cp.cuda.Event(disable_timing=True)
             done.record(self.compute)  # after any launch that wrote it
             self.copy.wait_event(done)
+            if self._urgent_last is not None:
+                self.copy.wait_event(self._urgent_last)
             if a.size:
                 rt.memcpyPeerAsync(b.data.ptr, dst_id, a.data.ptr, src_id, a.size, self.copy.ptr)
             self.copy.synchronize()
@@ -340,6 +387,8 @@ class CupyExecutor(Executor):
     def close(self) -> None:
         with self.device:
             self.compute.synchronize()
+            if self._urgent is not None:
+                self._urgent.synchronize()
             self.copy.synchronize()
             for slot in self._staging.drain():
                 slot.stream.synchronize()
@@ -347,17 +396,20 @@ class CupyExecutor(Executor):
 
 
 class _EventChunk(Chunk):
-    __slots__ = ("cp", "end", "est", "start")
+    __slots__ = ("end", "est", "ex", "start")
 
-    def __init__(self, cp, start, end):
-        self.cp, self.start, self.end = cp, start, end
+    def __init__(self, ex: CupyExecutor, start, end):
+        self.ex, self.start, self.end = ex, start, end
 
     def done(self) -> bool:
         return self.end.done
 
     def wait(self) -> float:
         self.end.synchronize()
-        return self.cp.cuda.get_elapsed_time(self.start, self.end) / 1000.0
+        seconds = self.ex.cp.cuda.get_elapsed_time(self.start, self.end) / 1000.0
+        if self.ex._urgent_spans:  # launches on the priority stream overtook it: theirs
+            seconds = max(seconds - self.ex._overlap_s(self.start, self.end), 0.0)
+        return seconds
 
 
 class _CupySteps(DeviceSteps):
@@ -395,7 +447,7 @@ class _CupySteps(DeviceSteps):
         end = self.cp.cuda.Event()
         end.record(self.ex.compute)
         self.ex._last_end = end
-        return _EventChunk(self.cp, self._start, end)
+        return _EventChunk(self.ex, self._start, end)
 
     def timing(self) -> RunTiming:
         if self._timing is None and self.first_start is not None:

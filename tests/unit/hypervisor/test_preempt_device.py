@@ -94,10 +94,14 @@ def test_stepped_launch_is_bit_identical_and_charged_its_chunks(backend, source,
         ex.close()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, pytest.param("cupy-priority", marks=pytest.mark.gpu)])
 def test_urgent_launch_preempts_a_stepped_launch_on_the_device(backend, monkeypatch):
     monkeypatch.setattr(preemption, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
+    priority = backend == "cupy-priority"  # the urgent launch on CuPy's priority stream
+    backend = backend.removesuffix("-priority")
     hv = Hypervisor(backend=backend).start()
+    if priority:
+        hv.executor.priority_stream = True
     hv.dispatcher.time_slice_s = 1e-9  # every step a slice: a yield point after each
     try:
         hv.register_vm(1, 64, 50, default_class="BATCH")
@@ -138,6 +142,7 @@ def test_urgent_launch_preempts_a_stepped_launch_on_the_device(backend, monkeypa
     job1, job2 = jobs[(1, first.launch_id)], jobs[(1, second.launch_id)]
     assert job1.steps is not None and job1.yields >= 1 and hv.dispatcher.preemptions >= 1
     assert job2.steps.tiler.tiled_ops == 12  # tiled once a more urgent VM has run
+    assert (getattr(hv.executor, "_urgent", None) is not None) == priority
     assert order.index((2, urgent.launch_id)) < order.index((1, first.launch_id))  # it went first
     assert order.index((1, first.launch_id)) < order.index((1, second.launch_id))  # VM order kept
     # Charged once each, the device time of its own chunks (the urgent launch's not in it).
