@@ -385,16 +385,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--priority-stream", action="store_true",
                    help="CuPy: with preemption on, urgent launches go on a priority stream (an experiment)")
     args = p.parse_args(argv)
-    if args.priority_stream:
-        if args.backend != "cupy":
-            p.error("--priority-stream needs --backend cupy")
-        global PRIORITY_STREAM
-        PRIORITY_STREAM = True
-    if args.slice_ms is not None:
-        if not 0 < args.slice_ms <= 1000:
-            p.error("--slice-ms must lie in (0, 1000]")
-        global SLICE_S
-        SLICE_S = args.slice_ms * MS
+    if args.priority_stream and args.backend != "cupy":
+        p.error("--priority-stream needs --backend cupy")
+    if args.slice_ms is not None and not 0 < args.slice_ms <= 1000:
+        p.error("--slice-ms must lie in (0, 1000]")
+    global SLICE_S, PRIORITY_STREAM  # this run's (main() may be called more than once in a process)
+    PRIORITY_STREAM = args.priority_stream
+    SLICE_S = dispatch.DEFAULT_TIME_SLICE_S if args.slice_ms is None else args.slice_ms * MS
     try:
         executor = make_executor(args.backend)
     except ConfigError as exc:

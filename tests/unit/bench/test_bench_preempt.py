@@ -30,3 +30,16 @@ def test_quick_run_emits_the_issue_table(capsys):
     assert figs["iso_preemptions_off"]["value"] == 0  # slice 0: launches run whole
     assert figs["share_vm1_achieved_pct"]["value"] + figs["share_vm2_achieved_pct"]["value"] == pytest.approx(100)
     assert all("ok" not in f for f in figs.values())  # --quick: goals shown, not judged
+
+
+@pytest.mark.slow
+@pytest.mark.wgpu
+def test_quick_run_on_wgpu_steps_launches(capsys):
+    # The GPU path (executor/stepping.py) in CI, on lavapipe: launches stepped, the urgent
+    # VM preempting, a shorter slice than the default.
+    bench_preempt.main(["--quick", "--json", "--backend", "wgpu", "--slice-ms", "0.5"])
+    figs = json.loads(capsys.readouterr().out)["figures"]
+    for key in KEYS:
+        assert math.isfinite(figs[key]["value"]), key
+    assert figs["iso_preemptions_off"]["value"] == 0
+    assert figs["share_vm1_achieved_pct"]["value"] + figs["share_vm2_achieved_pct"]["value"] == pytest.approx(100)
