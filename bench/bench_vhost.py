@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 
+from bench import vhost_launch
 from bench.common import Report, median, parser
 from tests.support.core_harness import CoreHarness
 from tests.support.echo_device import HEADER, NOOP, SINK, EchoDevice
@@ -243,6 +244,7 @@ def bench_gpu(report: Report, sock_dir: str, quick: bool) -> None:
                      _write_chains(g.transfer_struct(T.PXOS_CMD_WRITE, handle, 0, MIB), payload,
                                    g.response_size(T.PXOS_CMD_WRITE)),
                      quick, ok(T.PXOS_CMD_GET_INFO), ok(T.PXOS_CMD_WRITE))
+            vhost_launch.measure(report, fe, transport, 1, quick)
             echo = report.figures.get("echo_noop_us_per_req")
             if echo is not None:
                 report.add("gpu_noop_device_us", report.figures["gpu_noop_us_per_req"]["value"] - echo["value"], "us")

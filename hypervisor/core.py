@@ -441,11 +441,14 @@ class Hypervisor:
     # ------------------------------------------------------------------ launches
     def launch(self, vm_id: int, kernel_id: int, bindings: Mapping[str, int | Scalar], *,
                priority: int | None = None, class_hint: str | WorkloadClass | None = None,
-               session: int = 0, run_here: bool = False) -> Completion:
+               session: int = 0, run_here: bool = False, run_here_max_s: float | None = None) -> Completion:
         """Queue a kernel with its params bound to this VM's buffers (by handle) or to
         scalars. Problems with the request raise here; the run's outcome arrives on the
         returned Completion. ``run_here``: a caller about to wait for it (a serial caller)
-        lets it run on its own thread when the device is idle (launch_wait)."""
+        lets it run on its own thread when the device is idle (launch_wait).
+        ``run_here_max_s`` bounds that: only a launch estimated at most this long runs
+        here, and nothing else with it (a transport's thread that must stay responsive:
+        docs/scheduling.md, "Serial fast path")."""
         if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 100):
             raise E.InvalidArgument(f"priority must be an integer 0..100, got {priority!r}")
         hint = class_of(class_hint)
@@ -478,7 +481,8 @@ class Hypervisor:
             else:
                 self.scheduler.submit(ticket)
             vm.inflight += 1
-        if not (run_here and self.dispatcher.run_here(completion)):
+        if not (run_here and (run_here_max_s is None or est <= run_here_max_s)
+                and self.dispatcher.run_here(completion, only_own=run_here_max_s is not None)):
             self.dispatcher.wake()
         return completion
 

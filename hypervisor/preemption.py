@@ -40,24 +40,31 @@ RUN_HERE_MAX = 4
 class Preemption:
     """Dispatcher methods for stepped launches and the serial fast path (see above)."""
 
-    def run_here(self, completion: Completion) -> bool:
+    def run_here(self, completion: Completion, only_own: bool = False) -> bool:
         """The serial fast path (issue 14): when the device is idle (the dispatch thread is
         waiting for work), run what the scheduler picks now on the caller's thread — no
         hand-off to the dispatch thread and back, and the completion is delivered on this
         thread — until ``completion`` is done (at most RUN_HERE_MAX launches; the VM may
         not be eligible, or another VM's head may come first). False when the device was
-        busy or the launch is still queued: the dispatch thread then runs it."""
+        busy or the launch is still queued: the dispatch thread then runs it. ``only_own``
+        (a transport's loop thread, which must stay responsive): run one launch at most,
+        without yielding it, and none if a launch the dispatch thread has not seen yet was
+        queued (it could be another VM's, of any length)."""
         if self._thread is None or self._stopping or not self._device.acquire(blocking=False):
             return False
         try:
-            for _ in range(RUN_HERE_MAX):
+            for _ in range(1 if only_own else RUN_HERE_MAX):
                 if self._inflight is not None or self._parked is not None:
                     break
                 with self.hv._lock:
+                    if only_own and self._work.is_set():
+                        break
                     ticket = self.hv.scheduler.pick()
                 if ticket is None:
                     break
                 job = ticket.payload
+                if only_own and job.completion is completion:
+                    job.no_yield = True  # short (its estimate bounded): urgent work waits at most that
                 self.ran_here += 1
                 if self._prepare(job) and self._submit(job):
                     self._complete(job)

@@ -32,3 +32,10 @@ def test_quick_run_measures_both_devices(capsys):
     assert figs["gpu_write_1mib_gb_per_s"]["baseline"] == "memcpy_1mib_gb_per_s"
     assert figs["gpu_write_1mib_sg16_gb_per_s"]["baseline"] == "memcpy_1mib_sg16_gb_per_s"
     assert figs["gpu_noop_req_per_s"]["goal"] == ">= 50000"
+    # LAUNCH one at a time, the fast path against the hand-off path of the same run (issue 14),
+    # and where the time of a round trip goes in each.
+    for key in ("gpu_launch_rtt_us", "gpu_launch_rtt_handoff_us", "gpu_launch_backend_us",
+                "gpu_launch_phase_fast_total_us", "gpu_launch_phase_handoff_total_us"):
+        assert math.isfinite(figs[key]["value"]) and figs[key]["value"] > 0, key
+    assert figs["gpu_launch_rtt_us"]["baseline"] == "gpu_launch_rtt_handoff_us"
+    assert "gpu_launch_phase_handoff_hv_launch_returned__dispatcher_picked_us" in figs

@@ -137,15 +137,32 @@ class PxosControl:
         self.hv.free_kernel(self.vm_id, cmd.kernel_id, session=cmd.hdr.session)
         return _NO_DATA
 
-    def _handle_launch(self, cmd: c.LaunchCmd) -> c.Response | Deferred:
+    def launch_here(self, cmd: c.LaunchCmd, max_s: float | None) -> c.Response | Deferred:
+        """LAUNCH on the serial fast path, from the VM's loop thread: when ``max_s`` is
+        given, the device is idle and the launch is estimated at most ``max_s`` seconds,
+        it runs on this thread and its response comes back at once; otherwise it is queued
+        (``Deferred``), as ``handle`` queues it, minus the hop through the worker."""
+        try:
+            return self._handle_launch(cmd, max_s)
+        except PxosError as exc:
+            return error_response(exc)
+
+    def _handle_launch(self, cmd: c.LaunchCmd, run_here_max_s: float | None = None) -> c.Response | Deferred:
         bindings: dict[str, int | Scalar] = {}
         for b in cmd.bindings:
             if b.kind == PxosBindingKind.PXOS_BIND_BUFFER:
                 bindings[b.name] = int(b.value)
             else:
                 bindings[b.name] = Scalar(b.value, DTYPE_TO_AST[b.dtype])
+        if run_here_max_s is None:
+            completion = self.hv.launch(self.vm_id, cmd.kernel_id, bindings, priority=cmd.priority,
+                                        class_hint=_class_name(cmd.class_hint), session=cmd.hdr.session)
+            return Deferred(completion)
         completion = self.hv.launch(self.vm_id, cmd.kernel_id, bindings, priority=cmd.priority,
-                                    class_hint=_class_name(cmd.class_hint), session=cmd.hdr.session)
+                                    class_hint=_class_name(cmd.class_hint), session=cmd.hdr.session,
+                                    run_here=True, run_here_max_s=run_here_max_s)
+        if completion.done():  # ran on this thread (or already finished on the dispatcher's)
+            return launch_response(completion.result)
         return Deferred(completion)
 
     def _handle_stats(self, cmd: c.StatsCmd) -> c.Response:

@@ -5,23 +5,31 @@ two queues (virtio spec 5.7.2): the control queue carries the standard virtio-gp
 commands (answered by ``display.HeadlessDisplay``) and the PXOS vendor commands
 (0x7000..0x70ff: ``decode`` → ``control.PxosControl`` → ``encode``); the cursor queue is
 drained (cursor commands take no response). Rings, decoding and completions run on the
-connection's loop thread; the PXOS commands themselves run on the VM's worker (below); a
-LAUNCH's chain is held until its completion arrives from the hypervisor's dispatcher
-thread through ``connection.call_soon_threadsafe``.
+connection's loop thread; the PXOS commands themselves run on the VM's worker (below),
+except LAUNCH on its fast path (below); a LAUNCH's chain is held until its completion
+arrives from the hypervisor's dispatcher thread through ``connection.call_soon_threadsafe``.
 
 Every chain is completed through one path, ``_complete``, and nothing a guest sends raises
 out of ``queue_kicked``: a malformed request becomes an error response, a host bug becomes
 ``PXOS_S_INTERNAL`` (logged with its traceback), and both are counted in ``stats``.
 
-The loop thread never calls the hypervisor, so it never waits on the GPU (issue 17,
-finding 5): a transfer waits for its copy, the copy stream can be queued behind another
-VM's kernel, and any call may wait for the hypervisor's lock while someone else waits on
-the device; meanwhile QEMU would wait for this loop's replies. Each decoded PXOS command
-is a job for the VM's ``DeviceWorker`` (one thread per VM, first in, first out: the VM's
-commands still run one at a time in ring order); its result comes back to the loop
-thread, which encodes it and completes the chain. A kick drains at most
-``KICK_BUDGET`` chains, then the device yields to the loop (its vhost-user socket, the
-other queue, completions) and resumes on its own.
+The loop thread does not wait on the GPU (issue 17, finding 5): a transfer waits for its
+copy, the copy stream can be queued behind another VM's kernel, and any call may wait for
+the hypervisor's lock while someone else waits on the device; meanwhile QEMU would wait
+for this loop's replies. Each decoded PXOS command is a job for the VM's ``DeviceWorker``
+(one thread per VM, first in, first out: the VM's commands still run one at a time in
+ring order); its result comes back to the loop thread, which encodes it and completes the
+chain. A kick drains at most ``KICK_BUDGET`` chains, then the device yields to the loop
+(its vhost-user socket, the other queue, completions) and resumes on its own.
+
+LAUNCH on the loop thread, the serial fast path (issue 14; docs/protocol.md): a LAUNCH
+with nothing of the VM's ahead of it on the worker is submitted to the hypervisor from
+the loop thread (no hop through the worker). If the device is idle, the VM has no launch
+in flight and the launch's estimate is at most ``INLINE_LAUNCH_MAX_S``, it also runs
+there (``Hypervisor.launch(run_here=True, run_here_max_s=...)``) and its chain is
+completed in the same pass: no thread hand-off at all. A pass spends at most
+``INLINE_PASS_BUDGET_S`` of loop time on LAUNCHes; a longer launch, or one on a busy
+device, runs on the dispatcher thread as before, so the loop never waits for long work.
 
 ``reset()`` (rings stopped, device reset, QEMU gone) starts a new generation at once: a
 completion of the old one that arrives later is dropped, never written to guest memory,
@@ -47,6 +55,7 @@ import logging
 import os
 import stat
 import threading
+import time
 
 from hypervisor import Hypervisor
 from hypervisor.core import MAX_INFLIGHT_PER_VM
@@ -83,6 +92,16 @@ _PXOS_FIRST, _PXOS_LAST = wire.PXOS_CMD_FIRST, wire.PXOS_CMD_LAST
 #: flood makes its loop do before it reads its vhost-user socket again (QEMU may be
 #: waiting there). A chain costs the loop a few microseconds (pop, decode, hand over).
 KICK_BUDGET = 32
+#: The serial fast path for LAUNCH (issue 14; docs/protocol.md, "LAUNCH on the loop thread"):
+#: a LAUNCH is submitted to the hypervisor from the VM's loop thread when nothing of the
+#: VM's is ahead of it on the worker, and when the device is idle and its estimated device
+#: time is at most this, it also runs there (Hypervisor.launch run_here_max_s), its chain
+#: completed in the same pass: no thread hand-off at all. Longer launches are queued for
+#: the dispatcher as before: they never hold the loop that serves the VM's socket.
+INLINE_LAUNCH_MAX_S = 0.0005
+#: Loop time one pass over the control queue may spend on LAUNCHes (binding, submitting,
+#: running the short ones) before the rest of the pass goes through the worker.
+INLINE_PASS_BUDGET_S = 0.002
 #: The counters' bucket for any command type the device does not know: a guest chooses
 #: the type (a u32), so a key per type would let it grow the map without bound.
 UNKNOWN_COMMAND = "unknown"
@@ -127,6 +146,10 @@ class GpuDevice(DrmServing):
         self._results_posted = False
         self._batch: list = []  # jobs of the current pass, handed to the worker at its end
         self._release_queued = False  # a release job is queued and has not started yet
+        # The LAUNCH fast path's estimate bound (INLINE_LAUNCH_MAX_S); 0 turns the path off
+        # (every LAUNCH through the worker, as before it: a benchmark's baseline).
+        self.inline_launch_max_s = INLINE_LAUNCH_MAX_S
+        self._pass_inline_s = 0.0  # loop time spent on LAUNCHes in the current pass
 
     # ---- VirtioDevice: features and config ----------------------------------------------
     def device_features(self) -> int:
@@ -162,6 +185,7 @@ class GpuDevice(DrmServing):
         else:
             return
         served = 0
+        self._pass_inline_s = 0.0
         try:
             while served < KICK_BUDGET:
                 req = queue.pop()
@@ -301,7 +325,10 @@ class GpuDevice(DrmServing):
             fits = req.writable_len >= response_size(hdr)
             self._complete(queue, req, hdr, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
             return
-        self._offload(queue, req, hdr, cmd)
+        if type(cmd) is c.LaunchCmd and self._may_launch_here():
+            self._launch_here(queue, req, hdr, cmd)
+        else:
+            self._offload(queue, req, hdr, cmd)
 
     def _run(self, cmd: c.Command, name: str) -> c.Response | Deferred:
         """Handle one decoded command (worker thread); guest memory views released after.
@@ -319,6 +346,38 @@ class GpuDevice(DrmServing):
             self._hold(queue, req, hdr, result.completion)
         else:
             self._complete(queue, req, hdr, result)
+
+    # ---- LAUNCH on the loop thread (the serial fast path) ---------------------------------
+    def _may_launch_here(self) -> bool:
+        """Whether a LAUNCH may be submitted from the loop thread: nothing of the VM's is
+        ahead of it (no command of this pass waiting for the worker, the worker idle: the
+        VM's commands keep their order, a reset's release runs before the next driver's
+        requests), the device is not closing, and the pass has loop time left."""
+        return (self.inline_launch_max_s > 0 and not self._batch and self._pass_inline_s < INLINE_PASS_BUDGET_S
+                and self._worker.idle() and not self._worker.closed)
+
+    def _launch_here(self, queue, req, hdr: c.Header, cmd: c.LaunchCmd) -> None:
+        """Submit a LAUNCH from the loop thread; run it here too when the device is idle,
+        the VM has no launch in flight (its earlier ones come first) and the estimate is
+        within the bound. Its response then goes out in this pass; otherwise it is held as
+        a worker-submitted launch is. The retirement check above (``_serve_pxos``) is exact:
+        ``retire`` sets the message, then waits for this loop to finish its pass."""
+        t0 = time.perf_counter()
+        max_s = self.inline_launch_max_s if self.stats.launches_inflight == 0 else None
+        try:
+            result = self.control.launch_here(cmd, max_s)
+        except Exception as exc:  # a host bug under the handler
+            log.exception("vm %d: PXOS_CMD_LAUNCH failed inside the host", self.vm_id)
+            result = c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
+        self._pass_inline_s += time.perf_counter() - t0
+        kind = type(result)
+        if kind is c.ErrorResp and result.status == PxosStatus.PXOS_S_INTERNAL:
+            self.stats.internal_errors_total += 1
+        if kind is not c.ErrorResp:
+            self.stats.launches_submitted_inline_total += 1
+            if kind is c.LaunchResp:
+                self.stats.launches_run_inline_total += 1
+        self._finish(queue, req, hdr, result)
 
     # ---- PXOS commands: on the VM's worker ----------------------------------------------
     def _offload(self, queue, req, hdr: c.Header, cmd: c.Command) -> None:

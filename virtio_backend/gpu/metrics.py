@@ -25,6 +25,11 @@ class DeviceStats:
     config_reads: int = 0  # GET_CONFIG answered (QEMU asks while the guest's vCPU waits)
     internal_errors_total: int = 0  # host bugs caught at the queue boundary
     launches_inflight: int = 0  # LAUNCH chains held until their work completes
+    # The serial fast path (device.py, "LAUNCH on the loop thread"): LAUNCHes submitted from
+    # the VM's loop thread (no hop through the worker), and those of them that also ran
+    # there, the device being idle (no thread hop at all).
+    launches_submitted_inline_total: int = 0
+    launches_run_inline_total: int = 0
     late_completions_dropped: int = 0  # completions that arrived after a reset
     resets_total: int = 0
     drm_contexts: int = 0  # contexts open (DRM transport: one per render-node session)

@@ -27,12 +27,13 @@ shuts down, or its VM is stopped); re-adding the VM serves a new socket meanwhil
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
 from hypervisor import Hypervisor
 from hypervisor.errors import AlreadyExists, NotFound
-from virtio_backend.gpu.device import GpuDevice, Retirement
+from virtio_backend.gpu.device import INLINE_LAUNCH_MAX_S, GpuDevice, Retirement
 from virtio_backend.gpu.metrics import DeviceStats
 from virtio_backend.gpu.worker import DeviceWorker
 from virtio_backend.vhost_user import VhostUserServer
@@ -41,6 +42,9 @@ from virtio_backend.vhost_user.peer import VhostUserPeer
 log = logging.getLogger("pxos.virtio.gpu")
 
 STATUS_TIMEOUT_S = 2.0  # how long status() waits for a VM's loop thread to answer
+#: Overrides the LAUNCH fast path's estimate bound (device.INLINE_LAUNCH_MAX_S), in
+#: microseconds; 0 turns the path off (benchmarks measure the hand-off path with it).
+INLINE_LAUNCH_ENV = "PXOS_INLINE_LAUNCH_US"
 
 
 @dataclass
@@ -55,8 +59,9 @@ class _Attached:
 class VhostUserTransport:
     """Serves a virtio-gpu-pxos device for each attached VM (see the module docstring)."""
 
-    def __init__(self, hv: Hypervisor):
+    def __init__(self, hv: Hypervisor, *, inline_launch_max_s: float | None = None):
         self.hv = hv
+        self.inline_launch_max_s = _inline_bound() if inline_launch_max_s is None else inline_launch_max_s
         self._lock = threading.Lock()
         self._vms: dict[int, _Attached] = {}
         self._retired: list[VhostUserServer] = []  # still serving a removed VM's front-end
@@ -141,6 +146,19 @@ class VhostUserTransport:
             out[att.vm_id] = st
         return out
 
+    def set_inline_launch(self, max_s: float) -> None:
+        """Change the LAUNCH fast path's estimate bound (0: off) for every VM, connected
+        devices included (set on each VM's loop thread)."""
+        self.inline_launch_max_s = max_s
+        with self._lock:
+            attached = list(self._vms.values())
+        for att in attached:
+            def put(server=att.server) -> None:
+                conn = server.connection
+                if conn is not None and isinstance(conn.device, GpuDevice):
+                    conn.device.inline_launch_max_s = max_s
+            att.server.loop.call_and_wait(put, STATUS_TIMEOUT_S)
+
     def close(self) -> None:
         with self._lock:
             vm_ids = list(self._vms)
@@ -159,7 +177,9 @@ class VhostUserTransport:
         stats, worker, retirement, hv = DeviceStats(), DeviceWorker(f"vm{vm_id}-device"), Retirement(), self.hv
 
         def factory(connection) -> GpuDevice:
-            return GpuDevice(hv, vm_id, connection, stats, worker, retirement)
+            device = GpuDevice(hv, vm_id, connection, stats, worker, retirement)
+            device.inline_launch_max_s = self.inline_launch_max_s
+            return device
 
         return stats, worker, retirement, factory
 
@@ -167,3 +187,19 @@ class VhostUserTransport:
         # The counters change on the VM's loop thread: copy them there.
         ran, st = att.server.loop.call_and_wait(att.stats.as_dict, STATUS_TIMEOUT_S)
         return st if ran else {"error": "loop not responding"}
+
+
+def _inline_bound() -> float:
+    """The LAUNCH fast path's bound: INLINE_LAUNCH_ENV when it holds a number >= 0."""
+    env = os.environ.get(INLINE_LAUNCH_ENV)
+    if env is None:
+        return INLINE_LAUNCH_MAX_S
+    try:
+        us = float(env)
+    except ValueError:
+        us = -1.0
+    if not 0 <= us < 1e7:  # NaN too
+        log.warning("%s=%r is not a number of microseconds >= 0; using %.0f us", INLINE_LAUNCH_ENV, env,
+                    INLINE_LAUNCH_MAX_S * 1e6)
+        return INLINE_LAUNCH_MAX_S
+    return us / 1e6

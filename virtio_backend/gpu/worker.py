@@ -35,7 +35,8 @@ class DeviceWorker:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self.jobs_total = 0
+        self.jobs_total = 0  # queued so far (under _lock, any thread)
+        self.jobs_done = 0  # run so far (written by the worker thread only)
 
     def submit(self, fn: Callable[[], None]) -> bool:
         """Queue ``fn``; False (not queued) once the worker is closed."""
@@ -67,6 +68,16 @@ class DeviceWorker:
                     fn()
                 except Exception:  # a job reports its own errors; this is a bug in one
                     log.exception("%s: a device job failed", self.name)
+                self.jobs_done += 1
+
+    def idle(self) -> bool:
+        """Whether every job queued so far has run (no wait; the VM's loop thread asks it
+        before running a command itself: nothing of the VM's may still be ahead of it)."""
+        return self.jobs_done == self.jobs_total
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def thread(self) -> threading.Thread | None:
