@@ -76,9 +76,13 @@ def _heavy(ds, vm, n=96):
     return k, {"a": a.handle, "c": c.handle}
 
 
-def test_fairness_is_per_device(ds):
+def test_fairness_is_per_device():
     """Shares are of the device a VM is on: 60/20 on device 0 split it 3:1 while both are
-    backlogged; a 20% VM alone on device 1 gets all of device 1."""
+    backlogged; a 20% VM alone on device 1 gets all of device 1. Every launch is queued
+    before the dispatchers start, so that both VMs are backlogged from the first pick (on a
+    loaded machine the queueing thread can lag the device, and VMs that are not backlogged
+    simply alternate)."""
+    ds = DeviceSet("numpy", 3, device_pool_bytes=64 * MB)
     ds.register_vm(1, 0, 60, memory_quota_bytes=16 * MB, device=0)
     ds.register_vm(2, 0, 20, memory_quota_bytes=16 * MB, device=0)
     ds.register_vm(3, 0, 20, memory_quota_bytes=16 * MB, device=1)
@@ -103,8 +107,12 @@ def test_fairness_is_per_device(ds):
             c = ds.launch(vm, k.kernel_id, binds)
             c.add_done_callback(finished(vm))
             comps.append(c)
-    for c in comps:
-        assert c.wait(120).ok
+    ds.start()
+    try:
+        for c in comps:
+            assert c.wait(120).ok
+    finally:
+        ds.stop()
     # While VM 1 ran its 30 launches, VM 2 (a third of its share) ran about 10.
     assert 3 <= at_a_finish["b"] <= 18, at_a_finish
     st = {s.vm_id: s for s in ds.all_stats()}
