@@ -14,6 +14,7 @@ import pytest
 from hypervisor import Hypervisor
 from tests.integration.test_vhost_device import F32, Guest
 from tests.integration.test_vhost_device_lifecycle import slow_kernel
+from tests.support.drm_guest import DrmGuest
 from tests.support.vhost_frontend import VhostUserFrontend
 from virtio_backend.gpu import guest as g
 from virtio_backend.gpu import transport as transport_mod
@@ -161,6 +162,23 @@ def test_a_launch_refused_by_the_hypervisor_is_answered_from_the_loop(hv, transp
     dev = _device(transport)
     assert dev["launches_submitted_inline_total"] == 0 and dev["internal_errors_total"] == 0
     assert dev["errors_by_status"] == {"PXOS_S_NOT_FOUND": 2}
+
+
+def test_a_launch_over_the_drm_transport_takes_the_fast_path_too(hv, transport, fe):
+    """The stock virtio_gpu driver's SUBMIT_3D carrying a LAUNCH: run on the loop thread,
+    its reply in the resource, the SUBMIT_3D answered in fence order."""
+    guest = DrmGuest(fe)
+    guest.ctx_create(1)
+    r = guest.buffer(1)
+    kid = guest.call(1, g.compile(COPY), r)["kernels"][0]["kernel_id"]
+    x, y = (guest.call(1, g.alloc(F32, [16]), r)["handle"] for _ in range(2))
+    data = np.arange(16, dtype=np.float32) * 3
+    assert guest.call(1, g.write(x, 0, data.tobytes()), r)["status"] == S.PXOS_S_OK
+    got = guest.call(1, g.launch(kid, [g.bind_buffer("x", x), g.bind_buffer("y", y)]), r)
+    assert got["status"] == S.PXOS_S_OK and got["device_ns"] > 0
+    out = guest.call(1, g.read(y, 0, 64), r, read_length=64)
+    assert np.array_equal(np.frombuffer(out["payload"], np.float32), data)
+    assert _device(transport)["launches_run_inline_total"] == 1
 
 
 @pytest.mark.parametrize(("env", "want"), [(None, INLINE_LAUNCH_MAX_S), ("0", 0.0), ("250", 250e-6),

@@ -8,9 +8,10 @@ the same control queue as everything else:
 - CTX_DESTROY: the context's pxOS session is closed (its buffers, kernels and queued
   launches released) as a job on the VM's worker, behind that context's earlier requests;
 - SUBMIT_3D: a pxOS request in an envelope (``virgl.open_submit`` checks it). The request
-  is decoded exactly as on the module's path, run on the worker, and its response (READ's
-  data after it) written into the reply resource's backing pages; then, in fence order
-  (``fences.FenceTimeline``), the SUBMIT_3D itself is answered OK_NODATA.
+  is decoded exactly as on the module's path, run on the worker (a LAUNCH: on the loop
+  thread's fast path when it may, as on the module's path, device.py), and its response
+  (READ's data after it) written into the reply resource's backing pages; then, in fence
+  order (``fences.FenceTimeline``), the SUBMIT_3D itself is answered OK_NODATA.
 
 What the guest gets wrong at the virtio level (unknown context or resource, no backing,
 not a pxOS submit, a fence id that does not increase) is answered with a virtio-gpu
@@ -48,7 +49,7 @@ class DrmTarget:
 
 class DrmServing:
     """The DRM-transport half of ``GpuDevice`` (needs its virgl, fences, stats, _push,
-    _complete, _offload, retirement and _note)."""
+    _complete, _offload, _may_launch_here, _launch_here, retirement and _note)."""
 
     COMMANDS = frozenset({*VIRGL_COMMANDS, V.VIRTIO_GPU_CMD_CTX_DESTROY, V.VIRTIO_GPU_CMD_SUBMIT_3D})
 
@@ -117,7 +118,10 @@ class DrmServing:
         except BadRequest as exc:
             self._complete(queue, req, target, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
             return
-        self._offload(queue, req, target, cmd)
+        if type(cmd) is c.LaunchCmd and self._may_launch_here():  # the fast path, as on the module's
+            self._launch_here(queue, req, target, cmd)
+        else:
+            self._offload(queue, req, target, cmd)
 
     def _complete_drm(self, queue, req, target: DrmTarget, resp: c.Response, header_only: bool) -> None:
         """Write the pxOS response into the reply resource, then answer the virtio request
