@@ -1,33 +1,59 @@
 """Compiling without stalling the other VMs (issue 14, docs/scheduling.md "Compiles").
 
-A compile is pure Python: it holds the interpreter lock (the GIL) while it parses and
-validates, up to tens of milliseconds for a 64 KiB source. Two things keep that from
-stalling the dispatcher and the other VMs' threads:
+A compile is pure Python: parsing and validating a 64 KiB source takes 60-250 ms of CPU
+and, done on a VM's thread, holds the interpreter lock (the GIL) that the dispatcher and
+every other VM's thread need. ``Compiler.compile`` keeps it off that lock:
 
-- the GIL's switch interval: a thread that wants the GIL waits for the holder's interval
-  to run out (5 ms by default), and the dispatcher takes the GIL back after every op.
-  ``Hypervisor.start`` lowers it to ``GIL_SWITCH_S`` (process-wide): with a compile
-  running beside, a tiny launch's p50 went from 7.5 ms to 0.18 ms (docs/benchmarks.md);
+- the compile cache (primitive_lang, by sha256) answers a source seen before at once;
+- a miss of more than ``inline_bytes`` (INLINE_BYTES) is compiled in a worker process
+  (compile_pool.py): this process only waits, then builds the result's objects from the
+  worker's answer (about a quarter of the compile's CPU); smaller sources compile on the
+  calling thread, where they cost less than the round trip would;
 - a per-VM compile budget (``CompileBudget``): a VM's compiles run one at a time and may
-  use at most ``COMPILE_BUDGET_S`` seconds of CPU in any ``COMPILE_WINDOW_S``; beyond,
-  its next compile waits (on the VM's own thread: no other VM waits) until its usage is
-  back under the budget. A guest compiling varied sources in a loop gets a quarter of a
-  core, not the whole interpreter. Cache hits cost next to nothing and barely count.
+  use at most ``COMPILE_BUDGET_S`` seconds of CPU (the worker's and this process's) in any
+  ``COMPILE_WINDOW_S``; beyond, its next compile waits (on the VM's own thread: no other
+  VM waits) until its usage is back under the budget. Cache hits are not counted;
+- the GIL's switch interval: a thread that wants the GIL waits for the holder's interval
+  to run out (5 ms by default). ``Hypervisor.start`` lowers it to ``GIL_SWITCH_S``
+  (process-wide), which bounds what the remaining Python work (an inline compile,
+  building a result) can make the dispatcher wait.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import primitive_lang
+from primitive_lang import CompiledProgram
+
+from . import errors as E
+from .compile_pool import COMPILE_TIMEOUT_S, MAX_WORKERS, CompilePool
+
 #: The GIL switch interval the hypervisor runs with (seconds).
 GIL_SWITCH_S = 0.0005
 #: CPU seconds of compiling one VM may use per window.
 COMPILE_BUDGET_S = 0.25
 COMPILE_WINDOW_S = 1.0
+#: Sources of at most this many bytes compile on the calling thread even with a pool:
+#: below it the round trip to a worker costs this process more than compiling does
+#: (measured: docs/benchmarks.md, issue 14).
+INLINE_BYTES = 512
+#: Compile workers when the configuration does not say: one per 4 CPUs, 1..4.
+DEFAULT_WORKERS = max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+class Charge:
+    """What one compile costs its VM beyond its thread's CPU time (a worker's)."""
+
+    __slots__ = ("extra_s",)
+
+    def __init__(self) -> None:
+        self.extra_s = 0.0
 
 
 class CompileBudget:
@@ -64,9 +90,9 @@ class CompileBudget:
         return sum(s for _, s in records)
 
     @contextmanager
-    def turn(self, vm_id: int) -> Iterator[None]:
+    def turn(self, vm_id: int) -> Iterator[Charge]:
         """Wait for the VM's budget and its previous compile; charge the CPU time of the
-        body to the VM."""
+        body to the VM, plus what the body adds to the ``Charge`` it gets."""
         lock, records = self._vm(vm_id)
         with lock:
             while self._prune(records) >= self.budget_s and records:
@@ -75,7 +101,71 @@ class CompileBudget:
                     self.waited_s += wait
                     self._sleep(wait)
             c0 = self._cpu()
+            charge = Charge()
             try:
-                yield
+                yield charge
             finally:
-                records.append((self._clock(), self._cpu() - c0))
+                records.append((self._clock(), self._cpu() - c0 + charge.extra_s))
+
+
+class Compiler:
+    """Compiles for the hypervisor: cache, then inline or a worker process, within each
+    VM's budget. ``workers=0``: every compile runs on the calling thread (no processes).
+    Workers start when first needed, or all at ``start()``; ``close()`` ends them."""
+
+    def __init__(self, *, workers: int | None = None, timeout_s: float = COMPILE_TIMEOUT_S,
+                 inline_bytes: int = INLINE_BYTES, budget_s: float = COMPILE_BUDGET_S,
+                 budget: CompileBudget | None = None):
+        workers = DEFAULT_WORKERS if workers is None else workers
+        if not 0 < budget_s <= COMPILE_WINDOW_S:
+            raise E.InvalidArgument(f"a compile budget is (0, {COMPILE_WINDOW_S:g}] s of CPU per "
+                                    f"{COMPILE_WINDOW_S:g} s, got {budget_s!r}")
+        if not 0 <= workers <= MAX_WORKERS:
+            raise E.InvalidArgument(f"compile workers must be 0..{MAX_WORKERS} (MAX_WORKERS), got {workers}")
+        if not 0 <= inline_bytes <= primitive_lang.limits.MAX_SOURCE_BYTES:
+            raise E.InvalidArgument(f"inline_bytes must be 0..{primitive_lang.limits.MAX_SOURCE_BYTES}, "
+                                    f"got {inline_bytes}")
+        self.budget = budget if budget is not None else CompileBudget(budget_s)
+        self.pool = CompilePool(workers, timeout_s=timeout_s) if workers else None
+        self.inline_bytes = inline_bytes
+        self._lock = threading.Lock()
+        self.counts = {"inline": 0, "pool": 0}
+
+    def start(self) -> Compiler:
+        if self.pool is not None:
+            self.pool.start()
+        return self
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def forget(self, vm_id: int) -> None:
+        self.budget.forget(vm_id)
+
+    def compile(self, vm_id: int, source: str | bytes) -> CompiledProgram:
+        """The program, or primitive_lang.PrimitiveError for a source it rejects;
+        E.CompileTimeout, E.CompileFailed or E.Cancelled (stopping) from a worker."""
+
+        def run(data: bytes, key: str):
+            with self.budget.turn(vm_id) as charge:  # one at a time per VM, within its CPU budget
+                where = "pool" if self.pool is not None and len(data) > self.inline_bytes else "inline"
+                with self._lock:
+                    self.counts[where] += 1
+                if where == "inline":
+                    return primitive_lang.compile_uncached(data, key)
+                return self.pool.run(data, key, charge)
+
+        return primitive_lang.compile_source(source, run=run)
+
+    def stats(self) -> dict:
+        """Counts for metrics: compiles by where they ran, the pool's state and failures."""
+        cache = primitive_lang.cache_info()
+        with self._lock:
+            out = {"inline": self.counts["inline"], "pool": self.counts["pool"], "cache_hits": cache["hits"]}
+        out["budget_wait_seconds"] = self.budget.waited_s
+        pool = self.pool.stats() if self.pool is not None else {}
+        out.update({k: pool.get(k, 0) for k in ("workers", "busy", "waiting", "timeouts", "crashes", "errors",
+                                                "started", "worker_cpu_seconds", "queue_wait_seconds")})
+        out["pool_size"] = self.pool.size if self.pool is not None else 0
+        return out

@@ -191,6 +191,23 @@ class SchedulerSection(_Model):
     window_seconds: float = Field(default=1.0, gt=0, le=3600)
     lookahead: int = Field(default=8, ge=1, le=256)
     time_slice_ms: float = Field(default=1.0, ge=0, le=1000)  # preemption at op boundaries; 0 = off
+    # Compiles (docs/scheduling.md "Compiles"): worker processes, off the daemon's interpreter lock.
+    compile_workers: Literal["auto"] | Annotated[int, Field(ge=0, le=64)] = Field(
+        default="auto", description="compile worker processes; 0: compile on the VM's thread; auto: one per "
+                                    "4 CPUs, 1..4")
+    compile_timeout_seconds: float = Field(default=5.0, gt=0, le=3600,
+                                           description="CPU time one compile may take before its worker is "
+                                                       "killed and the source rejected")
+    compile_inline_bytes: int = Field(default=512, ge=0, le=65536,
+                                      description="sources up to this size compile on the VM's thread")
+    compile_budget_ms: float = Field(default=250.0, gt=0, le=1000,
+                                     description="compile CPU time one VM may use per second (worker's included)")
+
+    def compiler_options(self) -> dict:
+        """The Compiler's keyword arguments (hypervisor/compiling.py)."""
+        return {"workers": None if self.compile_workers == "auto" else self.compile_workers,
+                "timeout_s": self.compile_timeout_seconds, "inline_bytes": self.compile_inline_bytes,
+                "budget_s": self.compile_budget_ms / 1000}
 
 
 class AdvisorSection(_Model):
@@ -347,6 +364,10 @@ prefetch = true           # bring in what queued launches need ahead of time (do
 window_seconds = 1.0      # window over which caps and achieved shares are measured
 lookahead = 8             # launches the scheduler plans ahead (memory prefetch reads it)
 time_slice_ms = 1.0       # a running launch may yield to a more urgent VM's after each slice (0 = never)
+# compile_workers = "auto" # processes that compile guests' sources (0: on the VM's thread; auto: CPUs/4, 1..4)
+# compile_timeout_seconds = 5.0  # CPU time one compile may take; past it the worker is killed, source rejected
+# compile_inline_bytes = 512     # sources this small compile on the VM's thread (cheaper than a worker)
+# compile_budget_ms = 250        # compile CPU time one VM may use per second
 
 [libvirt]                 # libvirt's own vhost-user GPU: <driver name='vhostuser'/> (docs/operations.md)
 # handoff_socket = "/run/pxos/vhost-user-gpu.sock"  # pxos-vhost-gpu hands libvirt's connections here

@@ -24,7 +24,7 @@ from scheduler import Classifier, FairScheduler, Ticket, WorkloadClass
 
 from . import errors as E
 from .calibrate import peaks
-from .compiling import GIL_SWITCH_S, CompileBudget
+from .compiling import GIL_SWITCH_S, Compiler
 from .dispatch import Dispatcher, Job
 from .executor import Executor, make_executor
 from .launch_plan import plan_launch
@@ -104,7 +104,8 @@ class Hypervisor:
     def __init__(self, *, backend: str | Executor = "auto", device_pool_bytes: int | None = None,
                  host_budget_bytes: int = 0, window_seconds: float = 1.0, lookahead_depth: int = 8,
                  prefetch: bool = True, clock: Callable[[], float] = time.monotonic,
-                 device_id: int = 0, shared: SharedIds | None = None, time_slice_s: float | None = None):
+                 device_id: int = 0, shared: SharedIds | None = None, time_slice_s: float | None = None,
+                 compiler: Compiler | None = None):
         self.executor = backend if isinstance(backend, Executor) else make_executor(backend)
         pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(self.executor)
         # One device of a DeviceSet (devices.py) shares its lock and its id counters with
@@ -127,7 +128,11 @@ class Hypervisor:
         self._info = self.executor.info()
         self.models = ModelStore(self._lock, self.memory, self._emit)
         self.dispatcher = Dispatcher(self)
-        self.compiles = CompileBudget()  # per-VM compile CPU budget (compiling.py)
+        # Compiles off the interpreter lock, within per-VM budgets (compiling.py); one given
+        # (the daemon's, a DeviceSet's) is its giver's to close.
+        self._own_compiler = compiler is None
+        self.compiler = compiler if compiler is not None else Compiler()
+        self.compiles = self.compiler.budget
         if time_slice_s is not None:  # preemption at op boundaries (docs/scheduling.md); 0 = off
             if not 0 <= time_slice_s <= 1:
                 raise E.InvalidArgument(f"time_slice_s must be in [0, 1] seconds, got {time_slice_s!r}")
@@ -149,6 +154,8 @@ class Hypervisor:
                 self._cancel_queued(vm_id, lambda t: True, "the daemon is stopping")
         self.dispatcher.stop(timeout)
         self.executor.close()
+        if self._own_compiler:
+            self.compiler.close()
 
     def __enter__(self) -> Hypervisor:
         return self.start()
@@ -408,9 +415,8 @@ class Hypervisor:
     def compile(self, vm_id: int, source: str | bytes, *, session: int = 0) -> list[KernelInfo]:
         with self._lock:
             self._vm(vm_id)
-        try:
-            with self.compiles.turn(vm_id):  # one at a time per VM, within its CPU budget
-                program = primitive_lang.compile_source(source)
+        try:  # cache, inline or a worker process; one at a time per VM, within its budget
+            program = self.compiler.compile(vm_id, source)
         except primitive_lang.PrimitiveError as exc:
             raise E.PrimitiveError(str(exc), exc.diagnostics) from exc
         with self._lock:

@@ -45,11 +45,15 @@ class Daemon:
                  transport_name: str | None = "vhost-user"):
         self.config = config
         mem = config.memory
+        self.compiler = None  # the daemon's compile workers (hypervisor/compiling.py), started by start()
         if hypervisor is None:
+            from .compiling import Compiler
+
+            self.compiler = Compiler(**config.scheduler.compiler_options())
             pool = None if mem.device_pool == "auto" else mem.device_pool
             kw = dict(device_pool_bytes=pool, host_budget_bytes=mem.host_budget, prefetch=mem.prefetch,
                       window_seconds=config.scheduler.window_seconds, lookahead_depth=config.scheduler.lookahead,
-                      time_slice_s=config.scheduler.time_slice_ms / 1000)
+                      time_slice_s=config.scheduler.time_slice_ms / 1000, compiler=self.compiler)
             from .devices import DeviceSet, resolve_device_ids
 
             ids = resolve_device_ids(config.daemon.backend, config.daemon.devices)
@@ -86,6 +90,8 @@ class Daemon:
 
     # ---- lifecycle ----
     def start(self, *, grpc: bool = True, metrics: bool = True) -> Daemon:
+        if self.compiler is not None:
+            self.compiler.start()  # every worker now: the first guest compile does not wait for one
         self.hv.start()
         if self._transport_name and (any(v.socket for v in self.config.vm) or grpc
                                      or self.config.libvirt.handoff_socket):
@@ -243,6 +249,8 @@ class Daemon:
             self.transport.close()
         self.advisor.stop()
         self.hv.stop()
+        if self.compiler is not None:
+            self.compiler.close()  # no worker outlives the daemon
         if self.metrics is not None:
             self.metrics.stop()
         log.info("pxos-hvd stopped")

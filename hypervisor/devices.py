@@ -29,6 +29,7 @@ from dataclasses import replace
 from scheduler import Ticket
 
 from . import errors as E
+from .compiling import Compiler
 from .core import Hypervisor, SharedIds, _default_pool
 from .executor import Executor, make_executor
 from .models import ModelInfo, ModelOpen
@@ -111,7 +112,8 @@ class DeviceSet:
     def __init__(self, backend: str = "numpy", device_ids: list[int] | int = 2, *,
                  device_pool_bytes: int | None = None, host_budget_bytes: int = 0, window_seconds: float = 1.0,
                  lookahead_depth: int = 8, prefetch: bool = True, clock: Callable[[], float] = time.monotonic,
-                 executors: list[Executor] | None = None, time_slice_s: float | None = None):
+                 executors: list[Executor] | None = None, time_slice_s: float | None = None,
+                 compiler: Compiler | None = None):
         ids = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
         if not ids or len(set(ids)) != len(ids):
             raise E.InvalidArgument(f"a device set needs distinct device ids, got {ids}")
@@ -119,13 +121,16 @@ class DeviceSet:
         self._lock = self._shared.lock
         self.clock = clock
         self.devices: dict[int, Hypervisor] = {}
+        # One compiler (its workers, each VM's compile budget) for every device.
+        self._own_compiler = compiler is None
+        self.compiler = compiler if compiler is not None else Compiler()
         for n, i in enumerate(ids):
             ex = executors[n] if executors is not None else make_device_executor(backend, i)
             pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(ex)
             self.devices[i] = Hypervisor(backend=ex, device_pool_bytes=pool, host_budget_bytes=host_budget_bytes,
                                          window_seconds=window_seconds, lookahead_depth=lookahead_depth,
                                          prefetch=prefetch, clock=clock, device_id=i, shared=self._shared,
-                                         time_slice_s=time_slice_s)
+                                         time_slice_s=time_slice_s, compiler=self.compiler)
         self._first = self.devices[ids[0]]
         self.executor = self._first.executor
         self.dispatcher = _Dispatchers(list(self.devices.values()))
@@ -148,6 +153,8 @@ class DeviceSet:
             self.rebalancer.stop()
         for hv in self.devices.values():
             hv.stop(timeout)
+        if self._own_compiler:
+            self.compiler.close()
 
     def __enter__(self) -> DeviceSet:
         return self.start()

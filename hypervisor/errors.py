@@ -100,6 +100,25 @@ class PrimitiveError(PxosError):
         super().__init__(message)
 
 
+class CompileTimeout(PrimitiveError):
+    """A compile ran past the host's time limit in its worker process, which was killed
+    (docs/scheduling.md "Compiles"): the source is rejected with one ``limit`` diagnostic
+    that has no place in the source (line 0, column 0)."""
+
+    def __init__(self, limit_s: float, cpu_s: float, wall_s: float):
+        from primitive_lang import Code, Diagnostic
+
+        self.limit_s, self.cpu_s, self.wall_s = limit_s, cpu_s, wall_s
+        message = (f"compiling this source took more than the host's limit of {limit_s:g} s "
+                   f"({cpu_s:.2f} s of CPU in {wall_s:.2f} s); it was stopped, nothing was compiled")
+        super().__init__(message, (Diagnostic(Code.LIMIT, 0, 0, message),))
+
+
+class CompileFailed(PxosError):
+    """A compile worker ended before it answered (it crashed or was killed), or the
+    compiler failed on the source: a host fault, logged; another compile may succeed."""
+
+
 class LaunchFailed(PxosError):
     """The executor failed while running a launch (an error of the backend, not the guest)."""
 

@@ -249,6 +249,41 @@ class _HypervisorCollector(Collector):
         sched["lookahead"].add_metric([], hv.lookahead_depth)
 
 
+class _CompileCollector(Collector):
+    """Compiles (hypervisor/compiling.py, compile_pool.py): where they ran, the workers."""
+
+    def __init__(self, hv) -> None:
+        self.hv = hv
+
+    def collect(self):
+        compiler = getattr(self.hv, "compiler", None)
+        st = compiler.stats() if compiler is not None else {}
+        n = lambda key: st.get(key, 0)  # noqa: E731
+        done = CounterMetricFamily("pxos_compiles", "Compiles of sources the cache did not hold, by where they "
+                                   "ran (inline: the VM's thread; pool: a worker process)", labels=["where"])
+        done.add_metric(["inline"], n("inline"))
+        done.add_metric(["pool"], n("pool"))
+        yield done
+        yield CounterMetricFamily("pxos_compile_cache_hits", "Compiles answered from the compile cache "
+                                  "(process-wide)", value=n("cache_hits"))
+        failed = CounterMetricFamily("pxos_compile_failures", "Pool compiles that failed: timeout (worker "
+                                     "killed), crash (worker died), error (the compiler raised)", labels=["reason"])
+        for reason, key in (("timeout", "timeouts"), ("crash", "crashes"), ("error", "errors")):
+            failed.add_metric([reason], n(key))
+        yield failed
+        yield GaugeMetricFamily("pxos_compile_workers", "Compile worker processes running", value=n("workers"))
+        yield GaugeMetricFamily("pxos_compile_workers_busy", "Compile workers compiling now", value=n("busy"))
+        yield GaugeMetricFamily("pxos_compile_queue_depth", "Compiles waiting for a free worker", value=n("waiting"))
+        yield CounterMetricFamily("pxos_compile_workers_started", "Compile workers started (at start-up, on "
+                                  "demand, and in place of a killed or dead one)", value=n("started"))
+        yield CounterMetricFamily("pxos_compile_worker_cpu_seconds", "CPU time compile workers spent on "
+                                  "compiles", value=n("worker_cpu_seconds"))
+        yield CounterMetricFamily("pxos_compile_queue_wait_seconds", "Time compiles waited for a free worker",
+                                  value=n("queue_wait_seconds"))
+        yield CounterMetricFamily("pxos_compile_budget_wait_seconds", "Time compiles waited for their VM's "
+                                  "compile budget", value=n("budget_wait_seconds"))
+
+
 class _AdvisorCollector(Collector):
     """The scheduling advisor's counters (hypervisor/advisor.py ``snapshot_stats``)."""
 
@@ -337,6 +372,7 @@ class MetricsExporter:
         self.collector = _HypervisorCollector(hv, transport_status)
         self.registry.register(self.collector)
         self.registry.register(_AdvisorCollector(advisor))
+        self.registry.register(_CompileCollector(hv))
         self.registry.register(_HandoffCollector(handoff_stats))
         self.launches = Counter("pxos_vm_launches", "Completed launches of the VM, by class and status",
                                 ["vm", "class", "status"], registry=self.registry)

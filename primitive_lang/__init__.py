@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import limits
 from .compiled import BoundKernel, CheckedKernel, CompiledProgram, Direction
-from .compiler import cache_info, clear_cache, compile_source
+from .compiler import cache_info, clear_cache, compile_source, compile_uncached
 from .cost import Cost
 from .errors import BindError, Code, Diagnostic, PrimitiveError
 from .shapes import TensorSpec
@@ -29,5 +29,6 @@ __all__ = [
     "cache_info",
     "clear_cache",
     "compile_source",
+    "compile_uncached",
     "limits",
 ]

@@ -14,7 +14,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from operator import attrgetter
 from types import MappingProxyType
+
+
+def by_fields(cls):
+    """Pickle instances of a frozen slotted dataclass as ``cls(*fields)``: a compile may run
+    in another process (the hypervisor's compile workers), and the dataclass default
+    (``__setstate__`` looking the fields up per object) makes unpickling a large program
+    cost about half of compiling it; this makes it a quarter of that."""
+    get = attrgetter(*cls.__slots__)
+    if len(cls.__slots__) == 1:
+        cls.__reduce__ = lambda self: (cls, (get(self),))
+    else:
+        cls.__reduce__ = lambda self: (cls, get(self))
+    return cls
 
 
 class DType(str, Enum):  # noqa: UP042 (str() and format() of members are part of the contract)
@@ -45,6 +59,7 @@ class WorkloadHint(str, Enum):  # noqa: UP042 (as DType)
     BATCH = "BATCH"
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Pos:
     line: int  # 1-based
@@ -56,6 +71,7 @@ class Pos:
 Dim = int | str
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class ParamType:
     """``float`` (scalar: ``shape == ()``), ``float[]`` (any shape, bound at launch:
@@ -69,6 +85,7 @@ class ParamType:
         return self.shape == ()
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Param:
     name: str
@@ -76,6 +93,7 @@ class Param:
     pos: Pos
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Name:
     """A reference to a param or a local."""
@@ -84,6 +102,7 @@ class Name:
     pos: Pos
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Number:
     """A number literal; ``is_int`` is True for literals written without ``.``/exponent."""
@@ -102,6 +121,7 @@ Operand = Name | Number
 AttrValue = int | float | str | tuple[int | str, ...]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Attr:
     """``name=value``, written after an op's operands and before the arrow."""
@@ -111,6 +131,7 @@ class Attr:
     pos: Pos  # where the name starts
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class OpStmt:
     """``OP arg... [name=value ...] → dest``.
@@ -140,6 +161,7 @@ class OpStmt:
         return MappingProxyType({a.name: a for a in reversed(self.attrs)})
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Repeat:
     """``REPEAT n:`` ... ``END_REPEAT``: ``body`` runs ``count`` times, in order."""
@@ -152,6 +174,7 @@ class Repeat:
 Stmt = OpStmt | Repeat
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Kernel:
     name: str
@@ -162,6 +185,7 @@ class Kernel:
     pos: Pos
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Program:
     """One source: one or more kernels, in source order."""

@@ -8,10 +8,11 @@ Only validation (validate.py) creates a ``CheckedKernel``; only ``CheckedKernel.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from types import MappingProxyType
 
-from .ast import Kernel, OpStmt, Param, ParamType, WorkloadHint
+from .ast import Kernel, OpStmt, Param, ParamType, WorkloadHint, by_fields
 from .cost import Cost
 from .ops import OpSpec
 from .shapes import TensorSpec
@@ -23,6 +24,7 @@ class Direction(StrEnum):
     INOUT = "inout"  # read before its first write, and written
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Step:
     """One op statement of the kernel in execution order, with how many times it runs
@@ -65,6 +67,19 @@ class CheckedKernel:
     @property
     def outputs(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params if self.directions[p.name] is not Direction.IN)
+
+    def __reduce__(self):
+        # Picklable (a compile may run in another process): the read-only mappings travel
+        # as plain dicts and are wrapped again on arrival.
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["directions"], state["locals"] = dict(self.directions), dict(self.locals)
+        return (_checked_kernel, (state,))
+
+
+def _checked_kernel(state: dict) -> CheckedKernel:
+    state["directions"] = MappingProxyType(state["directions"])
+    state["locals"] = MappingProxyType(state["locals"])
+    return CheckedKernel(**state)
 
 
 @dataclass(frozen=True, eq=False)

@@ -5,6 +5,11 @@ The pipeline: size and encoding checks, parse (parser.py, blocks.py), validation
 ``PrimitiveError``. Results, rejections included, are kept in an LRU of
 ``limits.COMPILE_CACHE_SIZE`` entries: the same source sent again costs a hash and a lookup,
 and the objects handed out are immutable, so sharing them is safe.
+
+``compile_source(source, run=...)`` lets the caller do the work of a cache miss elsewhere
+(the hypervisor runs it in a worker process): ``run(data, key)`` gets the checked UTF-8
+bytes and their sha256 and returns what ``compile_uncached`` would; an exception it raises
+passes through and nothing is cached. Cache hits never call it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from . import limits
 from .compiled import CompiledProgram
@@ -24,6 +30,9 @@ _weights: dict[str, int] = {}  # statements (or diagnostics) each cached entry h
 _cache_lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0, "statements": 0}
 
+#: What a compile produces: the program, or the diagnostics that reject the source.
+Result = CompiledProgram | tuple[Diagnostic, ...]
+
 
 def _weight(entry: CompiledProgram | tuple[Diagnostic, ...]) -> int:
     """What an entry costs the host, in statements: a compiled program holds an AST node,
@@ -34,8 +43,9 @@ def _weight(entry: CompiledProgram | tuple[Diagnostic, ...]) -> int:
     return max(1, len(entry))
 
 
-def compile_source(source: str | bytes) -> CompiledProgram:
-    """Parse and validate a whole source; raises PrimitiveError listing every problem."""
+def compile_source(source: str | bytes, *, run: Callable[[bytes, str], Result] | None = None) -> CompiledProgram:
+    """Parse and validate a whole source; raises PrimitiveError listing every problem.
+    ``run``: does a cache miss's work instead of ``compile_uncached`` (module docstring)."""
     if isinstance(source, str):
         if len(source) > limits.MAX_SOURCE_BYTES:  # each character is at least one byte
             raise PrimitiveError([_too_big(len(source.encode("utf-8", "surrogatepass")))])
@@ -57,7 +67,7 @@ def compile_source(source: str | bytes) -> CompiledProgram:
             _cache.move_to_end(key)
             _stats["hits"] += 1
     if hit is None:
-        hit = _compile(data, key)
+        hit = (run or compile_uncached)(data, key)
         with _cache_lock:
             _stats["misses"] += 1
             if key not in _cache:
@@ -97,7 +107,9 @@ def _position_diag(text: str, at: int, message: str) -> Diagnostic:
     return Diagnostic(Code.ENCODING, line, at - (text.rfind("\n", 0, at) + 1) + 1, message)
 
 
-def _compile(data: bytes, key: str) -> CompiledProgram | tuple[Diagnostic, ...]:
+def compile_uncached(data: bytes, key: str) -> Result:
+    """The work of a cache miss: ``data`` (at most MAX_SOURCE_BYTES) parsed and validated,
+    ``key`` its sha256 in hex. Returns the program or the diagnostics; caches nothing."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -76,6 +76,18 @@ class OpSpec:
     #: Operand positions where an integer literal may stand (ROPE's and CAUSAL_MASK's pos).
     int_literal_operands: frozenset[int] = frozenset()
 
+    def __reduce__(self):
+        # A spec of the table travels by name, so a program compiled in another process
+        # refers to this process's table entries (the same objects as a local compile's).
+        if OPS.get(self.name) is self:
+            return (_op_spec, (self.name,))
+        return (OpSpec, (self.name, self.kind, self.arity, self.needs_float, self.axis, self.flops_per_element,
+                         dict(self.attrs), self.int_literal_operands))
+
+
+def _op_spec(name: str) -> OpSpec:
+    return OPS[name]
+
 
 def _table(*specs: OpSpec) -> dict[str, OpSpec]:
     return {s.name: s for s in specs}

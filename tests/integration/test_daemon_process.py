@@ -29,6 +29,34 @@ def start(config: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     return proc, line
 
 
+def compile_workers(pid: int) -> list[int]:
+    """The daemon's compile worker processes (hypervisor/compile_pool.py): its children."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
+                    and b"hypervisor.compile_worker" in (d / "cmdline").read_bytes():
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(out)
+
+
+def gone(pids: list[int], timeout: float = 10.0) -> bool:
+    """Every process exited (a zombie counts: its parent or init reaps it)."""
+    def running(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    deadline = time.monotonic() + timeout
+    while any(running(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_sigterm_stops_cleanly_and_removes_its_sockets(tmp_path):
     cfg = tmp_path / "pxos.toml"
     cfg.write_text(f"""
@@ -37,6 +65,8 @@ grpc_socket = "{tmp_path}/hvd.sock"
 socket_dir = "{tmp_path}"
 metrics_address = "127.0.0.1:0"
 backend = "numpy"
+[scheduler]
+compile_workers = 2
 [[vm]]
 id = 7
 name = "seven"
@@ -50,8 +80,13 @@ socket = "{tmp_path}/vm7.sock"
         for sock in ("hvd.sock", "vm7.sock"):
             mode = (tmp_path / sock).stat().st_mode
             assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, sock
+        workers = compile_workers(proc.pid)
+        assert len(workers) == 2  # started with the daemon
+        src = "".join(f"GPU_KERNEL k{k}\nGPU_PARAM a float[8]\nGPU_THREAD_CODE:\n" + "    RELU a -> a\n" * 40
+                      + "GPU_END\n" for k in range(4))  # over compile_inline_bytes: a worker compiles it
         with Client(socket_path=str(tmp_path / "hvd.sock")) as c:
             assert [v.vm_id for v in c.call("ListVMs", pb.ListVMsRequest()).vms] == [7]
+            assert len(c.call("Compile", pb.CompileRequest(vm_id=7, source=src)).kernels) == 4
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
@@ -62,6 +97,7 @@ socket = "{tmp_path}/vm7.sock"
     assert time.monotonic() - t0 < 15
     assert "pxos-hvd stopped" in out
     assert not (tmp_path / "hvd.sock").exists() and not (tmp_path / "vm7.sock").exists()
+    assert gone(workers)  # no orphan compile worker
 
 
 @pytest.mark.parametrize("body,needle", [
@@ -234,8 +270,11 @@ def test_a_killed_daemon_restarts_with_the_run_time_changes(tmp_path):
         with Client(socket_path=str(sock)) as c:
             c.call("SetQuota", pb.SetQuotaRequest(vm_id=1, memory_bytes=32 << 20, share=25))
             c.call("RegisterVM", pb.RegisterVMRequest(vm_id=5, memory_bytes=1 << 20, share=5, socket="vm5.sock"))
+        workers = compile_workers(proc.pid)
+        assert workers
         proc.kill()
         proc.communicate(timeout=10)
+        assert gone(workers)  # a killed daemon's compile workers see their pipe end and exit
         proc, line = start(cfg)
         assert line == "ready\n", proc.communicate(timeout=10)[0]
         vms = _vms(sock)
@@ -257,6 +296,8 @@ def test_sigint_stops_cleanly_and_a_closed_terminal_never_kills(tmp_path):
     proc, line = start(cfg, "--log-level", "debug")
     try:
         assert line == "ready\n"
+        workers = compile_workers(proc.pid)
+        assert workers
         proc.stdout.close()  # the terminal is gone: every later log line hits a broken pipe
         proc.send_signal(signal.SIGHUP)
         for _ in range(20):  # work that logs
@@ -271,6 +312,7 @@ def test_sigint_stops_cleanly_and_a_closed_terminal_never_kills(tmp_path):
             proc.kill()
     assert proc.returncode == 0
     assert not sock.exists() and not (tmp_path / "vm1.sock").exists()
+    assert gone(workers)  # workers ignore the terminal's SIGINT; the daemon ends them
 
 
 def test_log_level_debug_shows_what_the_daemon_does(tmp_path):
