@@ -396,7 +396,7 @@ class CupyExecutor(Executor):
 
 
 class _EventChunk(Chunk):
-    __slots__ = ("end", "est", "ex", "start")
+    __slots__ = ("end", "est", "est_s", "ex", "start")
 
     def __init__(self, ex: CupyExecutor, start, end):
         self.ex, self.start, self.end = ex, start, end

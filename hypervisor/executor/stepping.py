@@ -96,6 +96,7 @@ class Chunk(ABC):
     """Steps issued together and timed on the device as one."""
 
     est: dict[str, float]  # estimated seconds by CostModel kind
+    est_s: float  # their sum
 
     @abstractmethod
     def done(self) -> bool: ...
@@ -134,6 +135,7 @@ class DeviceSteps(Steps):
         self._queued_s = 0.0  # estimate of the closed chunks in the queue
         self._failed: BaseException | None = None  # raised by prime(), re-raised by advance()
         self._head_since = 0.0  # when the oldest chunk in the queue became the oldest
+        self._open_s = 0.0  # the open chunk's estimate (seconds)
 
     # ---- backend hooks ----------------------------------------------------------------------
     def _issuing(self) -> AbstractContextManager:
@@ -182,16 +184,16 @@ class DeviceSteps(Steps):
                         continue
                     if self.open_est is None:
                         self._open()
-                        self.open_est = {}
+                        self.open_est, self._open_s = {}, 0.0
                     try:
                         st = next(self.gen)
                     except StopIteration:
                         self.issued = True
                         return
                     self._account(st)
-                    if sum(self.open_est.values()) >= self.chunk_s:
+                    if self._open_s >= self.chunk_s:
                         self._close_open()
-                    if stop_est is not None and self._queued_s + self._open_sum() >= stop_est:
+                    if stop_est is not None and self._queued_s + self._open_s >= stop_est:
                         return
                     if time.perf_counter() >= end or (interrupt is not None and interrupt.is_set()):
                         return
@@ -206,36 +208,37 @@ class DeviceSteps(Steps):
         self.tiler.part = None
         kind, work = step_work(self.interp.bound, st)
         est = self.open_est
-        m = self.model
+        rate = self.model.rate
+        fixed = 1.0 / rate["step"]
+        est["step"] = est.get("step", 0.0) + fixed
+        self._open_s += fixed
         if work:
-            est[kind] = est.get(kind, 0.0) + m.seconds(kind, work) * (1.0 if part is None else part)
-        est["step"] = est.get("step", 0.0) + m.seconds("step", 1.0)
+            t = work / rate[kind] * (1.0 if part is None else part)
+            est[kind] = est.get(kind, 0.0) + t
+            self._open_s += t
         self.steps_issued += 1
-
-    def _open_sum(self) -> float:
-        return sum(self.open_est.values()) if self.open_est is not None else 0.0
 
     def _full(self) -> bool:
         """More than ``ahead_s`` queued behind the oldest chunk (the one running)."""
-        if not self.queue:
-            return False
-        return self._queued_s - sum(self.queue[0].est.values()) + self._open_sum() >= self.ahead_s
+        queue = self.queue
+        return bool(queue) and self._queued_s - queue[0].est_s + self._open_s >= self.ahead_s
 
     def _close_open(self) -> None:
         if self.open_est is None:
             return
         est, self.open_est = self.open_est, None
         chunk = self._close(est, self.issued)
-        chunk.est = est
+        chunk.est, chunk.est_s = est, self._open_s
+        self._open_s = 0.0
         if not self.queue:
             self._head_since = time.perf_counter()
         self.queue.append(chunk)
-        self._queued_s += sum(est.values())
+        self._queued_s += chunk.est_s
         self.chunks += 1
 
     def _retire(self) -> None:
         chunk = self.queue.popleft()
-        self._queued_s -= sum(chunk.est.values())
+        self._queued_s -= chunk.est_s
         seconds = chunk.wait()
         self._head_since = time.perf_counter()
         self.device_s += seconds
@@ -251,7 +254,7 @@ class DeviceSteps(Steps):
         self._retire_done()
         if not self.queue:
             return 0.0
-        head = sum(self.queue[0].est.values())
+        head = self.queue[0].est_s
         left = max(head - (time.perf_counter() - self._head_since), 0.0)
         return left + self._queued_s - head
 

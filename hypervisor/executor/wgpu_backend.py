@@ -351,7 +351,7 @@ class WgpuExecutor(Executor):
 
 
 class _SegmentChunk(Chunk):
-    __slots__ = ("est", "segments")
+    __slots__ = ("est", "est_s", "segments")
 
     def __init__(self, segments):
         self.segments = segments
