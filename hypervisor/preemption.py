@@ -127,6 +127,7 @@ class Preemption:
             if not hv.scheduler.park(job.vm_id):
                 return  # its VM left the scheduler meanwhile (removed, moving): run on
             self.running = None
+        job.steps.pause()  # what it issued goes to the device, timed as its own
         self.preemptions += 1
         job.yields += 1
         self._parked = job

@@ -74,6 +74,11 @@ class Steps(ABC):
     @abstractmethod
     def timing(self) -> RunTiming: ...
 
+    def pause(self) -> None:  # noqa: B027 - optional hook
+        """Called before the device runs another launch while this one waits (it yields):
+        whatever it has issued goes to the device now and is timed as this launch's (a
+        no-op where steps run on the host)."""
+
 
 class Fence(ABC):
     """Completion of one asynchronous copy on the copy stream (or copy thread)."""

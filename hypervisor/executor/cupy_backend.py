@@ -442,10 +442,11 @@ class _CupySteps(DeviceSteps):
             self.first_start = self._start
 
     def _close(self, est: dict[str, float], last: bool) -> Chunk:
-        if last:
-            self.checks = self.interp.deferred_checks()
-        end = self.cp.cuda.Event()
-        end.record(self.ex.compute)
+        with self._issuing():  # also from pause(), outside advance()
+            if last:
+                self.checks = self.interp.deferred_checks()
+            end = self.cp.cuda.Event()
+            end.record(self.ex.compute)
         self.ex._last_end = end
         return _EventChunk(self.ex, self._start, end)
 

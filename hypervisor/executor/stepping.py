@@ -6,7 +6,8 @@ the device ahead of time but never much more than a time slice ahead.
 Steps are issued in **chunks**: the steps issued one after another between two marks on
 the device (CUDA events on the compute stream; a wgpu submission with timestamp queries
 around its pass). A chunk is closed, and so on its way to the device, once its estimate
-reaches half the ahead bound, before the host waits, and whenever ``advance`` returns. The
+reaches half the ahead bound, before the host waits, after the last step, and when the
+launch yields (``pause``). The
 device time of a launch is the sum of its own chunks' device time: chunks run one after
 another on one stream, so another launch's work (a more urgent one run while this one is
 parked) is never inside them, and the device idling between two chunks (the host late)
@@ -114,6 +115,8 @@ class DeviceSteps(Steps):
 
     #: How often the host looks at the oldest chunk while it waits for it (seconds).
     POLL_S = 50e-6
+    #: A chunk is closed once its estimate reaches this fraction of ``ahead_s``.
+    CHUNK_FRACTION = 0.5
 
     def __init__(self, interp, model: CostModel, slice_s: float, active: Callable[[], bool] | None,
                  min_rows: int, stall: float = 0.0, gap: float | None = None,
@@ -123,7 +126,7 @@ class DeviceSteps(Steps):
         self.tiler = Tiler(slice_s * TILE_SLICES, model, active, min_rows=min_rows, timed=False, kinds=kinds)
         self.gen = interp.steps(self.tiler)
         self.ahead_s = max(slice_s, 1e-5) * AHEAD_SLICES
-        self.chunk_s = self.ahead_s / 2
+        self.chunk_s = self.ahead_s * self.CHUNK_FRACTION
         self.queue: deque[Chunk] = deque()  # closed chunks not yet retired, oldest first
         self.open_est: dict[str, float] | None = None  # the chunk being issued, if any
         self.device_s = 0.0  # device time of the retired chunks
@@ -157,6 +160,10 @@ class DeviceSteps(Steps):
             self._run(PRIME_WALL_S, None, self.ahead_s * PRIME_SLICES)
         except Exception as exc:  # the launch failed: advance() raises it again
             self._failed = exc
+        self._close_open()  # on its way to the device while the launch before it ends
+
+    def pause(self) -> None:
+        self._close_open()
 
     def advance(self, budget_s: float, interrupt: threading.Event | None = None) -> bool:
         """Issue steps for about ``budget_s`` of wall time (at least one, unless the
@@ -201,7 +208,11 @@ class DeviceSteps(Steps):
                 self.issued = True  # what ran before the failing step is closed and timed below
                 raise
             finally:
-                self._close_open()
+                # The open chunk stays open across calls (a wgpu chunk is one submission, a
+                # few hundred us of host time each): it is closed once it holds chunk_s of
+                # work, before a wait, at the end, or when the launch yields (pause).
+                if self.issued:
+                    self._close_open()
 
     def _account(self, st: OpStmt) -> None:
         part = self.tiler.part
