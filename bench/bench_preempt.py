@@ -19,9 +19,10 @@ figure against a baseline taken in the same run.
   fast path (launch_wait: on the caller's thread when the device is idle); and the host
   overhead of a tiny launch, serial and pipelined, against the executor called the same
   way (goal <= 30 µs).
-Every executor steps launches (NumPy through the interpreter on the dispatcher's thread;
-CuPy and wgpu as chunks of steps kept at most half a slice ahead of the device,
-executor/stepping.py). ``--slice-ms`` sets the slice of the "on" runs (default: the
+Launches are stepped on NumPy (through the interpreter on the dispatcher's thread) and on
+wgpu (chunks of steps kept at most half a slice ahead of the device, executor/stepping.py);
+on CuPy only with ``--gpu-stepping on`` (``[scheduler] gpu_stepping``: not yet run on a GPU,
+so off by default; without it "on" equals "off" there, preemptions 0). ``--slice-ms`` sets the slice of the "on" runs (default: the
 hypervisor's, 1 ms), to measure the isolation a shorter slice buys and what it costs.
 """
 
@@ -49,6 +50,7 @@ from hypervisor.executor import BACKENDS, make_executor
 MS, US = 1e-3, 1e-6
 SLICE_S = dispatch.DEFAULT_TIME_SLICE_S  # the "on" runs' time slice (--slice-ms)
 PRIORITY_STREAM = False  # --priority-stream: urgent launches on CuPy's priority stream when "on"
+GPU_STEPPING = "auto"  # --gpu-stepping: [scheduler] gpu_stepping of every run
 QUOTA_MB = 4000
 DEPTH = 8
 
@@ -72,7 +74,7 @@ class Plan:
 
 
 def _hv(backend: str, slice_s: float) -> Hypervisor:
-    hv = Hypervisor(backend=backend).start()
+    hv = Hypervisor(backend=backend, gpu_stepping=GPU_STEPPING).start()
     hv.dispatcher.time_slice_s = slice_s
     if PRIORITY_STREAM and slice_s > 0:
         hv.executor.priority_stream = True
@@ -382,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="executor backend (default auto)")
     p.add_argument("--slice-ms", type=float, default=None,
                    help="time slice of the runs with preemption on (default: the hypervisor's)")
+    p.add_argument("--gpu-stepping", choices=("auto", "on", "off"), default="auto",
+                   help="[scheduler] gpu_stepping: GPU launches as steps (auto: wgpu yes, CuPy not yet)")
     p.add_argument("--priority-stream", action="store_true",
                    help="CuPy: with preemption on, urgent launches go on a priority stream (an experiment)")
     args = p.parse_args(argv)
@@ -389,8 +393,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--priority-stream needs --backend cupy")
     if args.slice_ms is not None and not 0 < args.slice_ms <= 1000:
         p.error("--slice-ms must lie in (0, 1000]")
-    global SLICE_S, PRIORITY_STREAM  # this run's (main() may be called more than once in a process)
+    global SLICE_S, PRIORITY_STREAM, GPU_STEPPING  # this run's (main() may run more than once in a process)
     PRIORITY_STREAM = args.priority_stream
+    GPU_STEPPING = args.gpu_stepping
     SLICE_S = dispatch.DEFAULT_TIME_SLICE_S if args.slice_ms is None else args.slice_ms * MS
     try:
         executor = make_executor(args.backend)
@@ -398,9 +403,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(exc))
     plan = Plan.make(args.quick)
     report = Report("preempt")
-    if PRIORITY_STREAM or args.slice_ms is not None:
-        report.notes.append(f"preemption on: time slice {SLICE_S * 1e3:g} ms"
-                            + (", urgent launches on CuPy's priority stream" if PRIORITY_STREAM else ""))
+    report.notes.append(f"preemption on: time slice {SLICE_S * 1e3:g} ms, gpu_stepping {GPU_STEPPING}"
+                        + (", urgent launches on CuPy's priority stream" if PRIORITY_STREAM else ""))
     report.notes.append(f"backend {executor.name} ({executor.info().device_name}); load average at start "
                         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     started = time.perf_counter()

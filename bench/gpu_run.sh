@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_run.sh [smoke|full|tests|preempt|benches|wgpu] ...
 #
-# smoke: the `gpu` tests and the issue-14 preemption figures (about 4 min on an H200);
+# smoke: the `gpu` tests and the issue-14 preemption figures (about 5 min on an H200);
 # full:  everything (about 8 min). Each step has its own time limit, so one that hangs
 # cannot eat the others' time. Results land in $OUT/r (OUT defaults to ./out): one file per
 # step, and all of them in $OUT/results.tgz (the device tool brings back 8 files at most).
@@ -75,6 +75,12 @@ llm() {
 
 preempt() {
     step preempt_cupy "${1:-120}" python3 -m bench.bench_preempt --backend cupy ${QUICK:+--quick} --json
+    # CuPy stepping (issue 14; [scheduler] gpu_stepping, off on CuPy until a run like this one
+    # has checked it): stepped launches, then with urgent launches on a priority stream.
+    step preempt_cupy_steps "${1:-120}" python3 -m bench.bench_preempt --backend cupy --gpu-stepping on \
+        ${QUICK:+--quick} --json
+    step preempt_cupy_prio "${1:-120}" python3 -m bench.bench_preempt --backend cupy --gpu-stepping on \
+        --priority-stream ${QUICK:+--quick} --json
 }
 
 benches() {

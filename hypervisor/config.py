@@ -191,6 +191,9 @@ class SchedulerSection(_Model):
     window_seconds: float = Field(default=1.0, gt=0, le=3600)
     lookahead: int = Field(default=8, ge=1, le=256)
     time_slice_ms: float = Field(default=1.0, ge=0, le=1000)  # preemption at op boundaries; 0 = off
+    # Stepped launches on a GPU executor (docs/scheduling.md "Preemption"): auto = where the
+    # stepping has been checked on that kind of device (wgpu; NumPy always steps), not yet CuPy.
+    gpu_stepping: Literal["auto", "on", "off"] = "auto"
     # Compiles (docs/scheduling.md "Compiles"): worker processes, off the daemon's interpreter lock.
     compile_workers: Literal["auto"] | Annotated[int, Field(ge=0, le=64)] = Field(
         default="auto", description="compile worker processes; 0: compile on the VM's thread; auto: one per "
@@ -364,6 +367,7 @@ prefetch = true           # bring in what queued launches need ahead of time (do
 window_seconds = 1.0      # window over which caps and achieved shares are measured
 lookahead = 8             # launches the scheduler plans ahead (memory prefetch reads it)
 time_slice_ms = 1.0       # a running launch may yield to a more urgent VM's after each slice (0 = never)
+# gpu_stepping = "auto"    # GPU launches as steps that can yield: auto = wgpu yes, CuPy not yet (on/off)
 # compile_workers = "auto" # processes that compile guests' sources (0: on the VM's thread; auto: CPUs/4, 1..4)
 # compile_timeout_seconds = 5.0  # CPU time one compile may take; past it the worker is killed, source rejected
 # compile_inline_bytes = 512     # sources this small compile on the VM's thread (cheaper than a worker)

@@ -105,7 +105,7 @@ class Hypervisor:
                  host_budget_bytes: int = 0, window_seconds: float = 1.0, lookahead_depth: int = 8,
                  prefetch: bool = True, clock: Callable[[], float] = time.monotonic,
                  device_id: int = 0, shared: SharedIds | None = None, time_slice_s: float | None = None,
-                 compiler: Compiler | None = None):
+                 compiler: Compiler | None = None, gpu_stepping: str = "auto"):
         self.executor = backend if isinstance(backend, Executor) else make_executor(backend)
         pool = device_pool_bytes if device_pool_bytes is not None else _default_pool(self.executor)
         # One device of a DeviceSet (devices.py) shares its lock and its id counters with
@@ -137,6 +137,12 @@ class Hypervisor:
             if not 0 <= time_slice_s <= 1:
                 raise E.InvalidArgument(f"time_slice_s must be in [0, 1] seconds, got {time_slice_s!r}")
             self.dispatcher.time_slice_s = float(time_slice_s)
+        # Launches as steps on a GPU executor (docs/scheduling.md, "Preemption"): "auto" takes
+        # the executor's word (stepping_default: whether it has been checked on its device).
+        if gpu_stepping not in ("auto", "on", "off"):
+            raise E.InvalidArgument(f"gpu_stepping must be auto, on or off, got {gpu_stepping!r}")
+        self.dispatcher.device_steps = (self.executor.stepping_default if gpu_stepping == "auto"
+                                        else gpu_stepping == "on")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Hypervisor:

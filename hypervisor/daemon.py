@@ -53,7 +53,8 @@ class Daemon:
             pool = None if mem.device_pool == "auto" else mem.device_pool
             kw = dict(device_pool_bytes=pool, host_budget_bytes=mem.host_budget, prefetch=mem.prefetch,
                       window_seconds=config.scheduler.window_seconds, lookahead_depth=config.scheduler.lookahead,
-                      time_slice_s=config.scheduler.time_slice_ms / 1000, compiler=self.compiler)
+                      time_slice_s=config.scheduler.time_slice_ms / 1000, compiler=self.compiler,
+                      gpu_stepping=config.scheduler.gpu_stepping)
             from .devices import DeviceSet, resolve_device_ids
 
             ids = resolve_device_ids(config.daemon.backend, config.daemon.devices)

@@ -113,7 +113,7 @@ class DeviceSet:
                  device_pool_bytes: int | None = None, host_budget_bytes: int = 0, window_seconds: float = 1.0,
                  lookahead_depth: int = 8, prefetch: bool = True, clock: Callable[[], float] = time.monotonic,
                  executors: list[Executor] | None = None, time_slice_s: float | None = None,
-                 compiler: Compiler | None = None):
+                 compiler: Compiler | None = None, gpu_stepping: str = "auto"):
         ids = list(range(device_ids)) if isinstance(device_ids, int) else list(device_ids)
         if not ids or len(set(ids)) != len(ids):
             raise E.InvalidArgument(f"a device set needs distinct device ids, got {ids}")
@@ -130,7 +130,8 @@ class DeviceSet:
             self.devices[i] = Hypervisor(backend=ex, device_pool_bytes=pool, host_budget_bytes=host_budget_bytes,
                                          window_seconds=window_seconds, lookahead_depth=lookahead_depth,
                                          prefetch=prefetch, clock=clock, device_id=i, shared=self._shared,
-                                         time_slice_s=time_slice_s, compiler=self.compiler)
+                                         time_slice_s=time_slice_s, compiler=self.compiler,
+                                         gpu_stepping=gpu_stepping)
         self._first = self.devices[ids[0]]
         self.executor = self._first.executor
         self.dispatcher = _Dispatchers(list(self.devices.values()))

@@ -127,6 +127,9 @@ class Dispatcher(Preemption):
         self._arrived = threading.Event()  # the same, for a stepped launch to look (cleared there only)
         self.before_run: list[Callable[[Job], None]] = []  # test hooks, outside the lock
         self.time_slice_s = DEFAULT_TIME_SLICE_S
+        # Whether an asynchronous (GPU) executor runs launches as steps (Hypervisor's
+        # gpu_stepping; NumPy launches are always stepped while time_slice_s > 0).
+        self.device_steps = True
         self.preemptions = 0  # times a running launch yielded to a more urgent one
         self._parked: Job | None = None  # the launch that yielded, while others run
         self._ran_at: list[dict[int, float]] = [{} for _ in WorkloadClass]  # class -> VM -> last run
@@ -361,7 +364,7 @@ class Dispatcher(Preemption):
             # A launch estimated well under a slice is run whole: stepping it would cost host
             # time per step and shorten no wait (on a GPU, preemption.py's SHORT_SLICES; on
             # the host, UNSTEPPED_MAX_S or a quarter of the slice, whichever is less).
-            if slice_s > 0 and self._parked is None and not (
+            if slice_s > 0 and self._parked is None and (self.device_steps or not ex.asynchronous) and not (
                     (ex.asynchronous and 0 < job.est_seconds < SHORT_SLICES * slice_s)
                     or (not ex.asynchronous and job.est_seconds <= min(UNSTEPPED_MAX_S, slice_s / 4))):
                 job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s,

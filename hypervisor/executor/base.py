@@ -198,6 +198,11 @@ class Executor(ABC):
     #: prepares the next launch while this one runs; False when submit() does the work.
     asynchronous = False
 
+    #: Whether the dispatcher runs launches as steps (start_steps) on this executor when
+    #: ``[scheduler] gpu_stepping = "auto"``: True where stepping has been checked on the
+    #: kind of device (NumPy, wgpu); CuPy says False until a GPU run has checked it.
+    stepping_default = True
+
     @abstractmethod
     def submit(self, bound: BoundKernel, args: Mapping[str, Any], wait_for: Sequence[Fence] = ()) -> Pending:
         """Hand one bound kernel to the device, to run after the copies in ``wait_for`` (its

@@ -124,6 +124,9 @@ class _StagingSlot:
 class CupyExecutor(Executor):
     name = "cupy"
     asynchronous = True
+    # Stepped launches (start_steps, the priority stream) have not run on a GPU yet: off
+    # unless [scheduler] gpu_stepping = "on" (docs/scheduling.md, "Preemption").
+    stepping_default = False
 
     def __init__(self, device_id: int = 0) -> None:
         import cupy

@@ -99,7 +99,7 @@ def test_urgent_launch_preempts_a_stepped_launch_on_the_device(backend, monkeypa
     monkeypatch.setattr(preemption, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
     priority = backend == "cupy-priority"  # the urgent launch on CuPy's priority stream
     backend = backend.removesuffix("-priority")
-    hv = Hypervisor(backend=backend).start()
+    hv = Hypervisor(backend=backend, gpu_stepping="on").start()
     if priority:
         hv.executor.priority_stream = True
     hv.dispatcher.time_slice_s = 1e-9  # every step a slice: a yield point after each
@@ -173,7 +173,7 @@ GPU_THREAD_CODE:
     GATHER u ids -> o
 GPU_END
 """
-    hv = Hypervisor(backend=backend).start()
+    hv = Hypervisor(backend=backend, gpu_stepping="on").start()
     hv.dispatcher.time_slice_s = 1e-9
     try:
         hv.register_vm(1, 64, 50)
@@ -245,3 +245,35 @@ def test_cupy_row_tiles_of_a_matmul_are_bit_identical():
             if not bool(cp.array_equal(out, whole)):
                 bad.append(f"{m}x{k}x{n} in tiles of {rows} rows")
     assert not bad, "row tiles differ from the whole product: " + ", ".join(bad)
+
+
+def test_gpu_stepping_is_configured():
+    import tomllib
+
+    from hypervisor.config import DEFAULT_CONFIG_TOML, parse_config
+    from hypervisor.errors import ConfigError, InvalidArgument
+    from hypervisor.executor.cupy_backend import CupyExecutor
+
+    assert parse_config(tomllib.loads(DEFAULT_CONFIG_TOML)).scheduler.gpu_stepping == "auto"
+    assert parse_config({"scheduler": {"gpu_stepping": "on"}}).scheduler.gpu_stepping == "on"
+    with pytest.raises(ConfigError):
+        parse_config({"scheduler": {"gpu_stepping": "sometimes"}})
+    with pytest.raises(InvalidArgument):
+        Hypervisor(backend="numpy", gpu_stepping="sometimes")
+    # CuPy's stepping has not run on a GPU yet: off unless asked for.
+    assert CupyExecutor.stepping_default is False
+
+
+@pytest.mark.wgpu
+@pytest.mark.parametrize("setting", ["auto", "off"])
+def test_wgpu_steps_launches_unless_gpu_stepping_is_off(setting):
+    hv = Hypervisor(backend="wgpu", gpu_stepping=setting).start()
+    try:
+        hv.register_vm(1, 64, 50, default_class="BATCH")
+        k1, h1, _ = _install(hv, 1, LONG, 1)
+        seen = []
+        hv.dispatcher.before_run.append(seen.append)
+        assert hv.launch(1, k1, h1).wait(WAIT_S).ok
+    finally:
+        hv.stop()
+    assert (seen[0].steps is not None) == (setting == "auto")
