@@ -2,7 +2,7 @@
 same chains, and requests through the scripted QEMU front-end (no emulator in the way)
 on one core: a no-op request and a 1 MiB write, against a plain memcpy of the same bytes.
 
-    python -m bench.bench_vhost [--json] [--quick] [--no-pin]
+    python -m bench.bench_vhost [--json] [--quick] [--no-pin] [--backend numpy|cupy|wgpu]
 
 Two devices are measured over the same library: the test echo device (the library's own
 cost: NOOP answers 16 bytes, SINK copies the payload into a host buffer) and, when the
@@ -211,13 +211,13 @@ def bench_echo(report: Report, fe_path: str, quick: bool) -> None:
                  quick, ok_noop, ok_write)
 
 
-def bench_gpu(report: Report, sock_dir: str, quick: bool) -> None:
+def bench_gpu(report: Report, sock_dir: str, quick: bool, backend: str = "numpy") -> None:
     from hypervisor import Hypervisor
     from virtio_backend.gpu import guest as g
     from virtio_backend.gpu.transport import VhostUserTransport
     from virtio_backend.wire import PxosCmdType as T
 
-    hv = Hypervisor(backend="numpy", device_pool_bytes=64 << 20).start()
+    hv = Hypervisor(backend=backend, device_pool_bytes=64 << 20).start()
     transport = VhostUserTransport(hv)
     try:
         hv.register_vm(1, 0, 100, memory_quota_bytes=32 << 20)
@@ -256,8 +256,9 @@ def bench_gpu(report: Report, sock_dir: str, quick: bool) -> None:
 def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
+    p.add_argument("--backend", default="numpy", help="the virtio-gpu-pxos device's executor (numpy, cupy, wgpu)")
     args = p.parse_args(argv)
-    report = Report("vhost-user back-end")
+    report = Report(f"vhost-user back-end (device on {args.backend})")
     if not args.no_pin:
         cpu = min(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpu})  # before any thread starts: all of them share it
@@ -268,7 +269,7 @@ def main(argv=None) -> int:
         with VhostUserServer(f"{sock_dir}/echo.sock", EchoDevice.factory()) as srv:
             bench_echo(report, srv.socket_path, args.quick)
         try:
-            bench_gpu(report, sock_dir, args.quick)
+            bench_gpu(report, sock_dir, args.quick, args.backend)
         except Exception as exc:  # the device or hypervisor is missing or broken: say so
             report.notes.append(f"virtio-gpu-pxos device not measured: {type(exc).__name__}: {exc}")
     finally:

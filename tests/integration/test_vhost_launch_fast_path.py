@@ -13,7 +13,7 @@ import pytest
 
 from hypervisor import Hypervisor
 from tests.integration.test_vhost_device import F32, Guest
-from tests.integration.test_vhost_device_lifecycle import slow_kernel
+from tests.integration.test_vhost_device_lifecycle import slow_kernel, wait_until
 from tests.support.drm_guest import DrmGuest
 from tests.support.vhost_frontend import VhostUserFrontend
 from virtio_backend.gpu import guest as g
@@ -32,9 +32,19 @@ GPU_END
 """
 
 
+# The fast path on every executor: NumPy (runs in submit), wgpu (lavapipe in CI) and CuPy
+# (asynchronous: the loop thread waits for the short launch's stream).
+BACKENDS = ["numpy", pytest.param("wgpu", marks=pytest.mark.wgpu), pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
 @pytest.fixture
-def hv():
-    hv = Hypervisor(backend="numpy", device_pool_bytes=64 << 20).start()
+def backend():
+    return "numpy"
+
+
+@pytest.fixture
+def hv(backend):
+    hv = Hypervisor(backend=backend, device_pool_bytes=64 << 20).start()
     hv.register_vm(1, 0, 50, memory_quota_bytes=4 << 20)
     yield hv
     hv.stop()
@@ -70,6 +80,7 @@ def _read(guest: Guest, handle: int) -> np.ndarray:
     return np.frombuffer(r["payload"], np.float32)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_short_launch_on_an_idle_device_runs_on_the_loop_thread(hv, transport, fe):
     guest = Guest(fe)
     kid, x, y, launch = _copy_setup(guest)
@@ -150,6 +161,9 @@ def test_the_fast_path_can_be_turned_off(hv, transport, fe):
     assert (dev["launches_submitted_inline_total"], dev["launches_run_inline_total"]) == (0, 0)
     assert hv.dispatcher.ran_here == 0
     transport.set_inline_launch(INLINE_LAUNCH_MAX_S)
+    # The dispatch thread ran the three: wait until it waits for work again (it lets go of
+    # the device token only then), so that the device is idle for the next one.
+    wait_until(lambda: not hv.dispatcher._device.locked())
     guest.ok(launch)
     assert _device(transport)["launches_run_inline_total"] == 1
 

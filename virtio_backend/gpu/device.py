@@ -404,7 +404,7 @@ class GpuDevice(DrmServing):
         # The results of a pass go back together, when the worker has run all of it: one
         # wake of the loop per pass, not a thread ping-pong per command (a guest with one
         # request in flight per thread, the usual driver, sends passes of one).
-        if not batch or self._worker.submit_many([b[0] for b in batch] + [self._post_results]):
+        if not batch or self._worker.submit_many([b[0] for b in batch], then=self._post_results):
             return
         for _, queue, req, hdr, cmd in batch:  # the worker is closed: the VM is being detached
             _release_views(cmd)

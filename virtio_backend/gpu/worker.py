@@ -42,9 +42,11 @@ class DeviceWorker:
         """Queue ``fn``; False (not queued) once the worker is closed."""
         return self.submit_many((fn,))
 
-    def submit_many(self, fns) -> bool:
+    def submit_many(self, fns, then: Callable[[], None] | None = None) -> bool:
         """Queue several callables at once, in order (one wake-up of the worker for a
-        whole kick's commands); False (none queued) once the worker is closed."""
+        whole kick's commands), and ``then`` after them, once they count as run (it posts
+        their results: ``idle()`` must not wait for that); False (none queued) once the
+        worker is closed."""
         fns = tuple(fns)
         with self._lock:
             if self._closed:
@@ -55,20 +57,22 @@ class DeviceWorker:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
             self.jobs_total += len(fns)
-            self._jobs.put(fns)
+            self._jobs.put((fns, then))
         return True
 
     def _run(self) -> None:
         while True:
-            fns = self._jobs.get()
-            if fns is _STOP:
+            item = self._jobs.get()
+            if item is _STOP:
                 return
-            for fn in fns:
+            fns, then = item
+            for fn in (*fns, then) if then is not None else fns:
                 try:
                     fn()
                 except Exception:  # a job reports its own errors; this is a bug in one
                     log.exception("%s: a device job failed", self.name)
-                self.jobs_done += 1
+                if fn is not then:
+                    self.jobs_done += 1
 
     def idle(self) -> bool:
         """Whether every job queued so far has run (no wait; the VM's loop thread asks it
