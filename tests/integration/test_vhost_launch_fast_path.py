@@ -140,7 +140,7 @@ def test_launches_after_one_in_flight_are_queued_behind_it_in_order(hv, transpor
     kid, x, y, launch = _copy_setup(guest)
     started = []
     hv.dispatcher.before_run.append(lambda job: started.append(job.launch_id))
-    heads = [guest.send(launch) for _ in range(4)]
+    heads = [guest.send(launch) for _ in range(4)]  # each kicked: may be served one by one
     got = {}
     while len(got) < 4:
         for u in fe.wait_used(0, 1, timeout=30):
@@ -149,6 +149,26 @@ def test_launches_after_one_in_flight_are_queued_behind_it_in_order(hv, transpor
     ids = [got[h]["launch_id"] for h in heads]
     assert started == sorted(started) and sorted(started) == sorted(ids)
     assert hv.stats(1).launches_total == 4
+
+
+def test_launches_queued_together_are_left_to_the_dispatch_thread(hv, transport, fe):
+    """Several LAUNCHes on the ring at once (a guest that pipelines): submitted from the
+    loop thread, none run there (the dispatch thread pipelines them on a GPU)."""
+    guest = Guest(fe)
+    kid, x, y, launch = _copy_setup(guest)
+    size = g.response_size(T.PXOS_CMD_LAUNCH)
+    heads = [fe.submit(0, out=[launch], in_=[size]) for _ in range(5)]
+    fe.kick(0, force=True)
+    got = {}
+    while len(got) < 5:
+        for u in fe.wait_used(0, 1, timeout=30):
+            got[u.head] = g.parse_response(T.PXOS_CMD_LAUNCH, u.data)
+    assert sorted(got) == sorted(heads) and all(r["status"] == S.PXOS_S_OK for r in got.values())
+    dev = _device(transport)
+    # Submitted from the loop while the pass has loop time left (on a loaded machine the
+    # rest go through the worker); none run there.
+    assert dev["launches_run_inline_total"] == 0 and dev["launches_submitted_inline_total"] >= 1
+    assert hv.dispatcher.ran_here == 0 and hv.stats(1).launches_total == 5
 
 
 def test_the_fast_path_can_be_turned_off(hv, transport, fe):

@@ -24,8 +24,9 @@ chain. A kick drains at most ``KICK_BUDGET`` chains, then the device yields to t
 
 LAUNCH on the loop thread, the serial fast path (issue 14; docs/protocol.md): a LAUNCH
 with nothing of the VM's ahead of it on the worker is submitted to the hypervisor from
-the loop thread (no hop through the worker). If the device is idle, the VM has no launch
-in flight and the launch's estimate is at most ``INLINE_LAUNCH_MAX_S``, it also runs
+the loop thread (no hop through the worker). If the device is idle, the caller is serial
+(no launch of the VM's in flight, no more chains on the ring) and the launch's estimate is
+at most ``INLINE_LAUNCH_MAX_S``, it also runs
 there (``Hypervisor.launch(run_here=True, run_here_max_s=...)``) and its chain is
 completed in the same pass: no thread hand-off at all. A pass spends at most
 ``INLINE_PASS_BUDGET_S`` of loop time on LAUNCHes; a longer launch, or one on a busy
@@ -358,12 +359,17 @@ class GpuDevice(DrmServing):
 
     def _launch_here(self, queue, req, hdr: c.Header, cmd: c.LaunchCmd) -> None:
         """Submit a LAUNCH from the loop thread; run it here too when the device is idle,
-        the VM has no launch in flight (its earlier ones come first) and the estimate is
-        within the bound. Its response then goes out in this pass; otherwise it is held as
-        a worker-submitted launch is. The retirement check above (``_serve_pxos``) is exact:
+        the caller is serial (the VM has no launch in flight, no more chains wait on the
+        ring) and the estimate is within the bound. Its response then goes out in this
+        pass; otherwise it is held as a worker-submitted launch is. The retirement check above (``_serve_pxos``) is exact:
         ``retire`` sets the message, then waits for this loop to finish its pass."""
         t0 = time.perf_counter()
-        max_s = self.inline_launch_max_s if self.stats.launches_inflight == 0 else None
+        # Run here only for a serial caller: no launch of the VM's in flight (its earlier
+        # ones come first) and nothing more on the ring (a guest that queues several
+        # launches at once gets them pipelined by the dispatch thread, which on a GPU
+        # submits the next before the current one ends; run here, each would wait).
+        serial = self.stats.launches_inflight == 0 and queue.pending() == 0
+        max_s = self.inline_launch_max_s if serial else None
         try:
             result = self.control.launch_here(cmd, max_s)
         except Exception as exc:  # a host bug under the handler
