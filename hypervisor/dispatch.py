@@ -243,7 +243,10 @@ class Dispatcher(Preemption):
         steps = job.steps
         lead = min(PIPELINE_LEAD_S, max(0.5 * self.time_slice_s, STEPS_LEAD_MIN_S))
         while not self._stopping:
-            left = steps.remaining_s()
+            try:
+                left = steps.remaining_s()
+            except Exception:  # a chunk failed on the device: _complete reports it
+                return
             if HOLD_FRACTION * left - lead <= 0:
                 return
             self._wake.wait(HOLD_POLL_S)
@@ -393,7 +396,10 @@ class Dispatcher(Preemption):
                 timing = self._run_steps(job)
             except Exception as exc:  # an error the device found: the steps that ran are charged
                 job.error = job.error or self._launch_error(job, exc)
-                timing = job.steps.timing()
+                try:
+                    timing = job.steps.timing()
+                except Exception:  # the device itself failed (lost): what was measured
+                    timing = RunTiming(job.steps.device_s, 0.0)
             if job.completed:
                 return  # finished and completed while it was parked (_finish_parked)
             self._last_complete = time.perf_counter()

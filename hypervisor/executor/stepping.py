@@ -248,9 +248,10 @@ class DeviceSteps(Steps):
         self.chunks += 1
 
     def _retire(self) -> None:
-        chunk = self.queue.popleft()
+        chunk = self.queue[0]
+        seconds = chunk.wait()  # (raises if the device failed: the chunk stays, the error is seen again)
+        self.queue.popleft()
         self._queued_s -= chunk.est_s
-        seconds = chunk.wait()
         self._head_since = time.perf_counter()
         self.device_s += seconds
         self.model.observe_chunk(chunk.est, seconds)

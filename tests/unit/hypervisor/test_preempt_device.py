@@ -285,3 +285,26 @@ def test_wgpu_steps_launches_unless_gpu_stepping_is_off(setting):
     finally:
         hv.stop()
     assert (seen[0].steps is not None) == (setting == "auto")
+
+
+@pytest.mark.wgpu
+def test_a_device_failure_in_a_stepped_launch_fails_it_and_the_dispatcher_goes_on(monkeypatch):
+    from hypervisor.executor import wgpu_backend
+
+    hv = Hypervisor(backend="wgpu").start()
+    try:
+        hv.register_vm(1, 64, 50, default_class="BATCH")
+        k1, h1, _ = _install(hv, 1, LONG, 1)
+        wait = wgpu_backend._SegmentChunk.wait
+
+        def lost(self):
+            raise RuntimeError("device lost (injected)")
+
+        monkeypatch.setattr(wgpu_backend._SegmentChunk, "wait", lost)
+        res = hv.launch(1, k1, h1).wait(WAIT_S)
+        assert not res.ok and "device lost" in str(res.error), res
+        monkeypatch.setattr(wgpu_backend._SegmentChunk, "wait", wait)
+        assert hv.dispatcher.alive()
+        assert hv.launch(1, k1, h1).wait(WAIT_S).ok
+    finally:
+        hv.stop()
