@@ -461,7 +461,8 @@ class Hypervisor:
         ``run_here_max_s`` bounds that: only a launch estimated at most this long runs
         here, and nothing else with it (a transport's thread that must stay responsive:
         docs/scheduling.md, "Serial fast path")."""
-        if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 100):
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                     or not 0 <= priority <= 100):
             raise E.InvalidArgument(f"priority must be an integer 0..100, got {priority!r}")
         hint = class_of(class_hint)
         with self._lock:
@@ -473,20 +474,16 @@ class Hypervisor:
                                                lambda h: self._lookup(vm_id, session, h))
             if vm.inflight >= MAX_INFLIGHT_PER_VM:
                 raise E.Busy(f"VM {vm_id} has {vm.inflight} launches in flight, the limit; wait for one")
-            temp = plan.temp_bytes
-            self.memory.admit_launch(vm_id, temp, plan.unique_bytes)
-            cost = plan.cost
+            temp, cost = plan.temp_bytes, plan.cost
             prio = priority if priority is not None else plan.priority
             wclass, est = self.classifier.classify(vm_id, hint=hint if hint is not None else plan.hint,
                                                    priority=prio, cost=cost, default=vm.default_class)
+            self.memory.queue_launch(vm_id, temp, plan.unique_bytes, buffers.values())  # admitted, pinned
             launch_id = next(self._launch_ids)
             completion = Completion(launch_id, vm_id, session)
             now = self.clock()
             job = Job(launch_id, vm_id, session, vm.generation, bound, buffers, plan.scalars, temp,
-                      completion, wclass, now, est_seconds=est, cost=cost)
-            pin = self.memory.pin
-            for buf, writes in buffers.values():
-                pin(buf, writes)
+                      completion, wclass, now, est_seconds=est, cost=cost, distinct=plan.distinct)
             ticket = Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est, now, job)
             if vm.held is not None:  # the VM is moving to another device: it runs there (devices.py)
                 vm.held.append(ticket)

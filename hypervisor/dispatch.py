@@ -32,7 +32,7 @@ from .executor import Pending, RunTiming, Steps
 from .preemption import DEFAULT_TIME_SLICE_S, SHORT_SLICES, Preemption
 from .records import KERNEL_MIX_MAX
 from .residency import LaunchResidency, NotReady
-from .types import Completion, LaunchResult, Scalar
+from .types import Completion, LaunchResult, Scalar, launch_result
 
 if TYPE_CHECKING:
     from .core import Hypervisor
@@ -69,6 +69,10 @@ UNSTEPPED_MAX_S = 0.0001
 WRITEBACK_PER_LAUNCH = 64 << 20
 
 
+_NO_TIMING = RunTiming(0.0, 0.0)
+CLASS_NAMES = {c: c.name for c in WorkloadClass}  # (an enum's .name is a property: slow per launch)
+
+
 @dataclass(slots=True)
 class Job:
     launch_id: int
@@ -97,9 +101,10 @@ class Job:
     yields: int = 0  # times it gave the device to a more urgent launch
     no_yield: bool = False  # finish without yielding again
     completed: bool = False
+    distinct: bool = False  # no buffer bound to two params (its launch plan says)
 
     def unique_buffers(self) -> list[Buffer]:
-        if len(self.buffers) == 1:
+        if self.distinct:
             return [b for b, _ in self.buffers.values()]
         return list({b.handle: b for b, _ in self.buffers.values()}.values())
 
@@ -304,11 +309,14 @@ class Dispatcher(Preemption):
                             raise NotReady("its VM's previous launch still holds its temporaries") from None
                         raise
                     moving = mem.overcommit_active()
-                    ahead = [t.payload for t in hv.scheduler.lookahead(hv.prefetch.depth)] if moving else []
-                    ahead_lists = [a.unique_buffers() for a in ahead]
-                    ahead_sets = [{b.handle for b in a} for a in ahead_lists]
+                    if moving:
+                        ahead = [t.payload for t in hv.scheduler.lookahead(hv.prefetch.depth)]
+                        ahead_lists = [a.unique_buffers() for a in ahead]
+                        ahead_sets = [{b.handle for b in a} for a in ahead_lists]
+                    else:
+                        ahead_lists = ahead_sets = []
                     mem.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets, job.residency)
-                    mem.reserve_temps(job.vm_id, job.temp_bytes, job.launch_id)
+                    mem.reserve_temps(job.vm_id, job.temp_bytes, job.launch_id, checked=True)
                 except NotReady as exc:
                     retry_now = self._inflight is not None  # it may hold memory this launch needs
                     now = time.monotonic()
@@ -390,7 +398,7 @@ class Dispatcher(Preemption):
 
     def _complete(self, job: Job) -> None:
         hv = self.hv
-        timing = RunTiming(0.0, 0.0)
+        timing = _NO_TIMING
         if job.steps is not None:
             try:
                 timing = self._run_steps(job)
@@ -412,67 +420,69 @@ class Dispatcher(Preemption):
         error = job.error
         ended = hv.clock()
         device_s, stall_s = timing.device_s, timing.stall_s
+        vm_id, started, bound = job.vm_id, job.started, job.bound
+        wname = CLASS_NAMES[job.wclass]
+        total_ns = int((ended - job.enqueued_at) * 1e9)
+        queue_ns = int((started - job.enqueued_at) * 1e9)
         with hv._lock:
             if self.running is job:
                 self.running = None
             mem = hv.memory
-            mem.end_launch(job.buffers.values(), job.launch_id, job.temp_bytes)
-            hv.scheduler.charge(job.vm_id, device_s, started=job.started, ended=ended)
+            mem.end_launch(job.buffers.values(), job.launch_id, job.temp_bytes, job.distinct)
+            hv.scheduler.charge(vm_id, device_s, started=started, ended=ended)
             gap = None
             if job.prev_vm is not None:
-                gap = timing.gap_s if timing.gap_s is not None else max(job.started - self._last_end, 0.0) + stall_s
+                gap = timing.gap_s if timing.gap_s is not None else max(started - self._last_end, 0.0) + stall_s
                 if job.switch_from is None:
                     self.same_vm_gaps.append(gap)
                     gap = None
                 else:
                     self.switches += 1
                     self.switch_gaps.append(gap)
-                    if job.vm_id in hv._vms:
-                        hv._vms[job.vm_id].switches_in += 1
+                    if vm_id in hv._vms:
+                        hv._vms[vm_id].switches_in += 1
             self._last_end = ended
             self.busy_seconds += device_s
             self.stall_seconds += stall_s
             self.launches += 1
             res = job.residency
-            if res is not None and (res.hit_bytes or res.miss_bytes or stall_s):  # else it learns nothing
-                hv.prefetch.observe(res.hit_bytes, res.miss_bytes, stall_s, device_s, mem.wasted_prefetches,
-                                    job.covered)
-            total_ns = int((ended - job.enqueued_at) * 1e9)
-            result = LaunchResult(
-                job.launch_id, job.vm_id, "PXOS_S_OK" if error is None else error.status, error,
-                int(device_s * 1e9), int((job.started - job.enqueued_at) * 1e9), total_ns,
-                job.wclass.name, job.bound.kernel.name)
+            if res is not None:
+                if res.hit_bytes or res.miss_bytes or stall_s:  # else the prefetcher learns nothing
+                    hv.prefetch.observe(res.hit_bytes, res.miss_bytes, stall_s, device_s, mem.wasted_prefetches,
+                                        job.covered)
+                acct = mem._vms.get(vm_id)
+                if acct is not None:
+                    acct.stall_seconds += stall_s
+                    if res.miss_bytes:
+                        acct.prefetch_misses += 1
+                    else:
+                        acct.prefetch_hits += 1
+            result = launch_result(job.launch_id, vm_id, "PXOS_S_OK" if error is None else error.status, error,
+                                   int(device_s * 1e9), queue_ns, total_ns, wname, bound.kernel.name)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("launch %d of VM %d (%s, %s): %s, device %.3f ms, queued %.3f ms", job.launch_id,
-                          job.vm_id, job.bound.kernel.name, job.wclass.name, result.status, device_s * 1e3,
-                          result.queue_ns / 1e6)
-            acct = mem._vms.get(job.vm_id)
-            if acct is not None and res is not None:
-                acct.stall_seconds += stall_s
-                if res.miss_bytes:
-                    acct.prefetch_misses += 1
-                else:
-                    acct.prefetch_hits += 1
-            vm = hv._vms.get(job.vm_id)
+                          vm_id, bound.kernel.name, wname, result.status, device_s * 1e3, queue_ns / 1e6)
+            vm = hv._vms.get(vm_id)
             if vm is not None:
                 vm.inflight -= 1
                 vm.device_seconds += device_s
                 vm.launches_total += 1
-                vm.by_class[job.wclass.name] = vm.by_class.get(job.wclass.name, 0) + 1
+                by_class = vm.by_class
+                by_class[wname] = by_class.get(wname, 0) + 1
                 if error is None:
                     vm.latencies_ns.append(total_ns)
-                    vm.queue_waits_ns.append(result.queue_ns)
-                    c = job.bound.cost
+                    vm.queue_waits_ns.append(queue_ns)
+                    c = bound.cost
                     vm.flops_total += c.flops
                     vm.bytes_total += c.bytes_read + c.bytes_written
-                    mix, k = vm.kernel_mix, job.bound.kernel
+                    mix, k = vm.kernel_mix, bound.kernel
                     if k in mix or len(mix) < KERNEL_MIX_MAX:
                         mix[k] = mix.get(k, 0) + 1
                     cost = job.cost or LaunchCost(c.flops, c.bytes_read, c.bytes_written, job.temp_bytes)
-                    hv.classifier.observe(job.vm_id, cost, device_s)
+                    hv.classifier.observe(vm_id, cost, device_s)
                 else:
                     vm.launches_failed += 1
         job.completed = True
         if gap is not None and hv._subscribers:
-            hv._emit("vm_switch", job.vm_id, from_vm=job.switch_from, gap_seconds=gap)
+            hv._emit("vm_switch", vm_id, from_vm=job.switch_from, gap_seconds=gap)
         self._deliver(job.completion, result)

@@ -43,6 +43,7 @@ class LaunchPlan:
     bound_ref: weakref.ref  # -> BoundKernel (None once the bind cache let it go)
     buffers: tuple[tuple[str, int, TensorSpec, bool], ...]  # (param, handle, spec, written?)
     unique: tuple[str, ...]  # params whose handle comes first: one per distinct buffer
+    distinct: bool  # no buffer bound to two params
     scalars: dict[str, Scalar]  # checked, their dtype resolved (read only)
     temp_bytes: int
     unique_bytes: int  # bytes of the distinct buffers
@@ -112,7 +113,7 @@ def build_plan(record: KernelRecord, bindings: Mapping[str, int | Scalar],
     plan = LaunchPlan(
         bound_ref=weakref.ref(bound),
         buffers=tuple((n, bindings[n], specs[n], w) for n, (_, w) in buffers.items()),
-        unique=unique, scalars=scalars, temp_bytes=temp,
+        unique=unique, distinct=len(unique) == len(buffers), scalars=scalars, temp_bytes=temp,
         unique_bytes=sum(buffers[n][0].nbytes for n in unique),
         cost=LaunchCost(c.flops, c.bytes_read, c.bytes_written, temp),
         hint=class_of(kernel.class_hint.value if kernel.class_hint else None),

@@ -333,16 +333,24 @@ class MemoryManager(Placement):
         self.touch(buf)
         self.maybe_drop(buf)
 
-    def end_launch(self, buffers: Iterable[tuple[Buffer, bool]], launch_id: int, temps: int) -> None:
+    def end_launch(self, buffers: Iterable[tuple[Buffer, bool]], launch_id: int, temps: int,
+                   distinct: bool = False) -> None:
         """A started launch is over: finish_launch, release_temps, retire_launch and unpin
-        of each of its buffers, in that order, in one call (the dispatcher's hot path)."""
-        seen: set[int] = set()
-        for b, writes in buffers:
-            if b.handle not in seen:
-                seen.add(b.handle)
+        of each of its buffers, in that order, in one call (the dispatcher's hot path).
+        ``distinct``: no buffer is bound twice (the launch plan knows)."""
+        if distinct:
+            for b, writes in buffers:
                 b.active -= 1
-            if writes:
-                b.dirty = b.host is not None
+                if writes:
+                    b.dirty = b.host is not None
+        else:
+            seen: set[int] = set()
+            for b, writes in buffers:
+                if b.handle not in seen:
+                    seen.add(b.handle)
+                    b.active -= 1
+                if writes:
+                    b.dirty = b.host is not None
         self.release_temps(launch_id)
         self.retire_launch(temps)
         clock = self._clock
@@ -495,6 +503,16 @@ class MemoryManager(Placement):
                 f"of buffers committed in {self.capacity} bytes of device pool and host budget")
         self._queued_temps[temps] += 1
 
+    def queue_launch(self, vm_id: int, temps: int, buffers_bytes: int, buffers) -> None:
+        """admit_launch, then pin each of the launch's (buffer, written?) pairs: a launch
+        is queued (Hypervisor.launch)."""
+        self.admit_launch(vm_id, temps, buffers_bytes)
+        for buf, writes in buffers:
+            if writes:
+                buf.writers += 1
+            else:
+                buf.readers += 1
+
     def retire_launch(self, temps: int) -> None:
         self._queued_temps[temps] -= 1
         if not self._queued_temps[temps]:
@@ -505,10 +523,14 @@ class MemoryManager(Placement):
         if vm.used + nbytes > vm.launch_quota:
             raise QuotaExceeded(vm_id, vm.launch_quota, vm.used, nbytes, what="launch temporaries")
 
-    def reserve_temps(self, vm_id: int, nbytes: int, launch_id: int) -> None:
+    def reserve_temps(self, vm_id: int, nbytes: int, launch_id: int, *, checked: bool = False) -> None:
         """The launch starts: its temporaries count against its VM and the pool (room was
-        made by prepare_launch) until release_temps(launch_id)."""
-        self.check_temps(vm_id, nbytes)
+        made by prepare_launch) until release_temps(launch_id). ``checked``: check_temps
+        passed under this same hold of the lock (the dispatcher's _prepare)."""
+        if not checked:
+            self.check_temps(vm_id, nbytes)
+        if nbytes == 0:
+            return  # nothing to count or to give back (release_temps finds none)
         vm = self._vm(vm_id)
         if launch_id in self._launch_temps:
             raise AlreadyExists(f"launch {launch_id} already holds temporaries")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .memory import Buffer
 
 
-@dataclass
+@dataclass(slots=True)
 class LaunchResidency:
     """What prepare_launch did for one launch: the copies it must wait for, and the bytes
     that were already coming because of a prefetch (hits) or had to be fetched (misses)."""

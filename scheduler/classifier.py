@@ -47,6 +47,9 @@ URGENT_PRIORITY = 75
 RELAXED_PRIORITY = 25
 
 
+_LOG_CLAMP = math.log(RATIO_SAMPLE_CLAMP)
+
+
 @dataclass(slots=True)
 class _History:
     log_ratio: float  # EMA of log(measured / modelled seconds)
@@ -140,8 +143,9 @@ class Classifier:
         h = self._vms.get(vm_id)
         if h is None:
             h = self._vms[vm_id] = _History(log_ratio=self._global_log_ratio, at=now)
-        limit = math.log(RATIO_SAMPLE_CLAMP)
-        sample = math.log(max(device_seconds, 1e-12) / self.model_seconds(cost))
+        limit = _LOG_CLAMP
+        model = self._overhead + max(cost.flops / self._flops, (cost.bytes_read + cost.bytes_written) / self._bw)
+        sample = math.log(max(device_seconds, 1e-12) / model)  # the log of measured / model_seconds(cost)
         h.log_ratio += RATIO_ALPHA * (min(max(sample - h.log_ratio, -limit), limit))
         h.samples += 1
         self._global_log_ratio += RATIO_ALPHA * (min(max(sample - self._global_log_ratio, -limit), limit))

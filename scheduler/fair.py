@@ -150,9 +150,11 @@ class FairScheduler:
 
     def submit(self, ticket: Ticket) -> None:
         """Queue a launch behind the VM's earlier ones (launches of a VM run in order)."""
-        if not isinstance(ticket, Ticket):
+        if type(ticket) is not Ticket and not isinstance(ticket, Ticket):
             raise InvalidTicket(f"submit takes a Ticket, got {type(ticket).__name__}")
-        vm = self._vm(ticket.vm_id)
+        vm = self._vms.get(ticket.vm_id)
+        if vm is None:
+            vm = self._vm(ticket.vm_id)  # raises UnknownVM
         if vm.last_launch_id is not None and ticket.launch_id <= vm.last_launch_id:
             raise InvalidTicket(f"VM {vm.vm_id}: launch id {ticket.launch_id} does not follow "
                                 f"{vm.last_launch_id} (ids increase within a VM)")
@@ -180,15 +182,19 @@ class FairScheduler:
 
     def charge(self, vm_id: int, device_seconds: float, *, started: float, ended: float) -> None:
         """Account the measured device time of a VM's oldest picked, uncharged launch."""
-        if not _finite(device_seconds) or device_seconds < 0:
-            raise InvalidCharge(f"device_seconds must be finite and >= 0, got {device_seconds!r}")
-        if not _finite(started) or not _finite(ended) or ended < started:
-            raise InvalidCharge(f"a launch must end after it starts (started={started!r}, ended={ended!r})")
+        if not (type(device_seconds) is float and 0.0 <= device_seconds < math.inf and type(started) is float
+                and type(ended) is float and started <= ended and -math.inf < started and ended < math.inf):
+            # Not plain finite floats in order (the dispatcher's always are): check, saying what is wrong.
+            if not _finite(device_seconds) or device_seconds < 0:
+                raise InvalidCharge(f"device_seconds must be finite and >= 0, got {device_seconds!r}")
+            if not _finite(started) or not _finite(ended) or ended < started:
+                raise InvalidCharge(f"a launch must end after it starts (started={started!r}, ended={ended!r})")
+            device_seconds, ended = float(device_seconds), float(ended)
         vm = self._vms.get(vm_id)
         if vm is None:
             return  # removed while its launch was in flight
-        self._engine.charge(vm, float(device_seconds), float(ended), self._clock())
-        self._busy.add(float(ended), float(device_seconds), vm)
+        self._engine.charge(vm, device_seconds, ended, self._clock())
+        self._busy.add(ended, device_seconds, vm)
         if self._last_charged is not None and self._last_charged[0] != vm_id:
             gap = max(0.0, started - self._last_charged[1])
             self._switches += 1

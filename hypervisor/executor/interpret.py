@@ -57,6 +57,7 @@ class _Plan:
     index: dict[int, int]  # id(OpStmt) -> its position in source order
     last_read: dict[str, int]  # name -> the last position that reads it (see live_after)
     prechecks: tuple[tuple[OpStmt, str], ...]  # a start or GATHER id that is a scalar param
+    program: tuple | None = None  # the kernel as closures (compile_program), where it can be
 
     def live_after(self, name: str, index: int) -> bool:
         """True when ``name`` may be read after the statement at ``index`` has run."""
@@ -104,7 +105,131 @@ def _build_plan(bound: BoundKernel) -> _Plan:
                 prechecks.append((st, st.args[1].name))
 
     walk(kernel.ast.body, None)
-    return _Plan(index, last_read, tuple(prechecks))
+    return _Plan(index, last_read, tuple(prechecks), compile_program(bound))
+
+
+# ---- compiled programs (issue 14, the lean launch path) ------------------------------------
+# A kernel made only of ops whose results are new arrays (the elementwise ops, the
+# reductions, SOFTMAX: no views, no runtime indices, nothing to check while it runs) needs
+# none of the interpreter's aliasing bookkeeping: every value is fresh, so a store is a copy
+# into a param or a new binding of a local. Such a kernel is compiled once per bound kernel
+# into closures that compute exactly what Interpreter._eval and _store would (the same
+# array_ops functions in the same order, the same dtype rule), without the per-statement
+# dispatch; run_bound() runs them. Any other kernel takes the interpreter.
+
+_COMPILED_OPS = frozenset(ops.BINARY) | frozenset(ops.UNARY) | frozenset(ops.REDUCE) | {"SOFTMAX"}
+
+
+def compile_program(bound: BoundKernel) -> tuple | None:
+    """The kernel as a tuple of closures f(xp, env), or None where it has an op outside
+    _COMPILED_OPS (or anything else the closures do not cover)."""
+    params = {p.name for p in bound.kernel.params}
+
+    def block(stmts) -> tuple | None:
+        out = []
+        for st in stmts:
+            if isinstance(st, Repeat):
+                body = block(st.body)
+                if body is None:
+                    return None
+                out.append(_repeat(st.count, body))
+                continue
+            if st.op not in _COMPILED_OPS:
+                return None
+            f = _compiled_stmt(st, params, bound.shapes)
+            if f is None:
+                return None
+            out.append(f)
+        return tuple(out)
+
+    return block(bound.kernel.ast.body)
+
+
+def _repeat(count: int, body: tuple):
+    def run(xp, env):
+        for _ in range(count):
+            for f in body:
+                f(xp, env)
+    return run
+
+
+def _compiled_value(st: OpStmt):
+    """f(xp, env) -> the statement's value, as Interpreter._eval computes it; None if not covered."""
+    op, args = st.op, st.args
+    if op in ops.BINARY:
+        fn = ops.BINARY[op]
+        a, b = args
+        if isinstance(a, Name) and isinstance(b, Name):
+            na, nb = a.name, b.name
+            return lambda xp, env: fn(xp, env[na], env[nb])
+        if isinstance(a, Name) and isinstance(b, Number):  # a literal takes the tensor's dtype
+            na, vb = a.name, b.value
+
+            def left(xp, env):
+                x = env[na]
+                return fn(xp, x, x.dtype.type(vb))
+            return left
+        if isinstance(a, Number) and isinstance(b, Name):
+            va, nb = a.value, b.name
+
+            def right(xp, env):
+                x = env[nb]
+                return fn(xp, x.dtype.type(va), x)
+            return right
+        return None
+    if not args or not isinstance(args[0], Name):
+        return None
+    n = args[0].name
+    if op in ops.UNARY:
+        fn = ops.UNARY[op]
+        return lambda xp, env: fn(xp, env[n])
+    if op in ops.REDUCE:
+        fn, axis = ops.REDUCE[op], st.axis
+        return lambda xp, env: fn(xp, env[n], axis)
+    if op == "SOFTMAX":
+        axis = -1 if st.axis is None else st.axis
+        return lambda xp, env: ops.softmax(xp, env[n], axis)
+    return None
+
+
+def _compiled_stmt(st: OpStmt, params: set[str], shapes):
+    value = _compiled_value(st)
+    if value is None:
+        return None
+    dest = st.dest.name
+    try:
+        dtype = np.dtype(shapes[dest].dtype.value)  # compares as the name does, without parsing it
+    except TypeError:
+        dtype = shapes[dest].dtype.value
+    if dest in params:  # an out/inout param: written in place (nothing views it here)
+        def store_param(xp, env):
+            v = value(xp, env)
+            if v.dtype != dtype:
+                v = v.astype(dtype)
+            xp.copyto(env[dest], v)
+        return store_param
+
+    def store_local(xp, env):
+        v = value(xp, env)
+        if v.dtype != dtype:
+            v = v.astype(dtype)
+        env[dest] = v
+    return store_local
+
+
+def run_bound(xp, bound: BoundKernel, env: MutableMapping[str, Any], *, consts: dict | None = None) -> None:
+    """``Interpreter(xp, bound, env, consts=consts).run()``: through the kernel's compiled
+    closures where it has them (same results, same errors: such kernels raise none of their
+    own), else through the interpreter."""
+    program = _plan(bound).program
+    if program is None:
+        Interpreter(xp, bound, env, consts=consts).run()
+        return
+    for name, v in env.items():
+        if type(v) is HostScalar:
+            env[name] = v.array
+    for f in program:
+        f(xp, env)
 
 
 class Interpreter:

@@ -33,7 +33,7 @@ from .base import (
     copy_chunks_in,
     copy_chunks_out,
 )
-from .interpret import Interpreter
+from .interpret import Interpreter, run_bound
 from .tiling import CostModel, Tiler
 
 
@@ -115,7 +115,7 @@ class NumpyExecutor(Executor):
         t0 = time.thread_time()
         try:
             with np.errstate(all="ignore"):  # inf/nan follow IEEE, as on the GPU; no warnings
-                Interpreter(np, bound, env, consts=self._consts).run()
+                run_bound(np, bound, env, consts=self._consts)
         finally:
             self._last_end = time.perf_counter()
         return DonePending(RunTiming(time.thread_time() - t0, stall, None if gap is None else gap + stall))

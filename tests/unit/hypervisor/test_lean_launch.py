@@ -197,3 +197,78 @@ def test_short_launches_run_whole_and_long_ones_in_steps(hv):
     hv.dispatcher.time_slice_s = 1e-9  # a slice shorter than any launch: every launch steps
     assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
     assert seen[-1].steps is not None
+
+
+def test_a_bool_priority_is_refused_and_leaves_nothing_behind(hv):
+    (k,) = hv.compile(1, ADD)
+    h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
+    with pytest.raises(E.InvalidArgument, match="priority"):
+        hv.launch(1, k.kernel_id, h, priority=True)
+    assert all(hv.memory.lookup(1, 0, x).readers == hv.memory.lookup(1, 0, x).writers == 0 for x in h.values())
+    assert hv.stats(1).inflight == 0 and hv.launch(1, k.kernel_id, h, priority=90).wait(WAIT_S).ok
+
+
+COMPILED = """GPU_KERNEL mix
+GPU_PARAM x float[8, 16]
+GPU_PARAM w float[16, 16]
+GPU_PARAM acc float[8, 16]
+GPU_PARAM rows float[8]
+GPU_PARAM p float[8, 16]
+GPU_PARAM s float
+GPU_THREAD_CODE:
+    REPEAT 3:
+        LINEAR x w -> h
+        MUL h 0.5 -> h
+        SUB 1.0 h -> g
+        ADD acc g -> acc
+        REPEAT 2:
+            TANH acc -> acc
+        END_REPEAT
+    END_REPEAT
+    MUL acc s -> acc
+    SOFTMAX acc -> p
+    REDUCE_SUM p axis=1 -> rows
+GPU_END
+"""
+
+
+def _specs_and_data(source):
+    import primitive_lang
+
+    ck = primitive_lang.compile_source(source).kernels[0]
+    specs = ck.declared_specs()
+    rng = np.random.default_rng(1)
+    data = {n: rng.standard_normal(sp.shape).astype(sp.dtype.value) for n, sp in specs.items()}
+    return ck.bind(specs), data
+
+
+def test_a_compiled_program_is_bit_identical_to_the_interpreter():
+    from hypervisor.executor.base import HostScalar
+    from hypervisor.executor.interpret import Interpreter, _plan, run_bound
+
+    bound, data = _specs_and_data(COMPILED)
+    assert _plan(bound).program is not None
+    envs = []
+    for run in (lambda env: Interpreter(np, bound, env).run(), lambda env: run_bound(np, bound, env)):
+        env = {n: x.copy() for n, x in data.items()}
+        env["s"] = HostScalar(0.75, np.asarray(0.75, np.float32))
+        run(env)
+        envs.append(env)
+    for name in ("acc", "p", "rows", "x", "w"):
+        assert envs[0][name].tobytes() == envs[1][name].tobytes(), name
+
+
+def test_kernels_with_views_or_runtime_indices_are_not_compiled():
+    from hypervisor.executor.interpret import _plan
+
+    for body in ("    RESHAPE a shape=[4, 4] -> t\n    COPY t -> b\n", "    SLICE a axis=0 start=2 size=4 -> b\n"):
+        src = f"GPU_KERNEL k\nGPU_PARAM a float[16]\nGPU_PARAM b float[]\nGPU_THREAD_CODE:\n{body}GPU_END\n"
+        import primitive_lang
+
+        ck = primitive_lang.compile_source(src).kernels[0]
+        from primitive_lang import TensorSpec
+        from primitive_lang.ast import DType
+
+        out = (4, 4) if "RESHAPE" in body else (4,)
+        bound = ck.bind({"a": TensorSpec(DType.FLOAT32, (16,)), "b": TensorSpec(DType.FLOAT32, out)})
+        assert _plan(bound).program is None
