@@ -13,12 +13,14 @@ hypervisor to completion, from the LAUNCH response): the backend's own share. Th
 tool, QEMU's TCG vCPU and interrupt delivery, and the vhost-user transport (eventfds,
 ring walking, decode/encode in the daemon); get_info bounds the transport part.
 
-Two daemons in one run (issue 14): first with the LAUNCH fast path off
+Both paths in one run (issue 14): daemons with the LAUNCH fast path off
 (PXOS_INLINE_LAUNCH_US=0: every LAUNCH handed to the VM's worker, then to the dispatch
-thread, its completion handed back to the loop), then on (a short LAUNCH on an idle device
-runs on the VM's loop thread): the ``*_handoff`` figures are the baseline of the same run.
-``--fast-only`` skips the baseline. Run: python -m bench.bench_guest_roundtrip [--json]
-[--quick] [--accel kvm|tcg|auto] [--fast-only]
+thread, its completion handed back to the loop) and on (a short LAUNCH on an idle device
+runs on the VM's loop thread), ``--rounds`` guest runs each in A B B A order (the load of a
+shared machine drifts between runs), each figure the median over the runs of a mode: the
+``*_handoff`` figures are the baseline of the same command. ``--fast-only`` skips the
+baseline. Run: python -m bench.bench_guest_roundtrip [--json] [--quick] [--accel
+kvm|tcg|auto] [--rounds N] [--fast-only]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import Report, parser
+from bench.common import Report, median, parser
 from qemu import artefacts
 from qemu.cmdline import choose_accel
 from qemu.guest import Guest
@@ -78,28 +80,38 @@ def _run(art, accel: str, iters: int, inline_us: str | None):
     return rows, result, t_first
 
 
+def _merge(runs: list[dict]) -> dict:
+    """Each bench's figures, the median over the runs (a run's figure is its median)."""
+    return {name: {k: median([r[name][k] for r in runs]) for k, v in runs[0][name].items()
+                   if isinstance(v, (int, float))} for name in runs[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--accel", default="auto", help="kvm, tcg or auto")
-    p.add_argument("--fast-only", action="store_true", help="skip the baseline run (fast path off)")
+    p.add_argument("--fast-only", action="store_true", help="skip the baseline runs (fast path off)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="guest runs per mode, in A B B A order (the machine's load drifts between runs)")
     args = p.parse_args(argv)
-    iters = 30 if args.quick else 300
+    iters = 30 if args.quick else 500
+    rounds = 1 if args.quick else max(args.rounds, 1)
     accel = choose_accel(args.accel)
     art = artefacts.prepare(log=lambda s: print(f"[artefacts] {s}", file=sys.stderr))
 
-    base = None
-    if not args.fast_only:
-        base = _run(art, accel, iters, "0")
-        if base is None:
-            print("bench_guest_roundtrip: the guest run (fast path off) failed", file=sys.stderr)
-            return 1
-    fast = _run(art, accel, iters, None)
-    if fast is None:
-        print("bench_guest_roundtrip: the guest run failed", file=sys.stderr)
-        return 1
-    rows, result, t_first = fast
+    order = [("fast", None)] if args.fast_only else [("handoff", "0"), ("fast", None)]
+    runs: dict[str, list] = {mode: [] for mode, _ in order}
+    for r in range(rounds):
+        for mode, env in (order if r % 2 == 0 else order[::-1]):
+            out = _run(art, accel, iters, env)
+            if out is None:
+                print(f"bench_guest_roundtrip: the guest run ({mode}) failed", file=sys.stderr)
+                return 1
+            runs[mode].append(out)
+    rows = _merge([o[0] for o in runs["fast"]])
+    _, result, t_first = runs["fast"][0]
+    base = (_merge([o[0] for o in runs["handoff"]]),) if "handoff" in runs else None
 
-    rep = Report(f"guest round trip ({accel}, n={iters} per figure)")
+    rep = Report(f"guest round trip ({accel}, n={iters} per figure, {rounds} run(s) per mode, medians)")
     info = rows["get_info"]
     if base is not None:
         b = base[0]
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.notes.append("get_info is the transport alone (no scheduling, no work): the floor every request pays")
     if base is not None:
         rep.notes.append("*_handoff: the same guest bench against a daemon with the LAUNCH fast path off "
-                         f"({INLINE_LAUNCH_ENV}=0), run first in this command")
+                         f"({INLINE_LAUNCH_ENV}=0); runs of the two modes in A B B A order in this command")
     rep.emit(args.json)
     return 0
 
