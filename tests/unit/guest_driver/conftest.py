@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,14 +14,14 @@ UAPI = GUEST_DRIVER / "include" / "uapi"
 
 @pytest.fixture(scope="session")
 def pxos_guest():
-    """guest_driver/python/pxos_guest.py, imported from its file (it is copied into guests,
-    not installed)."""
-    path = GUEST_DRIVER / "python" / "pxos_guest.py"
-    spec = importlib.util.spec_from_file_location("pxos_guest", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pxos_guest"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """guest_driver/python/pxos_guest.py (it is copied into guests, not installed; the
+    suite's conftest puts its folder on sys.path). One module object for the whole run:
+    a second copy would have its own exception classes, which code holding the first
+    (pxos_serve, pxos_llm) would not catch."""
+    import pxos_guest
+
+    assert Path(pxos_guest.__file__).resolve() == GUEST_DRIVER / "python" / "pxos_guest.py"
+    return pxos_guest
 
 
 @pytest.fixture(scope="session")
