@@ -81,6 +81,8 @@ preempt() {
         ${QUICK:+--quick} --json
     step preempt_cupy_prio "${1:-120}" python3 -m bench.bench_preempt --backend cupy --gpu-stepping on \
         --priority-stream ${QUICK:+--quick} --json
+    # where the urgent launch's queue wait goes (dispatcher methods timed), stepped
+    step preempt_wait_cupy 60 python3 -m bench.preempt_wait --backend cupy --gpu-stepping on
 }
 
 benches() {

@@ -60,6 +60,24 @@ def _timestamp_period(device) -> float:
     return period if period > 0 else 1.0
 
 
+_NOSYNC = [True]  # whether this wgpu-py takes map_async("READ_NOSYNC")
+
+
+def map_read_async(buffer, wgpu):
+    """``buffer.map_async(READ)`` without the extra submission wgpu-py 0.32 makes before a
+    buffer's first read mapping (an empty command buffer: a workaround for data written
+    through a mapping, wgpu-native #305, which never reach our readbacks: they are written
+    by a copy in the submission just made). That submission cost 0.2-1 ms of host time per
+    launch segment and chunk. Through wgpu-py's internal "READ_NOSYNC" mode (wgpu pinned in
+    pyproject); the public call where a version lacks it."""
+    if _NOSYNC[0]:
+        try:
+            return buffer.map_async("READ_NOSYNC")
+        except (KeyError, ValueError, TypeError, AttributeError):
+            _NOSYNC[0] = False
+    return buffer.map_async(wgpu.MapMode.READ)
+
+
 class Runtime:
     """Records dispatches into the current segment (one encoder and compute pass) and
     submits segments in order, on a SharedDevice."""
@@ -124,7 +142,7 @@ class Runtime:
         enc.copy_buffer_to_buffer(buffer, lo, staging, 0, hi - lo)
         with self.queue_lock:
             self.queue.submit([enc.finish()])
-        staging.map_sync(self.wgpu.MapMode.READ)
+        map_read_async(staging, self.wgpu).sync_wait()  # written by the copy just submitted
         try:
             return bytes(staging.read_mapped(0, max(hi - lo, 4)))[offset - lo: offset - lo + nbytes]
         finally:
@@ -265,7 +283,7 @@ class _Segment:
                 rt.queue.write_buffer(buf, 0, bytes(blob))
             self.t_submit = time.perf_counter()
             rt.queue.submit([self.encoder.finish()])
-        self.promise = self.readback.map_async(rt.wgpu.MapMode.READ)
+        self.promise = map_read_async(self.readback, rt.wgpu)
         self.encoder = self.pass_ = None
         if self.query is None:  # host clock: completion observed as it happens, in order
             self.observed = rt.clock_thread().submit(self._observe)
