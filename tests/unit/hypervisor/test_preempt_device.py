@@ -308,3 +308,81 @@ def test_a_device_failure_in_a_stepped_launch_fails_it_and_the_dispatcher_goes_o
         assert hv.launch(1, k1, h1).wait(WAIT_S).ok
     finally:
         hv.stop()
+
+
+@pytest.mark.wgpu
+def test_a_launch_that_needs_the_parked_launchs_memory_finishes_it_first_on_the_device():
+    # As test_preempt's NumPy case, with the parked launch's chunks on the device: VM 2's
+    # urgent launch cannot be made resident beside the parked launch; the dispatcher
+    # finishes the parked one (its chunks issued and waited for, no more yields), then VM 2's.
+    from test_preempt import SQUARE_ADD
+
+    kib = 256 * 1024
+    hv = Hypervisor(backend="wgpu", device_pool_bytes=5 * kib, host_budget_bytes=64 * kib).start()
+    hv.dispatcher.time_slice_s = 1e-9
+    try:
+        hv.register_vm(1, 64, 50, default_class="BATCH")
+        hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
+        k1, h1, data1 = _install(hv, 1, LONG, 1)
+        k2, h2, data2 = _install(hv, 2, SQUARE_ADD, 2)
+        jobs, order = {}, []
+        started, queued = threading.Event(), threading.Event()
+
+        def hook(job):
+            jobs[job.vm_id] = job
+            if job.vm_id == 1 and not started.is_set():
+                started.set()
+                assert queued.wait(WAIT_S)
+
+        hv.dispatcher.before_run.append(hook)
+        first = hv.launch(1, k1, h1)
+        first.add_done_callback(lambda c: order.append(1))
+        assert started.wait(WAIT_S)
+        urgent = hv.launch(2, k2, h2)
+        urgent.add_done_callback(lambda c: order.append(2))
+        queued.set()
+        r1, r2 = first.wait(WAIT_S), urgent.wait(WAIT_S)
+        assert r1.ok and r2.ok, (r1, r2)
+        out1 = np.frombuffer(hv.read(1, h1["c"]), dtype=np.float32).reshape(256, 256)
+        out2 = np.frombuffer(hv.read(2, h2["c"]), dtype=np.float32).reshape(256, 256)
+    finally:
+        hv.stop()
+    assert jobs[1].steps is not None and jobs[1].yields >= 1 and jobs[1].no_yield
+    assert order == [1, 2]
+    assert r1.device_ns == int(jobs[1].steps.device_s * 1e9) > 0
+    ex = make_executor("wgpu")
+    try:
+        bound, _ = _bind(LONG)
+        direct = _load(ex, data1)
+        ex.run(bound, direct)
+        assert np.array_equal(out1, ex.to_host(direct["c"]))
+    finally:
+        ex.close()
+    assert np.array_equal(out2, data2["a"] + data2["b"])
+
+
+@pytest.mark.wgpu
+def test_the_serial_fast_path_runs_a_stepped_launch_on_the_callers_thread():
+    hv = Hypervisor(backend="wgpu").start()
+    hv.dispatcher.time_slice_s = 1e-9
+    try:
+        hv.register_vm(1, 64, 50)
+        k1, h1, data1 = _install(hv, 1, LONG, 1)
+        seen = []
+        hv.dispatcher.before_run.append(lambda job: seen.append((job, threading.get_ident())))
+        res = hv.launch_wait(1, k1, h1, timeout=WAIT_S)
+        assert res.ok, res
+        out = np.frombuffer(hv.read(1, h1["c"]), dtype=np.float32).reshape(256, 256)
+    finally:
+        hv.stop()
+    job, thread = seen[0]
+    assert thread == threading.get_ident() and job.steps is not None and job.steps.chunks >= 12
+    assert res.device_ns == int(job.steps.device_s * 1e9) > 0
+    ex = make_executor("wgpu")
+    try:
+        bound, _ = _bind(LONG)
+        direct = _load(ex, data1)
+        ex.run(bound, direct)
+        assert np.array_equal(out, ex.to_host(direct["c"]))
+    finally:
+        ex.close()
