@@ -12,8 +12,10 @@ figure against a baseline taken in the same run.
 - shares: two saturated VMs 70/30 (BATCH and INTERACTIVE, the same ~2 ms kernel),
   preemption on: the device-time share error (goal <= 0.5 pp), and an independent one
   (each VM's completed launches over both VMs');
-- compiles: VM 1's tiny launches while VM 2 compiles new ~20 KiB sources in a loop,
-  before (GIL switch interval 5 ms, no compile budget) and now (hypervisor/compiling.py);
+- compiles: VM 1's tiny launches while VM 2 compiles new 63 KiB sources in a loop: before
+  (on VM 2's thread, GIL switch interval 5 ms, no budget), inline (pool off: 0.5 ms and the
+  per-VM budget), pool (a compile worker process: the default) and the pool without the
+  budget (hypervisor/compiling.py); ``--only compiles`` runs just this;
 - overhead: a serial caller of ~2 ms launches against the executor called serially
   (goal <= 3 %), through launch().wait() (two thread hand-offs) and through the serial
   fast path (launch_wait: on the caller's thread when the device is idle); and the host
@@ -71,6 +73,9 @@ class Plan:
         if quick:
             return cls(True, 1.0, 0.3, 2, 0.5, 2.0, 3, 200)
         return cls(False, 4.0, 1.0, 5, 2.0, 10.0, 9, 1000)
+
+
+SECTIONS = ("isolation", "batch", "shares", "overhead", "compiles")
 
 
 def _hv(backend: str, slice_s: float) -> Hypervisor:
@@ -310,72 +315,120 @@ def _serial_here(hv: Hypervisor, kernel_id: int, bindings: dict[str, int], n: in
 
 
 # ---------------------------------------------------------------------------- compiles
-def big_source(tag: int) -> str:
-    """About 20 KiB: 16 kernels of 61 statements, named by ``tag`` (a new source each time:
-    the compile cache never hits)."""
-    body = "".join(f"    ADD a b -> t{i}\n    MUL t{i} a -> t{i}\n" for i in range(30))
+#: The compile modes, in the order each round runs them: quiet (no compile), before (the
+#: issue's state: compile on VM 2's thread, GIL switch interval 5 ms, no budget), inline
+#: (pool off: on the thread, 0.5 ms, the per-VM budget), pool (a worker process, 0.5 ms,
+#: the budget: the default), pool_unbudgeted (the pool with no budget: VM 2 compiles as
+#: fast as the worker goes).
+COMPILE_MODES = ("quiet", "before", "inline", "pool", "pool_unbudgeted")
+
+
+def big_source(tag: int, statements: int = 98) -> str:
+    """16 kernels of ``2 * statements + 1`` statements, named by ``tag`` (a new source each
+    time: the compile cache never hits); 98 gives 63 KiB, just under MAX_SOURCE_BYTES."""
+    body = "".join(f"    ADD a b -> t{i}\n    MUL t{i} a -> t{i}\n" for i in range(statements))
     return "".join(f"GPU_KERNEL k{tag}_{k}\nGPU_PARAM a float[64]\nGPU_PARAM b float[64]\nGPU_PARAM c float[64]\n"
                    f"GPU_THREAD_CODE:\n{body}    COPY t0 -> c\nGPU_END\n" for k in range(16))
 
 
 def compiles(report: Report, backend: str, plan: Plan) -> None:
-    """VM 1's tiny launches, one at a time, while VM 2 compiles new sources in a loop:
-    before (the default 5 ms GIL switch interval, no compile budget) and now."""
-    lat: dict[str, list[float]] = {}
-    rate: dict[str, float] = {}
+    """VM 1's tiny launches, one at a time, while VM 2 compiles new 63 KiB sources in a
+    loop, in each of COMPILE_MODES; the modes take turns in rounds (a shared machine's
+    load changes during the run), each round ``plan.iso_s / 2`` seconds per mode."""
+    from hypervisor.compiling import COMPILE_BUDGET_S, GIL_SWITCH_S, Compiler
+
+    lat: dict[str, list[float]] = {m: [] for m in COMPILE_MODES}
+    arrival: dict[str, list[float]] = {m: [] for m in COMPILE_MODES}
+    done = dict.fromkeys(COMPILE_MODES, 0)
+    spent = dict.fromkeys(COMPILE_MODES, 0.0)
     hv = _hv(backend, SLICE_S)
-    now_switch = sys.getswitchinterval()
-    budget = hv.compiles.budget_s
+    before_switch = sys.getswitchinterval()
+    inline = Compiler(workers=0)
+    pool = Compiler(workers=1).start()
+    unbudgeted = Compiler(workers=1).start()
+    unbudgeted.budget.budget_s = float("inf")
+    before = Compiler(workers=0)
+    before.budget.budget_s = float("inf")
+    compilers = {"before": before, "inline": inline, "pool": pool, "pool_unbudgeted": unbudgeted}
+    tag = [0]
     try:
         hv.register_vm(1, QUOTA_MB, 50)
         hv.register_vm(2, QUOTA_MB, 50)
         kid, binds = install(hv, 1, TINY_SOURCE)
-        tag = [0]
-        for mode in ("quiet", "before", "now"):
-            sys.setswitchinterval(0.005 if mode == "before" else now_switch)
-            hv.compiles.budget_s = float("inf") if mode == "before" else budget
-            stop = threading.Event()
-            done = [0]
+        for n, c in enumerate((pool, unbudgeted)):  # the workers are up and warm
+            hv.compiler = c
+            for k in hv.compile(2, big_source(10**9 + n, 2)):
+                hv.free_kernel(2, k.kernel_id)
+        for _ in range(1 if plan.quick else 2):
+            for mode in COMPILE_MODES:
+                sys.setswitchinterval(0.005 if mode == "before" else GIL_SWITCH_S)
+                hv.compiler = compilers.get(mode, inline)
+                hv.compiles = hv.compiler.budget
+                stop = threading.Event()
+                count = [0]
 
-            def compiler(stop=stop, done=done) -> None:
-                while not stop.is_set():
-                    tag[0] += 1
-                    for k in hv.compile(2, big_source(tag[0])):  # freed: VM 2 stays under its limits
-                        hv.free_kernel(2, k.kernel_id)
-                    done[0] += 1
+                def compiler(stop=stop, count=count) -> None:
+                    while not stop.is_set():
+                        tag[0] += 1
+                        for k in hv.compile(2, big_source(tag[0])):  # freed: VM 2 stays under its limits
+                            hv.free_kernel(2, k.kernel_id)
+                        count[0] += 1
 
-            t = threading.Thread(target=compiler, daemon=True) if mode != "quiet" else None
-            if t:
-                t.start()
-            t0 = time.perf_counter()
-            lat[mode] = _tiny_serial(hv, kid, binds, plan.iso_s)
-            rate[mode] = done[0] / (time.perf_counter() - t0)
-            stop.set()
-            if t:
-                t.join()
+                t = threading.Thread(target=compiler, daemon=True) if mode != "quiet" else None
+                if t:
+                    t.start()
+                t0 = time.perf_counter()
+                lat[mode] += _tiny_serial(hv, kid, binds, plan.iso_s / 2, arrival[mode])
+                stop.set()
+                if t:
+                    t.join()
+                spent[mode] += time.perf_counter() - t0
+                done[mode] += count[0]
+        pool_stats = pool.stats()
     finally:
-        sys.setswitchinterval(now_switch)
+        sys.setswitchinterval(before_switch)
+        hv.compiler = inline
         hv.stop()
+        for c in compilers.values():
+            c.close()
     for p in (50, 99):
         report.add(f"compile_tiny_p{p}_quiet_ms", percentile(lat["quiet"], p) / MS, "ms")
-        for mode in ("before", "now"):
+        for mode in COMPILE_MODES[1:]:
             report.add(f"compile_tiny_p{p}_beside_{mode}_ms", percentile(lat[mode], p) / MS, "ms",
                        baseline=f"compile_tiny_p{p}_quiet_ms")
-    for mode in ("before", "now"):
-        report.add(f"compile_vm2_sources_per_s_{mode}", rate[mode], "1/s")
+    report.add("compile_tiny_arrival_p99_quiet_ms", percentile(arrival["quiet"], 99) / MS, "ms")
+    for mode in COMPILE_MODES[1:]:
+        report.add(f"compile_tiny_arrival_p99_beside_{mode}_ms", percentile(arrival[mode], 99) / MS, "ms",
+                   baseline="compile_tiny_arrival_p99_quiet_ms")
+    for mode in COMPILE_MODES[1:]:
+        report.add(f"compile_vm2_sources_per_s_{mode}", done[mode] / spent[mode], "1/s")
+    report.add("compile_pool_worker_cpu_ms_per_source", 1e3 * pool_stats["worker_cpu_seconds"]
+               / max(pool_stats["pool"], 1), "ms")
     report.notes.append(f"compiles: VM 1 tiny launches one at a time (2 ms apart) while VM 2 compiles new "
-                        f"{len(big_source(0)) // 1024} KiB sources in a loop; before = GIL switch interval 5 ms "
-                        f"and no compile budget, now = {now_switch * 1e3:g} ms and {budget:g} s of compile CPU per "
-                        "VM per second")
+                        f"{len(big_source(0)) // 1024} KiB sources in a loop; before = on VM 2's thread, GIL "
+                        f"switch interval 5 ms, no budget; inline = on VM 2's thread (pool off), "
+                        f"{GIL_SWITCH_S * 1e3:g} ms, budget {COMPILE_BUDGET_S:g} s of CPU per s; pool = a worker "
+                        "process, the same interval and budget (the default); pool_unbudgeted = the pool, no budget; "
+                        "arrival = from when the launch was due (2 ms after the previous one ended) to its "
+                        "end: with the wait for the interpreter lock before launch() could start")
 
 
-def _tiny_serial(hv: Hypervisor, kid: int, binds: dict[str, int], seconds: float) -> list[float]:
+def _tiny_serial(hv: Hypervisor, kid: int, binds: dict[str, int], seconds: float,
+                 from_arrival: list[float] | None = None) -> list[float]:
+    """Latencies, launch() to wait() returning. ``from_arrival`` gets each launch's time
+    from when it was due (2 ms after the previous one ended): that includes the wait for
+    the interpreter lock before launch() could even start (a collection, a long C call)."""
     out, end = [], time.perf_counter() + seconds
+    due = time.perf_counter()
     while time.perf_counter() < end:
         t0 = time.perf_counter()
         _check(hv.launch(1, kid, binds).wait())
-        out.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        out.append(t1 - t0)
+        if from_arrival is not None:
+            from_arrival.append(t1 - due)
         time.sleep(2 * MS)
+        due = t1 + 2 * MS
     return out
 
 
@@ -388,6 +441,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="[scheduler] gpu_stepping: GPU launches as steps (auto: wgpu yes, CuPy not yet)")
     p.add_argument("--priority-stream", action="store_true",
                    help="CuPy: with preemption on, urgent launches go on a priority stream (an experiment)")
+    p.add_argument("--only", choices=SECTIONS, action="append",
+                   help="run only this section (may be given more than once; default: all)")
     args = p.parse_args(argv)
     if args.priority_stream and args.backend != "cupy":
         p.error("--priority-stream needs --backend cupy")
@@ -401,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         executor = make_executor(args.backend)
     except ConfigError as exc:
         p.error(str(exc))
+    sections = set(args.only or SECTIONS)
     plan = Plan.make(args.quick)
     report = Report("preempt")
     report.notes.append(f"preemption on: time slice {SLICE_S * 1e3:g} ms, gpu_stepping {GPU_STEPPING}"
@@ -408,15 +464,21 @@ def main(argv: list[str] | None = None) -> None:
     report.notes.append(f"backend {executor.name} ({executor.info().device_name}); load average at start "
                         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     started = time.perf_counter()
-    small = sized_kernel(executor, 100 * US)
-    big, batch = sized_kernel(executor, 2 * MS), sized_kernel(executor, 5 * MS)
+    if sections - {"compiles"}:
+        small = sized_kernel(executor, 100 * US)
+        big, batch = sized_kernel(executor, 2 * MS), sized_kernel(executor, 5 * MS)
     name = executor.name
     executor.close()
-    isolation(report, name, small, batch, plan)
-    batch_throughput(report, name, batch, plan)
-    shares(report, name, big, plan)
-    overhead(report, name, big, plan)
-    compiles(report, name, plan)
+    if "isolation" in sections:
+        isolation(report, name, small, batch, plan)
+    if "batch" in sections:
+        batch_throughput(report, name, batch, plan)
+    if "shares" in sections:
+        shares(report, name, big, plan)
+    if "overhead" in sections:
+        overhead(report, name, big, plan)
+    if "compiles" in sections:
+        compiles(report, name, plan)
     if plan.quick:
         report.notes.append("--quick: short runs, goals shown but not judged")
     report.notes.append(f"ran in {time.perf_counter() - started:.1f} s")

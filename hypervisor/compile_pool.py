@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from primitive_lang import CompiledProgram, Diagnostic
+from primitive_lang import ast as _ast
 
 from . import errors as E
 from .compile_worker import HEADER, KEY_BYTES, READY
@@ -61,6 +62,16 @@ MAX_WORKERS = 64
 _ROOT = str(Path(__file__).resolve().parent.parent)  # holds hypervisor/ and primitive_lang/
 _BOOT = "from hypervisor.compile_worker import main; raise SystemExit(main())"
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _let_others_run() -> None:
+    """Rebuilding a worker's answer (pickle.loads) is the one long Python job a pool
+    compile leaves in this process: every REBUILD_CHUNK statements it gives the GIL up,
+    so a launch that is waiting for it runs now, not a switch interval later."""
+    time.sleep(0)
+
+
+_ast.rebuild_hook = _let_others_run
 
 
 class _Lost(Exception):

@@ -17,6 +17,21 @@ from enum import Enum
 from operator import attrgetter
 from types import MappingProxyType
 
+#: Called, when set, after every REBUILD_CHUNK statements rebuilt from a pickle (a program
+#: compiled in another process): a host that unpickles programs beside latency-sensitive
+#: threads can let them run there (it must not raise).
+rebuild_hook = None
+REBUILD_CHUNK = 16
+_rebuilt = [0]
+
+
+def _op_stmt(*values):
+    stmt = OpStmt(*values)
+    _rebuilt[0] += 1
+    if _rebuilt[0] % REBUILD_CHUNK == 0 and rebuild_hook is not None:
+        rebuild_hook()
+    return stmt
+
 
 def by_fields(cls):
     """Pickle instances of a frozen slotted dataclass as ``cls(*fields)``: a compile may run
@@ -131,7 +146,6 @@ class Attr:
     pos: Pos  # where the name starts
 
 
-@by_fields
 @dataclass(frozen=True, slots=True)
 class OpStmt:
     """``OP arg... [name=value ...] → dest``.
@@ -159,6 +173,9 @@ class OpStmt:
     @property
     def attributes(self) -> Mapping[str, Attr]:
         return MappingProxyType({a.name: a for a in reversed(self.attrs)})
+
+    def __reduce__(self):
+        return (_op_stmt, (self.op, self.args, self.axis, self.dest, self.pos, self.attrs))
 
 
 @by_fields

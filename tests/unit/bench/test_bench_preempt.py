@@ -15,8 +15,9 @@ KEYS = ["iso_interactive_p99_alone_ms", "iso_interactive_p99_beside_batch_off_ms
         "iso_interactive_p99_beside_batch_on_ms", "batch_throughput_lost_to_preemption_pct",
         "share_max_err_pp", "share_work_max_err_pp", "overhead_large_serial_pct", "overhead_large_serial_here_pct", "overhead_tiny_serial_us",
         "overhead_tiny_serial_here_us",
-        "overhead_tiny_pipelined_us", "compile_tiny_p50_beside_before_ms", "compile_tiny_p50_beside_now_ms",
-        "compile_vm2_sources_per_s_now"]
+        "overhead_tiny_pipelined_us", "compile_tiny_p50_beside_before_ms", "compile_tiny_p50_beside_inline_ms",
+        "compile_tiny_p50_beside_pool_ms", "compile_tiny_arrival_p99_beside_pool_ms", "compile_vm2_sources_per_s_pool",
+        "compile_pool_worker_cpu_ms_per_source"]
 
 
 @pytest.mark.slow
