@@ -491,9 +491,25 @@ class Hypervisor:
                 self.scheduler.submit(ticket)
             vm.inflight += 1
         if not (run_here and (run_here_max_s is None or est <= run_here_max_s)
-                and self.dispatcher.run_here(completion, only_own=run_here_max_s is not None)):
+                and self.dispatcher.run_here(completion, own=job if run_here_max_s is not None else None)):
             self.dispatcher.wake()
         return completion
+
+    def launch_nowait(self, vm_id: int, kernel_id: int, bindings: Mapping[str, int | Scalar], *,
+                      run_here_max_s: float, **kw) -> Completion | None:
+        """launch(run_here=True, run_here_max_s=...) for a thread that must never wait (a
+        transport's loop thread, which also answers QEMU): None, with nothing done, when the
+        hypervisor's lock is held elsewhere (its holder may be waiting on the device);
+        otherwise the lock is held throughout, so the launch is queued and, when it is the
+        only launch on the device, its memory ready and its estimate within the bound, run
+        here to its end without anything changing under it (docs/scheduling.md, "Serial
+        fast path"). ``run_here_max_s=0``: queue it only."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.launch(vm_id, kernel_id, bindings, run_here=True, run_here_max_s=run_here_max_s, **kw)
+        finally:
+            self._lock.release()
 
     def launch_wait(self, vm_id: int, kernel_id: int, bindings: Mapping[str, int | Scalar], *,
                     timeout: float | None = None, **kw) -> LaunchResult:

@@ -102,7 +102,7 @@ class _Dispatchers:
 
 
 _ROUTED = ("alloc", "free", "buffer_info", "write", "write_from", "vm_usage", "read_into", "read", "compile",
-           "kernel_info", "free_kernel", "launch", "launch_wait", "close_model", "close_session", "reset_vm", "idle_hint",
+           "kernel_info", "free_kernel", "launch", "launch_wait", "launch_nowait", "close_model", "close_session", "reset_vm", "idle_hint",
            "stats", "vm_info", "set_quota", "set_domain")
 
 

@@ -40,30 +40,31 @@ RUN_HERE_MAX = 4
 class Preemption:
     """Dispatcher methods for stepped launches and the serial fast path (see above)."""
 
-    def run_here(self, completion: Completion, only_own: bool = False) -> bool:
+    def run_here(self, completion: Completion, own: Job | None = None) -> bool:
         """The serial fast path (issue 14): when the device is idle (the dispatch thread is
         waiting for work), run what the scheduler picks now on the caller's thread — no
         hand-off to the dispatch thread and back, and the completion is delivered on this
         thread — until ``completion`` is done (at most RUN_HERE_MAX launches; the VM may
         not be eligible, or another VM's head may come first). False when the device was
-        busy or the launch is still queued: the dispatch thread then runs it. ``only_own``
-        (a transport's loop thread, which must stay responsive): run one launch at most,
-        without yielding it, and none if a launch the dispatch thread has not seen yet was
-        queued (it could be another VM's, of any length)."""
+        busy or the launch is still queued: the dispatch thread then runs it. ``own``
+        (``completion``'s job; Hypervisor.launch_nowait, a transport's loop thread, which
+        must stay responsive): run it alone, without yielding, and only if it is the only
+        launch on the device (none of another VM's, of any length, is picked instead) and
+        its memory is ready (no wait for a transfer or for room)."""
         if self._thread is None or self._stopping or not self._device.acquire(blocking=False):
             return False
         try:
-            for _ in range(1 if only_own else RUN_HERE_MAX):
+            for _ in range(1 if own is not None else RUN_HERE_MAX):
                 if self._inflight is not None or self._parked is not None:
                     break
                 with self.hv._lock:
-                    if only_own and self._work.is_set():
+                    if own is not None and not self._alone_and_ready(own):
                         break
                     ticket = self.hv.scheduler.pick()
                 if ticket is None:
                     break
                 job = ticket.payload
-                if only_own and job.completion is completion:
+                if job is own:
                     job.no_yield = True  # short (its estimate bounded): urgent work waits at most that
                 self.ran_here += 1
                 if self._prepare(job) and self._submit(job):
@@ -74,6 +75,15 @@ class Preemption:
         finally:
             self._device.release()
         return completion.done()
+
+    def _alone_and_ready(self, own: Job) -> bool:
+        """Lock held. ``own`` is the only launch queued or running on this device (every
+        VM's in-flight count sums to 1: pick() returns it or nothing) and its memory is
+        ready (``_prepare`` takes its common case: no NotReady wait)."""
+        hv = self.hv
+        if sum(vm.inflight for vm in hv._vms.values()) != 1:
+            return False
+        return hv.memory.launch_ready(own.unique_buffers(), own.temp_bytes)
 
     # ---- preemption at op boundaries (docs/scheduling.md, "Preemption") ----------------
 

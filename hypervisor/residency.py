@@ -196,6 +196,12 @@ class Placement:
         raise Busy("memory is being moved for running work; retry the allocation")
 
     # ---- launches ----
+    def launch_ready(self, buffers: Iterable[Buffer], temps: int) -> bool:
+        """Whether ``prepare_launch`` would take its common case now (everything resident,
+        no copy in flight, room for the temporaries): it then cannot raise NotReady."""
+        return not self._moving and not self._graveyard and self.pool_used + temps <= self.pool_bytes and all(
+            b.device is not None and not b.transfers for b in buffers)
+
     def prepare_launch(self, buffers: Iterable[Buffer], temps: int, lookahead: list[set[int]],
                        res: LaunchResidency) -> None:
         """Make a launch's buffers resident (or on their way) and room for its temporaries,

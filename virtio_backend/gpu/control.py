@@ -137,17 +137,19 @@ class PxosControl:
         self.hv.free_kernel(self.vm_id, cmd.kernel_id, session=cmd.hdr.session)
         return _NO_DATA
 
-    def launch_here(self, cmd: c.LaunchCmd, max_s: float | None) -> c.Response | Deferred:
-        """LAUNCH on the serial fast path, from the VM's loop thread: when ``max_s`` is
-        given, the device is idle and the launch is estimated at most ``max_s`` seconds,
-        it runs on this thread and its response comes back at once; otherwise it is queued
-        (``Deferred``), as ``handle`` queues it, minus the hop through the worker."""
+    def launch_here(self, cmd: c.LaunchCmd, max_s: float) -> c.Response | Deferred | None:
+        """LAUNCH on the serial fast path, from the VM's loop thread, which must never wait
+        (``Hypervisor.launch_nowait``): None, nothing done, when the hypervisor's lock is
+        held elsewhere (the worker takes the command then). Otherwise, when the launch is
+        the device's only one, estimated at most ``max_s`` seconds, it runs on this thread
+        and its response comes back at once; else it is queued (``Deferred``), as
+        ``handle`` queues it, minus the hop through the worker. ``max_s=0``: queue only."""
         try:
             return self._handle_launch(cmd, max_s)
         except PxosError as exc:
             return error_response(exc)
 
-    def _handle_launch(self, cmd: c.LaunchCmd, run_here_max_s: float | None = None) -> c.Response | Deferred:
+    def _handle_launch(self, cmd: c.LaunchCmd, run_here_max_s: float | None = None) -> c.Response | Deferred | None:
         bindings: dict[str, int | Scalar] = {}
         for b in cmd.bindings:
             if b.kind == PxosBindingKind.PXOS_BIND_BUFFER:
@@ -158,9 +160,11 @@ class PxosControl:
             completion = self.hv.launch(self.vm_id, cmd.kernel_id, bindings, priority=cmd.priority,
                                         class_hint=_class_name(cmd.class_hint), session=cmd.hdr.session)
             return Deferred(completion)
-        completion = self.hv.launch(self.vm_id, cmd.kernel_id, bindings, priority=cmd.priority,
-                                    class_hint=_class_name(cmd.class_hint), session=cmd.hdr.session,
-                                    run_here=True, run_here_max_s=run_here_max_s)
+        completion = self.hv.launch_nowait(self.vm_id, cmd.kernel_id, bindings, priority=cmd.priority,
+                                           class_hint=_class_name(cmd.class_hint), session=cmd.hdr.session,
+                                           run_here_max_s=run_here_max_s)
+        if completion is None:  # the hypervisor's lock is busy: nothing was done
+            return None
         if completion.done():  # ran on this thread (or already finished on the dispatcher's)
             return launch_response(completion.result)
         return Deferred(completion)

@@ -24,11 +24,12 @@ chain. A kick drains at most ``KICK_BUDGET`` chains, then the device yields to t
 
 LAUNCH on the loop thread, the serial fast path (issue 14; docs/protocol.md): a LAUNCH
 with nothing of the VM's ahead of it on the worker is submitted to the hypervisor from
-the loop thread (no hop through the worker). If the device is idle, the caller is serial
+the loop thread (no hop through the worker) when the hypervisor's lock is free at once
+(``Hypervisor.launch_nowait``: the loop never waits for it; else the worker takes the
+LAUNCH). If it is the device's only launch, its memory ready, the caller is serial
 (no launch of the VM's in flight, no more chains on the ring) and the launch's estimate is
-at most ``INLINE_LAUNCH_MAX_S``, it also runs
-there (``Hypervisor.launch(run_here=True, run_here_max_s=...)``) and its chain is
-completed in the same pass: no thread hand-off at all. A pass spends at most
+at most ``INLINE_LAUNCH_MAX_S``, it also runs there and its chain is completed in the
+same pass: no thread hand-off at all. A pass spends at most
 ``INLINE_PASS_BUDGET_S`` of loop time on LAUNCHes; a longer launch, or one on a busy
 device, runs on the dispatcher thread as before, so the loop never waits for long work.
 
@@ -326,9 +327,7 @@ class GpuDevice(DrmServing):
             fits = req.writable_len >= response_size(hdr)
             self._complete(queue, req, hdr, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
             return
-        if type(cmd) is c.LaunchCmd and self._may_launch_here():
-            self._launch_here(queue, req, hdr, cmd)
-        else:
+        if not (type(cmd) is c.LaunchCmd and self._may_launch_here() and self._launch_here(queue, req, hdr, cmd)):
             self._offload(queue, req, hdr, cmd)
 
     def _run(self, cmd: c.Command, name: str) -> c.Response | Deferred:
@@ -357,25 +356,30 @@ class GpuDevice(DrmServing):
         return (self.inline_launch_max_s > 0 and not self._batch and self._pass_inline_s < INLINE_PASS_BUDGET_S
                 and self._worker.idle() and not self._worker.closed)
 
-    def _launch_here(self, queue, req, hdr: c.Header, cmd: c.LaunchCmd) -> None:
-        """Submit a LAUNCH from the loop thread; run it here too when the device is idle,
-        the caller is serial (the VM has no launch in flight, no more chains wait on the
-        ring) and the estimate is within the bound. Its response then goes out in this
-        pass; otherwise it is held as a worker-submitted launch is. The retirement check above (``_serve_pxos``) is exact:
-        ``retire`` sets the message, then waits for this loop to finish its pass."""
+    def _launch_here(self, queue, req, hdr: c.Header, cmd: c.LaunchCmd) -> bool:
+        """Submit a LAUNCH from the loop thread without ever waiting (False: the
+        hypervisor's lock was busy, nothing done: the worker takes it); run it here too
+        when it is the device's only launch, the caller is serial (the VM has no launch in
+        flight, no more chains wait on the ring) and the estimate is within the bound. Its
+        response then goes out in this pass; otherwise it is held as a worker-submitted
+        launch is. The retirement check before it (``_serve_pxos``) is exact: ``retire``
+        sets the message, then waits for this loop to finish its pass."""
         t0 = time.perf_counter()
         # Run here only for a serial caller: no launch of the VM's in flight (its earlier
         # ones come first) and nothing more on the ring (a guest that queues several
         # launches at once gets them pipelined by the dispatch thread, which on a GPU
         # submits the next before the current one ends; run here, each would wait).
         serial = self.stats.launches_inflight == 0 and queue.pending() == 0
-        max_s = self.inline_launch_max_s if serial else None
+        max_s = self.inline_launch_max_s if serial else 0.0
         try:
             result = self.control.launch_here(cmd, max_s)
         except Exception as exc:  # a host bug under the handler
             log.exception("vm %d: PXOS_CMD_LAUNCH failed inside the host", self.vm_id)
             result = c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
         self._pass_inline_s += time.perf_counter() - t0
+        if result is None:  # the hypervisor's lock is busy (its holder may wait on the GPU)
+            self.stats.launches_lock_busy_total += 1
+            return False
         kind = type(result)
         if kind is c.ErrorResp and result.status == PxosStatus.PXOS_S_INTERNAL:
             self.stats.internal_errors_total += 1
@@ -384,6 +388,7 @@ class GpuDevice(DrmServing):
             if kind is c.LaunchResp:
                 self.stats.launches_run_inline_total += 1
         self._finish(queue, req, hdr, result)
+        return True
 
     # ---- PXOS commands: on the VM's worker ----------------------------------------------
     def _offload(self, queue, req, hdr: c.Header, cmd: c.Command) -> None:

@@ -118,9 +118,8 @@ class DrmServing:
         except BadRequest as exc:
             self._complete(queue, req, target, c.ErrorResp(exc.wire_status, str(exc)), header_only=not fits)
             return
-        if type(cmd) is c.LaunchCmd and self._may_launch_here():  # the fast path, as on the module's
-            self._launch_here(queue, req, target, cmd)
-        else:
+        # A LAUNCH takes the loop thread's fast path when it may, as on the module's path.
+        if not (type(cmd) is c.LaunchCmd and self._may_launch_here() and self._launch_here(queue, req, target, cmd)):
             self._offload(queue, req, target, cmd)
 
     def _complete_drm(self, queue, req, target: DrmTarget, resp: c.Response, header_only: bool) -> None:
