@@ -7,6 +7,7 @@ thread, with the same result and charging."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -102,3 +103,27 @@ def test_launch_nowait_runs_nothing_here_while_another_launch_is_on_the_device()
         finally:
             gate.set()
         assert busy.wait(WAIT_S).ok and c.wait(WAIT_S).ok
+
+
+def test_launch_nowait_runs_nothing_here_while_another_vm_has_a_launch_counted():
+    """Another VM's launch queued but not picked (held back by its cap, or waiting for a
+    move: the dispatch thread is idle) could come first and be of any length: the caller's
+    thread does not pick. The rule is the VMs' in-flight counts, which every launch, queued,
+    held or running, is in."""
+    with Hypervisor(backend="numpy") as hv:
+        kid, h = _setup(hv, 1)
+        _setup(hv, 2)
+        with hv._lock:
+            hv._vms[2].inflight += 1  # as a held launch of VM 2 counts
+        try:
+            c = hv.launch_nowait(1, kid, h, run_here_max_s=1.0)
+            assert c is not None and c.wait(WAIT_S).ok
+            assert hv.dispatcher.ran_here == 0  # the dispatch thread ran it
+        finally:
+            with hv._lock:
+                hv._vms[2].inflight -= 1
+        deadline = time.monotonic() + WAIT_S  # the dispatch thread lets go of the device
+        while hv.dispatcher._device.locked() and time.monotonic() < deadline:  # once it waits again
+            time.sleep(0.001)
+        c = hv.launch_nowait(1, kid, h, run_here_max_s=1.0)
+        assert c.done() and hv.dispatcher.ran_here == 1
