@@ -492,6 +492,8 @@ class Hypervisor:
             vm.inflight += 1
         if not (run_here and (run_here_max_s is None or est <= run_here_max_s)
                 and self.dispatcher.run_here(completion, own=job if run_here_max_s is not None else None)):
+            if not run_here:
+                completion._runner = self.dispatcher.run_here  # for a wait() that comes while it is queued
             self.dispatcher.wake()
         return completion
 

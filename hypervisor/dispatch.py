@@ -172,10 +172,11 @@ class Dispatcher(Preemption):
         self._pending.append((completion, result))
 
     def flush_completions(self) -> None:
-        while True:
+        pending = self._pending
+        while pending:  # (an empty deque is the common case: no exception raised for it)
             try:
-                completion, result = self._pending.popleft()
-            except IndexError:
+                completion, result = pending.popleft()
+            except IndexError:  # another thread flushed it meanwhile
                 return
             self._deliver(completion, result)
 
@@ -266,7 +267,8 @@ class Dispatcher(Preemption):
         has to fight the submitter for the lock (cleared before each pick: no lost wake)."""
         hv = self.hv
         while not self._stopping:
-            self._work.clear()
+            if self._work.is_set():
+                self._work.clear()
             with hv._lock:
                 ticket = hv.scheduler.pick()
                 if ticket is not None:
@@ -282,9 +284,14 @@ class Dispatcher(Preemption):
         return None
 
     def wake(self) -> None:
-        """New work may be ready (a launch was queued, a cap or share changed)."""
-        self._work.set()
-        self._arrived.set()
+        """New work may be ready (a launch was queued, a cap or share changed). An event
+        already set is left alone (Event.set takes its lock even then): the dispatcher
+        clears ``_work`` before it picks, and picks under the lock the work was queued
+        under, so an event seen set still guarantees this work is seen."""
+        if not self._work.is_set():
+            self._work.set()
+        if not self._arrived.is_set():
+            self._arrived.set()
 
     def _prepare(self, job: Job) -> bool:
         """Make the job's memory ready and note a VM switch. False if the job failed."""
@@ -315,7 +322,7 @@ class Dispatcher(Preemption):
                         ahead_sets = [{b.handle for b in a} for a in ahead_lists]
                     else:
                         ahead_lists = ahead_sets = []
-                    mem.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets, job.residency)
+                    mem.prepare_launch(job.unique_buffers(), job.temp_bytes, ahead_sets, job.residency, unique=True)
                     mem.reserve_temps(job.vm_id, job.temp_bytes, job.launch_id, checked=True)
                 except NotReady as exc:
                     retry_now = self._inflight is not None  # it may hold memory this launch needs

@@ -203,25 +203,27 @@ class Placement:
             b.device is not None and not b.transfers for b in buffers)
 
     def prepare_launch(self, buffers: Iterable[Buffer], temps: int, lookahead: list[set[int]],
-                       res: LaunchResidency) -> None:
+                       res: LaunchResidency, *, unique: bool = False) -> None:
         """Make a launch's buffers resident (or on their way) and room for its temporaries,
         one buffer at a time (an eviction may need the host room that an earlier fetch
         frees). Protects the look-ahead's buffers while there is other room; never evicts
         what this launch needs. Raises NotReady to be called again shortly (with the same
         ``res``, which accumulates hits and misses across calls)."""
-        need = list({b.handle: b for b in buffers}.values())
-        if not self._moving and not self._graveyard and self.pool_used + temps <= self.pool_bytes and all(
-                b.device is not None and not b.transfers for b in need):
-            # The common case: everything resident, no copy in flight, room for the temporaries.
-            clock = self._clock
+        need = buffers if unique else list({b.handle: b for b in buffers}.values())  # unique: no handle twice
+        if not self._moving and not self._graveyard and self.pool_used + temps <= self.pool_bytes:
             for b in need:
-                if b.prefetched:
-                    res.hit_bytes += b.nbytes
-                    b.prefetched = False
-                b.active += 1
-                b.last_use = next(clock)
-            res.fences = []
-            return
+                if b.device is None or b.transfers:
+                    break
+            else:  # the common case: everything resident, no copy in flight, room for the temporaries
+                clock = self._clock
+                for b in need:
+                    if b.prefetched:
+                        res.hit_bytes += b.nbytes
+                        b.prefetched = False
+                    b.active += 1
+                    b.last_use = next(clock)
+                res.fences = []
+                return
         self.reap()
         if any(b.transfers for b in need):
             raise NotReady("a buffer it needs is being read or written by its guest")

@@ -121,13 +121,17 @@ class Completion:
     blocks on a latch (a lock made by the first such waiter, released by ``_finish``); a
     result delivered before anyone waits costs no synchronisation object at all."""
 
-    __slots__ = ("_callbacks", "_latch", "launch_id", "result", "session", "vm_id")
+    __slots__ = ("_callbacks", "_latch", "_runner", "launch_id", "result", "session", "vm_id")
 
     def __init__(self, launch_id: int, vm_id: int, session: int):
         self.launch_id, self.vm_id, self.session = launch_id, vm_id, session
         self.result: LaunchResult | None = None
         self._latch: threading.Lock | None = None
         self._callbacks: list[Callable[[Completion], None]] | None = None
+        # The hypervisor's serial fast path (Dispatcher.run_here), offered to the first
+        # wait() without a timeout: a caller that is going to block for the result anyway
+        # runs the launch itself when the device is idle (docs/scheduling.md).
+        self._runner: Callable[[Completion], bool] | None = None
 
     def done(self) -> bool:
         return self.result is not None
@@ -136,6 +140,11 @@ class Completion:
         result = self.result
         if result is not None:
             return result
+        runner = self._runner
+        if runner is not None and timeout is None:
+            self._runner = None
+            if runner(self):
+                return self.result  # type: ignore[return-value]
         with _GUARD:
             if self.result is not None:
                 return self.result

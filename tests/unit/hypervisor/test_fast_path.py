@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from hypervisor import Hypervisor
 
@@ -83,3 +84,31 @@ def test_a_vms_order_holds_with_the_fast_path():
         for c in queued:
             assert c.wait(WAIT_S).ok
         assert order == sorted(order) and len(order) == 6
+
+
+def test_a_wait_without_timeout_runs_the_queued_launch_on_the_waiting_thread():
+    # The dispatch thread is not woken (wake is a no-op here): only the waiter can run it.
+    with Hypervisor(backend="numpy") as hv:
+        kid, h = _setup(hv, 1)
+        threads = []
+        hv.subscribe(lambda ev: threads.append(threading.get_ident()) if ev.kind == "launch_completed" else None)
+        wake, hv.dispatcher.wake = hv.dispatcher.wake, lambda: None
+        c = hv.launch(1, kid, h)
+        assert not c.done()
+        res = c.wait()
+        hv.dispatcher.wake = wake
+        assert res.ok and hv.dispatcher.ran_here == 1 and threads == [threading.get_ident()]
+        assert np.array_equal(np.frombuffer(hv.read(1, h["c"]), np.float32), np.full(64, 3, np.float32))
+        assert hv.stats(1).launches_total == 1
+
+
+def test_a_wait_with_a_timeout_leaves_the_launch_to_the_dispatch_thread():
+    with Hypervisor(backend="numpy") as hv:
+        kid, h = _setup(hv, 1)
+        wake, hv.dispatcher.wake = hv.dispatcher.wake, lambda: None
+        c = hv.launch(1, kid, h)
+        with pytest.raises(TimeoutError):
+            c.wait(0.05)  # it stays queued: a bounded wait never runs it here
+        hv.dispatcher.wake = wake
+        wake()
+        assert c.wait(WAIT_S).ok and hv.dispatcher.ran_here == 0
