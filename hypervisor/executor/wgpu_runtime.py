@@ -60,16 +60,20 @@ def _timestamp_period(device) -> float:
     return period if period > 0 else 1.0
 
 
-_NOSYNC = [True]  # whether this wgpu-py takes map_async("READ_NOSYNC")
+#: Whether read mappings skip the extra submission wgpu-py makes first (see map_read_async).
+#: Off: measured on lavapipe, skipping it made a tiny launch 21 % cheaper (468 -> 369 us,
+#: interleaved A/B) but an urgent launch's completion beside a BATCH VM was seen ~0.1 ms
+#: later (completions then ride on wgpu-py's poll thread alone), and the isolation figures
+#: were too noisy on the shared machine to show which way the balance goes.
+_NOSYNC = [False]
 
 
 def map_read_async(buffer, wgpu):
-    """``buffer.map_async(READ)`` without the extra submission wgpu-py 0.32 makes before a
-    buffer's first read mapping (an empty command buffer: a workaround for data written
-    through a mapping, wgpu-native #305, which never reach our readbacks: they are written
-    by a copy in the submission just made). That submission cost 0.2-1 ms of host time per
-    launch segment and chunk. Through wgpu-py's internal "READ_NOSYNC" mode (wgpu pinned in
-    pyproject); the public call where a version lacks it."""
+    """``buffer.map_async(READ)``; with _NOSYNC, without the extra submission wgpu-py 0.32
+    makes before a buffer's first read mapping (an empty command buffer: a workaround for
+    data written through a mapping, wgpu-native #305, which never reach our readbacks: they
+    are written by a copy in the submission just made), through wgpu-py's internal
+    "READ_NOSYNC" mode (wgpu pinned in pyproject); the public call where a version lacks it."""
     if _NOSYNC[0]:
         try:
             return buffer.map_async("READ_NOSYNC")
