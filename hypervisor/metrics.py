@@ -122,6 +122,10 @@ class _HypervisorCollector(Collector):
                                   "Contexts open on the VM's device (DRM transport: one per render-node session)"),
             "fence_waits": counter("pxos_transport_fence_waits",
                                    "Fenced answers the VM's device held until an earlier fence completed"),
+            "fast_path": counter("pxos_transport_fast_path_launches",
+                                 "LAUNCHes the VM's loop thread took itself (issue 14): ran there, queued from "
+                                 "there, or sent to the worker because the hypervisor's lock was busy",
+                                 ("vm", "outcome")),
         }
         device = {
             "pool": GaugeMetricFamily("pxos_device_pool_bytes", "Device memory pxOS may use"),
@@ -225,6 +229,11 @@ class _HypervisorCollector(Collector):
                 dev = st.get("device") or {}
                 transport["drm_contexts"].add_metric(vm, dev.get("drm_contexts", 0) or 0)
                 transport["fence_waits"].add_metric(vm, dev.get("fence_waits_total", 0) or 0)
+                ran = dev.get("launches_run_inline_total", 0) or 0
+                for outcome, n in (("ran_on_loop", ran),
+                                   ("queued_from_loop", (dev.get("launches_submitted_inline_total", 0) or 0) - ran),
+                                   ("lock_busy", dev.get("launches_lock_busy_total", 0) or 0)):
+                    transport["fast_path"].add_metric(vm + [outcome], n)
         d = hv.device_info()
         device["pool"].add_metric([], d.pool_bytes)
         device["pool_used"].add_metric([], d.pool_used)

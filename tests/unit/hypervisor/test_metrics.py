@@ -215,7 +215,8 @@ def test_a_failing_read_does_not_break_the_scrape(hv, exporter, monkeypatch):
 def test_transport_status_per_vm(hv):
     # what VhostUserTransport.status() reports for an attached VM (the far end of QEMU's socket)
     status = {3: {"socket": "/run/pxos/vm3.sock", "connected": True, "requests_served": 41, "errors": 2,
-                  "device": {"drm_contexts": 2, "fence_waits_total": 5}}}
+                  "device": {"drm_contexts": 2, "fence_waits_total": 5, "launches_submitted_inline_total": 9,
+                             "launches_run_inline_total": 7, "launches_lock_busy_total": 1}}}
     m = MetricsExporter(hv, transport_status=lambda: status)
     s, _ = parse(m.render())
     assert value(s, "pxos_transport_connected", vm="3") == 1
@@ -223,6 +224,10 @@ def test_transport_status_per_vm(hv):
     assert value(s, "pxos_transport_errors_total", vm="3") == 2
     assert value(s, "pxos_transport_drm_contexts", vm="3") == 2  # DRM transport (issue 12)
     assert value(s, "pxos_transport_fence_waits_total", vm="3") == 5
+    # the LAUNCH fast path (issue 14): what the VM's loop thread did with the LAUNCHes it took
+    assert value(s, "pxos_transport_fast_path_launches_total", vm="3", outcome="ran_on_loop") == 7
+    assert value(s, "pxos_transport_fast_path_launches_total", vm="3", outcome="queued_from_loop") == 2
+    assert value(s, "pxos_transport_fast_path_launches_total", vm="3", outcome="lock_busy") == 1
     m.stop()
 
 
