@@ -173,6 +173,23 @@ def test_launches_queued_together_are_left_to_the_dispatch_thread(hv, transport,
     assert hv.dispatcher.ran_here == 0 and hv.stats(1).launches_total == 5
 
 
+def test_a_kernel_that_overran_its_estimate_on_the_loop_is_queued_after(hv, transport, fe, monkeypatch):
+    """The bound trusts the classifier's estimate; a kernel that ran far longer on the loop
+    thread than the bound is never run there again by this device (the loop stays free)."""
+    guest = Guest(fe)
+    kid = guest.ok(g.compile(slow_kernel(40)))["kernels"][0]["kernel_id"]  # ~20 ms
+    a, out = (guest.ok(g.alloc(F32, [256, 256]))["handle"] for _ in range(2))
+    launch = g.launch(kid, [g.bind_buffer("a", a), g.bind_buffer("out", out)])
+    monkeypatch.setattr(hv.classifier, "estimate", lambda vm_id, cost: 1e-6)  # a wrong estimate
+    assert guest.ok(launch)["device_ns"] > 4 * INLINE_LAUNCH_MAX_S * 1e9  # it ran here, far too long
+    dev = _device(transport)
+    assert (dev["launches_run_inline_total"], dev["launches_overran_total"]) == (1, 1)
+    wait_until(lambda: not hv.dispatcher._device.locked())
+    guest.ok(launch)
+    dev = _device(transport)
+    assert (dev["launches_run_inline_total"], dev["launches_submitted_inline_total"]) == (1, 2)
+
+
 def test_the_fast_path_can_be_turned_off(hv, transport, fe):
     transport.set_inline_launch(0)
     guest = Guest(fe)

@@ -101,6 +101,11 @@ KICK_BUDGET = 32
 #: completed in the same pass: no thread hand-off at all. Longer launches are queued for
 #: the dispatcher as before: they never hold the loop that serves the VM's socket.
 INLINE_LAUNCH_MAX_S = 0.0005
+#: A kernel whose LAUNCH, run on the loop thread, took more than this many times the bound
+#: (its estimate was wrong) is never run there again by this device: queued instead. At
+#: most MAX_OVERRAN kernels are remembered (a guest picks the kernels; the set stays bounded).
+INLINE_OVERRUN_FACTOR = 4
+MAX_OVERRAN = 1024
 #: Loop time one pass over the control queue may spend on LAUNCHes (binding, submitting,
 #: running the short ones) before the rest of the pass goes through the worker.
 INLINE_PASS_BUDGET_S = 0.002
@@ -152,6 +157,7 @@ class GpuDevice(DrmServing):
         # (every LAUNCH through the worker, as before it: a benchmark's baseline).
         self.inline_launch_max_s = INLINE_LAUNCH_MAX_S
         self._pass_inline_s = 0.0  # loop time spent on LAUNCHes in the current pass
+        self._overran: set[int] = set()  # kernels whose LAUNCH ran far longer here than the bound
 
     # ---- VirtioDevice: features and config ----------------------------------------------
     def device_features(self) -> int:
@@ -226,6 +232,7 @@ class GpuDevice(DrmServing):
         self.virgl.reset()
         self.stats.drm_contexts = self.stats.drm_resources = 0
         self.fences.reset()
+        self._overran.clear()  # the kernels went with the reset
         self._close_display_fd()
         if self.retirement.message is not None:  # removed: the hypervisor released it all
             return
@@ -370,13 +377,15 @@ class GpuDevice(DrmServing):
         # launches at once gets them pipelined by the dispatch thread, which on a GPU
         # submits the next before the current one ends; run here, each would wait).
         serial = self.stats.launches_inflight == 0 and queue.pending() == 0
-        max_s = self.inline_launch_max_s if serial else 0.0
+        bound = self.inline_launch_max_s
+        max_s = bound if serial and cmd.kernel_id not in self._overran else 0.0
         try:
             result = self.control.launch_here(cmd, max_s)
         except Exception as exc:  # a host bug under the handler
             log.exception("vm %d: PXOS_CMD_LAUNCH failed inside the host", self.vm_id)
             result = c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
-        self._pass_inline_s += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        self._pass_inline_s += took
         if result is None:  # the hypervisor's lock is busy (its holder may wait on the GPU)
             self.stats.launches_lock_busy_total += 1
             return False
@@ -387,6 +396,12 @@ class GpuDevice(DrmServing):
             self.stats.launches_submitted_inline_total += 1
             if kind is c.LaunchResp:
                 self.stats.launches_run_inline_total += 1
+                if max_s and took > INLINE_OVERRUN_FACTOR * bound:  # the estimate was wrong: never again here
+                    self.stats.launches_overran_total += 1
+                    if len(self._overran) < MAX_OVERRAN:
+                        self._overran.add(cmd.kernel_id)
+                    self._note("kernel %d ran %.1f ms on the loop thread, estimated within %.1f ms: queued from "
+                               "now on", cmd.kernel_id, took * 1e3, bound * 1e3)
         self._finish(queue, req, hdr, result)
         return True
 

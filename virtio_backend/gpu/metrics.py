@@ -31,6 +31,7 @@ class DeviceStats:
     launches_submitted_inline_total: int = 0
     launches_run_inline_total: int = 0
     launches_lock_busy_total: int = 0  # the hypervisor's lock was held elsewhere: sent to the worker
+    launches_overran_total: int = 0  # ran on the loop far longer than the bound (its kernel is queued after)
     late_completions_dropped: int = 0  # completions that arrived after a reset
     resets_total: int = 0
     drm_contexts: int = 0  # contexts open (DRM transport: one per render-node session)
