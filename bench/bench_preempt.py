@@ -385,6 +385,7 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
                 spent[mode] += time.perf_counter() - t0
                 done[mode] += count[0]
         pool_stats = pool.stats()
+        roundtrip(report, pool)
     finally:
         sys.setswitchinterval(before_switch)
         hv.compiler = inline
@@ -411,6 +412,40 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
                         "process, the same interval and budget (the default); pool_unbudgeted = the pool, no budget; "
                         "arrival = from when the launch was due (2 ms after the previous one ended) to its "
                         "end: with the wait for the interpreter lock before launch() could start")
+
+
+def roundtrip(report: Report, pool) -> None:
+    """What a compile costs this process inline and through a worker, by source size (the
+    measurement behind INLINE_BYTES): CPU of the calling thread, and the caller's wait."""
+    import hashlib
+
+    import primitive_lang
+
+    sizes = {"75b": None, "0k5": 20, "2k": 80, "63k": 98}
+    for name, n in sizes.items():
+        src = (TINY_SOURCE if n is None else big_source(2 * 10**9 + n, n) if name == "63k"
+               else "GPU_KERNEL s\nGPU_PARAM a float[64]\nGPU_PARAM b float[64]\nGPU_THREAD_CODE:\n"
+               + "".join(f"    ADD a b -> t{i}\n" for i in range(n)) + "    COPY t0 -> b\nGPU_END\n")
+        data = src.encode()
+        key = hashlib.sha256(data).hexdigest()
+        inline, parent, wall = [], [], []
+        for _ in range(3 if name == "63k" else 9):
+            c0 = time.thread_time()
+            primitive_lang.compile_uncached(data, key)
+            inline.append(time.thread_time() - c0)
+            c0, w0 = time.thread_time(), time.perf_counter()
+            pool.pool.run(data, key)
+            parent.append(time.thread_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        report.add(f"compile_{name}_inline_cpu_ms", statistics.median(inline) / MS, "ms")
+        report.add(f"compile_{name}_pool_caller_cpu_ms", statistics.median(parent) / MS, "ms",
+                   baseline=f"compile_{name}_inline_cpu_ms")
+        report.add(f"compile_{name}_pool_wait_ms", statistics.median(wall) / MS, "ms",
+                   baseline=f"compile_{name}_inline_cpu_ms")
+    report.notes.append(f"compile round trip: sources of {', '.join(sizes)} bytes (75b = the tiny kernel, 0k5 "
+                        "~490 B, 2k ~1.9 KiB, 63k 63 KiB): inline = the calling thread's CPU to compile; "
+                        "pool_caller = its CPU for the same through a worker (send, wait, rebuild the result); "
+                        "pool_wait = its wall time for that")
 
 
 def _tiny_serial(hv: Hypervisor, kid: int, binds: dict[str, int], seconds: float,

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from primitive_lang import CompiledProgram, Diagnostic
@@ -64,11 +65,26 @@ _BOOT = "from hypervisor.compile_worker import main; raise SystemExit(main())"
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+#: While rebuilding a worker's answer, the longest one pause for a busy device may last
+#: (per REBUILD_CHUNK statements), and how often the device is looked at meanwhile.
+YIELD_CAP_S = 0.001
+YIELD_POLL_S = 0.00005
+_rebuilding = threading.local()  # .busy: the device probe of the rebuild on this thread
+
+
 def _let_others_run() -> None:
     """Rebuilding a worker's answer (pickle.loads) is the one long Python job a pool
-    compile leaves in this process: every REBUILD_CHUNK statements it gives the GIL up,
-    so a launch that is waiting for it runs now, not a switch interval later."""
+    compile leaves in this process. Every REBUILD_CHUNK statements it gives the GIL up, so
+    a thread that is waiting for it runs now, not a switch interval later; and while a
+    device of this process is busy (a launch queued or running) it waits, up to
+    YIELD_CAP_S per chunk, so that the launch does not share the interpreter with it."""
     time.sleep(0)
+    busy = getattr(_rebuilding, "busy", None)
+    if busy is None:
+        return
+    end = time.monotonic() + YIELD_CAP_S
+    while busy() and time.monotonic() < end:
+        time.sleep(YIELD_POLL_S)
 
 
 _ast.rebuild_hook = _let_others_run
@@ -237,7 +253,10 @@ class CompilePool:
                     **self.counts, "worker_cpu_seconds": self.worker_cpu_s, "queue_wait_seconds": self.queue_wait_s}
 
     # ---- work
-    def run(self, data: bytes, key: str, charge=None) -> CompiledProgram | tuple[Diagnostic, ...]:
+    def run(self, data: bytes, key: str, charge=None, busy: Callable[[], bool] | None = None
+            ) -> CompiledProgram | tuple[Diagnostic, ...]:
+        """The compile of ``data`` (sha256 ``key``) in a worker. ``busy``: whether a device
+        of this process is busy now; the rebuild of the answer gives way while it is."""
         if len(key) != KEY_BYTES:
             raise ValueError("key is a sha256 in hex")
         w = self._take()
@@ -263,7 +282,11 @@ class CompilePool:
             raise
         w.compiles += 1
         self._give(w)
-        kind, value, cpu = pickle.loads(frame)  # what this process pays: building the objects
+        _rebuilding.busy = busy
+        try:
+            kind, value, cpu = pickle.loads(frame)  # what this process pays: building the objects
+        finally:
+            _rebuilding.busy = None
         if charge is not None:
             charge.extra_s += cpu
         with self._cond:

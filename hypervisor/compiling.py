@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,6 +131,16 @@ class Compiler:
         self.inline_bytes = inline_bytes
         self._lock = threading.Lock()
         self.counts = {"inline": 0, "pool": 0}
+        self._dispatchers: weakref.WeakSet = weakref.WeakSet()  # the devices a rebuild gives way to
+
+    def watch(self, dispatcher) -> None:
+        """A device whose launches a pool compile's rebuild gives way to (compile_pool.py)."""
+        self._dispatchers.add(dispatcher)
+
+    def _busy(self) -> bool:
+        # The dispatcher holds its device token while it picks or runs launches (a caller on
+        # the serial fast path too), and its work event is set from a launch's queueing.
+        return any(d._device.locked() or d._work.is_set() for d in list(self._dispatchers))
 
     def start(self) -> Compiler:
         if self.pool is not None:
@@ -154,7 +165,7 @@ class Compiler:
                     self.counts[where] += 1
                 if where == "inline":
                     return primitive_lang.compile_uncached(data, key)
-                return self.pool.run(data, key, charge)
+                return self.pool.run(data, key, charge, self._busy)
 
         return primitive_lang.compile_source(source, run=run)
 

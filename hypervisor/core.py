@@ -133,6 +133,7 @@ class Hypervisor:
         self._own_compiler = compiler is None
         self.compiler = compiler if compiler is not None else Compiler()
         self.compiles = self.compiler.budget
+        self.compiler.watch(self.dispatcher)  # a pool compile's rebuild gives way to its launches
         if time_slice_s is not None:  # preemption at op boundaries (docs/scheduling.md); 0 = off
             if not 0 <= time_slice_s <= 1:
                 raise E.InvalidArgument(f"time_slice_s must be in [0, 1] seconds, got {time_slice_s!r}")

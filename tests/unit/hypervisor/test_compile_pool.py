@@ -277,3 +277,19 @@ def test_metrics_count_compiles_by_where_and_the_workers():
         m.stop()
     finally:
         hv.stop()
+
+
+def test_rebuilding_an_answer_gives_way_to_a_busy_device(pool):
+    """The rebuild (pickle.loads) asks the device probe every REBUILD_CHUNK statements, and
+    an idle hypervisor's dispatcher reads as not busy."""
+    from primitive_lang import ast
+
+    data = big_source(20, 4).encode()  # 4 kernels of 43 statements
+    asked = []
+    pool.run(data, key_of(data), busy=lambda: asked.append(1) or False)
+    assert len(asked) >= 4 * 43 // ast.REBUILD_CHUNK
+    with Hypervisor(backend="numpy", compiler=Compiler(workers=0)) as hv:
+        end = time.monotonic() + 10
+        while hv.compiler._busy() and time.monotonic() < end:  # the dispatcher settles into its wait
+            time.sleep(0.01)
+        assert not hv.compiler._busy()
