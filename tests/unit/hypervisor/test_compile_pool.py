@@ -293,3 +293,20 @@ def test_rebuilding_an_answer_gives_way_to_a_busy_device(pool):
         while hv.compiler._busy() and time.monotonic() < end:  # the dispatcher settles into its wait
             time.sleep(0.01)
         assert not hv.compiler._busy()
+
+
+def test_the_devices_of_a_set_share_one_compiler():
+    from hypervisor.devices import DeviceSet
+
+    ds = DeviceSet("numpy", 2, device_pool_bytes=16 << 20).start()
+    try:
+        assert all(hv.compiler is ds.compiler for hv in ds.devices.values())
+        ds.register_vm(1, 8, 10)
+        ds.register_vm(2, 8, 10)
+        ds.compile(1, big_source(4, 2))
+        ds.compile(2, big_source(4, 2))
+        assert ds.compiler.stats()["pool"] == 2 and ds.compiler.stats()["workers"] == 1
+        pids = ds.compiler.pool.pids()
+    finally:
+        ds.stop()
+    assert wait_gone(pids) == []
