@@ -38,4 +38,5 @@ def test_quick_run_measures_both_devices(capsys):
                 "gpu_launch_phase_fast_total_us", "gpu_launch_phase_handoff_total_us"):
         assert math.isfinite(figs[key]["value"]) and figs[key]["value"] > 0, key
     assert figs["gpu_launch_rtt_us"]["baseline"] == "gpu_launch_rtt_handoff_us"
-    assert "gpu_launch_phase_handoff_hv_launch_returned__dispatcher_picked_us" in figs
+    # the hand-off path passes the dispatch thread's pick (the steps' order around it is the threads')
+    assert any(k.startswith("gpu_launch_phase_handoff_") and "dispatcher_picked" in k for k in figs)
