@@ -44,3 +44,15 @@ def test_quick_run_on_wgpu_steps_launches(capsys):
         assert math.isfinite(figs[key]["value"]), key
     assert figs["iso_preemptions_off"]["value"] == 0
     assert figs["share_vm1_achieved_pct"]["value"] + figs["share_vm2_achieved_pct"]["value"] == pytest.approx(100)
+
+
+@pytest.mark.slow
+def test_preempt_wait_breaks_the_urgent_wait_down():
+    from bench import preempt_wait
+
+    out = preempt_wait.measure("numpy", "auto", None, 0.5)
+    assert "queue wait p50" in out and "_issue_steps" in out, out
+    # the wrappers are taken off again
+    from hypervisor import dispatch
+
+    assert dispatch.Dispatcher._issue_steps.__name__ == "_issue_steps"
