@@ -472,7 +472,8 @@ class Hypervisor:
                 raise E.NotFound(f"no VM {vm_id}")
             record = self._kernel(vm_id, kernel_id, session)
             plan, bound, buffers = plan_launch(vm, record, session, bindings,
-                                               lambda h: self._lookup(vm_id, session, h))
+                                               lambda h: self._lookup(vm_id, session, h),
+                                               self.memory.vm(vm_id).buffers)
             if vm.inflight >= MAX_INFLIGHT_PER_VM:
                 raise E.Busy(f"VM {vm_id} has {vm.inflight} launches in flight, the limit; wait for one")
             temp, cost = plan.temp_bytes, plan.cost

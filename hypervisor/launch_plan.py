@@ -55,12 +55,19 @@ class LaunchPlan:
 def plan_key(bindings: Mapping[str, int | Scalar]) -> tuple | None:
     """The bindings as a cache key, or None where they cannot be one (anything but plain
     ints and Scalars of plain numbers: those take the full path and its errors). A value's
-    type is part of the key: True == 1, but a bool is no handle."""
+    type is part of the key (True == 1, but a bool is no handle): handles alone give the
+    items as they are; with a Scalar, each item carries its value's type."""
+    items = tuple(bindings.items())
+    for _, v in items:
+        if type(v) is not int:
+            break
+    else:
+        return items
     key = []
-    for name, v in bindings.items():
+    for name, v in items:
         t = type(v)
         if t is int:
-            key.append((name, v))
+            key.append((name, int, v))
         elif t is Scalar and type(v.value) in (int, float):
             key.append((name, type(v.value), v.value, v.dtype))
         else:
@@ -122,10 +129,11 @@ def build_plan(record: KernelRecord, bindings: Mapping[str, int | Scalar],
 
 
 def plan_launch(vm: VMRecord, record: KernelRecord, session: int, bindings: Mapping[str, int | Scalar],
-                lookup: Callable[[int], object]) -> tuple[LaunchPlan, BoundKernel, dict]:
+                lookup: Callable[[int], object], own: dict | None = None) -> tuple[LaunchPlan, BoundKernel, dict]:
     """The launch's plan, bound kernel and buffers: the cached plan when its bound kernel
     and its buffers are still the ones it was made for, else the full path (whose plan is
-    kept for next time)."""
+    kept for next time). ``own``: the VM's buffers by handle, read first (a buffer freed or
+    of another session, or a shared model's tensor, goes through ``lookup``)."""
     key = plan_key(bindings)
     if key is not None:
         key = (record.info.kernel_id, session, key)
@@ -134,8 +142,11 @@ def plan_launch(vm: VMRecord, record: KernelRecord, session: int, bindings: Mapp
             bound = plan.bound_ref()
             if bound is not None:
                 buffers = {}
+                get = own.get if own is not None else None
                 for name, handle, spec, writes in plan.buffers:
-                    buf = lookup(handle)
+                    buf = get(handle) if get is not None else None
+                    if buf is None or buf.freed or buf.session != session:
+                        buf = lookup(handle)
                     if buf.spec is not spec or (writes and buf.read_only):
                         break
                     buffers[name] = (buf, writes)

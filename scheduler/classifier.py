@@ -146,9 +146,11 @@ class Classifier:
         limit = _LOG_CLAMP
         model = self._overhead + max(cost.flops / self._flops, (cost.bytes_read + cost.bytes_written) / self._bw)
         sample = math.log(max(device_seconds, 1e-12) / model)  # the log of measured / model_seconds(cost)
-        h.log_ratio += RATIO_ALPHA * (min(max(sample - h.log_ratio, -limit), limit))
+        d = sample - h.log_ratio  # each step clamped to [-limit, limit]
+        h.log_ratio += RATIO_ALPHA * (limit if d > limit else -limit if d < -limit else d)
         h.samples += 1
-        self._global_log_ratio += RATIO_ALPHA * (min(max(sample - self._global_log_ratio, -limit), limit))
+        d = sample - self._global_log_ratio
+        self._global_log_ratio += RATIO_ALPHA * (limit if d > limit else -limit if d < -limit else d)
         h.busy = h.busy * math.exp(-max(0.0, now - h.at) / DUTY_TAU_SECONDS) + device_seconds
         h.at = now
 
