@@ -465,15 +465,17 @@ class Hypervisor:
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
                                      or not 0 <= priority <= 100):
             raise E.InvalidArgument(f"priority must be an integer 0..100, got {priority!r}")
-        hint = class_of(class_hint)
+        hint = class_of(class_hint) if class_hint is not None else None
         with self._lock:
             vm = self._vms.get(vm_id)
             if vm is None:
                 raise E.NotFound(f"no VM {vm_id}")
-            record = self._kernel(vm_id, kernel_id, session)
+            record = vm.kernels.get(kernel_id)
+            if record is None or record.session != session:
+                raise E.NotFound(f"no kernel with id {kernel_id}")  # as _kernel()
             plan, bound, buffers = plan_launch(vm, record, session, bindings,
                                                lambda h: self._lookup(vm_id, session, h),
-                                               self.memory.vm(vm_id).buffers)
+                                               self.memory._vm(vm_id).buffers)
             if vm.inflight >= MAX_INFLIGHT_PER_VM:
                 raise E.Busy(f"VM {vm_id} has {vm.inflight} launches in flight, the limit; wait for one")
             temp, cost = plan.temp_bytes, plan.cost
