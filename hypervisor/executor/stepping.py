@@ -104,7 +104,8 @@ class Chunk(ABC):
 
     @abstractmethod
     def wait(self) -> float:
-        """Block until the device has run it; its device seconds (called once)."""
+        """Block until the device has run it; its device seconds (called once, or again
+        after it raised: a chunk is retired only once this returns)."""
 
 
 class DeviceSteps(Steps):
