@@ -20,7 +20,7 @@ from tests.support.drm_guest import DrmGuest
 from tests.support.vhost_frontend import VhostUserFrontend
 from virtio_backend.gpu import guest as g
 from virtio_backend.gpu import transport as transport_mod
-from virtio_backend.gpu.device import INLINE_LAUNCH_MAX_S
+from virtio_backend.gpu.inline_launch import INLINE_LAUNCH_MAX_S
 from virtio_backend.gpu.transport import VhostUserTransport
 from virtio_backend.wire import PxosCmdType, PxosStatus
 

@@ -57,7 +57,6 @@ import logging
 import os
 import stat
 import threading
-import time
 
 from hypervisor import Hypervisor
 from hypervisor.core import MAX_INFLIGHT_PER_VM
@@ -78,6 +77,7 @@ from virtio_backend.gpu.display import MAX_STANDARD_REQUEST, HeadlessDisplay
 from virtio_backend.gpu.drm_serve import DrmServing, DrmTarget
 from virtio_backend.gpu.encode import encode
 from virtio_backend.gpu.fences import FenceTimeline
+from virtio_backend.gpu.inline_launch import InlineLaunching
 from virtio_backend.gpu.metrics import DeviceStats, LogLimiter
 from virtio_backend.gpu.virgl import NUM_CAPSETS, Virgl3D
 from virtio_backend.gpu.virtio_gpu import VirtioGpuCtrlType, VirtioGpuFeature, VirtioGpuFlag, VirtioGpuQueue
@@ -94,21 +94,6 @@ _PXOS_FIRST, _PXOS_LAST = wire.PXOS_CMD_FIRST, wire.PXOS_CMD_LAST
 #: flood makes its loop do before it reads its vhost-user socket again (QEMU may be
 #: waiting there). A chain costs the loop a few microseconds (pop, decode, hand over).
 KICK_BUDGET = 32
-#: The serial fast path for LAUNCH (issue 14; docs/protocol.md, "LAUNCH on the loop thread"):
-#: a LAUNCH is submitted to the hypervisor from the VM's loop thread when nothing of the
-#: VM's is ahead of it on the worker, and when the device is idle and its estimated device
-#: time is at most this, it also runs there (Hypervisor.launch run_here_max_s), its chain
-#: completed in the same pass: no thread hand-off at all. Longer launches are queued for
-#: the dispatcher as before: they never hold the loop that serves the VM's socket.
-INLINE_LAUNCH_MAX_S = 0.0005
-#: A kernel whose LAUNCH, run on the loop thread, took more than this many times the bound
-#: (its estimate was wrong) is never run there again by this device: queued instead. At
-#: most MAX_OVERRAN kernels are remembered (a guest picks the kernels; the set stays bounded).
-INLINE_OVERRUN_FACTOR = 4
-MAX_OVERRAN = 1024
-#: Loop time one pass over the control queue may spend on LAUNCHes (binding, submitting,
-#: running the short ones) before the rest of the pass goes through the worker.
-INLINE_PASS_BUDGET_S = 0.002
 #: The counters' bucket for any command type the device does not know: a guest chooses
 #: the type (a u32), so a key per type would let it grow the map without bound.
 UNKNOWN_COMMAND = "unknown"
@@ -124,7 +109,7 @@ class Retirement:
         self.message: str | None = None
 
 
-class GpuDevice(DrmServing):
+class GpuDevice(DrmServing, InlineLaunching):
     """One VM's virtio-gpu-pxos device, for one vhost-user connection."""
 
     num_queues = 2
@@ -153,11 +138,7 @@ class GpuDevice(DrmServing):
         self._results_posted = False
         self._batch: list = []  # jobs of the current pass, handed to the worker at its end
         self._release_queued = False  # a release job is queued and has not started yet
-        # The LAUNCH fast path's estimate bound (INLINE_LAUNCH_MAX_S); 0 turns the path off
-        # (every LAUNCH through the worker, as before it: a benchmark's baseline).
-        self.inline_launch_max_s = INLINE_LAUNCH_MAX_S
-        self._pass_inline_s = 0.0  # loop time spent on LAUNCHes in the current pass
-        self._overran: set[int] = set()  # kernels whose LAUNCH ran far longer here than the bound
+        self._init_inline_launch()
 
     # ---- VirtioDevice: features and config ----------------------------------------------
     def device_features(self) -> int:
@@ -353,57 +334,6 @@ class GpuDevice(DrmServing):
             self._hold(queue, req, hdr, result.completion)
         else:
             self._complete(queue, req, hdr, result)
-
-    # ---- LAUNCH on the loop thread (the serial fast path) ---------------------------------
-    def _may_launch_here(self) -> bool:
-        """Whether a LAUNCH may be submitted from the loop thread: nothing of the VM's is
-        ahead of it (no command of this pass waiting for the worker, the worker idle: the
-        VM's commands keep their order, a reset's release runs before the next driver's
-        requests), the device is not closing, and the pass has loop time left."""
-        return (self.inline_launch_max_s > 0 and not self._batch and self._pass_inline_s < INLINE_PASS_BUDGET_S
-                and self._worker.idle() and not self._worker.closed)
-
-    def _launch_here(self, queue, req, hdr: c.Header, cmd: c.LaunchCmd) -> bool:
-        """Submit a LAUNCH from the loop thread without ever waiting (False: the
-        hypervisor's lock was busy, nothing done: the worker takes it); run it here too
-        when it is the device's only launch, the caller is serial (the VM has no launch in
-        flight, no more chains wait on the ring) and the estimate is within the bound. Its
-        response then goes out in this pass; otherwise it is held as a worker-submitted
-        launch is. The retirement check before it (``_serve_pxos``) is exact: ``retire``
-        sets the message, then waits for this loop to finish its pass."""
-        t0 = time.perf_counter()
-        # Run here only for a serial caller: no launch of the VM's in flight (its earlier
-        # ones come first) and nothing more on the ring (a guest that queues several
-        # launches at once gets them pipelined by the dispatch thread, which on a GPU
-        # submits the next before the current one ends; run here, each would wait).
-        serial = self.stats.launches_inflight == 0 and queue.pending() == 0
-        bound = self.inline_launch_max_s
-        max_s = bound if serial and cmd.kernel_id not in self._overran else 0.0
-        try:
-            result = self.control.launch_here(cmd, max_s)
-        except Exception as exc:  # a host bug under the handler
-            log.exception("vm %d: PXOS_CMD_LAUNCH failed inside the host", self.vm_id)
-            result = c.ErrorResp(PxosStatus.PXOS_S_INTERNAL, f"host error: {type(exc).__name__}")
-        took = time.perf_counter() - t0
-        self._pass_inline_s += took
-        if result is None:  # the hypervisor's lock is busy (its holder may wait on the GPU)
-            self.stats.launches_lock_busy_total += 1
-            return False
-        kind = type(result)
-        if kind is c.ErrorResp and result.status == PxosStatus.PXOS_S_INTERNAL:
-            self.stats.internal_errors_total += 1
-        if kind is not c.ErrorResp:
-            self.stats.launches_submitted_inline_total += 1
-            if kind is c.LaunchResp:
-                self.stats.launches_run_inline_total += 1
-                if max_s and took > INLINE_OVERRUN_FACTOR * bound:  # the estimate was wrong: never again here
-                    self.stats.launches_overran_total += 1
-                    if len(self._overran) < MAX_OVERRAN:
-                        self._overran.add(cmd.kernel_id)
-                    self._note("kernel %d ran %.1f ms on the loop thread, estimated within %.1f ms: queued from "
-                               "now on", cmd.kernel_id, took * 1e3, bound * 1e3)
-        self._finish(queue, req, hdr, result)
-        return True
 
     # ---- PXOS commands: on the VM's worker ----------------------------------------------
     def _offload(self, queue, req, hdr: c.Header, cmd: c.Command) -> None:

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 from hypervisor import Hypervisor
 from hypervisor.errors import AlreadyExists, NotFound
-from virtio_backend.gpu.device import INLINE_LAUNCH_MAX_S, GpuDevice, Retirement
+from virtio_backend.gpu.device import GpuDevice, Retirement
+from virtio_backend.gpu.inline_launch import INLINE_LAUNCH_MAX_S
 from virtio_backend.gpu.metrics import DeviceStats
 from virtio_backend.gpu.worker import DeviceWorker
 from virtio_backend.vhost_user import VhostUserServer
@@ -42,7 +43,7 @@ from virtio_backend.vhost_user.peer import VhostUserPeer
 log = logging.getLogger("pxos.virtio.gpu")
 
 STATUS_TIMEOUT_S = 2.0  # how long status() waits for a VM's loop thread to answer
-#: Overrides the LAUNCH fast path's estimate bound (device.INLINE_LAUNCH_MAX_S), in
+#: Overrides the LAUNCH fast path's estimate bound (inline_launch.INLINE_LAUNCH_MAX_S), in
 #: microseconds; 0 turns the path off (benchmarks measure the hand-off path with it).
 INLINE_LAUNCH_ENV = "PXOS_INLINE_LAUNCH_US"
 
