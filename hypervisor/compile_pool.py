@@ -40,7 +40,7 @@ from primitive_lang import CompiledProgram, Diagnostic
 from primitive_lang import ast as _ast
 
 from . import errors as E
-from .compile_worker import HEADER, KEY_BYTES, READY
+from .compile_worker import CPU, HEADER, KEY_BYTES, READY
 
 log = logging.getLogger("pxos.compile")
 
@@ -282,9 +282,12 @@ class CompilePool:
             raise
         w.compiles += 1
         self._give(w)
+        if len(frame) <= CPU.size:
+            raise E.CompileFailed(f"a compile worker sent a short answer ({len(frame)} bytes)")
+        (cpu,) = CPU.unpack_from(frame)
         _rebuilding.busy = busy
-        try:
-            kind, value, cpu = pickle.loads(frame)  # what this process pays: building the objects
+        try:  # what this process pays: building the objects
+            kind, value = pickle.loads(memoryview(frame)[CPU.size:])
         finally:
             _rebuilding.busy = None
         if charge is not None:

@@ -6,11 +6,11 @@ requests on its stdin/stdout pipes, one at a time, until stdin ends:
 - every message is a frame: a 4-byte little-endian length, then that many bytes;
 - the worker's first frame says it is ready: ``b"ready"``;
 - a request is the source's sha256 in hex (64 ASCII bytes) followed by its UTF-8 bytes;
-- the answer is a pickle of ``(kind, value, cpu_s)``: ``("ok", result, cpu)`` with what
-  ``primitive_lang.compile_uncached`` returned (the program or its diagnostics), or
-  ``("error", text, cpu)`` when the compiler raised (a bug of the language, or the
-  worker's memory limit): the host turns it into a typed error. ``cpu_s`` is the CPU
-  time the compile took in this process, which the host charges to the VM.
+- the answer is the CPU time the compile and its pickling took in this process (a
+  little-endian double: the host charges it to the VM), then a pickle of ``(kind,
+  value)``: ``("ok", result)`` with what ``primitive_lang.compile_uncached`` returned (the
+  program or its diagnostics), or ``("error", text)`` when the compiler raised (a bug of
+  the language, or the worker's memory limit): the host turns it into a typed error.
 
 The process holds its address space to the size given as its argument (a hostile source
 cannot make it take the host's memory), lowers its priority by WORKER_NICE, ignores
@@ -29,6 +29,7 @@ import threading
 import time
 
 HEADER = struct.Struct("<I")
+CPU = struct.Struct("<d")
 READY = b"ready"
 KEY_BYTES = 64
 #: Nice increment of a worker: the dispatcher and the VMs' threads win a contended CPU.
@@ -92,12 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # MemoryError included: the host reports it, the worker goes on
             answer = ("error", f"{type(exc).__name__}: {exc}"[:1000])
         try:
-            payload = pickle.dumps((*answer, time.process_time() - c0), protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            payload = pickle.dumps(("error", f"the result cannot be sent: {type(exc).__name__}: {exc}"[:1000],
-                                    time.process_time() - c0))
+            payload = pickle.dumps(("error", f"the result cannot be sent: {type(exc).__name__}: {exc}"[:1000]))
         try:
-            _write_frame(out, payload)
+            _write_frame(out, CPU.pack(time.process_time() - c0) + payload)
         except BrokenPipeError:
             return 0
 

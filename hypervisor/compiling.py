@@ -7,7 +7,7 @@ every other VM's thread need. ``Compiler.compile`` keeps it off that lock:
 - the compile cache (primitive_lang, by sha256) answers a source seen before at once;
 - a miss of more than ``inline_bytes`` (INLINE_BYTES) is compiled in a worker process
   (compile_pool.py): this process only waits, then builds the result's objects from the
-  worker's answer (about a quarter of the compile's CPU); smaller sources compile on the
+  worker's answer (about a third of the compile's CPU); smaller sources compile on the
   calling thread, where they cost less than the round trip would;
 - a per-VM compile budget (``CompileBudget``): a VM's compiles run one at a time and may
   use at most ``COMPILE_BUDGET_S`` seconds of CPU (the worker's and this process's) in any

@@ -37,7 +37,7 @@ def by_fields(cls):
     """Pickle instances of a frozen slotted dataclass as ``cls(*fields)``: a compile may run
     in another process (the hypervisor's compile workers), and the dataclass default
     (``__setstate__`` looking the fields up per object) makes unpickling a large program
-    cost about half of compiling it; this makes it a quarter of that."""
+    cost about half of compiling it; this makes it a quarter."""
     get = attrgetter(*cls.__slots__)
     if len(cls.__slots__) == 1:
         cls.__reduce__ = lambda self: (cls, (get(self),))
