@@ -34,6 +34,7 @@ from __future__ import annotations
 import hypervisor  # noqa: F401
 
 # isort: split
+import gc
 import os
 import random
 import statistics
@@ -351,6 +352,8 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
     before.budget.budget_s = float("inf")
     compilers = {"before": before, "inline": inline, "pool": pool, "pool_unbudgeted": unbudgeted}
     tag = [0]
+    gc_watch = _FullCollections()
+    gc.callbacks.append(gc_watch)
     try:
         hv.register_vm(1, QUOTA_MB, 50)
         hv.register_vm(2, QUOTA_MB, 50)
@@ -378,7 +381,9 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
                 if t:
                     t.start()
                 t0 = time.perf_counter()
+                gc_watch.mode = mode
                 lat[mode] += _tiny_serial(hv, kid, binds, plan.iso_s / 2, arrival[mode])
+                gc_watch.mode = None
                 stop.set()
                 if t:
                     t.join()
@@ -387,6 +392,7 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
         pool_stats = pool.stats()
         roundtrip(report, pool)
     finally:
+        gc.callbacks.remove(gc_watch)
         sys.setswitchinterval(before_switch)
         hv.compiler = inline
         hv.stop()
@@ -403,6 +409,10 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
                    baseline="compile_tiny_arrival_p99_quiet_ms")
     for mode in COMPILE_MODES[1:]:
         report.add(f"compile_vm2_sources_per_s_{mode}", done[mode] / spent[mode], "1/s")
+    for mode in COMPILE_MODES:
+        pauses = gc_watch.pauses.get(mode, [])
+        report.add(f"compile_gc_full_per_s_{mode}", len(pauses) / spent[mode], "1/s")
+        report.add(f"compile_gc_full_max_ms_{mode}", max(pauses, default=0.0) / MS, "ms")
     report.add("compile_pool_worker_cpu_ms_per_source", 1e3 * pool_stats["worker_cpu_seconds"]
                / max(pool_stats["pool"], 1), "ms")
     report.notes.append(f"compiles: VM 1 tiny launches one at a time (2 ms apart) while VM 2 compiles new "
@@ -411,17 +421,48 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
                         f"{GIL_SWITCH_S * 1e3:g} ms, budget {COMPILE_BUDGET_S:g} s of CPU per s; pool = a worker "
                         "process, the same interval and budget (the default); pool_unbudgeted = the pool, no budget; "
                         "arrival = from when the launch was due (2 ms after the previous one ended) to its "
-                        "end: with the wait for the interpreter lock before launch() could start")
+                        "end: with the wait for the interpreter lock before launch() could start; "
+                        "gc_full = Python's full garbage collections (a pause of the whole process) while "
+                        "VM 1 measured")
+
+
+class _FullCollections:
+    """gc callback: the pauses of full (generation 2) collections, by the mode running."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.pauses: dict[str, list[float]] = {}
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self.mode is not None:
+            self.pauses.setdefault(self.mode, []).append(time.perf_counter() - self._t0)
 
 
 def roundtrip(report: Report, pool) -> None:
     """What a compile costs this process inline and through a worker, by source size (the
     measurement behind INLINE_BYTES): CPU of the calling thread, and the caller's wait."""
+    sizes = {"75b": None, "0k5": 20, "2k": 80, "63k": 98}
+    gc.disable()  # the cost of each path, without the collections its allocations trigger (measured apart)
+    try:
+        _roundtrip(report, pool, sizes)
+    finally:
+        gc.enable()
+    report.notes.append(f"compile round trip: sources of {', '.join(sizes)} bytes (75b = the tiny kernel, 0k5 "
+                        "~490 B, 2k ~1.9 KiB, 63k 63 KiB): inline = the calling thread's CPU to compile; "
+                        "pool_caller = its CPU for the same through a worker (send, wait, rebuild the result); "
+                        "pool_wait = its wall time for that; the garbage collector off meanwhile")
+
+
+def _roundtrip(report: Report, pool, sizes: dict) -> None:
     import hashlib
 
     import primitive_lang
 
-    sizes = {"75b": None, "0k5": 20, "2k": 80, "63k": 98}
     for name, n in sizes.items():
         src = (TINY_SOURCE if n is None else big_source(2 * 10**9 + n, n) if name == "63k"
                else "GPU_KERNEL s\nGPU_PARAM a float[64]\nGPU_PARAM b float[64]\nGPU_THREAD_CODE:\n"
@@ -442,10 +483,6 @@ def roundtrip(report: Report, pool) -> None:
                    baseline=f"compile_{name}_inline_cpu_ms")
         report.add(f"compile_{name}_pool_wait_ms", statistics.median(wall) / MS, "ms",
                    baseline=f"compile_{name}_inline_cpu_ms")
-    report.notes.append(f"compile round trip: sources of {', '.join(sizes)} bytes (75b = the tiny kernel, 0k5 "
-                        "~490 B, 2k ~1.9 KiB, 63k 63 KiB): inline = the calling thread's CPU to compile; "
-                        "pool_caller = its CPU for the same through a worker (send, wait, rebuild the result); "
-                        "pool_wait = its wall time for that")
 
 
 def _tiny_serial(hv: Hypervisor, kid: int, binds: dict[str, int], seconds: float,
