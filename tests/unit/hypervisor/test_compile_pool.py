@@ -310,3 +310,19 @@ def test_the_devices_of_a_set_share_one_compiler():
     finally:
         ds.stop()
     assert wait_gone(pids) == []
+
+
+def test_a_worker_that_cannot_start_fails_the_compile_and_is_not_restarted_in_a_loop(monkeypatch):
+    import hypervisor.compile_pool as cp
+
+    monkeypatch.setattr(cp, "_BOOT", "raise SystemExit(3)")  # e.g. a broken installation
+    p = CompilePool(1)
+    try:
+        data = big_source(2, 1).encode()
+        for _ in range(2):
+            with pytest.raises(E.CompileFailed, match="status 3"):
+                p.run(data, key_of(data))
+        st = p.stats()
+        assert st["started"] == 2 and st["workers"] == 0 and st["crashes"] == 2  # one per compile, no more
+    finally:
+        p.close()
