@@ -277,11 +277,31 @@ class Dispatcher(Preemption):
                     return None
                 wait = hv.scheduler.next_eligible_in()
             self._device.release()  # nothing in flight: a caller may run a launch meanwhile
+            got = False
             try:
-                self._work.wait(timeout=wait)
+                got = self._wait_for_work(wait)
             finally:
-                self._device.acquire()
+                if not got:
+                    self._device.acquire()  # (stopping, or an error: the loop ends holding it)
         return None
+
+    def _wait_for_work(self, timeout: float | None) -> bool:
+        """Wait for work, then take the device token back. While a caller holds it (the
+        serial fast path) the dispatch thread does not queue up for it: it waits for work
+        again, and the caller wakes it when it lets go with launches still queued
+        (Preemption.run_here), so a serial caller's next launch finds the device free
+        instead of handed to this thread. The token is tried again after each clear, so a
+        release before the clear is seen; a release after it comes with a wake. True once
+        it holds the token (False: stopping, the caller takes it)."""
+        while True:
+            self._work.wait(timeout=timeout)
+            if self._stopping:
+                return False
+            if self._device.acquire(blocking=False):
+                return True
+            self._work.clear()
+            if self._device.acquire(blocking=False):
+                return True
 
     def wake(self) -> None:
         """New work may be ready (a launch was queued, a cap or share changed). An event
@@ -378,13 +398,7 @@ class Dispatcher(Preemption):
                     args[n] = ex.scalar(s.value, job.bound.shapes[n])
             job.submitted_at = time.perf_counter()
             fences = job.residency.fences if job.residency else ()
-            slice_s = self.time_slice_s
-            # A launch estimated well under a slice is run whole: stepping it would cost host
-            # time per step and shorten no wait (on a GPU, preemption.py's SHORT_SLICES; on
-            # the host, UNSTEPPED_MAX_S or a quarter of the slice, whichever is less).
-            if slice_s > 0 and self._parked is None and (self.device_steps or not ex.asynchronous) and not (
-                    (ex.asynchronous and 0 < job.est_seconds < SHORT_SLICES * slice_s)
-                    or (not ex.asynchronous and job.est_seconds <= min(UNSTEPPED_MAX_S, slice_s / 4))):
+            if self._stepped(job, ex):
                 job.steps = ex.start_steps(job.bound, args, fences, self.time_slice_s,
                                            tile=lambda j=job: self._urgent_recently(j))
             self._note_ran(job)
@@ -396,6 +410,22 @@ class Dispatcher(Preemption):
         except Exception as exc:
             job.error = self._launch_error(job, exc)
         return True
+
+    def _stepped(self, job: Job, ex) -> bool:
+        """Whether the launch runs as steps (docs/scheduling.md, "Preemption"). A launch
+        estimated well under a slice runs whole: stepping it would cost host time per step
+        and shorten no wait (on a GPU, preemption.py's SHORT_SLICES, where stepping is on;
+        on the host, UNSTEPPED_MAX_S or a quarter of the slice, whichever is less). On the
+        host a launch of one op that would not be tiled now runs whole too: it has no step
+        boundary inside to yield at (the tiling is decided as its op starts, i.e. now)."""
+        slice_s = self.time_slice_s
+        if slice_s <= 0 or self._parked is not None:
+            return False
+        if ex.asynchronous:
+            return self.device_steps and not 0 < job.est_seconds < SHORT_SLICES * slice_s
+        if job.est_seconds <= min(UNSTEPPED_MAX_S, slice_s / 4):
+            return False
+        return job.bound.kernel.executed_statement_count > 1 or self._urgent_recently(job)
 
     def _launch_error(self, job: Job, exc: Exception) -> E.PxosError:
         if isinstance(exc, E.PxosError):

@@ -74,6 +74,8 @@ class Preemption:
                     break
         finally:
             self._device.release()
+            if self.hv.scheduler.queued():  # launches left: the dispatch thread's (it waits for this)
+                self.wake()
         return completion.done()
 
     def _alone_and_ready(self, own: Job) -> bool:

@@ -77,6 +77,7 @@ class FairScheduler:
         self._last_switch: float | None = None
         self._last_charged: tuple[int, float] | None = None  # (vm, ended) of the last charge
         self._busy = _BusyWindow()  # every VM's charges together: a VM's share reads in O(1)
+        self._queued = 0  # tickets in every VM's queue (submitted, not yet picked, cancelled or removed)
 
     # -- registry ----------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class FairScheduler:
         for its launches still in flight is ignored when it arrives."""
         vm = self._vm(vm_id)
         del self._vms[vm_id]  # its heap entries become stale: their VM is gone
+        self._queued -= len(vm.queue)
         self._busy.forget(vm)
         return list(vm.queue)
 
@@ -162,6 +164,7 @@ class FairScheduler:
             raise QueueFull(f"VM {vm.vm_id} already has {len(vm.queue)} queued launches "
                             f"(at most {self._max_depth})")
         vm.queue.append(ticket)
+        self._queued += 1
         vm.last_launch_id = ticket.launch_id
         if len(vm.queue) == 1:
             self._engine.place(vm, self._clock())
@@ -172,7 +175,12 @@ class FairScheduler:
         ticket = self._engine.pick(self._clock())
         if ticket is not None:
             self._picks += 1
+            self._queued -= 1
         return ticket
+
+    def queued(self) -> int:
+        """Tickets queued over every VM, eligible or not (O(1))."""
+        return self._queued
 
     def next_eligible_in(self) -> float | None:
         """Seconds until a VM held back by its cap may run again; None when no VM is waiting
@@ -213,6 +221,7 @@ class FairScheduler:
         if dropped:
             head = vm.queue[0]
             vm.queue = deque(keep)
+            self._queued -= len(dropped)
             if not keep or keep[0] is not head:
                 self._engine.place(vm, self._clock())
         return dropped

@@ -112,3 +112,41 @@ def test_a_wait_with_a_timeout_leaves_the_launch_to_the_dispatch_thread():
         hv.dispatcher.wake = wake
         wake()
         assert c.wait(WAIT_S).ok and hv.dispatcher.ran_here == 0
+
+
+def test_a_launch_queued_while_a_caller_holds_the_device_runs_after_it_lets_go():
+    # VM 2's launch is queued from inside VM 1's fast-path launch (the caller holds the
+    # device token then): the dispatch thread does not queue up for the token, and the
+    # caller wakes it when it lets go with VM 2's launch still queued.
+    with Hypervisor(backend="numpy") as hv:
+        kid, h = _setup(hv, 1)
+        kid2, h2 = _setup(hv, 2)
+        other, names = [], []
+
+        def hook(job):
+            names.append((job.vm_id, threading.current_thread().name))
+            if job.vm_id == 1 and not other:
+                other.append(hv.launch(2, kid2, h2))
+
+        hv.dispatcher.before_run.append(hook)
+        assert hv.launch_wait(1, kid, h, timeout=WAIT_S).ok
+        assert other[0].wait(WAIT_S).ok
+        assert names == [(1, threading.current_thread().name), (2, "pxos-dispatch")]
+        assert hv.scheduler.queued() == 0 and hv.stats(2).launches_total == 1
+
+
+def test_the_scheduler_counts_what_is_queued():
+    from scheduler import FairScheduler, LaunchCost, Ticket, WorkloadClass
+
+    s = FairScheduler()
+    s.add_vm(1, 50)
+    s.add_vm(2, 50)
+    cost = LaunchCost(1, 1, 1, 0)
+    for i in range(1, 7):
+        s.submit(Ticket(1 + i % 2, i, WorkloadClass.BATCH, 50, cost, 0.001, 0.0, None))
+    assert s.queued() == 6
+    assert s.pick() is not None and s.queued() == 5
+    assert len(s.cancel(1, lambda t: t.launch_id == 2)) == 1 and s.queued() == 4
+    left_on_2 = s.queue_depth(2)
+    s.remove_vm(2)
+    assert s.queued() == 4 - left_on_2 == s.queue_depth(1)

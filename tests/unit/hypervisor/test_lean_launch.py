@@ -188,24 +188,39 @@ def test_completion_waiters_callbacks_and_timeouts():
 
 def test_short_launches_run_whole_and_long_ones_in_steps(hv):
     (k,) = hv.compile(1, ADD)
+    (k2,) = hv.compile(1, ADD.replace("GPU_KERNEL add", "GPU_KERNEL add2").replace(
+        "    ADD a b -> c\n", "    ADD a b -> t\n    ADD t b -> c\n"))
     h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
     seen = []
     hv.dispatcher.before_run.append(seen.append)
     assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
     job = seen[-1]
     assert job.est_seconds <= UNSTEPPED_MAX_S and job.steps is None and job.pending is not None
-    hv.dispatcher.time_slice_s = 1e-9  # a slice shorter than any launch: every launch steps
+    hv.dispatcher.time_slice_s = 1e-9  # a slice shorter than any launch
+    assert hv.launch(1, k2.kernel_id, h).wait(WAIT_S).ok
+    assert seen[-1].steps is not None  # two ops: a step boundary between them
+    # One op, not tiled now (no more urgent VM about): no boundary inside it, so it runs whole.
     assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
-    assert seen[-1].steps is not None
+    assert seen[-1].steps is None
+    assert np.array_equal(_out(hv, h["c"]), np.full(64, 3, np.float32))
 
 
-def test_a_bool_priority_is_refused_and_leaves_nothing_behind(hv):
+def test_a_one_op_launch_steps_while_a_more_urgent_vm_is_about(hv, monkeypatch):
+    from hypervisor import preemption
+
+    monkeypatch.setattr(preemption, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
+    hv.register_vm(2, 16, 50, default_class="INTERACTIVE")
+    hv.set_quota(1, default_class="BATCH")
     (k,) = hv.compile(1, ADD)
+    (k2,) = hv.compile(2, ADD)
     h = {"a": _buf(hv, 1), "b": _buf(hv, 2), "c": _buf(hv, 0)}
-    with pytest.raises(E.InvalidArgument, match="priority"):
-        hv.launch(1, k.kernel_id, h, priority=True)
-    assert all(hv.memory.lookup(1, 0, x).readers == hv.memory.lookup(1, 0, x).writers == 0 for x in h.values())
-    assert hv.stats(1).inflight == 0 and hv.launch(1, k.kernel_id, h, priority=90).wait(WAIT_S).ok
+    h2 = {n: hv.alloc(2, "float32", (64,)).handle for n in "abc"}
+    hv.dispatcher.time_slice_s = 1e-9
+    seen = []
+    hv.dispatcher.before_run.append(seen.append)
+    assert hv.launch(2, k2.kernel_id, h2).wait(WAIT_S).ok  # an INTERACTIVE VM ran
+    assert hv.launch(1, k.kernel_id, h).wait(WAIT_S).ok
+    assert seen[-1].vm_id == 1 and seen[-1].steps is not None  # its op may be tiled: stepped
 
 
 COMPILED = """GPU_KERNEL mix
