@@ -326,3 +326,22 @@ def test_a_worker_that_cannot_start_fails_the_compile_and_is_not_restarted_in_a_
         assert st["started"] == 2 and st["workers"] == 0 and st["crashes"] == 2  # one per compile, no more
     finally:
         p.close()
+
+
+def test_vms_compiling_at_once_queue_for_one_worker_and_all_succeed():
+    c = Compiler(workers=1)
+    try:
+        srcs = {vm: big_source(6, 4) for vm in (1, 2, 3)}
+        out: dict[int, object] = {}
+        threads = [threading.Thread(target=lambda vm=vm: out.__setitem__(vm, _catch(c.compile, vm, srcs[vm])))
+                   for vm in srcs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(len(out[vm].kernels) == 4 for vm in srcs), out
+        st = c.stats()
+        assert st["pool"] == 3 and st["workers"] == 1 and st["waiting"] == 0 and st["busy"] == 0
+        assert all(c.budget.used(vm) > 0 for vm in srcs)  # each VM charged its own compile
+    finally:
+        c.close()
