@@ -52,7 +52,7 @@ from .interpret import Interpreter
 from .stepping import Chunk, DeviceSteps
 from .tiling import CostModel
 from .wgpu_array import WgpuArray, check_dtype
-from .wgpu_runtime import Runtime, SharedDevice, map_read_async
+from .wgpu_runtime import Runtime, SharedDevice
 
 STAGING_BYTES = 8 << 20  # one READ staging buffer; larger reads go in pieces of this size
 STAGING_SLOTS = 8  # at most this many READ staging buffers exist (64 MiB)
@@ -268,13 +268,11 @@ class WgpuExecutor(Executor):
                 enc.copy_buffer_to_buffer(array.buffer, lo, staging, 0, n)
                 with rt.queue_lock:
                     rt.queue.submit([enc.finish()])
-                map_read_async(staging, rt.wgpu).sync_wait()  # written by the copy just submitted
-                try:
-                    got = np.frombuffer(staging.read_mapped(0, n), np.uint8)[offset + pos - lo:]
-                    take = min(total - pos, got.size)
-                    out[pos: pos + take] = got[:take]
-                finally:
-                    staging.unmap()
+                t = rt.map_read(staging, n)  # written by the copy just submitted
+                rt.wait_mapped(t)
+                got = np.frombuffer(rt.read_unmap(t, offset + pos - lo), np.uint8)
+                take = min(total - pos, got.size)
+                out[pos: pos + take] = got[:take]
                 pos += take
         at = 0
         for d in dsts:

@@ -7,6 +7,7 @@ queries around the pass (else the host clock, observed on a clock thread).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import weakref
@@ -60,26 +61,66 @@ def _timestamp_period(device) -> float:
     return period if period > 0 else 1.0
 
 
-#: Whether read mappings skip the extra submission wgpu-py makes first (see map_read_async).
-#: Off: measured on lavapipe, skipping it made a tiny launch 21 % cheaper (468 -> 369 us,
-#: interleaved A/B) but an urgent launch's completion beside a BATCH VM was seen ~0.1 ms
-#: later (completions then ride on wgpu-py's poll thread alone), and the isolation figures
-#: were too noisy on the shared machine to show which way the balance goes.
-_NOSYNC = [False]
+class _Native:
+    """wgpu-native's C calls for reading a buffer back, made directly through wgpu-py's cffi
+    handles (wgpu pinned in pyproject), because wgpu-py's ``map_async`` costs a submission
+    its pipelining: it wakes wgpu-py's poll thread, which blocks in ``wgpuDevicePoll(wait)``
+    until the device is idle, holding wgpu-core's fence lock; every ``queue.submit`` from
+    another thread (the next chunk, another VM's launch, its own extra empty submission)
+    waits for that lock, i.e. for all the work in flight (measured on lavapipe: a second
+    submission returned after the first one's 60 ms of device work). Here mappings are
+    issued with a callback of our own (no poll token) and completion is learned with
+    non-blocking polls (~1 us each), so a submission never waits for the device."""
+
+    def __init__(self):
+        from wgpu.backends.wgpu_native import _api
+
+        self.ffi, self.lib, self.libf = _api.ffi, _api.lib, _api.libf
+        self.read_mode = int(self.lib.WGPUMapMode_Read)
+        self.success = int(self.lib.WGPUMapAsyncStatus_Success)
+        self.mode = self.lib.WGPUCallbackMode_AllowProcessEvents
+        self.tickets: dict[int, list] = {}  # id -> [status]: mappings whose callback has not come
+        self.ids = itertools.count(1)
+        ffi, tickets = self.ffi, self.tickets
+
+        def on_mapped(status, _message, userdata1, _userdata2):
+            # Runs inside whichever thread's wgpu call processed the device's events (a poll,
+            # a submit): set the status only, never raise.
+            t = tickets.pop(int(ffi.cast("uintptr_t", userdata1)), None)
+            if t is not None:
+                t[0] = int(status)
+
+        self.callback = ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)", on_mapped)
 
 
-def map_read_async(buffer, wgpu):
-    """``buffer.map_async(READ)``; with _NOSYNC, without the extra submission wgpu-py 0.32
-    makes before a buffer's first read mapping (an empty command buffer: a workaround for
-    data written through a mapping, wgpu-native #305, which never reach our readbacks: they
-    are written by a copy in the submission just made), through wgpu-py's internal
-    "READ_NOSYNC" mode (wgpu pinned in pyproject); the public call where a version lacks it."""
-    if _NOSYNC[0]:
+_NATIVE: list = []  # [_Native] once made; [None] where wgpu-py's internals differ
+
+
+def _native() -> _Native | None:
+    if not _NATIVE:
         try:
-            return buffer.map_async("READ_NOSYNC")
-        except (KeyError, ValueError, TypeError, AttributeError):
-            _NOSYNC[0] = False
-    return buffer.map_async(wgpu.MapMode.READ)
+            _NATIVE.append(_Native())
+        except (ImportError, AttributeError, TypeError):
+            _NATIVE.append(None)
+    return _NATIVE[0]
+
+
+#: Waiting for a mapping: spin on non-blocking polls for SPIN_S (a small launch on a GPU is
+#: done within tens of microseconds), then sleep between polls, each sleep a sixteenth of the
+#: time waited so far (a completion is seen at most ~6 % late) and at most MAX_SLEEP_S.
+SPIN_S = 40e-6
+MAX_SLEEP_S = 100e-6
+
+
+class Ticket:
+    """A read mapping in progress (``Runtime.map_read``)."""
+
+    __slots__ = ("buffer", "promise", "size", "status")
+
+    def __init__(self, buffer, size: int):
+        self.buffer, self.size = buffer, size
+        self.status: list = [None]
+        self.promise = None  # the public call's promise, where the C calls are unavailable
 
 
 class Runtime:
@@ -106,6 +147,72 @@ class Runtime:
         self.compiles = 0
         self._clock = None  # the host-clock observer thread, made on first need
         self.last_done = 0.0  # when the clock thread saw the last segment complete
+        self.native = _native()
+        self._poll_device = device._internal
+        self.slots: list[_Slot] = []  # a submission's fixed resources, reused once it completed
+
+    # ---- reading buffers back -------------------------------------------------------------
+    def map_read(self, buffer, size: int) -> Ticket:
+        """Start mapping ``buffer``'s first ``size`` bytes for reading (it must have been
+        written by a copy already submitted: no extra submission is made, see _Native)."""
+        t = Ticket(buffer, size)
+        n = self.native
+        if n is None:
+            t.promise = buffer.map_async(self.wgpu.MapMode.READ, 0, size)
+            return t
+        key = next(n.ids)
+        n.tickets[key] = t.status
+        info = n.ffi.new("WGPUBufferMapCallbackInfo *")
+        info.mode, info.callback, info.userdata1 = n.mode, n.callback, n.ffi.cast("void *", key)
+        n.libf.wgpuBufferMapAsync(buffer._internal, n.read_mode, 0, size, info[0])
+        return t
+
+    def poll(self) -> None:
+        """Let the device report what completed (non-blocking; runs the mapping callbacks)."""
+        n = self.native
+        if n is not None:
+            n.libf.wgpuDevicePoll(self._poll_device, False, n.ffi.NULL)
+
+    def mapped(self, t: Ticket) -> bool:
+        if t.promise is not None:
+            return t.promise._thread_event.is_set()  # wgpu's poll thread resolves it
+        if t.status[0] is None:
+            self.poll()
+        return t.status[0] is not None
+
+    def wait_mapped(self, t: Ticket, max_sleep: float = MAX_SLEEP_S) -> None:
+        """Block until the mapping is done (RuntimeError if the device refused it)."""
+        if t.promise is not None:
+            t.promise.sync_wait()
+            return
+        status = t.status
+        if status[0] is None:
+            poll, dev, null = self.native.libf.wgpuDevicePoll, self._poll_device, self.native.ffi.NULL
+            t0 = time.perf_counter()
+            while True:
+                poll(dev, False, null)
+                if status[0] is not None:
+                    break
+                waited = time.perf_counter() - t0
+                if waited > SPIN_S:
+                    time.sleep(min(max_sleep, waited / 16))
+        if status[0] != self.native.success:
+            raise RuntimeError(f"could not map a readback buffer (status {status[0]}: device lost?)")
+
+    def read_unmap(self, t: Ticket, lo: int = 0, hi: int | None = None) -> bytes:
+        """The mapped bytes [lo, hi) (after wait_mapped), then the buffer is unmapped."""
+        hi = t.size if hi is None else hi
+        if t.promise is not None:
+            try:
+                return bytes(t.buffer.read_mapped(0, t.size))[lo:hi]
+            finally:
+                t.buffer.unmap()
+        n = self.native
+        try:
+            ptr = n.libf.wgpuBufferGetConstMappedRange(t.buffer._internal, 0, t.size)
+            return bytes(n.ffi.buffer(ptr, t.size)[lo:hi])
+        finally:
+            n.libf.wgpuBufferUnmap(t.buffer._internal)
 
     def clock_thread(self):
         if self._clock is None:
@@ -146,11 +253,11 @@ class Runtime:
         enc.copy_buffer_to_buffer(buffer, lo, staging, 0, hi - lo)
         with self.queue_lock:
             self.queue.submit([enc.finish()])
-        map_read_async(staging, self.wgpu).sync_wait()  # written by the copy just submitted
+        t = self.map_read(staging, max(hi - lo, 4))  # written by the copy just submitted
         try:
-            return bytes(staging.read_mapped(0, max(hi - lo, 4)))[offset - lo: offset - lo + nbytes]
+            self.wait_mapped(t)
+            return self.read_unmap(t, offset - lo, offset - lo + nbytes)
         finally:
-            staging.unmap()
             staging.destroy()
 
     def pipeline(self, key: tuple, make_source):
@@ -225,28 +332,55 @@ class Runtime:
         return seg
 
 
-class _Segment:
-    """Dispatches recorded into one compute pass, with their meta arena; optional timestamps
-    at the pass's beginning and end."""
+#: Submissions' fixed resources kept for reuse (a query set, three small buffers and a
+#: meta arena each: ~40 us of C calls to make and destroy per submission on lavapipe).
+MAX_SLOTS = 16
+ARENA = 64 << 10  # bytes of one meta arena
 
-    ARENA = 64 << 10
+
+class _Slot:
+    """What every submission needs, reused from one to the next once it completed: the meta
+    arena (rewritten by ``queue.write_buffer`` before each submission: queue-ordered), the
+    readback buffer its completion is learned from, and with timestamps the query set and
+    the buffer the queries resolve into. A slot goes back to the pool only after its
+    submission completed and its readback was unmapped, so two submissions never share
+    one, and it holds meta words and timestamps only, never a VM's data."""
+
+    __slots__ = ("arena", "query", "readback", "resolve")
+
+    def __init__(self, rt: Runtime):
+        U, dev = rt.wgpu.BufferUsage, rt.device
+        self.arena = dev.create_buffer(size=ARENA, usage=U.STORAGE | U.COPY_DST | U.COPY_SRC)
+        self.readback = dev.create_buffer(size=16, usage=U.MAP_READ | U.COPY_DST)
+        self.query = self.resolve = None
+        if rt.timestamps:
+            self.query = dev.create_query_set(type="timestamp", count=2)
+            self.resolve = dev.create_buffer(size=16, usage=U.QUERY_RESOLVE | U.COPY_SRC)
+
+
+class _Segment:
+    """Dispatches recorded into one compute pass, with their meta arenas (the slot's first,
+    more made for a long segment); optional timestamps at the pass's beginning and end."""
+
+    ARENA = ARENA
 
     def __init__(self, rt: Runtime):
         self.rt = rt
         self.owner = threading.get_ident()
         self.encoder = rt.device.create_command_encoder()
         self.pass_ = None
-        self.arenas: list[tuple[Any, bytearray]] = []
+        self.slot = rt.slots.pop() if rt.slots else _Slot(rt)
+        self.arenas: list[tuple[Any, bytearray]] = [(self.slot.arena, bytearray())]
         self.keep: list = []
-        self.query = self.resolve = self.readback = None
-        self.promise = None
+        self.ticket: Ticket | None = None
         self.observed = None  # host clock: the clock thread's future (_observe)
         self.t_submit = self.device_s = 0.0
+        self.result: float | None = None
 
     def meta_slot(self, meta: np.ndarray):
         data = meta.tobytes()
         size = (len(data) + 3) & ~3
-        if not self.arenas or len(self.arenas[-1][1]) + size > self.ARENA:
+        if len(self.arenas[-1][1]) + size > self.ARENA:
             U = self.rt.wgpu.BufferUsage
             self.arenas.append((self.rt.device.create_buffer(size=self.ARENA, usage=U.STORAGE | U.COPY_DST | U.COPY_SRC),
                                 bytearray()))
@@ -260,63 +394,72 @@ class _Segment:
     def compute_pass(self):
         if self.pass_ is None:
             desc = {}
-            if self.rt.timestamps:
-                self.query = self.rt.device.create_query_set(type="timestamp", count=2)
-                desc["timestamp_writes"] = {"query_set": self.query, "beginning_of_pass_write_index": 0,
+            if self.slot.query is not None:
+                desc["timestamp_writes"] = {"query_set": self.slot.query, "beginning_of_pass_write_index": 0,
                                             "end_of_pass_write_index": 1}
             self.pass_ = self.encoder.begin_compute_pass(**desc)
         return self.pass_
 
     def submit(self) -> None:
-        rt = self.rt
+        rt, slot = self.rt, self.slot
         if self.pass_ is not None:
             self.pass_.end()
-        # Completion is seen through a mapping: a buffer this submission writes last maps once
-        # all of it is done (wgpu-py 0.32's on_submitted_work_done does not work with the
-        # wgpu-native it bundles). With timestamps that buffer carries the two timestamps.
-        U = rt.wgpu.BufferUsage
-        self.readback = rt.device.create_buffer(size=16, usage=U.MAP_READ | U.COPY_DST)
-        if self.query is not None:
-            self.resolve = rt.device.create_buffer(size=16, usage=U.QUERY_RESOLVE | U.COPY_SRC)
-            self.encoder.resolve_query_set(self.query, 0, 2, self.resolve, 0)
-            self.encoder.copy_buffer_to_buffer(self.resolve, 0, self.readback, 0, 16)
+        # Completion is seen through a mapping: the readback, which this submission writes
+        # last, maps once all of it is done (wgpu-py 0.32's on_submitted_work_done does not
+        # work with the wgpu-native it bundles). With timestamps it carries the two
+        # timestamps (a pass that never began leaves them 0: a segment without dispatches).
+        timed = slot.query is not None and self.pass_ is not None
+        if timed:
+            self.encoder.resolve_query_set(slot.query, 0, 2, slot.resolve, 0)
+            self.encoder.copy_buffer_to_buffer(slot.resolve, 0, slot.readback, 0, 16)
         else:
-            self.encoder.copy_buffer_to_buffer(self.arenas[0][0], 0, self.readback, 0, 16)
+            self.encoder.copy_buffer_to_buffer(slot.arena, 0, slot.readback, 0, 16)
         with rt.queue_lock:
             for buf, blob in self.arenas:
-                rt.queue.write_buffer(buf, 0, bytes(blob))
+                if blob:
+                    rt.queue.write_buffer(buf, 0, blob)
             self.t_submit = time.perf_counter()
             rt.queue.submit([self.encoder.finish()])
-        self.promise = map_read_async(self.readback, rt.wgpu)
+        self.ticket = rt.map_read(slot.readback, 16)
         self.encoder = self.pass_ = None
-        if self.query is None:  # host clock: completion observed as it happens, in order
+        if not timed:  # host clock: completion observed as it happens, in order
             self.observed = rt.clock_thread().submit(self._observe)
 
     def _observe(self) -> None:
         """On the runtime's clock thread (one, so segments complete in submission order here):
         the device worked on this segment from its submission, or the previous segment's
         completion if later, to now."""
-        self.promise.sync_wait()  # wgpu's poll thread blocks on the device and wakes this
+        self.rt.wait_mapped(self.ticket, max_sleep=20e-6)  # polled finely: "now" is the charge
         now = time.perf_counter()
         self.device_s = now - max(self.t_submit, self.rt.last_done)
         self.rt.last_done = now
 
     def done(self) -> bool:
+        if self.result is not None:
+            return True
         if self.observed is not None:
             return self.observed.done()
-        # wgpu's native backend resolves the promise from its own poll thread.
-        return self.promise is not None and self.promise._thread_event.is_set()
+        return self.ticket is not None and self.rt.mapped(self.ticket)
 
     def wait(self) -> float:
         """Block until the segment's work is done; its device seconds (timestamp queries, or
-        the host clock: see _observe)."""
-        try:
-            if self.observed is not None:
-                self.observed.result()
-                return self.device_s
-            self.promise.sync_wait()
-            t0, t1 = np.frombuffer(bytes(self.readback.read_mapped(0, 16)), np.uint64)
-            return max(int(t1) - int(t0), 0) * self.rt.shared.timestamp_ns * 1e-9
-        finally:
-            self.readback.unmap()
-            self.readback.destroy()
+        the host clock: see _observe). The slot goes back to the pool afterwards; waiting
+        again returns the same seconds."""
+        if self.result is not None:
+            return self.result
+        rt, t = self.rt, self.ticket
+        if self.observed is not None:
+            self.observed.result()
+            seconds = self.device_s
+        else:
+            rt.wait_mapped(t)
+            seconds = None
+        raw = rt.read_unmap(t)
+        if seconds is None:
+            t0, t1 = np.frombuffer(raw, np.uint64)
+            seconds = max(int(t1) - int(t0), 0) * rt.shared.timestamp_ns * 1e-9
+        self.result = seconds
+        if len(rt.slots) < MAX_SLOTS:
+            rt.slots.append(self.slot)
+        self.slot = None
+        return seconds
