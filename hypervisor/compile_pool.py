@@ -151,8 +151,8 @@ class _Worker:
                 continue
             want = HEADER.size - len(buf) if size is None else HEADER.size + size - len(buf)
             chunk = os.read(fd, min(want, 1 << 20))
-            if not chunk:
-                raise _Lost(f"worker {self.pid} exited" + _exit_note(self.proc))
+            if not chunk:  # not reaped here: its CPU time is read (and charged) first
+                raise _Lost(f"worker {self.pid} ended its answer pipe")
             buf += chunk
             if size is None and len(buf) == HEADER.size:
                 size = HEADER.unpack(buf)[0]
@@ -191,11 +191,10 @@ class _Worker:
 
 
 def _exit_note(proc: subprocess.Popen) -> str:
-    try:
-        code = proc.wait(1)
-    except subprocess.TimeoutExpired:
+    code = proc.returncode  # reaped by _drop
+    if code is None:
         return ""
-    return f" (signal {-code})" if code < 0 else f" (status {code})"
+    return f": killed by signal {-code}" if code < 0 else f": exited with status {code}"
 
 
 class CompilePool:
@@ -275,8 +274,9 @@ class CompilePool:
             cpu = self._drop(w, "crashes", None, charge)
             if self._closed:
                 raise E.Cancelled("the compile was cancelled: the daemon is stopping") from None
-            log.warning("compile worker lost: %s (%.2f s of CPU)", exc, cpu)
-            raise E.CompileFailed(f"the compile worker ended before it answered ({exc}); retry") from None
+            why = f"{exc}{_exit_note(w.proc)}"
+            log.warning("compile worker lost: %s (%.2f s of CPU)", why, cpu)
+            raise E.CompileFailed(f"the compile worker ended before it answered ({why}); retry") from None
         except BaseException:
             self._drop(w, None, None, charge)
             raise
