@@ -345,3 +345,58 @@ def test_vms_compiling_at_once_queue_for_one_worker_and_all_succeed():
         assert all(c.budget.used(vm) > 0 for vm in srcs)  # each VM charged its own compile
     finally:
         c.close()
+
+
+@pytest.mark.slow
+def test_churn_four_vms_compiling_while_workers_are_killed_at_random():
+    """4 s of four VMs compiling good, bad and small sources while a worker is SIGKILLed
+    every 0.2-1 s: every compile ends in a program, its diagnostics or CompileFailed; the
+    pool serves afterwards; no process or descriptor is left."""
+    import random
+
+    c = Compiler(workers=2, budget_s=1.0)
+    fds = len(os.listdir("/proc/self/fd"))
+    seen: dict[str, int] = {}
+    stop = time.monotonic() + 4.0
+
+    def vm(v):
+        rnd = random.Random(v)
+        while time.monotonic() < stop:
+            r = rnd.random()
+            src = big_source(rnd.randint(1, 40), rnd.randint(1, 8)) if r < 0.6 else bad_source() if r < 0.8 \
+                else f"GPU_KERNEL t{rnd.randint(0, 50)}\nGPU_PARAM a float[4]\nGPU_THREAD_CODE:\n    RELU a -> a\nGPU_END\n"
+            try:
+                c.compile(v, src)
+                k = "ok"
+            except primitive_lang.PrimitiveError:
+                k = "diagnostics"
+            except E.CompileFailed:
+                k = "failed"
+            except Exception as exc:
+                k = f"unexpected {exc!r}"
+            seen[k] = seen.get(k, 0) + 1
+
+    def killer():
+        rnd = random.Random(9)
+        while time.monotonic() < stop:
+            time.sleep(rnd.uniform(0.2, 1.0))
+            for pid in c.pool.pids()[:1]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    threads = [threading.Thread(target=vm, args=(v,)) for v in (1, 2, 3, 4)] + [threading.Thread(target=killer)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert set(seen) <= {"ok", "diagnostics", "failed"}, seen
+        assert seen.get("ok") and seen.get("diagnostics")
+        assert c.compile(1, big_source()).kernels  # serves after the churn
+    finally:
+        pids = c.pool.pids()
+        c.close()
+    assert wait_gone(pids) == [] and c.pool.pids() == []
+    assert len(os.listdir("/proc/self/fd")) <= fds  # none left open (earlier tests may close some meanwhile)
