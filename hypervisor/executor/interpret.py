@@ -192,7 +192,53 @@ def _compiled_value(st: OpStmt):
     return None
 
 
+# Ops that are one NumPy ufunc (or matmul) of their operands. Into an out/inout param that is
+# not one of its operands, with every operand of the param's dtype, such an op is computed
+# straight into the param (``out=``): the same loop over the same operands writes the same
+# values, without a temporary the size of the result and a copy of it (test_lean_launch
+# checks it bit-identical).
+_INTO = {"ADD": "add", "SUB": "subtract", "MUL": "multiply", "DIV": "divide", "MAX": "maximum",
+         "MIN": "minimum", "PARALLEL_MATMUL": "matmul", "TANH": "tanh", "EXP": "exp", "LOG": "log",
+         "SQRT": "sqrt", "ABS": "abs", "NEG": "negative"}
+
+
+def _compiled_into(st: OpStmt, params: set[str], shapes):
+    """f(xp, env) computing the statement into its param destination, or None."""
+    fname, dest = _INTO.get(st.op), st.dest.name
+    if fname is None or dest not in params:
+        return None
+    names = [a.name for a in st.args if isinstance(a, Name)]
+    dtype = shapes[dest].dtype
+    if not names or dest in names or any(shapes[n].dtype != dtype for n in names):
+        return None
+    if fname == "matmul" and (len(names) != 2 or any(len(shapes[n].shape) < 2 for n in names)):
+        return None
+    if len(st.args) == 1:
+        (n,) = names
+        return lambda xp, env: getattr(xp, fname)(env[n], out=env[dest])
+    a, b = st.args
+    if isinstance(a, Name) and isinstance(b, Name):
+        na, nb = a.name, b.name
+        return lambda xp, env: getattr(xp, fname)(env[na], env[nb], out=env[dest])
+    if isinstance(a, Name):
+        na, vb = a.name, b.value
+
+        def left(xp, env):
+            x = env[na]
+            getattr(xp, fname)(x, x.dtype.type(vb), out=env[dest])
+        return left
+    va, nb = a.value, b.name
+
+    def right(xp, env):
+        x = env[nb]
+        getattr(xp, fname)(x.dtype.type(va), x, out=env[dest])
+    return right
+
+
 def _compiled_stmt(st: OpStmt, params: set[str], shapes):
+    into = _compiled_into(st, params, shapes)
+    if into is not None:
+        return into
     value = _compiled_value(st)
     if value is None:
         return None

@@ -257,20 +257,42 @@ def _specs_and_data(source):
     return ck.bind(specs), data
 
 
-def test_a_compiled_program_is_bit_identical_to_the_interpreter():
-    from hypervisor.executor.base import HostScalar
-    from hypervisor.executor.interpret import Interpreter, _plan, run_bound
+INTO = """GPU_KERNEL into
+GPU_PARAM x float[96, 80]
+GPU_PARAM w float[80, 72]
+GPU_PARAM y float[96, 72]
+GPU_PARAM d float[96, 80]
+GPU_PARAM e float[96, 80]
+GPU_PARAM f float[96, 80]
+GPU_PARAM s float
+GPU_THREAD_CODE:
+    PARALLEL_MATMUL x w -> y
+    SUB 1.0 x -> d
+    MUL x s -> e
+    TANH d -> f
+GPU_END
+"""
 
-    bound, data = _specs_and_data(COMPILED)
+
+@pytest.mark.parametrize("source", [COMPILED, INTO], ids=["locals", "into-params"])
+def test_a_compiled_program_is_bit_identical_to_the_interpreter(source):
+    from hypervisor.executor.base import HostScalar
+    from hypervisor.executor.interpret import Interpreter, _compiled_into, _plan, run_bound
+
+    bound, data = _specs_and_data(source)
     assert _plan(bound).program is not None
+    if source is INTO:  # each statement computed straight into its param
+        params = {p.name for p in bound.kernel.params}
+        assert all(_compiled_into(st, params, bound.shapes) is not None for st in bound.kernel.ast.body)
     envs = []
     for run in (lambda env: Interpreter(np, bound, env).run(), lambda env: run_bound(np, bound, env)):
         env = {n: x.copy() for n, x in data.items()}
         env["s"] = HostScalar(0.75, np.asarray(0.75, np.float32))
         run(env)
         envs.append(env)
-    for name in ("acc", "p", "rows", "x", "w"):
-        assert envs[0][name].tobytes() == envs[1][name].tobytes(), name
+    for name in data:
+        if name != "s":
+            assert envs[0][name].tobytes() == envs[1][name].tobytes(), name
 
 
 def test_kernels_with_views_or_runtime_indices_are_not_compiled():
