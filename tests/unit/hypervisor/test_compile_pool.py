@@ -380,6 +380,8 @@ def test_churn_four_vms_compiling_while_workers_are_killed_at_random():
         rnd = random.Random(9)
         while time.monotonic() < stop:
             time.sleep(rnd.uniform(0.2, 1.0))
+            if time.monotonic() >= stop:
+                break
             for pid in c.pool.pids()[:1]:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -394,7 +396,12 @@ def test_churn_four_vms_compiling_while_workers_are_killed_at_random():
             t.join(60)
         assert set(seen) <= {"ok", "diagnostics", "failed"}, seen
         assert seen.get("ok") and seen.get("diagnostics")
-        assert c.compile(1, big_source()).kernels  # serves after the churn
+        src = big_source()
+        try:  # a worker killed in the churn's last moments may still be dying: one retry, as a guest would
+            prog = c.compile(1, src)
+        except E.CompileFailed:
+            prog = c.compile(1, src)
+        assert prog.kernels  # serves after the churn
     finally:
         pids = c.pool.pids()
         c.close()
