@@ -20,6 +20,7 @@ from .wgpu_array import (
     broadcast_shapes,
     check_dtype,
     contiguous_strides,
+    dtname,
     scalar_bits,
 )
 
@@ -125,7 +126,7 @@ class WgpuNumpy:
                 if len(lets) < self.MAX_LETS and len(buffers) + len(op.bufs) <= self.MAX_LEAF_BUFFERS:
                     sub_expr, sub_ops = op.lazy
                     texts = [leaf(o) for o in sub_ops]
-                    c, st = wgsl.COMPUTE[op.dtype.name], wgsl.STORAGE[op.dtype.name]
+                    c, st = wgsl.COMPUTE[dtname(op.dtype)], wgsl.STORAGE[dtname(op.dtype)]
                     name = fused[id(op)] = f"t{len(lets)}"
                     lets.append(f"let {name} = {c}({st}({sub_expr.format(*texts, C=c)}));")
                     return name
@@ -139,29 +140,29 @@ class WgpuNumpy:
                 if b is None:
                     b = binding[id(op.buffer)] = len(buffers) + 1
                     buffers.append(op.buffer)
-                desc.append(("buf", b, op.dtype.name))
+                desc.append(("buf", b, dtname(op.dtype)))
                 strides.append(bcast_strides(op, shape))
                 offsets.append(op.offset)
                 name = leaves[id(op)] = f"x{len(desc) - 1}"
                 return name
             value = op.host if isinstance(op, WgpuArray) else op
-            sdt = op.dtype if isinstance(op, WgpuArray | np.generic) and op.dtype.name in wgsl.COMPUTE else dt
-            if sdt.name not in wgsl.COMPUTE:  # a 64-bit host scalar meets a 32-bit array
+            sdt = op.dtype if isinstance(op, WgpuArray | np.generic) and dtname(op.dtype) in wgsl.COMPUTE else dt
+            if dtname(sdt) not in wgsl.COMPUTE:  # a 64-bit host scalar meets a 32-bit array
                 sdt = dt
-            desc.append(("scalar", sdt.name))
+            desc.append(("scalar", dtname(sdt)))
             scalars.append(scalar_bits(value, sdt))
             return f"x{len(desc) - 1}"
 
         texts = [leaf(op) for op in operands]
-        result = expr.format(*texts, C=wgsl.COMPUTE[dt.name])
+        result = expr.format(*texts, C=wgsl.COMPUTE[dtname(dt)])
         cshape, cstrides = _collapse(tuple(shape), *strides) if collapse else (tuple(shape), strides)
         nd = len(cshape)
         meta = [n, *cshape]
         for off, st in zip(offsets, cstrides, strict=True):
             meta += [off, *st]
         meta += scalars
-        key = ("ew", tuple(lets), result, dt.name, tuple(desc), nd)
-        self.rt.dispatch(key, lambda: wgsl.elementwise(tuple(lets), result, dt.name, tuple(desc), nd),
+        key = ("ew", tuple(lets), result, dtname(dt), tuple(desc), nd)
+        self.rt.dispatch(key, lambda: wgsl.elementwise(tuple(lets), result, dtname(dt), tuple(desc), nd),
                          [out.buffer, *buffers], meta, _groups(n))
         return out
 
@@ -271,9 +272,9 @@ class WgpuNumpy:
             kind, gen, grid = "matvec", wgsl.matvec, (-(-n // 8), m)
         else:
             kind, gen, grid = "matmul", wgsl.matmul, (-(-n // 64), -(-m // 64))
-        key = (kind, a.dtype.name, nbd, same)
+        key = (kind, dtname(a.dtype), nbd, same)
         for first in range(0, nb, 65535):  # a grid holds at most 65535 workgroups in z
-            self.rt.dispatch(key, lambda: gen(a.dtype.name, a.dtype.name, nbd, same), bufs, [*meta, first],
+            self.rt.dispatch(key, lambda: gen(dtname(a.dtype), dtname(a.dtype), nbd, same), bufs, [*meta, first],
                              (*grid, min(65535, nb - first)))
         return out
 
@@ -291,8 +292,8 @@ class WgpuNumpy:
             cshape, (_, cin) = _collapse(oshape, contiguous_strides(oshape), istr) if oshape else ((1,), [(1,), (0,)])
             nd = len(cshape)
             meta = [nout, length, a.strides[axis], a.offset, *cshape, *cin]
-            key = ("reduce", kind, a.dtype.name, out.dtype.name, nd)
-            self.rt.dispatch(key, lambda: wgsl.reduce(kind, a.dtype.name, out.dtype.name, nd),
+            key = ("reduce", kind, dtname(a.dtype), dtname(out.dtype), nd)
+            self.rt.dispatch(key, lambda: wgsl.reduce(kind, dtname(a.dtype), dtname(out.dtype), nd),
                              [out.buffer, a.buffer], meta, _groups(nout, 1))
         if keepdims:
             out = out.reshape(a.shape[:axis] + (1,) + a.shape[axis + 1:])
@@ -325,7 +326,7 @@ class WgpuNumpy:
                 w.device()
                 bufs.append(w.buffer)
                 meta[3] = w.offset
-            self.rt.dispatch(("row", kind, a.dtype.name), lambda: wgsl.rowwise(kind, a.dtype.name), bufs, meta,
+            self.rt.dispatch(("row", kind, dtname(a.dtype)), lambda: wgsl.rowwise(kind, dtname(a.dtype)), bufs, meta,
                              _groups(rows, 1))
         return out
 
@@ -343,7 +344,7 @@ class WgpuNumpy:
         out = self.empty(ids.shape + table.shape[1:], table.dtype)
         n = out.size
         if n:
-            self.rt.dispatch(("gather", table.dtype.name), lambda: wgsl.gather(table.dtype.name),
+            self.rt.dispatch(("gather", dtname(table.dtype)), lambda: wgsl.gather(dtname(table.dtype)),
                              [out.buffer, table.buffer, ids.buffer], [n, row, table.shape[0], table.offset],
                              _groups(n))
         return out
