@@ -290,9 +290,18 @@ class Runtime:
         meta_buf, off, size = seg.meta_slot(np.asarray(meta, dtype=np.uint32).view(np.uint32))
         bg = self._bind_group(layout, meta_buf, off, size, buffers)
         cp = seg.compute_pass()
-        cp.set_pipeline(pipe)
-        cp.set_bind_group(0, bg)
-        cp.dispatch_workgroups(*groups)
+        n = self.native
+        if n is not None:
+            # The raw C calls: a pass's commands report their errors when the encoder is
+            # finished (a GPUValidationError from finish(), tested), not here.
+            lib, c = n.lib, cp._internal
+            lib.wgpuComputePassEncoderSetPipeline(c, pipe._internal)
+            lib.wgpuComputePassEncoderSetBindGroup(c, 0, bg._internal, 0, n.ffi.NULL)
+            lib.wgpuComputePassEncoderDispatchWorkgroups(c, *groups)
+        else:
+            cp.set_pipeline(pipe)
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(*groups)
         seg.keep.append(bg)
         self.dispatches += 1
         if len(seg.keep) >= SEGMENT_DISPATCHES:

@@ -356,3 +356,22 @@ def test_a_submission_waited_twice_reports_the_same_time(ex):
     seg = pending.segments[0]
     first = seg.wait()
     assert seg.done() and seg.wait() == first > 0
+
+
+def test_a_dispatch_the_device_refuses_is_a_typed_error_at_submission(ex):
+    """Pass commands go through wgpu-native's raw calls: their validation errors still
+    surface, as wgpu's GPUValidationError when the segment is finished."""
+    import wgpu
+
+    rt = ex.rt
+    buf = rt.storage(16)
+    with pytest.raises(wgpu.GPUValidationError):
+        rt.dispatch(("ew-bad",), lambda: "@group(0) @binding(0) var<storage, read_write> m: array<u32>;\n"
+                    "@group(0) @binding(1) var<storage, read_write> o: array<u32>;\n"
+                    "@compute @workgroup_size(1) fn main() { o[0] = m[0]; }\n",
+                    [buf], [1], (70000, 1, 1))  # more workgroups than a dimension holds
+        rt.flush()
+    rt.submitted = []
+    x = np.arange(4, dtype=np.float32)  # the runtime still works afterwards
+    values = {"x": x, "c": Out("float32", (4,))}
+    np.testing.assert_array_equal(run(ex, source_for("ADD x x -> c", values), values)["c"], x + x)
