@@ -152,8 +152,12 @@ class MemoryManager(Placement):
     def max_queued_temps(self) -> int:
         """Temporaries to keep room for: the two largest of the queued and running launches
         (the device runs one launch while the next is already on its stream)."""
+        queued = self._queued_temps
+        if len(queued) == 1:  # the common case: one size of temporaries (one kernel) queued
+            for t, n in queued.items():
+                return t * min(n, 2)
         total = taken = 0
-        for t in sorted(self._queued_temps, reverse=True):
+        for t in sorted(queued, reverse=True):
             k = min(self._queued_temps[t], 2 - taken)
             total += t * k
             taken += k
@@ -351,8 +355,12 @@ class MemoryManager(Placement):
                     b.active -= 1
                 if writes:
                     b.dirty = b.host is not None
-        self.release_temps(launch_id)
-        self.retire_launch(temps)
+        if launch_id in self._launch_temps:
+            self.release_temps(launch_id)
+        queued = self._queued_temps  # retire_launch(temps)
+        queued[temps] -= 1
+        if not queued[temps]:
+            del queued[temps]
         clock = self._clock
         for b, writes in buffers:
             if writes:
@@ -519,8 +527,9 @@ class MemoryManager(Placement):
             del self._queued_temps[temps]
 
     def check_temps(self, vm_id: int, nbytes: int) -> None:
-        vm = self._vm(vm_id)
-        if vm.used + nbytes > vm.launch_quota:
+        vm = self._vms.get(vm_id) or self._vm(vm_id)
+        live = vm.live_bytes  # (vm.used and vm.launch_quota, read once: every launch checks this)
+        if live + vm.temp_bytes + nbytes > (vm.grace_quota if live > vm.quota else vm.quota):
             raise QuotaExceeded(vm_id, vm.launch_quota, vm.used, nbytes, what="launch temporaries")
 
     def reserve_temps(self, vm_id: int, nbytes: int, launch_id: int, *, checked: bool = False) -> None:

@@ -171,6 +171,7 @@ class Completion:
     def _finish(self, result: LaunchResult) -> list[Callable[[Completion], None]]:
         with _GUARD:
             self.result = result
+            self._runner = None  # (holds the dispatcher: not kept past the result)
             cbs, self._callbacks = self._callbacks, None
             latch, self._latch = self._latch, None
         if latch is not None:
