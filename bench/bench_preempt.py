@@ -320,8 +320,9 @@ def _serial_here(hv: Hypervisor, kernel_id: int, bindings: dict[str, int], n: in
 #: issue's state: compile on VM 2's thread, GIL switch interval 5 ms, no budget), inline
 #: (pool off: on the thread, 0.5 ms, the per-VM budget), pool (a worker process, 0.5 ms,
 #: the budget: the default), pool_unbudgeted (the pool with no budget: VM 2 compiles as
-#: fast as the worker goes).
-COMPILE_MODES = ("quiet", "before", "inline", "pool", "pool_unbudgeted")
+#: fast as the worker goes), pool_gc_freeze (the pool with ``[scheduler] compile_gc_freeze``:
+#: programs kept out of full collections; the heap is unfrozen again after the mode).
+COMPILE_MODES = ("quiet", "before", "inline", "pool", "pool_unbudgeted", "pool_gc_freeze")
 
 
 def big_source(tag: int, statements: int = 98) -> str:
@@ -348,9 +349,11 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
     pool = Compiler(workers=1).start()
     unbudgeted = Compiler(workers=1).start()
     unbudgeted.budget.budget_s = float("inf")
+    frozen = Compiler(workers=1, gc_freeze=True).start()
     before = Compiler(workers=0)
     before.budget.budget_s = float("inf")
-    compilers = {"before": before, "inline": inline, "pool": pool, "pool_unbudgeted": unbudgeted}
+    compilers = {"before": before, "inline": inline, "pool": pool, "pool_unbudgeted": unbudgeted,
+                 "pool_gc_freeze": frozen}
     tag = [0]
     gc_watch = _FullCollections()
     gc.callbacks.append(gc_watch)
@@ -358,10 +361,11 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
         hv.register_vm(1, QUOTA_MB, 50)
         hv.register_vm(2, QUOTA_MB, 50)
         kid, binds = install(hv, 1, TINY_SOURCE)
-        for n, c in enumerate((pool, unbudgeted)):  # the workers are up and warm
+        for n, c in enumerate((pool, unbudgeted, frozen)):  # the workers are up and warm
             hv.compiler = c
             for k in hv.compile(2, big_source(10**9 + n, 2)):
                 hv.free_kernel(2, k.kernel_id)
+        gc.unfreeze()  # the warm-up of pool_gc_freeze froze the heap
         for _ in range(1 if plan.quick else 2):
             for mode in COMPILE_MODES:
                 sys.setswitchinterval(0.005 if mode == "before" else GIL_SWITCH_S)
@@ -388,6 +392,8 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
                 if t:
                     t.join()
                 spent[mode] += time.perf_counter() - t0
+                if mode == "pool_gc_freeze":
+                    gc.unfreeze()  # the other modes run with the collector as it was
                 done[mode] += count[0]
         pool_stats = pool.stats()
         roundtrip(report, pool)
@@ -407,6 +413,10 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
     for mode in COMPILE_MODES[1:]:
         report.add(f"compile_tiny_arrival_p99_beside_{mode}_ms", percentile(arrival[mode], 99) / MS, "ms",
                    baseline="compile_tiny_arrival_p99_quiet_ms")
+    report.add("compile_tiny_arrival_max_quiet_ms", max(arrival["quiet"]) / MS, "ms")
+    for mode in COMPILE_MODES[1:]:
+        report.add(f"compile_tiny_arrival_max_beside_{mode}_ms", max(arrival[mode]) / MS, "ms",
+                   baseline="compile_tiny_arrival_max_quiet_ms")
     for mode in COMPILE_MODES[1:]:
         report.add(f"compile_vm2_sources_per_s_{mode}", done[mode] / spent[mode], "1/s")
     for mode in COMPILE_MODES:
@@ -420,6 +430,7 @@ def compiles(report: Report, backend: str, plan: Plan) -> None:
                         f"switch interval 5 ms, no budget; inline = on VM 2's thread (pool off), "
                         f"{GIL_SWITCH_S * 1e3:g} ms, budget {COMPILE_BUDGET_S:g} s of CPU per s; pool = a worker "
                         "process, the same interval and budget (the default); pool_unbudgeted = the pool, no budget; "
+                        "pool_gc_freeze = the pool with compile_gc_freeze; "
                         "arrival = from when the launch was due (2 ms after the previous one ended) to its "
                         "end: with the wait for the interpreter lock before launch() could start; "
                         "gc_full = Python's full garbage collections (a pause of the whole process) while "

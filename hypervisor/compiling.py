@@ -109,6 +109,48 @@ class CompileBudget:
                 records.append((self._clock(), self._cpu() - c0 + charge.extra_s))
 
 
+#: Seconds between two full collections of the frozen heap (``GcEpochs``).
+GC_EPOCH_S = 60.0
+
+
+class GcEpochs:
+    """Keeps compiled programs out of Python's full garbage collections (opt-in:
+    ``[scheduler] compile_gc_freeze``; docs/scheduling.md "Compiles").
+
+    Every compile allocates ~30 000 tracked objects per 63 KiB of source in this process,
+    and with a few such programs alive a full collection pauses the whole daemon for
+    ~100 ms, every couple of seconds while a VM compiles at its budget. ``settle()``,
+    after each compile that built a program here, moves everything tracked so far to the
+    collector's permanent generation (``gc.freeze()``, O(1)), which full collections skip.
+    The price: cyclic garbage frozen with it is not reclaimed at once. So every
+    ``epoch_s`` it unfreezes, collects once (one full pause per epoch, on the compiling
+    VM's thread) and freezes again: such garbage lives at most one epoch."""
+
+    def __init__(self, epoch_s: float = GC_EPOCH_S, *, clock: Callable[[], float] = time.monotonic,
+                 freeze: Callable[[], None] | None = None, unfreeze: Callable[[], None] | None = None,
+                 collect: Callable[[], object] | None = None):
+        import gc
+
+        self.epoch_s = epoch_s
+        self._clock = clock
+        self._freeze = freeze or gc.freeze
+        self._unfreeze = unfreeze or gc.unfreeze
+        self._collect = collect or gc.collect
+        self._lock = threading.Lock()
+        self._epoch_at = clock()
+        self.epochs = 0
+
+    def settle(self) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._epoch_at >= self.epoch_s:
+                self._unfreeze()
+                self._collect()
+                self._epoch_at = now
+                self.epochs += 1
+            self._freeze()
+
+
 class Compiler:
     """Compiles for the hypervisor: cache, then inline or a worker process, within each
     VM's budget. ``workers=0``: every compile runs on the calling thread (no processes).
@@ -116,7 +158,7 @@ class Compiler:
 
     def __init__(self, *, workers: int | None = None, timeout_s: float = COMPILE_TIMEOUT_S,
                  inline_bytes: int = INLINE_BYTES, budget_s: float = COMPILE_BUDGET_S,
-                 budget: CompileBudget | None = None):
+                 budget: CompileBudget | None = None, gc_freeze: bool = False):
         workers = DEFAULT_WORKERS if workers is None else workers
         if not 0 < budget_s <= COMPILE_WINDOW_S:
             raise E.InvalidArgument(f"a compile budget is (0, {COMPILE_WINDOW_S:g}] s of CPU per "
@@ -129,6 +171,7 @@ class Compiler:
         self.budget = budget if budget is not None else CompileBudget(budget_s)
         self.pool = CompilePool(workers, timeout_s=timeout_s) if workers else None
         self.inline_bytes = inline_bytes
+        self.gc = GcEpochs() if gc_freeze else None  # opt-in: programs out of full collections
         self._lock = threading.Lock()
         self.counts = {"inline": 0, "pool": 0}
         self._dispatchers: weakref.WeakSet = weakref.WeakSet()  # the devices a rebuild gives way to
@@ -164,8 +207,12 @@ class Compiler:
                 with self._lock:
                     self.counts[where] += 1
                 if where == "inline":
-                    return primitive_lang.compile_uncached(data, key)
-                return self.pool.run(data, key, charge, self._busy)
+                    result = primitive_lang.compile_uncached(data, key)
+                else:
+                    result = self.pool.run(data, key, charge, self._busy)
+                if self.gc is not None and len(data) > self.inline_bytes:
+                    self.gc.settle()
+                return result
 
         return primitive_lang.compile_source(source, run=run)
 

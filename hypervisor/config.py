@@ -205,12 +205,14 @@ class SchedulerSection(_Model):
                                       description="sources up to this size compile on the VM's thread")
     compile_budget_ms: float = Field(default=250.0, gt=0, le=1000,
                                      description="compile CPU time one VM may use per second (worker's included)")
+    compile_gc_freeze: bool = Field(default=False, description="keep compiled programs out of Python's full "
+                                                               "garbage collections (docs/scheduling.md)")
 
     def compiler_options(self) -> dict:
         """The Compiler's keyword arguments (hypervisor/compiling.py)."""
         return {"workers": None if self.compile_workers == "auto" else self.compile_workers,
                 "timeout_s": self.compile_timeout_seconds, "inline_bytes": self.compile_inline_bytes,
-                "budget_s": self.compile_budget_ms / 1000}
+                "budget_s": self.compile_budget_ms / 1000, "gc_freeze": self.compile_gc_freeze}
 
 
 class AdvisorSection(_Model):
@@ -372,6 +374,7 @@ time_slice_ms = 1.0       # a running launch may yield to a more urgent VM's aft
 # compile_timeout_seconds = 5.0  # CPU time one compile may take; past it the worker is killed, source rejected
 # compile_inline_bytes = 512     # sources this small compile on the VM's thread (cheaper than a worker)
 # compile_budget_ms = 250        # compile CPU time one VM may use per second
+# compile_gc_freeze = false      # true: compiled programs skip Python's full collections (~100 ms pauses)
 
 [libvirt]                 # libvirt's own vhost-user GPU: <driver name='vhostuser'/> (docs/operations.md)
 # handoff_socket = "/run/pxos/vhost-user-gpu.sock"  # pxos-vhost-gpu hands libvirt's connections here

@@ -407,3 +407,32 @@ def test_churn_four_vms_compiling_while_workers_are_killed_at_random():
         c.close()
     assert wait_gone(pids) == [] and c.pool.pids() == []
     assert len(os.listdir("/proc/self/fd")) <= fds  # none left open (earlier tests may close some meanwhile)
+
+
+def test_gc_epochs_freeze_after_each_program_and_collect_once_per_epoch():
+    from hypervisor.compiling import GcEpochs
+
+    now, calls = [0.0], []
+    g = GcEpochs(60.0, clock=lambda: now[0], freeze=lambda: calls.append("freeze"),
+                 unfreeze=lambda: calls.append("unfreeze"), collect=lambda: calls.append("collect"))
+    g.settle()
+    now[0] = 59.0
+    g.settle()
+    assert calls == ["freeze", "freeze"] and g.epochs == 0
+    now[0] = 61.0  # an epoch passed: the frozen heap is collected once, then frozen again
+    g.settle()
+    assert calls[2:] == ["unfreeze", "collect", "freeze"] and g.epochs == 1
+    now[0] = 100.0
+    g.settle()
+    assert calls[5:] == ["freeze"]
+
+
+def test_the_compiler_settles_the_collector_only_when_asked_and_only_for_programs_built_here(monkeypatch):
+    settled = []
+    c = Compiler(workers=0, gc_freeze=True)
+    monkeypatch.setattr(c.gc, "settle", lambda: settled.append(1))
+    c.compile(1, big_source(4, 2))  # over inline_bytes: a program built in this process
+    c.compile(1, f"GPU_KERNEL t{uuid.uuid4().hex[:6]}\nGPU_PARAM a float[4]\nGPU_THREAD_CODE:\n"
+                 "    RELU a -> a\nGPU_END\n")  # small: not worth it
+    assert settled == [1]
+    assert Compiler(workers=0).gc is None  # off by default

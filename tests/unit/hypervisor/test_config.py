@@ -132,12 +132,14 @@ def test_libvirt_section_and_vm_domains():
 def test_compile_options_validate_and_reach_the_compiler():
     cfg = parse_config({})
     assert cfg.scheduler.compiler_options() == {"workers": None, "timeout_s": 5.0, "inline_bytes": 512,
-                                                "budget_s": 0.25}
+                                                "budget_s": 0.25, "gc_freeze": False}
     cfg = parse_config({"scheduler": {"compile_workers": 0, "compile_timeout_seconds": 2,
-                                      "compile_inline_bytes": 0, "compile_budget_ms": 100}})
-    assert cfg.scheduler.compiler_options() == {"workers": 0, "timeout_s": 2.0, "inline_bytes": 0, "budget_s": 0.1}
+                                      "compile_inline_bytes": 0, "compile_budget_ms": 100, "compile_gc_freeze": True}})
+    assert cfg.scheduler.compiler_options() == {"workers": 0, "timeout_s": 2.0, "inline_bytes": 0, "budget_s": 0.1,
+                                                "gc_freeze": True}
     for bad in ({"compile_workers": 65}, {"compile_workers": -1}, {"compile_workers": "many"},
-                {"compile_timeout_seconds": 0}, {"compile_inline_bytes": 65537}, {"compile_budget_ms": 0}):
+                {"compile_timeout_seconds": 0}, {"compile_inline_bytes": 65537}, {"compile_budget_ms": 0},
+                {"compile_gc_freeze": "sometimes"}):
         with pytest.raises(ConfigError, match=f"scheduler.{next(iter(bad))}"):
             parse_config({"scheduler": bad})
     from hypervisor.compiling import Compiler
