@@ -67,6 +67,7 @@ metrics_address = "127.0.0.1:0"
 backend = "numpy"
 [scheduler]
 compile_workers = 2
+compile_gc_freeze = true
 [[vm]]
 id = 7
 name = "seven"
