@@ -119,12 +119,25 @@ class _Worker:
         except (OSError, IndexError, ValueError):
             return None
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes, wall_limit_s: float) -> None:
+        """One frame; a worker that does not read it (stopped, hung) within
+        ``wall_limit_s`` is a _Timeout, never a caller blocked for good."""
         view = memoryview(HEADER.pack(len(payload)) + payload)
         fd = self.proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        start = time.monotonic()
+        deadline = start + wall_limit_s
         try:
             while view:
-                view = view[os.write(fd, view):]
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise _Timeout(0.0, time.monotonic() - start) from None
+                    poller.poll(max(1, int(left * 1000) + 1))
         except OSError as exc:  # BrokenPipeError: it is gone
             raise _Lost(str(exc)) from None
 
@@ -261,11 +274,14 @@ class CompilePool:
         w = self._take()
         try:
             if not w.ready:
-                if w.receive(STARTUP_TIMEOUT_S) != READY:
-                    raise _Lost(f"worker {w.pid} did not start the protocol")
+                try:
+                    if w.receive(STARTUP_TIMEOUT_S) != READY:
+                        raise _Lost(f"worker {w.pid} did not start the protocol")
+                except _Timeout:
+                    raise _Lost(f"worker {w.pid} did not start within {STARTUP_TIMEOUT_S:g} s") from None
                 w.ready = True
             w.cpu_at_send = w.cpu_s()
-            w.send(key.encode("ascii") + data)
+            w.send(key.encode("ascii") + data, self.timeout_s * WALL_FACTOR)
             frame = w.receive(self.timeout_s, self.timeout_s)
         except _Timeout as t:
             self._drop(w, "timeouts", t.cpu_s, charge)

@@ -149,6 +149,14 @@ def test_a_stalled_worker_is_killed_at_the_wall_clock_limit():
         with pytest.raises(E.CompileTimeout):
             p.run(other, key_of(other))
         assert wait_gone([pid]) == [] and p.stats()["timeouts"] == 1
+        # A request larger than the pipe holds: the send itself is bounded too.
+        p.run(tiny, key_of(tiny))  # the fresh worker is ready
+        (pid,) = p.pids()
+        os.kill(pid, signal.SIGSTOP)
+        large = other + b"\n" * 70000
+        with pytest.raises(E.CompileTimeout):
+            p.run(large, key_of(large))
+        assert wait_gone([pid]) == [] and p.stats()["timeouts"] == 2
     finally:
         p.close()
 
