@@ -8,7 +8,8 @@ in ``wgpuDevicePoll`` until the device is idle); "after" maps with wgpu-native's
 polls without blocking (wgpu_runtime._Native). Everything else is the same code. The modes
 alternate round by round in one process (medians over rounds); ratios are after / before.
 
-Figures: a one-element ADD launch (submit + wait, the launch overhead; lower is better),
+Figures: a one-element ADD launch (submit + wait, the launch overhead; lower is better) and
+of it the ``submit`` call alone (recording and submitting; it returns before the device is done),
 the same with 8 launches in flight (wall per launch), a launch of 16 dependent tiny
 statements (16 dispatches in one submission), an ADD of 2^22 float32 (GB/s) and a 512²
 matmul (GFLOP/s, wall), all through ``Executor.run`` / ``submit``.
@@ -44,12 +45,19 @@ def _args(ex, params, rng):
     return out
 
 
-def _serial(ex, bound, args, n: int) -> float:
-    ts = []
+def _serial(ex, bound, args, n: int, host: list | None = None) -> float:
+    """Median wall seconds of submit + wait; ``host`` gets the median of the submit call
+    alone (the host's cost of recording and submitting: it returns before the device is done)."""
+    ts, hs = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        ex.run(bound, dict(args))
+        p = ex.submit(bound, dict(args))
+        t1 = time.perf_counter()
+        p.wait()
         ts.append(time.perf_counter() - t0)
+        hs.append(t1 - t0)
+    if host is not None:
+        host.append(median(hs))
     return median(ts)
 
 
@@ -98,7 +106,7 @@ def main(argv=None) -> None:
         for mode in (("before", "after") if r % 2 == 0 else ("after", "before")):
             _set_mode(ex, mode, native)
             f = got[mode]
-            f.setdefault("tiny", []).append(_serial(ex, tiny, tiny_args, n_tiny))
+            f.setdefault("tiny", []).append(_serial(ex, tiny, tiny_args, n_tiny, f.setdefault("tiny_submit", [])))
             f.setdefault("tiny_pipelined", []).append(_pipelined(ex, tiny, tiny_args, n_tiny))
             f.setdefault("chain16", []).append(_serial(ex, chain, tiny_args, n_tiny // 4))
             f.setdefault("add", []).append(_serial(ex, add, add_args, 5))
@@ -108,6 +116,7 @@ def main(argv=None) -> None:
     for mode in ("before", "after"):
         f = {k: median(v) for k, v in got[mode].items()}
         for key, value, unit in (("launch_overhead_us", f["tiny"] * 1e6, "us"),
+                                 ("submit_call_us", f["tiny_submit"] * 1e6, "us"),
                                  ("pipelined_us_per_launch", f["tiny_pipelined"] * 1e6, "us"),
                                  ("chain16_us", f["chain16"] * 1e6, "us"),
                                  (f"add_{m}_GBps", 12.0 * m / f["add"] / 1e9, "GB/s"),

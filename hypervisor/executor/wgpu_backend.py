@@ -368,8 +368,9 @@ class _WgpuSteps(DeviceSteps):
     include work a later chunk does: the estimates are corrected on average only."""
 
     POLL_S = 200e-6  # on lavapipe the device is the host's CPU: poll gently
-    # A submission (with its completion mapping and timestamps) costs 0.3-3 ms of host time
-    # (docs/benchmarks.md): chunks as large as the ahead bound allows, half a slice.
+    # A submission costs host time (~0.1 ms recorded and submitted on lavapipe since its
+    # completion is polled; 0.3-3 ms before: docs/benchmarks.md), and on lavapipe each waits
+    # in the driver for the one before: chunks as large as the ahead bound allows, half a slice.
     CHUNK_FRACTION = 1.0
 
     def __init__(self, ex: WgpuExecutor, interp: Interpreter, slice_s: float, active, stall: float,

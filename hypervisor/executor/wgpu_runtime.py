@@ -383,7 +383,10 @@ class _Segment:
         self.owner = threading.get_ident()
         self.encoder = rt.device.create_command_encoder()
         self.pass_ = None
-        self.slot = rt.slots.pop() if rt.slots else _Slot(rt)
+        try:
+            self.slot = rt.slots.pop()  # (list.pop is atomic: threads may record at once)
+        except IndexError:
+            self.slot = _Slot(rt)
         self.arenas: list[tuple[Any, bytearray]] = [(self.slot.arena, bytearray())]
         self.keep: list = []
         self.ticket: Ticket | None = None
