@@ -100,6 +100,8 @@ wgpu_gpu() {
         -o addopts="-ra" --timeout 60 tests/unit/hypervisor
     step wgpu_bench 90 python3 -m bench.bench_wgpu --quick --json
     step preempt_wgpu 90 python3 -m bench.bench_preempt --backend wgpu --quick --json
+    step wgpu_submit 60 python3 -m bench.bench_wgpu_submit --quick --json
+    step preempt_wait_wgpu 30 python3 -m bench.preempt_wait --backend wgpu
 }
 
 info
