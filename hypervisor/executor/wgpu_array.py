@@ -146,7 +146,7 @@ class WgpuArray:
         return self.view(shape, strides, offset)
 
     def __setitem__(self, key, value) -> None:
-        self.rt.xp.copyto(self[key], value)
+        self.rt.xp.copy_into(self[key], value)
 
     # ---- values ----------------------------------------------------------------------------
     def copy(self) -> WgpuArray:

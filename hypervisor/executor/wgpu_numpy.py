@@ -8,6 +8,7 @@ they take the dtype of the array they meet, and travel to the shader in its meta
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -23,6 +24,17 @@ from .wgpu_array import (
     dtname,
     scalar_bits,
 )
+
+
+class _Spent:
+    """The value of a lazy array computed in place into its destination (copyto): any use
+    of it raises (NumPy cannot make a number of it) instead of reading the new contents."""
+
+    def __repr__(self) -> str:
+        return "<spent: stored in place>"
+
+
+SPENT = _Spent()
 
 MATVEC_ROWS = 8  # matmuls with at most this many rows use wgsl.matvec (the 64-row tiles would idle)
 
@@ -100,10 +112,11 @@ class WgpuNumpy:
             self._before_write(out)
         return self.run_elementwise(expr, dt, operands, tuple(shape), out, collapse)
 
-    def _before_write(self, out: WgpuArray) -> None:
-        """Lazy values that read ``out``'s buffer are computed before it is written."""
+    def _before_write(self, out: WgpuArray, skip: WgpuArray | None = None) -> None:
+        """Lazy values that read ``out``'s buffer are computed before it is written (but
+        ``skip``: the value being written, see copyto)."""
         key = id(out.buffer)
-        for lazy in [z for z in self.rt.pending if key in z.bufs]:
+        for lazy in [z for z in self.rt.pending if key in z.bufs and z is not skip]:
             lazy.device()
 
     MAX_LETS = 24  # fused ops in one shader at most
@@ -215,8 +228,34 @@ class WgpuNumpy:
     def reciprocal(self, a):
         return self._ew("1.0 / {0}", a)
 
+    #: References to the value copyto is given when nobody else holds it: the interpreter's
+    #: _block and _store, copyto's parameter and getrefcount's argument (measured, and
+    #: checked by a test: a value also kept elsewhere counts more).
+    ALONE_REFS = 4
+
     def copyto(self, dst: WgpuArray, src) -> None:
-        """dst[...] = src (a lazy src is computed straight into dst)."""
+        """dst[...] = src (a lazy src is computed straight into dst).
+
+        A lazy src that reads dst's own buffer (``ADD z y -> z``) would be computed into a
+        temporary first, then copied. When nothing else holds src (a statement's result on
+        its way to its destination), it is computed in place instead: each invocation reads
+        the elements it writes, at the same offsets and strides (run_elementwise copies any
+        other alias of dst first), so the values are the same, with one dispatch and no
+        temporary. src is then spent: it is neither lazy nor on the device, so a use of it
+        would fail loudly rather than read dst's new contents."""
+        dst.device()
+        if (isinstance(src, WgpuArray) and src.lazy is not None and id(dst.buffer) in src.bufs
+                and sys.getrefcount(src) <= self.ALONE_REFS):
+            self._before_write(dst, skip=src)
+            self.run_elementwise("{0}", dst.dtype, (src,), tuple(dst.shape), dst)
+            if src.lazy is not None:  # fused into dst's shader: spent (computed alone: a temporary)
+                src.lazy, src.bufs, src.host = None, frozenset(), SPENT
+                self.rt.pending.discard(src)
+            return
+        self.elementwise("{0}", dst.dtype, (src,), dst.shape, out=dst)
+
+    def copy_into(self, dst: WgpuArray, src) -> None:
+        """dst[...] = src, src left as it was (for callers that may keep src: __setitem__)."""
         dst.device()
         self.elementwise("{0}", dst.dtype, (src,), dst.shape, out=dst)
 

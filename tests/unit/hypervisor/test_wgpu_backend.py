@@ -375,3 +375,28 @@ def test_a_dispatch_the_device_refuses_is_a_typed_error_at_submission(ex):
     x = np.arange(4, dtype=np.float32)  # the runtime still works afterwards
     values = {"x": x, "c": Out("float32", (4,))}
     np.testing.assert_array_equal(run(ex, source_for("ADD x x -> c", values), values)["c"], x + x)
+
+
+def test_a_statement_reading_its_destination_is_computed_in_place(ex):
+    """ADD c y -> c: one dispatch straight into c (no temporary and copy), bit-identical to
+    NumPy; a value a caller keeps (copy_into) is never spent, and a spent one raises."""
+    from hypervisor.executor.wgpu_numpy import SPENT
+
+    x, y = np.linspace(-2, 2, 64, dtype=np.float32), np.full(64, 0.3, np.float32)
+    values = {"x": x, "y": y, "c": Out("float32", (64,))}
+    src = "COPY x -> c\nADD c y -> c\nMUL c c -> c\nADD c c -> c"
+    want = run(NumpyExecutor(), source_for(src, values), values)["c"]
+    d0 = ex.rt.dispatches
+    np.testing.assert_array_equal(run(ex, source_for(src, values), values)["c"], want)
+    assert ex.rt.dispatches - d0 == 4, ex.rt.dispatches - d0  # one a statement (it was 7)
+    xp = ex.xp
+    z = xp.asarray(x)
+    held = xp.add(z, xp.asarray(y))  # a lazy value this test keeps
+    xp.copy_into(z, held)
+    np.testing.assert_array_equal(held.get(), x + y)
+    np.testing.assert_array_equal(z.get(), x + y)
+    spent = xp.add(z, z)
+    xp.copyto(z, spent)  # (the test keeps it, but holds fewer references than the interpreter)
+    assert spent.host is SPENT
+    with pytest.raises(TypeError):
+        spent.get()
