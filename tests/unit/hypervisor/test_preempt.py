@@ -201,6 +201,22 @@ def _install(hv, vm, source, seed):
     return k.kernel_id, handles, data
 
 
+def gate_first_launch(hv, key):
+    """Hold VM 1's first launch as it starts until ``queued`` is set (the test queues VM 2's
+    urgent launch meanwhile); every job the dispatcher runs is recorded in ``jobs`` under
+    ``key(job)``. Returns (jobs, started, queued)."""
+    jobs, started, queued = {}, threading.Event(), threading.Event()
+
+    def hook(job):
+        jobs[key(job)] = job
+        if job.vm_id == 1 and not started.is_set():
+            started.set()
+            assert queued.wait(WAIT_S)  # VM 2's launch is queued before VM 1's runs
+
+    hv.dispatcher.before_run.append(hook)
+    return jobs, started, queued
+
+
 def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly(monkeypatch):
     monkeypatch.setattr(preemption, "URGENT_RECENT_S", 3600.0)  # "lately": not a timed condition here
     hv = Hypervisor(backend="numpy").start()
@@ -210,16 +226,8 @@ def test_urgent_launch_preempts_a_batch_launch_that_resumes_exactly(monkeypatch)
         hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
         k1, h1, data1 = _install(hv, 1, LONG, 1)
         k2, h2, _ = _install(hv, 2, TINY, 2)
-        jobs, order, charges = {}, [], []
-        started, queued = threading.Event(), threading.Event()
-
-        def hook(job):
-            jobs[(job.vm_id, job.launch_id)] = job
-            if job.vm_id == 1 and not started.is_set():
-                started.set()
-                assert queued.wait(WAIT_S)  # VM 2's launch is queued before VM 1's runs
-
-        hv.dispatcher.before_run.append(hook)
+        order, charges = [], []
+        jobs, started, queued = gate_first_launch(hv, key=lambda j: (j.vm_id, j.launch_id))
         charge = hv.scheduler.charge
 
         def spy(vm_id, seconds, *, started, ended):
@@ -323,16 +331,8 @@ def test_a_launch_that_needs_the_parked_launchs_memory_finishes_it_first(monkeyp
         hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
         k1, h1, data1 = _install(hv, 1, LONG, 1)
         k2, h2, data2 = _install(hv, 2, SQUARE_ADD, 2)
-        jobs, order = {}, []
-        started, queued = threading.Event(), threading.Event()
-
-        def hook(job):
-            jobs[job.vm_id] = job
-            if job.vm_id == 1 and not started.is_set():
-                started.set()
-                assert queued.wait(WAIT_S)
-
-        hv.dispatcher.before_run.append(hook)
+        order = []
+        jobs, started, queued = gate_first_launch(hv, key=lambda j: j.vm_id)
         first = hv.launch(1, k1, h1)
         first.add_done_callback(lambda c: order.append(1))
         assert started.wait(WAIT_S)
@@ -374,16 +374,8 @@ def test_an_arrival_interrupts_a_slice_at_the_next_step():
         hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
         k1, h1, _ = _install(hv, 1, LONG, 1)
         k2, h2, _ = _install(hv, 2, TINY, 2)
-        jobs, order = {}, []
-        started, queued = threading.Event(), threading.Event()
-
-        def hook(job):
-            jobs[job.vm_id] = job
-            if job.vm_id == 1 and not started.is_set():
-                started.set()
-                assert queued.wait(WAIT_S)
-
-        hv.dispatcher.before_run.append(hook)
+        order = []
+        jobs, started, queued = gate_first_launch(hv, key=lambda j: j.vm_id)
         first = hv.launch(1, k1, h1)
         first.add_done_callback(lambda c: order.append(1))
         assert started.wait(WAIT_S)

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 import pytest
-from test_preempt import CASES, LONG, TINY, WAIT_S, _bind, _inputs, _install, _kernel
+from test_preempt import CASES, LONG, TINY, WAIT_S, _bind, _inputs, _install, _kernel, gate_first_launch
 
 from hypervisor import Hypervisor, preemption
 from hypervisor.executor import make_executor
@@ -116,16 +116,8 @@ def test_urgent_launch_preempts_a_stepped_launch_on_the_device(backend, monkeypa
         hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
         k1, h1, data1 = _install(hv, 1, LONG, 1)
         k2, h2, data2 = _install(hv, 2, TINY, 2)
-        jobs, order, charges = {}, [], []
-        started, queued = threading.Event(), threading.Event()
-
-        def hook(job):
-            jobs[(job.vm_id, job.launch_id)] = job
-            if job.vm_id == 1 and not started.is_set():
-                started.set()
-                assert queued.wait(WAIT_S)  # VM 2's launch is queued before VM 1's runs
-
-        hv.dispatcher.before_run.append(hook)
+        order, charges = [], []
+        jobs, started, queued = gate_first_launch(hv, key=lambda j: (j.vm_id, j.launch_id))
         charge = hv.scheduler.charge
 
         def spy(vm_id, seconds, *, started, ended):
@@ -325,16 +317,8 @@ def test_a_launch_that_needs_the_parked_launchs_memory_finishes_it_first_on_the_
         hv.register_vm(2, 64, 50, default_class="INTERACTIVE")
         k1, h1, data1 = _install(hv, 1, LONG, 1)
         k2, h2, data2 = _install(hv, 2, SQUARE_ADD, 2)
-        jobs, order = {}, []
-        started, queued = threading.Event(), threading.Event()
-
-        def hook(job):
-            jobs[job.vm_id] = job
-            if job.vm_id == 1 and not started.is_set():
-                started.set()
-                assert queued.wait(WAIT_S)
-
-        hv.dispatcher.before_run.append(hook)
+        order = []
+        jobs, started, queued = gate_first_launch(hv, key=lambda j: j.vm_id)
         first = hv.launch(1, k1, h1)
         first.add_done_callback(lambda c: order.append(1))
         assert started.wait(WAIT_S)
