@@ -13,7 +13,11 @@ eight VMs, each with its own socket, and runs at once:
   below usage are refused), share and cap changes, ``vm remove`` under a connected guest and
   ``vm add`` again, and hostile control requests (unknown VMs, absurd quotas, sockets outside
   ``socket_dir``, duplicate ids);
-- a sampler: the daemon's RSS, open fds, threads and mapped guest-RAM memfds from ``/proc``.
+- a sampler: the daemon's RSS, open fds, threads and mapped guest-RAM memfds from ``/proc``;
+- with ``--compile-churn RATE``, new 7-63 KiB sources compiled over gRPC at about RATE per
+  second (``bench/soak_compile.py``): garbage for ``--gc-freeze on`` (``[scheduler]
+  compile_gc_freeze``) to hold; the daemon's collections and frozen objects are read from
+  its ``/metrics`` at each checkpoint.
 
 Every ``--checkpoint`` seconds everything pauses: all guests disconnect, removed VMs are back,
 and the daemon must hold nothing (every VM's usage, the device pool and host RAM at zero) and
@@ -35,9 +39,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from bench.common import parser
+from bench.soak_compile import CompileChurn
 from bench.soak_guest import GuestWorker
 from bench.soak_operator import VMS, Operator
 from bench.soak_report import report, summarize
@@ -49,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
 
-def config_text(d: str) -> str:
+def config_text(d: str, gc_freeze: bool | None = None) -> str:
     vms = "".join(f"""
 [[vm]]
 id = {i}
@@ -67,12 +73,12 @@ log_level = "info"
 [memory]
 device_pool = "192Mi"
 host_budget = "256Mi"
-{vms}"""
+{"" if gc_freeze is None else f"[scheduler]{chr(10)}compile_gc_freeze = {str(gc_freeze).lower()}{chr(10)}"}{vms}"""
 
 
-def start_daemon(d: str) -> subprocess.Popen:
+def start_daemon(d: str, gc_freeze: bool | None = None) -> subprocess.Popen:
     cfg = Path(d) / "pxos-hvd.toml"
-    cfg.write_text(config_text(d))
+    cfg.write_text(config_text(d, gc_freeze))
     r, w = os.pipe()
     log = open(Path(d) / "pxos-hvd.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "hypervisor.daemon", "--config", str(cfg), "--ready-fd", str(w)],
@@ -95,6 +101,28 @@ def sample(pid: int) -> dict:
     with open(f"/proc/{pid}/maps") as f:
         memfds = sum(1 for line in f if "memfd:" in line)
     return {"t": time.monotonic(), "rss": rss, "fds": fds, "threads": threads, "memfd_maps": memfds}
+
+
+_GC_SERIES = re.compile(r'^(pxos_gc_collections_total\{generation="(\d)"\}|pxos_gc_frozen_objects|'
+                        r'pxos_compile_gc_epochs_total|pxos_compiles_total\{where="pool"\}) (\S+)$', re.M)
+
+
+def gc_figures(log_path: Path) -> dict:
+    """The daemon's collector as its /metrics says (the port from its log): full collections
+    (generation 2) and all, objects frozen now, compile_gc_freeze epochs ended, pool compiles."""
+    m = re.search(r"metrics on (http://\S+/metrics)", log_path.read_text(errors="replace"))
+    if m is None:
+        return {}
+    with urllib.request.urlopen(m.group(1), timeout=10) as r:
+        text = r.read().decode()
+    out = {"gc_collections": [0, 0, 0]}
+    for name, gen, val in _GC_SERIES.findall(text):
+        if gen:
+            out["gc_collections"][int(gen)] = int(float(val))
+        else:
+            key = {"pxos_gc_frozen_objects": "gc_frozen_objects", "pxos_compile_gc_epochs_total": "gc_epochs"}
+            out[key.get(name, "pool_compiles")] = int(float(val))
+    return out
 
 
 class LaunchEvents(threading.Thread):
@@ -129,9 +157,10 @@ class LaunchEvents(threading.Thread):
 class Soak:
     """The daemon, its guests, the operator and the sampler, and the checks between them."""
 
-    def __init__(self, d: str, *, seed: int, think: float, operator_every: float, sample_every: float):
+    def __init__(self, d: str, *, seed: int, think: float, operator_every: float, sample_every: float,
+                 compile_churn: float = 0.0, gc_freeze: bool | None = None):
         self.d, self.sample_every, self.t0 = d, sample_every, time.monotonic()
-        self.proc = start_daemon(d)
+        self.proc = start_daemon(d, gc_freeze)
         self.client = Client(socket_path=f"{d}/hvd.sock", timeout=60)
         self.stop, self.pause = threading.Event(), threading.Event()
         self.present = {i: threading.Event() for i in range(1, VMS + 1)}
@@ -143,6 +172,8 @@ class Soak:
         self.operator = Operator(self.client, self.present, seed=seed, stop=self.stop, pause=self.pause,
                                  hup=lambda: self.proc.send_signal(signal.SIGHUP),
                                  every=operator_every)
+        self.churn = (CompileChurn(Client(socket_path=f"{d}/hvd.sock", timeout=60), self.present, seed=seed,
+                                   stop=self.stop, pause=self.pause, rate=compile_churn) if compile_churn else None)
         self.events = LaunchEvents(f"{d}/hvd.sock")
         self.ledger = {"launches": 0, "events_ns": 0, "busy_drift_ns": 0, "guest_mismatch": 0, "checked": 0}
         self.samples: list[dict] = []
@@ -150,11 +181,16 @@ class Soak:
         self.died: str | None = None
         self._sampler = threading.Thread(target=self._sample_loop, name="soak-sampler", daemon=True)
 
+    def workers(self) -> list[threading.Thread]:
+        return [self.operator, *self.guests, *([self.churn] if self.churn is not None else [])]
+
     def start(self) -> None:
         self.events.start()
         self.events.ready.wait(10)
         self._sampler.start()
         self.operator.start()
+        if self.churn is not None:
+            self.churn.start()
         for gw in self.guests:
             gw.start()
 
@@ -174,7 +210,7 @@ class Soak:
         """Pause everything, let every guest disconnect, and check the daemon holds nothing."""
         self.pause.set()
         deadline = time.monotonic() + timeout
-        for w in [self.operator, *self.guests]:
+        for w in self.workers():
             if not w.idle.wait(max(deadline - time.monotonic(), 0.1)):
                 raise TimeoutError(f"{w.name} did not pause within {timeout} s")
         rest = self._at_rest(deadline)
@@ -183,6 +219,7 @@ class Soak:
         self.checkpoints.append(rest)
         b = [gw.books for gw in self.guests]
         print(f"soak {label}: at rest fds {rest['fds']} threads {rest['threads']} RSS {rest['rss'] / MIB:.1f} MiB "
+              f"gc {rest.get('gc_collections')} frozen {rest.get('gc_frozen_objects')} epochs {rest.get('gc_epochs')} "
               f"memfd {rest['memfd_maps']} held {rest['drift_bytes']} B; answered {sum(x.answered for x in b)} "
               f"lost {sum(x.lost for x in b)} drift_ns {sum(x.drift_ns for x in b)} ledger {self.ledger} "
               f"errors {sum(len(x.errors) for x in b) + len(self.operator.errors)}", file=sys.stderr, flush=True)
@@ -205,6 +242,10 @@ class Soak:
                  busy_seconds=st.scheduler.busy_seconds, launches=st.scheduler.launches)
         s["drift_bytes"] = st.device.pool_used + st.device.host_used + sum(v.memory_used for v in st.vms)
         s["settings_lost"] = self.operator.mismatches(st.vms)  # nothing undid what the operator set
+        try:
+            s.update(gc_figures(Path(self.d) / "pxos-hvd.log"))
+        except OSError as e:  # the figures are reported, not judged: a scrape that failed is noted
+            s["gc_error"] = str(e)
         self._check_ledger(st, deadline)
         return s
 
@@ -234,7 +275,7 @@ class Soak:
     def finish(self) -> tuple[int, str]:
         """Stop the guests and the operator, then the daemon with SIGTERM: (exit code, log)."""
         self.stop.set()
-        for w in [self.operator, *self.guests]:
+        for w in self.workers():
             w.join(timeout=300)
         self._sampler.join(timeout=10)
         self.client.close()
@@ -252,14 +293,15 @@ class Soak:
 
 def run(seconds: float, *, seed: int = 1, warmup: float | None = None, every: float | None = None,
         think: float = 0.02, operator_every: float = 0.5, sample_every: float = 1.0,
-        keep_log: str | None = None) -> dict:
+        keep_log: str | None = None, compile_churn: float = 0.0, gc_freeze: bool | None = None) -> dict:
     """Run the soak; returns the summary (``verdict`` lists what failed; empty: passed)."""
     warmup = min(10.0, seconds / 4) if warmup is None else warmup
     every = max((seconds - warmup) / 4, 5.0) if every is None else every
     d = tempfile.mkdtemp(prefix="pxsoak-", dir="/tmp")  # short: unix socket paths fit in 108 bytes
     t0, soak = time.monotonic(), None
     try:
-        soak = Soak(d, seed=seed, think=think, operator_every=operator_every, sample_every=sample_every)
+        soak = Soak(d, seed=seed, think=think, operator_every=operator_every, sample_every=sample_every,
+                    compile_churn=compile_churn, gc_freeze=gc_freeze)
         soak.checkpoint("start")
         soak.start()
         time.sleep(warmup)
@@ -290,10 +332,15 @@ def main(argv=None) -> int:
     p.add_argument("--think", type=float, default=0.02, help="a guest's pause between rounds, at most (s)")
     p.add_argument("--sample-every", type=float, default=1.0, help="seconds between /proc samples")
     p.add_argument("--keep-log", metavar="PATH", help="copy the daemon's log here")
+    p.add_argument("--compile-churn", type=float, default=0.0, metavar="RATE",
+                   help="also compile new 7-63 KiB sources over gRPC, about RATE per second (default 0: off)")
+    p.add_argument("--gc-freeze", choices=("on", "off"), default=None,
+                   help="[scheduler] compile_gc_freeze for the daemon (default: the daemon's default)")
     a = p.parse_args(argv)
     seconds = min(a.seconds, 20.0) if a.quick else a.seconds
     o = run(seconds, seed=a.seed, warmup=a.warmup, every=a.checkpoint, think=a.think, sample_every=a.sample_every,
-            keep_log=a.keep_log)
+            keep_log=a.keep_log, compile_churn=a.compile_churn,
+            gc_freeze=None if a.gc_freeze is None else a.gc_freeze == "on")
     r = report(o)
     if a.json:
         import json

@@ -24,7 +24,8 @@ def summarize(soak, rc: int, log: str, elapsed: float, seconds: float) -> dict:
     for b in books:
         for k, n in b.launches.items():
             by_size[k] = by_size.get(k, 0) + n
-    errors = [e for b in books for e in b.errors] + soak.operator.errors
+    churn = getattr(soak, "churn", None)
+    errors = [e for b in books for e in b.errors] + soak.operator.errors + (churn.errors if churn else [])
     connect_errors = [e for b in books for e in b.connect_errors]
     cps = soak.checkpoints
     base, last = (cps[1] if len(cps) > 1 else cps[0]), cps[-1]
@@ -54,9 +55,11 @@ def summarize(soak, rc: int, log: str, elapsed: float, seconds: float) -> dict:
                     "max": max((x["rss"] for x in s), default=0) / MIB},
         "memfd_maps_at_rest": max(c["memfd_maps"] for c in cps),
         "rss_slope_mib_per_hour": _slope([(c["t"], c["rss"] / MIB) for c in cps[1:]]) * 3600,
-        "checkpoints": [{k: c[k] for k in ("label", "t", "rss", "fds", "threads", "memfd_maps", "drift_bytes",
-                                           "launches")}
+        "checkpoints": [{k: c.get(k) for k in ("label", "t", "rss", "fds", "threads", "memfd_maps", "drift_bytes",
+                                               "launches", "gc_collections", "gc_frozen_objects", "gc_epochs",
+                                               "pool_compiles")}
                         for c in cps],
+        "compile_churn": dict(churn.counts) if churn else None,
         "series": _decimate([{"t": round(x["t"] - s[0]["t"], 1), "rss_mib": round(x["rss"] / MIB, 1), "fds": x["fds"],
                               "threads": x["threads"]} for x in s], 120) if s else [],
         "log_tracebacks": tracebacks, "log_excerpt": excerpt,
@@ -150,5 +153,10 @@ def report(o: dict) -> Report:
     r.notes.append("launches by size: " + ", ".join(f"{k} {v}" for k, v in sorted(o["launches_by_size"].items())))
     r.notes.append("at rest (fds/threads/RSS MiB): " + "; ".join(
         f"{c['label']} {c['fds']}/{c['threads']}/{c['rss'] / MIB:.0f}" for c in o["checkpoints"]))
+    if o.get("compile_churn"):
+        r.notes.append(f"compile churn: {o['compile_churn']}")
+    r.notes.append("at rest (full collections/all collections/frozen objects/epochs): " + "; ".join(
+        f"{c['label']} {(c.get('gc_collections') or [0, 0, 0])[2]}/{sum(c.get('gc_collections') or [])}/"
+        f"{c.get('gc_frozen_objects')}/{c.get('gc_epochs')}" for c in o["checkpoints"]))
     r.notes.append("verdict: " + ("pass" if not o["verdict"] else "FAIL: " + "; ".join(o["verdict"])))
     return r

@@ -114,21 +114,24 @@ GC_EPOCH_S = 60.0
 
 
 class GcEpochs:
-    """Keeps compiled programs out of Python's full garbage collections (opt-in:
-    ``[scheduler] compile_gc_freeze``; docs/scheduling.md "Compiles").
+    """Keeps compiled programs out of Python's full garbage collections (``[scheduler]
+    compile_gc_freeze``; docs/scheduling.md "Compiles").
 
     Every compile allocates ~30 000 tracked objects per 63 KiB of source in this process,
     and with a few such programs alive a full collection pauses the whole daemon for
     ~100 ms, every couple of seconds while a VM compiles at its budget. ``settle()``,
     after each compile that built a program here, moves everything tracked so far to the
     collector's permanent generation (``gc.freeze()``, O(1)), which full collections skip.
-    The price: cyclic garbage frozen with it is not reclaimed at once. So every
-    ``epoch_s`` it unfreezes, collects once (one full pause per epoch, on the compiling
-    VM's thread) and freezes again: such garbage lives at most one epoch."""
+    The price: cyclic garbage frozen with it is not reclaimed at once. So ``epoch_s``
+    after the first freeze the heap is unfrozen and collected once (one full pause per
+    epoch) and stays unfrozen until the next compile freezes it again: frozen garbage
+    lives at most one epoch, whether or not anything compiles after it. That end of an
+    epoch is ``tick()``: called by the next ``settle()`` when the epoch is over, else by
+    a thread of its own (``background``; started at the first freeze, ended by ``close()``)."""
 
     def __init__(self, epoch_s: float = GC_EPOCH_S, *, clock: Callable[[], float] = time.monotonic,
                  freeze: Callable[[], None] | None = None, unfreeze: Callable[[], None] | None = None,
-                 collect: Callable[[], object] | None = None):
+                 collect: Callable[[], object] | None = None, background: bool = True):
         import gc
 
         self.epoch_s = epoch_s
@@ -137,18 +140,65 @@ class GcEpochs:
         self._unfreeze = unfreeze or gc.unfreeze
         self._collect = collect or gc.collect
         self._lock = threading.Lock()
-        self._epoch_at = clock()
+        self._frozen_at: float | None = None  # when the epoch began (the first freeze); None: not frozen
         self.epochs = 0
+        self._background = background
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_at is not None
 
     def settle(self) -> None:
+        """After a compile that built a program here: freeze the heap (the epoch begins
+        with the first freeze; one that is over ends first)."""
+        self.tick()
         with self._lock:
-            now = self._clock()
-            if now - self._epoch_at >= self.epoch_s:
-                self._unfreeze()
-                self._collect()
-                self._epoch_at = now
-                self.epochs += 1
+            if self._closed:
+                return
+            first = self._frozen_at is None
+            if first:
+                self._frozen_at = self._clock()
             self._freeze()
+            if first and self._background:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="pxos-gc-epochs", daemon=True)
+                    self._thread.start()
+                self._wake.set()  # a new epoch: its end to wait for
+
+    def tick(self) -> bool:
+        """End the epoch if it is over: unfreeze and collect once. True when it did."""
+        with self._lock:
+            if self._frozen_at is None or self._clock() - self._frozen_at < self.epoch_s:
+                return False
+            self._unfreeze()
+            self._frozen_at = None
+            self._collect()
+            self.epochs += 1
+            return True
+
+    def _run(self) -> None:
+        while not self._closed:
+            with self._lock:
+                at = self._frozen_at
+            self._wake.wait(None if at is None else max(at + self.epoch_s - self._clock(), 0.0) + 0.01)
+            self._wake.clear()
+            if not self._closed:
+                self.tick()
+
+    def close(self) -> None:
+        """End the thread and unfreeze: nothing stays frozen past the compiler's life."""
+        with self._lock:
+            self._closed = True
+            if self._frozen_at is not None:
+                self._unfreeze()
+                self._frozen_at = None
+        self._wake.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5.0)
 
 
 class Compiler:
@@ -193,6 +243,8 @@ class Compiler:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        if self.gc is not None:
+            self.gc.close()
 
     def forget(self, vm_id: int) -> None:
         self.budget.forget(vm_id)

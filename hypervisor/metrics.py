@@ -291,6 +291,22 @@ class _CompileCollector(Collector):
                                   value=n("queue_wait_seconds"))
         yield CounterMetricFamily("pxos_compile_budget_wait_seconds", "Time compiles waited for their VM's "
                                   "compile budget", value=n("budget_wait_seconds"))
+        # The daemon's garbage collector ([scheduler] compile_gc_freeze keeps programs out of
+        # its full collections): collections by generation, objects frozen now, epochs ended.
+        import gc
+
+        coll = CounterMetricFamily("pxos_gc_collections", "Python garbage collections of the daemon, by "
+                                   "generation (2: full collections, each a pause of the whole daemon)",
+                                   labels=["generation"])
+        for g, st in enumerate(gc.get_stats()):
+            coll.add_metric([str(g)], st["collections"])
+        yield coll
+        yield GaugeMetricFamily("pxos_gc_frozen_objects", "Objects in the collector's permanent generation "
+                                "(compile_gc_freeze: skipped by full collections until the epoch ends)",
+                                value=gc.get_freeze_count())
+        epochs = compiler.gc.epochs if compiler is not None and getattr(compiler, "gc", None) is not None else 0
+        yield CounterMetricFamily("pxos_compile_gc_epochs", "compile_gc_freeze epochs ended: the heap "
+                                  "unfrozen and collected once", value=epochs)
 
 
 class _AdvisorCollector(Collector):

@@ -422,7 +422,8 @@ def test_gc_epochs_freeze_after_each_program_and_collect_once_per_epoch():
 
     now, calls = [0.0], []
     g = GcEpochs(60.0, clock=lambda: now[0], freeze=lambda: calls.append("freeze"),
-                 unfreeze=lambda: calls.append("unfreeze"), collect=lambda: calls.append("collect"))
+                 unfreeze=lambda: calls.append("unfreeze"), collect=lambda: calls.append("collect"),
+                 background=False)
     g.settle()
     now[0] = 59.0
     g.settle()
@@ -433,6 +434,10 @@ def test_gc_epochs_freeze_after_each_program_and_collect_once_per_epoch():
     now[0] = 100.0
     g.settle()
     assert calls[5:] == ["freeze"]
+    now[0] = 121.0  # no compile since: the epoch ends all the same (the thread's tick), unfrozen after
+    assert g.tick() and calls[6:] == ["unfreeze", "collect"] and not g.frozen
+    now[0] = 500.0
+    assert not g.tick() and calls[8:] == []  # nothing frozen: nothing to do
 
 
 def test_the_compiler_settles_the_collector_only_when_asked_and_only_for_programs_built_here(monkeypatch):
