@@ -122,6 +122,10 @@ class Hypervisor:
         self.clock = clock
         self.prefetch = PrefetchState.initial(lookahead_depth, pool, enabled=prefetch)
         self._vms: dict[int, VMRecord] = {}
+        # Launches queued or running on this device: the sum of its VMs' ``inflight``, kept
+        # as each changes (_count_launch, _launch_ended, _add_vm, _drop_vm), never summed:
+        # the serial fast path reads it under the lock on every try (preemption.py).
+        self.launches_in_flight = 0
         self._kernel_ids = shared.kernel_ids
         self._launch_ids = shared.launch_ids
         self._subscribers: list[Callable[[Event], None]] = []
@@ -222,7 +226,7 @@ class Hypervisor:
             except E.PxosError:
                 self.scheduler.remove_vm(vm_id)
                 raise
-            self._vms[vm_id] = VMRecord(vm_id, name, compute_quota_percent, cap_percent, wclass, socket)
+            self._add_vm(VMRecord(vm_id, name, compute_quota_percent, cap_percent, wclass, socket))
             info = self._vm_info(vm_id)
         self._emit("vm_registered", vm_id, name=name, memory_quota=quota, share=compute_quota_percent,
                    cap=cap_percent)
@@ -238,7 +242,7 @@ class Hypervisor:
                 self._fail_ticket(t, E.VMGone(why))
             self.memory.remove_vm(vm_id)
             self.classifier.forget(vm_id)
-            del self._vms[vm_id]
+            self._drop_vm(vm_id)  # a launch of it still running is no longer counted
         self.dispatcher.flush_completions()  # its cancelled launches are answered now, as on a reset
         self._emit("vm_unregistered", vm_id)
 
@@ -296,6 +300,35 @@ class Hypervisor:
         return VMInfo(vm_id, vm.name, mem.quota, mem.used, vm.share, vm.cap,
                       vm.default_class.name if vm.default_class is not None else None, vm.socket, vm.domain,
                       self.device_id)
+
+    # ---- the in-flight counts: a VM's (VMRecord.inflight) and this device's (launches_in_flight)
+    def _add_vm(self, vm: VMRecord) -> None:
+        """A VM placed on this device (registered, or moved here) with its launches (lock held)."""
+        self._vms[vm.vm_id] = vm
+        self.launches_in_flight += vm.inflight
+
+    def _drop_vm(self, vm_id: int) -> VMRecord:
+        """A VM leaving this device (removed, or moved away) with its launches (lock held)."""
+        vm = self._vms.pop(vm_id)
+        self.launches_in_flight -= vm.inflight
+        return vm
+
+    def _count_launch(self, vm: VMRecord) -> None:
+        vm.inflight += 1
+        self.launches_in_flight += 1
+
+    def _launch_ended(self, job: Job) -> VMRecord | None:
+        """A launch completed, failed or was cancelled (lock held): its VM's record, its
+        count taken back; None when its VM is gone (removed: its count left with it). No
+        VM of the same id can be registered on this device meanwhile: the memory manager
+        refuses the id while a launch of the old VM holds memory (MemoryManager.add_vm),
+        and a launch lets go of its memory under the same hold of the lock as this."""
+        vm = self._vms.get(job.vm_id)
+        if vm is None:
+            return None
+        vm.inflight -= 1
+        self.launches_in_flight -= 1
+        return vm
 
     def _vm(self, vm_id: int) -> VMRecord:
         try:
@@ -493,7 +526,7 @@ class Hypervisor:
                 vm.held.append(ticket)
             else:
                 self.scheduler.submit(ticket)
-            vm.inflight += 1
+            self._count_launch(vm)
         if not (run_here and (run_here_max_s is None or est <= run_here_max_s)
                 and self.dispatcher.run_here(completion, own=job if run_here_max_s is not None else None)):
             if not run_here:
@@ -543,9 +576,8 @@ class Hypervisor:
         self.memory.retire_launch(job.temp_bytes)
         for buf, writes in job.buffers.values():
             self.memory.unpin(buf, writes)
-        vm = self._vms.get(job.vm_id)
+        vm = self._launch_ended(job)
         if vm is not None:
-            vm.inflight -= 1
             vm.launches_total += 1
             vm.launches_failed += 1
             vm.by_class[job.wclass.name] = vm.by_class.get(job.wclass.name, 0) + 1

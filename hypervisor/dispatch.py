@@ -499,9 +499,8 @@ class Dispatcher(Preemption):
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("launch %d of VM %d (%s, %s): %s, device %.3f ms, queued %.3f ms", job.launch_id,
                           vm_id, bound.kernel.name, wname, result.status, device_s * 1e3, queue_ns / 1e6)
-            vm = hv._vms.get(vm_id)
+            vm = hv._launch_ended(job)
             if vm is not None:
-                vm.inflight -= 1
                 vm.device_seconds += device_s
                 vm.launches_total += 1
                 by_class = vm.by_class

@@ -208,8 +208,7 @@ def _move_locked(ds: DeviceSet, src: Hypervisor, dst: Hypervisor, vm_id: int) ->
     src.scheduler.remove_vm(vm_id)
     src.memory.remove_vm(vm_id)
     src.classifier.forget(vm_id)
-    del src._vms[vm_id]
-    dst._vms[vm_id] = vm
+    dst._add_vm(src._drop_vm(vm_id))  # its in-flight count (the held launches) goes with it
     dst.memory.idle_hint(vm_id, vm.idle)
     vm.held = None
     _requeue(dst, vm_id, held)

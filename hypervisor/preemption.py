@@ -79,11 +79,12 @@ class Preemption:
         return completion.done()
 
     def _alone_and_ready(self, own: Job) -> bool:
-        """Lock held. ``own`` is the only launch queued or running on this device (every
-        VM's in-flight count sums to 1: pick() returns it or nothing) and its memory is
-        ready (``_prepare`` takes its common case: no NotReady wait)."""
+        """Lock held. ``own`` is the only launch queued or running on this device (its
+        count of launches in flight, which every VM's queued, held and running launches are
+        in, is 1: pick() returns it or nothing) and its memory is ready (``_prepare`` takes
+        its common case: no NotReady wait). O(1): the count is kept, not summed."""
         hv = self.hv
-        if sum(vm.inflight for vm in hv._vms.values()) != 1:
+        if hv.launches_in_flight != 1:
             return False
         return hv.memory.launch_ready(own.unique_buffers(), own.temp_bytes)
 

@@ -105,25 +105,34 @@ def test_launch_nowait_runs_nothing_here_while_another_launch_is_on_the_device()
         assert busy.wait(WAIT_S).ok and c.wait(WAIT_S).ok
 
 
-def test_launch_nowait_runs_nothing_here_while_another_vm_has_a_launch_counted():
-    """Another VM's launch queued but not picked (held back by its cap, or waiting for a
-    move: the dispatch thread is idle) could come first and be of any length: the caller's
-    thread does not pick. The rule is the VMs' in-flight counts, which every launch, queued,
-    held or running, is in."""
+def _device_released(hv) -> None:
+    deadline = time.monotonic() + WAIT_S  # the dispatch thread lets go of the device
+    while hv.dispatcher._device.locked() and time.monotonic() < deadline:  # once it waits again
+        time.sleep(0.001)
+    assert not hv.dispatcher._device.locked()
+
+
+def test_launch_nowait_runs_nothing_here_while_another_vm_has_a_launch_queued():
+    """Another VM's launch queued but not picked (here its VM is parked, as by a yield; a
+    cap or a move's hold does the same: the dispatch thread is idle) could come first and
+    be of any length: the caller's thread does not pick. The rule is the device's count of
+    launches in flight, which every launch, queued, held or running, is in."""
     with Hypervisor(backend="numpy") as hv:
         kid, h = _setup(hv, 1)
-        _setup(hv, 2)
+        kid2, h2 = _setup(hv, 2)
         with hv._lock:
-            hv._vms[2].inflight += 1  # as a held launch of VM 2 counts
-        try:
-            c = hv.launch_nowait(1, kid, h, run_here_max_s=1.0)
-            assert c is not None and c.wait(WAIT_S).ok
-            assert hv.dispatcher.ran_here == 0  # the dispatch thread ran it
-        finally:
-            with hv._lock:
-                hv._vms[2].inflight -= 1
-        deadline = time.monotonic() + WAIT_S  # the dispatch thread lets go of the device
-        while hv.dispatcher._device.locked() and time.monotonic() < deadline:  # once it waits again
-            time.sleep(0.001)
+            assert hv.scheduler.park(2)
+        other = hv.launch(2, kid2, h2)  # queued, not picked while its VM is parked
+        _device_released(hv)
+        assert hv.launches_in_flight == 1 and not other.done()
         c = hv.launch_nowait(1, kid, h, run_here_max_s=1.0)
-        assert c.done() and hv.dispatcher.ran_here == 1
+        assert c is not None and c.wait(WAIT_S).ok
+        assert hv.dispatcher.ran_here == 0  # refused here: the dispatch thread ran it
+        assert not other.done() and hv.launches_in_flight == 1
+        with hv._lock:
+            hv.scheduler.unpark(2)
+        hv.dispatcher.wake()
+        assert other.wait(WAIT_S).ok and hv.launches_in_flight == 0
+        _device_released(hv)
+        c = hv.launch_nowait(1, kid, h, run_here_max_s=1.0)  # alone now: here
+        assert c.done() and c.result.ok and hv.dispatcher.ran_here == 1
