@@ -1,6 +1,7 @@
 """Latency isolation and launch overhead (issue 14): the issue's table in one run, each
 figure against a baseline taken in the same run.
-``python -m bench.bench_preempt [--json] [--quick] [--backend auto|numpy|cupy|wgpu] [--slice-ms MS]``
+``python -m bench.bench_preempt [--json] [--quick] [--backend auto|numpy|cupy|wgpu] [--slice-ms MS]
+[--sweep MS,MS,...]``
 
 - isolation: an INTERACTIVE VM's launches (a ~100 µs kernel, one at a time, 2-8 ms think
   time) alone, then beside a saturating BATCH VM (~5 ms launches) with preemption off
@@ -25,7 +26,9 @@ Launches are stepped on NumPy (through the interpreter on the dispatcher's threa
 wgpu (chunks of steps kept at most half a slice ahead of the device, executor/stepping.py);
 on CuPy only with ``--gpu-stepping on`` (``[scheduler] gpu_stepping``: not yet run on a GPU,
 so off by default; without it "on" equals "off" there, preemptions 0). ``--slice-ms`` sets the slice of the "on" runs (default: the
-hypervisor's, 1 ms), to measure the isolation a shorter slice buys and what it costs.
+hypervisor's, 1 ms), to measure the isolation a shorter slice buys and what it costs;
+``--sweep`` runs bench/preempt_sweep.py instead: isolation and the BATCH cost for each slice
+of a list, in one run against the same run's alone and off baselines.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from bench import preempt_sweep
 from bench.common import Report, parser, percentile
 from bench.hv_load import TINY_SOURCE, CallbackLoad, DirectRun, GuestThread, Recorder, install, sized_kernel
 from hypervisor import Hypervisor, dispatch
@@ -68,15 +72,17 @@ class Plan:
     share_s: float
     overhead_rounds: int
     tiny_n: int
+    sweep_rounds: int
+    sweep_block_s: float  # seconds per mode per round beside BATCH (--sweep)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 1.0, 0.3, 2, 0.5, 2.0, 3, 200)
-        return cls(False, 4.0, 1.0, 5, 2.0, 10.0, 9, 1000)
+            return cls(True, 1.0, 0.3, 2, 0.5, 2.0, 3, 200, 2, 0.4)
+        return cls(False, 4.0, 1.0, 5, 2.0, 10.0, 9, 1000, 4, 1.5)
 
 
-SECTIONS = ("isolation", "batch", "shares", "overhead", "compiles")
+SECTIONS = ("isolation", "batch", "shares", "overhead", "compiles", "sweep")
 
 
 def _hv(backend: str, slice_s: float) -> Hypervisor:
@@ -525,8 +531,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--priority-stream", action="store_true",
                    help="CuPy: with preemption on, urgent launches go on a priority stream (an experiment)")
     p.add_argument("--only", choices=SECTIONS, action="append",
-                   help="run only this section (may be given more than once; default: all)")
+                   help="run only this section (may be given more than once; default: all but sweep)")
+    p.add_argument("--sweep", default=None, metavar="MS,MS,...",
+                   help="the slice sweep (bench/preempt_sweep.py) over these slices; alone, unless --only "
+                        f"adds sections (--only sweep: {','.join(f'{s:g}' for s in preempt_sweep.DEFAULT_SWEEP_MS)})")
     args = p.parse_args(argv)
+    try:
+        sweep_ms = preempt_sweep.DEFAULT_SWEEP_MS if args.sweep is None else preempt_sweep.parse_sweep(args.sweep)
+    except ValueError as exc:
+        p.error(f"--sweep: {exc}")
     if args.priority_stream and args.backend != "cupy":
         p.error("--priority-stream needs --backend cupy")
     if args.slice_ms is not None and not 0 < args.slice_ms <= 1000:
@@ -539,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         executor = make_executor(args.backend)
     except ConfigError as exc:
         p.error(str(exc))
-    sections = set(args.only or SECTIONS)
+    sections = set(args.only or ()) | ({"sweep"} if args.sweep else set()) or set(SECTIONS) - {"sweep"}
     plan = Plan.make(args.quick)
     report = Report("preempt")
     report.notes.append(f"preemption on: time slice {SLICE_S * 1e3:g} ms, gpu_stepping {GPU_STEPPING}"
@@ -562,6 +575,10 @@ def main(argv: list[str] | None = None) -> None:
         overhead(report, name, big, plan)
     if "compiles" in sections:
         compiles(report, name, plan)
+    if "sweep" in sections:
+        preempt_sweep.sweep(report, lambda s: _hv(name, s), _interactive, small, batch, sweep_ms,
+                            rounds=plan.sweep_rounds, block_s=plan.sweep_block_s, warmup_s=plan.warmup_s,
+                            quota_mb=QUOTA_MB)
     if plan.quick:
         report.notes.append("--quick: short runs, goals shown but not judged")
     report.notes.append(f"ran in {time.perf_counter() - started:.1f} s")

@@ -56,3 +56,30 @@ def test_preempt_wait_breaks_the_urgent_wait_down():
     from hypervisor import dispatch
 
     assert dispatch.Dispatcher._issue_steps.__name__ == "_issue_steps"
+
+
+def test_sweep_slices_parse_and_refuse_nonsense():
+    from bench import preempt_sweep
+
+    assert preempt_sweep.parse_sweep("1,0.5,0.25") == (1.0, 0.5, 0.25)
+    assert preempt_sweep.mode_key(0.25) == "slice_0p25ms" and preempt_sweep.mode_key(None) == "off"
+    for bad in ("0", "1,1", "-1", "2000", "x"):
+        with pytest.raises(ValueError):
+            preempt_sweep.parse_sweep(bad)
+    with pytest.raises(SystemExit):
+        bench_preempt.main(["--sweep", "1,0"])
+
+
+@pytest.mark.slow
+def test_quick_sweep_reports_each_slice_against_the_same_runs_baselines(capsys):
+    bench_preempt.main(["--quick", "--json", "--backend", "numpy", "--sweep", "1,0.25"])
+    figs = json.loads(capsys.readouterr().out)["figures"]
+    assert "iso_interactive_p99_alone_ms" not in figs  # --sweep alone runs only the sweep
+    assert figs["sweep_off_preemptions_per_s"]["value"] == 0  # slice 0: launches run whole
+    for key in ("slice_1ms", "slice_0p25ms"):
+        assert figs[f"sweep_{key}_p99_ms"]["baseline"] == "sweep_alone_p99_ms"
+        assert figs[f"sweep_{key}_batch_device_ms_per_launch_beside"]["baseline"] == \
+            "sweep_off_batch_device_ms_per_launch_beside"
+        for fig in ("queue_p99_ms", "batch_tiling_cost_pct", "batch_alone_cost_pct", "batch_launches_per_s_beside"):
+            assert math.isfinite(figs[f"sweep_{key}_{fig}"]["value"]), (key, fig)
+        assert figs[f"sweep_{key}_preemptions_per_s"]["value"] > 0  # the urgent VM preempted
