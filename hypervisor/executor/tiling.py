@@ -5,7 +5,10 @@ each a step of its own:
 
 - PARALLEL_MATMUL and LINEAR by rows of the left operand (``a[..., r0:r1, :] @ b``), in
   tiles of at least ``MIN_TILE_ROWS`` rows (BLAS takes another code path for a handful of
-  rows, whose rounding may differ);
+  rows, whose rounding may differ); on a device whose kernel computes every output element
+  alike whatever its neighbours (wgpu's shader: ``min_cols``), also by blocks of columns
+  (``a[..., r0:r1, :] @ b[..., :, c0:c1]``) once the rows alone cannot bound a step: a
+  small product there can be one of only a few row blocks, each far longer than a slice;
 - REDUCE_SUM / REDUCE_MAX / REDUCE_MEAN / ARGMAX by chunks of an axis that is *not*
   reduced, so each output element is reduced over the same values in the same order;
 - the elementwise ops and SOFTMAX (along another axis than the first) by rows of the
@@ -106,11 +109,15 @@ class Tiler:
 
     def __init__(self, slice_s: float, model: CostModel, active: Callable[[], bool] | None = None, *,
                  min_rows: int = MIN_TILE_ROWS, timed: bool = True,
-                 kinds: frozenset[str] = frozenset({"matmul", "reduce", "elementwise"})):
+                 kinds: frozenset[str] = frozenset({"matmul", "reduce", "elementwise"}),
+                 min_cols: int | None = None):
         self.slice_s = slice_s
         self.model = model
         self.active = active  # asked before each tileable op: tile it now? (None: always)
         self.min_rows = min_rows  # smallest matmul tile (rows of the left operand)
+        # Columns of a matmul tile, at least (blocks of this many, the last one takes the
+        # rest); None: matmuls are split by rows only (BLAS: a column split may round apart).
+        self.min_cols = min_cols
         # timed: the op runs while the thread waits (NumPy), so the thread's CPU time is the
         # op's time; an asynchronous device learns from its chunks' device time instead.
         self.timed = timed
@@ -198,26 +205,40 @@ class Tiler:
         n = b.shape[-2] if st.op == "LINEAR" else b.shape[-1]
         batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
         flops = 2.0 * m * k * n * batch
-        parts = self.parts("matmul", flops, m // self.min_rows)
+        row_blocks = m // self.min_rows
+        col_blocks = n // self.min_cols if self.min_cols else 1
+        parts = self.parts("matmul", flops, max(row_blocks, 1) * max(col_blocks, 1) if col_blocks > 1 else row_blocks)
         if parts == 1:
             t0 = time.thread_time()
             value = interp._eval(st)
             self._observe("matmul", flops, t0)
             return value
         self.tiled_ops += 1
-        # array_ops' PARALLEL_MATMUL and LINEAR, row by row: xp.matmul(a, b) and
-        # xp.matmul(a, swapaxes(w)). Each tile is written straight into its rows of the result (no tile-sized temporary
-        # beside it: the launch's temporaries stay what the cost model accounted for).
+        # array_ops' PARALLEL_MATMUL and LINEAR, tile by tile: xp.matmul(a, b) and
+        # xp.matmul(a, swapaxes(w)). Each tile is written straight into its part of the result (no tile-sized temporary
+        # beside it: the launch's temporaries stay what the cost model accounted for). Rows first; columns only
+        # where the rows alone leave steps over the slice (and the device allows it: min_cols).
         right = xp.swapaxes(b, -1, -2) if st.op == "LINEAR" else b
         out = xp.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n), dtype=xp.result_type(a, b))
-        for i, (r0, r1) in enumerate(_row_tiles(m, parts, self.min_rows)):
-            if i:
-                yield st
-            t0 = time.thread_time()
-            xp.matmul(a[..., r0:r1, :], right, out=out[..., r0:r1, :])
-            self._observe("matmul", flops * (r1 - r0) / m, t0)
-            self.tiles += 1
-            self.part = (r1 - r0) / m
+        n_rows = max(1, min(parts, row_blocks))
+        rows = _row_tiles(m, n_rows, self.min_rows)
+        n_cols = min(col_blocks, math.ceil(parts / n_rows)) if parts > n_rows and col_blocks > 1 else 1
+        cols = _row_tiles(n, n_cols, self.min_cols) if n_cols > 1 else [(0, n)]
+        i = 0
+        for r0, r1 in rows:
+            for c0, c1 in cols:
+                if i:
+                    yield st
+                i += 1
+                t0 = time.thread_time()
+                if n_cols == 1:
+                    xp.matmul(a[..., r0:r1, :], right, out=out[..., r0:r1, :])
+                else:
+                    xp.matmul(a[..., r0:r1, :], right[..., :, c0:c1], out=out[..., r0:r1, c0:c1])
+                part = (r1 - r0) * (c1 - c0) / (m * n)
+                self._observe("matmul", flops * part, t0)
+                self.tiles += 1
+                self.part = part
         return out, None
 
     def _reduce(self, interp, st):

@@ -375,7 +375,8 @@ class _WgpuSteps(DeviceSteps):
 
     def __init__(self, ex: WgpuExecutor, interp: Interpreter, slice_s: float, active, stall: float,
                  gap: float | None):
-        super().__init__(interp, ex.cost_model, slice_s or 0.001, active, ex.xp.TILE_ROWS, stall, gap)
+        super().__init__(interp, ex.cost_model, slice_s or 0.001, active, ex.xp.TILE_ROWS, stall, gap,
+                         min_cols=ex.xp.TILE_COLS)
         if not slice_s:
             self.tiler.slice_s = 0.0
         self.ex, self.rt = ex, ex.rt

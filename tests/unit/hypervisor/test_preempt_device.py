@@ -370,3 +370,31 @@ def test_the_serial_fast_path_runs_a_stepped_launch_on_the_callers_thread():
         assert np.array_equal(out, ex.to_host(direct["c"]))
     finally:
         ex.close()
+
+
+@pytest.mark.wgpu
+@pytest.mark.parametrize("body, params, blocks", [
+    ("    PARALLEL_MATMUL a w -> c\n", {"a": (150, 70), "w": (70, 200), "c": (150, 200)}, 2 * 3),
+    ("    LINEAR a w -> c\n", {"a": (100, 48), "w": (160, 48), "c": (100, 160)}, 1 * 2),
+    ("    PARALLEL_MATMUL a w -> c\n", {"a": (2, 130, 40), "w": (2, 40, 129), "c": (2, 130, 129)}, 2 * 2),
+])
+def test_wgpu_matmul_tiles_by_columns_once_rows_run_out_bit_identical(body, params, blocks):
+    # A product of few 64-row blocks (a 5 ms one on lavapipe is ~150 rows: 2-3 ms a block)
+    # is tiled by 64-column blocks as well (the shader's output tile): each element is the
+    # same sum over K whatever the block, so the tiles are bit-identical to the whole op.
+    bound, specs = _bind(_kernel(body, params))
+    ex = make_executor("wgpu")
+    try:
+        data = _inputs(specs, 7)
+        whole = _load(ex, data)
+        ex.run(bound, whole)
+        args = _load(ex, data)
+        steps = ex.start_steps(bound, args, (), 1e-9)
+        while not steps.advance(1e-9):
+            pass
+        steps.timing()
+        assert steps.tiler.tiled_ops == 1 and steps.tiler.tiles == blocks
+        for name in data:
+            assert np.array_equal(ex.to_host(args[name]), ex.to_host(whole[name])), name
+    finally:
+        ex.close()
