@@ -122,11 +122,11 @@ class DeviceSteps(Steps):
     def __init__(self, interp, model: CostModel, slice_s: float, active: Callable[[], bool] | None,
                  min_rows: int, stall: float = 0.0, gap: float | None = None,
                  kinds: frozenset[str] = frozenset({"matmul", "reduce", "elementwise"}),
-                 min_cols: int | None = None):
+                 min_cols: int | None = None, tail_rows: int | None = None):
         self.interp = interp
         self.model = model
         self.tiler = Tiler(slice_s * TILE_SLICES, model, active, min_rows=min_rows, timed=False, kinds=kinds,
-                           min_cols=min_cols)
+                           min_cols=min_cols, tail_rows=tail_rows)
         self.gen = interp.steps(self.tiler)
         self.ahead_s = max(slice_s, 1e-5) * AHEAD_SLICES
         self.chunk_s = self.ahead_s * self.CHUNK_FRACTION

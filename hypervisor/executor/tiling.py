@@ -92,16 +92,26 @@ def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def _row_tiles(m: int, parts: int, min_rows: int) -> list[tuple[int, int]]:
-    """Row tiles of a matmul: ``parts`` (at most m // min_rows) about equal tiles; where
+def _row_tiles(m: int, parts: int, min_rows: int, tail: int | None = None) -> list[tuple[int, int]]:
+    """Row tiles of a matmul: ``parts`` (at most the blocks below) about equal tiles; where
     ``min_rows`` is above the CPU's 32 (a GPU's BLAS, the WGSL shader: their kernels work
     in row blocks of that size) every tile starts on a multiple of it and has at least
-    that many rows (the last one takes the rest)."""
+    that many rows, the last one taking the rest; with ``tail``, a rest of at least that
+    many rows is a block of its own (a kernel that computes a partial block alike)."""
     if min_rows <= MIN_TILE_ROWS:
         return _bounds(m, parts)
-    tiles = [(b0 * min_rows, b1 * min_rows) for b0, b1 in _bounds(m // min_rows, parts)]
-    tiles[-1] = (tiles[-1][0], m)
-    return tiles
+    edges = _block_edges(m, min_rows, tail)
+    return [(edges[b0], edges[b1]) for b0, b1 in _bounds(len(edges) - 1, min(parts, len(edges) - 1))]
+
+
+def _block_edges(m: int, size: int, tail: int | None) -> list[int]:
+    full, rest = divmod(m, size)
+    if full == 0:
+        return [0, m]
+    edges = [i * size for i in range(full)] + [m]
+    if tail is not None and rest >= tail:
+        edges.insert(full, full * size)
+    return edges
 
 
 class Tiler:
@@ -110,7 +120,7 @@ class Tiler:
     def __init__(self, slice_s: float, model: CostModel, active: Callable[[], bool] | None = None, *,
                  min_rows: int = MIN_TILE_ROWS, timed: bool = True,
                  kinds: frozenset[str] = frozenset({"matmul", "reduce", "elementwise"}),
-                 min_cols: int | None = None):
+                 min_cols: int | None = None, tail_rows: int | None = None):
         self.slice_s = slice_s
         self.model = model
         self.active = active  # asked before each tileable op: tile it now? (None: always)
@@ -118,6 +128,9 @@ class Tiler:
         # Columns of a matmul tile, at least (blocks of this many, the last one takes the
         # rest); None: matmuls are split by rows only (BLAS: a column split may round apart).
         self.min_cols = min_cols
+        # With min_cols: a partial last block of at least this many rows is a tile of its
+        # own (None: the last full block takes it); columns' partial last block always is.
+        self.tail_rows = tail_rows
         # timed: the op runs while the thread waits (NumPy), so the thread's CPU time is the
         # op's time; an asynchronous device learns from its chunks' device time instead.
         self.timed = timed
@@ -205,9 +218,13 @@ class Tiler:
         n = b.shape[-2] if st.op == "LINEAR" else b.shape[-1]
         batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
         flops = 2.0 * m * k * n * batch
-        row_blocks = m // self.min_rows
-        col_blocks = n // self.min_cols if self.min_cols else 1
-        parts = self.parts("matmul", flops, max(row_blocks, 1) * max(col_blocks, 1) if col_blocks > 1 else row_blocks)
+        tail = self.tail_rows if self.min_cols else None
+        if self.min_cols and m >= self.min_rows:
+            row_blocks = len(_block_edges(m, self.min_rows, tail)) - 1
+            col_blocks = len(_block_edges(n, self.min_cols, 1)) - 1
+        else:
+            row_blocks, col_blocks = m // self.min_rows, 1
+        parts = self.parts("matmul", flops, row_blocks * col_blocks)
         if parts == 1:
             t0 = time.thread_time()
             value = interp._eval(st)
@@ -221,9 +238,9 @@ class Tiler:
         right = xp.swapaxes(b, -1, -2) if st.op == "LINEAR" else b
         out = xp.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n), dtype=xp.result_type(a, b))
         n_rows = max(1, min(parts, row_blocks))
-        rows = _row_tiles(m, n_rows, self.min_rows)
-        n_cols = min(col_blocks, math.ceil(parts / n_rows)) if parts > n_rows and col_blocks > 1 else 1
-        cols = _row_tiles(n, n_cols, self.min_cols) if n_cols > 1 else [(0, n)]
+        rows = _row_tiles(m, n_rows, self.min_rows, tail)
+        n_cols = min(col_blocks, math.ceil(parts / n_rows)) if parts > n_rows else 1
+        cols = _row_tiles(n, n_cols, self.min_cols, 1) if n_cols > 1 else [(0, n)]
         i = 0
         for r0, r1 in rows:
             for c0, c1 in cols:

@@ -376,7 +376,7 @@ class _WgpuSteps(DeviceSteps):
     def __init__(self, ex: WgpuExecutor, interp: Interpreter, slice_s: float, active, stall: float,
                  gap: float | None):
         super().__init__(interp, ex.cost_model, slice_s or 0.001, active, ex.xp.TILE_ROWS, stall, gap,
-                         min_cols=ex.xp.TILE_COLS)
+                         min_cols=ex.xp.TILE_COLS, tail_rows=ex.xp.TILE_TAIL_ROWS)
         if not slice_s:
             self.tiler.slice_s = 0.0
         self.ex, self.rt = ex, ex.rt

@@ -282,9 +282,12 @@ class WgpuNumpy:
     #: whatever the rows around it, so a tile computes exactly its rows of the product),
     #: and then by columns in blocks of TILE_COLS (its 64-column output tile, for the same
     #: reason): on lavapipe one 64-row block of a 5 ms product is 2-3 ms, over the slice.
+    #: A partial last block is a tile of its own where it still takes this shader: rows
+    #: from TILE_TAIL_ROWS (fewer go to wgsl.matvec, which sums in another order), any columns.
     tiles_matmul = True
     TILE_ROWS = 64
     TILE_COLS = 64
+    TILE_TAIL_ROWS = MATVEC_ROWS + 1
 
     def result_type(self, a: WgpuArray, b: WgpuArray):
         return np.result_type(a.dtype, b.dtype)

@@ -374,9 +374,11 @@ def test_the_serial_fast_path_runs_a_stepped_launch_on_the_callers_thread():
 
 @pytest.mark.wgpu
 @pytest.mark.parametrize("body, params, blocks", [
-    ("    PARALLEL_MATMUL a w -> c\n", {"a": (150, 70), "w": (70, 200), "c": (150, 200)}, 2 * 3),
-    ("    LINEAR a w -> c\n", {"a": (100, 48), "w": (160, 48), "c": (100, 160)}, 1 * 2),
-    ("    PARALLEL_MATMUL a w -> c\n", {"a": (2, 130, 40), "w": (2, 40, 129), "c": (2, 130, 129)}, 2 * 2),
+    # rows 64 + 64 + 22 (a partial block of >= 9 rows: the same shader), columns 3 x 64 + 8
+    ("    PARALLEL_MATMUL a w -> c\n", {"a": (150, 70), "w": (70, 200), "c": (150, 200)}, 3 * 4),
+    ("    LINEAR a w -> c\n", {"a": (100, 48), "w": (160, 48), "c": (100, 160)}, 2 * 3),
+    # rows 64 + 66 (a rest of 2 rows would go to the matvec shader: it stays in the last block), columns 64 + 64 + 1
+    ("    PARALLEL_MATMUL a w -> c\n", {"a": (2, 130, 40), "w": (2, 40, 129), "c": (2, 130, 129)}, 2 * 3),
 ])
 def test_wgpu_matmul_tiles_by_columns_once_rows_run_out_bit_identical(body, params, blocks):
     # A product of few 64-row blocks (a 5 ms one on lavapipe is ~150 rows: 2-3 ms a block)
