@@ -78,6 +78,7 @@ def measure(backend: str, gpu_stepping: str, slice_ms: float | None, seconds: fl
             try:
                 time.sleep(0.5)
                 spans.clear()
+                chunks.clear()  # (the priming launches ran whole: no urgent VM yet)
                 rnd, end = random.Random(1), time.perf_counter() + seconds
                 while time.perf_counter() < end:
                     t0 = time.perf_counter()
