@@ -18,7 +18,10 @@ so every mode sees the same VMs, kernels and learned estimates. Rounds, each mod
    BATCH work beside an urgent VM (its ops are tiled only then);
 2. batch alone: the INTERACTIVE VM idle (after ``URGENT_RECENT_S``: no tiling), the BATCH
    VM's device time per launch per mode against ``off``: the cost of the slice checks alone
-   (bench_preempt's "BATCH throughput lost to preemption", goal <= 5 %);
+   (bench_preempt's "BATCH throughput lost to preemption", goal <= 5 %); then the same with
+   its ops tiled as if an urgent VM had just run (``Dispatcher._ran_at`` told so; nothing
+   preempts it): the cost of the tiles alone, without the preemptions and the INTERACTIVE
+   VM's work in the caches between them (the rest of the cost beside);
 3. alone: the BATCH VM stopped, the INTERACTIVE VM's latency alone (the denominator).
 """
 
@@ -33,6 +36,7 @@ from bench.common import Report, percentile
 from bench.hv_load import GuestThread, Recorder, install
 from hypervisor import Hypervisor
 from hypervisor.preemption import URGENT_RECENT_S
+from scheduler import WorkloadClass
 
 MS = 1e-3
 DEFAULT_SWEEP_MS = (1.0, 0.5, 0.25, 0.1)
@@ -68,6 +72,7 @@ class _Mode:
     batch_done: int = 0  # BATCH launches that ended in the blocks beside
     batch_device: list[float] = field(default_factory=list)  # beside: started and ended in a block
     alone_device: list[float] = field(default_factory=list)  # BATCH alone
+    tiled_device: list[float] = field(default_factory=list)  # BATCH alone, its ops tiled
 
 
 def sweep(report: Report, make_hv: Callable[[float], Hypervisor],
@@ -103,14 +108,18 @@ def sweep(report: Report, make_hv: Callable[[float], Hypervisor],
                 m.batch_done += len(mine)
                 m.batch_device += [r.device_s for r in mine if r.started >= t0]
             time.sleep(URGENT_RECENT_S + 0.1)  # 2. BATCH alone: no urgent VM lately, no tiling
-            for _, m in order:
-                hv.dispatcher.time_slice_s = m.slice_s
-                time.sleep(SETTLE_S)
-                t0 = hv.clock()
-                time.sleep(block_s / 2)
-                t1 = hv.clock()
-                m.alone_device += [r.device_s for r in rec.records if r.vm_id == 1 and t0 <= r.started
-                                   and r.ended <= t1]
+            for tiled in (False, True):
+                if tiled:  # "an INTERACTIVE VM (id 0: none) ran just now", for as long as this lasts
+                    hv.dispatcher._ran_at[int(WorkloadClass.INTERACTIVE)][0] = float("inf")
+                for _, m in order:
+                    hv.dispatcher.time_slice_s = m.slice_s
+                    time.sleep(SETTLE_S)
+                    t0 = hv.clock()
+                    time.sleep(block_s / 2)
+                    t1 = hv.clock()
+                    (m.tiled_device if tiled else m.alone_device).extend(
+                        r.device_s for r in rec.records if r.vm_id == 1 and t0 <= r.started and r.ended <= t1)
+            del hv.dispatcher._ran_at[int(WorkloadClass.INTERACTIVE)][0]
             vm1.finish()  # 3. INTERACTIVE alone
             time.sleep(SETTLE_S)
             alone += interactive(hv, kid, binds, rnd, block_s)
@@ -154,16 +163,21 @@ def _report(report: Report, modes: dict[str, _Mode], alone: list[float], small, 
                        baseline="sweep_off_batch_device_ms_per_launch_alone")
             beside_pct = 100 * (_mean(m.batch_device) / _mean(off.batch_device) - 1)
             alone_pct = 100 * (_mean(m.alone_device) / _mean(off.alone_device) - 1)
-            report.add(p + "batch_tiling_cost_pct", beside_pct, "%")
+            report.add(p + "batch_device_ms_per_launch_alone_tiled", _mean(m.tiled_device) / MS, "ms",
+                       baseline="sweep_off_batch_device_ms_per_launch_alone")
+            tiled_pct = 100 * (_mean(m.tiled_device) / _mean(off.alone_device) - 1)
+            report.add(p + "batch_beside_cost_pct", beside_pct, "%")
+            report.add(p + "batch_tiles_alone_cost_pct", tiled_pct, "%")
             report.add(p + "batch_alone_cost_pct", alone_pct, "%", goal="<= 5 %")
         lines.append(f"{key}: p99 x{percentile(m.lat, 99) / percentile(alone, 99):.2f} of alone, queue p50/p99 "
                      f"{percentile(m.queued, 50) / MS:.2f}/{percentile(m.queued, 99) / MS:.2f} ms, "
                      f"{m.preemptions / max(m.seconds, 1e-9):.0f} preemptions/s, BATCH "
                      f"{_mean(m.batch_device) / MS:.2f} ms/launch beside ({len(m.batch_device)}), "
                      f"{m.batch_done / max(m.seconds, 1e-9):.0f}/s, alone {_mean(m.alone_device) / MS:.2f} ms "
-                     f"({len(m.alone_device)})")
+                     f"({len(m.alone_device)}), alone tiled {_mean(m.tiled_device) / MS:.2f} ms ({len(m.tiled_device)})")
     report.notes.append(f"sweep: INTERACTIVE {small.describe()} beside BATCH {batch.describe()}; {rounds} rounds of "
                         f"{block_s:g} s per mode beside ({len(alone)} launches alone); BATCH device time = as charged "
                         "(its own steps; NumPy: the dispatcher thread's CPU time), beside = started and ended in a "
-                        "block, alone = the INTERACTIVE VM idle for > URGENT_RECENT_S; cost = against off")
+                        "block, alone = the INTERACTIVE VM idle for > URGENT_RECENT_S, alone tiled = the same with "
+                        "its ops tiled as beside (nothing preempts it); costs against off's")
     report.notes += ["sweep " + line for line in lines]

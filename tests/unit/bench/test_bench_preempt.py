@@ -80,6 +80,7 @@ def test_quick_sweep_reports_each_slice_against_the_same_runs_baselines(capsys):
         assert figs[f"sweep_{key}_p99_ms"]["baseline"] == "sweep_alone_p99_ms"
         assert figs[f"sweep_{key}_batch_device_ms_per_launch_beside"]["baseline"] == \
             "sweep_off_batch_device_ms_per_launch_beside"
-        for fig in ("queue_p99_ms", "batch_tiling_cost_pct", "batch_alone_cost_pct", "batch_launches_per_s_beside"):
+        for fig in ("queue_p99_ms", "batch_beside_cost_pct", "batch_tiles_alone_cost_pct", "batch_alone_cost_pct",
+                    "batch_launches_per_s_beside"):
             assert math.isfinite(figs[f"sweep_{key}_{fig}"]["value"]), (key, fig)
         assert figs[f"sweep_{key}_preemptions_per_s"]["value"] > 0  # the urgent VM preempted
