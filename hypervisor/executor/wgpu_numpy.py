@@ -293,14 +293,19 @@ class WgpuNumpy:
         return np.result_type(a.dtype, b.dtype)
 
     def matmul(self, a: WgpuArray, b: WgpuArray, out: WgpuArray | None = None) -> WgpuArray:
-        if out is not None:  # a tile's rows of a larger result (tiling.py)
-            self.copyto(out, self.matmul(a, b))
-            return out
-        a.device(), b.device()
         (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
         assert k == k2, (a.shape, b.shape)
         batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        out = self.empty((*batch, m, n), a.dtype)
+        if out is not None:  # a tile of a larger result (tiling.py): written in place where the shader can
+            o_sb = self._block_of(out, a, b, batch, m, n)
+            if o_sb is None:
+                self.copyto(out, self.matmul(a, b))
+                return out
+            self._before_write(out)
+        a.device(), b.device()
+        if out is None:
+            out = self.empty((*batch, m, n), a.dtype)
+            o_sb = m * n
         nb = math.prod(batch)
         if nb == 0 or m * n == 0:
             return out
@@ -319,9 +324,28 @@ class WgpuNumpy:
             kind, gen, grid = "matmul", wgsl.matmul, (-(-n // 64), -(-m // 64))
         key = (kind, dtname(a.dtype), nbd, same)
         for first in range(0, nb, 65535):  # a grid holds at most 65535 workgroups in z
-            self.rt.dispatch(key, lambda: gen(dtname(a.dtype), dtname(a.dtype), nbd, same), bufs, [*meta, first],
-                             (*grid, min(65535, nb - first)))
+            self.rt.dispatch(key, lambda: gen(dtname(a.dtype), dtname(a.dtype), nbd, same), bufs,
+                             [*meta, first, out.offset, o_sb, out.strides[-2]], (*grid, min(65535, nb - first)))
         return out
+
+    @staticmethod
+    def _block_of(out: WgpuArray, a: WgpuArray, b: WgpuArray, batch: tuple, m: int, n: int) -> int | None:
+        """The batch stride with which the shader writes a@b straight into ``out`` (a block of
+        a larger result: rows of unit column stride, batches evenly spaced); None when it
+        cannot (another dtype, a buffer it reads, another layout): then through a copy."""
+        if (out.dtype != a.dtype or tuple(out.shape) != (*batch, m, n) or out.strides[-1] != 1
+                or out.buffer is a.buffer or out.buffer is b.buffer or out.lazy is not None):
+            return None
+        dims = [(s, st) for s, st in zip(batch, out.strides[:-2], strict=True) if s > 1]
+        if not dims:
+            return 0
+        o_sb = dims[-1][1]
+        inner = 1
+        for size, stride in reversed(dims):
+            if stride != inner * o_sb:
+                return None
+            inner *= size
+        return o_sb
 
     # ---- reductions ----------------------------------------------------------------------
     def _reduce(self, kind: str, a: WgpuArray, axis, keepdims: bool, out_dtype) -> WgpuArray:

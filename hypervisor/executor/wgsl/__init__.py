@@ -117,7 +117,8 @@ def matmul(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
     invocation and step). A and B are strided (a transposed weight is read in place); batch
     dims broadcast (stride 0). Meta: M, N, K, a_off, b_off, a_sm, a_sk, b_sk, b_sn, batch
     shape[nb], a strides[nb], b strides[nb], the first batch of this dispatch (a grid has at
-    most 65535 in z). ``same``: A and B are one buffer (bound once)."""
+    most 65535 in z), then C's offset, batch stride and row stride (C may be a block of a
+    larger result: a tile, executor/tiling.py). ``same``: A and B are one buffer (bound once)."""
     c = "i32" if a_dtype == "int32" else "f32"
     v = f"vec4<{c}>"
     bsrc = "ina" if same else "inb"
@@ -152,14 +153,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }}
         workgroupBarrier();
     }}
-    let po = b * M * N;
+    let po = pm[{10 + 3 * nbatch}u] + b * pm[{11 + 3 * nbatch}u]; let o_sm = pm[{12 + 3 * nbatch}u];
     let m0 = row0 + lid.y * 4u; let n0 = col0 + lid.x * 4u;""")
     ot = STORAGE[out_dtype]
     for r in range(4):
         src.append(f"    if (m0 + {r}u < M) {{")
         for q in range(4):
             comp = "xyzw"[q]
-            src.append(f"        if (n0 + {q}u < N) {{ out[po + (m0 + {r}u) * N + n0 + {q}u] = {ot}(acc{r}.{comp}); }}")
+            src.append(f"        if (n0 + {q}u < N) {{ out[po + (m0 + {r}u) * o_sm + n0 + {q}u] = {ot}(acc{r}.{comp}); }}")
         src.append("    }")
     src.append("}")
     return "\n".join(src)
@@ -295,7 +296,7 @@ def matvec(a_dtype: str, out_dtype: str, nbatch: int, same: bool) -> str:
     outputs of one row, 32 invocations each walking K (consecutive k on consecutive
     invocations: for LINEAR's transposed weight, consecutive addresses) and summing through
     workgroup memory. The 64x64 tiles of ``matmul`` would leave 63 of 64 rows idle there.
-    Grid: (ceil(N / 8), M, batches). Meta as ``matmul``."""
+    Grid: (ceil(N / 8), M, batches). Meta as ``matmul`` (C's offset and strides too)."""
     c = "i32" if a_dtype == "int32" else "f32"
     bsrc = "ina" if same else "inb"
     src = _matmul_bindings(a_dtype, out_dtype, same)
@@ -320,6 +321,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (lane < s) {{ sv[li] = sv[li] + sv[li + s]; }}
         workgroupBarrier();
     }}
-    if (lane == 0u && n < N) {{ out[b * M * N + m * N + n] = {STORAGE[out_dtype]}(sv[li]); }}
+    if (lane == 0u && n < N) {{
+        out[pm[{10 + 3 * nbatch}u] + b * pm[{11 + 3 * nbatch}u] + m * pm[{12 + 3 * nbatch}u] + n] = {STORAGE[out_dtype]}(sv[li]);
+    }}
 }}""")
     return "\n".join(src)

@@ -400,3 +400,33 @@ def test_a_statement_reading_its_destination_is_computed_in_place(ex):
     assert spent.host is SPENT
     with pytest.raises(TypeError):
         spent.get()
+
+
+@pytest.mark.parametrize("m", [150, 5])  # the 64x64-tile shader, and the row kernel (m <= 8)
+def test_a_matmul_tile_is_written_in_place_into_its_block_bit_identical(ex, m):
+    # executor/tiling.py computes a tile straight into its block of the result: one dispatch,
+    # the shader told the block's offset and strides, no temporary and copy.
+    xp, rng = ex.xp, np.random.default_rng(m)
+    a = xp.asarray(rng.standard_normal((3, m, 70)).astype(np.float32))
+    b = xp.asarray(rng.standard_normal((3, 70, 200)).astype(np.float32))
+    whole = ex.to_host(xp.matmul(a, b))
+    out = xp.empty((3, m, 200), np.float32)
+    rows = [(0, 64), (64, m)] if m > 64 else [(0, m)]
+    for r0, r1 in rows:
+        for c0, c1 in ((0, 64), (64, 128), (128, 200)):
+            before = ex.rt.dispatches
+            xp.matmul(a[..., r0:r1, :], b[..., :, c0:c1], out=out[..., r0:r1, c0:c1])
+            assert ex.rt.dispatches - before == 1
+    assert np.array_equal(ex.to_host(out), whole)
+
+
+def test_a_matmul_into_a_block_it_cannot_write_goes_through_a_copy(ex):
+    xp, rng = ex.xp, np.random.default_rng(1)
+    a = xp.asarray(rng.standard_normal((40, 30)).astype(np.float32))
+    b = xp.asarray(rng.standard_normal((30, 20)).astype(np.float32))
+    want = ex.to_host(xp.matmul(a, b))
+    out = xp.empty((20, 40), np.float32)
+    before = ex.rt.dispatches
+    xp.matmul(a, b, out=xp.transpose(out, (1, 0)))  # columns of unit stride: not a block the shader writes
+    assert ex.rt.dispatches - before == 2
+    assert np.array_equal(ex.to_host(out).T, want)
