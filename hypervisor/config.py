@@ -374,7 +374,7 @@ time_slice_ms = 1.0       # a running launch may yield to a more urgent VM's aft
 # compile_timeout_seconds = 5.0  # CPU time one compile may take; past it the worker is killed, source rejected
 # compile_inline_bytes = 512     # sources this small compile on the VM's thread (cheaper than a worker)
 # compile_budget_ms = 250        # compile CPU time one VM may use per second
-# compile_gc_freeze = false      # true: compiled programs skip Python's full collections (~100 ms pauses)
+# compile_gc_freeze = false      # true: ~100 ms full collections once a minute, holding garbage (scheduling.md)
 
 [libvirt]                 # libvirt's own vhost-user GPU: <driver name='vhostuser'/> (docs/operations.md)
 # handoff_socket = "/run/pxos/vhost-user-gpu.sock"  # pxos-vhost-gpu hands libvirt's connections here
