@@ -51,3 +51,46 @@ def test_a_daemon_that_died_fails_the_run():
 def test_rss_slope_is_a_least_squares_fit():
     assert soak._slope([(0, 100.0), (10, 101.0), (20, 102.0)]) == pytest.approx(0.1)
     assert soak._slope([(0, 100.0), (10, 130.0)]) == 0.0  # too few points to call it a trend
+
+
+@pytest.mark.parametrize("gc_freeze", [None, False, True])
+def test_the_soak_config_sets_compile_gc_freeze_only_when_asked(tmp_path, gc_freeze):
+    from bench.soak import config_text
+    from hypervisor.config import load_config
+
+    path = tmp_path / "pxos-hvd.toml"
+    path.write_text(config_text(str(tmp_path), gc_freeze))
+    cfg = load_config(path)
+    default = type(cfg.scheduler)().compile_gc_freeze
+    assert cfg.scheduler.compile_gc_freeze == (default if gc_freeze is None else gc_freeze)
+    assert len(cfg.vm) == 8
+
+
+def test_the_gc_figures_are_read_from_the_daemons_metrics(tmp_path, monkeypatch):
+    import io
+
+    from bench import soak as soak_mod
+
+    log = tmp_path / "pxos-hvd.log"
+    log.write_text("... INFO pxos.daemon: metrics on http://127.0.0.1:4242/metrics\n")
+    text = ('pxos_gc_collections_total{generation="0"} 10.0\npxos_gc_collections_total{generation="1"} 3.0\n'
+            'pxos_gc_collections_total{generation="2"} 1.0\npxos_gc_frozen_objects 1234.0\n'
+            'pxos_compile_gc_epochs_total 2.0\npxos_compiles_total{where="pool"} 7.0\n'
+            'pxos_compiles_total{where="inline"} 9.0\n')
+    seen = []
+
+    class Answer(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(url, timeout):
+        seen.append(url)
+        return Answer(text.encode())
+
+    monkeypatch.setattr(soak_mod.urllib.request, "urlopen", urlopen)
+    assert soak_mod.gc_figures(log) == {"gc_collections": [10, 3, 1], "gc_frozen_objects": 1234, "gc_epochs": 2,
+                                        "pool_compiles": 7}
+    assert seen == ["http://127.0.0.1:4242/metrics"]
