@@ -281,7 +281,8 @@ class WgpuNumpy:
     #: shader's 64-row output tile; each output element sums over K in the same order
     #: whatever the rows around it, so a tile computes exactly its rows of the product),
     #: and then by columns in blocks of TILE_COLS (its 64-column output tile, for the same
-    #: reason): on lavapipe one 64-row block of a 5 ms product is 2-3 ms, over the slice.
+    #: reason; the runtime makes it a multiple for the driver's threads, or None on a GPU):
+    #: on lavapipe one 64-row block of a 5 ms product is 2-3 ms, over the slice.
     #: A partial last block is a tile of its own where it still takes this shader: rows
     #: from TILE_TAIL_ROWS (fewer go to wgsl.matvec, which sums in another order), any columns.
     tiles_matmul = True

@@ -8,6 +8,7 @@ queries around the pass (else the host clock, observed on a clock thread).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 import weakref
@@ -126,6 +127,15 @@ class Ticket:
         self.promise = None  # the public call's promise, where the C calls are unavailable
 
 
+def _cpu_threads() -> int:
+    """Workgroups a CPU driver runs at once: lavapipe's threads (LP_NUM_THREADS, else one
+    per CPU this process may use)."""
+    try:
+        return max(1, int(os.environ["LP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 class Runtime:
     """Records dispatches into the current segment (one encoder and compute pass) and
     submits segments in order, on a SharedDevice."""
@@ -153,6 +163,11 @@ class Runtime:
         self.native = _native()
         self._poll_device = device._internal
         cpu = str(shared.adapter_info.get("adapter_type", "")).lower() == "cpu"
+        # Matmul tiles by columns too (executor/tiling.py) on a CPU driver only, each at least
+        # as many 64x64 workgroups wide as the driver runs at once (lavapipe: a thread per
+        # CPU): a tile narrower than that leaves threads idle, and a GPU, which runs hundreds
+        # of workgroups at once, would idle nearly all of them for such a small product.
+        self.xp.TILE_COLS = self.xp.TILE_COLS * _cpu_threads() if cpu else None
         self.spin_s = SPIN_S["cpu" if cpu else "gpu"]
         self.max_sleep_s = MAX_SLEEP_S["cpu" if cpu else "gpu"]
         self.slots: list[_Slot] = []  # a submission's fixed resources, reused once it completed

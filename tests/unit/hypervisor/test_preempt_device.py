@@ -386,6 +386,7 @@ def test_wgpu_matmul_tiles_by_columns_once_rows_run_out_bit_identical(body, para
     # same sum over K whatever the block, so the tiles are bit-identical to the whole op.
     bound, specs = _bind(_kernel(body, params))
     ex = make_executor("wgpu")
+    ex.xp.TILE_COLS = 64  # the shader's block (lavapipe's default is a multiple: test below)
     try:
         data = _inputs(specs, 7)
         whole = _load(ex, data)
@@ -398,5 +399,20 @@ def test_wgpu_matmul_tiles_by_columns_once_rows_run_out_bit_identical(body, para
         assert steps.tiler.tiled_ops == 1 and steps.tiler.tiles == blocks
         for name in data:
             assert np.array_equal(ex.to_host(args[name]), ex.to_host(whole[name])), name
+    finally:
+        ex.close()
+
+
+@pytest.mark.wgpu
+def test_wgpu_column_tiles_are_as_wide_as_the_cpu_driver_runs_workgroups_at_once(monkeypatch):
+    # A tile one workgroup wide would leave lavapipe's other threads idle (its steps then
+    # cost the BATCH VM ~2x, docs/benchmarks.md): columns go in blocks of 64 x its threads.
+    monkeypatch.setenv("LP_NUM_THREADS", "3")
+    ex = make_executor("wgpu")
+    try:
+        if str(ex.rt.shared.adapter_info.get("adapter_type", "")).lower() == "cpu":  # lavapipe in CI
+            assert ex.xp.TILE_COLS == 3 * 64
+        else:
+            assert ex.xp.TILE_COLS is None  # a GPU: rows only
     finally:
         ex.close()
