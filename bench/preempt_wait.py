@@ -24,7 +24,6 @@ import hypervisor  # noqa: F401
 # isort: split
 import argparse
 import random
-import threading
 import time
 from collections import Counter
 
@@ -57,8 +56,6 @@ def measure(backend: str, gpu_stepping: str, slice_ms: float | None, seconds: fl
     for cls, n, fn in saved:
         setattr(cls, n, _timed(spans, n, fn))
     waits: list[tuple[float, float]] = []
-    ran_on: dict[int, str] = {}  # launch id -> the thread that ran it (the dispatcher's, a caller's)
-    on_caller: list[bool] = []  # each INTERACTIVE launch: run on the client's thread (the serial fast path)?
     chunks: list[tuple[float, float]] = []  # (estimated, device) seconds of each chunk retired
     observe = tiling.CostModel.observe_chunk
 
@@ -74,7 +71,6 @@ def measure(backend: str, gpu_stepping: str, slice_ms: float | None, seconds: fl
         try:
             hv.register_vm(1, 4000, 50, default_class="BATCH")
             hv.register_vm(2, 4000, 50, default_class="INTERACTIVE")
-            hv.dispatcher.before_run.append(lambda job: ran_on.__setitem__(job.launch_id, threading.current_thread().name))
             kid, binds = install(hv, 2, small.source)
             load = GuestThread(hv, 1, batch)
             load.prime()
@@ -90,7 +86,6 @@ def measure(backend: str, gpu_stepping: str, slice_ms: float | None, seconds: fl
                     if not res.ok:
                         raise RuntimeError(f"launch failed: {res.status} {res.error}")
                     waits.append((t0, res.queue_ns * 1e-9))
-                    on_caller.append(ran_on.pop(res.launch_id, "?") != "pxos-dispatch")
                     time.sleep(rnd.uniform(0.002, 0.008))
             finally:
                 load.finish()
@@ -103,14 +98,11 @@ def measure(backend: str, gpu_stepping: str, slice_ms: float | None, seconds: fl
     qs = [q for _, q in waits]
     tail_q = percentile(qs, 95)
     tail = [(t0, q) for t0, q in waits if q >= tail_q]
-    tail_here = sum(c for (_, q), c in zip(waits, on_caller, strict=True) if q >= tail_q)
     share, tail_share = _shares(waits, spans), _shares(tail, spans)
     lines = [f"backend {backend}, gpu_stepping {gpu_stepping}, slice {hv.dispatcher.time_slice_s * 1e3:g} ms; "
              f"INTERACTIVE {small.describe()} beside BATCH {batch.describe()}, {len(waits)} launches",
              f"queue wait p50 {percentile(qs, 50) * 1e3:.3f} ms, p99 {percentile(qs, 99) * 1e3:.3f} ms; "
-             f"run on the client's thread (the serial fast path): {sum(on_caller)} of {len(waits)}, "
-             f"{tail_here} of the slowest {len(tail)}; by the dispatcher method running meanwhile "
-             "(ms per INTERACTIVE launch; nested methods count in each):"]
+             "by the dispatcher method running meanwhile (ms per INTERACTIVE launch; nested methods count in each):"]
     lines += [f"  {name:18s} {v / max(len(waits), 1) * 1e3:8.3f}   (the slowest 5 %, waits >= {tail_q * 1e3:.2f} ms: "
               f"{tail_share[name] / max(len(tail), 1) * 1e3:.3f})" for name, v in share.most_common()]
     if chunks:
