@@ -74,11 +74,61 @@ class WorkloadHint(str, Enum):  # noqa: UP042 (as DType)
     BATCH = "BATCH"
 
 
-@by_fields
-@dataclass(frozen=True, slots=True)
-class Pos:
-    line: int  # 1-based
-    column: int  # 1-based
+_COLUMN_BITS = 32
+_COLUMN_MASK = (1 << _COLUMN_BITS) - 1
+
+
+class Pos(int):
+    """A 1-based line and column: an ``int`` underneath, ``line << 32 | column`` (equal,
+    hashed and ordered as ``(line, column)``; immutable).
+
+    The nodes a program has one of per operand or statement (``Name``, ``Number``, ``Attr``,
+    ``OpStmt``) keep that plain int in their ``at`` field and make a ``Pos`` of it only when
+    ``pos`` is read: an instance of any Python class is an object the garbage collector
+    tracks, and a host keeping many large programs alive pays for every tracked object in
+    every full collection (docs/scheduling.md, "Compiles", item 8)."""
+
+    __slots__ = ()
+
+    def __new__(cls, line: int, column: int):
+        if not (0 <= column <= _COLUMN_MASK and line >= 0):
+            raise ValueError(f"position out of range: line {line}, column {column}")
+        return int.__new__(cls, (line << _COLUMN_BITS) | column)
+
+    @property
+    def line(self) -> int:
+        return self >> _COLUMN_BITS
+
+    @property
+    def column(self) -> int:
+        return self & _COLUMN_MASK
+
+    def __repr__(self) -> str:
+        return f"Pos(line={self >> _COLUMN_BITS}, column={self & _COLUMN_MASK})"
+
+    def __reduce__(self):
+        return (_pos, (int(self),))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, _memo):
+        return self
+
+
+def _pos(packed: int) -> Pos:
+    return int.__new__(Pos, packed)
+
+
+def packed(line: int, column: int) -> int:
+    """What ``int(Pos(line, column))`` is, without making the ``Pos`` (the parser's path)."""
+    return (line << _COLUMN_BITS) | column
+
+
+def positioned(cls):
+    """``pos`` of a node that stores its position packed in ``at`` (see ``Pos``)."""
+    cls.pos = property(lambda self: int.__new__(Pos, self.at), doc="where the node starts")
+    return cls
 
 
 # A dimension as written: a concrete size (``64``) or a symbol (``N``) that stands for the
@@ -108,15 +158,17 @@ class Param:
     pos: Pos
 
 
+@positioned
 @by_fields
 @dataclass(frozen=True, slots=True)
 class Name:
-    """A reference to a param or a local."""
+    """A reference to a param or a local; ``pos`` where it is written."""
 
     name: str
-    pos: Pos
+    at: int  # its Pos, packed: pass a Pos or packed(line, column)
 
 
+@positioned
 @by_fields
 @dataclass(frozen=True, slots=True)
 class Number:
@@ -124,7 +176,7 @@ class Number:
 
     value: float | int
     is_int: bool
-    pos: Pos
+    at: int  # its Pos, packed (as Name's)
 
 
 Operand = Name | Number
@@ -136,16 +188,19 @@ Operand = Name | Number
 AttrValue = int | float | str | tuple[int | str, ...]
 
 
+@positioned
 @by_fields
 @dataclass(frozen=True, slots=True)
 class Attr:
-    """``name=value``, written after an op's operands and before the arrow."""
+    """``name=value``, written after an op's operands and before the arrow; ``pos`` is where
+    the name starts."""
 
     name: str
     value: AttrValue
-    pos: Pos  # where the name starts
+    at: int  # its Pos, packed (as Name's)
 
 
+@positioned
 @dataclass(frozen=True, slots=True)
 class OpStmt:
     """``OP arg... [name=value ...] → dest``.
@@ -160,7 +215,7 @@ class OpStmt:
     args: tuple[Operand, ...]
     axis: int | None
     dest: Name
-    pos: Pos
+    at: int  # its Pos, packed (as Name's): ``pos`` is where the op name starts
     attrs: tuple[Attr, ...] = ()
 
     def attr(self, name: str) -> Attr | None:
@@ -175,7 +230,7 @@ class OpStmt:
         return MappingProxyType({a.name: a for a in reversed(self.attrs)})
 
     def __reduce__(self):
-        return (_op_stmt, (self.op, self.args, self.axis, self.dest, self.pos, self.attrs))
+        return (_op_stmt, (self.op, self.args, self.axis, self.dest, self.at, self.attrs))
 
 
 @by_fields

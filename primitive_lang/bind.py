@@ -77,7 +77,16 @@ def bind_kernel(kernel: CheckedKernel, specs: Mapping[str, TensorSpec]) -> Bound
     if diags:
         raise BindError(sort_diagnostics(diags))
 
-    shapes = {name: TensorSpec(i.dtype, i.shape) for name, i in info.items()}
+    # One TensorSpec per distinct (dtype, shape), shared by the values of that type: fewer
+    # objects for the garbage collector to visit while the bound kernel is kept.
+    specs_of: dict[tuple, TensorSpec] = {}
+    shapes = {}
+    for name, i in info.items():
+        key = (i.dtype, i.shape)
+        spec = specs_of.get(key)
+        if spec is None:
+            spec = specs_of[key] = TensorSpec(i.dtype, i.shape)
+        shapes[name] = spec
     cost = kernel_cost(kernel.steps, shapes, kernel.locals.keys())
     return BoundKernel(kernel, MappingProxyType(sizes),
                        MappingProxyType(shapes), cost)

@@ -52,6 +52,11 @@ def _pos(token: Token) -> Pos:
     return Pos(token.line, token.column)
 
 
+def _at(token: Token) -> int:
+    """A node's position, packed (ast.Pos): what Name, Number, Attr and OpStmt keep."""
+    return (token.line << 32) | token.column
+
+
 class _LineBuilder(Transformer):
     """Builds one item per line into ``items`` (set for each parse, under ``_LOCK``).
 
@@ -104,7 +109,7 @@ class _LineBuilder(Transformer):
             value = str(value)
         else:
             value = _number(value).value
-        return Attr(str(c[0]), value, _pos(c[0]))
+        return Attr(str(c[0]), value, _at(c[0]))
 
     def op_stmt(self, c):
         # c: the op NAME, operand tokens, Attr items, the ARROW token, the destination NAME
@@ -115,7 +120,7 @@ class _LineBuilder(Transformer):
             if type(child) is Attr:
                 attrs += (child,)
             elif child.type == "NAME":
-                args.append(Name(str(child), Pos(child.line, child.column)))
+                args.append(Name(str(child), (child.line << 32) | child.column))
             else:
                 args.append(_number(child))
         axis = None
@@ -123,12 +128,12 @@ class _LineBuilder(Transformer):
             if a.name == "axis":
                 axis = a.value if type(a.value) is int else None
                 break
-        self.items.append(OpStmt(str(c[0]), tuple(args), axis, Name(str(dest), _pos(dest)), _pos(c[0]), attrs))
+        self.items.append(OpStmt(str(c[0]), tuple(args), axis, Name(str(dest), _at(dest)), _at(c[0]), attrs))
 
 
 def _number(token: Token) -> Number:
     is_int = not any(ch in token for ch in ".eE")
-    return Number(int(token) if is_int else float(token), is_int, _pos(token))
+    return Number(int(token) if is_int else float(token), is_int, _at(token))
 
 
 _BUILDER = _LineBuilder()

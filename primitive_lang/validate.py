@@ -89,8 +89,18 @@ class _KernelCheck:
         if not self.broken and not self.written & self.params.keys():
             self.report(Code.NO_OUTPUT, k.pos, f"kernel {k.name} writes no param, so it has no output")
         directions = {name: self._direction(name) for name in self.params}
-        local_types = {n: ParamType(i.dtype, i.shape if i.shape is not None and None not in i.shape else None)
-                       for n, i in self.locals.items() if i.dtype is not None}
+        # One ParamType per distinct type, shared by the locals of that type: a large program
+        # has hundreds of locals of a few types, and every object it keeps is one more for
+        # each full garbage collection to visit (docs/scheduling.md, "Compiles", item 8).
+        types: dict[tuple, ParamType] = {}
+        local_types = {}
+        for n, i in self.locals.items():
+            if i.dtype is not None:
+                key = (i.dtype, i.shape if i.shape is not None and None not in i.shape else None)
+                t = types.get(key)
+                if t is None:
+                    t = types[key] = ParamType(*key)
+                local_types[n] = t
         return CheckedKernel(
             ast=k, name=k.name, params=k.params, directions=MappingProxyType(directions),
             locals=MappingProxyType(local_types), class_hint=k.class_hint, priority=k.priority,
