@@ -522,16 +522,22 @@ class Hypervisor:
             job = Job(launch_id, vm_id, session, vm.generation, bound, buffers, plan.scalars, temp,
                       completion, wclass, now, est_seconds=est, cost=cost, distinct=plan.distinct)
             ticket = Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est, now, job)
+            deferred = False
             if vm.held is not None:  # the VM is moving to another device: it runs there (devices.py)
                 vm.held.append(ticket)
             else:
                 self.scheduler.submit(ticket)
+                deferred = not run_here and self.dispatcher.defer_wake()
             self._count_launch(vm)
-        if not (run_here and (run_here_max_s is None or est <= run_here_max_s)
-                and self.dispatcher.run_here(completion, own=job if run_here_max_s is not None else None)):
-            if not run_here:
-                completion._runner = self.dispatcher.run_here  # for a wait() that comes while it is queued
-            self.dispatcher.wake()
+        if not run_here:
+            completion._runner = self.dispatcher.claim  # for a wait() that comes while it is queued
+            if deferred:  # a serial caller's launch: its wait() runs it (Dispatcher.defer_wake)
+                completion._wake = self.dispatcher.wake
+                return completion
+        elif (run_here_max_s is None or est <= run_here_max_s) and self.dispatcher.run_here(
+                completion, own=job if run_here_max_s is not None else None):
+            return completion
+        self.dispatcher.wake()
         return completion
 
     def launch_nowait(self, vm_id: int, kernel_id: int, bindings: Mapping[str, int | Scalar], *,

@@ -121,7 +121,7 @@ class Completion:
     blocks on a latch (a lock made by the first such waiter, released by ``_finish``); a
     result delivered before anyone waits costs no synchronisation object at all."""
 
-    __slots__ = ("_callbacks", "_latch", "_runner", "launch_id", "result", "session", "vm_id")
+    __slots__ = ("_callbacks", "_latch", "_runner", "_wake", "launch_id", "result", "session", "vm_id")
 
     def __init__(self, launch_id: int, vm_id: int, session: int):
         self.launch_id, self.vm_id, self.session = launch_id, vm_id, session
@@ -132,9 +132,20 @@ class Completion:
         # wait() without a timeout: a caller that is going to block for the result anyway
         # runs the launch itself when the device is idle (docs/scheduling.md).
         self._runner: Callable[[Completion], bool] | None = None
+        # Set when launch() left the idle dispatch thread asleep, expecting this wait()
+        # (a deferred wake: Dispatcher.defer_wake): anything else that needs the result
+        # wakes it first.
+        self._wake: Callable[[], None] | None = None
 
     def done(self) -> bool:
+        if self.result is None and self._wake is not None:
+            self._woken()
         return self.result is not None
+
+    def _woken(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
 
     def wait(self, timeout: float | None = None) -> LaunchResult:
         result = self.result
@@ -142,9 +153,11 @@ class Completion:
             return result
         runner = self._runner
         if runner is not None and timeout is None:
-            self._runner = None
+            self._runner = self._wake = None  # (run_here wakes the dispatcher if it leaves it queued)
             if runner(self):
                 return self.result  # type: ignore[return-value]
+        if self._wake is not None:
+            self._woken()
         with _GUARD:
             if self.result is not None:
                 return self.result
@@ -159,6 +172,8 @@ class Completion:
         return self.result
 
     def add_done_callback(self, fn: Callable[[Completion], None]) -> None:
+        if self._wake is not None:
+            self._woken()
         with _GUARD:
             if self.result is None:
                 if self._callbacks is None:
@@ -171,7 +186,7 @@ class Completion:
     def _finish(self, result: LaunchResult) -> list[Callable[[Completion], None]]:
         with _GUARD:
             self.result = result
-            self._runner = None  # (holds the dispatcher: not kept past the result)
+            self._runner = self._wake = None  # (they hold the dispatcher: not kept past the result)
             cbs, self._callbacks = self._callbacks, None
             latch, self._latch = self._latch, None
         if latch is not None:
