@@ -323,6 +323,12 @@ class Dispatcher(Preemption):
             self._work.clear()
             if self._device.acquire(blocking=False):
                 return True
+            if self._claims != self._claims_seen and self._claimer is not None:
+                # A caller's wait() holds the device for its own launch: its next launch()
+                # may leave this thread asleep (defer_wake) once this wait is bounded.
+                self._claims_seen = self._claims
+                timeout = DEFERRED_WAKE_MAX_S if timeout is None else min(timeout, DEFERRED_WAKE_MAX_S)
+                self._polling = True
 
     def claim(self, completion: Completion) -> bool:
         """A plain launch()'s wait() without a timeout (Completion._runner): run_here, noted
