@@ -522,17 +522,18 @@ class Hypervisor:
             job = Job(launch_id, vm_id, session, vm.generation, bound, buffers, plan.scalars, temp,
                       completion, wclass, now, est_seconds=est, cost=cost, distinct=plan.distinct)
             ticket = Ticket(vm_id, launch_id, wclass, 50 if prio is None else prio, cost, est, now, job)
-            deferred = False
+            if not run_here:
+                completion._runner = self.dispatcher.claim  # for a wait() that comes while it is queued
             if vm.held is not None:  # the VM is moving to another device: it runs there (devices.py)
                 vm.held.append(ticket)
             else:
                 self.scheduler.submit(ticket)
-                deferred = not run_here and self.dispatcher.defer_wake()
+                if not run_here and self.dispatcher.defer_wake():
+                    # A serial caller's launch: its wait() runs it (Dispatcher.defer_wake).
+                    completion._wake = self.dispatcher.wake
             self._count_launch(vm)
         if not run_here:
-            completion._runner = self.dispatcher.claim  # for a wait() that comes while it is queued
-            if deferred:  # a serial caller's launch: its wait() runs it (Dispatcher.defer_wake)
-                completion._wake = self.dispatcher.wake
+            if completion._wake is not None:
                 return completion
         elif (run_here_max_s is None or est <= run_here_max_s) and self.dispatcher.run_here(
                 completion, own=job if run_here_max_s is not None else None):
