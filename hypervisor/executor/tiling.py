@@ -35,6 +35,8 @@ from . import array_ops
 
 #: Smallest tile of a matmul, in rows of the left operand.
 MIN_TILE_ROWS = 32
+#: A matmul's row tiles start on multiples of this many rows (_aligned: BLAS register blocks).
+ROW_ALIGN = 8
 #: Smallest chunk of a reduction, along the axis it is split on.
 MIN_CHUNK = 16
 #: Most tiles one op is split into (bounds the per-tile overhead of a huge op).
@@ -99,9 +101,28 @@ def _row_tiles(m: int, parts: int, min_rows: int, tail: int | None = None) -> li
     that many rows, the last one taking the rest; with ``tail``, a rest of at least that
     many rows is a block of its own (a kernel that computes a partial block alike)."""
     if min_rows <= MIN_TILE_ROWS:
-        return _bounds(m, parts)
+        return _aligned(m, parts, ROW_ALIGN, MIN_TILE_ROWS)
     edges = _block_edges(m, min_rows, tail)
     return [(edges[b0], edges[b1]) for b0, b1 in _bounds(len(edges) - 1, min(parts, len(edges) - 1))]
+
+
+def _aligned(m: int, parts: int, align: int, least: int) -> list[tuple[int, int]]:
+    """``parts`` about equal row tiles whose inner edges lie on multiples of ``align`` (the
+    nearest to the equal split, so a tile is at most ``align`` rows over it): BLAS's kernels
+    work in register blocks of a few rows, and a tile of an odd row count ends in a partial
+    block on every call (issue 14, docs/benchmarks.md "The time-slice sweep": a 800-row
+    matmul in 6 tiles of 133-134 rows cost +12-19 % over the whole op, in tiles of 128-136
+    +5-12 %). Each tile keeps at least ``least`` rows (a short rest joins the tile before
+    it, so there may be one tile fewer)."""
+    if parts <= 1 or m < 2 * least:
+        return [(0, m)]
+    edges = [0]
+    for i in range(1, parts):
+        edge = align * round(m * i / parts / align)
+        if edge - edges[-1] >= least and m - edge >= least:
+            edges.append(edge)
+    edges.append(m)
+    return list(zip(edges, edges[1:]))
 
 
 def _block_edges(m: int, size: int, tail: int | None) -> list[int]:

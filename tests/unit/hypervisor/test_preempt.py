@@ -16,7 +16,7 @@ import primitive_lang
 from hypervisor import Hypervisor, preemption
 from hypervisor.executor import NumpyExecutor
 from hypervisor.executor.interpret import Interpreter
-from hypervisor.executor.tiling import MIN_TILE_ROWS, CostModel, Tiler
+from hypervisor.executor.tiling import MIN_TILE_ROWS, ROW_ALIGN, CostModel, Tiler, _aligned
 from scheduler import FairScheduler, LaunchCost, Ticket, WorkloadClass
 
 WAIT_S = 60  # generous: a loaded CI host must never time out a test that works
@@ -101,6 +101,29 @@ def test_tiles_respect_the_minimum_and_the_slice():
     assert Tiler(10.0, model).parts("matmul", 1e6, 100) == 1  # under the slice: one step
     model.observe("matmul", 1e9, 0.1)  # learns toward 1e10 flop/s
     assert 5e9 < model.rate["matmul"] < 1e10
+
+
+@pytest.mark.parametrize("m, parts", [(800, 6), (800, 7), (803, 7), (70, 2), (100, 3), (1000, 31), (65, 2), (40, 2)])
+def test_row_tiles_lie_on_aligned_edges(m, parts):
+    tiles = _aligned(m, parts, ROW_ALIGN, MIN_TILE_ROWS)
+    assert tiles[0][0] == 0 and tiles[-1][1] == m
+    assert all(a1 == b0 for (_, a1), (b0, _) in zip(tiles, tiles[1:]))  # contiguous, in order
+    assert 1 <= len(tiles) <= parts
+    if m >= 2 * MIN_TILE_ROWS:
+        assert all(r1 - r0 >= MIN_TILE_ROWS for r0, r1 in tiles)
+        assert all(r0 % ROW_ALIGN == 0 for r0, _ in tiles)
+        assert max(r1 - r0 for r0, r1 in tiles) <= m / parts + ROW_ALIGN + MIN_TILE_ROWS * (len(tiles) < parts)
+    if m >= parts * (MIN_TILE_ROWS + ROW_ALIGN):
+        assert len(tiles) == parts
+
+
+def test_a_matmul_in_a_few_aligned_tiles_is_bit_identical():
+    source = _kernel("    PARALLEL_MATMUL a w -> c\n", {"a": (803, 64), "w": (64, 48), "c": (803, 48)})
+    whole, _ = _run(source, None)
+    tiler = Tiler(1.0, CostModel(matmul_flops_per_s=2.0 * 803 * 64 * 48 / 6.5))  # estimated 6.5 slices
+    tiled, _ = _run(source, tiler)
+    assert tiler.tiles == 7
+    assert np.array_equal(whole["c"], tiled["c"])
 
 
 def test_steps_resume_where_they_stopped():
