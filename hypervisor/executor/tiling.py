@@ -122,7 +122,7 @@ def _aligned(m: int, parts: int, align: int, least: int) -> list[tuple[int, int]
         if edge - edges[-1] >= least and m - edge >= least:
             edges.append(edge)
     edges.append(m)
-    return list(zip(edges, edges[1:]))
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def _block_edges(m: int, size: int, tail: int | None) -> list[int]:

@@ -107,7 +107,7 @@ def test_tiles_respect_the_minimum_and_the_slice():
 def test_row_tiles_lie_on_aligned_edges(m, parts):
     tiles = _aligned(m, parts, ROW_ALIGN, MIN_TILE_ROWS)
     assert tiles[0][0] == 0 and tiles[-1][1] == m
-    assert all(a1 == b0 for (_, a1), (b0, _) in zip(tiles, tiles[1:]))  # contiguous, in order
+    assert all(a1 == b0 for (_, a1), (b0, _) in zip(tiles[:-1], tiles[1:], strict=True))  # contiguous, in order
     assert 1 <= len(tiles) <= parts
     if m >= 2 * MIN_TILE_ROWS:
         assert all(r1 - r0 >= MIN_TILE_ROWS for r0, r1 in tiles)
