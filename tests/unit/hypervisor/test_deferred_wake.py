@@ -124,3 +124,29 @@ def test_another_threads_launch_wakes_the_dispatcher(monkeypatch):
         done = threading.Event()
         got[0].add_done_callback(lambda _c: done.set())
         assert done.wait(10) and got[0].result.ok
+
+
+@pytest.mark.parametrize("action, status", [("unregister", "PXOS_S_VM_GONE"), ("reset", "PXOS_S_CANCELLED"),
+                                            ("stop", "PXOS_S_CANCELLED")])
+def test_a_deferred_launch_is_answered_when_its_vm_goes_or_the_hypervisor_stops(monkeypatch, action, status):
+    # A deferred launch stays a queued ticket of its VM: removing the VM, resetting it or
+    # stopping the hypervisor cancels it and answers its completion at once (no wait()
+    # needed, no idle wake-up: the idle wait is bounded at 60 s here), its count given back.
+    monkeypatch.setattr(dispatch, "DEFERRED_WAKE_MAX_S", 60.0)
+    hv = Hypervisor(backend="numpy").start()
+    try:
+        kid, h = _setup(hv, 1)
+        c = _deferred_launch(hv, kid, h)
+        assert c is not None and c.result is None and hv.launches_in_flight == 1
+        if action == "unregister":
+            hv.unregister_vm(1)
+        elif action == "reset":
+            hv.reset_vm(1)
+        else:
+            hv.stop()
+        assert c.result is not None and c.result.status == status  # answered by the action itself
+        assert c.wait() is c.result and c._wake is None and c._runner is None
+        assert hv.launches_in_flight == 0
+    finally:
+        if action != "stop":
+            hv.stop()

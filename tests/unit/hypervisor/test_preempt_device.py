@@ -379,6 +379,10 @@ def test_the_serial_fast_path_runs_a_stepped_launch_on_the_callers_thread():
     ("    LINEAR a w -> c\n", {"a": (100, 48), "w": (160, 48), "c": (100, 160)}, 2 * 3),
     # rows 64 + 66 (a rest of 2 rows would go to the matvec shader: it stays in the last block), columns 64 + 64 + 1
     ("    PARALLEL_MATMUL a w -> c\n", {"a": (2, 130, 40), "w": (2, 40, 129), "c": (2, 130, 129)}, 2 * 3),
+    # one row block (72 rows: a rest of 8 stays in it), a batch over a 2-D weight: columns 64 + 64 + 2
+    ("    LINEAR a w -> c\n", {"a": (3, 72, 16), "w": (130, 16), "c": (3, 72, 130)}, 1 * 3),
+    # rows 64 + 64 + 72 (a rest of 8), 7 columns: narrower than a block, not split
+    ("    PARALLEL_MATMUL a w -> c\n", {"a": (200, 24), "w": (24, 7), "c": (200, 7)}, 3 * 1),
 ])
 def test_wgpu_matmul_tiles_by_columns_once_rows_run_out_bit_identical(body, params, blocks):
     # A product of few 64-row blocks (a 5 ms one on lavapipe is ~150 rows: 2-3 ms a block)
