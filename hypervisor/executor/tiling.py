@@ -16,7 +16,10 @@ each a step of its own:
 
 Every tile computes exactly what the whole op computes for its part of the output: the
 results are bit-identical to the untiled op (tests/unit/hypervisor/test_preempt.py checks
-it). The estimate comes from ``CostModel``, which learns the executor's speed for each
+it). For a matmul on a BLAS that is checked, not assumed: a BLAS may round a tile of a few
+rows apart from the whole product (another kernel for small products), so a product is
+split only into tiles that ``tile_check.rows_agree`` found to agree, and runs whole
+otherwise. The estimate comes from ``CostModel``, which learns the executor's speed for each
 kind from the ops it runs (CPU time of the running thread).
 """
 
@@ -31,7 +34,7 @@ import numpy as np
 
 from primitive_lang.ast import Name, Number
 
-from . import array_ops
+from . import array_ops, tile_check
 
 #: Smallest tile of a matmul, in rows of the left operand.
 MIN_TILE_ROWS = 32
@@ -157,6 +160,7 @@ class Tiler:
         self.timed = timed
         self.kinds = kinds  # the kinds of op it may split (an executor may rule some out)
         self.tiled_ops = 0  # ops split into more than one tile (tests, figures)
+        self.refused = 0  # matmuls run whole: their tiles round apart on this BLAS (tile_check.py)
         self.tiles = 0
         self.part: float | None = None  # the fraction of its op the last tile computed
 
@@ -246,6 +250,12 @@ class Tiler:
         else:
             row_blocks, col_blocks = m // self.min_rows, 1
         parts = self.parts("matmul", flops, row_blocks * col_blocks)
+        n_rows = max(1, min(parts, row_blocks))
+        rows = _row_tiles(m, n_rows, self.min_rows, tail) if parts > 1 else [(0, m)]
+        if parts > 1 and interp.ops is array_ops and not tile_check.rows_agree(xp, st.op == "LINEAR", a, b, rows):
+            # (NumPy, CuPy: a BLAS; wgpu's own shader computes every element alike, tested)
+            parts = 1  # this BLAS rounds these tiles apart from the whole product: run it whole
+            self.refused += 1
         if parts == 1:
             t0 = time.thread_time()
             value = interp._eval(st)
@@ -258,8 +268,6 @@ class Tiler:
         # where the rows alone leave steps over the slice (and the device allows it: min_cols).
         right = xp.swapaxes(b, -1, -2) if st.op == "LINEAR" else b
         out = xp.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n), dtype=xp.result_type(a, b))
-        n_rows = max(1, min(parts, row_blocks))
-        rows = _row_tiles(m, n_rows, self.min_rows, tail)
         n_cols = min(col_blocks, math.ceil(parts / n_rows)) if parts > n_rows else 1
         cols = _row_tiles(n, n_cols, self.min_cols, 1) if n_cols > 1 else [(0, n)]
         i = 0
