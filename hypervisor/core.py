@@ -126,6 +126,9 @@ class Hypervisor:
         # as each changes (_count_launch, _launch_ended, _add_vm, _drop_vm), never summed:
         # the serial fast path reads it under the lock on every try (preemption.py).
         self.launches_in_flight = 0
+        # Set by stop() under the lock: launch() refuses from then on (Cancelled), so no
+        # launch is queued after stop() cancelled the queues, with no dispatcher to run it.
+        self.stopping = False
         self._kernel_ids = shared.kernel_ids
         self._launch_ids = shared.launch_ids
         self._subscribers: list[Callable[[Event], None]] = []
@@ -155,12 +158,14 @@ class Hypervisor:
         # so a compile (pure Python) cannot stall the dispatcher for 5 ms at a time.
         if sys.getswitchinterval() > GIL_SWITCH_S:
             sys.setswitchinterval(GIL_SWITCH_S)
+        self.stopping = False
         self.dispatcher.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel what is queued, let the running launch finish, stop the dispatcher."""
         with self._lock:
+            self.stopping = True
             for vm_id in list(self._vms):
                 self._cancel_queued(vm_id, lambda t: True, "the daemon is stopping")
         self.dispatcher.stop(timeout)
@@ -503,6 +508,8 @@ class Hypervisor:
             vm = self._vms.get(vm_id)
             if vm is None:
                 raise E.NotFound(f"no VM {vm_id}")
+            if self.stopping:
+                raise E.Cancelled("the daemon is stopping: no new launches")
             record = vm.kernels.get(kernel_id)
             if record is None or record.session != session:
                 raise E.NotFound(f"no kernel with id {kernel_id}")  # as _kernel()

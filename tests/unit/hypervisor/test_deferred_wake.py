@@ -13,6 +13,7 @@ import pytest
 
 import hypervisor.dispatch as dispatch
 from hypervisor import Hypervisor
+from hypervisor import errors as E
 
 WAIT_S = 60
 ADD = """GPU_KERNEL add
@@ -150,3 +151,15 @@ def test_a_deferred_launch_is_answered_when_its_vm_goes_or_the_hypervisor_stops(
     finally:
         if action != "stop":
             hv.stop()
+
+
+def test_a_launch_after_stop_began_is_refused_not_left_queued():
+    # stop() cancels what is queued, then stops the dispatcher: a launch() that came
+    # between the two would stay queued with nothing to run it and its wait() never
+    # return. From stop() on, launch() refuses with Cancelled instead.
+    hv = Hypervisor(backend="numpy").start()
+    kid, h = _setup(hv, 1)
+    hv.stop()
+    with pytest.raises(E.Cancelled, match="stopping"):
+        hv.launch(1, kid, h)
+    assert hv.launches_in_flight == 0
