@@ -250,12 +250,13 @@ class Tiler:
         else:
             row_blocks, col_blocks = m // self.min_rows, 1
         parts = self.parts("matmul", flops, row_blocks * col_blocks)
-        n_rows = max(1, min(parts, row_blocks))
-        rows = _row_tiles(m, n_rows, self.min_rows, tail) if parts > 1 else [(0, m)]
-        if parts > 1 and interp.ops is array_ops and not tile_check.rows_agree(xp, st.op == "LINEAR", a, b, rows):
+        if parts > 1:
+            n_rows = max(1, min(parts, row_blocks))
+            rows = _row_tiles(m, n_rows, self.min_rows, tail)
             # (NumPy, CuPy: a BLAS; wgpu's own shader computes every element alike, tested)
-            parts = 1  # this BLAS rounds these tiles apart from the whole product: run it whole
-            self.refused += 1
+            if interp.ops is array_ops and not tile_check.rows_agree(xp, st.op == "LINEAR", a, b, rows):
+                parts = 1  # this BLAS rounds these tiles apart from the whole product: run it whole
+                self.refused += 1
         if parts == 1:
             t0 = time.thread_time()
             value = interp._eval(st)

@@ -15,7 +15,7 @@ import pytest
 from hypervisor import Hypervisor
 from tests.integration.test_vhost_device import F32, Guest
 from tests.integration.test_vhost_device_lifecycle import slow_kernel, wait_until
-from tests.integration.test_vhost_isolation import ANSWERED_S, GatedExecutor
+from tests.integration.test_vhost_isolation import ANSWERED_S, GatedExecutor, gated  # noqa: F401 (a fixture)
 from tests.support.drm_guest import DrmGuest
 from tests.support.vhost_frontend import VhostUserFrontend
 from virtio_backend.gpu import guest as g
@@ -234,45 +234,30 @@ def test_a_launch_over_the_drm_transport_takes_the_fast_path_too(hv, transport, 
     assert _device(transport)["launches_run_inline_total"] == 1
 
 
-def test_another_vms_launch_never_makes_its_loop_wait_for_the_hypervisor(tmp_path):
+def test_another_vms_launch_never_makes_its_loop_wait_for_the_hypervisor(gated):  # noqa: F811 (the fixture)
     """Issue 17's guarantee with the fast path: VM 1's ALLOC waits on the device inside the
     hypervisor's lock; VM 2's LAUNCH arrives meanwhile. VM 2's loop does not wait for the
     lock (the LAUNCH goes to its worker, which may): both loops answer QEMU at once, and
     the LAUNCH completes once the device lets go."""
-    ex = GatedExecutor()
-    hv = Hypervisor(backend=ex, device_pool_bytes=64 << 20).start()
-    hv.register_vm(1, 0, 50, memory_quota_bytes=1 << 20)
-    hv.register_vm(2, 0, 50, memory_quota_bytes=1 << 20)
-    t = VhostUserTransport(hv)
-    t.attach(1, str(tmp_path / "vm1.sock"))
-    t.attach(2, str(tmp_path / "vm2.sock"))
-    fe1 = VhostUserFrontend(str(tmp_path / "vm1.sock")).boot()
-    fe2 = VhostUserFrontend(str(tmp_path / "vm2.sock")).boot()
-    try:
-        guest2 = Guest(fe2)
-        kid, x, y, launch = _copy_setup(guest2)
-        ex.hold.set()
-        fe1.submit(0, out=[g.alloc(F32, [64])], in_=[g.response_size(T.PXOS_CMD_ALLOC)])
-        fe1.kick(0, force=True)
-        assert ex.entered.wait(5)  # VM 1's ALLOC now waits on the device, holding the lock
-        head = guest2.send(launch)
-        for fe in (fe1, fe2):
-            t0 = time.monotonic()
-            assert len(fe.get_config()) == 16
-            assert time.monotonic() - t0 < ANSWERED_S
-        wait_until(lambda: t.status()[2]["device"]["launches_lock_busy_total"] == 1)
-        ex.go.set()
-        [used] = fe2.wait_used(0, timeout=30)
-        assert used.head == head
-        assert g.parse_response(T.PXOS_CMD_LAUNCH, used.data)["status"] == S.PXOS_S_OK
-        dev = t.status()[2]["device"]
-        assert (dev["launches_submitted_inline_total"], dev["launches_run_inline_total"]) == (0, 0)
-    finally:
-        ex.go.set()
-        fe1.close()
-        fe2.close()
-        t.close()
-        hv.stop()
+    ex, hv, t, fe1, fe2 = gated  # (test_vhost_isolation: its teardown lets the device go)
+    guest2 = Guest(fe2)
+    kid, x, y, launch = _copy_setup(guest2)
+    ex.hold.set()
+    fe1.submit(0, out=[g.alloc(F32, [64])], in_=[g.response_size(T.PXOS_CMD_ALLOC)])
+    fe1.kick(0, force=True)
+    assert ex.entered.wait(5)  # VM 1's ALLOC now waits on the device, holding the lock
+    head = guest2.send(launch)
+    for fe in (fe1, fe2):
+        t0 = time.monotonic()
+        assert len(fe.get_config()) == 16
+        assert time.monotonic() - t0 < ANSWERED_S
+    wait_until(lambda: t.status()[2]["device"]["launches_lock_busy_total"] == 1)
+    ex.go.set()
+    [used] = fe2.wait_used(0, timeout=30)
+    assert used.head == head
+    assert g.parse_response(T.PXOS_CMD_LAUNCH, used.data)["status"] == S.PXOS_S_OK
+    dev = t.status()[2]["device"]
+    assert (dev["launches_submitted_inline_total"], dev["launches_run_inline_total"]) == (0, 0)
 
 
 @pytest.mark.parametrize(("env", "want"), [(None, INLINE_LAUNCH_MAX_S), ("0", 0.0), ("250", 250e-6),

@@ -14,26 +14,7 @@ import pytest
 import hypervisor.dispatch as dispatch
 from hypervisor import Hypervisor
 from hypervisor import errors as E
-
-WAIT_S = 60
-ADD = """GPU_KERNEL add
-GPU_PARAM a float[64]
-GPU_PARAM b float[64]
-GPU_PARAM c float[64]
-GPU_THREAD_CODE:
-    ADD a b -> c
-GPU_END
-"""
-
-
-def _setup(hv, vm):
-    hv.register_vm(vm, 16, 50)
-    (k,) = hv.compile(vm, ADD)
-    h = {}
-    for i, name in enumerate("abc"):
-        h[name] = hv.alloc(vm, "float32", (64,)).handle
-        hv.write(vm, h[name], 0, np.full(64, i + 1, np.float32).tobytes())
-    return k.kernel_id, h
+from tests.unit.hypervisor.test_fast_path import WAIT_S, _setup
 
 
 def _deferred_launch(hv, kid, h, tries=2000):
